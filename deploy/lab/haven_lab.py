@@ -455,7 +455,7 @@ class Lab:
             "run/libvirt",
             "lib/libvirt",
             "cache/libvirt",
-            "log/libvirt",
+            "log/libvirt/qemu",
             "ssh",
             "root-ssh",
             "bmc/state",
