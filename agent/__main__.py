@@ -1,0 +1,172 @@
+"""`python -m agent --broker redis://... --host NAME --libvirt-uri qemu:///system`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import urllib.parse
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__, names
+from agent.errors import AgentError
+from agent.protocol import CONSOLE_QUEUE
+from agent.worker import Agent, Settings
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_BROKER_SCHEMES = ("redis", "rediss", "memory")
+
+
+def _host(value: str) -> str:
+    if not _HOST_RE.match(value):
+        raise argparse.ArgumentTypeError(f"invalid host name {value!r} (A-Za-z0-9_.-, max 63)")
+    return value
+
+
+def _broker(value: str) -> str:
+    scheme = urllib.parse.urlsplit(value).scheme
+    if scheme not in _BROKER_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"invalid broker URL {value!r}: scheme must be one of {', '.join(_BROKER_SCHEMES)}"
+        )
+    return value
+
+
+def _uri(value: str) -> str:
+    try:
+        return names.libvirt_uri(value)
+    except AgentError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0.01 <= number <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds in [0.01, 3600]")
+    return number
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a worker count in [1, 64]")
+    return int(value)
+
+
+def _path_list(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in value.split(":") if p)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="Haven host agent: a Celery worker consuming only the queue agent.HOST; "
+        "runs the console's commands (libvirt, LVM, GFS2, fencing) and sends results, "
+        "lifecycle events and heartbeats to the console queue.",
+    )
+    p.add_argument(
+        "--broker",
+        "--console-broker",
+        dest="broker",
+        required=True,
+        type=_broker,
+        help="Celery broker URL of the console, e.g. redis://10.88.0.254:6379/0",
+    )
+    p.add_argument(
+        "--host",
+        required=True,
+        type=_host,
+        help="this host's name as the console knows it; the agent consumes queue agent.HOST",
+    )
+    p.add_argument(
+        "--libvirt-uri",
+        default="qemu:///system",
+        type=_uri,
+        help="libvirt connection URI of this host's hypervisor (default: %(default)s)",
+    )
+    p.add_argument(
+        "--console-queue",
+        default=CONSOLE_QUEUE,
+        type=_host,
+        help="queue receiving results, events and heartbeats (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        default=1.0,
+        type=_positive,
+        help="seconds between heartbeats (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        default=4,
+        type=_workers,
+        help="commands that may run at once; commands for one guest never overlap "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--fence-path",
+        default="/usr/sbin:/usr/bin:/usr/local/sbin",
+        type=_path_list,
+        help="colon-separated directories searched for fence_* agents (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fstab",
+        default=Path("/etc/fstab"),
+        type=Path,
+        help="fstab file that fstab_entry edits (default: %(default)s)",
+    )
+    p.add_argument(
+        "--libvirt-config-dir",
+        default=Path("/etc/libvirt"),
+        type=Path,
+        help="directory holding libvirtd.conf and qemu.conf for configure_migration "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: %(default)s); command arguments and secrets are never logged",
+    )
+    p.add_argument("--version", action="version", version=f"haven-agent {__version__}")
+    return p
+
+
+def settings_from_args(argv: Sequence[str]) -> Settings:
+    args = parser().parse_args(argv)
+    return Settings(
+        broker=args.broker,
+        host=args.host,
+        libvirt_uri=args.libvirt_uri,
+        console_queue=args.console_queue,
+        heartbeat_interval_s=args.heartbeat_interval,
+        workers=args.workers,
+        fence_path=args.fence_path,
+        fstab=args.fstab,
+        libvirt_config_dir=args.libvirt_config_dir,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = settings_from_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+    )
+    # kombu/celery at DEBUG would log message bodies, which may hold fence credentials.
+    for noisy in ("kombu", "celery", "amqp"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # The agent must be root (libvirt, LVM, mount); Celery's warning about that is noise here.
+    warnings.filterwarnings("ignore", message=".*superuser privileges.*")
+    Agent(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The heartbeat: every interval, what runs here and how much memory is free.
+
+Runs in its own thread and publishes straight to the publisher, never through the command pool.
+It also drives libvirt reconnection: each beat asks the hypervisor whether it is connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent import __version__
+from agent.errors import AgentError
+from agent.hypervisor import Hypervisor
+from agent.protocol import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+def build_heartbeat(host: str, hypervisor: Hypervisor, seq: int, interval_s: float) -> Heartbeat:
+    try:
+        facts = hypervisor.host_facts()
+        guests = hypervisor.list_guests(active_only=True)
+    except AgentError:
+        return Heartbeat(host, __version__, seq, interval_s, False, None, None, None, None, None)
+    return Heartbeat(
+        host=host,
+        agent_version=__version__,
+        seq=seq,
+        interval_s=interval_s,
+        libvirt_connected=True,
+        host_uuid=facts.host_uuid,
+        cpus=facts.cpus,
+        memory_total_mib=facts.memory_total_mib,
+        memory_free_mib=facts.memory_free_mib,
+        guests=guests,
+    )
+
+
+class HeartbeatThread:
+    def __init__(
+        self,
+        host: str,
+        hypervisor: Hypervisor,
+        publish: Callable[[Heartbeat], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self._host = host
+        self._hypervisor = hypervisor
+        self._publish = publish
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _loop(self) -> None:
+        seq = 0
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            seq += 1
+            try:
+                self._publish(build_heartbeat(self._host, self._hypervisor, seq, self._interval_s))
+            except Exception:  # a heartbeat bug must not stop the heartbeats
+                log.exception("heartbeat %d failed", seq)
+            next_beat += self._interval_s
+            self._stop.wait(max(0.0, next_beat - time.monotonic()))

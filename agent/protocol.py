@@ -1,0 +1,339 @@
+"""Haven wire protocol between the console and the agents (version 1).
+
+This is the only module of `agent` the console imports. It depends on the standard library only.
+
+Transport: Celery over Redis.
+
+Console -> agent
+    Celery task ``haven.agent.execute`` (``EXECUTE_TASK``) with one positional argument, a
+    ``Command`` dict, sent to queue ``agent.<host>`` (``agent_queue(host)``)::
+
+        {"v": 1, "id": "c-42", "kind": "start", "args": {"guest": "web1"}}
+
+    ``id`` is chosen by the console, unique per command (1-128 chars of ``A-Za-z0-9_.:-``).
+    Commands are idempotent by id: the agent remembers recent results, and a repeated id returns
+    the first result again (``duplicate: true``) without acting twice. Send fence credentials
+    only inside ``args``; give ``send_task`` an ``argsrepr`` without them (Celery logs it).
+
+Agent -> console
+    Celery task ``haven.console.receive`` (``RECEIVE_TASK``) with one positional dict argument,
+    sent to queue ``console`` (``CONSOLE_QUEUE``). Every message carries ``v`` (protocol version),
+    ``host``, ``kind`` (``result`` | ``event`` | ``heartbeat``) and ``ts`` (Unix time, float).
+    Use ``message_from_dict`` to decode one.
+
+    result      the outcome of one command: ``id`` (the command's id), ``command`` (its kind),
+                ``ok``, ``data`` (kind-specific dict), ``error`` (``{"code", "message",
+                "command", "stderr", "exit_code"}`` or null), ``duration_s``, ``duplicate``.
+                A command that cannot be parsed still gets a result (``id`` as sent, or "").
+    event       sent at once, never behind commands: ``event`` = ``lifecycle``, ``guest``,
+                ``uuid``, ``state`` (one of ``LIFECYCLE_STATES``), ``detail`` (libvirt's reason,
+                e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``.
+    heartbeat   every second by default: ``agent_version``, ``seq``, ``interval_s``,
+                ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,
+                ``memory_total_mib``, ``memory_free_mib``, and ``guests``: the active guests as
+                ``{"name", "uuid", "state"}``; ``guests`` is null when libvirt is unreachable
+                (unknown, which is not the same as "none running").
+
+Commands (``kind``: ``args`` -> ``data``); names are validated before anything runs:
+
+    define            xml                                  -> name, uuid, state
+    start             guest                                -> name, uuid, state, changed
+    shutdown          guest, timeout_s=60                  -> name, uuid, state, how
+                      (``how``: shutdown | destroyed (after the timeout) | already_off)
+    destroy           guest                                -> name, uuid, state, changed
+    undefine          guest                                -> name, changed
+    migrate           guest, dest_uri, migrate_uri?, timeout_s?
+                      (LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE)
+                                                           -> duration_s, downtime_ms,
+                                                              dest_uri, name
+    list_guests       (none)                               -> guests: [{name, uuid, state}]
+    host_facts        (none)                               -> host_uuid, hostname, cpus,
+                                                              memory_total_mib, memory_free_mib,
+                                                              libvirt_version, hypervisor,
+                                                              hypervisor_version
+    configure_migration  listen_address, migration_address, port_min=49152, port_max=49215,
+                      transport=tcp|tls|ssh                -> files, changed, restart_required
+    storage_probe     (none)                               -> blockdevices, pvs, vgs, lvs
+    pvcreate          device                               -> device
+    vgcreate          vg, devices, local=false             -> vg, shared
+    lvcreate          vg, lv, size_bytes                   -> vg, lv, size_bytes
+    lvextend          vg, lv, size_bytes                   -> vg, lv, size_bytes
+    lvremove          vg, lv                               -> vg, lv
+    mkfs_gfs2         device, cluster, fs, journals=2      -> device, lock_table, journals
+    gfs2_inspect      device                               -> lock_protocol, lock_table,
+                                                              journals, journal_names
+    gfs2_jadd         mount_point, journals=1              -> mount_point, journals
+    fstab_entry       device, mount_point, fstype, options="defaults", present=true
+                                                           -> line, changed
+    mount             device, mount_point, fstype, options?-> mount_point
+    unmount           mount_point                          -> mount_point
+    fence             agent, action, params={}, timeout_s=60
+                                                           -> outcome (ok | off | error),
+                                                              exit_code, power, output
+    fence_metadata    agent                                -> name, shortdesc, actions,
+                                                              parameters: [{name, type,
+                                                              required, default, description,
+                                                              choices, secret, deprecated}]
+
+Error codes in ``error.code``: see ``ERROR_CODES``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+PROTOCOL_VERSION = 1
+EXECUTE_TASK = "haven.agent.execute"
+RECEIVE_TASK = "haven.console.receive"
+CONSOLE_QUEUE = "console"
+
+COMMAND_KINDS = frozenset(
+    {
+        "define",
+        "start",
+        "shutdown",
+        "destroy",
+        "undefine",
+        "migrate",
+        "list_guests",
+        "host_facts",
+        "configure_migration",
+        "storage_probe",
+        "pvcreate",
+        "vgcreate",
+        "lvcreate",
+        "lvextend",
+        "lvremove",
+        "mkfs_gfs2",
+        "gfs2_inspect",
+        "gfs2_jadd",
+        "fstab_entry",
+        "mount",
+        "unmount",
+        "fence",
+        "fence_metadata",
+    }
+)
+
+LIFECYCLE_STATES = (
+    "defined",  # a persistent definition appeared or changed
+    "undefined",  # the definition was removed
+    "started",  # the guest runs (booted, restored, or arrived by migration)
+    "suspended",  # paused
+    "resumed",  # unpaused
+    "stopped",  # shut off cleanly: shutdown, destroy, saved
+    "crashed",  # shut off unexpectedly: QEMU died or the guest crashed
+    "migrated",  # left this host by migration
+    "shutdown",  # the guest OS began shutting down
+    "pmsuspended",  # suspended by guest power management
+    "unknown",  # an event libvirt added after this agent was written
+)
+
+ERROR_CODES = {
+    "bad_request": "the command is malformed: missing or wrongly typed field",
+    "unsupported_version": "the command's protocol version is not this agent's",
+    "unknown_command": "no such command kind",
+    "invalid_name": "a name or path failed validation; nothing was run",
+    "not_found": "the guest, device, program or fence agent does not exist",
+    "libvirt_error": "libvirt refused; message is libvirt's own",
+    "libvirt_unavailable": "the agent cannot reach its libvirtd right now",
+    "destination_unreachable": "the migration destination did not accept a TCP connection",
+    "command_failed": "an external command exited non-zero; see command and stderr",
+    "timeout": "the operation did not finish in time and was stopped",
+    "clustered_locking_unavailable": "a shared VG needs lvmlockd, which is not running",
+    "not_supported": "this host cannot do it (e.g. the kernel lacks gfs2)",
+    "not_mounted": "the operation needs a mounted filesystem",
+    "internal": "a bug in the agent; the traceback is in the agent's log",
+}
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MessageKind = Literal["result", "event", "heartbeat"]
+
+
+class ProtocolError(ValueError):
+    """A message does not follow this protocol; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def agent_queue(host: str) -> str:
+    """The queue one host's agent consumes."""
+    return f"agent.{host}"
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    version = data.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_version",
+            f"protocol version {version!r} is not supported (agent speaks {PROTOCOL_VERSION})",
+        )
+
+
+@dataclass(frozen=True)
+class Command:
+    """One thing the console asks one agent to do."""
+
+    id: str
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    v: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.v, "id": self.id, "kind": self.kind, "args": dict(self.args)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Command:
+        """Parse and check a command; raises ProtocolError with a clear message."""
+        if not isinstance(data, dict):
+            raise ProtocolError("bad_request", f"a command is a JSON object, not {type(data)}")
+        _check_version(data)
+        cid = data.get("id")
+        if not isinstance(cid, str) or not _ID_RE.match(cid):
+            raise ProtocolError("bad_request", "field 'id' must be 1-128 chars of A-Za-z0-9_.:-")
+        kind = data.get("kind")
+        if not isinstance(kind, str):
+            raise ProtocolError("bad_request", "field 'kind' is missing or not a string")
+        if kind not in COMMAND_KINDS:
+            raise ProtocolError("unknown_command", f"unknown command kind {kind!r}")
+        args = data.get("args", {})
+        if not isinstance(args, dict):
+            raise ProtocolError("bad_request", "field 'args' must be an object")
+        extra = set(data) - {"v", "id", "kind", "args"}
+        if extra:
+            raise ProtocolError("bad_request", f"unexpected fields: {sorted(extra)}")
+        return cls(id=cid, kind=kind, args=args)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a command failed."""
+
+    code: str
+    message: str
+    command: list[str] | None = None
+    stderr: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one command, keyed by the command's id."""
+
+    host: str
+    id: str
+    command: str
+    ok: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    duration_s: float = 0.0
+    duplicate: bool = False
+    ts: float = field(default_factory=time.time)
+    v: int = PROTOCOL_VERSION
+    kind: Literal["result"] = "result"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        err = data.get("error")
+        fields = {k: v for k, v in data.items() if k != "error"}
+        return cls(**fields, error=ErrorInfo(**err) if err else None)
+
+
+@dataclass(frozen=True)
+class GuestState:
+    """A guest as a heartbeat or list reports it."""
+
+    name: str
+    uuid: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened on the host without being asked (or as a side effect)."""
+
+    host: str
+    event: str
+    guest: str
+    uuid: str
+    state: str
+    detail: str
+    seq: int = 0
+    ts: float = field(default_factory=time.time)
+    v: int = PROTOCOL_VERSION
+    kind: Literal["event"] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The agent's periodic "I am alive, and this runs here"."""
+
+    host: str
+    agent_version: str
+    seq: int
+    interval_s: float
+    libvirt_connected: bool
+    host_uuid: str | None
+    cpus: int | None
+    memory_total_mib: int | None
+    memory_free_mib: int | None
+    guests: list[GuestState] | None
+    ts: float = field(default_factory=time.time)
+    v: int = PROTOCOL_VERSION
+    kind: Literal["heartbeat"] = "heartbeat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
+        guests = data.get("guests")
+        fields = {k: v for k, v in data.items() if k != "guests"}
+        parsed = None if guests is None else [GuestState(**g) for g in guests]
+        return cls(**fields, guests=parsed)
+
+
+Message = Result | Event | Heartbeat
+
+
+def message_from_dict(data: object) -> Message:
+    """Decode one agent -> console message; raises ProtocolError."""
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_request", "a message is a JSON object")
+    _check_version(data)
+    kind = data.get("kind")
+    try:
+        if kind == "result":
+            return Result.from_dict(data)
+        if kind == "event":
+            return Event.from_dict(data)
+        if kind == "heartbeat":
+            return Heartbeat.from_dict(data)
+    except TypeError as exc:
+        raise ProtocolError("bad_request", f"bad {kind} message: {exc}") from exc
+    raise ProtocolError("bad_request", f"unknown message kind {kind!r}")
+
+
+def to_json(message: Message | Command) -> str:
+    return json.dumps(message.to_dict(), sort_keys=True)
+
+
+def from_json(text: str) -> Message:
+    return message_from_dict(json.loads(text))

@@ -1,0 +1,115 @@
+"""The publisher: one thread that sends results, events and heartbeats to the console.
+
+Commands never send anything themselves; they hand messages here, so a slow command can never
+delay an event or a heartbeat. When the broker is away, results and events wait in order in a
+bounded buffer (heartbeats: only the newest is kept) and are sent when it is back, with
+exponential backoff between attempts and one log line per outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from agent.protocol import CONSOLE_QUEUE, RECEIVE_TASK, Event, Heartbeat, Result
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    def send(self, message: dict[str, Any]) -> None:
+        """Deliver one message or raise."""
+        ...
+
+
+class CelerySender:
+    """Sends a message as the console's Celery task `haven.console.receive`."""
+
+    def __init__(self, app: Any, queue: str = CONSOLE_QUEUE) -> None:
+        self._app = app
+        self._queue = queue
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._app.send_task(
+            RECEIVE_TASK,
+            args=[message],
+            queue=self._queue,
+            retry=False,
+            argsrepr=f"[{message.get('kind')} {message.get('id', message.get('seq', ''))}]",
+        )
+
+
+class Publisher:
+    def __init__(
+        self,
+        sender: Sender,
+        *,
+        buffer_size: int = 100_000,
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        self._sender = sender
+        self._cond = threading.Condition()
+        self._pending: deque[dict[str, Any]] = deque(maxlen=buffer_size)
+        self._heartbeat: dict[str, Any] | None = None
+        self._backoff_max_s = backoff_max_s
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="publisher", daemon=True)
+        self.sent = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, message: Result | Event | Heartbeat) -> None:
+        """Queue a message; never blocks."""
+        data = message.to_dict()
+        with self._cond:
+            if isinstance(message, Heartbeat):
+                self._heartbeat = data
+            else:
+                self._pending.append(data)
+            self._cond.notify()
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        deadline = time.monotonic() + flush_timeout_s
+        with self._cond:
+            while (self._pending or self._heartbeat) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)
+
+    def _next(self) -> dict[str, Any] | None:
+        with self._cond:
+            while not self._stop and not self._pending and self._heartbeat is None:
+                self._cond.wait()
+            if self._stop:
+                return None
+            return self._pending[0] if self._pending else self._heartbeat
+
+    def _sent(self, message: dict[str, Any]) -> None:
+        with self._cond:
+            if self._pending and self._pending[0] is message:
+                self._pending.popleft()
+            elif self._heartbeat is message:
+                self._heartbeat = None
+            self.sent += 1
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        while (message := self._next()) is not None:
+            try:
+                self._sender.send(message)
+            except Exception as exc:
+                backoff = min(max(backoff * 2, 0.2), self._backoff_max_s)
+                if backoff <= 0.2:
+                    log.warning("cannot reach the console's broker (%s); buffering", exc)
+                time.sleep(backoff)
+                continue
+            if backoff:
+                log.info("broker reachable again; sending buffered messages")
+                backoff = 0.0
+            self._sent(message)

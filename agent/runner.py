@@ -1,0 +1,97 @@
+"""The command runner: argv lists only, timeouts, captured output, errors that say what failed.
+
+Never a shell. Standard input (where fence agents get their credentials) is never logged or put
+into an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+STDERR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished external command."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+class Runner(Protocol):
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        input_text: str | None = None,
+        check: bool = True,
+    ) -> Completed:
+        """Run argv; with check, a non-zero exit raises AgentError("command_failed")."""
+        ...
+
+
+def _tail(text: str) -> str:
+    return text[-STDERR_TAIL:]
+
+
+class SubprocessRunner:
+    """Runs commands with subprocess; `env` is added to the agent's own environment."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = {**os.environ, "LC_ALL": "C", **(env or {})}
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        input_text: str | None = None,
+        check: bool = True,
+    ) -> Completed:
+        args = list(argv)
+        if not args or not all(isinstance(a, str) and "\0" not in a for a in args):
+            raise AgentError("bad_request", f"bad argv {args!r}")
+        log.debug("run %s", args)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                args,
+                input=input_text if input_text is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=self._env,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise AgentError("not_found", f"program not found: {args[0]}", command=args) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise AgentError(
+                "timeout",
+                f"{args[0]} did not finish in {timeout_s:g} s and was killed",
+                command=args,
+            ) from exc
+        done = Completed(args, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+        if check and proc.returncode != 0:
+            raise AgentError(
+                "command_failed",
+                f"{args[0]} exited {proc.returncode}: {_tail(proc.stderr).strip()}",
+                command=args,
+                stderr=_tail(proc.stderr),
+                exit_code=proc.returncode,
+            )
+        return done

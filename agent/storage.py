@@ -1,0 +1,255 @@
+"""The storage driver: block devices, LVM (JSON reports) and GFS2, through the command runner.
+
+Every device, VG, LV and mount point is validated by `agent.names` before it reaches an argv.
+LVM's configuration comes from the environment (`LVM_SYSTEM_DIR`), which is how the lab points
+LVM at loop devices with a private config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import names
+from agent.errors import AgentError
+from agent.runner import Runner
+
+LVM_REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix"]
+PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_uuid"
+VG_FIELDS = "vg_name,vg_size,vg_free,vg_uuid,vg_attr,lv_count,pv_count,vg_lock_type"
+LV_FIELDS = "lv_name,vg_name,lv_size,lv_attr,lv_uuid,lv_path"
+LSBLK = ["lsblk", "--json", "--bytes", "-o", "NAME,PATH,SIZE,TYPE,FSTYPE,MOUNTPOINT,UUID,LABEL"]
+_INT_FIELDS = {"pv_size", "pv_free", "vg_size", "vg_free", "lv_count", "pv_count", "lv_size"}
+_JOURNAL_RE = re.compile(r"\bjournal(\d+)\b")
+
+
+class Storage(Protocol):
+    """What the agent needs from the host's storage stack."""
+
+    def probe(self) -> dict[str, Any]: ...
+    def pvcreate(self, device: str) -> dict[str, Any]: ...
+    def vgcreate(self, vg: str, devices: Sequence[str], local: bool) -> dict[str, Any]: ...
+    def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
+    def lvextend(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
+    def lvremove(self, vg: str, lv: str) -> dict[str, Any]: ...
+    def mkfs_gfs2(self, device: str, cluster: str, fs: str, journals: int) -> dict[str, Any]: ...
+    def gfs2_inspect(self, device: str) -> dict[str, Any]: ...
+    def gfs2_jadd(self, mount_point: str, journals: int) -> dict[str, Any]: ...
+    def fstab_entry(
+        self, device: str, mount_point: str, fstype: str, options: str, present: bool
+    ) -> dict[str, Any]: ...
+    def mount(
+        self, device: str, mount_point: str, fstype: str, options: str | None
+    ) -> dict[str, Any]: ...
+    def unmount(self, mount_point: str) -> dict[str, Any]: ...
+
+
+def parse_lvm_report(stdout: str, section: str) -> list[dict[str, Any]]:
+    """Rows of one LVM JSON report section, with sizes and counts as ints."""
+    try:
+        report = json.loads(stdout)["report"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AgentError("command_failed", f"LVM report is not JSON: {exc}") from exc
+    rows: list[dict[str, Any]] = []
+    for part in report:
+        for row in part.get(section, []):
+            rows.append({k: _intish(k, v) for k, v in row.items()})
+    return rows
+
+
+def _intish(key: str, value: Any) -> Any:
+    if key in _INT_FIELDS and isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+def parse_tunegfs2(stdout: str) -> dict[str, str]:
+    """`tunegfs2 -l` lines "Key: value" as a dict."""
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def lvmlockd_running(proc: Path = Path("/proc")) -> bool:
+    """Whether an lvmlockd process runs on this host (needed for shared VGs)."""
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "lvmlockd":
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+class LinuxStorage:
+    """The real storage driver."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        fstab: Path = Path("/etc/fstab"),
+        proc: Path = Path("/proc"),
+        lockd_running: Callable[[], bool] | None = None,
+    ) -> None:
+        self._run = runner.run
+        self._fstab = fstab
+        self._proc = proc
+        self._lockd_running = lockd_running or (lambda: lvmlockd_running(proc))
+
+    # probe ---------------------------------------------------------------------------
+    def probe(self) -> dict[str, Any]:
+        lsblk = json.loads(self._run(LSBLK).stdout or "{}")
+        return {
+            "blockdevices": lsblk.get("blockdevices", []),
+            "pvs": self._report("pvs", PV_FIELDS, "pv"),
+            "vgs": self._report("vgs", VG_FIELDS, "vg"),
+            "lvs": self._report("lvs", LV_FIELDS, "lv"),
+        }
+
+    def _report(self, tool: str, fields: str, section: str) -> list[dict[str, Any]]:
+        return parse_lvm_report(self._run([tool, *LVM_REPORT, "-o", fields]).stdout, section)
+
+    # LVM -----------------------------------------------------------------------------
+    def pvcreate(self, device: str) -> dict[str, Any]:
+        self._run(["pvcreate", "--", names.device(device)])
+        return {"device": device}
+
+    def vgcreate(self, vg: str, devices: Sequence[str], local: bool) -> dict[str, Any]:
+        names.vg(vg)
+        if not devices:
+            raise AgentError("bad_request", "vgcreate needs at least one device")
+        devs = [names.device(d) for d in devices]
+        shared = not local
+        if shared and not self._lockd_running():
+            raise AgentError(
+                "clustered_locking_unavailable",
+                "clustered locking unavailable: lvmlockd is not running on this host, so a "
+                "shared VG cannot be created; pass local=true for a host-local VG",
+            )
+        self._run(["vgcreate", *(["--shared"] if shared else []), "--", vg, *devs])
+        return {"vg": vg, "shared": shared}
+
+    def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]:
+        names.vg(vg)
+        names.lv(lv)
+        self._run(["lvcreate", "--yes", "-n", lv, "-L", f"{size_bytes}b", "--", vg])
+        return {"vg": vg, "lv": lv, "size_bytes": self._lv_size(vg, lv)}
+
+    def lvextend(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]:
+        names.vg(vg)
+        names.lv(lv)
+        self._run(["lvextend", "-L", f"{size_bytes}b", "--", f"{vg}/{lv}"])
+        return {"vg": vg, "lv": lv, "size_bytes": self._lv_size(vg, lv)}
+
+    def lvremove(self, vg: str, lv: str) -> dict[str, Any]:
+        names.vg(vg)
+        names.lv(lv)
+        self._run(["lvremove", "--yes", "--", f"{vg}/{lv}"])
+        return {"vg": vg, "lv": lv}
+
+    def _lv_size(self, vg: str, lv: str) -> int | None:
+        out = self._run(["lvs", *LVM_REPORT, "-o", LV_FIELDS, "--", f"{vg}/{lv}"]).stdout
+        rows = parse_lvm_report(out, "lv")
+        return int(rows[0]["lv_size"]) if rows else None
+
+    # GFS2 ----------------------------------------------------------------------------
+    def mkfs_gfs2(self, device: str, cluster: str, fs: str, journals: int) -> dict[str, Any]:
+        table = f"{names.cluster(cluster)}:{names.fs_name(fs)}"
+        dev = names.device(device)
+        self._run(["mkfs.gfs2", "-O", "-p", "lock_dlm", "-t", table, "-j", str(journals), dev])
+        return {"device": dev, "lock_table": table, "journals": journals}
+
+    def gfs2_inspect(self, device: str) -> dict[str, Any]:
+        dev = names.device(device)
+        sb = parse_tunegfs2(self._run(["tunegfs2", "-l", dev]).stdout)
+        jindex = self._run(["gfs2_edit", "-p", "jindex", dev]).stdout
+        journal_names = sorted(set(_JOURNAL_RE.findall(jindex)), key=int)
+        return {
+            "device": dev,
+            "lock_protocol": sb.get("Lock protocol"),
+            "lock_table": sb.get("Lock table"),
+            "uuid": sb.get("UUID"),
+            "journals": len(journal_names),
+            "journal_names": [f"journal{n}" for n in journal_names],
+        }
+
+    def gfs2_jadd(self, mount_point: str, journals: int) -> dict[str, Any]:
+        mp = names.mount_point(mount_point)
+        if self._mounted_type(mp) != "gfs2":
+            raise AgentError("not_mounted", f"{mp} is not a mounted gfs2 filesystem")
+        self._run(["gfs2_jadd", "-j", str(journals), mp])
+        return {"mount_point": mp, "journals_added": journals}
+
+    # fstab and mounts ----------------------------------------------------------------
+    def fstab_entry(
+        self, device: str, mount_point: str, fstype: str, options: str, present: bool
+    ) -> dict[str, Any]:
+        line = "\t".join(
+            [
+                names.device(device),
+                names.mount_point(mount_point),
+                names.fstype(fstype),
+                names.mount_options(options),
+                "0",
+                "0",
+            ]
+        )
+        old = self._fstab.read_text() if self._fstab.exists() else ""
+        kept = [ln for ln in old.splitlines() if _fstab_mount_point(ln) != mount_point]
+        new_lines = [*kept, line] if present else kept
+        new = "\n".join(new_lines) + ("\n" if new_lines else "")
+        changed = new != old
+        if changed:
+            tmp = self._fstab.with_name(self._fstab.name + ".haven-tmp")
+            tmp.write_text(new)
+            os.replace(tmp, self._fstab)
+        return {"line": line, "present": present, "changed": changed}
+
+    def mount(
+        self, device: str, mount_point: str, fstype: str, options: str | None
+    ) -> dict[str, Any]:
+        dev, mp, fst = names.device(device), names.mount_point(mount_point), names.fstype(fstype)
+        if not self._kernel_has(fst):
+            raise AgentError(
+                "not_supported", f"the kernel lacks {fst!r} (not in /proc/filesystems)"
+            )
+        if self._mounted_type(mp) is not None:
+            return {"mount_point": mp, "changed": False}
+        opts = ["-o", names.mount_options(options)] if options else []
+        Path(mp).mkdir(parents=True, exist_ok=True)
+        self._run(["mount", "-t", fst, *opts, "--", dev, mp])
+        return {"mount_point": mp, "changed": True}
+
+    def unmount(self, mount_point: str) -> dict[str, Any]:
+        mp = names.mount_point(mount_point)
+        if self._mounted_type(mp) is None:
+            return {"mount_point": mp, "changed": False}
+        self._run(["umount", "--", mp])
+        return {"mount_point": mp, "changed": True}
+
+    def _kernel_has(self, fstype: str) -> bool:
+        text = (self._proc / "filesystems").read_text()
+        return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())
+
+    def _mounted_type(self, mount_point: str) -> str | None:
+        for line in (self._proc / "mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[1] == mount_point:
+                return fields[2]
+        return None
+
+
+def _fstab_mount_point(line: str) -> str | None:
+    fields = line.split()
+    if len(fields) < 2 or fields[0].startswith("#"):
+        return None
+    return fields[1]

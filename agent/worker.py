@@ -1,0 +1,156 @@
+"""Assembly: the Celery app consuming `agent.<host>`, the drivers, and the agent's threads.
+
+Threads in one agent process:
+- Celery's consumer (main thread, solo pool): receives `haven.agent.execute` and only hands the
+  command to the executor, so the broker connection is never busy with work;
+- the command pool (`cmd-*`): runs commands, ordered per guest;
+- libvirt's event loop: turns lifecycle changes into events;
+- the heartbeat thread;
+- the publisher thread: the only one that sends to the console.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from agent.commands import Dispatcher, ordering_key
+from agent.executor import Executor
+from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
+from agent.heartbeat import HeartbeatThread
+from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
+from agent.protocol import CONSOLE_QUEUE, EXECUTE_TASK, Event, agent_queue
+from agent.publisher import CelerySender, Publisher
+from agent.runner import SubprocessRunner
+from agent.storage import LinuxStorage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str
+    host: str
+    libvirt_uri: str = "qemu:///system"
+    console_queue: str = CONSOLE_QUEUE
+    heartbeat_interval_s: float = 1.0
+    workers: int = 4
+    fence_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH
+    fstab: Path = Path("/etc/fstab")
+    libvirt_config_dir: Path = Path("/etc/libvirt")
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that consumes only this host's queue and retries the broker forever."""
+    queue = agent_queue(settings.host)
+    app = Celery(f"haven-agent-{settings.host}", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(queue, routing_key=queue)],
+        task_default_queue=queue,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=16,
+        worker_enable_remote_control=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={"socket_connect_timeout": 2},
+        broker_heartbeat=0,
+    )
+    return app
+
+
+class Agent:
+    """One host's agent: drivers, executor, heartbeat and publisher, wired together."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or make_celery(settings)
+        self.publisher = Publisher(CelerySender(self.app, settings.console_queue))
+        self._event_seq = itertools.count(1)
+        self.hypervisor = LibvirtHypervisor(settings.libvirt_uri, self._on_lifecycle)
+        runner = SubprocessRunner()
+        self.dispatcher = Dispatcher(
+            host=settings.host,
+            hypervisor=self.hypervisor,
+            storage=LinuxStorage(runner, fstab=settings.fstab),
+            fencing=FenceAgents(runner, settings.fence_path),
+            libvirt_config_dir=settings.libvirt_config_dir,
+        )
+        self.executor = Executor(
+            settings.host,
+            self.dispatcher.handle,
+            self.publisher.publish,
+            ordering_key,
+            workers=settings.workers,
+        )
+        self.heartbeat = HeartbeatThread(
+            settings.host, self.hypervisor, self.publisher.publish, settings.heartbeat_interval_s
+        )
+        self._register_task()
+
+    def _register_task(self) -> None:
+        executor = self.executor
+
+        @self.app.task(name=EXECUTE_TASK, ignore_result=True)
+        def execute(command: object = None, *_args: object, **_kwargs: object) -> None:
+            executor.submit(command)
+
+    def _on_lifecycle(self, ev: LifecycleEvent) -> None:
+        event = Event(
+            host=self.settings.host,
+            event="lifecycle",
+            guest=ev.guest,
+            uuid=ev.uuid,
+            state=ev.state,
+            detail=ev.detail,
+            seq=next(self._event_seq),
+        )
+        log.info("event %s: %s (%s)", ev.guest, ev.state, ev.detail)
+        self.publisher.publish(event)
+
+    def start_background(self) -> None:
+        """Start everything but the Celery consumer."""
+        self.publisher.start()
+        self.hypervisor.connected()  # first connection now, so events flow from the start
+        self.heartbeat.start()
+
+    def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT): background threads, then the consumer."""
+        self.start_background()
+        queue = agent_queue(self.settings.host)
+        log.info("agent %s consuming %s", self.settings.host, queue)
+        worker_class: Any = self.app.Worker  # celery-types does not describe its options
+        worker = worker_class(
+            queues=[queue],
+            pool="solo",
+            concurrency=1,
+            hostname=f"agent@{self.settings.host}",
+            without_gossip=True,
+            without_mingle=True,
+            without_heartbeat=True,
+            loglevel=self.settings.log_level,
+            quiet=True,
+        )
+        try:
+            worker.start()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.heartbeat.stop()
+        self.executor.wait_idle(5.0)
+        self.executor.shutdown()
+        self.publisher.stop()
+        self.hypervisor.close()
