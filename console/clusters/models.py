@@ -1,0 +1,121 @@
+"""Clusters, their hosts and the fence devices that can power a host off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from console.clusters.choices import HostState
+from console.core import crypto, validators
+
+
+class Cluster(models.Model):
+    """A set of hosts sharing storage that run each other's guests when one fails."""
+
+    name = models.CharField(
+        max_length=15, unique=True, validators=[validators.validate_cluster_name]
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Host(models.Model):
+    """One hypervisor host running a Haven agent (consuming the queue ``agent.<name>``)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="hosts")
+    name = models.CharField(max_length=253, unique=True, validators=[validators.validate_hostname])
+    address = models.CharField(max_length=253, validators=[validators.validate_address])
+    state = models.CharField(max_length=16, choices=HostState.choices, default=HostState.NEW)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    memory_total_mb = models.PositiveIntegerField(default=0)
+    memory_free_mb = models.PositiveIntegerField(default=0)
+    cpus = models.PositiveIntegerField(default=0)
+    libvirt_uri = models.CharField(max_length=255, blank=True)
+    host_uuid = models.CharField(max_length=36, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cluster__name", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue this host's agent consumes."""
+        return f"agent.{self.name}"
+
+
+class FenceDevice(models.Model):
+    """A ``fence_*`` agent and its parameters, able to power off one host (by plug/port).
+
+    Ordinary parameters (``ip``, ``username``, ``lanplus`` ...) are stored as JSON; secret ones
+    (``password`` ...) are stored encrypted and never shown back by the API.
+    """
+
+    SECRET_KEYS = frozenset(
+        {"password", "passwd", "password_script", "snmp_priv_passwd", "community", "identity_file"}
+    )
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="fence_devices")
+    name = models.CharField(max_length=64, validators=[validators.validate_object_name])
+    agent = models.CharField(max_length=64, validators=[validators.validate_fence_agent])
+    parameters = models.JSONField(default=dict, blank=True)
+    secret_parameters_encrypted = models.TextField(blank=True, editable=False)
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="fence_devices")
+    plug = models.CharField(max_length=64, blank=True)
+    order = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["host__name", "order", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="fence_device_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.agent} for {self.host_id and self.host.name})"
+
+    @property
+    def secret_parameters(self) -> dict[str, Any]:
+        return crypto.decrypt_json(self.secret_parameters_encrypted)
+
+    @secret_parameters.setter
+    def secret_parameters(self, value: dict[str, Any]) -> None:
+        self.secret_parameters_encrypted = crypto.encrypt_json(value)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if not isinstance(self.parameters, dict):
+            errors["parameters"] = "Parameters must be an object of name: value pairs."
+        else:
+            for key, value in self.parameters.items():
+                if key in self.SECRET_KEYS:
+                    errors["parameters"] = (
+                        f"{key!r} is a secret: give it in secret_parameters so it is stored "
+                        "encrypted."
+                    )
+                elif not validators.OBJECT_NAME_RE.match(key) or not isinstance(
+                    value, str | int | bool
+                ):
+                    errors["parameters"] = (
+                        f"Parameter {key!r} must be a simple name with a text, number or "
+                        "true/false value."
+                    )
+                elif isinstance(value, str) and ("\n" in value or "\r" in value):
+                    errors["parameters"] = f"Parameter {key!r} may not contain a line break."
+        if self.plug and ("\n" in self.plug or "=" in self.plug):
+            errors["plug"] = "The plug may not contain a line break or '='."
+        if self.host_id and self.cluster_id and self.host.cluster_id != self.cluster_id:
+            errors["host"] = f"Host {self.host.name} is not in cluster {self.cluster.name}."
+        if errors:
+            raise ValidationError(errors)

@@ -1,0 +1,94 @@
+"""API base classes: one viewset and one serializer that every endpoint builds on."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models.deletion import ProtectedError, RestrictedError
+from rest_framework import serializers, status, viewsets
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from console.core import services
+
+
+def django_errors(exc: DjangoValidationError) -> dict[str, Any] | list[str]:
+    """A Django ValidationError as DRF error detail: {field: [messages]} or [messages]."""
+    if hasattr(exc, "error_dict"):
+        return {
+            ("non_field_errors" if field == "__all__" else field): messages
+            for field, messages in exc.message_dict.items()
+        }
+    return {"non_field_errors": exc.messages}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus clear 400/409 answers for errors raised below the serializer."""
+    if isinstance(exc, DjangoValidationError):
+        return Response(django_errors(exc), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ProtectedError | RestrictedError):
+        names = (
+            sorted(str(obj) for obj in exc.protected_objects)
+            if isinstance(exc, ProtectedError)
+            else sorted(str(obj) for obj in exc.restricted_objects)
+        )
+        return Response(
+            {"detail": f"This is still used by: {', '.join(names)}."},
+            status=status.HTTP_409_CONFLICT,
+        )
+    if isinstance(exc, IntegrityError):
+        return Response(
+            {"detail": "This conflicts with an existing object."}, status=status.HTTP_409_CONFLICT
+        )
+    return drf_exception_handler(exc, context)
+
+
+class HavenModelSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """Runs the model's own ``full_clean`` so the model is the one source of validation."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        model: type[models.Model] = self.Meta.model
+        instance = copy.copy(self.instance) if self.instance is not None else model()
+        m2m = {f.name for f in model._meta.many_to_many}
+        for key, value in attrs.items():
+            if key not in m2m:
+                setattr(instance, key, value)
+        exclude = [f.name for f in model._meta.get_fields() if f.name in m2m or f.auto_created]
+        try:
+            instance.full_clean(exclude=exclude)
+        except DjangoValidationError as exc:
+            raise ValidationError(django_errors(exc)) from exc
+        return attrs
+
+
+class HavenViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+    """Every write goes through ``console.core.services`` (atomic, recorded in the event log).
+
+    ``filterset_fields`` names the query parameters the list accepts (exact match);
+    ``operator_actions`` names the extra actions an operator may call.
+    """
+
+    filterset_fields: tuple[str, ...] = ()
+    operator_actions: tuple[str, ...] = ()
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:  # type: ignore[type-arg]
+        with transaction.atomic():
+            services.save_serializer(serializer, actor=self.request.user, verb="create")
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:  # type: ignore[type-arg]
+        with transaction.atomic():
+            services.save_serializer(serializer, actor=self.request.user, verb="update")
+
+    def perform_destroy(self, instance: models.Model) -> None:
+        with transaction.atomic():
+            services.delete_object(instance, actor=self.request.user)
+
+
+class ReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+    filterset_fields: tuple[str, ...] = ()
+    operator_actions: tuple[str, ...] = ()

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    """Shared pieces every Haven app builds on: roles, validators, API base classes."""
+
+    name = "console.core"
+    label = "core"

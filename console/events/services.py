@@ -1,0 +1,42 @@
+"""Writing the event log. Every action (who, what, when, result) lands here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import models
+
+from console.events.models import Event, EventResult
+
+log = logging.getLogger("haven.events")
+
+
+def record(
+    *,
+    actor: str,
+    verb: str,
+    obj: models.Model | None = None,
+    object_type: str = "",
+    object_name: str = "",
+    cluster: Any = None,
+    result: str = EventResult.OK,
+    message: str = "",
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Append one event. Callers never put secrets in ``message`` or ``data``."""
+    if obj is not None:
+        object_type = object_type or (obj._meta.model_name or "")
+        object_name = object_name or str(obj)
+    event = Event.objects.create(
+        actor=actor[:150],
+        verb=verb,
+        object_type=object_type,
+        object_name=object_name[:255],
+        cluster=cluster,
+        result=result,
+        message=message,
+        data=data or {},
+    )
+    log.info("%s %s %s %s: %s %s", actor, verb, object_type, object_name, result, message)
+    return event

@@ -1,0 +1,19 @@
+from console.core.api import ReadOnlyViewSet
+from console.jobs.api import serializers
+from console.jobs.models import Job, JobEvent
+
+
+class JobViewSet(ReadOnlyViewSet):
+    """Jobs are created by operations and the HA engine, never written directly."""
+
+    queryset = Job.objects.prefetch_related("hosts")
+    serializer_class = serializers.JobSerializer
+    filterset_fields = ("cluster", "kind", "status", "hosts")
+
+
+class JobEventViewSet(ReadOnlyViewSet):
+    """A job's append-only log; poll with ``?job=ID`` (ordered by ``seq``)."""
+
+    queryset = JobEvent.objects.all()
+    serializer_class = serializers.JobEventSerializer
+    filterset_fields = ("job", "host", "level", "step")

@@ -1,0 +1,100 @@
+"""Jobs (Conga's batches): what a person or the HA engine asks of one or more hosts.
+
+Status lifecycle, state by state:
+
+- ``pending``    created, not yet sent to any agent (messages go out after the commit);
+- ``dispatched`` sent to the hosts' queues, no agent has started it yet;
+- ``running``    at least one agent reported it started;
+- ``succeeded``  every step finished well;
+- ``failed``     a step failed: ``explanation`` says which and why;
+- ``lost``       a host stopped heartbeating while the job ran on it: ``explanation`` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator
+from django.db import models
+
+from console.clusters.models import Cluster, Host
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DISPATCHED = "dispatched", "Dispatched"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    LOST = "lost", "Lost"
+
+
+JOB_STATUS_COLOURS = {
+    "pending": "grey",
+    "dispatched": "amber",
+    "running": "amber",
+    "succeeded": "green",
+    "failed": "red",
+    "lost": "red",
+}
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST})
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=64)
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
+    hosts = models.ManyToManyField(Host, blank=True, related_name="jobs")
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.PENDING)
+    progress = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+    explanation = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="jobs",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+
+class JobEvent(models.Model):
+    """One line of a job's append-only log; ``seq`` orders them within the job."""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    time = models.DateTimeField(auto_now_add=True)
+    host = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True)
+    step = models.CharField(max_length=64, blank=True)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_event_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq} {self.message[:40]}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Job events are append-only; they are never changed.")
+        super().save(*args, **kwargs)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from console.core.api import HavenModelSerializer
+from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+
+
+class FailoverDomainMemberSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    host_name = serializers.CharField(source="host.name", read_only=True)
+
+    class Meta:
+        model = FailoverDomainMember
+        fields = ["host", "host_name", "priority"]
+
+
+class FailoverDomainSerializer(HavenModelSerializer):
+    members = FailoverDomainMemberSerializer(many=True, required=False)
+    services: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="name"
+    )
+
+    class Meta:
+        model = FailoverDomain
+        fields = [
+            "id",
+            "cluster",
+            "name",
+            "ordered",
+            "restricted",
+            "nofailback",
+            "members",
+            "services",
+        ]
+
+    def validate_members(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen: set[int] = set()
+        for member in members:
+            host = member["host"]
+            if host.pk in seen:
+                raise serializers.ValidationError(
+                    f"Host {host.name} is listed twice; each host can be a member only once."
+                )
+            seen.add(host.pk)
+        return members
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        members = attrs.pop("members", None)
+        attrs = super().validate(attrs)
+        cluster = attrs.get("cluster") or getattr(self.instance, "cluster", None)
+        for member in members or []:
+            if cluster is not None and member["host"].cluster_id != cluster.pk:
+                raise serializers.ValidationError(
+                    {"members": f"Host {member['host'].name} is not in cluster {cluster.name}."}
+                )
+        if members is not None:
+            attrs["members"] = members
+        return attrs
+
+
+class VmServiceSerializer(HavenModelSerializer):
+    class Meta:
+        model = VmService
+        fields = [
+            "id",
+            "cluster",
+            "name",
+            "domain_xml",
+            "memory_mb",
+            "vcpus",
+            "autostart",
+            "failover_domain",
+            "recovery",
+            "max_restarts",
+            "restart_window_s",
+            "max_relocations",
+            "priority",
+            "migratable",
+            "desired_state",
+            "state",
+            "host",
+            "state_since",
+        ]
+        read_only_fields = ["memory_mb", "vcpus", "state", "host", "state_since"]

@@ -1,0 +1,110 @@
+"""Reading what Haven needs from a libvirt domain definition, and nothing more.
+
+The console keeps every guest's libvirt XML and defines it on whichever host starts it, so the
+XML must parse, name the guest the service is named after, and say how much memory and how
+many virtual CPUs it needs (placement uses both).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+
+# libvirt's scaled-integer units (docs: formatdomain "memory" element), as bytes.
+_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
+MAX_XML_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    memory_mb: int
+    vcpus: int
+    uuid: str
+
+
+def parse_domain_xml(text: str, expected_name: str | None = None) -> DomainInfo:
+    """Validate a domain definition; raise ValidationError saying exactly what is wrong."""
+    if not text or not text.strip():
+        raise ValidationError("The libvirt domain XML is empty.", code="required")
+    if len(text.encode()) > MAX_XML_BYTES:
+        raise ValidationError("The libvirt domain XML is larger than 1 MiB.", code="too_large")
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise ValidationError(
+            "The domain XML may not contain a DOCTYPE or entities.", code="invalid"
+        )
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValidationError(f"The domain XML does not parse: {exc}.", code="parse") from exc
+    if root.tag != "domain":
+        raise ValidationError(
+            f"The root element must be <domain>, not <{root.tag}>.", code="invalid"
+        )
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise ValidationError("The domain XML has no <name>.", code="invalid")
+    if expected_name is not None and name != expected_name:
+        raise ValidationError(
+            f"The domain XML names the guest {name!r}, but the service is {expected_name!r}: "
+            "they must match.",
+            code="name_mismatch",
+        )
+    memory_mb = _memory_mb(root)
+    vcpus = _vcpus(root)
+    return DomainInfo(
+        name=name, memory_mb=memory_mb, vcpus=vcpus, uuid=(root.findtext("uuid") or "").strip()
+    )
+
+
+def _memory_mb(root: ET.Element) -> int:
+    element = root.find("memory")
+    if element is None:
+        element = root.find("currentMemory")
+    if element is None or not (element.text or "").strip():
+        raise ValidationError("The domain XML has no <memory> size.", code="invalid")
+    unit = element.get("unit", "KiB").lower()
+    if unit not in _UNITS:
+        raise ValidationError(f"Unknown memory unit {element.get('unit')!r}.", code="invalid")
+    raw = (element.text or "").strip()
+    try:
+        amount = int(raw)
+    except ValueError as exc:
+        raise ValidationError(
+            f"The memory size {raw!r} is not a whole number.", code="invalid"
+        ) from exc
+    if amount <= 0:
+        raise ValidationError(f"The memory size must be positive, not {amount}.", code="invalid")
+    size = amount * _UNITS[unit]
+    mib = -(-size // (1024 * 1024))
+    return int(mib)
+
+
+def _vcpus(root: ET.Element) -> int:
+    raw = (root.findtext("vcpu") or "1").strip()
+    try:
+        vcpus = int(raw)
+    except ValueError as exc:
+        raise ValidationError(
+            f"The vcpu count {raw!r} is not a whole number.", code="invalid"
+        ) from exc
+    if vcpus < 1:
+        raise ValidationError(f"The vcpu count must be at least 1, not {vcpus}.", code="invalid")
+    return vcpus

@@ -1,0 +1,123 @@
+"""Failover domains (where a guest may run, and where it prefers to) and VM services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from console.clusters.models import Cluster, Host
+from console.core import validators
+from console.services.choices import DesiredState, Recovery, ServiceState
+from console.services.domainxml import parse_domain_xml
+
+
+class FailoverDomain(models.Model):
+    """Which hosts may run a guest and which it prefers (rgmanager's failover domain).
+
+    - ``ordered``: only the online members with the best (lowest) priority are candidates.
+    - ``restricted``: the guest never runs on a non-member; it waits instead.
+    - ``nofailback``: a guest that moved away stays put when a better member returns.
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="domains")
+    name = models.CharField(max_length=64, validators=[validators.validate_object_name])
+    ordered = models.BooleanField(default=False)
+    restricted = models.BooleanField(default=False)
+    nofailback = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["cluster__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="domain_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FailoverDomainMember(models.Model):
+    """A host in a failover domain; priority 1..100, lower is more preferred."""
+
+    domain = models.ForeignKey(FailoverDomain, on_delete=models.CASCADE, related_name="members")
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="domain_memberships")
+    priority = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+
+    class Meta:
+        ordering = ["domain__name", "priority", "host__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "host"], name="domain_member_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host_id and self.host.name} ({self.priority})"
+
+
+class VmService(models.Model):
+    """A guest under cluster control; the console keeps its libvirt definition."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="services")
+    name = models.CharField(max_length=64, validators=[validators.validate_guest_name])
+    domain_xml = models.TextField(help_text="The libvirt domain definition; its <name> must match.")
+    memory_mb = models.PositiveIntegerField(editable=False, default=0)
+    vcpus = models.PositiveIntegerField(editable=False, default=1)
+    autostart = models.BooleanField(default=True)
+    failover_domain = models.ForeignKey(
+        FailoverDomain, on_delete=models.PROTECT, null=True, blank=True, related_name="services"
+    )
+    recovery = models.CharField(max_length=8, choices=Recovery.choices, default=Recovery.RESTART)
+    max_restarts = models.PositiveIntegerField(default=0)
+    restart_window_s = models.PositiveIntegerField(default=0)
+    max_relocations = models.PositiveIntegerField(default=1)
+    priority = models.IntegerField(
+        default=0,
+        validators=[MinValueValidator(0), MaxValueValidator(1000)],
+        help_text="Higher is more important: started first, and may stop less important guests.",
+    )
+    migratable = models.BooleanField(default=True)
+    desired_state = models.CharField(
+        max_length=8, choices=DesiredState.choices, default=DesiredState.STARTED
+    )
+    state = models.CharField(
+        max_length=16, choices=ServiceState.choices, default=ServiceState.UNKNOWN
+    )
+    host = models.ForeignKey(
+        Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="services"
+    )
+    state_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["cluster__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="service_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Memory and vCPUs always come from the XML, so placement sees what libvirt will."""
+        info = parse_domain_xml(self.domain_xml, expected_name=self.name)
+        self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        errors: dict[str, object] = {}
+        if self.domain_xml:
+            try:
+                info = parse_domain_xml(self.domain_xml, expected_name=self.name or None)
+            except ValidationError as exc:
+                errors["domain_xml"] = exc.messages
+            else:
+                self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+        domain, host = self.failover_domain, self.host
+        if domain is not None and self.cluster_id and domain.cluster_id != self.cluster_id:
+            errors["failover_domain"] = f"Failover domain {domain.name} belongs to another cluster."
+        if host is not None and self.cluster_id and host.cluster_id != self.cluster_id:
+            errors["host"] = f"Host {host.name} is not in this service's cluster."
+        if errors:
+            raise ValidationError(errors)

@@ -1,0 +1,67 @@
+"""Writes to failover domains and VM services (atomic, recorded in the event log)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from console.core.errors import Conflict
+from console.core.services import actor_name
+from console.events.services import record
+from console.services.models import FailoverDomain, FailoverDomainMember
+
+
+def save_domain(
+    domain: FailoverDomain, members: list[dict[str, Any]] | None, *, actor: Any, verb: str
+) -> FailoverDomain:
+    """Save a domain and (when given) replace its members in one transaction."""
+    with transaction.atomic():
+        domain.save()
+        if members is not None:
+            domain.members.all().delete()
+            FailoverDomainMember.objects.bulk_create(
+                FailoverDomainMember(domain=domain, host=m["host"], priority=m["priority"])
+                for m in members
+            )
+        record(
+            actor=actor_name(actor),
+            verb=verb,
+            obj=domain,
+            cluster=domain.cluster,
+            data={
+                "members": [
+                    {"host": m["host"].name, "priority": m["priority"]} for m in members or []
+                ]
+            },
+        )
+    return domain
+
+
+def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
+    """Delete a domain, refused (409) while services use it, naming them."""
+    with transaction.atomic():
+        users = sorted(domain.services.values_list("name", flat=True))
+        if users:
+            record(
+                actor=actor_name(actor),
+                verb="delete",
+                obj=domain,
+                cluster=domain.cluster,
+                result="refused",
+                message=f"used by {', '.join(users)}",
+            )
+            raise Conflict(
+                f"Failover domain {domain.name} is used by "
+                f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
+                "move them to another domain (or none) first."
+            )
+        cluster, name = domain.cluster, str(domain)
+        domain.delete()
+        record(
+            actor=actor_name(actor),
+            verb="delete",
+            object_type="failoverdomain",
+            object_name=name,
+            cluster=cluster,
+        )

@@ -1,0 +1,123 @@
+"""One factory per model (factory_boy); each builds a valid object with unique names."""
+
+from __future__ import annotations
+
+import factory
+
+from console.clusters.models import Cluster, FenceDevice, Host
+from console.jobs.models import Job, JobEvent
+from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+from console.storage.models import BlockDevice, Filesystem, LogicalVolume, VolumeGroup
+
+
+def domain_xml(name: str, memory_kib: int = 32768, vcpus: int = 1) -> str:
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='KiB'>{memory_kib}</memory>"
+        f"<vcpu>{vcpus}</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Cluster
+
+    name = factory.Sequence(lambda n: f"cl{n}")
+
+
+class HostFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Host
+
+    cluster = factory.SubFactory(ClusterFactory)
+    name = factory.Sequence(lambda n: f"et-virt{n:02d}")
+    address = factory.Sequence(lambda n: f"10.88.0.{n % 250 + 1}")
+
+
+class FenceDeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FenceDevice
+
+    host = factory.SubFactory(HostFactory)
+    cluster = factory.SelfAttribute("host.cluster")
+    name = factory.Sequence(lambda n: f"ipmi{n}")
+    agent = "fence_ipmilan"
+    parameters = factory.LazyFunction(lambda: {"ip": "10.88.0.254", "username": "admin"})
+
+
+class FailoverDomainFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FailoverDomain
+
+    cluster = factory.SubFactory(ClusterFactory)
+    name = factory.Sequence(lambda n: f"domain{n}")
+
+
+class FailoverDomainMemberFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FailoverDomainMember
+
+    domain = factory.SubFactory(FailoverDomainFactory)
+    host = factory.SubFactory(HostFactory, cluster=factory.SelfAttribute("..domain.cluster"))
+    priority = 1
+
+
+class VmServiceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = VmService
+
+    cluster = factory.SubFactory(ClusterFactory)
+    name = factory.Sequence(lambda n: f"guest{n}")
+    domain_xml = factory.LazyAttribute(lambda o: domain_xml(o.name))
+
+
+class BlockDeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BlockDevice
+
+    host = factory.SubFactory(HostFactory)
+    path = factory.Sequence(lambda n: f"/dev/sd{chr(ord('b') + n % 24)}{n}")
+    size_bytes = 10 * 1024**3
+
+
+class VolumeGroupFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = VolumeGroup
+
+    cluster = factory.SubFactory(ClusterFactory)
+    name = factory.Sequence(lambda n: f"vg{n}")
+
+
+class LogicalVolumeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LogicalVolume
+
+    volume_group = factory.SubFactory(VolumeGroupFactory)
+    name = factory.Sequence(lambda n: f"lv{n}")
+    size_bytes = 1024**3
+
+
+class FilesystemFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Filesystem
+
+    logical_volume = factory.SubFactory(LogicalVolumeFactory)
+    name = factory.Sequence(lambda n: f"fs{n}")
+    mount_point = factory.Sequence(lambda n: f"/mnt/fs{n}")
+    journals = 3
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Job
+
+    kind = "start"
+    cluster = factory.SubFactory(ClusterFactory)
+
+
+class JobEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = JobEvent
+
+    job = factory.SubFactory(JobFactory)
+    seq = factory.Sequence(lambda n: n + 1)
+    message = "step done"
