@@ -405,6 +405,7 @@ class Lab:
             bmc = _load_ref(host.dir / "bmc" / "ipmi_sim.json")
             if bmc is not None:
                 bmc.kill()
+                self._reap(f"bmc:{name}")
                 _wait_for(lambda b=bmc: not b.alive(), STOP_TIMEOUT, f"{name}'s BMC to stop")
             if _link_exists(host.veth):
                 _run(["ip", "link", "delete", host.veth])
@@ -726,9 +727,7 @@ class Lab:
             pref = ProcRef.of(pid)
             if pref is not None:
                 pref.kill()
-        child = self._children.pop(name, None)
-        if child is not None:
-            child.wait(timeout=STOP_TIMEOUT)
+        self._reap(name)
         _wait_for(
             lambda: (ref is None or not ref.alive()) and not _netns_pids(host.netns),
             STOP_TIMEOUT,
@@ -747,6 +746,12 @@ class Lab:
         out = _run(["ip", "-o", "link", "show", "dev", self.host(name).veth], check=False)
         flags = re.search(r"<([^>]*)>", out)
         return flags is not None and "UP" not in flags.group(1).split(",")
+
+    def _reap(self, key: str) -> None:
+        """Collect a killed child of ours so it leaves no zombie behind."""
+        child = self._children.pop(key, None)
+        if child is not None:
+            child.wait(timeout=STOP_TIMEOUT)
 
     # -- running things inside a host ----------------------------------------------------------
 

@@ -1,0 +1,47 @@
+"""One real lab (three hosts in namespaces) per test module, torn down afterwards."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LAB_DIR = Path(__file__).resolve().parents[2] / "deploy" / "lab"
+sys.path.insert(0, str(LAB_DIR))
+
+import haven_lab  # noqa: E402
+
+HOSTS = ("et-virt05", "et-virt06", "et-virt07")
+
+
+class BuiltLab:
+    """The lab under test plus what its creation cost."""
+
+    def __init__(self, lab: haven_lab.Lab, seconds: float) -> None:
+        self.lab = lab
+        self.create_seconds = seconds
+
+
+@pytest.fixture(scope="module")
+def built_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltLab]:
+    reason = haven_lab.namespace_support()
+    if reason is not None:
+        pytest.skip(f"lab hosts need network namespaces: {reason}")
+    lab = haven_lab.Lab(tmp_path_factory.mktemp("lab"))
+    started = time.monotonic()
+    try:
+        lab.create(HOSTS)
+    except haven_lab.LabError as exc:
+        lab.destroy()
+        pytest.fail(f"lab could not be created: {exc}")
+    yield BuiltLab(lab, time.monotonic() - started)
+    lab.destroy()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare pytest-django's ini key: with `-p no:django` it would be unknown, and the
+    project's warnings-as-errors would stop the run before a single lab test."""
+    parser.addini("DJANGO_SETTINGS_MODULE", "Django settings module (pytest-django)")
