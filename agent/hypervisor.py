@@ -227,7 +227,7 @@ class LibvirtHypervisor:
                 raise AgentError("libvirt_unavailable", f"{self.uri}: reconnecting (backoff)")
             try:
                 self._conn = self._open()
-            except libvirt.libvirtError as exc:
+            except (libvirt.libvirtError, AgentError) as exc:
                 self._backoff_s = min(max(self._backoff_s * 2, 0.5), self._backoff_max_s)
                 self._next_attempt = now + self._backoff_s
                 log.warning(

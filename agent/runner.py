@@ -52,7 +52,7 @@ class SubprocessRunner:
     """Runs commands with subprocess; `env` is added to the agent's own environment."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self._env = {**os.environ, "LC_ALL": "C", **(env or {})}
+        self._env = dict(env or {})
 
     def run(
         self,
@@ -74,7 +74,7 @@ class SubprocessRunner:
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
-                env=self._env,
+                env={**os.environ, "LC_ALL": "C", **self._env},
                 check=False,
             )
         except FileNotFoundError as exc:
