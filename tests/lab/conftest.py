@@ -15,6 +15,8 @@ sys.path.insert(0, str(LAB_DIR))
 import haven_lab  # noqa: E402
 
 HOSTS = ("et-virt05", "et-virt06", "et-virt07")
+# A fixed place (not a pytest tmp dir) so the next run cleans up after an interrupted one.
+TEST_ROOT = LAB_DIR.parents[1] / "var" / "lab-test"
 
 
 class BuiltLab:
@@ -26,13 +28,14 @@ class BuiltLab:
 
 
 @pytest.fixture(scope="module")
-def built_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltLab]:
+def built_lab() -> Iterator[BuiltLab]:
     reason = haven_lab.namespace_support()
     if reason is not None:
         pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(tmp_path_factory.mktemp("lab"))
-    started = time.monotonic()
+    lab = haven_lab.Lab(TEST_ROOT)
     try:
+        lab.destroy()  # what an interrupted earlier run left behind
+        started = time.monotonic()
         lab.create(HOSTS)
     except haven_lab.LabError as exc:
         lab.destroy()
