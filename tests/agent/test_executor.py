@@ -73,5 +73,5 @@ def test_same_guest_is_ordered_other_guests_run_in_parallel() -> None:
     calls = {cid: (start, end) for cid, start, end in rec.calls}
     assert calls["a2"][0] >= calls["a1"][1]  # a2 waited for a1
     assert calls["b1"][1] < calls["a1"][1]  # b1 did not wait for the long a1
-    assert [r.id for r in results][0] == "b1"
+    assert results[0].id == "b1"
     ex.shutdown()
