@@ -1,0 +1,81 @@
+"""Haven's HA engine: pure decisions, standard library only.
+
+    decision = tick(snapshot, now)
+
+`snapshot` (a frozen `Snapshot`) holds what the console knows: host observations (last
+heartbeat, reported guests, memory, maintenance / shutting-down flags, fence device configured,
+acknowledged-down time), failover domains, service configurations, results of earlier actions
+(keyed by action id), new person's commands (with ids), the settings and the engine's previous
+`Status`. `now` is the time on the heartbeat clock, in seconds.
+
+`decision.status` is the new status to store (`Status.to_json()` / `Status.from_json()` for one
+database column) and pass back in the next snapshot; `decision.actions` are `Fence`, `Start`,
+`Stop`, `Migrate` and `Relocate`, each with a fresh id, to turn into jobs; `decision.replies`
+answer commands (accepted, queued, refused with a code and a reason); `decision.log` and
+`decision.transitions` say what changed and why.
+
+See README.md beside this file for the states and how the console runtime drives `tick`.
+"""
+
+from console.engine.commands import Command, CommandKind
+from console.engine.model import (
+    Action,
+    ActionResult,
+    Decision,
+    Domain,
+    DomainMember,
+    Fence,
+    HostObservation,
+    Migrate,
+    Relocate,
+    Reply,
+    ReplyOutcome,
+    ServiceConfig,
+    Snapshot,
+    Start,
+    Stop,
+    Transition,
+)
+from console.engine.settings import Settings
+from console.engine.states import (
+    HOST_STATES,
+    SERVICE_STATES,
+    Desired,
+    HostState,
+    Recovery,
+    ServiceState,
+)
+from console.engine.status import HostStatus, ServiceStatus, Status
+from console.engine.tick import tick
+
+__all__ = [
+    "HOST_STATES",
+    "SERVICE_STATES",
+    "Action",
+    "ActionResult",
+    "Command",
+    "CommandKind",
+    "Decision",
+    "Desired",
+    "Domain",
+    "DomainMember",
+    "Fence",
+    "HostObservation",
+    "HostState",
+    "HostStatus",
+    "Migrate",
+    "Recovery",
+    "Relocate",
+    "Reply",
+    "ReplyOutcome",
+    "ServiceConfig",
+    "ServiceState",
+    "ServiceStatus",
+    "Settings",
+    "Snapshot",
+    "Start",
+    "Status",
+    "Stop",
+    "Transition",
+    "tick",
+]

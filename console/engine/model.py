@@ -1,0 +1,200 @@
+"""What goes into `tick` (the snapshot) and what comes out (actions, replies, the decision).
+
+All of it is frozen dataclasses: the runtime fills them from the database, the simulator from
+its simulated hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from console.engine.commands import Command
+from console.engine.settings import Settings
+from console.engine.states import Desired, HostState, Recovery, ServiceState
+from console.engine.status import Status
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostObservation:
+    """What the console knows about one host right now."""
+
+    name: str
+    #: time of the last heartbeat (same clock as `now`); None = never heard from
+    last_heartbeat: float | None
+    #: guests the host reported running in that heartbeat
+    running: frozenset[str] = frozenset()
+    memory_total_mb: int = 0
+    #: free memory reported in that heartbeat; memory neither free nor used by known guests
+    #: (the hypervisor's own) is kept out of placement
+    memory_free_mb: int = 0
+    cpus: int = 1
+    #: a person put the host in maintenance: drain it, place nothing new on it
+    maintenance: bool = False
+    #: the host announced a clean shutdown: drain it, and do not fence it once it goes quiet
+    shutting_down: bool = False
+    #: a fence device is configured for the host
+    fence_device: bool = True
+    #: when a person acknowledged that the host is down; honoured only if later than the
+    #: last heartbeat, so an old acknowledgement never covers a newer silence
+    acknowledged_down_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainMember:
+    node: str
+    #: 1..100, lower is more preferred (rgmanager's rule)
+    priority: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A failover domain: the hosts a service prefers, in tiers."""
+
+    name: str
+    members: tuple[DomainMember, ...]
+    #: members are tiered by priority; otherwise all members are one tier
+    ordered: bool = False
+    #: never run the service outside the members (it waits instead)
+    restricted: bool = False
+    #: never move a running service back to a better member
+    nofailback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A service's configuration, as stored by the console."""
+
+    name: str
+    #: what a person wants; read only when the engine first sees the service, afterwards the
+    #: engine's status owns it (commands change it) and the runtime copies it back
+    desired: Desired = Desired.STARTED
+    domain: str | None = None
+    recovery: Recovery = Recovery.RESTART
+    #: restarts in place within restart_window_s before relocating; 0 = no limit
+    max_restarts: int = 0
+    #: 0 = restarts never expire
+    restart_window_s: float = 0.0
+    max_relocations: int = 1
+    memory_mb: int = 512
+    cpus: int = 1
+    #: higher is more important
+    priority: int = 0
+    migratable: bool = True
+    #: when the engine first sees a service that is not running, start it (else leave stopped)
+    autostart: bool = True
+    #: where it runs now, for a service the engine has not seen yet (adopted as started)
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What became of an action; results for unknown or stale ids are ignored."""
+
+    action_id: str
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything `tick` may look at."""
+
+    hosts: Mapping[str, HostObservation]
+    services: Mapping[str, ServiceConfig]
+    domains: Mapping[str, Domain] = field(default_factory=lambda: MappingProxyType({}))
+    #: results that arrived since the previous tick
+    results: tuple[ActionResult, ...] = ()
+    #: commands that arrived since the previous tick
+    commands: tuple[Command, ...] = ()
+    #: the status returned by the previous tick (Status() the very first time)
+    status: Status = field(default_factory=Status)
+    settings: Settings = field(default_factory=Settings)
+    #: prefix of new action ids, e.g. to keep ids unique across a status reset
+    id_prefix: str = "a"
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    id: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    id: str
+    service: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    id: str
+    service: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """Live migration; on failure the guest keeps running on `source`."""
+
+    id: str
+    service: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relocate:
+    """Stop on `source`, then start on `target` (for guests that cannot migrate)."""
+
+    id: str
+    service: str
+    source: str
+    target: str
+
+
+Action = Fence | Start | Stop | Migrate | Relocate
+
+
+class ReplyOutcome(StrEnum):
+    ACCEPTED = "accepted"  # applied now
+    QUEUED = "queued"  # the service is busy; applied (and replied again) when it settles
+    REFUSED = "refused"  # not applied; `code` and `reason` say why
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    command_id: str
+    service: str
+    outcome: ReplyOutcome
+    #: short machine-readable reason, e.g. "not-migratable" (empty when accepted)
+    code: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change; `old` is None when the engine first sees the host or service."""
+
+    kind: str  # "host" or "service"
+    name: str
+    old: HostState | ServiceState | None
+    new: HostState | ServiceState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: Status
+    actions: tuple[Action, ...]
+    log: tuple[str, ...]
+    replies: tuple[Reply, ...] = ()
+    transitions: tuple[Transition, ...] = ()

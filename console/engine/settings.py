@@ -1,0 +1,36 @@
+"""The engine's timers. The defaults are the project's agreed values (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Timers and limits of the HA engine, all in seconds unless named otherwise."""
+
+    #: agents send a heartbeat this often
+    heartbeat_interval_s: float = 1.0
+    #: a host is unreachable once this many heartbeats in a row are missing
+    missed_heartbeats: int = 3
+    #: wait before the first fence retry; doubles after each further failure
+    fence_retry_s: float = 5.0
+    #: the longest wait between two fence attempts
+    fence_retry_max_s: float = 60.0
+    #: a fence action without a result after this long counts as failed
+    fence_timeout_s: float = 60.0
+    #: a start/stop/migrate/relocate without a result after this long counts as failed
+    action_timeout_s: float = 300.0
+    #: after a failed stop or migration, wait this long before trying that move again
+    retry_s: float = 10.0
+    #: a guest that ran this long before crashing starts a fresh failure streak
+    stable_after_s: float = 60.0
+
+    def silent_after_s(self) -> float:
+        """How long without a heartbeat makes a host unreachable."""
+        return self.heartbeat_interval_s * self.missed_heartbeats
+
+    def fence_backoff_s(self, failures: int) -> float:
+        """Delay before the next fence attempt after `failures` failed ones (>= 1)."""
+        delay = self.fence_retry_s * (2 ** max(0, failures - 1))
+        return float(min(delay, self.fence_retry_max_s))

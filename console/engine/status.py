@@ -1,0 +1,210 @@
+"""The engine's memory between ticks: one Status, stored by the runtime as one JSON column.
+
+The runtime treats it as opaque except for reading `services[name].state/node/desired/reason`
+and `hosts[name].state/reason` and `alarm` to show them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.engine.commands import Command, CommandKind
+from console.engine.states import Desired, HostState, ServiceState
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    state: HostState
+    #: when it entered `state`
+    since: float = 0.0
+    #: why it is in this state (shown to people)
+    reason: str = ""
+    #: it has heartbeated at least once
+    heard: bool = False
+    #: it went quiet after announcing a clean shutdown: known down, not silent
+    shut_down: bool = False
+    #: fence attempts that failed in a row
+    fence_failures: int = 0
+    #: no fence attempt before this time
+    next_fence_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    state: ServiceState
+    desired: Desired
+    #: where it runs (started, stopping, migrating: the source), is starting, or last ran
+    node: str | None = None
+    #: destination of an in-flight migrate/relocate
+    target: str | None = None
+    #: id of the in-flight action
+    action: str | None = None
+    since: float = 0.0
+    reason: str = ""
+    #: times of restarts in place still inside the restart window
+    restarts: tuple[float, ...] = ()
+    #: hosts it failed on in a row (for max_relocations)
+    failed_nodes: tuple[str, ...] = ()
+    #: hosts that may still run it without the engine knowing: in FENCE, silent hosts to be
+    #: fenced; in RECOVERING, hosts whose next report must be seen before it starts again
+    suspects: tuple[str, ...] = ()
+    #: RECOVERING: restart in place on this host if it can
+    restart_on: str | None = None
+    #: host it was drained from (maintenance, clean shutdown): it returns there afterwards
+    home: str | None = None
+    #: no new move (stop, migration) before this time, after a failed one
+    retry_at: float = 0.0
+    #: a person's command waiting for the service to settle
+    queued: Command | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An action in flight, so that its result can be matched."""
+
+    kind: str  # fence | start | stop | migrate | relocate | stray (a stop of a stray copy)
+    subject: str  # host name for fence, else service name
+    host: str
+    deadline: float
+
+
+def _is_active(s: ServiceStatus) -> bool:
+    """True when the service needs looking at every tick (not settled)."""
+    if s.queued is not None:
+        return True
+    state = s.state
+    if state is ServiceState.STARTED:
+        return s.desired is not Desired.STARTED
+    if state is ServiceState.STOPPED or state is ServiceState.DISABLED:
+        return s.desired is Desired.STARTED or (
+            (state is ServiceState.STOPPED) != (s.desired is Desired.STOPPED)
+        )
+    return state is not ServiceState.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    hosts: Mapping[str, HostStatus] = field(default_factory=dict)
+    services: Mapping[str, ServiceStatus] = field(default_factory=dict)
+    pending: Mapping[str, Pending] = field(default_factory=dict)
+    #: counter behind new action ids
+    next_id: int = 0
+    #: an alarm for people (e.g. a fencing storm); empty when all is well
+    alarm: str = ""
+    #: services that are not settled (derived; rebuilt from `services` when None)
+    active: frozenset[str] | None = None
+
+    def active_services(self) -> frozenset[str]:
+        if self.active is not None:
+            return self.active
+        return frozenset(n for n, s in self.services.items() if _is_active(s))
+
+    # --- JSON ---------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "next_id": self.next_id,
+                "alarm": self.alarm,
+                "hosts": {n: _host_out(h) for n, h in sorted(self.hosts.items())},
+                "services": {n: _svc_out(s) for n, s in sorted(self.services.items())},
+                "pending": {
+                    k: [p.kind, p.subject, p.host, p.deadline]
+                    for k, p in sorted(self.pending.items())
+                },
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Status:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or raw.get("version") != 1:
+            raise ValueError("not an engine status (version 1)")
+        services = {n: _svc_in(v) for n, v in raw["services"].items()}
+        return cls(
+            hosts={n: _host_in(v) for n, v in raw["hosts"].items()},
+            services=services,
+            pending={
+                k: Pending(str(v[0]), str(v[1]), str(v[2]), float(v[3]))
+                for k, v in raw["pending"].items()
+            },
+            next_id=int(raw["next_id"]),
+            alarm=str(raw["alarm"]),
+            active=frozenset(n for n, s in services.items() if _is_active(s)),
+        )
+
+
+def _host_out(h: HostStatus) -> dict[str, Any]:
+    return {
+        "state": h.state.value,
+        "since": h.since,
+        "reason": h.reason,
+        "heard": h.heard,
+        "shut_down": h.shut_down,
+        "fence_failures": h.fence_failures,
+        "next_fence_at": h.next_fence_at,
+    }
+
+
+def _host_in(v: Mapping[str, Any]) -> HostStatus:
+    return HostStatus(
+        state=HostState(v["state"]),
+        since=float(v["since"]),
+        reason=str(v["reason"]),
+        heard=bool(v["heard"]),
+        shut_down=bool(v["shut_down"]),
+        fence_failures=int(v["fence_failures"]),
+        next_fence_at=float(v["next_fence_at"]),
+    )
+
+
+def _svc_out(s: ServiceStatus) -> dict[str, Any]:
+    q = s.queued
+    return {
+        "state": s.state.value,
+        "desired": s.desired.value,
+        "node": s.node,
+        "target": s.target,
+        "action": s.action,
+        "since": s.since,
+        "reason": s.reason,
+        "restarts": list(s.restarts),
+        "failed_nodes": list(s.failed_nodes),
+        "suspects": list(s.suspects),
+        "restart_on": s.restart_on,
+        "home": s.home,
+        "retry_at": s.retry_at,
+        "queued": None if q is None else [q.id, q.kind.value, q.service, q.node],
+    }
+
+
+def _opt(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
+    q = v["queued"]
+    return ServiceStatus(
+        state=ServiceState(v["state"]),
+        desired=Desired(v["desired"]),
+        node=_opt(v["node"]),
+        target=_opt(v["target"]),
+        action=_opt(v["action"]),
+        since=float(v["since"]),
+        reason=str(v["reason"]),
+        restarts=tuple(float(x) for x in v["restarts"]),
+        failed_nodes=tuple(str(x) for x in v["failed_nodes"]),
+        suspects=tuple(str(x) for x in v["suspects"]),
+        restart_on=_opt(v["restart_on"]),
+        home=_opt(v["home"]),
+        retry_at=float(v["retry_at"]),
+        queued=None
+        if q is None
+        else Command(id=str(q[0]), kind=CommandKind(q[1]), service=str(q[2]), node=_opt(q[3])),
+    )

@@ -1,0 +1,985 @@
+"""`tick(snapshot, now) -> Decision`: the whole HA engine, one pure step.
+
+A tick runs these phases in order, each over sorted names so runs are deterministic:
+
+1. services: adopt services seen for the first time, forget deleted ones;
+2. results: match action results (and timeouts) to what is in flight;
+3. hosts: liveness from heartbeats, fencing (with backoff, storm guard, acknowledgements);
+4. reports: guests that crashed, guests running where they should not (stopped or adopted);
+5. commands: a person's requests (applied, queued while the service is busy, or refused);
+6. desired state: stop what should not run, collect what must be placed;
+7. placement: highest priority first, preempting less important guests when nothing fits;
+8. moves: drain hosts in maintenance, return drained guests, fail back to better tiers.
+
+Every state change goes through `_Tick._service_to` / `_Tick._host_to`, which check the tables
+in `states.py` and log the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from console.engine.commands import Command, CommandKind
+from console.engine.model import (
+    Action,
+    ActionResult,
+    Decision,
+    Domain,
+    Fence,
+    HostObservation,
+    Migrate,
+    Relocate,
+    Reply,
+    ReplyOutcome,
+    ServiceConfig,
+    Snapshot,
+    Start,
+    Stop,
+    Transition,
+)
+from console.engine.placement import (
+    Tiers,
+    Usage,
+    allowed,
+    choose,
+    preemption_plan,
+    rank,
+    tiers,
+)
+from console.engine.states import (
+    HOST_TRANSITIONS,
+    NEW_HOST_STATES,
+    NEW_SERVICE_STATES,
+    SERVICE_TRANSITIONS,
+    Desired,
+    HostState,
+    Recovery,
+    ServiceState,
+)
+from console.engine.status import HostStatus, Pending, ServiceStatus, Status, _is_active
+
+S = ServiceState
+H = HostState
+
+#: states in which a service holds memory on its `node` (and on `target` while moving)
+OCCUPYING = frozenset({S.STARTED, S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
+#: states with an action in flight
+BUSY = frozenset({S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
+#: states that need a host
+NEEDS_HOST = frozenset({S.STOPPED, S.DISABLED, S.WAITING, S.RECOVERING})
+#: host states that report what runs on them
+REPORTING = frozenset({H.ONLINE, H.MAINTENANCE})
+
+
+class IllegalTransition(RuntimeError):
+    """A bug in the engine: a state change the tables do not allow."""
+
+
+def tick(snapshot: Snapshot, now: float) -> Decision:
+    """Decide what to do now. Pure: the same snapshot and time give the same decision."""
+    return _Tick(snapshot, now).run()
+
+
+class _Tick:
+    def __init__(self, snap: Snapshot, now: float) -> None:
+        prev = snap.status
+        self.snap = snap
+        self.now = now
+        self.cfg = snap.settings
+        self.obs = snap.hosts
+        self.conf = snap.services
+        self.hosts: dict[str, HostStatus] = dict(prev.hosts)
+        self.svcs: dict[str, ServiceStatus] = dict(prev.services)
+        self.active: set[str] = set(prev.active_services())
+        self.pending: dict[str, Pending] = dict(prev.pending)
+        self.next_id = prev.next_id
+        self.alarm = prev.alarm
+        self.actions: list[Action] = []
+        self.log: list[str] = []
+        self.replies: list[Reply] = []
+        self.transitions: list[Transition] = []
+        #: hosts that became usable this tick (returned, left maintenance, new)
+        self.joined: set[str] = set()
+        self._usage: Usage | None = None
+        self._tiers: dict[str | None, Tiers] = {}
+        silent_after = self.cfg.silent_after_s()
+        self.fresh: dict[str, bool] = {
+            name: o.last_heartbeat is not None and now - o.last_heartbeat <= silent_after
+            for name, o in self.obs.items()
+        }
+
+    def run(self) -> Decision:
+        self._sync_services()
+        self._results()
+        self._hosts()
+        self._reports()
+        self._commands()
+        queue = self._desired()
+        self._place(queue)
+        self._moves()
+        status = Status(
+            hosts=self.hosts,
+            services=self.svcs,
+            pending=self.pending,
+            next_id=self.next_id,
+            alarm=self.alarm,
+            active=frozenset(self.active),
+        )
+        return Decision(
+            status=status,
+            actions=tuple(self.actions),
+            log=tuple(self.log),
+            replies=tuple(self.replies),
+            transitions=tuple(self.transitions),
+        )
+
+    # --- the transition functions ----------------------------------------------------------
+
+    def _service_to(self, name: str, state: ServiceState, reason: str, **changes: Any) -> None:
+        """The one place a service changes: validated against the table, logged."""
+        old = self.svcs[name]
+        if state is not old.state:
+            if state not in SERVICE_TRANSITIONS[old.state]:
+                raise IllegalTransition(f"{name}: {old.state} -> {state} ({reason})")
+            self._record("service", name, old.state, state, reason)
+            changes["since"] = self.now
+        elif changes.get("node", old.node) != old.node:
+            changes["since"] = self.now
+        self._put(name, replace(old, state=state, reason=reason, **changes))
+
+    def _put(self, name: str, new: ServiceStatus) -> None:
+        old = self.svcs.get(name)
+        if self._usage is not None:
+            if old is not None:
+                self._count(name, old, -1)
+            self._count(name, new, 1)
+        self.svcs[name] = new
+        if _is_active(new):
+            self.active.add(name)
+        else:
+            self.active.discard(name)
+
+    def _host_to(self, name: str, state: HostState, reason: str, **changes: Any) -> None:
+        old = self.hosts[name]
+        if state is not old.state:
+            if state not in HOST_TRANSITIONS[old.state]:
+                raise IllegalTransition(f"host {name}: {old.state} -> {state} ({reason})")
+            self._record("host", name, old.state, state, reason)
+            changes["since"] = self.now
+            if state is H.ONLINE:
+                self.joined.add(name)
+        self.hosts[name] = replace(old, state=state, reason=reason, **changes)
+        self._tiers.clear()
+
+    def _record(
+        self,
+        kind: str,
+        name: str,
+        old: HostState | ServiceState | None,
+        new: HostState | ServiceState,
+        reason: str,
+    ) -> None:
+        self.transitions.append(Transition(kind, name, old, new, reason))
+        label = f"host {name}" if kind == "host" else name
+        self.log.append(f"{label}: {old.value if old else 'new'} -> {new.value} ({reason})")
+
+    def _emit(self, kind: str, subject: str, host: str, make: Callable[[str], Action]) -> str:
+        self.next_id += 1
+        action_id = f"{self.snap.id_prefix}{self.next_id}"
+        timeout = self.cfg.fence_timeout_s if kind == "fence" else self.cfg.action_timeout_s
+        self.pending[action_id] = Pending(kind, subject, host, self.now + timeout)
+        self.actions.append(make(action_id))
+        return action_id
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _domain(self, cfg: ServiceConfig) -> Domain | None:
+        return None if cfg.domain is None else self.snap.domains.get(cfg.domain)
+
+    def _usable(self, host: str) -> bool:
+        hs = self.hosts.get(host)
+        return hs is not None and hs.state is H.ONLINE
+
+    def _candidate_tiers(self, cfg: ServiceConfig) -> Tiers:
+        key = cfg.domain
+        found = self._tiers.get(key)
+        if found is None:
+            usable = sorted(n for n, h in self.hosts.items() if h.state is H.ONLINE)
+            found = tiers(self._domain(cfg), usable)
+            self._tiers[key] = found
+        return found
+
+    def _count(self, name: str, s: ServiceStatus, sign: int) -> None:
+        assert self._usage is not None
+        if s.state not in OCCUPYING or s.node is None:
+            return
+        cfg = self.conf.get(name)
+        if cfg is None:
+            return
+        self._usage.add(s.node, cfg, sign, stopping=s.state is S.STOPPING)
+        if s.target is not None and s.state in (S.MIGRATING, S.RELOCATING):
+            self._usage.add(s.target, cfg, sign)
+
+    def usage(self) -> Usage:
+        """Memory use per host, computed on first need, then kept up to date by `_put`."""
+        if self._usage is None:
+            caps: dict[str, int] = {}
+            cpus: dict[str, int] = {}
+            conf = self.conf
+            for name, o in self.obs.items():
+                known = sum(conf[g].memory_mb for g in o.running if g in conf)
+                overhead = max(0, o.memory_total_mb - o.memory_free_mb - known)
+                caps[name] = o.memory_total_mb - overhead
+                cpus[name] = o.cpus
+            usage = Usage(mem_cap=caps, cpu_cap=cpus)
+            self._usage = usage
+            for name, s in self.svcs.items():
+                if s.state in OCCUPYING:
+                    self._count(name, s, 1)
+        return self._usage
+
+    def _on_hosts(self, hosts: set[str]) -> dict[str, list[str]]:
+        """Services touching each of `hosts` (node, target or suspect), sorted by name."""
+        out: dict[str, list[str]] = {h: [] for h in hosts}
+        for name, s in self.svcs.items():
+            for h in {s.node, s.target, *s.suspects}:
+                if h in out:
+                    out[h].append(name)
+        for names in out.values():
+            names.sort()
+        return out
+
+    def _acknowledged(self, o: HostObservation) -> bool:
+        ack = o.acknowledged_down_at
+        return ack is not None and (o.last_heartbeat is None or ack > o.last_heartbeat)
+
+    # --- 1. services -----------------------------------------------------------------------
+
+    def _sync_services(self) -> None:
+        conf = self.conf
+        for name in sorted(self.svcs.keys() - conf.keys()):
+            del self.svcs[name]
+            self.active.discard(name)
+            self.log.append(f"{name}: removed from the configuration; forgotten")
+        for name in sorted(conf.keys() - self.svcs.keys()):
+            c = conf[name]
+            desired = c.desired
+            if c.node is not None and c.node in self.obs and desired is Desired.STARTED:
+                state, node, reason = S.STARTED, c.node, f"adopted, running on {c.node}"
+            elif desired is Desired.DISABLED:
+                state, node, reason = S.DISABLED, None, "new, disabled"
+            else:
+                if desired is Desired.STARTED and not c.autostart:
+                    desired = Desired.STOPPED
+                state, node, reason = S.STOPPED, None, "new"
+            assert state in NEW_SERVICE_STATES
+            self._record("service", name, None, state, reason)
+            self._put(name, ServiceStatus(state, desired, node=node, since=self.now, reason=reason))
+
+    # --- 2. results ------------------------------------------------------------------------
+
+    def _results(self) -> None:
+        results: list[tuple[str, Pending, bool, str]] = []
+        for r in self.snap.results:
+            p = self.pending.pop(r.action_id, None)
+            if p is None:
+                self.log.append(f"ignored result of unknown or stale action {r.action_id}")
+                continue
+            results.append((r.action_id, p, r.ok, r.message))
+        for action_id in sorted(a for a, p in self.pending.items() if p.deadline <= self.now):
+            p = self.pending.pop(action_id)
+            results.append((action_id, p, False, "no result in time"))
+        for action_id, p, ok, message in results:
+            self._result(action_id, p, ActionResult(action_id, ok, message))
+
+    def _result(self, action_id: str, p: Pending, r: ActionResult) -> None:
+        msg = r.message or ("ok" if r.ok else "failed")
+        if p.kind == "fence":
+            hs = self.hosts.get(p.subject)
+            if hs is None or hs.state is not H.FENCING:
+                return
+            if r.ok:
+                self._host_to(p.subject, H.FENCED, f"fence ok: {msg}", fence_failures=0)
+                self._host_fenced(p.subject)
+            else:
+                failures = hs.fence_failures + 1
+                delay = self.cfg.fence_backoff_s(failures)
+                self._host_to(
+                    p.subject,
+                    H.UNREACHABLE,
+                    f"fence failed ({msg}); retry in {delay:g}s",
+                    fence_failures=failures,
+                    next_fence_at=self.now + delay,
+                )
+            return
+        if p.kind == "stray":
+            self.log.append(f"{p.subject}: stray copy on {p.host} stop: {msg}")
+            return
+        name = p.subject
+        s = self.svcs.get(name)
+        if s is None or s.action != action_id:
+            self.log.append(f"{name}: ignored stale result of {action_id}")
+            return
+        done: dict[str, Any] = {"action": None}
+        if p.kind == "start":
+            if r.ok:
+                self._service_to(name, S.STARTED, f"started on {s.node}", **done)
+            else:
+                self._failure(name, p.host, f"start on {p.host} failed: {msg}")
+        elif p.kind == "stop":
+            if r.ok:
+                if s.desired is Desired.STARTED:
+                    self._service_to(
+                        name, S.WAITING, f"stopped on {s.node} to make room", node=None, **done
+                    )
+                else:
+                    self._settle_stopped(name, f"stopped on {s.node}", node=None, **done)
+            else:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"stop on {s.node} failed: {msg}",
+                    retry_at=self.now + self.cfg.retry_s,
+                    **done,
+                )
+        elif p.kind == "migrate":
+            if r.ok:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"migrated {s.node} -> {s.target}",
+                    node=s.target,
+                    target=None,
+                    **done,
+                )
+            else:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"migration to {s.target} failed ({msg}); still running on {s.node}",
+                    target=None,
+                    retry_at=self.now + self.cfg.retry_s,
+                    **done,
+                )
+        elif p.kind == "relocate":
+            if r.ok:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"relocated {s.node} -> {s.target}",
+                    node=s.target,
+                    target=None,
+                    **done,
+                )
+            else:
+                # where it is now is not known: wait for both hosts to report before starting
+                source, target = s.node, s.target or p.host
+                self._service_to(name, s.state, s.reason, node=target, target=None, **done)
+                suspects = tuple(sorted({h for h in (source, target) if h is not None}))
+                self._failure(name, target, f"relocation failed: {msg}", suspects)
+
+    def _settle_stopped(self, name: str, reason: str, **changes: Any) -> None:
+        s = self.svcs[name]
+        state = S.DISABLED if s.desired is Desired.DISABLED else S.STOPPED
+        self._service_to(name, state, reason, **changes)
+
+    def _failure(self, name: str, node: str, reason: str, suspects: tuple[str, ...] = ()) -> None:
+        """The guest stopped without being asked on `node`: apply its recovery policy."""
+        s = self.svcs[name]
+        c = self.conf[name]
+        clear: dict[str, Any] = {"action": None, "target": None, "node": node}
+        if s.desired is not Desired.STARTED:
+            self._settle_stopped(name, reason, **clear)
+            return
+        if c.recovery is Recovery.DISABLE:
+            self._service_to(
+                name,
+                S.DISABLED,
+                f"{reason}; recovery policy: disable",
+                desired=Desired.DISABLED,
+                **clear,
+            )
+            return
+        failed_nodes, restarts = s.failed_nodes, s.restarts
+        if s.state is S.STARTED and self.now - s.since >= self.cfg.stable_after_s:
+            failed_nodes, restarts = (), ()
+        if c.restart_window_s > 0:
+            restarts = tuple(t for t in restarts if self.now - t < c.restart_window_s)
+        if c.recovery is Recovery.RESTART and (
+            c.max_restarts == 0 or len(restarts) < c.max_restarts
+        ):
+            count = f"{len(restarts) + 1}/{c.max_restarts or 'unlimited'}"
+            self._service_to(
+                name,
+                S.RECOVERING,
+                f"{reason}; restart {count} on {node}",
+                restarts=(*restarts, self.now),
+                failed_nodes=failed_nodes,
+                restart_on=node,
+                suspects=suspects,
+                **clear,
+            )
+            return
+        failed_nodes = (*failed_nodes, node)
+        if len(failed_nodes) > c.max_relocations:
+            self._service_to(
+                name,
+                S.FAILED,
+                f"{reason}; failed on {len(failed_nodes)} hosts in a row "
+                f"({', '.join(failed_nodes)}), more than max_relocations={c.max_relocations}",
+                restarts=restarts,
+                failed_nodes=failed_nodes,
+                restart_on=None,
+                **clear,
+            )
+            return
+        self._service_to(
+            name,
+            S.RECOVERING,
+            f"{reason}; relocating away from {node}",
+            restarts=restarts,
+            failed_nodes=failed_nodes,
+            restart_on=None,
+            suspects=suspects,
+            **clear,
+        )
+
+    # --- 3. hosts --------------------------------------------------------------------------
+
+    def _hosts(self) -> None:
+        for name in sorted(self.hosts.keys() - self.obs.keys()):
+            del self.hosts[name]
+            self.log.append(f"host {name}: removed from the configuration; forgotten")
+        went_silent: list[str] = []
+        for name in sorted(self.obs):
+            o = self.obs[name]
+            fresh = self.fresh[name]
+            drain = o.maintenance or o.shutting_down
+            up = H.MAINTENANCE if drain else H.ONLINE
+            hs = self.hosts.get(name)
+            if hs is None:
+                state = up if fresh else H.OFFLINE
+                assert state in NEW_HOST_STATES
+                self._record("host", name, None, state, "new")
+                self.hosts[name] = HostStatus(
+                    state, since=self.now, reason="new", heard=o.last_heartbeat is not None
+                )
+                if state is H.ONLINE:
+                    self.joined.add(name)
+                continue
+            if o.last_heartbeat is not None and not hs.heard:
+                self.hosts[name] = hs = replace(hs, heard=True)
+            state = hs.state
+            if state in REPORTING:
+                if fresh:
+                    if state is not up:
+                        why = "shutting down" if o.shutting_down else "maintenance"
+                        self._host_to(name, up, why if drain else "maintenance over")
+                else:
+                    went_silent.append(name)
+            elif state is H.UNREACHABLE:
+                if fresh:
+                    self._host_to(name, up, "heartbeats again", fence_failures=0)
+                    self._host_returned(name)
+            elif state is H.FENCED:
+                if fresh and o.last_heartbeat is not None and o.last_heartbeat > hs.since:
+                    self._host_to(name, up, "heartbeats again after fencing")
+            elif state is H.OFFLINE and fresh:
+                self._host_to(name, up, "heartbeats again", shut_down=False)
+        for name in went_silent:
+            self._host_silent(name)
+        self._fencing()
+
+    def _host_silent(self, name: str) -> None:
+        """A reporting host stopped heartbeating: its guests may still run there."""
+        silent_after = self.cfg.silent_after_s()
+        o = self.obs[name]
+        since = "never" if o.last_heartbeat is None else f"{self.now - o.last_heartbeat:g}s ago"
+        for svc in self._on_hosts({name})[name]:
+            s = self.svcs[svc]
+            touched = s.state in OCCUPYING or (s.state is S.RECOVERING and name in s.suspects)
+            if not touched:
+                continue
+            if s.desired is not Desired.STARTED and s.state is not S.STOPPING:
+                self._settle_stopped(svc, f"host {name} went silent", action=None, target=None)
+                continue
+            others = {h for h in (s.node, s.target, *s.suspects) if h is not None}
+            suspects = tuple(sorted(h for h in others if h == name or not self.fresh.get(h)))
+            self._service_to(
+                svc,
+                S.FENCE,
+                f"host {name} unreachable: waiting for it to be fenced",
+                action=None,
+                target=None,
+                suspects=suspects,
+            )
+        reason = f"missed heartbeats (last {since}, limit {silent_after:g}s)"
+        if self._needs_fence(name):
+            self._host_to(name, H.UNREACHABLE, reason, fence_failures=0, next_fence_at=self.now)
+        else:
+            shut = o.shutting_down
+            why = "shut down cleanly" if shut else f"{reason}; no guests to recover"
+            self._host_to(name, H.OFFLINE, why, shut_down=shut)
+
+    def _needs_fence(self, host: str) -> bool:
+        return any(
+            self.svcs[n].state is S.FENCE and host in self.svcs[n].suspects for n in self.active
+        )
+
+    def _fencing(self) -> None:
+        """Fence unreachable hosts, unless too many are silent at once (a fencing storm)."""
+        heard = [n for n, h in self.hosts.items() if h.heard]
+        silent = sorted(
+            n
+            for n in heard
+            if not self.fresh.get(n)
+            and self.hosts[n].state is not H.FENCED
+            and not self.hosts[n].shut_down
+            and not self._acknowledged(self.obs[n])
+        )
+        storm = 2 * len(silent) > len(heard)
+        alarm = ""
+        if storm:
+            alarm = (
+                f"fencing storm: {len(silent)} of {len(heard)} hosts silent at once "
+                f"({', '.join(silent)}); fencing nobody (the console may be the one cut off)"
+            )
+        if alarm != self.alarm:
+            self.log.append(f"alarm: {alarm}" if alarm else "alarm cleared")
+            self.alarm = alarm
+        for name in sorted(self.hosts):
+            hs = self.hosts[name]
+            if hs.state not in (H.UNREACHABLE, H.FENCING):
+                continue
+            o = self.obs[name]
+            if self._acknowledged(o):
+                self._host_to(name, H.FENCED, "a person acknowledged it is down")
+                self._host_fenced(name)
+                continue
+            if hs.state is H.FENCING:
+                continue
+            if not self._needs_fence(name):
+                self._host_to(name, H.OFFLINE, "no guests to recover any more")
+                continue
+            if storm:
+                why = "not fenced: fencing storm (see alarm)"
+            elif not o.fence_device:
+                why = "no fence device: acknowledge that it is down to recover its guests"
+            elif self.now < hs.next_fence_at:
+                continue
+            else:
+                self._emit("fence", name, name, partial(Fence, host=name))
+                self._host_to(name, H.FENCING, f"fence attempt {hs.fence_failures + 1}")
+                continue
+            if hs.reason != why:
+                self._host_to(name, H.UNREACHABLE, why)
+
+    def _host_fenced(self, host: str) -> None:
+        """`host` is confirmed off: its guests are no longer running there."""
+        for name in self._on_hosts({host})[host]:
+            s = self.svcs[name]
+            if host not in s.suspects:
+                continue
+            rest = tuple(h for h in s.suspects if h != host)
+            if s.state is S.FENCE and not rest:
+                self._service_to(name, S.RECOVERING, f"host {host} fenced", suspects=())
+            else:
+                self._service_to(name, s.state, s.reason, suspects=rest)
+
+    def _host_returned(self, host: str) -> None:
+        """`host` heartbeats again before it was fenced: believe its report."""
+        running = self.obs[host].running
+        for name in self._on_hosts({host})[host]:
+            s = self.svcs[name]
+            if s.state is not S.FENCE or host not in s.suspects:
+                continue
+            if name in running:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"host {host} is back and still runs it",
+                    node=host,
+                    suspects=(),
+                )
+                continue
+            rest = tuple(h for h in s.suspects if h != host)
+            if rest:
+                self._service_to(name, S.FENCE, s.reason, suspects=rest)
+            else:
+                self._service_to(name, S.RECOVERING, f"host {host} is back without it", suspects=())
+
+    # --- 4. reports ------------------------------------------------------------------------
+
+    def _reports(self) -> None:
+        obs, fresh = self.obs, self.fresh
+        crashed: list[str] = []
+        for name, s in self.svcs.items():
+            if s.state is not S.STARTED:
+                continue
+            node = s.node
+            o = obs.get(node) if node is not None else None
+            if o is None or not fresh[o.name] or name in o.running:
+                continue
+            if o.last_heartbeat is not None and o.last_heartbeat > s.since:
+                crashed.append(name)
+        for name in sorted(crashed):
+            node = self.svcs[name].node
+            assert node is not None
+            self._failure(name, node, f"crashed on {node} (no longer in its report)")
+
+        anomalies: list[tuple[str, str]] = []
+        svcs = self.svcs
+        for host, hs in self.hosts.items():
+            if hs.state not in REPORTING:
+                continue
+            for guest in obs[host].running:
+                g = svcs.get(guest)
+                if g is None or (g.node == host and g.state in OCCUPYING):
+                    continue
+                anomalies.append((host, guest))
+        if not anomalies:
+            return
+        stopping = {(p.subject, p.host) for p in self.pending.values() if p.kind == "stray"}
+        for host, name in sorted(anomalies):
+            self._found_running(host, name, stopping)
+
+    def _found_running(self, host: str, name: str, stopping: set[tuple[str, str]]) -> None:
+        s = self.svcs[name]
+        seen = self.obs[host].last_heartbeat
+        if seen is None or seen <= s.since or (name, host) in stopping:
+            return  # the report predates the engine's last change, or a stop is in flight
+        if s.target == host and s.state in (S.MIGRATING, S.RELOCATING):
+            return
+        if s.state is S.RECOVERING and host in s.suspects:
+            self._service_to(name, S.STARTED, f"still running on {host}", node=host, suspects=())
+            return
+        cfg = self.conf[name]
+        adoptable = s.state in (S.FENCE, S.RECOVERING, S.WAITING, S.STOPPED)
+        if (
+            adoptable
+            and s.desired is Desired.STARTED
+            and self.hosts[host].state is H.ONLINE
+            and allowed(self._domain(cfg), host)
+        ):
+            self._service_to(
+                name,
+                S.STARTED,
+                f"found running on {host}: adopted",
+                node=host,
+                suspects=(),
+                restart_on=None,
+            )
+            return
+        where = f"{s.state.value} on {s.node}" if s.node else s.state.value
+        self.log.append(
+            f"{name}: found running on {host} where it should not be (engine: {where}); "
+            "stopping that copy"
+        )
+        self._emit("stray", name, host, lambda i: Stop(i, name, host))
+        stopping.add((name, host))
+
+    # --- 5. commands -----------------------------------------------------------------------
+
+    def _commands(self) -> None:
+        for name in sorted(self.active):
+            s = self.svcs[name]
+            if s.queued is not None and s.state not in BUSY:
+                cmd = s.queued
+                self._put(name, replace(s, queued=None))
+                self._command(cmd)
+        for cmd in self.snap.commands:
+            self._command(cmd)
+
+    def _reply(self, cmd: Command, outcome: ReplyOutcome, code: str = "", why: str = "") -> None:
+        self.replies.append(Reply(cmd.id, cmd.service, outcome, code, why))
+        verb = f"{cmd.kind.value}" + (f" {cmd.node}" if cmd.node else "")
+        self.log.append(
+            f"{cmd.service}: command {cmd.id} ({verb}) {outcome.value}"
+            + (f": {why}" if why else "")
+        )
+
+    def _command(self, cmd: Command) -> None:
+        name = cmd.service
+        s = self.svcs.get(name)
+        if s is None:
+            self._reply(cmd, ReplyOutcome.REFUSED, "unknown-service", "no such service")
+            return
+        if s.state in BUSY:
+            if s.queued is None:
+                self._put(name, replace(s, queued=cmd))
+                self._reply(
+                    cmd, ReplyOutcome.QUEUED, "busy", f"{s.state.value}: applied when it settles"
+                )
+            else:
+                self._reply(
+                    cmd,
+                    ReplyOutcome.REFUSED,
+                    "busy",
+                    f"{s.state.value}, and command {s.queued.id} is already waiting",
+                )
+            return
+        kind = cmd.kind
+        refused = ReplyOutcome.REFUSED
+        if kind in (CommandKind.MIGRATE, CommandKind.RELOCATE):
+            self._move_command(cmd, s)
+            return
+        if s.state is S.FAILED and kind in (CommandKind.START, CommandKind.STOP):
+            self._reply(cmd, refused, "failed", "failed: enable or disable it first")
+            return
+        if kind is CommandKind.START:
+            if s.desired is Desired.DISABLED:
+                self._reply(cmd, refused, "disabled", "disabled: enable it first")
+                return
+            self._put(name, replace(s, desired=Desired.STARTED))
+        elif kind is CommandKind.ENABLE:
+            fresh_start: dict[str, Any] = {
+                "desired": Desired.STARTED,
+                "failed_nodes": (),
+                "restarts": (),
+            }
+            if s.state is S.FAILED:
+                self._service_to(name, S.STOPPED, "enabled by a person", **fresh_start)
+            else:
+                self._put(name, replace(s, **fresh_start))
+        elif kind is CommandKind.STOP:
+            self._put(name, replace(s, desired=Desired.STOPPED))
+        elif kind is CommandKind.DISABLE:
+            if s.state is S.FAILED:
+                self._service_to(name, S.DISABLED, "disabled by a person")
+            self._put(name, replace(self.svcs[name], desired=Desired.DISABLED))
+        self._reply(cmd, ReplyOutcome.ACCEPTED)
+
+    def _move_command(self, cmd: Command, s: ServiceStatus) -> None:
+        name, node = cmd.service, cmd.node or ""
+        live = cmd.kind is CommandKind.MIGRATE
+        refusal = self._move_refusal(name, s, node, live)
+        if refusal is not None:
+            self._reply(cmd, ReplyOutcome.REFUSED, *refusal)
+            return
+        self._move(name, node, live, f"asked by a person (command {cmd.id})")
+        self._put(name, replace(self.svcs[name], home=None))
+        self._reply(cmd, ReplyOutcome.ACCEPTED)
+
+    def _move_refusal(
+        self, name: str, s: ServiceStatus, node: str, live: bool
+    ) -> tuple[str, str] | None:
+        cfg = self.conf[name]
+        if s.state in (S.FENCE, S.RECOVERING):
+            return "recovering", f"{s.state.value}: {s.reason}"
+        if s.state is not S.STARTED:
+            return "not-running", f"not running ({s.state.value})"
+        if node not in self.hosts:
+            return "unknown-node", f"no host named {node!r}"
+        if node == s.node:
+            return "same-node", f"already running on {node}"
+        if live and not cfg.migratable:
+            return "not-migratable", "cannot be live-migrated; relocate it instead"
+        hs = self.hosts[node]
+        if hs.state is H.MAINTENANCE:
+            return "maintenance", f"{node} is in maintenance"
+        if hs.state is not H.ONLINE:
+            return "offline", f"{node} is {hs.state.value}"
+        domain = self._domain(cfg)
+        if not allowed(domain, node):
+            assert domain is not None
+            return "not-allowed", f"{node} is not a member of restricted domain {domain.name}"
+        usage = self.usage()
+        if not usage.fits(node, cfg):
+            return "no-room", f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
+        return None
+
+    def _move(self, name: str, node: str, live: bool, why: str) -> None:
+        s = self.svcs[name]
+        source = s.node
+        assert source is not None
+        if live:
+            aid = self._emit("migrate", name, source, lambda i: Migrate(i, name, source, node))
+            self._service_to(
+                name, S.MIGRATING, f"{why}: {source} -> {node}", target=node, action=aid
+            )
+        else:
+            aid = self._emit("relocate", name, source, lambda i: Relocate(i, name, source, node))
+            self._service_to(
+                name, S.RELOCATING, f"{why}: {source} -> {node}", target=node, action=aid
+            )
+
+    # --- 6. desired state ------------------------------------------------------------------
+
+    def _desired(self) -> list[str]:
+        queue: list[str] = []
+        for name in sorted(self.active):
+            s = self.svcs[name]
+            state = s.state
+            if s.desired is Desired.STARTED:
+                if state in NEEDS_HOST and self._may_start(s):
+                    queue.append(name)
+                continue
+            if state is S.STARTED:
+                if self.now >= s.retry_at and s.node is not None:
+                    node = s.node
+                    aid = self._emit("stop", name, node, partial(Stop, service=name, host=node))
+                    self._service_to(name, S.STOPPING, f"{s.desired.value} by a person", action=aid)
+            elif state in (S.WAITING, S.RECOVERING, S.FENCE, S.STOPPED, S.DISABLED):
+                self._settle_stopped(
+                    name, f"{s.desired.value} by a person", suspects=(), restart_on=None
+                )
+        return queue
+
+    def _may_start(self, s: ServiceStatus) -> bool:
+        """A RECOVERING guest starts only once every suspect host reported it is not there."""
+        for host in s.suspects:
+            hs = self.hosts.get(host)
+            o = self.obs.get(host)
+            if hs is None or o is None:
+                continue
+            if hs.state in (H.FENCED, H.OFFLINE):
+                continue
+            if hs.state not in REPORTING or o.last_heartbeat is None:
+                return False
+            if o.last_heartbeat <= s.since:
+                return False
+        return True
+
+    # --- 7. placement ----------------------------------------------------------------------
+
+    def _place(self, queue: list[str]) -> None:
+        if not queue:
+            return
+        conf = self.conf
+        queue.sort(key=lambda n: (-conf[n].priority, n))
+        usage = self.usage()
+        victims: dict[str, list[ServiceConfig]] | None = None
+        for name in queue:
+            s, cfg = self.svcs[name], conf[name]
+            exclude = set(s.failed_nodes)
+            host: str | None = None
+            if (
+                s.restart_on is not None
+                and self._usable(s.restart_on)
+                and usage.fits(s.restart_on, cfg)
+            ):
+                host = s.restart_on
+            else:
+                host = choose(self._candidate_tiers(cfg), cfg, usage, exclude)
+            if host is not None:
+                self._start(name, host)
+                continue
+            if victims is None:
+                victims = self._victims()
+            plan = preemption_plan(self._candidate_tiers(cfg), cfg, usage, victims, exclude)
+            if plan is not None:
+                for v in plan.victims:
+                    vs = self.svcs[v]
+                    assert vs.node is not None
+                    node = vs.node
+                    aid = self._emit("stop", v, node, partial(Stop, service=v, host=node))
+                    self._service_to(
+                        v,
+                        S.STOPPING,
+                        f"stopped to make room for {name} (priority "
+                        f"{cfg.priority} > {conf[v].priority})",
+                        action=aid,
+                    )
+                    victims[node] = [x for x in victims[node] if x.name != v]
+                usage.claimed[plan.host] = usage.claimed.get(plan.host, 0) + cfg.memory_mb
+                why = f"waiting for room on {plan.host}"
+                if plan.victims:
+                    why += f" (stopping {', '.join(plan.victims)})"
+            else:
+                why = self._why_no_host(cfg, exclude)
+            if s.state is not S.WAITING or s.reason != why:
+                self._service_to(name, S.WAITING, why, restart_on=None)
+
+    def _victims(self) -> dict[str, list[ServiceConfig]]:
+        out: dict[str, list[ServiceConfig]] = {}
+        for name, s in self.svcs.items():
+            if s.state is S.STARTED and s.node is not None:
+                out.setdefault(s.node, []).append(self.conf[name])
+        return out
+
+    def _why_no_host(self, cfg: ServiceConfig, exclude: set[str]) -> str:
+        domain = self._domain(cfg)
+        if not self._candidate_tiers(cfg):
+            if domain is not None and domain.restricted:
+                return f"no member of restricted domain {domain.name} is online"
+            return "no host is online"
+        if exclude:
+            return f"no host with room except those it failed on ({', '.join(sorted(exclude))})"
+        return f"no allowed host has {cfg.memory_mb} MB free"
+
+    def _start(self, name: str, host: str) -> None:
+        s = self.svcs[name]
+        aid = self._emit("start", name, host, lambda i: Start(i, name, host))
+        why = "restart in place" if s.restart_on == host else "placed"
+        self._service_to(
+            name,
+            S.STARTING,
+            f"{why} on {host}",
+            node=host,
+            action=aid,
+            restart_on=None,
+            suspects=(),
+        )
+
+    # --- 8. moves --------------------------------------------------------------------------
+
+    def _moves(self) -> None:
+        draining = {n for n, h in self.hosts.items() if h.state is H.MAINTENANCE}
+        if draining:
+            usage = self.usage()
+            draining = {h for h in draining if usage.count.get(h, 0) > 0}
+        if not draining and not self.joined:
+            return
+        for name in sorted(self.svcs):
+            s = self.svcs[name]
+            if s.state is not S.STARTED or s.desired is not Desired.STARTED:
+                continue
+            if s.node in draining:
+                self._drain(name, s)
+            elif self.joined:
+                self._return_or_failback(name, s)
+
+    def _movable(self, name: str, s: ServiceStatus) -> bool:
+        return self.now >= s.retry_at
+
+    def _drain(self, name: str, s: ServiceStatus) -> None:
+        if not self._movable(name, s):
+            return
+        cfg = self.conf[name]
+        assert s.node is not None
+        target = choose(self._candidate_tiers(cfg), cfg, self.usage(), {s.node})
+        if target is None:
+            why = f"cannot leave {s.node}: no other allowed host has room"
+            if s.reason != why:
+                self._service_to(name, S.STARTED, why)
+            return
+        home = s.home or s.node
+        self._move(name, target, cfg.migratable, f"draining {s.node}")
+        self._put(name, replace(self.svcs[name], home=home))
+
+    def _return_or_failback(self, name: str, s: ServiceStatus) -> None:
+        if not self._movable(name, s):
+            return
+        cfg = self.conf[name]
+        usage = self.usage()
+        node = s.node
+        assert node is not None
+        if s.home is not None and s.home in self.joined:
+            home = s.home
+            if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
+                self._move(name, home, cfg.migratable, f"returning to {home}")
+                self._put(name, replace(self.svcs[name], home=None))
+                return
+        domain = self._domain(cfg)
+        if domain is None or not self.joined & {m.node for m in domain.members}:
+            return
+        current = rank(domain, node)
+        if domain.nofailback and current < rank(domain, "\0not-a-member"):
+            return
+        better = [t for t in self._candidate_tiers(cfg) if rank(domain, t[0]) < current]
+        target = choose(tuple(better), cfg, usage)
+        if target is not None:
+            self._move(name, target, cfg.migratable, "failback to a better host")
