@@ -42,6 +42,13 @@ class Host(models.Model):
     libvirt_uri = models.CharField(max_length=255, blank=True)
     host_uuid = models.CharField(max_length=36, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
+    #: a person asked to drain the host and keep new guests off it
+    maintenance = models.BooleanField(default=False)
+    #: when a person confirmed the host is down (a manual fence), and who did
+    acknowledged_down_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_down_by = models.CharField(max_length=150, blank=True)
+    #: the SSH host key pinned at bootstrap (``SHA256:...``)
+    ssh_fingerprint = models.CharField(max_length=100, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -61,6 +61,9 @@ class Job(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+    #: the HA-engine action this job carries out; its outcome is reported back to the engine
+    action_id = models.CharField(max_length=128, blank=True, db_index=True)
+    engine_notified = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["-created", "-id"]
@@ -68,6 +71,54 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk} ({self.status})"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "Pending (waits for its stage)"
+    DISPATCHED = "dispatched", "Dispatched (sent to the host's agent)"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    LOST = "lost", "Lost (the host went silent before answering)"
+    SKIPPED = "skipped", "Skipped (an earlier step failed)"
+
+
+FINISHED_STEP_STATUSES = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.LOST, StepStatus.SKIPPED}
+)
+
+
+class JobStep(models.Model):
+    """One command for one host's agent (or for the console itself, ``host`` empty).
+
+    Steps of one ``stage`` run at once; the next stage is sent when all of them succeeded.
+    ``command_id`` is the protocol id the agent answers with. ``args`` never holds secrets:
+    ``secret_ref`` names where they are read from when the step is sent.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="steps")
+    seq = models.PositiveIntegerField()
+    stage = models.PositiveIntegerField(default=0)
+    host = models.ForeignKey(
+        Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="job_steps"
+    )
+    kind = models.CharField(max_length=64)
+    command_id = models.CharField(max_length=128, unique=True)
+    args = models.JSONField(default=dict, blank=True)
+    secret_ref = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=StepStatus.choices, default=StepStatus.PENDING)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    dispatched = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_step_seq")]
+        indexes = [models.Index(fields=["status", "host"])]
+
+    def __str__(self) -> str:
+        where = self.host.name if self.host is not None else "console"
+        return f"{self.kind} on {where} ({self.status})"
 
 
 class JobEvent(models.Model):

@@ -16,29 +16,37 @@ class DesiredState(models.TextChoices):
 
 
 class ServiceState(models.TextChoices):
-    """What the runtime last saw; colours in ``SERVICE_STATE_COLOURS``."""
+    """The HA engine's service states (console/engine/states.py) plus ``unknown``.
 
-    UNKNOWN = "unknown", "Unknown (not seen yet)"
+    Colours in ``SERVICE_STATE_COLOURS``: green runs, amber moves or recovers, red is down
+    against the wish of a person, grey is off on purpose.
+    """
+
+    UNKNOWN = "unknown", "Unknown (the engine has not seen it yet)"
+    STOPPED = "stopped", "Stopped"
+    DISABLED = "disabled", "Disabled"
     STARTING = "starting", "Starting"
     STARTED = "started", "Started (running)"
     STOPPING = "stopping", "Stopping"
-    STOPPED = "stopped", "Stopped"
     MIGRATING = "migrating", "Migrating (live)"
-    RECOVERING = "recovering", "Recovering (restart or relocation under way)"
+    RELOCATING = "relocating", "Relocating (stop, then start elsewhere)"
+    FENCE = "fence", "Waiting for its host to be fenced"
+    RECOVERING = "recovering", "Recovering (about to start again)"
     WAITING = "waiting", "Waiting (no allowed host can take it now)"
     FAILED = "failed", "Failed (recovery limits reached)"
-    DISABLED = "disabled", "Disabled"
 
 
 SERVICE_STATE_COLOURS = {
     "unknown": "grey",
+    "stopped": "grey",
+    "disabled": "grey",
     "starting": "amber",
     "started": "green",
     "stopping": "amber",
-    "stopped": "red",
     "migrating": "amber",
+    "relocating": "amber",
+    "fence": "red",
     "recovering": "amber",
     "waiting": "red",
     "failed": "red",
-    "disabled": "grey",
 }

@@ -31,6 +31,10 @@ class HostSerializer(HavenModelSerializer):
             "libvirt_uri",
             "host_uuid",
             "agent_version",
+            "maintenance",
+            "acknowledged_down_at",
+            "acknowledged_down_by",
+            "ssh_fingerprint",
             "created",
         ]
         # What the agent reports is written by the runtime, never through the API.
@@ -42,6 +46,9 @@ class HostSerializer(HavenModelSerializer):
             "cpus",
             "host_uuid",
             "agent_version",
+            "maintenance",
+            "acknowledged_down_at",
+            "acknowledged_down_by",
             "created",
         ]
 

@@ -6,7 +6,7 @@ from console.jobs.models import Job, JobEvent
 class JobViewSet(ReadOnlyViewSet):
     """Jobs are created by operations and the HA engine, never written directly."""
 
-    queryset = Job.objects.prefetch_related("hosts")
+    queryset = Job.objects.prefetch_related("hosts", "steps__host")
     serializer_class = serializers.JobSerializer
     filterset_fields = ("cluster", "kind", "status", "hosts")
 

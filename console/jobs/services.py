@@ -1,0 +1,297 @@
+"""Jobs: create them, send their steps to agents after the commit, apply the results.
+
+A job's steps are grouped in stages: every step of a stage is sent at once, the next stage
+when all of them succeeded. The first failure fails the job (its explanation says which step,
+on which host, and the agent's own error) and skips what had not been sent yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from agent.protocol import PROTOCOL_VERSION
+from console.clusters.models import Cluster, Host
+from console.jobs.models import (
+    FINISHED_STEP_STATUSES,
+    Job,
+    JobEvent,
+    JobStatus,
+    JobStep,
+    StepStatus,
+)
+from console.jobs.transport import transport
+
+log = logging.getLogger("haven.jobs")
+
+
+@dataclass
+class StepSpec:
+    host: Host | None
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    stage: int = 0
+    secret_ref: dict[str, Any] = field(default_factory=dict)
+
+
+def new_command_id(prefix: str = "c") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def create_job(
+    kind: str,
+    steps: list[StepSpec],
+    *,
+    cluster: Cluster | None = None,
+    created_by: Any = None,
+    params: dict[str, Any] | None = None,
+    message: str = "",
+    action_id: str = "",
+) -> Job:
+    """Create a job and its steps; the first stage is sent once the transaction commits."""
+    with transaction.atomic():
+        user = created_by if getattr(created_by, "is_authenticated", False) else None
+        job = Job.objects.create(
+            kind=kind,
+            cluster=cluster,
+            created_by=user,
+            params=params or {},
+            action_id=action_id,
+            engine_notified=not action_id,
+        )
+        hosts = {s.host.pk: s.host for s in steps if s.host is not None}
+        job.hosts.set(hosts.values())
+        JobStep.objects.bulk_create(
+            JobStep(
+                job=job,
+                seq=i,
+                stage=s.stage,
+                host=s.host,
+                kind=s.kind,
+                command_id=new_command_id(),
+                args=s.args,
+                secret_ref=s.secret_ref,
+            )
+            for i, s in enumerate(steps, start=1)
+        )
+        add_event(
+            job,
+            message
+            or f"{kind}: {len(steps)} step(s) on "
+            f"{', '.join(sorted(h.name for h in hosts.values())) or 'the console'}",
+        )
+        job_id = job.pk
+        transaction.on_commit(lambda: dispatch(job_id))
+    return job
+
+
+def add_event(
+    job: Job,
+    message: str,
+    *,
+    level: str = JobEvent.Level.INFO,
+    host: Host | None = None,
+    step: str = "",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append to the job's log; ``seq`` is the next number within the job."""
+    with transaction.atomic():
+        last = JobEvent.objects.filter(job=job).aggregate(m=Max("seq"))["m"] or 0
+        return JobEvent.objects.create(
+            job=job,
+            seq=last + 1,
+            message=message,
+            level=level,
+            host=host,
+            step=step,
+            data=data or {},
+        )
+
+
+def _resolve_secrets(step: JobStep) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The args to send, and a copy for logs with every secret value replaced."""
+    args = dict(step.args)
+    redacted = dict(step.args)
+    device_id = step.secret_ref.get("fence_device")
+    if device_id is not None:
+        from console.clusters.models import FenceDevice
+
+        device = FenceDevice.objects.get(pk=device_id)
+        secrets = device.secret_parameters
+        args["params"] = {**args.get("params", {}), **secrets}
+        redacted["params"] = {**redacted.get("params", {}), **dict.fromkeys(secrets, "***")}
+    return args, redacted
+
+
+def dispatch(job_id: int) -> None:
+    """Send every step of the job's current stage that has not been sent yet."""
+    sends: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST):
+            return
+        steps = list(job.steps.select_related("host").order_by("stage", "seq"))
+        open_steps = [s for s in steps if s.status not in FINISHED_STEP_STATUSES]
+        if not open_steps:
+            return
+        stage = open_steps[0].stage
+        now = timezone.now()
+        for step in open_steps:
+            if step.stage != stage or step.status != StepStatus.PENDING:
+                continue
+            if step.host is None:
+                continue  # console-side steps are run by their own task
+            args, redacted = _resolve_secrets(step)
+            command = {
+                "v": PROTOCOL_VERSION,
+                "id": step.command_id,
+                "kind": step.kind,
+                "args": args,
+            }
+            sends.append((step.host.name, command, {**command, "args": redacted}))
+            step.status, step.dispatched = StepStatus.DISPATCHED, now
+            step.save(update_fields=["status", "dispatched"])
+        if job.status == JobStatus.PENDING and sends:
+            job.status, job.started = JobStatus.DISPATCHED, now
+            job.save(update_fields=["status", "started"])
+        # Sent only after the commit: an agent never sees a step the database does not have.
+        transaction.on_commit(lambda: _send_all(sends))
+
+
+def _send_all(sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    for host, command, redacted in sends:
+        try:
+            transport().send(host, command, redacted)
+        except Exception:  # the broker is away: the step stays dispatched and times out
+            log.exception("could not send %s to %s", command["kind"], host)
+
+
+def apply_result(message: dict[str, Any]) -> JobStep | None:
+    """Record an agent's result for a step; move the job on. Unknown ids are ignored."""
+    command_id = str(message.get("id", ""))
+    with transaction.atomic():
+        step = (
+            JobStep.objects.select_for_update()
+            .select_related("job", "host")
+            .filter(command_id=command_id)
+            .first()
+        )
+        if step is None or step.status in FINISHED_STEP_STATUSES:
+            return None
+        ok = bool(message.get("ok"))
+        error = message.get("error") or {}
+        step.status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
+        step.result = message.get("data") or {}
+        step.error = "" if ok else str(error.get("message") or "failed")
+        step.finished = timezone.now()
+        step.save(update_fields=["status", "result", "error", "finished"])
+        host_name = step.host.name if step.host else "the console"
+        if ok:
+            add_event(
+                step.job,
+                f"{step.kind} on {host_name}: done",
+                host=step.host,
+                step=step.kind,
+                data={"duration_s": message.get("duration_s")},
+            )
+        else:
+            add_event(
+                step.job,
+                f"{step.kind} on {host_name} failed: {step.error}",
+                level=JobEvent.Level.ERROR,
+                host=step.host,
+                step=step.kind,
+                data={"code": error.get("code", ""), "stderr": error.get("stderr", "")},
+            )
+        _advance(step.job, failed_step=None if ok else step)
+    return step
+
+
+def finish_console_step(
+    step: JobStep, *, ok: bool, message: str, data: dict[str, Any] | None = None
+) -> None:
+    """Record the outcome of a step the console ran itself (e.g. SSH bootstrap)."""
+    apply_result(
+        {
+            "id": step.command_id,
+            "ok": ok,
+            "data": data or {},
+            "error": None if ok else {"message": message},
+        }
+    )
+
+
+def mark_host_lost(host: Host, reason: str) -> list[Job]:
+    """Steps sent to a silent host will not be answered: they and their jobs are lost."""
+    lost_jobs: list[Job] = []
+    with transaction.atomic():
+        steps = list(
+            JobStep.objects.select_for_update()
+            .select_related("job")
+            .filter(host=host, status=StepStatus.DISPATCHED)
+        )
+        now = timezone.now()
+        for step in steps:
+            step.status, step.finished, step.error = StepStatus.LOST, now, reason
+            step.save(update_fields=["status", "finished", "error"])
+        for job_id, group in itertools.groupby(steps, key=lambda s: s.job_id):
+            job = Job.objects.select_for_update().get(pk=job_id)
+            kinds = ", ".join(sorted({s.kind for s in group}))
+            _finish(job, JobStatus.LOST, f"{host.name} {reason} while running {kinds}.")
+            lost_jobs.append(job)
+    return lost_jobs
+
+
+def _advance(job: Job, failed_step: JobStep | None) -> None:
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    steps = list(job.steps.all())
+    done = sum(1 for s in steps if s.status in FINISHED_STEP_STATUSES)
+    if failed_step is not None:
+        host = failed_step.host.name if failed_step.host else "the console"
+        job.steps.filter(status=StepStatus.PENDING).update(status=StepStatus.SKIPPED)
+        _finish(job, JobStatus.FAILED, f"{failed_step.kind} on {host} failed: {failed_step.error}")
+        return
+    job.progress = min(100, done * 100 // max(1, len(steps)))
+    if done == len(steps):
+        _finish(job, JobStatus.SUCCEEDED, "")
+        return
+    if job.status in (JobStatus.PENDING, JobStatus.DISPATCHED):
+        job.status = JobStatus.RUNNING
+    job.save(update_fields=["progress", "status"])
+    job_id = job.pk
+    transaction.on_commit(lambda: dispatch(job_id))
+
+
+def _finish(job: Job, status: str, explanation: str) -> None:
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST):
+        return
+    job.status, job.explanation, job.finished = status, explanation, timezone.now()
+    if status == JobStatus.SUCCEEDED:
+        job.progress = 100
+    job.engine_notified = not job.action_id  # the engine hears of it at its next tick
+    job.save(update_fields=["status", "explanation", "finished", "progress", "engine_notified"])
+    add_event(
+        job,
+        f"job {status}" + (f": {explanation}" if explanation else ""),
+        level=JobEvent.Level.INFO if status == JobStatus.SUCCEEDED else JobEvent.Level.ERROR,
+    )
+
+
+def pending_engine_results(cluster: Cluster) -> list[Job]:
+    """Finished engine jobs whose outcome the engine has not been told yet."""
+    return list(
+        Job.objects.filter(cluster=cluster, engine_notified=False).filter(
+            status__in=(JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST)
+        )
+    )
+
+
+def mark_engine_notified(job_ids: list[int]) -> None:
+    Job.objects.filter(pk__in=job_ids).update(engine_notified=True)

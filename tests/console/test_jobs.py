@@ -1,0 +1,131 @@
+"""Job lifecycle: stages, dispatch after commit, results, failure, lost hosts, secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from console.jobs import services as jobs
+from console.jobs.models import JobStatus, StepStatus
+from console.jobs.transport import RecordingTransport, use_transport
+from tests.console import factories as f
+
+
+@pytest.fixture
+def sent() -> Iterator[RecordingTransport]:
+    with use_transport(RecordingTransport()) as t:
+        yield t
+
+
+def result(command: dict, ok: bool = True, message: str = "") -> dict:  # type: ignore[type-arg]
+    return {
+        "v": 1,
+        "kind": "result",
+        "id": command["id"],
+        "ok": ok,
+        "data": {"x": 1},
+        "error": None if ok else {"code": "libvirt_error", "message": message},
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stages_run_in_order_and_job_succeeds(sent: RecordingTransport) -> None:
+    a, b = f.HostFactory(), f.HostFactory()
+    job = jobs.create_job(
+        "relocate",
+        [
+            jobs.StepSpec(a, "shutdown", {"guest": "g1"}, stage=0),
+            jobs.StepSpec(b, "define", {"xml": "<domain/>"}, stage=1),
+            jobs.StepSpec(b, "start", {"guest": "g1"}, stage=2),
+        ],
+        cluster=a.cluster,
+    )
+    assert [(h, c["kind"]) for h, c in sent.sent] == [(a.name, "shutdown")]
+    job.refresh_from_db()
+    assert job.status == JobStatus.DISPATCHED
+    jobs.apply_result(result(sent.sent[0][1]))
+    assert [c["kind"] for _, c in sent.sent] == ["shutdown", "define"]
+    job.refresh_from_db()
+    assert (job.status, job.progress) == (JobStatus.RUNNING, 33)
+    jobs.apply_result(result(sent.sent[1][1]))
+    jobs.apply_result(result(sent.sent[2][1]))
+    job.refresh_from_db()
+    assert (job.status, job.progress) == (JobStatus.SUCCEEDED, 100)
+    assert [e.seq for e in job.events.all()] == list(range(1, job.events.count() + 1))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failure_skips_the_rest_and_explains(sent: RecordingTransport) -> None:
+    a = f.HostFactory()
+    job = jobs.create_job(
+        "start",
+        [
+            jobs.StepSpec(a, "define", {"xml": "<domain/>"}),
+            jobs.StepSpec(a, "start", {"guest": "g1"}, stage=1),
+        ],
+        cluster=a.cluster,
+    )
+    jobs.apply_result(result(sent.sent[0][1], ok=False, message="XML error: no name"))
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.explanation == f"define on {a.name} failed: XML error: no name"
+    assert [s.status for s in job.steps.all()] == [StepStatus.FAILED, StepStatus.SKIPPED]
+    assert len(sent.sent) == 1
+    # a repeated or stale result changes nothing
+    assert jobs.apply_result(result(sent.sent[0][1])) is None
+    assert jobs.apply_result({"id": "no-such-id", "ok": True}) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_sent_when_the_transaction_rolls_back(sent: RecordingTransport) -> None:
+    from django.db import transaction
+
+    a = f.HostFactory()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        jobs.create_job("start", [jobs.StepSpec(a, "start", {"guest": "g"})])
+        raise RuntimeError("boom")
+    assert sent.sent == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_silent_host_loses_its_jobs(sent: RecordingTransport) -> None:
+    a = f.HostFactory()
+    job = jobs.create_job(
+        "migrate", [jobs.StepSpec(a, "migrate", {"guest": "g"})], cluster=a.cluster, action_id="a-7"
+    )
+    jobs.mark_host_lost(a, "stopped heartbeating")
+    job.refresh_from_db()
+    assert job.status == JobStatus.LOST
+    assert job.explanation == f"{a.name} stopped heartbeating while running migrate."
+    assert [j.action_id for j in jobs.pending_engine_results(a.cluster)] == ["a-7"]
+    jobs.mark_engine_notified([job.pk])
+    assert jobs.pending_engine_results(a.cluster) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fence_secrets_sent_but_never_stored_or_logged(
+    sent: RecordingTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = f.FenceDeviceFactory()
+    device.secret_parameters = {"password": "hunter2"}
+    device.save()
+    helper = f.HostFactory(cluster=device.cluster)
+    job = jobs.create_job(
+        "fence",
+        [
+            jobs.StepSpec(
+                helper,
+                "fence",
+                {"agent": device.agent, "action": "off", "params": device.parameters},
+                secret_ref={"fence_device": device.pk},
+            )
+        ],
+        cluster=device.cluster,
+    )
+    host, command = sent.sent[0]
+    assert host == helper.name
+    assert command["args"]["params"]["password"] == "hunter2"
+    step = job.steps.get()
+    assert "hunter2" not in str(step.args) and "hunter2" not in caplog.text
+    assert "hunter2" not in str(list(job.events.values_list("message", "data")))
