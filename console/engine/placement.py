@@ -144,14 +144,15 @@ def preemption_plan(
     usage: Usage,
     victims_on: Mapping[str, Sequence[ServiceConfig]],
     exclude: Collection[str] = (),
+    taken: Collection[str] = (),
 ) -> Preemption | None:
     """Where to make room for `cfg` by stopping services of lower priority.
 
-    `victims_on[host]` lists the running services that could be stopped there. In the first
-    tier where any plan exists, the host needing the fewest stops wins (a host where stops in
-    flight already make room needs none), then the one whose most important victim matters
-    least, then the name. Victims are taken least important first, then biggest first, then
-    by name.
+    `victims_on[host]` lists the running services that could be stopped there, least
+    important first, then biggest first, then by name (see `victim_order`); names in `taken`
+    are already being stopped. In the first tier where any plan exists, the host needing the
+    fewest stops wins (a host where stops in flight already make room needs none), then the
+    one whose most important victim matters least, then the name.
     """
     for tier in candidate_tiers:
         best: tuple[tuple[int, int, str], Preemption] | None = None
@@ -161,16 +162,15 @@ def preemption_plan(
             room = usage.free(host) + usage.stopping.get(host, 0) - usage.claimed.get(host, 0)
             need = cfg.memory_mb - room
             chosen: list[ServiceConfig] = []
-            if need > 0:
-                pool = sorted(
-                    (v for v in victims_on.get(host, ()) if v.priority < cfg.priority),
-                    key=lambda v: (v.priority, -v.memory_mb, v.name),
-                )
-                for v in pool:
-                    if need <= 0:
-                        break
-                    chosen.append(v)
-                    need -= v.memory_mb
+            for v in victims_on.get(host, ()) if need > 0 else ():
+                if v.priority >= cfg.priority:
+                    break
+                if v.name in taken:
+                    continue
+                chosen.append(v)
+                need -= v.memory_mb
+                if need <= 0:
+                    break
             if need > 0:
                 continue
             top = max((v.priority for v in chosen), default=-(2**31))
@@ -180,3 +180,8 @@ def preemption_plan(
         if best is not None:
             return best[1]
     return None
+
+
+def victim_order(v: ServiceConfig) -> tuple[int, int, str]:
+    """Which running service to stop first to make room: least important, biggest, name."""
+    return (v.priority, -v.memory_mb, v.name)

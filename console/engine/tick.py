@@ -48,6 +48,7 @@ from console.engine.placement import (
     preemption_plan,
     rank,
     tiers,
+    victim_order,
 )
 from console.engine.states import (
     HOST_TRANSITIONS,
@@ -852,6 +853,7 @@ class _Tick:
         queue.sort(key=lambda n: (-conf[n].priority, n))
         usage = self.usage()
         victims: dict[str, list[ServiceConfig]] | None = None
+        taken: set[str] = set()
         for name in queue:
             s, cfg = self.svcs[name], conf[name]
             exclude = set(s.failed_nodes)
@@ -869,7 +871,7 @@ class _Tick:
                 continue
             if victims is None:
                 victims = self._victims()
-            plan = preemption_plan(self._candidate_tiers(cfg), cfg, usage, victims, exclude)
+            plan = preemption_plan(self._candidate_tiers(cfg), cfg, usage, victims, exclude, taken)
             if plan is not None:
                 for v in plan.victims:
                     vs = self.svcs[v]
@@ -883,7 +885,7 @@ class _Tick:
                         f"{cfg.priority} > {conf[v].priority})",
                         action=aid,
                     )
-                    victims[node] = [x for x in victims[node] if x.name != v]
+                    taken.add(v)
                 usage.claimed[plan.host] = usage.claimed.get(plan.host, 0) + cfg.memory_mb
                 why = f"waiting for room on {plan.host}"
                 if plan.victims:
@@ -898,6 +900,8 @@ class _Tick:
         for name, s in self.svcs.items():
             if s.state is S.STARTED and s.node is not None:
                 out.setdefault(s.node, []).append(self.conf[name])
+        for configs in out.values():
+            configs.sort(key=victim_order)
         return out
 
     def _why_no_host(self, cfg: ServiceConfig, exclude: set[str]) -> str:
