@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -124,10 +125,11 @@ def namespace_support() -> str | None:
     if _which("ip") is None or _which("unshare") is None:
         return "no `ip netns`/`unshare` (apt-get install iproute2 util-linux)"
     probe = f"havenprobe{os.getpid()}"
-    add = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if add.returncode != 0:
-        return f"cannot create a network namespace: {add.stderr.strip()}"
-    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    try:
+        _run(["ip", "netns", "add", probe])
+    except LabError as exc:
+        return f"cannot create a network namespace: {exc}"
+    _run(["ip", "netns", "delete", probe], check=False)
     return None
 
 
@@ -755,11 +757,13 @@ class Lab:
 
     # -- running things inside a host ----------------------------------------------------------
 
-    def _nsenter(self, name: str, argv: Sequence[str]) -> list[str]:
+    def _nsenter(self, name: str, argv: Sequence[str], cwd: object = None) -> list[str]:
         pid1 = self.host(name).pid1()
         if pid1 is None:
             raise LabError(f"{name} is powered off")
-        return ["nsenter", "-t", str(pid1), "-a", "--", *argv]
+        # Entering a mount namespace resets the working directory to /: keep the caller's.
+        wd = os.path.abspath(str(cwd)) if cwd is not None else os.getcwd()
+        return ["nsenter", "-t", str(pid1), "-a", f"--wd={wd}", "--", *argv]
 
     def run_in(
         self,
@@ -780,10 +784,10 @@ class Lab:
             input=input,
         )
 
-    def popen_in(self, name: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def popen_in(self, name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start argv inside the host and return the Popen (e.g. an agent); it dies with the
         host's power."""
-        return subprocess.Popen(self._nsenter(name, argv), **kwargs)  # type: ignore[call-overload,no-any-return]
+        return subprocess.Popen(self._nsenter(name, argv, kwargs.get("cwd")), **kwargs)
 
 
 def _link_exists(name: str) -> bool:

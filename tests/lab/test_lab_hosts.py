@@ -10,6 +10,7 @@ import base64
 import hashlib
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ MIGRATE_FLAGS = (
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 )
+# What an agent does first inside its host: who am I, where am I, my local libvirtd.
+AGENT_LIKE = """
+import os, socket, sys, time, libvirt
+conn = libvirt.open("qemu:///system")
+print(socket.gethostname(), os.getcwd(), conn.getHostname(), flush=True)
+time.sleep(60)
+"""
 SHADOW_DIGEST = hashlib.sha256(Path("/etc/shadow").read_bytes()).hexdigest()
 
 
@@ -188,6 +196,25 @@ def test_tick_guest_live_migrates_without_restarting(built_lab: BuiltLab) -> Non
     finally:
         src_conn.close()
         dst_conn.close()
+
+
+def test_a_process_run_inside_dies_with_the_power(built_lab: BuiltLab) -> None:
+    lab = built_lab.lab
+    with lab.popen_in(
+        "et-virt05",
+        [sys.executable, "-c", AGENT_LIKE],
+        cwd=LAB_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as agent:
+        try:
+            assert agent.stdout is not None
+            assert agent.stdout.readline().split() == ["et-virt05", str(LAB_DIR), "et-virt05"]
+            lab.power_off("et-virt05")
+            assert agent.wait(timeout=5) == -9
+        finally:
+            agent.kill()
+    lab.power_on("et-virt05")
 
 
 def test_fence_ipmilan_through_the_bmc(built_lab: BuiltLab) -> None:
