@@ -13,7 +13,7 @@ from typing import Any
 
 from console.engine.model import Domain, DomainMember, ServiceConfig
 from console.engine.settings import Settings
-from console.engine.states import Desired, Recovery
+from console.engine.states import Desired, Recovery, ServiceState
 
 
 class ScenarioError(ValueError):
@@ -108,7 +108,8 @@ EVENTS: Mapping[str, tuple[str, ...]] = {
     "appear": ("service", "node"),
 }
 
-FINAL_STATES = frozenset({"started", "stopped", "disabled", "failed", "waiting"})
+#: FORMAT.md's final states, plus the engine's other states (e.g. "fence") for finer checks
+FINAL_STATES = frozenset(s.value for s in ServiceState)
 
 
 class _R:
