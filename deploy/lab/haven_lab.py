@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,9 @@ class ProcRef:
     def alive(self) -> bool:
         return _start_time(self.pid) == self.start
 
+    def dead(self) -> bool:
+        return not self.alive()
+
     def kill(self) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -190,8 +193,10 @@ def _save_ref(path: Path, ref: ProcRef) -> None:
     path.write_text(json.dumps({"pid": ref.pid, "start": ref.start}))
 
 
-def _wait_for(predicate: object, timeout: float, what: str, interval: float = 0.02) -> None:
-    assert callable(predicate)
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll predicate until true; LabError naming `what` after timeout seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -408,7 +413,7 @@ class Lab:
             if bmc is not None:
                 bmc.kill()
                 self._reap(f"bmc:{name}")
-                _wait_for(lambda b=bmc: not b.alive(), STOP_TIMEOUT, f"{name}'s BMC to stop")
+                wait_for(bmc.dead, STOP_TIMEOUT, f"{name}'s BMC to stop")
             if _link_exists(host.veth):
                 _run(["ip", "link", "delete", host.veth])
             if host.netns in _netns_list():
@@ -717,7 +722,7 @@ class Lab:
                 host.address, LIBVIRT_PORT, 0.2
             )
 
-        _wait_for(ready, timeout, f"{name}'s sshd and libvirtd", interval=0.05)
+        wait_for(ready, timeout, f"{name}'s sshd and libvirtd", interval=0.05)
 
     def power_off(self, name: str) -> None:
         """Pull the plug: SIGKILL the unshare process and every process in the host's netns."""
@@ -730,7 +735,7 @@ class Lab:
             if pref is not None:
                 pref.kill()
         self._reap(name)
-        _wait_for(
+        wait_for(
             lambda: (ref is None or not ref.alive()) and not _netns_pids(host.netns),
             STOP_TIMEOUT,
             f"{name}'s processes to die",

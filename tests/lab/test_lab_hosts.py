@@ -18,6 +18,7 @@ import haven_lab
 import libvirt
 import paramiko
 import pytest
+from haven_lab import wait_for
 
 from .conftest import HOSTS, LAB_DIR, BuiltLab
 
@@ -44,14 +45,6 @@ def _quiet_libvirt(_ctx: object, _err: object) -> None:
 
 
 libvirt.registerErrorHandler(_quiet_libvirt, None)
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _ticks(log: Path) -> list[int]:
@@ -175,7 +168,7 @@ def test_tick_guest_live_migrates_without_restarting(built_lab: BuiltLab) -> Non
     try:
         dom = src_conn.defineXML(xml)
         dom.create()
-        _wait(lambda: len(_ticks(src.dir / serial)) >= 2, 10, "two ticks on the source")
+        wait_for(lambda: len(_ticks(src.dir / serial)) >= 2, 10, "two ticks on the source")
         started = time.monotonic()
         dom.migrateToURI3(dst.libvirt_uri, {}, MIGRATE_FLAGS)
         migrate_seconds = time.monotonic() - started
@@ -185,7 +178,7 @@ def test_tick_guest_live_migrates_without_restarting(built_lab: BuiltLab) -> Non
         assert "tick-mig" not in [d.name() for d in src_conn.listAllDomains()]
         stats = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         last_on_src = _ticks(src.dir / serial)[-1]
-        _wait(lambda: len(_ticks(dst.dir / serial)) >= 2, 10, "ticks on the destination")
+        wait_for(lambda: len(_ticks(dst.dir / serial)) >= 2, 10, "ticks on the destination")
         on_dst = _ticks(dst.dir / serial)
         assert on_dst[0] > 1 and on_dst[0] >= last_on_src, "the guest was restarted"
         assert on_dst == list(range(on_dst[0], on_dst[0] + len(on_dst)))
@@ -290,7 +283,7 @@ def test_net_cut_keeps_the_host_running(built_lab: BuiltLab) -> None:
         assert inside.stdout.strip() == host.name
     finally:
         lab.net_restore(host.name)
-    _wait(lambda: haven_lab.tcp_open(host.address, haven_lab.LIBVIRT_PORT, 0.5), 10, "cable")
+    wait_for(lambda: haven_lab.tcp_open(host.address, haven_lab.LIBVIRT_PORT, 0.5), 10, "cable")
 
 
 def test_secrets_stay_out_of_logs(built_lab: BuiltLab) -> None:
