@@ -402,6 +402,9 @@ class Lab:
         if wait:
             for host in hosts:
                 self.wait_ready(host.name)
+                bmc = _load_ref(host.dir / "bmc" / "ipmi_sim.json")
+                if bmc is None or not bmc.alive():
+                    raise LabError(f"{host.name}'s BMC died: see {host.dir}/bmc/ipmi_sim.log")
         return hosts
 
     def destroy(self) -> None:
