@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "console.services",
     "console.jobs",
     "console.events",
+    "console.runtime",
 ]
 
 MIDDLEWARE = [
@@ -152,10 +153,22 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE = {
+    "ha-runner": {"task": "haven.console.tick", "schedule": 1.0, "options": {"expires": 2}},
+}
 
 # The HA engine's timers (DESIGN.md §2): heartbeat every second, unreachable after 3 missed.
 HAVEN_HEARTBEAT_INTERVAL_S = float(os.environ.get("HAVEN_HEARTBEAT_INTERVAL_S", "1"))
 HAVEN_MISSED_HEARTBEATS = int(os.environ.get("HAVEN_MISSED_HEARTBEATS", "3"))
+
+# The agent that runs beside the console (for fencing when no host of the cluster is left).
+HAVEN_CONSOLE_AGENT = os.environ.get("HAVEN_CONSOLE_AGENT", "haven-console")
+# Operations wake the HA runner at once (off in unit tests, which drive the runner by hand).
+HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
+# What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
+HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
+# A graceful guest shutdown waits this long before the guest is destroyed.
+HAVEN_STOP_TIMEOUT_S = int(os.environ.get("HAVEN_STOP_TIMEOUT_S", "30"))
 
 LOGGING = {
     "version": 1,

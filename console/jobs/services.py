@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -63,11 +64,20 @@ def create_job(
             cluster=cluster,
             created_by=user,
             params=params or {},
-            action_id=action_id,
-            engine_notified=not action_id,
         )
+        if steps or action_id:
+            attach_steps(job, steps, action_id=action_id, message=message)
+        elif message:
+            add_event(job, message)
+    return job
+
+
+def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
+    """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
+    with transaction.atomic():
         hosts = {s.host.pk: s.host for s in steps if s.host is not None}
-        job.hosts.set(hosts.values())
+        job.hosts.add(*hosts.values())
+        first = (job.steps.aggregate(m=Max("seq"))["m"] or 0) + 1
         JobStep.objects.bulk_create(
             JobStep(
                 job=job,
@@ -79,17 +89,23 @@ def create_job(
                 args=s.args,
                 secret_ref=s.secret_ref,
             )
-            for i, s in enumerate(steps, start=1)
+            for i, s in enumerate(steps, start=first)
         )
-        add_event(
-            job,
-            message
-            or f"{kind}: {len(steps)} step(s) on "
-            f"{', '.join(sorted(h.name for h in hosts.values())) or 'the console'}",
-        )
+        if action_id:
+            job.action_id, job.engine_notified = action_id, False
+            job.save(update_fields=["action_id", "engine_notified"])
+        where = ", ".join(sorted(h.name for h in hosts.values())) or "the console"
+        add_event(job, message or f"{job.kind}: {len(steps)} step(s) on {where}")
         job_id = job.pk
         transaction.on_commit(lambda: dispatch(job_id))
     return job
+
+
+def finish_job(job: Job, *, ok: bool, explanation: str = "") -> None:
+    """End a job that needs no agent (accepted at once, refused, recorded)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        _finish(job, JobStatus.SUCCEEDED if ok else JobStatus.FAILED, explanation)
 
 
 def add_event(
@@ -146,8 +162,8 @@ def dispatch(job_id: int) -> None:
         for step in open_steps:
             if step.stage != stage or step.status != StepStatus.PENDING:
                 continue
-            if step.host is None:
-                continue  # console-side steps are run by their own task
+            # Steps without a host go to the agent that runs beside the console.
+            target = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
             args, redacted = _resolve_secrets(step)
             command = {
                 "v": PROTOCOL_VERSION,
@@ -155,7 +171,7 @@ def dispatch(job_id: int) -> None:
                 "kind": step.kind,
                 "args": args,
             }
-            sends.append((step.host.name, command, {**command, "args": redacted}))
+            sends.append((target, command, {**command, "args": redacted}))
             step.status, step.dispatched = StepStatus.DISPATCHED, now
             step.save(update_fields=["status", "dispatched"])
         if job.status == JobStatus.PENDING and sends:

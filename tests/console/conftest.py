@@ -42,3 +42,5 @@ def operator_api(make_client: Callable[[str | None], APIClient]) -> APIClient:
 def fast_passwords(settings: Any) -> None:
     """PBKDF2 makes every created user cost ~0.3 s; tests do not need the strength."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Tests drive the runner themselves; the live tests turn this back on.
+    settings.HAVEN_WAKE_ON_COMMAND = False

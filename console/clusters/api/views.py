@@ -1,6 +1,14 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
 from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
+from console.jobs.api.serializers import JobSerializer
+from console.runtime import operations
+from console.runtime.api import MaintenanceSerializer, job_response, operation_error
 
 
 class ClusterViewSet(HavenViewSet):
@@ -12,7 +20,30 @@ class ClusterViewSet(HavenViewSet):
 class HostViewSet(HavenViewSet):
     queryset = Host.objects.select_related("cluster")
     serializer_class = serializers.HostSerializer
-    filterset_fields = ("cluster", "cluster__name", "name", "state")
+    filterset_fields = ("cluster", "cluster__name", "name", "state", "maintenance")
+    operator_actions = ("maintenance", "acknowledge_down")
+
+    @extend_schema(request=MaintenanceSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def maintenance(self, request: Request, pk: str | None = None) -> Response:
+        body = MaintenanceSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            job = operations.maintenance(
+                self.get_object(), body.validated_data["on"], actor=request.user
+            )
+        except operations.OperationError as exc:
+            return operation_error(exc)
+        return job_response(job)
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="acknowledge-down")
+    def acknowledge_down(self, request: Request, pk: str | None = None) -> Response:
+        try:
+            job = operations.acknowledge_down(self.get_object(), actor=request.user)
+        except operations.OperationError as exc:
+            return operation_error(exc)
+        return job_response(job)
 
 
 class FenceDeviceViewSet(HavenViewSet):

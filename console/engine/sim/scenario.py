@@ -128,7 +128,8 @@ class _R:
         if allowed is not None:
             for key in self.value:
                 if key not in allowed:
-                    raise ScenarioError(f"{self.where}.{key}", "unknown field")
+                    where = f"{self.where}.{key}" if self.where else key
+                    raise ScenarioError(where, "unknown field")
         return self.value
 
     def get(self, key: str) -> _R:

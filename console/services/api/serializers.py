@@ -61,6 +61,14 @@ class FailoverDomainSerializer(HavenModelSerializer):
 
 
 class VmServiceSerializer(HavenModelSerializer):
+    def validate_desired_state(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.desired_state:
+            raise serializers.ValidationError(
+                "Change it with the start, stop, enable or disable operations "
+                f"(POST /api/services/{self.instance.pk}/start ...), so the HA engine sees it."
+            )
+        return value
+
     class Meta:
         model = VmService
         fields = [

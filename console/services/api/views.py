@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
 from console.core.api import HavenViewSet
+from console.jobs.api.serializers import JobSerializer
+from console.runtime import operations
+from console.runtime.api import MoveSerializer, job_response, operation_error
 from console.services import services
 from console.services.api import serializers
 from console.services.models import FailoverDomain, VmService
@@ -37,6 +45,9 @@ class FailoverDomainViewSet(HavenViewSet):
 
 
 class VmServiceViewSet(HavenViewSet):
+    """VM services; ``start``/``stop``/``enable``/``disable``/``migrate``/``relocate`` are
+    operations that answer 202 with the job that carries them out."""
+
     queryset = VmService.objects.select_related("cluster", "failover_domain", "host")
     serializer_class = serializers.VmServiceSerializer
     filterset_fields = (
@@ -48,3 +59,45 @@ class VmServiceViewSet(HavenViewSet):
         "failover_domain",
         "recovery",
     )
+    operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
+
+    def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
+        try:
+            job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
+        except operations.OperationError as exc:
+            return operation_error(exc)
+        return job_response(job)
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        return self._command(request, "start")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        return self._command(request, "stop")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def enable(self, request: Request, pk: str | None = None) -> Response:
+        return self._command(request, "enable")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def disable(self, request: Request, pk: str | None = None) -> Response:
+        return self._command(request, "disable")
+
+    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def migrate(self, request: Request, pk: str | None = None) -> Response:
+        body = MoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._command(request, "migrate", body.validated_data["host"])
+
+    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def relocate(self, request: Request, pk: str | None = None) -> Response:
+        body = MoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._command(request, "relocate", body.validated_data["host"])

@@ -1,0 +1,116 @@
+"""Turn the engine's actions into job steps for the agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from console import engine
+from console.clusters.models import Cluster, FenceDevice, Host
+from console.jobs.services import StepSpec
+from console.services.models import VmService
+
+
+def libvirt_uri(host: Host) -> str:
+    return host.libvirt_uri or f"qemu+tcp://{host.address}/system"
+
+
+def _start(service: VmService, host: Host, stage: int = 0) -> list[StepSpec]:
+    """Define the console's copy of the XML, then start it: nobody copies config files."""
+    return [
+        StepSpec(host, "define", {"xml": service.domain_xml}, stage=stage),
+        StepSpec(host, "start", {"guest": service.name}, stage=stage + 1),
+    ]
+
+
+def _stop(service: str, host: Host, *, force: bool) -> StepSpec:
+    if force:
+        return StepSpec(host, "destroy", {"guest": service})
+    return StepSpec(
+        host, "shutdown", {"guest": service, "timeout_s": settings.HAVEN_STOP_TIMEOUT_S}
+    )
+
+
+def fence_runner(cluster: Cluster, target: str, online: set[str]) -> Host | None:
+    """A healthy host of the cluster to run the fence agent; None = the console's own agent."""
+    candidates = sorted(n for n in online if n != target)
+    if not candidates:
+        return None
+    return Host.objects.get(cluster=cluster, name=candidates[0])
+
+
+def fence_steps(device: FenceDevice, runner: Host | None) -> list[StepSpec]:
+    params: dict[str, Any] = dict(device.parameters)
+    if device.plug:
+        params["plug"] = device.plug
+    return [
+        StepSpec(
+            runner,
+            "fence",
+            {
+                "agent": device.agent,
+                "action": settings.HAVEN_FENCE_ACTION,
+                "params": params,
+                "timeout_s": 60,
+            },
+            secret_ref={"fence_device": device.pk},
+        )
+    ]
+
+
+def steps_for(
+    action: engine.Action,
+    *,
+    cluster: Cluster,
+    hosts: dict[str, Host],
+    services: dict[str, VmService],
+    online: set[str],
+    pending_kind: str = "",
+) -> tuple[str, list[StepSpec], dict[str, Any]]:
+    """(job kind, steps, params) for one action."""
+    if isinstance(action, engine.Fence):
+        device = FenceDevice.objects.filter(host=hosts[action.host]).order_by("order").first()
+        if device is None:  # the engine only fences hosts that have a device
+            return "fence", [], {"host": action.host}
+        runner = fence_runner(cluster, action.host, online)
+        return (
+            "fence",
+            fence_steps(device, runner),
+            {
+                "host": action.host,
+                "device": device.name,
+                "runner": runner.name if runner else settings.HAVEN_CONSOLE_AGENT,
+            },
+        )
+    service = services[action.service]
+    if isinstance(action, engine.Start):
+        return (
+            "start",
+            _start(service, hosts[action.host]),
+            {"service": action.service, "host": action.host},
+        )
+    if isinstance(action, engine.Stop):
+        # A stray copy (running where it must not) is destroyed at once; others shut down.
+        steps = [_stop(action.service, hosts[action.host], force=pending_kind == "stray")]
+        return "stop", steps, {"service": action.service, "host": action.host}
+    if isinstance(action, engine.Migrate):
+        target = hosts[action.target]
+        return (
+            "migrate",
+            [
+                StepSpec(
+                    hosts[action.source],
+                    "migrate",
+                    {"guest": action.service, "dest_uri": libvirt_uri(target)},
+                )
+            ],
+            {"service": action.service, "source": action.source, "target": action.target},
+        )
+    assert isinstance(action, engine.Relocate)
+    stop = _stop(action.service, hosts[action.source], force=False)
+    return (
+        "relocate",
+        [stop, *_start(service, hosts[action.target], stage=1)],
+        {"service": action.service, "source": action.source, "target": action.target},
+    )

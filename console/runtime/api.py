@@ -1,0 +1,31 @@
+"""API actions for operations: each answers 202 with the job that carries it out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from console.jobs.api.serializers import JobSerializer
+from console.jobs.models import Job
+from console.runtime.operations import OperationError
+
+
+class MoveSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    host = serializers.CharField(
+        max_length=253, help_text="Target host name, or 'best' to let Haven choose."
+    )
+
+
+class MaintenanceSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    on = serializers.BooleanField(help_text="true: drain the host; false: take guests again")
+
+
+def job_response(job: Job) -> Response:
+    return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+def operation_error(exc: OperationError) -> Response:
+    body: dict[str, Any] = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
+    return Response(body, status=exc.status)

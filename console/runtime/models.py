@@ -1,0 +1,53 @@
+"""What the runtime keeps between ticks: the engine's status, and people's commands."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from console.clusters.models import Cluster
+from console.jobs.models import Job
+
+
+class EngineState(models.Model):
+    """The HA engine's status for one cluster (``Status.to_json()``), saved after every tick."""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="engine")
+    status_json = models.TextField(default="")
+    alarm = models.TextField(blank=True)
+    ticks = models.PositiveBigIntegerField(default=0)
+    updated = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"engine of {self.cluster_id and self.cluster.name}"
+
+
+class PendingCommand(models.Model):
+    """A person's start/stop/enable/disable/migrate/relocate, waiting for the engine's reply.
+
+    The engine answers every command: ``accepted`` (applied), ``queued`` (applied when the
+    service settles) or ``refused`` (with a reason). The command's job shows it to people.
+    """
+
+    class Outcome(models.TextChoices):
+        NEW = "new", "Not yet seen by the engine"
+        QUEUED = "queued", "Queued until the service settles"
+        ACCEPTED = "accepted", "Accepted"
+        REFUSED = "refused", "Refused"
+
+    command_id = models.CharField(max_length=64, unique=True)
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="commands")
+    kind = models.CharField(max_length=16)
+    service = models.CharField(max_length=64)
+    node = models.CharField(max_length=253, blank=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="commands")
+    actor = models.CharField(max_length=150)
+    delivered = models.BooleanField(default=False)
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.NEW)
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.service} ({self.outcome})"

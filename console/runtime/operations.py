@@ -1,0 +1,214 @@
+"""What people ask of services and hosts: start, stop, enable, disable, migrate, relocate,
+maintenance on/off, acknowledge a host is down.
+
+Each returns the job that shows its progress. Service commands go to the HA engine, which
+answers every one (it may still refuse in a race); the checks here give the clear answer at
+once for what is already known to be impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from console.clusters.choices import HostState
+from console.clusters.models import Host
+from console.core.services import actor_name
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import Job
+from console.runtime.models import PendingCommand
+from console.runtime.snapshot import domain_of, service_config
+from console.services.models import VmService
+
+log = logging.getLogger("haven.operations")
+SERVICE_COMMANDS = ("start", "stop", "enable", "disable", "migrate", "relocate")
+BEST = "best"
+
+
+class OperationError(Exception):
+    """A refused operation: ``status`` 400 (bad input, with ``field``) or 409 (state)."""
+
+    def __init__(self, message: str, *, status: int = 409, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.status, self.field = message, status, field
+
+
+def _wake(cluster_id: int) -> None:
+    if not settings.HAVEN_WAKE_ON_COMMAND:
+        return
+
+    def send() -> None:
+        from console.runtime.tasks import wake
+
+        try:
+            wake.delay(cluster_id)
+        except Exception:  # the broker is away: the next beat tick picks the command up
+            log.warning("could not wake the runner of cluster %s", cluster_id)
+
+    transaction.on_commit(send)
+
+
+def service_command(service: VmService, kind: str, *, actor: Any, host: str | None = None) -> Job:
+    if kind not in SERVICE_COMMANDS:
+        raise OperationError(f"Unknown operation {kind!r}.", status=400, field="operation")
+    node: str | None = None
+    if kind in ("migrate", "relocate"):
+        node = _check_move(service, host, live=kind == "migrate")
+    elif kind == "start" and service.desired_state == "disabled":
+        raise OperationError(f"{service.name} is disabled: enable it first.")
+    elif kind == "stop" and service.desired_state == "disabled":
+        raise OperationError(f"{service.name} is disabled, so it is already stopped.")
+    who = actor_name(actor)
+    with transaction.atomic():
+        command_id = f"cmd-{uuid.uuid4().hex[:16]}"
+        job = jobs.create_job(
+            kind,
+            [],
+            cluster=service.cluster,
+            created_by=actor,
+            params={"service": service.name, **({"target": node} if node else {})},
+            message=f"{who} asked to {kind} {service.name}" + (f" on {node}" if node else ""),
+        )
+        PendingCommand.objects.create(
+            command_id=command_id,
+            cluster=service.cluster,
+            kind=kind,
+            service=service.name,
+            node=node or "",
+            job=job,
+            actor=who,
+        )
+        record(
+            actor=who,
+            verb=kind,
+            obj=service,
+            cluster=service.cluster,
+            result="info",
+            message=f"requested (job {job.pk})" + (f", target {node}" if node else ""),
+        )
+        _wake(service.cluster_id)
+    return job
+
+
+def _check_move(service: VmService, host: str | None, *, live: bool) -> str:
+    if service.desired_state == "disabled":
+        raise OperationError(f"{service.name} is disabled: enable it first.")
+    if live and not service.migratable:
+        raise OperationError(
+            f"{service.name} cannot be live-migrated (migratable is off): relocate it instead."
+        )
+    if service.state != "started" or service.host is None:
+        raise OperationError(f"{service.name} is not running ({service.state}).")
+    if not host:
+        raise OperationError("Name the target host, or 'best'.", status=400, field="host")
+    if host == BEST:
+        return _best_host(service)
+    target = Host.objects.filter(cluster=service.cluster, name=host).first()
+    if target is None:
+        raise OperationError(
+            f"There is no host {host!r} in cluster {service.cluster.name}.",
+            status=400,
+            field="host",
+        )
+    if target.pk == service.host_id:
+        raise OperationError(f"{service.name} already runs on {host}.")
+    if target.maintenance:
+        raise OperationError(f"{host} is in maintenance.")
+    if target.state != HostState.ONLINE:
+        raise OperationError(f"{host} is {target.state}: only an online host can take it.")
+    domain = service.failover_domain
+    if domain is not None and domain.restricted and not domain.members.filter(host=target).exists():
+        raise OperationError(
+            f"{host} is not a member of the restricted failover domain {domain.name}."
+        )
+    return host
+
+
+def _best_host(service: VmService) -> str:
+    """The engine's own placement rule, over the online hosts the service may use."""
+    from console.engine.placement import Usage, choose, tiers
+
+    hosts = list(
+        Host.objects.filter(cluster=service.cluster, state=HostState.ONLINE, maintenance=False)
+    )
+    usable = sorted(h.name for h in hosts if h.pk != service.host_id)
+    usage = Usage({h.name: h.memory_total_mb for h in hosts}, {h.name: h.cpus for h in hosts})
+    for other in VmService.objects.filter(cluster=service.cluster, state="started").select_related(
+        "host", "failover_domain"
+    ):
+        if other.host is not None:
+            usage.add(other.host.name, service_config(other))
+    domain = domain_of(service.failover_domain) if service.failover_domain else None
+    choice = choose(tiers(domain, usable), service_config(service), usage)
+    if choice is None:
+        raise OperationError(f"No other host can take {service.name} now.")
+    return choice
+
+
+def maintenance(host: Host, on: bool, *, actor: Any) -> Job:
+    """Drain the host by live migration (on), or let it take guests again (off)."""
+    who = actor_name(actor)
+    with transaction.atomic():
+        host = Host.objects.select_for_update().get(pk=host.pk)
+        if host.maintenance == on:
+            raise OperationError(f"{host.name} is {'already' if on else 'not'} in maintenance.")
+        host.maintenance = on
+        host.save(update_fields=["maintenance"])
+        verb = "maintenance-on" if on else "maintenance-off"
+        what = (
+            "drains its guests by live migration"
+            if on
+            else "takes guests again; drained guests return"
+        )
+        job = jobs.create_job(
+            verb,
+            [],
+            cluster=host.cluster,
+            created_by=actor,
+            params={"host": host.name},
+            message=f"{who}: {host.name} {what}",
+        )
+        jobs.finish_job(job, ok=True)
+        record(actor=who, verb=verb, obj=host, cluster=host.cluster, message=what)
+        _wake(host.cluster_id)
+    return job
+
+
+def acknowledge_down(host: Host, *, actor: Any) -> Job:
+    """A person confirms the host is powered off (a manual fence): its guests may recover."""
+    who = actor_name(actor)
+    with transaction.atomic():
+        host = Host.objects.select_for_update().get(pk=host.pk)
+        if host.state == HostState.ONLINE:
+            raise OperationError(
+                f"{host.name} is online: only a silent host can be acknowledged down."
+            )
+        host.acknowledged_down_at, host.acknowledged_down_by = timezone.now(), who
+        host.save(update_fields=["acknowledged_down_at", "acknowledged_down_by"])
+        job = jobs.create_job(
+            "acknowledge-down",
+            [],
+            cluster=host.cluster,
+            created_by=actor,
+            params={"host": host.name},
+            message=f"{who} confirmed {host.name} is powered off",
+        )
+        jobs.finish_job(job, ok=True)
+        record(
+            actor=who,
+            verb="acknowledge-down",
+            obj=host,
+            cluster=host.cluster,
+            message="manual fence: the guests of this host may start elsewhere",
+        )
+        _wake(host.cluster_id)
+    return job
+
+
+__all__ = ["BEST", "OperationError", "acknowledge_down", "maintenance", "service_command"]

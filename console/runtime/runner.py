@@ -1,0 +1,267 @@
+"""The HA runner: one at a time per cluster, it builds the snapshot, calls the engine's
+``tick``, stores the status and turns actions into jobs, all in one transaction.
+
+It runs every second (Celery beat) and at once when a lifecycle event or a job result comes
+in. A wake that arrives while another runner holds the lock is not lost: the holder runs
+again before it lets go.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from console import engine
+from console.clusters.models import Cluster, Host
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import Job
+from console.runtime import actions as action_steps
+from console.runtime.models import PendingCommand
+from console.runtime.snapshot import Loaded, load
+from console.runtime.store import Store
+from console.services.models import VmService
+
+log = logging.getLogger("haven.runner")
+MAX_ROUNDS = 5
+
+
+@dataclass
+class TickReport:
+    cluster: str
+    actions: list[engine.Action] = field(default_factory=list)
+    jobs: list[int] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
+    """Run the engine for one cluster unless another runner does; returns what it did."""
+    store = store or Store()
+    name = f"runner:{cluster_id}"
+    reports: list[TickReport] = []
+    with store.lock(name) as taken:
+        if not taken:
+            store.request(name)
+            return reports
+        for _ in range(MAX_ROUNDS):
+            store.take_request(name)
+            reports.append(tick_once(cluster_id, store))
+            if not store.take_request(name):
+                break
+            store.request(name)  # put it back for the loop's next round to take
+    return reports
+
+
+def run_all(store: Store | None = None) -> list[TickReport]:
+    store = store or Store()
+    out: list[TickReport] = []
+    for cluster_id in Cluster.objects.values_list("pk", flat=True):
+        out.extend(run(cluster_id, store))
+    return out
+
+
+def tick_once(cluster_id: int, store: Store, now: float | None = None) -> TickReport:
+    started = time.perf_counter()
+    with transaction.atomic():
+        cluster = Cluster.objects.get(pk=cluster_id)
+        loaded = load(cluster, store)
+        now = time.time() if now is None else now
+        decision = engine.tick(loaded.snapshot, now)
+        report = _apply(cluster, loaded, decision, now)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _ts(value: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+
+
+def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: float) -> TickReport:
+    report = TickReport(cluster.name, list(decision.actions), log=list(decision.log))
+    status = decision.status
+    state = loaded.state
+    if status.alarm != state.alarm:
+        record(
+            actor="engine",
+            verb="alarm",
+            obj=cluster,
+            cluster=cluster,
+            result="failed" if status.alarm else "ok",
+            message=status.alarm or "alarm cleared",
+        )
+    state.status_json, state.alarm, state.ticks = status.to_json(), status.alarm, state.ticks + 1
+    state.save(update_fields=["status_json", "alarm", "ticks", "updated"])
+    jobs.mark_engine_notified([j.pk for j in loaded.result_jobs])
+    PendingCommand.objects.filter(pk__in=[c.pk for c in loaded.commands]).update(delivered=True)
+
+    _write_hosts(loaded, status, now)
+    _write_services(loaded, status, now)
+    for t in decision.transitions:
+        record(
+            actor="engine",
+            verb=f"{t.kind}-state",
+            object_type=t.kind,
+            object_name=t.name,
+            cluster=cluster,
+            result="info",
+            message=f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
+        )
+        if t.kind == "host" and t.new is engine.HostState.UNREACHABLE:
+            jobs.mark_host_lost(loaded.hosts[t.name], "stopped heartbeating")
+    bound = _replies(cluster, decision)
+    online = {n for n, h in status.hosts.items() if h.state is engine.HostState.ONLINE}
+    for action in decision.actions:
+        pending = status.pending.get(action.id)
+        kind, steps, params = action_steps.steps_for(
+            action,
+            cluster=cluster,
+            hosts=loaded.hosts,
+            services=loaded.services,
+            online=online,
+            pending_kind=pending.kind if pending else "",
+        )
+        service = getattr(action, "service", None)
+        job = bound.pop(service, None) if service else None
+        params = {**params, "action": action.id}
+        if job is None:
+            job = jobs.create_job(
+                kind,
+                steps,
+                cluster=cluster,
+                params=params,
+                action_id=action.id,
+                message=_describe(action),
+            )
+        else:
+            job.params = {**job.params, **params}
+            job.save(update_fields=["params"])
+            jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
+        report.jobs.append(job.pk)
+        record(
+            actor="engine",
+            verb=kind,
+            object_type="action",
+            object_name=action.id,
+            cluster=cluster,
+            result="info",
+            message=_describe(action),
+            data={"job": job.pk, **params},
+        )
+    for job in bound.values():  # accepted, and nothing to do
+        jobs.finish_job(job, ok=True, explanation="")
+    return report
+
+
+def _describe(action: engine.Action) -> str:
+    if isinstance(action, engine.Fence):
+        return f"fence {action.host}"
+    if isinstance(action, engine.Start | engine.Stop):
+        verb = "start" if isinstance(action, engine.Start) else "stop"
+        return f"{verb} {action.service} on {action.host}"
+    verb = "migrate" if isinstance(action, engine.Migrate) else "relocate"
+    return f"{verb} {action.service}: {action.source} -> {action.target}"
+
+
+def _replies(cluster: Cluster, decision: engine.Decision) -> dict[str, Job]:
+    """Record the engine's answers to people's commands; return accepted ones by service."""
+    bound: dict[str, Job] = {}
+    by_id = {
+        c.command_id: c
+        for c in PendingCommand.objects.filter(
+            cluster=cluster, command_id__in=[r.command_id for r in decision.replies]
+        ).select_related("job")
+    }
+    for reply in decision.replies:
+        command = by_id.get(reply.command_id)
+        if command is None:
+            continue
+        command.outcome, command.reason = reply.outcome.value, reply.reason
+        command.save(update_fields=["outcome", "reason"])
+        if reply.outcome is engine.ReplyOutcome.REFUSED:
+            jobs.finish_job(command.job, ok=False, explanation=f"refused: {reply.reason}")
+            record(
+                actor=command.actor,
+                verb=command.kind,
+                object_type="vmservice",
+                object_name=command.service,
+                cluster=cluster,
+                result="refused",
+                message=reply.reason,
+            )
+        elif reply.outcome is engine.ReplyOutcome.QUEUED:
+            jobs.add_event(command.job, f"queued: {reply.reason}")
+        else:
+            bound[command.service] = command.job
+    return bound
+
+
+def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
+    changed: list[Host] = []
+    fields = [
+        "state",
+        "last_heartbeat",
+        "memory_total_mb",
+        "memory_free_mb",
+        "cpus",
+        "host_uuid",
+        "agent_version",
+    ]
+    for name, host in loaded.hosts.items():
+        before = [getattr(host, f) for f in fields]
+        hs = status.hosts.get(name)
+        if hs is not None:
+            host.state = (
+                engine.HostState.MAINTENANCE.value
+                if (host.maintenance and hs.state is engine.HostState.ONLINE)
+                else hs.state.value
+            )
+        rep = loaded.reports.get(name)
+        if rep is not None:
+            hb = rep.heartbeat
+            # Only write a new heartbeat time every few seconds: the engine reads Redis.
+            if host.last_heartbeat is None or rep.received - host.last_heartbeat.timestamp() > 5:
+                host.last_heartbeat = _ts(rep.received)
+            host.memory_total_mb = int(hb.get("memory_total_mib") or 0)
+            host.memory_free_mb = int(hb.get("memory_free_mib") or 0)
+            host.cpus = int(hb.get("cpus") or 0)
+            host.host_uuid = str(hb.get("host_uuid") or host.host_uuid)
+            host.agent_version = str(hb.get("agent_version") or host.agent_version)
+        if [getattr(host, f) for f in fields] != before:
+            changed.append(host)
+    if changed:
+        Host.objects.bulk_update(changed, fields)
+
+
+def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
+    changed: list[VmService] = []
+    for name, service in loaded.services.items():
+        ss = status.services.get(name)
+        if ss is None:
+            continue
+        node = (
+            ss.node
+            if ss.state
+            in (
+                engine.ServiceState.STARTED,
+                engine.ServiceState.STOPPING,
+                engine.ServiceState.MIGRATING,
+                engine.ServiceState.RELOCATING,
+                engine.ServiceState.STARTING,
+            )
+            else None
+        )
+        host = loaded.hosts.get(node) if node else None
+        new = (ss.state.value, host.pk if host else None, ss.desired.value)
+        if new != (service.state, service.host_id, service.desired_state):
+            if (service.state, service.host_id) != new[:2]:
+                service.state_since = timezone.now()
+            service.state, service.host, service.desired_state = ss.state.value, host, new[2]
+            changed.append(service)
+    if changed:
+        VmService.objects.bulk_update(changed, ["state", "host", "desired_state", "state_since"])

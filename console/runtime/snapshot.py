@@ -1,0 +1,119 @@
+"""Build the HA engine's snapshot of one cluster from the database and the heartbeat store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from django.conf import settings
+
+from console import engine
+from console.clusters.models import Cluster, Host
+from console.jobs.models import Job, JobStatus
+from console.jobs.services import pending_engine_results
+from console.runtime.models import EngineState, PendingCommand
+from console.runtime.store import HostReport, Store
+from console.services.models import FailoverDomain, VmService
+
+
+def engine_settings() -> engine.Settings:
+    return engine.Settings(
+        heartbeat_interval_s=settings.HAVEN_HEARTBEAT_INTERVAL_S,
+        missed_heartbeats=settings.HAVEN_MISSED_HEARTBEATS,
+    )
+
+
+@dataclass
+class Loaded:
+    """The snapshot and the database rows it was built from (the runner writes back to them)."""
+
+    snapshot: engine.Snapshot
+    state: EngineState
+    hosts: dict[str, Host]
+    services: dict[str, VmService]
+    reports: dict[str, HostReport]
+    result_jobs: list[Job]
+    commands: list[PendingCommand]
+
+
+def _observation(
+    host: Host, report: HostReport | None, fence_hosts: set[int]
+) -> engine.HostObservation:
+    hb = report.heartbeat if report else {}
+    ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
+    return engine.HostObservation(
+        name=host.name,
+        last_heartbeat=report.received if report else None,
+        running=report.running if report else frozenset(),
+        memory_total_mb=int(hb.get("memory_total_mib") or host.memory_total_mb),
+        memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
+        cpus=int(hb.get("cpus") or host.cpus or 1),
+        maintenance=host.maintenance,
+        fence_device=host.pk in fence_hosts,
+        acknowledged_down_at=ack,
+    )
+
+
+def service_config(service: VmService) -> engine.ServiceConfig:
+    return engine.ServiceConfig(
+        name=service.name,
+        desired=engine.Desired(service.desired_state),
+        domain=service.failover_domain.name if service.failover_domain else None,
+        recovery=engine.Recovery(service.recovery),
+        max_restarts=service.max_restarts,
+        restart_window_s=float(service.restart_window_s),
+        max_relocations=service.max_relocations,
+        memory_mb=service.memory_mb,
+        cpus=service.vcpus,
+        priority=service.priority,
+        migratable=service.migratable,
+        autostart=service.autostart,
+        node=service.host.name if service.host and service.state == "started" else None,
+    )
+
+
+def domain_of(domain: FailoverDomain) -> engine.Domain:
+    return engine.Domain(
+        name=domain.name,
+        members=tuple(engine.DomainMember(m.host.name, m.priority) for m in domain.members.all()),
+        ordered=domain.ordered,
+        restricted=domain.restricted,
+        nofailback=domain.nofailback,
+    )
+
+
+def load(cluster: Cluster, store: Store) -> Loaded:
+    hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
+    fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
+    reports = store.reports(sorted(hosts))
+    services = {
+        s.name: s
+        for s in VmService.objects.filter(cluster=cluster).select_related("failover_domain", "host")
+    }
+    domains = {
+        d.name: domain_of(d)
+        for d in FailoverDomain.objects.filter(cluster=cluster).prefetch_related("members__host")
+    }
+    state, _ = EngineState.objects.get_or_create(cluster=cluster)
+    status = engine.Status.from_json(state.status_json) if state.status_json else engine.Status()
+    result_jobs = pending_engine_results(cluster)
+    commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
+    snapshot = engine.Snapshot(
+        hosts=MappingProxyType(
+            {n: _observation(h, reports.get(n), fence_hosts) for n, h in sorted(hosts.items())}
+        ),
+        services=MappingProxyType({n: service_config(s) for n, s in sorted(services.items())}),
+        domains=MappingProxyType(domains),
+        results=tuple(
+            engine.ActionResult(j.action_id, j.status == JobStatus.SUCCEEDED, j.explanation)
+            for j in result_jobs
+        ),
+        commands=tuple(
+            engine.Command(c.command_id, engine.CommandKind(c.kind), c.service, c.node or None)
+            for c in commands
+        ),
+        status=status,
+        settings=engine_settings(),
+        id_prefix=f"c{cluster.pk}-",
+    )
+    return Loaded(snapshot, state, hosts, services, reports, result_jobs, commands)

@@ -1,0 +1,278 @@
+"""The runtime on a real Redis: heartbeats in, the engine deciding, jobs out, results back.
+
+Agents are played by the test (a recording transport and messages fed to ``ingest``), so
+time is explicit and every step can be checked; real agent processes are in test_live.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from console.clusters.models import Host
+from console.jobs.models import Job, JobStatus
+from console.jobs.transport import RecordingTransport, use_transport
+from console.runtime import ingest, runner
+from console.runtime.store import Store
+from console.services.models import VmService
+from tests.console import factories as f
+
+
+def _redis() -> redis.Redis:
+    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
+    return r
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    r = _redis()
+    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
+    yield Store(r, prefix=prefix)
+    for key in r.scan_iter(f"{prefix}*"):
+        r.delete(key)
+
+
+class Agents:
+    """Plays every host's agent: answers commands, keeps what runs where, sends heartbeats."""
+
+    def __init__(self, store: Store, transport: RecordingTransport, hosts: list[Any]) -> None:
+        self.store, self.transport = store, transport
+        self.running: dict[str, set[str]] = {h.name: set() for h in hosts}
+        self.alive = {h.name: True for h in hosts}
+        self.fenced: list[str] = []
+        self.seen = 0
+        self.fail_kinds: set[str] = set()
+
+    def heartbeat(self, t: float) -> None:
+        for host, guests in self.running.items():
+            if self.alive[host]:
+                ingest.handle(
+                    {
+                        "v": 1,
+                        "kind": "heartbeat",
+                        "host": host,
+                        "ts": t,
+                        "memory_total_mib": 16384,
+                        "memory_free_mib": 15000,
+                        "cpus": 8,
+                        "host_uuid": f"uuid-{host}",
+                        "agent_version": "t",
+                        "guests": [
+                            {"name": g, "uuid": "", "state": "running"} for g in sorted(guests)
+                        ],
+                    },
+                    self.store,
+                    received=t,
+                )
+
+    def answer(self, t: float) -> None:
+        """Carry out everything sent since the last call; feed the results back."""
+        while self.seen < len(self.transport.sent):
+            host, command = self.transport.sent[self.seen]
+            self.seen += 1
+            if not self.alive.get(host, True):
+                continue
+            ok, data, message = self._do(host, command)
+            ingest.handle(
+                {
+                    "v": 1,
+                    "kind": "result",
+                    "host": host,
+                    "ts": t,
+                    "id": command["id"],
+                    "command": command["kind"],
+                    "ok": ok,
+                    "data": data,
+                    "error": None if ok else {"message": message},
+                },
+                self.store,
+                received=t,
+            )
+
+    def _do(self, host: str, command: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
+        kind, args = command["kind"], command["args"]
+        if kind in self.fail_kinds:
+            return False, {}, f"{kind} failed (test)"
+        if kind == "start":
+            self.running[host].add(args["guest"])
+        elif kind in ("shutdown", "destroy"):
+            self.running[host].discard(args["guest"])
+        elif kind == "migrate":
+            target = next(h for h in self.running if h in args["dest_uri"])
+            self.running[host].discard(args["guest"])
+            self.running[target].add(args["guest"])
+        elif kind == "fence":
+            victim = args["params"]["plug"]
+            self.alive[victim] = False
+            self.running[victim].clear()
+            self.fenced.append(victim)
+        return True, {}, ""
+
+
+@pytest.fixture
+def cluster3(db: None, store: Store) -> Iterator[tuple[Any, Agents, RecordingTransport]]:
+    cluster = f.ClusterFactory(name="et")
+    hosts = [
+        f.HostFactory(
+            cluster=cluster,
+            name=f"et-virt0{i}",
+            address=f"10.88.0.{i}",
+            libvirt_uri=f"qemu+tcp://et-virt0{i}/system",
+        )
+        for i in (5, 6, 7)
+    ]
+    for host in hosts:
+        device = f.FenceDeviceFactory(
+            host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
+        )
+        device.secret_parameters = {"password": "bmc-secret"}
+        device.save()
+        domain = f.FailoverDomainFactory(cluster=cluster, name=f"bias-{host.name}")
+        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
+    for i, host in enumerate(hosts, start=1):
+        f.VmServiceFactory(
+            cluster=cluster, name=f"guest{i}", failover_domain=host.domain_memberships.get().domain
+        )
+    with use_transport(RecordingTransport()) as transport:
+        yield cluster, Agents(store, transport, hosts), transport
+
+
+def run(cluster: Any, agents: Agents, store: Store, start: float, until: float) -> float:
+    t = start
+    while t <= until:
+        agents.heartbeat(t)
+        runner.tick_once(cluster.pk, store, now=t)
+        agents.answer(t)
+        t += 1.0
+    return t
+
+
+def placement() -> dict[str, tuple[str, str | None]]:
+    return {
+        s.name: (s.state, s.host.name if s.host else None)
+        for s in VmService.objects.select_related("host")
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_services_start_on_their_preferred_hosts(cluster3: Any, store: Store) -> None:
+    cluster, agents, transport = cluster3
+    run(cluster, agents, store, 1000.0, 1005.0)
+    assert placement() == {
+        "guest1": ("started", "et-virt05"),
+        "guest2": ("started", "et-virt06"),
+        "guest3": ("started", "et-virt07"),
+    }
+    kinds = [(h, c["kind"]) for h, c in transport.sent]
+    assert ("et-virt05", "define") in kinds and ("et-virt05", "start") in kinds
+    define = next(c for h, c in transport.sent if c["kind"] == "define")
+    assert "<name>guest" in define["args"]["xml"]  # the console's own copy of the XML
+    assert all(j.status == JobStatus.SUCCEEDED for j in Job.objects.all())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> None:
+    cluster, agents, transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.running["et-virt06"].discard("guest2")
+    cluster_id = ingest.handle(
+        {
+            "v": 1,
+            "kind": "event",
+            "event": "lifecycle",
+            "host": "et-virt06",
+            "guest": "guest2",
+            "state": "crashed",
+            "ts": t,
+        },
+        store,
+        received=t,
+    )
+    assert cluster_id == cluster.pk  # the runner is woken by the event, not the next beat
+    sent_before = len(transport.sent)
+    runner.tick_once(cluster.pk, store, now=t + 0.05)
+    new = [(h, c["kind"], c["args"].get("guest")) for h, c in transport.sent[sent_before:]]
+    assert new == [("et-virt06", "define", None)]
+    agents.answer(t + 0.1)
+    run(cluster, agents, store, t + 1, t + 3)
+    assert placement()["guest2"] == ("started", "et-virt06")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, store: Store) -> None:
+    cluster, agents, transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False  # power loss: silent, guests gone
+    agents.running["et-virt05"].clear()
+    run(cluster, agents, store, t, t + 10)
+    assert agents.fenced == ["et-virt05"]
+    kinds = [(h, c["kind"], c["args"].get("guest")) for h, c in transport.sent]
+    fence_at = next(i for i, k in enumerate(kinds) if k[1] == "fence")
+    fence_host, fence_cmd = transport.sent[fence_at]
+    assert fence_host in ("et-virt06", "et-virt07")  # a healthy host runs the fence agent
+    assert fence_cmd["args"]["params"]["password"] == "bmc-secret"
+    starts = [i for i, k in enumerate(kinds) if k[1] == "start" and k[2] == "guest1"]
+    assert starts[-1] > fence_at
+    state, host = placement()["guest1"]
+    assert state == "started" and host in ("et-virt06", "et-virt07")
+    fence_job = Job.objects.get(kind="fence")
+    assert fence_job.status == JobStatus.SUCCEEDED
+    assert "bmc-secret" not in str(fence_job.steps.get().args)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
+    from console.runtime import operations
+
+    cluster, agents, _ = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    service = VmService.objects.get(name="guest1")
+    job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
+    # the target goes into maintenance before the engine sees the command: it refuses
+    Host.objects.filter(name="et-virt06").update(maintenance=True)
+    run(cluster, agents, store, t, t + 2)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.explanation == "refused: et-virt06 is in maintenance"
+    assert placement()["guest1"] == ("started", "et-virt05")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -> None:
+    from console.runtime import operations
+
+    cluster, agents, _ = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    service = VmService.objects.get(name="guest1")
+    job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
+    run(cluster, agents, store, t, t + 30)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.explanation
+    assert [s.kind for s in job.steps.all()] == ["migrate"]
+    assert "et-virt07" in job.steps.get().args["dest_uri"]
+    # the failover domain prefers et-virt05: it is not moved back (it was a person's choice)
+    assert placement()["guest1"][1] == "et-virt07"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runners_never_decide_at_once(cluster3: Any, store: Store) -> None:
+    cluster, agents, _ = cluster3
+    agents.heartbeat(1000.0)
+    name = f"runner:{cluster.pk}"
+    with store.lock(name) as taken:
+        assert taken
+        assert runner.run(cluster.pk, store) == []  # the other runner stands back ...
+        with store.lock(name) as again:
+            assert not again
+    assert store.take_request(name)  # ... and leaves a wake for the holder
+    reports = runner.run(cluster.pk, store)
+    assert len(reports) == 1
