@@ -8,6 +8,7 @@ on which host, and the agent's own error) and skips what had not been sent yet.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,21 @@ class StepSpec:
     args: dict[str, Any] = field(default_factory=dict)
     stage: int = 0
     secret_ref: dict[str, Any] = field(default_factory=dict)
+
+
+StepHook = Callable[[JobStep, dict[str, Any]], None]
+_step_hooks: dict[str, list[StepHook]] = {}
+
+
+def on_step_success(kind: str) -> Callable[[StepHook], StepHook]:
+    """Register ``fn(step, data)`` to run (in the result's transaction) when a step of this
+    kind succeeds, e.g. to store what a storage probe found."""
+
+    def register(fn: StepHook) -> StepHook:
+        _step_hooks.setdefault(kind, []).append(fn)
+        return fn
+
+    return register
 
 
 def new_command_id(prefix: str = "c") -> str:
@@ -210,6 +226,8 @@ def apply_result(message: dict[str, Any]) -> JobStep | None:
         step.save(update_fields=["status", "result", "error", "finished"])
         host_name = step.host.name if step.host else "the console"
         if ok:
+            for hook in _step_hooks.get(step.kind, []):
+                hook(step, step.result)
             add_event(
                 step.job,
                 f"{step.kind} on {host_name}: done",
