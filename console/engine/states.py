@@ -121,15 +121,15 @@ HOST_TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
     _H.UNREACHABLE: frozenset({_H.FENCING, _H.FENCED, _H.ONLINE, _H.MAINTENANCE, _H.OFFLINE}),
     _H.FENCING: frozenset({_H.FENCED, _H.UNREACHABLE}),
     _H.FENCED: frozenset({_H.ONLINE, _H.MAINTENANCE}),
-    _H.OFFLINE: frozenset({_H.ONLINE, _H.MAINTENANCE}),
+    _H.OFFLINE: frozenset({_H.ONLINE, _H.MAINTENANCE, _H.UNREACHABLE}),
 }
 
 #: States a service may take when the engine first sees it.
 NEW_SERVICE_STATES: frozenset[ServiceState] = frozenset({_S.STOPPED, _S.DISABLED, _S.STARTED})
 
 SERVICE_TRANSITIONS: Mapping[ServiceState, frozenset[ServiceState]] = {
-    _S.STOPPED: frozenset({_S.STARTING, _S.WAITING, _S.DISABLED, _S.STARTED}),
-    _S.DISABLED: frozenset({_S.STARTING, _S.WAITING, _S.STOPPED}),
+    _S.STOPPED: frozenset({_S.STARTING, _S.WAITING, _S.DISABLED, _S.STARTED, _S.FENCE}),
+    _S.DISABLED: frozenset({_S.STARTING, _S.WAITING, _S.STOPPED, _S.FENCE}),
     _S.STARTING: frozenset(
         {_S.STARTED, _S.RECOVERING, _S.FAILED, _S.DISABLED, _S.FENCE, _S.STOPPED}
     ),
@@ -154,6 +154,6 @@ SERVICE_TRANSITIONS: Mapping[ServiceState, frozenset[ServiceState]] = {
     _S.RECOVERING: frozenset(
         {_S.STARTING, _S.WAITING, _S.STOPPED, _S.DISABLED, _S.FAILED, _S.STARTED, _S.FENCE}
     ),
-    _S.WAITING: frozenset({_S.STARTING, _S.STOPPED, _S.DISABLED, _S.STARTED}),
+    _S.WAITING: frozenset({_S.STARTING, _S.STOPPED, _S.DISABLED, _S.STARTED, _S.FENCE}),
     _S.FAILED: frozenset({_S.DISABLED, _S.STOPPED}),
 }

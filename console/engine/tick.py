@@ -504,8 +504,11 @@ class _Tick:
             touched = s.state in OCCUPYING or (s.state is S.RECOVERING and name in s.suspects)
             if not touched:
                 continue
-            if s.desired is not Desired.STARTED and s.state is not S.STOPPING:
-                self._settle_stopped(svc, f"host {name} went silent", action=None, target=None)
+            if s.desired is not Desired.STARTED:
+                # it may still run there: remember, in case someone wants it running again
+                self._settle_stopped(
+                    svc, f"host {name} went silent", action=None, target=None, suspects=(name,)
+                )
                 continue
             others = {h for h in (s.node, s.target, *s.suspects) if h is not None}
             suspects = tuple(sorted(h for h in others if h == name or not self.fresh.get(h)))
@@ -526,9 +529,12 @@ class _Tick:
             self._host_to(name, H.OFFLINE, why, shut_down=shut)
 
     def _needs_fence(self, host: str) -> bool:
-        return any(
-            self.svcs[n].state is S.FENCE and host in self.svcs[n].suspects for n in self.active
-        )
+        """Some guest that should run may still be running on the silent `host`."""
+        for n in self.active:
+            s = self.svcs[n]
+            if host in s.suspects and (s.state is S.FENCE or s.desired is Desired.STARTED):
+                return True
+        return False
 
     def _fencing(self) -> None:
         """Fence unreachable hosts, unless too many are silent at once (a fencing storm)."""
@@ -553,6 +559,9 @@ class _Tick:
             self.alarm = alarm
         for name in sorted(self.hosts):
             hs = self.hosts[name]
+            if hs.state is H.OFFLINE and name in silent and self._needs_fence(name):
+                self._host_to(name, H.UNREACHABLE, "a guest that may still run here must start")
+                hs = self.hosts[name]
             if hs.state not in (H.UNREACHABLE, H.FENCING):
                 continue
             o = self.obs[name]
@@ -815,8 +824,15 @@ class _Tick:
             s = self.svcs[name]
             state = s.state
             if s.desired is Desired.STARTED:
-                if state in NEEDS_HOST and self._may_start(s):
+                if state not in NEEDS_HOST:
+                    continue
+                if self._may_start(s):
                     queue.append(name)
+                elif state is not S.RECOVERING:
+                    silent = ", ".join(h for h in s.suspects if not self.fresh.get(h))
+                    self._service_to(
+                        name, S.FENCE, f"may still run on silent {silent}: waiting for a fence"
+                    )
                 continue
             if state is S.STARTED:
                 if self.now >= s.retry_at and s.node is not None:
@@ -824,9 +840,8 @@ class _Tick:
                     aid = self._emit("stop", name, node, partial(Stop, service=name, host=node))
                     self._service_to(name, S.STOPPING, f"{s.desired.value} by a person", action=aid)
             elif state in (S.WAITING, S.RECOVERING, S.FENCE, S.STOPPED, S.DISABLED):
-                self._settle_stopped(
-                    name, f"{s.desired.value} by a person", suspects=(), restart_on=None
-                )
+                # suspects stay: the guest may still run on a silent host
+                self._settle_stopped(name, f"{s.desired.value} by a person", restart_on=None)
         return queue
 
     def _may_start(self, s: ServiceStatus) -> bool:
@@ -836,7 +851,7 @@ class _Tick:
             o = self.obs.get(host)
             if hs is None or o is None:
                 continue
-            if hs.state in (H.FENCED, H.OFFLINE):
+            if hs.state is H.FENCED:
                 continue
             if hs.state not in REPORTING or o.last_heartbeat is None:
                 return False
