@@ -8,9 +8,9 @@ on which host, and the agent's own error) and skips what had not been sent yet.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -7,6 +7,7 @@ many virtual CPUs it needs (placement uses both).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ def parse_domain_xml(text: str, expected_name: str | None = None) -> DomainInfo:
     return DomainInfo(
         name=name, memory_mb=memory_mb, vcpus=vcpus, uuid=(root.findtext("uuid") or "").strip()
     )
+
+
+def with_uuid(text: str, guest_uuid: str) -> str:
+    """The same XML with ``<uuid>`` added after ``<name>`` (text kept as the person wrote it)."""
+    return re.sub(r"(</name\s*>)", rf"\1\n  <uuid>{guest_uuid}</uuid>", text, count=1)
 
 
 def _memory_mb(root: ET.Element) -> int:

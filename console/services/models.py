@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -11,7 +12,7 @@ from django.db import models
 from console.clusters.models import Cluster, Host
 from console.core import validators
 from console.services.choices import DesiredState, Recovery, ServiceState
-from console.services.domainxml import parse_domain_xml
+from console.services.domainxml import parse_domain_xml, with_uuid
 
 
 class FailoverDomain(models.Model):
@@ -89,6 +90,7 @@ class VmService(models.Model):
         Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="services"
     )
     state_since = models.DateTimeField(null=True, blank=True)
+    uuid = models.CharField(max_length=36, blank=True, editable=False)
 
     class Meta:
         ordering = ["cluster__name", "name"]
@@ -100,9 +102,18 @@ class VmService(models.Model):
         return self.name
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Memory and vCPUs always come from the XML, so placement sees what libvirt will."""
+        """Memory and vCPUs always come from the XML, so placement sees what libvirt will.
+
+        The guest keeps one UUID for life: without one in the XML, libvirt would invent a new
+        one on every host and refuse to redefine the guest where it was defined before.
+        """
         info = parse_domain_xml(self.domain_xml, expected_name=self.name)
         self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+        if info.uuid:
+            self.uuid = info.uuid
+        else:
+            self.uuid = self.uuid or str(uuid.uuid4())
+            self.domain_xml = with_uuid(self.domain_xml, self.uuid)
         super().save(*args, **kwargs)
 
     def clean(self) -> None:

@@ -90,5 +90,6 @@ class VmServiceSerializer(HavenModelSerializer):
             "state",
             "host",
             "state_since",
+            "uuid",
         ]
-        read_only_fields = ["memory_mb", "vcpus", "state", "host", "state_since"]
+        read_only_fields = ["memory_mb", "vcpus", "state", "host", "state_since", "uuid"]
