@@ -25,10 +25,19 @@ class Settings:
     retry_s: float = 10.0
     #: a guest that ran this long before crashing starts a fresh failure streak
     stable_after_s: float = 60.0
+    #: the first restart in place is immediate; each further one in a streak waits twice as
+    #: long as the one before, from 1 s up to this (a start that always fails must not spin)
+    restart_backoff_max_s: float = 30.0
 
     def silent_after_s(self) -> float:
         """How long without a heartbeat makes a host unreachable."""
         return self.heartbeat_interval_s * self.missed_heartbeats
+
+    def restart_backoff_s(self, earlier_restarts: int) -> float:
+        """Delay before a restart in place that follows `earlier_restarts` in the streak."""
+        if earlier_restarts <= 0:
+            return 0.0
+        return float(min(2 ** (earlier_restarts - 1), self.restart_backoff_max_s))
 
     def fence_backoff_s(self, failures: int) -> float:
         """Delay before the next fence attempt after `failures` failed ones (>= 1)."""

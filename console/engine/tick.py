@@ -413,14 +413,17 @@ class _Tick:
             c.max_restarts == 0 or len(restarts) < c.max_restarts
         ):
             count = f"{len(restarts) + 1}/{c.max_restarts or 'unlimited'}"
+            delay = self.cfg.restart_backoff_s(len(restarts))
             self._service_to(
                 name,
                 S.RECOVERING,
-                f"{reason}; restart {count} on {node}",
+                f"{reason}; restart {count} on {node}"
+                + (f" in {delay:g}s" if delay else ""),
                 restarts=(*restarts, self.now),
                 failed_nodes=failed_nodes,
                 restart_on=node,
                 suspects=suspects,
+                retry_at=self.now + delay,
                 **clear,
             )
             return
@@ -845,7 +848,10 @@ class _Tick:
         return queue
 
     def _may_start(self, s: ServiceStatus) -> bool:
-        """A RECOVERING guest starts only once every suspect host reported it is not there."""
+        """A RECOVERING guest starts only once every suspect host reported it is not there,
+        and not before its restart backoff has passed."""
+        if s.state is S.RECOVERING and self.now < s.retry_at:
+            return False
         for host in s.suspects:
             hs = self.hosts.get(host)
             o = self.obs.get(host)

@@ -309,7 +309,24 @@ def test_action_without_result_times_out() -> None:
     assert c.svc("g")[0] is S.STARTING
     d = c.step(dt=c.status.pending[start.id].deadline - c.now)
     assert any("no result in time" in line for line in d.log)
-    assert [type(a) for a in d.actions] == [Start]
+    assert d.actions == ()  # the second restart of a streak waits 1 s (backoff)
+    assert [type(a) for a in c.step(dt=1.0).actions] == [Start]
+
+
+def test_restarts_of_a_start_that_always_fails_back_off() -> None:
+    """Unlimited restarts must not spin: 0, 1, 2, 4 ... s apart, at most 30 s."""
+    c = started_cluster()
+    c.running["n1"] = set()
+    starts: list[float] = []
+    for _ in range(120):
+        d = c.step(dt=0.5)
+        for action in d.actions:
+            assert isinstance(action, Start)
+            starts.append(c.now)
+            c.step(dt=0.1, results=(ActionResult(action.id, False, "boom"),))
+    gaps = [round(b - a) for a, b in pairwise(starts)]
+    assert gaps[:5] == [1, 2, 4, 8, 16]
+    assert max(gaps) <= 31
 
 
 def test_stop_command_stop_result_and_failed_stop() -> None:
