@@ -223,6 +223,11 @@ class Dispatcher:
         a.done()
         return {"guests": [asdict(g) for g in self.hypervisor.list_guests(active_only)]}
 
+    def _do_dumpxml(self, a: Args) -> dict[str, Any]:
+        guest = names.guest(a.text("guest"))
+        a.done()
+        return {"name": guest, "xml": self.hypervisor.dumpxml(guest)}
+
     def _do_host_facts(self, a: Args) -> dict[str, Any]:
         a.done()
         return asdict(self.hypervisor.host_facts())

@@ -126,6 +126,7 @@ class Hypervisor(Protocol):
         self, name: str, dest_uri: str, migrate_uri: str | None, timeout_s: float | None
     ) -> MigrationStats: ...
     def list_guests(self, active_only: bool = False) -> list[GuestState]: ...
+    def dumpxml(self, name: str) -> str: ...
     def host_facts(self) -> HostFacts: ...
     def connected(self) -> bool: ...
 
@@ -387,6 +388,15 @@ class LibvirtHypervisor:
             return None
         finally:
             conn.close()
+
+    def dumpxml(self, name: str) -> str:
+        """The guest's persistent definition (what `virsh dumpxml --inactive` prints)."""
+        dom = self._domain(name)
+        try:
+            xml: str = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as exc:
+            raise _libvirt_failure(exc) from exc
+        return xml
 
     def list_guests(self, active_only: bool = False) -> list[GuestState]:
         flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0

@@ -46,7 +46,8 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                       (LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE)
                                                            -> duration_s, downtime_ms,
                                                               dest_uri, name
-    list_guests       (none)                               -> guests: [{name, uuid, state}]
+    list_guests       active_only=false                    -> guests: [{name, uuid, state}]
+    dumpxml           guest                                -> name, xml (persistent definition)
     host_facts        (none)                               -> host_uuid, hostname, cpus,
                                                               memory_total_mib, memory_free_mib,
                                                               libvirt_version, hypervisor,
@@ -100,6 +101,7 @@ COMMAND_KINDS = frozenset(
         "undefine",
         "migrate",
         "list_guests",
+        "dumpxml",
         "host_facts",
         "configure_migration",
         "storage_probe",

@@ -129,3 +129,15 @@ def test_unreachable_libvirt_is_retried_with_backoff(events: EventLog) -> None:
     except Exception as exc:
         facts_error = exc
     assert getattr(facts_error, "code", None) == "libvirt_unavailable"
+
+
+def test_dumpxml_returns_the_persistent_definition(harness: Harness, guest: str) -> None:
+    result = harness.run("dumpxml", guest=guest)
+    assert result.ok, result.error
+    assert result.data["name"] == guest
+    assert f"<name>{guest}</name>" in result.data["xml"]
+    missing = harness.run("dumpxml", guest="no-such-guest")
+    assert not missing.ok and missing.error is not None
+    assert missing.error.code == "not_found"
+    bad = harness.run("dumpxml", guest="a;b")
+    assert not bad.ok and bad.error is not None and bad.error.code == "invalid_name"
