@@ -226,7 +226,9 @@ class Dispatcher:
     def _do_dumpxml(self, a: Args) -> dict[str, Any]:
         guest = names.guest(a.text("guest"))
         a.done()
-        return {"name": guest, "xml": self.hypervisor.dumpxml(guest)}
+        xml = self.hypervisor.dumpxml(guest)
+        states = {g.name: g.state for g in self.hypervisor.list_guests()}
+        return {"name": guest, "xml": xml, "state": states.get(guest, "unknown")}
 
     def _do_host_facts(self, a: Args) -> dict[str, Any]:
         a.done()

@@ -47,7 +47,8 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                            -> duration_s, downtime_ms,
                                                               dest_uri, name
     list_guests       active_only=false                    -> guests: [{name, uuid, state}]
-    dumpxml           guest                                -> name, xml (persistent definition)
+    dumpxml           guest                                -> name, xml (persistent definition),
+                                                              state (e.g. running, shutoff)
     host_facts        (none)                               -> host_uuid, hostname, cpus,
                                                               memory_total_mib, memory_free_mib,
                                                               libvirt_version, hypervisor,

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
 from console.runtime.operations import OperationError
+from console.services.models import FailoverDomain
 
 
 class MoveSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -20,6 +21,13 @@ class MoveSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 class MaintenanceSerializer(serializers.Serializer):  # type: ignore[type-arg]
     on = serializers.BooleanField(help_text="true: drain the host; false: take guests again")
+
+
+class ImportSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    guests = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1)
+    failover_domain = serializers.PrimaryKeyRelatedField(
+        queryset=FailoverDomain.objects.all(), required=False, allow_null=True
+    )
 
 
 def job_response(job: Job) -> Response:

@@ -10,4 +10,5 @@ class RuntimeConfig(AppConfig):
     def ready(self) -> None:
         # The console's Celery app must be the current app wherever Django runs (web,
         # workers, tests), so that shared tasks are sent with its broker settings.
-        import console.celery  # noqa: F401
+        import console.celery
+        import console.runtime.operations  # noqa: F401  (registers its job-step hooks)

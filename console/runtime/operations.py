@@ -13,22 +13,26 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from console.clusters.choices import HostState
 from console.clusters.models import Host
+from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
-from console.jobs.models import Job
+from console.jobs.models import Job, JobStep
 from console.runtime.models import PendingCommand
 from console.runtime.snapshot import domain_of, service_config
-from console.services.models import VmService
+from console.services.models import FailoverDomain, VmService
 
 log = logging.getLogger("haven.operations")
 SERVICE_COMMANDS = ("start", "stop", "enable", "disable", "migrate", "relocate")
 BEST = "best"
+# libvirt states in which a QEMU process exists: such a guest is running somewhere
+ACTIVE_STATES = frozenset({"running", "paused", "blocked", "shutting_down", "pmsuspended"})
 
 
 class OperationError(Exception):
@@ -212,3 +216,89 @@ def acknowledge_down(host: Host, *, actor: Any) -> Job:
 
 
 __all__ = ["BEST", "OperationError", "acknowledge_down", "maintenance", "service_command"]
+
+
+def list_guests(host: Host, *, actor: Any) -> Job:
+    """Ask the host's agent which guests it has defined (the job's step result lists them)."""
+    return jobs.create_job(
+        "list-guests",
+        [jobs.StepSpec(host, "list_guests", {})],
+        cluster=host.cluster,
+        created_by=actor,
+        params={"host": host.name},
+        message=f"{actor_name(actor)} listed the guests of {host.name}",
+    )
+
+
+def import_guests(
+    host: Host, guests: list[str], *, actor: Any, failover_domain: FailoverDomain | None = None
+) -> Job:
+    """Put guests already defined on a host under cluster control: their XML is read from
+    the host (``dumpxml``) and kept by the console from then on."""
+    if not guests:
+        raise OperationError("Name at least one guest to import.", status=400, field="guests")
+    for name in guests:
+        try:
+            validators.validate_guest_name(name)
+        except ValidationError as exc:
+            raise OperationError(" ".join(exc.messages), status=400, field="guests") from exc
+    taken = sorted(
+        VmService.objects.filter(cluster=host.cluster, name__in=guests).values_list(
+            "name", flat=True
+        )
+    )
+    if taken:
+        raise OperationError(f"Already VM services: {', '.join(taken)}.", status=409)
+    if failover_domain is not None and failover_domain.cluster_id != host.cluster_id:
+        raise OperationError(
+            "That failover domain belongs to another cluster.", status=400, field="failover_domain"
+        )
+    return jobs.create_job(
+        "import-guests",
+        [jobs.StepSpec(host, "dumpxml", {"guest": g}) for g in guests],
+        cluster=host.cluster,
+        created_by=actor,
+        params={
+            "host": host.name,
+            "guests": guests,
+            "failover_domain": failover_domain.pk if failover_domain else None,
+        },
+        message=f"{actor_name(actor)} imports {', '.join(guests)} from {host.name}",
+    )
+
+
+@jobs.on_step_success("dumpxml")
+def _imported(step: JobStep, data: dict[str, Any]) -> None:
+    """A guest's XML arrived for an import: it becomes a VM service, adopted where it runs."""
+    job = step.job
+    if job.kind != "import-guests" or step.host is None:
+        return
+    domain_id = job.params.get("failover_domain")
+    service = VmService(
+        cluster=step.host.cluster,
+        name=data["name"],
+        domain_xml=data["xml"],
+        failover_domain_id=domain_id,
+    )
+    try:
+        service.full_clean()
+    except ValidationError as exc:
+        jobs.add_event(
+            job,
+            f"{data['name']} not imported: {' '.join(exc.messages)}",
+            level="error",
+            host=step.host,
+        )
+        return
+    running = data.get("state") in ACTIVE_STATES
+    service.state = "started" if running else "stopped"
+    service.desired_state = "started" if running else "stopped"
+    service.host = step.host if running else None
+    service.save()
+    record(
+        actor=job.created_by.get_username() if job.created_by else "console",
+        verb="import",
+        obj=service,
+        cluster=service.cluster,
+        message=f"from {step.host.name} ({'running' if running else 'shut off'})",
+    )

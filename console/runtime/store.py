@@ -63,7 +63,8 @@ class Store:
             data = json.loads(raw)
             hb, received = data["hb"], float(data["received"])
             guests = hb.get("guests")
-            running = {g["name"] for g in guests or [] if g.get("state") == "running"}
+            # every active guest (running, paused, ...) has a QEMU process: a copy exists
+            running = {g["name"] for g in guests or []}
             for guest, ev_raw in events.items():
                 ev = json.loads(ev_raw)
                 if ev["at"] <= received:

@@ -136,6 +136,9 @@ def test_dumpxml_returns_the_persistent_definition(harness: Harness, guest: str)
     assert result.ok, result.error
     assert result.data["name"] == guest
     assert f"<name>{guest}</name>" in result.data["xml"]
+    assert result.data["state"] == "shutoff"
+    harness.run("start", guest=guest)
+    assert harness.run("dumpxml", guest=guest).data["state"] == "running"
     missing = harness.run("dumpxml", guest="no-such-guest")
     assert not missing.ok and missing.error is not None
     assert missing.error.code == "not_found"

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
 
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
@@ -276,3 +278,63 @@ def test_two_runners_never_decide_at_once(cluster3: Any, store: Store) -> None:
     assert store.take_request(name)  # ... and leaves a wake for the holder
     reports = runner.run(cluster.pk, store)
     assert len(reports) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Store) -> None:
+    cluster, agents, transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1002.0)
+    agents.running["et-virt06"].add("legacy")
+    agents.heartbeat(t)
+    api = APIClient()
+    api.force_authenticate(User.objects.create_superuser("root", password="x-for-tests"))
+    host = Host.objects.get(name="et-virt06")
+    assert (
+        api.post(
+            f"/api/hosts/{host.pk}/import-guests/", {"guests": ["a b"]}, format="json"
+        ).status_code
+        == 400
+    )
+    assert (
+        api.post(
+            f"/api/hosts/{host.pk}/import-guests/", {"guests": ["guest1"]}, format="json"
+        ).status_code
+        == 409
+    )  # already a service
+    response = api.post(
+        f"/api/hosts/{host.pk}/import-guests/", {"guests": ["legacy"]}, format="json"
+    )
+    assert response.status_code == 202
+    host_name, command = transport.sent[-1]
+    assert (host_name, command["kind"], command["args"]) == (
+        "et-virt06",
+        "dumpxml",
+        {"guest": "legacy"},
+    )
+    xml = (
+        "<domain type='kvm'><name>legacy</name><uuid>7f1d0d43-5d8e-4a36-9b3e-"
+        "0c4f3a7f1a11</uuid><memory unit='MiB'>2048</memory><vcpu>2</vcpu></domain>"
+    )
+    ingest.handle(
+        {
+            "v": 1,
+            "kind": "result",
+            "host": "et-virt06",
+            "id": command["id"],
+            "ok": True,
+            "data": {"name": "legacy", "xml": xml, "state": "running"},
+            "error": None,
+        },
+        store,
+    )
+    service = VmService.objects.get(name="legacy")
+    assert (service.memory_mb, service.vcpus, service.uuid) == (
+        2048,
+        2,
+        "7f1d0d43-5d8e-4a36-9b3e-0c4f3a7f1a11",
+    )
+    assert (service.state, service.host.name if service.host else None) == ("started", "et-virt06")
+    sent_before = len(transport.sent)
+    run(cluster, agents, store, t + 1, t + 3)  # adopted where it runs: nothing is started
+    assert not [c for _, c in transport.sent[sent_before:] if c["args"].get("guest") == "legacy"]
+    assert placement()["legacy"] == ("started", "et-virt06")

@@ -8,7 +8,12 @@ from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
 from console.runtime import operations
-from console.runtime.api import MaintenanceSerializer, job_response, operation_error
+from console.runtime.api import (
+    ImportSerializer,
+    MaintenanceSerializer,
+    job_response,
+    operation_error,
+)
 
 
 class ClusterViewSet(HavenViewSet):
@@ -31,6 +36,29 @@ class HostViewSet(HavenViewSet):
         try:
             job = operations.maintenance(
                 self.get_object(), body.validated_data["on"], actor=request.user
+            )
+        except operations.OperationError as exc:
+            return operation_error(exc)
+        return job_response(job)
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="list-guests")
+    def list_guests(self, request: Request, pk: str | None = None) -> Response:
+        """Ask the host which guests it has; the job's step result lists them."""
+        return job_response(operations.list_guests(self.get_object(), actor=request.user))
+
+    @extend_schema(request=ImportSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="import-guests")
+    def import_guests(self, request: Request, pk: str | None = None) -> Response:
+        """Put guests defined on this host under cluster control (their XML is read there)."""
+        body = ImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            job = operations.import_guests(
+                self.get_object(),
+                body.validated_data["guests"],
+                actor=request.user,
+                failover_domain=body.validated_data.get("failover_domain"),
             )
         except operations.OperationError as exc:
             return operation_error(exc)
