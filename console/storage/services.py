@@ -1,0 +1,392 @@
+"""Storage operations: probe a host, create a (clustered) volume group, create a logical
+volume with a GFS2 file system mounted on every host, extend a logical volume.
+
+Each returns a job whose steps run on the hosts' agents. What the agents report comes back
+through ``on_step_success`` hooks (in the result's transaction), which keep the storage rows
+in step with the hosts: a probe replaces a host's block devices and refreshes volume groups
+and logical volumes; ``vgcreate``/``lvcreate``/``mkfs_gfs2`` record what they made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from console.clusters.models import Cluster, Host
+from console.core.services import actor_name
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import Job, JobStatus, JobStep, StepStatus
+from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
+
+DEFAULT_EXTENT = 4 * MIB
+LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})
+NO_GFS2_KERNEL = "formatted; not mounted: the kernel has no gfs2"
+
+
+class StorageError(Exception):
+    """A refused storage request; ``field`` names the form field it is about."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+# --- requests -------------------------------------------------------------------------------
+def probe(host: Host, *, actor: Any) -> Job:
+    """Ask the host what disks, partitions, PVs, VGs and LVs it has."""
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-probe",
+            [jobs.StepSpec(host, "storage_probe", {})],
+            cluster=host.cluster,
+            created_by=actor,
+            params={"host": host.name},
+            message=f"{actor_name(actor)}: probe the storage of {host.name}",
+        )
+        _record(actor, "storage-probe", host.cluster, host.name, job)
+    return job
+
+
+def create_volume_group(
+    host: Host,
+    name: str,
+    devices: list[BlockDevice],
+    *,
+    actor: Any,
+    local: bool = False,
+    extent_size_bytes: int = DEFAULT_EXTENT,
+) -> Job:
+    """pvcreate on each device, then vgcreate (``--shared`` unless ``local``), then a probe.
+
+    ``local`` is only for a person who ticked "no clustered locking": without lvmlockd the
+    agent refuses a shared VG ("clustered locking unavailable") and the job shows that.
+    """
+    if not devices:
+        raise StorageError("Choose at least one device.", "devices")
+    if VolumeGroup.objects.filter(cluster=host.cluster, name=name).exists():
+        raise StorageError(
+            f"Cluster {host.cluster.name} already has a volume group {name}.", "name"
+        )
+    for device in devices:
+        if device.host_id != host.pk:
+            raise StorageError(f"{device.path} is not a device of {host.name}.", "devices")
+        if device.volume_group_name:
+            raise StorageError(
+                f"{device.path} already belongs to volume group {device.volume_group_name}.",
+                "devices",
+            )
+    if extent_size_bytes != DEFAULT_EXTENT:
+        raise StorageError(
+            "The agents create volume groups with LVM's 4 MiB extents; other sizes are not "
+            "supported yet.",
+            "extent_size_mib",
+        )
+    paths = [d.path for d in devices]
+    steps = [jobs.StepSpec(host, "pvcreate", {"device": p}, stage=0) for p in paths]
+    steps.append(
+        jobs.StepSpec(host, "vgcreate", {"vg": name, "devices": paths, "local": local}, stage=1)
+    )
+    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-vg-create",
+            steps,
+            cluster=host.cluster,
+            created_by=actor,
+            params={
+                "host": host.name,
+                "vg": name,
+                "devices": paths,
+                "local": local,
+                "extent_size_bytes": extent_size_bytes,
+            },
+            message=f"{actor_name(actor)}: create {'local' if local else 'clustered'} volume "
+            f"group {name} on {', '.join(paths)} ({host.name})",
+        )
+        _record(actor, "vg-create", host.cluster, name, job)
+    return job
+
+
+def create_gfs2_volume(
+    host: Host,
+    vg: VolumeGroup,
+    *,
+    name: str,
+    size_bytes: int,
+    actor: Any,
+    fs_name: str = "",
+    mount_point: str = "",
+    journals: int | None = None,
+) -> Job:
+    """lvcreate, mkfs.gfs2 (``-j journals``, lock table ``cluster:fs``), then an fstab line
+    and a mount on every host of the cluster, in one job.
+
+    Names default to the LV's: file system ``name``, mount point ``/mnt/<name>``; journals
+    default to the number of hosts (each host that mounts needs one).
+    """
+    cluster = vg.cluster
+    if LogicalVolume.objects.filter(volume_group=vg, name=name).exists():
+        raise StorageError(f"Volume group {vg.name} already has a logical volume {name}.", "name")
+    if vg.free_bytes and size_bytes > vg.free_bytes:
+        raise StorageError(
+            f"Volume group {vg.name} has only {vg.free_bytes // MIB} MiB free.", "size_mib"
+        )
+    hosts = list(Host.objects.filter(cluster=cluster).order_by("name"))
+    fs_name = fs_name or name
+    mount_point = mount_point or f"/mnt/{name}"
+    journals = journals or max(1, len(hosts))
+    device = f"/dev/{vg.name}/{name}"
+    steps = [
+        jobs.StepSpec(host, "lvcreate", {"vg": vg.name, "lv": name, "size_bytes": size_bytes}),
+        jobs.StepSpec(
+            host,
+            "mkfs_gfs2",
+            {"device": device, "cluster": cluster.name, "fs": fs_name, "journals": journals},
+            stage=1,
+        ),
+    ]
+    for h in hosts:
+        steps.append(
+            jobs.StepSpec(
+                h,
+                "fstab_entry",
+                {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
+                stage=2,
+            )
+        )
+    for h in hosts:
+        steps.append(
+            jobs.StepSpec(
+                h,
+                "mount",
+                {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
+                stage=3,
+            )
+        )
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-gfs2-create",
+            steps,
+            cluster=cluster,
+            created_by=actor,
+            params={
+                "host": host.name,
+                "vg": vg.name,
+                "lv": name,
+                "fs": fs_name,
+                "mount_point": mount_point,
+                "journals": journals,
+                "size_bytes": size_bytes,
+            },
+            message=f"{actor_name(actor)}: create {vg.name}/{name} with GFS2 {cluster.name}:"
+            f"{fs_name} ({journals} journals), mount on {mount_point} on {len(hosts)} host(s)",
+        )
+        if journals < len(hosts):
+            jobs.add_event(
+                job,
+                f"only {journals} journals for {len(hosts)} hosts: "
+                f"{len(hosts) - journals} host(s) will not be able to mount it",
+                level="warning",
+            )
+        _record(actor, "lv-create", cluster, f"{vg.name}/{name}", job)
+    return job
+
+
+def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any) -> Job:
+    """lvextend to the new total size, then a probe to show it."""
+    if size_bytes <= lv.size_bytes:
+        raise StorageError(
+            f"{lv} is already {lv.size_bytes // MIB} MiB: give a larger size.", "size_mib"
+        )
+    vg = lv.volume_group
+    if vg.free_bytes and size_bytes - lv.size_bytes > vg.free_bytes:
+        raise StorageError(
+            f"Volume group {vg.name} has only {vg.free_bytes // MIB} MiB free.", "size_mib"
+        )
+    steps = [
+        jobs.StepSpec(host, "lvextend", {"vg": vg.name, "lv": lv.name, "size_bytes": size_bytes}),
+        jobs.StepSpec(host, "storage_probe", {}, stage=1),
+    ]
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-lv-extend",
+            steps,
+            cluster=vg.cluster,
+            created_by=actor,
+            params={"host": host.name, "vg": vg.name, "lv": lv.name, "size_bytes": size_bytes},
+            message=f"{actor_name(actor)}: extend {lv} to {size_bytes // MIB} MiB",
+        )
+        _record(actor, "lv-extend", vg.cluster, str(lv), job)
+    return job
+
+
+def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> None:
+    record(
+        actor=actor_name(actor),
+        verb=verb,
+        object_type="storage",
+        object_name=name,
+        cluster=cluster,
+        result="info",
+        message=f"requested (job {job.pk})",
+        data={"job": job.pk},
+    )
+
+
+# --- how a storage job ended, in plain words -------------------------------------------------
+def outcome(job: Job, steps: list[JobStep] | None = None) -> str:
+    """One line for the storage tab and the job page; says when GFS2 could not be mounted."""
+    steps = steps if steps is not None else list(job.steps.all())
+    if job.kind == "storage-gfs2-create":
+        formatted = any(s.kind == "mkfs_gfs2" and s.status == StepStatus.SUCCEEDED for s in steps)
+        no_gfs2 = [
+            s
+            for s in steps
+            if s.kind == "mount"
+            and s.status == StepStatus.FAILED
+            and ("lacks 'gfs2'" in s.error or "/proc/filesystems" in s.error)
+        ]
+        if formatted and no_gfs2:
+            return NO_GFS2_KERNEL
+        if job.status == JobStatus.SUCCEEDED:
+            return f"formatted and mounted on {job.params.get('mount_point')} on every host"
+    if job.status == JobStatus.FAILED:
+        return job.explanation
+    return job.get_status_display().lower()
+
+
+# --- what the agents report ------------------------------------------------------------------
+def _flatten(devices: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for device in devices:
+        yield device
+        yield from _flatten(device.get("children") or [])
+
+
+@jobs.on_step_success("storage_probe")
+def store_probe(step: JobStep, data: dict[str, Any]) -> None:
+    """Replace the host's block devices; refresh its cluster's VGs and LVs from the report."""
+    host = step.host
+    if host is None:
+        return
+    now = timezone.now()
+    vg_of = {str(pv.get("pv_name")): str(pv.get("vg_name") or "") for pv in data.get("pvs", [])}
+    kinds = {k.value for k in BlockDevice.Kind}
+    seen: dict[str, BlockDevice] = {}
+    for raw in _flatten(data.get("blockdevices") or []):
+        path = str(raw.get("path") or f"/dev/{raw.get('name', '')}")
+        kind = str(raw.get("type") or "")
+        if kind in ("lvm", "rom", "crypt") or not path.startswith("/dev/"):
+            continue
+        device, _ = BlockDevice.objects.update_or_create(
+            host=host,
+            path=path,
+            defaults={
+                "kind": kind if kind in kinds else BlockDevice.Kind.OTHER,
+                "size_bytes": int(raw.get("size") or 0),
+                "model": str(raw.get("model") or "")[:128],
+                "serial": str(raw.get("serial") or "")[:128],
+                "volume_group_name": vg_of.get(path, ""),
+                "probed": now,
+            },
+        )
+        seen[path] = device
+    BlockDevice.objects.filter(host=host).exclude(path__in=list(seen)).delete()
+    for raw_vg in data.get("vgs", []):
+        name = str(raw_vg.get("vg_name") or "")
+        if not name:
+            continue
+        locked = str(raw_vg.get("vg_lock_type") or "") in LOCKED_VG_TYPES
+        vg, _ = VolumeGroup.objects.get_or_create(
+            cluster=host.cluster, name=name, defaults={"clustered": locked}
+        )
+        vg.size_bytes = int(raw_vg.get("vg_size") or 0)
+        vg.free_bytes = int(raw_vg.get("vg_free") or 0)
+        vg.save(update_fields=["size_bytes", "free_bytes"])
+        vg.physical_volumes.add(*[d for p, d in seen.items() if vg_of.get(p) == name])
+    vgs = {vg.name: vg for vg in VolumeGroup.objects.filter(cluster=host.cluster)}
+    for raw_lv in data.get("lvs", []):
+        owner = vgs.get(str(raw_lv.get("vg_name") or ""))
+        if owner is None or not raw_lv.get("lv_name"):
+            continue
+        LogicalVolume.objects.update_or_create(
+            volume_group=owner,
+            name=str(raw_lv["lv_name"]),
+            defaults={"size_bytes": max(1, int(raw_lv.get("lv_size") or 1))},
+        )
+
+
+@jobs.on_step_success("vgcreate")
+def store_vg(step: JobStep, data: dict[str, Any]) -> None:
+    host = step.host
+    if host is None:
+        return
+    name = str(data.get("vg") or step.args.get("vg"))
+    vg, _ = VolumeGroup.objects.update_or_create(
+        cluster=host.cluster,
+        name=name,
+        defaults={
+            "clustered": bool(data.get("shared", not step.args.get("local"))),
+            "extent_size_bytes": int(step.job.params.get("extent_size_bytes") or DEFAULT_EXTENT),
+        },
+    )
+    devices = BlockDevice.objects.filter(host=host, path__in=step.args.get("devices", []))
+    devices.update(volume_group_name=name)
+    vg.physical_volumes.add(*devices)
+
+
+@jobs.on_step_success("lvcreate")
+def store_lv(step: JobStep, data: dict[str, Any]) -> None:
+    host = step.host
+    if host is None:
+        return
+    vg = VolumeGroup.objects.filter(cluster=host.cluster, name=step.args.get("vg")).first()
+    if vg is None:
+        return
+    size = int(data.get("size_bytes") or step.args.get("size_bytes") or 1)
+    LogicalVolume.objects.update_or_create(
+        volume_group=vg, name=str(step.args.get("lv")), defaults={"size_bytes": size}
+    )
+    if vg.free_bytes:
+        vg.free_bytes = max(0, vg.free_bytes - size)
+        vg.save(update_fields=["free_bytes"])
+
+
+@jobs.on_step_success("lvextend")
+def store_lv_size(step: JobStep, data: dict[str, Any]) -> None:
+    host = step.host
+    if host is None:
+        return
+    size = int(data.get("size_bytes") or step.args.get("size_bytes") or 1)
+    LogicalVolume.objects.filter(
+        volume_group__cluster=host.cluster,
+        volume_group__name=step.args.get("vg"),
+        name=step.args.get("lv"),
+    ).update(size_bytes=size)
+
+
+@jobs.on_step_success("mkfs_gfs2")
+def store_fs(step: JobStep, data: dict[str, Any]) -> None:
+    host = step.host
+    params = step.job.params
+    if host is None:
+        return
+    lv = LogicalVolume.objects.filter(
+        volume_group__cluster=host.cluster,
+        volume_group__name=params.get("vg"),
+        name=params.get("lv"),
+    ).first()
+    if lv is None:
+        return
+    Filesystem.objects.update_or_create(
+        logical_volume=lv,
+        defaults={
+            "name": str(step.args.get("fs")),
+            "journals": int(data.get("journals") or step.args.get("journals") or 1),
+            "mount_point": str(params.get("mount_point") or f"/mnt/{lv.name}"),
+            "in_fstab": True,
+        },
+    )
