@@ -1,4 +1,5 @@
-"""URL map: the web console, the REST API under /api/, Django admin under /admin/."""
+"""URL map: the web console (per-app urls.py), the REST API under /api/, Django admin under
+/admin/, login/logout and the /healthz probe."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -8,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 
 from console.clusters.api.views import ClusterViewSet, FenceDeviceViewSet, HostViewSet
 from console.core import views as core_views
+from console.core.api import TokenView
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
@@ -34,10 +36,20 @@ router.register("events", EventViewSet)
 
 urlpatterns = [
     path("", core_views.home, name="home"),
+    path("clusters/", include("console.clusters.urls")),
+    path("clusters/", include("console.services.urls")),
+    path("clusters/", include("console.storage.urls")),
+    path("jobs/", include("console.jobs.urls")),
+    path("events/", include("console.events.urls")),
     path("healthz", core_views.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/token/", TokenView.as_view(), name="api-token"),
     path("api/", include(router.urls)),
 ]
+
+handler403 = "console.core.views.permission_denied"
+handler404 = "console.core.views.page_not_found"
+handler500 = "console.core.views.server_error"

@@ -1,6 +1,11 @@
-"""The console's front pages: home (clusters and their health) and a health check."""
+"""The console's front pages (home, health check) and what every view builds on: role checks
+that answer 403, and the plain-language error pages (no traceback ever reaches a browser)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
@@ -9,22 +14,73 @@ from django.shortcuts import render
 
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster
+from console.core import roles
 from console.services.choices import ServiceState
 
+View = Callable[..., HttpResponse]
+ROLE_CHECKS = {"read": roles.can_read, "operate": roles.can_operate, "admin": roles.can_admin}
+WHAT = {"read": "see this", "operate": "operate services and hosts", "admin": "change this"}
 
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    clusters = Cluster.objects.annotate(
+
+def forbidden(request: HttpRequest, message: str) -> HttpResponse:
+    return render(request, "403.html", {"message": message}, status=403)
+
+
+def role_required(write: str = "admin", read: str = "read") -> Callable[[View], View]:
+    """Login first; GET/HEAD need the ``read`` role, every other verb the ``write`` role.
+
+    A person whose role does not allow it gets a plain 403 page, also when a button they
+    cannot see is posted anyway.
+    """
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            need = read if request.method in ("GET", "HEAD") else write
+            if not ROLE_CHECKS[need](request.user):
+                return forbidden(request, f"Your role does not allow you to {WHAT[need]}.")
+            return view(request, *args, **kwargs)
+
+        return login_required(wrapper)
+
+    return decorate
+
+
+def cluster_health() -> Any:
+    """Every cluster with the counts its health badges need, in one query."""
+    return Cluster.objects.select_related("engine").annotate(
         hosts_total=Count("hosts", distinct=True),
         hosts_up=Count("hosts", filter=Q(hosts__state=HostState.ONLINE), distinct=True),
         services_total=Count("services", distinct=True),
         services_green=Count(
             "services", filter=Q(services__state=ServiceState.STARTED), distinct=True
         ),
+        services_red=Count(
+            "services",
+            filter=Q(services__state__in=("failed", "fence", "waiting"))
+            | Q(services__state="stopped", services__desired_state="started"),
+            distinct=True,
+        ),
     )
-    return render(request, "core/home.html", {"clusters": clusters})
+
+
+@role_required()
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "core/home.html", {"clusters": cluster_health()})
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Unauthenticated liveness probe: answers as soon as the web process serves requests."""
     return JsonResponse({"status": "ok"})
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return render(request, "404.html", status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return render(request, "500.html", status=500)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return forbidden(request, str(exception) or "Your role does not allow this.")

@@ -1,0 +1,22 @@
+from django.urls import path
+
+from console.clusters import views
+
+app_name = "clusters"
+urlpatterns = [
+    path("new/", views.create, name="create"),
+    path("<int:pk>/", views.detail, name="detail"),
+    path("<int:pk>/live/", views.live, name="live"),
+    path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
+    path(
+        "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",
+        views.host_acknowledge_down,
+        name="acknowledge-down",
+    ),
+    path("<int:pk>/fence/", views.fence_list, name="fence"),
+    path("<int:pk>/fence/new/", views.fence_edit, name="fence-new"),
+    path("<int:pk>/fence/metadata/", views.fence_metadata, name="fence-metadata"),
+    path("<int:pk>/fence/<int:device_pk>/", views.fence_edit, name="fence-edit"),
+    path("<int:pk>/fence/<int:device_pk>/delete/", views.fence_delete, name="fence-delete"),
+    path("<int:pk>/fence/<int:device_pk>/test/", views.fence_test, name="fence-test"),
+]

@@ -1,0 +1,110 @@
+"""Template helpers shared by every page: role checks, status colours, sizes, durations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+from console.clusters.choices import HOST_STATE_COLOURS
+from console.core import roles
+from console.jobs.models import JOB_STATUS_COLOURS
+from console.services.choices import SERVICE_STATE_COLOURS
+
+register = template.Library()
+
+STEP_COLOURS = {
+    "pending": "grey",
+    "dispatched": "amber",
+    "succeeded": "green",
+    "failed": "red",
+    "lost": "red",
+    "skipped": "grey",
+}
+EVENT_RESULT_COLOURS = {"ok": "green", "failed": "red", "refused": "amber", "info": "grey"}
+
+
+def user_roles(user: Any) -> frozenset[str]:
+    """The user's roles, read once per request (templates ask for every row)."""
+    cached: frozenset[str] | None = getattr(user, "_haven_roles", None)
+    if cached is None:
+        cached = roles.roles_of(user)
+        if user.is_authenticated:
+            user._haven_roles = cached
+    return cached
+
+
+@register.filter
+def can_operate(user: Any) -> bool:
+    return roles.OPERATOR in user_roles(user)
+
+
+@register.filter
+def can_admin(user: Any) -> bool:
+    return roles.ADMIN in user_roles(user)
+
+
+@register.filter
+def colour(value: str, kind: str) -> str:
+    """The badge colour of a status; ``kind`` is host, service, job, step or event."""
+    table = {
+        "host": HOST_STATE_COLOURS,
+        "service": SERVICE_STATE_COLOURS,
+        "job": JOB_STATUS_COLOURS,
+        "step": STEP_COLOURS,
+        "event": EVENT_RESULT_COLOURS,
+    }[kind]
+    return table.get(value, "grey")
+
+
+@register.filter
+def bytes_h(value: int | None) -> str:
+    """1073741824 -> '1.0 GiB' (binary units, as LVM shows them)."""
+    size = float(value or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+@register.filter
+def mib_h(value: int | None) -> str:
+    return bytes_h((value or 0) * 1024 * 1024)
+
+
+@register.filter
+def since(value: dt.datetime | None) -> str:
+    """How long ago, in a few plain words: '12 s', '3 min', '2 h 5 min', '4 days'."""
+    if value is None:
+        return ""
+    return duration(int((timezone.now() - value).total_seconds()))
+
+
+@register.filter
+def duration(seconds: float | int | None) -> str:
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    if s < 90:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+@register.filter
+def get(mapping: dict[Any, Any], key: Any) -> Any:
+    return mapping.get(key) if mapping else None
+
+
+@register.filter
+def mem_used(host: Any) -> str:
+    """'1.2 GiB / 16.0 GiB' (used / total) from a host's reported memory."""
+    total = int(host.memory_total_mb or 0)
+    used = max(0, total - int(host.memory_free_mb or 0))
+    return f"{mib_h(used)} / {mib_h(total)}"

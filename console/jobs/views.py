@@ -1,0 +1,86 @@
+"""Jobs: the list, and one job's page with its steps (grouped by host), progress bar, exact
+errors and log — refreshed live by an htmx fragment until the job ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from console.core.views import role_required
+from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep
+
+BOOTSTRAP_STEPS = (
+    "bootstrap.connect",
+    "bootstrap.install",
+    "bootstrap.configure",
+    "bootstrap.register",
+)
+STEP_LABELS = {
+    "bootstrap.connect": "connect",
+    "bootstrap.install": "install agent",
+    "bootstrap.configure": "configure libvirt migration",
+    "bootstrap.register": "register",
+}
+
+
+@role_required()
+def job_list(request: HttpRequest) -> HttpResponse:
+    qs = Job.objects.select_related("cluster", "created_by")
+    status = request.GET.get("status", "")
+    if status in JobStatus.values:
+        qs = qs.filter(status=status)
+    if (cluster := request.GET.get("cluster", "")).isdigit():
+        qs = qs.filter(cluster_id=int(cluster))
+    page = Paginator(qs, 50).get_page(request.GET.get("page"))
+    template = "jobs/_job_rows.html" if request.htmx else "jobs/job_list.html"  # type: ignore[attr-defined]
+    return render(
+        request,
+        template,
+        {"page": page, "status": status, "statuses": JobStatus.choices, "cluster": cluster},
+    )
+
+
+def _job_context(job: Job) -> dict[str, Any]:
+    steps = list(job.steps.all())
+    by_host: dict[str, dict[str, JobStep]] = {}
+    for step in steps:
+        if step.kind in BOOTSTRAP_STEPS:
+            name = step.host.name if step.host else str(step.args.get("host", "?"))
+            by_host.setdefault(name, {})[step.kind] = step
+    outcome = ""
+    if job.kind.startswith("storage-"):
+        from console.storage.services import outcome as storage_outcome
+
+        outcome = storage_outcome(job, steps)
+    return {
+        "job": job,
+        "steps": steps,
+        "bootstrap": by_host,
+        "bootstrap_kinds": [(k, STEP_LABELS[k]) for k in BOOTSTRAP_STEPS],
+        "events": list(job.events.select_related("host").order_by("seq")),
+        "finished": job.status in FINISHED_STATUSES,
+        "outcome": outcome,
+    }
+
+
+def _job(pk: int) -> Job:
+    return get_object_or_404(
+        Job.objects.select_related("cluster", "created_by").prefetch_related(
+            Prefetch("steps", queryset=JobStep.objects.select_related("host").order_by("seq"))
+        ),
+        pk=pk,
+    )
+
+
+@role_required()
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "jobs/job_detail.html", _job_context(_job(pk)))
+
+
+@role_required()
+def job_live(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "jobs/_job_live.html", _job_context(_job(pk)))

@@ -1,0 +1,290 @@
+"""Failover domains and VM services: lists, forms, and the service operations (start, stop,
+enable, disable, relocate, migrate) — all writes through the services layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+
+from console.clusters.models import Cluster, Host
+from console.core import services as core_services
+from console.core.errors import Conflict
+from console.core.views import role_required
+from console.jobs.models import Job, StepStatus
+from console.runtime import operations
+from console.services import services as domain_services
+from console.services.forms import DOMAIN_HELP, FailoverDomainForm, ImportGuestForm, VmServiceForm
+from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+
+OPERATIONS = ("start", "stop", "enable", "disable", "relocate")
+
+
+# --- failover domains -----------------------------------------------------------------------
+@role_required()
+def domain_list(request: HttpRequest, pk: int) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    domains = FailoverDomain.objects.filter(cluster=cluster).prefetch_related(
+        Prefetch("members", queryset=FailoverDomainMember.objects.select_related("host")),
+        "services",
+    )
+    return render(
+        request,
+        "services/domain_list.html",
+        {"cluster": cluster, "domains": domains, "help": DOMAIN_HELP, "tab": "domains"},
+    )
+
+
+@role_required(read="admin")
+def domain_edit(request: HttpRequest, pk: int, domain_pk: int | None = None) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    domain = get_object_or_404(FailoverDomain, pk=domain_pk, cluster=cluster) if domain_pk else None
+    form = FailoverDomainForm(
+        request.POST if request.method == "POST" else None, instance=domain, cluster=cluster
+    )
+    if form.is_bound and form.is_valid():
+        saved = domain_services.save_domain(
+            form.save(commit=False),
+            form.members(),
+            actor=request.user,
+            verb="update" if domain else "create",
+        )
+        messages.success(request, f"Failover domain {saved.name} saved.")
+        return redirect("services:domains", cluster.pk)
+    return render(
+        request,
+        "services/domain_form.html",
+        {
+            "cluster": cluster,
+            "form": form,
+            "domain": domain,
+            "title": f"Edit failover domain {domain.name}" if domain else "New failover domain",
+        },
+    )
+
+
+@role_required(read="admin")
+def domain_delete(request: HttpRequest, pk: int, domain_pk: int) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    domain = get_object_or_404(FailoverDomain, pk=domain_pk, cluster=cluster)
+    error = ""
+    if request.method == "POST":
+        try:
+            domain_services.delete_domain(domain, actor=request.user)
+        except Conflict as exc:
+            error = str(exc.detail)
+        else:
+            messages.success(request, f"Failover domain {domain.name} deleted.")
+            return redirect("services:domains", cluster.pk)
+    users = list(domain.services.values_list("name", flat=True))
+    return render(
+        request,
+        "generic/confirm_delete.html",
+        {
+            "cluster": cluster,
+            "object": domain.name,
+            "what": "failover domain",
+            "error": error,
+            "consequence": (
+                f"Used by {', '.join(users)}: deleting it will be refused."
+                if users
+                else "No service uses it."
+            ),
+            "cancel": reverse("services:domains", args=[cluster.pk]),
+        },
+        status=409 if error else 200,
+    )
+
+
+# --- VM services ----------------------------------------------------------------------------
+@role_required(read="admin")
+def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    service = get_object_or_404(VmService, pk=service_pk, cluster=cluster) if service_pk else None
+    form = VmServiceForm(
+        request.POST if request.method == "POST" else None,
+        request.FILES if request.method == "POST" else None,
+        instance=service,
+        cluster=cluster,
+    )
+    if form.is_bound and form.is_valid():
+        core_services.save_serializer(
+            form, actor=request.user, verb="update" if service else "create"
+        )
+        messages.success(
+            request,
+            f"Service {form.instance.name} saved."
+            + ("" if service else " The cluster starts it on the best allowed host."),
+        )
+        return redirect("clusters:detail", cluster.pk)
+    return render(
+        request,
+        "services/service_form.html",
+        {
+            "cluster": cluster,
+            "form": form,
+            "service": service,
+            "title": f"Edit service {service.name}" if service else "New VM service",
+        },
+    )
+
+
+@role_required(read="admin")
+def service_delete(request: HttpRequest, pk: int, service_pk: int) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    service = get_object_or_404(VmService, pk=service_pk, cluster=cluster)
+    error = ""
+    if request.method == "POST":
+        if service.state not in ("stopped", "disabled", "unknown", "failed"):
+            error = f"{service.name} is {service.state}: disable it first, then remove it."
+        else:
+            core_services.delete_object(service, actor=request.user)
+            messages.success(request, f"Service {service.name} removed from the cluster.")
+            return redirect("clusters:detail", cluster.pk)
+    return render(
+        request,
+        "generic/confirm_delete.html",
+        {
+            "cluster": cluster,
+            "object": service.name,
+            "what": "VM service",
+            "error": error,
+            "consequence": "The cluster stops managing this guest. The guest's definition "
+            "stays on the hosts.",
+            "cancel": reverse("clusters:detail", args=[cluster.pk]),
+        },
+        status=409 if error else 200,
+    )
+
+
+@role_required(read="admin")
+def service_import(request: HttpRequest, pk: int) -> HttpResponse:
+    """Guests already defined on a host: list them (a job on its agent), then import the
+    chosen ones; their XML is read on the host and they are adopted where they run."""
+    cluster = get_object_or_404(Cluster, pk=pk)
+    form = ImportGuestForm(request.POST or request.GET or None, cluster=cluster)
+    job = Job.objects.filter(pk=request.GET.get("job") or 0, cluster=cluster).first()
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        host: Host = form.cleaned_data["host"]
+        chosen = request.POST.getlist("guests")
+        try:
+            if request.POST.get("step") == "import":
+                job = operations.import_guests(
+                    host, chosen, actor=request.user, failover_domain=form.cleaned_data["domain"]
+                )
+                return redirect("jobs:detail", job.pk)
+            job = operations.list_guests(host, actor=request.user)
+        except operations.OperationError as exc:
+            error = exc.message
+        else:
+            return redirect(
+                reverse("services:import", args=[cluster.pk]) + f"?job={job.pk}&host={host.pk}"
+            )
+    guests: list[dict[str, Any]] = []
+    step = job.steps.select_related("host").first() if job else None
+    if job and step and step.status == StepStatus.SUCCEEDED:
+        known = set(VmService.objects.filter(cluster=cluster).values_list("name", flat=True))
+        guests = [g for g in step.result.get("guests", []) if g.get("name") not in known]
+    return render(
+        request,
+        "services/service_import.html",
+        {
+            "cluster": cluster,
+            "form": form,
+            "job": job,
+            "step": step,
+            "guests": guests,
+            "error": error,
+        },
+    )
+
+
+@role_required(write="operate")
+def service_operation(request: HttpRequest, pk: int, service_pk: int, op: str) -> HttpResponse:
+    service = get_object_or_404(
+        VmService.objects.select_related("cluster", "host"), pk=service_pk, cluster_id=pk
+    )
+    if request.method != "POST" or op not in OPERATIONS:
+        return redirect("clusters:detail", pk)
+    host = operations.BEST if op == "relocate" else None
+    try:
+        job = operations.service_command(service, op, actor=request.user, host=host)
+    except operations.OperationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{op.capitalize()} {service.name}: requested (job {job.pk}).")
+    return redirect("clusters:detail", pk)
+
+
+def migrate_blocker(service: VmService) -> str:
+    """Why the guest cannot be live-migrated at all now, or '' when it can."""
+    if service.desired_state == "disabled":
+        return "disabled"
+    if not service.migratable:
+        return "not migratable (local disks?): relocate instead"
+    if service.state != "started" or service.host_id is None:
+        return f"not running ({service.state})"
+    return ""
+
+
+def migrate_targets(service: VmService) -> list[tuple[Host, str]]:
+    """Every other host of the cluster, with the reason it cannot take the guest ('' = can)."""
+    hosts = list(Host.objects.filter(cluster_id=service.cluster_id).order_by("name"))
+    domain = service.failover_domain
+    members = set(domain.members.values_list("host_id", flat=True)) if domain else set()
+    out: list[tuple[Host, str]] = []
+    for host in hosts:
+        if host.pk == service.host_id:
+            reason = "it runs here now"
+        elif host.maintenance:
+            reason = "in maintenance"
+        elif host.state != "online":
+            reason = f"host is {host.state}"
+        elif domain is not None and domain.restricted and host.pk not in members:
+            reason = f"not in the restricted failover domain {domain.name}"
+        elif host.memory_free_mb and service.memory_mb > host.memory_free_mb:
+            reason = f"only {host.memory_free_mb} MiB free, needs {service.memory_mb} MiB"
+        else:
+            reason = ""
+        out.append((host, reason))
+    return out
+
+
+@role_required(read="read", write="operate")
+def service_migrate(request: HttpRequest, pk: int, service_pk: int) -> HttpResponse:
+    service = get_object_or_404(
+        VmService.objects.select_related("cluster", "host", "failover_domain"),
+        pk=service_pk,
+        cluster_id=pk,
+    )
+    error, field_error = "", ""
+    if request.method == "POST":
+        target = request.POST.get("host", "")
+        try:
+            job = operations.service_command(service, "migrate", actor=request.user, host=target)
+        except operations.OperationError as exc:
+            if exc.field == "host":
+                field_error = exc.message
+            else:
+                error = exc.message
+        else:
+            messages.success(request, f"Live-migrating {service.name} to {target} (job {job.pk}).")
+            return redirect("clusters:detail", pk)
+    return render(
+        request,
+        "services/service_migrate.html",
+        {
+            "cluster": service.cluster,
+            "service": service,
+            "blocker": migrate_blocker(service),
+            "targets": migrate_targets(service),
+            "error": error,
+            "field_error": field_error,
+        },
+        status=409 if error else (400 if field_error else 200),
+    )

@@ -1,0 +1,163 @@
+"""The storage tab of a host (Conga's): disks and partitions, volume groups, logical volumes
+and GFS2 file systems, with probe, create-VG, create-LV+GFS2 and extend — each a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from console.clusters.models import Host
+from console.core.views import role_required
+from console.jobs.models import FINISHED_STATUSES, Job
+from console.storage import services
+from console.storage.forms import ExtendForm, Gfs2VolumeForm, VolumeGroupForm
+from console.storage.models import MIB, BlockDevice, LogicalVolume, VolumeGroup
+
+STORAGE_JOBS = (
+    "storage-probe",
+    "storage-vg-create",
+    "storage-gfs2-create",
+    "storage-lv-extend",
+)
+
+
+def _host(pk: int, host_pk: int) -> Host:
+    return get_object_or_404(Host.objects.select_related("cluster"), pk=host_pk, cluster_id=pk)
+
+
+def _context(host: Host, **forms: Any) -> dict[str, Any]:
+    vgs = VolumeGroup.objects.filter(cluster_id=host.cluster_id).prefetch_related(
+        Prefetch("physical_volumes", queryset=BlockDevice.objects.select_related("host")),
+        Prefetch("logical_volumes", queryset=LogicalVolume.objects.select_related("filesystem")),
+    )
+    recent = list(
+        Job.objects.filter(
+            cluster_id=host.cluster_id, kind__in=STORAGE_JOBS, params__host=host.name
+        ).prefetch_related("steps")[:6]
+    )
+    probe_job = next((j for j in recent if j.kind == "storage-probe"), None)
+    return {
+        "cluster": host.cluster,
+        "host": host,
+        "devices": BlockDevice.objects.filter(host=host).order_by("path"),
+        "vgs": vgs,
+        "jobs": [(j, services.outcome(j, list(j.steps.all()))) for j in recent],
+        "probing": probe_job is not None and probe_job.status not in FINISHED_STATUSES,
+        "probe_job": probe_job,
+        "vg_form": forms.get("vg_form") or VolumeGroupForm(host=host),
+        "lv_form": forms.get("lv_form") or Gfs2VolumeForm(host=host),
+        "tab": "storage",
+    }
+
+
+@role_required(read="read")
+def storage(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    host = _host(pk, host_pk)
+    return render(request, "storage/host_storage.html", _context(host))
+
+
+@role_required(read="read")
+def storage_live(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """The devices, VGs, LVs and recent jobs; polled while a storage job runs."""
+    host = _host(pk, host_pk)
+    return render(request, "storage/_storage_live.html", _context(host))
+
+
+@role_required(read="admin")
+def probe(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    host = _host(pk, host_pk)
+    if request.method == "POST":
+        services.probe(host, actor=request.user)
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(request, "storage/_storage_live.html", _context(host))
+    return redirect("storage:host", pk, host_pk)
+
+
+@role_required(read="admin")
+def vg_create(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    host = _host(pk, host_pk)
+    form = VolumeGroupForm(request.POST or None, host=host)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = services.create_volume_group(
+                host,
+                data["name"],
+                list(data["devices"]),
+                actor=request.user,
+                local=data["local"],
+                extent_size_bytes=data["extent_size_mib"] * MIB,
+            )
+        except services.StorageError as exc:
+            form.add_error(exc.field, exc.message)
+        else:
+            messages.success(request, f"Creating volume group {data['name']} (job {job.pk}).")
+            return redirect("storage:host", pk, host_pk)
+    return render(request, "storage/host_storage.html", _context(host, vg_form=form), status=400)
+
+
+@role_required(read="admin")
+def lv_create(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    host = _host(pk, host_pk)
+    form = Gfs2VolumeForm(request.POST or None, host=host)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = services.create_gfs2_volume(
+                host,
+                data["volume_group"],
+                name=data["name"],
+                size_bytes=data["size_mib"] * MIB,
+                actor=request.user,
+                fs_name=data["fs_name"],
+                mount_point=data["mount_point"],
+                journals=data["journals"],
+            )
+        except services.StorageError as exc:
+            form.add_error(exc.field, exc.message)
+        else:
+            if form.journal_warning:
+                messages.warning(request, form.journal_warning)
+            messages.success(
+                request, f"Creating {data['name']} with a GFS2 file system (job {job.pk})."
+            )
+            return redirect("storage:host", pk, host_pk)
+    return render(request, "storage/host_storage.html", _context(host, lv_form=form), status=400)
+
+
+@role_required(read="admin")
+def lv_extend(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
+    host = _host(pk, host_pk)
+    lv = get_object_or_404(
+        LogicalVolume.objects.select_related("volume_group"),
+        pk=lv_pk,
+        volume_group__cluster_id=pk,
+    )
+    form = ExtendForm(request.POST or None, initial={"size_mib": lv.size_bytes // MIB})
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.extend_volume(
+                host, lv, form.cleaned_data["size_mib"] * MIB, actor=request.user
+            )
+        except services.StorageError as exc:
+            form.add_error("size_mib", exc.message)
+        else:
+            messages.success(request, f"Extending {lv} (job {job.pk}).")
+            return redirect("storage:host", pk, host_pk)
+    return render(
+        request,
+        "generic/form_page.html",
+        {
+            "cluster": host.cluster,
+            "form": form,
+            "title": f"Extend {lv}",
+            "intro": f"Now {lv.size_bytes // MIB} MiB; volume group {lv.volume_group.name} has "
+            f"{lv.volume_group.free_bytes // MIB} MiB free.",
+            "submit": "Extend",
+        },
+        status=400 if form.is_bound else 200,
+    )

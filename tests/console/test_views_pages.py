@@ -1,0 +1,170 @@
+"""Every page renders for every role, lists avoid N+1 queries, errors are plain language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from console.events.services import record
+from tests.console import factories as f
+from tests.console.views_support import login
+
+
+@pytest.fixture
+def world(db: None) -> dict[str, Any]:
+    cluster = f.ClusterFactory(name="et")
+    hosts = [
+        f.HostFactory(
+            cluster=cluster,
+            name=f"et-virt0{i}",
+            state="online",
+            memory_total_mb=4096,
+            memory_free_mb=3000,
+        )
+        for i in (5, 6, 7)
+    ]
+    domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5", ordered=True)
+    f.FailoverDomainMemberFactory(domain=domain, host=hosts[0], priority=1)
+    svc = f.VmServiceFactory(
+        cluster=cluster, name="guest1", failover_domain=domain, state="started", host=hosts[0]
+    )
+    f.FenceDeviceFactory(cluster=cluster, host=hosts[0], name="ipmi5")
+    dev = f.BlockDeviceFactory(host=hosts[0], path="/dev/loop3")
+    vg = f.VolumeGroupFactory(cluster=cluster, name="vg_et")
+    vg.physical_volumes.add(dev)
+    lv = f.LogicalVolumeFactory(volume_group=vg, name="vms")
+    f.FilesystemFactory(logical_volume=lv, name="vms", mount_point="/mnt/vms")
+    job = f.JobFactory(cluster=cluster, kind="storage-probe", params={"host": "et-virt05"})
+    record(actor="tester", verb="create", obj=svc, cluster=cluster)
+    return {
+        "cluster": cluster,
+        "hosts": hosts,
+        "domain": domain,
+        "service": svc,
+        "lv": lv,
+        "job": job,
+    }
+
+
+def pages(w: dict[str, Any]) -> list[str]:
+    c, h, s = w["cluster"].pk, w["hosts"][0].pk, w["service"].pk
+    return [
+        "/",
+        f"/clusters/{c}/",
+        f"/clusters/{c}/live/",
+        f"/clusters/{c}/domains/",
+        f"/clusters/{c}/fence/",
+        f"/clusters/{c}/hosts/{h}/storage/",
+        f"/clusters/{c}/hosts/{h}/storage/live/",
+        f"/clusters/{c}/services/{s}/migrate/",
+        "/jobs/",
+        f"/jobs/{w['job'].pk}/",
+        f"/jobs/{w['job'].pk}/live/",
+        "/events/",
+        "/events/?host=et-virt05&kind=create&period=24h",
+        "/events/incidents/",
+    ]
+
+
+ADMIN_PAGES = [
+    "/clusters/new/",
+    "/clusters/{c}/domains/new/",
+    "/clusters/{c}/domains/{d}/",
+    "/clusters/{c}/domains/{d}/delete/",
+    "/clusters/{c}/services/new/",
+    "/clusters/{c}/services/{s}/",
+    "/clusters/{c}/services/import/",
+    "/clusters/{c}/fence/new/",
+    "/clusters/{c}/hosts/{h}/storage/lv/{lv}/extend/",
+]
+
+
+@pytest.mark.parametrize("role", ["admin", "operator", "viewer"])
+def test_every_page_renders_for_every_role(world: dict[str, Any], role: str) -> None:
+    client = login(role)
+    for url in pages(world):
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+
+
+def test_admin_pages_render(world: dict[str, Any]) -> None:
+    client = login("admin")
+    ids = {
+        "c": world["cluster"].pk,
+        "d": world["domain"].pk,
+        "s": world["service"].pk,
+        "h": world["hosts"][0].pk,
+        "lv": world["lv"].pk,
+    }
+    for url in ADMIN_PAGES:
+        response = client.get(url.format(**ids))
+        assert response.status_code == 200, url
+
+
+def test_anonymous_is_sent_to_login(world: dict[str, Any]) -> None:
+    response = Client().get(f"/clusters/{world['cluster'].pk}/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_user_without_role_gets_403(world: dict[str, Any]) -> None:
+    response = login(None).get("/")
+    assert response.status_code == 403
+    assert b"Your role does not allow" in response.content
+
+
+def test_cluster_page_shows_health_state_and_host(world: dict[str, Any]) -> None:
+    body = login("viewer").get(f"/clusters/{world['cluster'].pk}/").content.decode()
+    assert 'id="service-guest1" data-state="started" data-host="et-virt05"' in body
+    assert 'hx-trigger="every 2s"' in body
+    assert "badge green" in body
+    home = login("viewer", "v2").get("/").content.decode()
+    assert "3/3" in home and "1/1" in home
+
+
+def test_missing_object_is_a_plain_404(world: dict[str, Any]) -> None:
+    response = login("viewer").get("/clusters/999/")
+    assert response.status_code == 404
+    assert b"Traceback" not in response.content
+
+
+def _queries(client: Client, url: str) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_lists_do_not_grow_queries_with_rows(world: dict[str, Any]) -> None:
+    """N+1 pin: ten times the hosts, services and domains costs no extra query."""
+    client = login("admin")
+    c = world["cluster"]
+    urls = [
+        f"/clusters/{c.pk}/live/",
+        f"/clusters/{c.pk}/domains/",
+        "/",
+        "/jobs/",
+        "/events/",
+        f"/clusters/{c.pk}/fence/",
+    ]
+    before = {u: _queries(client, u) for u in urls}
+    for i in range(10):
+        host = f.HostFactory(cluster=c, name=f"more{i}", state="online")
+        dom = f.FailoverDomainFactory(cluster=c, name=f"d{i}")
+        f.FailoverDomainMemberFactory(domain=dom, host=host)
+        f.VmServiceFactory(cluster=c, name=f"g{i}", host=host, state="started", failover_domain=dom)
+        f.FenceDeviceFactory(cluster=c, host=host, name=f"fd{i}")
+        f.JobFactory(cluster=c)
+        f.ClusterFactory()
+    after = {u: _queries(client, u) for u in urls}
+    assert after == before
+
+
+def test_cluster_page_query_count(
+    world: dict[str, Any], django_assert_max_num_queries: Any
+) -> None:
+    client = login("admin")
+    with django_assert_max_num_queries(12):
+        client.get(f"/clusters/{world['cluster'].pk}/live/")
