@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models.deletion import ProtectedError, RestrictedError
 from rest_framework import serializers, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -92,3 +93,10 @@ class HavenViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
 class ReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
     filterset_fields: tuple[str, ...] = ()
     operator_actions: tuple[str, ...] = ()
+
+
+class TokenView(ObtainAuthToken):
+    """POST user name and password, get the user's API token (for scripts and the CLI)."""
+
+    permission_classes = ()
+    throttle_classes = ()

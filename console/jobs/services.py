@@ -117,11 +117,12 @@ def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", messag
     return job
 
 
-def finish_job(job: Job, *, ok: bool, explanation: str = "") -> None:
-    """End a job that needs no agent (accepted at once, refused, recorded)."""
+def finish_job(job: Job, *, ok: bool, explanation: str = "") -> Job:
+    """End a job that needs no agent (accepted at once, refused, recorded); the job as saved."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         _finish(job, JobStatus.SUCCEEDED if ok else JobStatus.FAILED, explanation)
+    return job
 
 
 def add_event(

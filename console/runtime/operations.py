@@ -178,7 +178,7 @@ def maintenance(host: Host, on: bool, *, actor: Any) -> Job:
             params={"host": host.name},
             message=f"{who}: {host.name} {what}",
         )
-        jobs.finish_job(job, ok=True)
+        job = jobs.finish_job(job, ok=True)
         record(actor=who, verb=verb, obj=host, cluster=host.cluster, message=what)
         _wake(host.cluster_id)
     return job
@@ -203,7 +203,7 @@ def acknowledge_down(host: Host, *, actor: Any) -> Job:
             params={"host": host.name},
             message=f"{who} confirmed {host.name} is powered off",
         )
-        jobs.finish_job(job, ok=True)
+        job = jobs.finish_job(job, ok=True)
         record(
             actor=who,
             verb="acknowledge-down",

@@ -1,0 +1,90 @@
+"""The `haven` command line against a live console (pytest-django's live server)."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from console import cli
+from console.runtime.models import PendingCommand
+from tests.console import factories as f
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def haven(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def logged_in(live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(cli, "CONFIG", tmp_path / "cli.json")
+    monkeypatch.delenv("HAVEN_URL", raising=False)
+    monkeypatch.delenv("HAVEN_TOKEN", raising=False)
+    User.objects.create_superuser("admin", password="right-password")
+    monkeypatch.setenv("HAVEN_PASSWORD", "wrong-password")
+    code, _, err = haven("login", live_server.url, "--user", "admin")
+    assert code == 1 and "Unable to log in with provided credentials" in err
+    monkeypatch.setenv("HAVEN_PASSWORD", "right-password")
+    code, out, err = haven("login", live_server.url, "--user", "admin")
+    assert code == 0, err
+    assert out == f"logged in to {live_server.url} as admin\n"
+    config = tmp_path / "cli.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "right-password" not in config.read_text()
+    assert json.loads(config.read_text())["token"]
+    return str(live_server.url)
+
+
+def test_lists_and_operations(logged_in: str) -> None:
+    host = f.HostFactory(name="et-virt05", state="online")
+    f.HostFactory(name="et-virt06", cluster=host.cluster, state="online")
+    f.VmServiceFactory(cluster=host.cluster, name="guest1", state="started", host=host)
+    code, out, _ = haven("services")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["SERVICE", "STATE", "HOST", "DESIRED", "SINCE"]
+    assert out.splitlines()[1].split()[:4] == ["guest1", "started", "et-virt05", "started"]
+    code, out, _ = haven("hosts")
+    assert code == 0 and "et-virt06" in out
+    code, out, err = haven("migrate", "guest1", "et-virt06")
+    assert code == 0, err
+    assert out.startswith("job ") and "migrate: pending" in out
+    command = PendingCommand.objects.get()
+    assert (command.kind, command.service, command.node) == ("migrate", "guest1", "et-virt06")
+    code, out, _ = haven("maintenance", "et-virt06", "on")
+    assert code == 0 and "maintenance-on: succeeded" in out
+
+
+def test_errors_are_one_clear_line(logged_in: str) -> None:
+    host = f.HostFactory(name="et-virt05", state="online")
+    f.VmServiceFactory(cluster=host.cluster, name="guest1", state="started", host=host)
+    assert haven("start", "nope") == (1, "", "haven: error: no service named 'nope'\n")
+    code, _, err = haven("migrate", "guest1", "et-virt99")
+    assert code == 1
+    assert (
+        err == "haven: error: 400: host: There is no host 'et-virt99' in cluster "
+        f"{host.cluster.name}.\n"
+    )
+    code, _, err = haven("maintenance", "et-virt05", "off")
+    assert (code, err) == (1, "haven: error: 409: et-virt05 is not in maintenance.\n")
+    with pytest.raises(SystemExit) as usage:
+        haven("maintenance", "et-virt05", "sideways")
+    assert usage.value.code == 2
+
+
+def test_unreachable_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "CONFIG", tmp_path / "cli.json")
+    monkeypatch.setenv("HAVEN_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("HAVEN_TOKEN", "x")
+    code, _, err = haven("services")
+    assert code == 1 and err.startswith("haven: error: cannot reach the console at")
+    monkeypatch.delenv("HAVEN_URL")
+    assert haven("services")[2].startswith("haven: error: not logged in")
