@@ -10,7 +10,6 @@ from rest_framework.routers import DefaultRouter
 from console.clusters.api.views import ClusterViewSet, FenceDeviceViewSet, HostViewSet
 from console.core import views as core_views
 from console.core.api import TokenView
-from console.core.api import TokenView
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
@@ -47,7 +46,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/token/", TokenView.as_view(), name="api-token"),
     path("api/token/", TokenView.as_view(), name="api-token"),
     path("api/", include(router.urls)),
 ]
