@@ -417,8 +417,7 @@ class _Tick:
             self._service_to(
                 name,
                 S.RECOVERING,
-                f"{reason}; restart {count} on {node}"
-                + (f" in {delay:g}s" if delay else ""),
+                f"{reason}; restart {count} on {node}" + (f" in {delay:g}s" if delay else ""),
                 restarts=(*restarts, self.now),
                 failed_nodes=failed_nodes,
                 restart_on=node,
