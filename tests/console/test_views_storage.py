@@ -1,0 +1,273 @@
+"""The storage tab and its services: probe, clustered VG (and the error without lvmlockd),
+LV + GFS2 in one job (formatted but not mounted where the kernel lacks gfs2), extend; and the
+same operations through the API (202 with the job)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from console.jobs import services as jobs
+from console.jobs.models import Job, JobStep
+from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
+from tests.console import factories as f
+from tests.console.views_support import login, text
+
+PROBE = {
+    "blockdevices": [
+        {"name": "loop3", "path": "/dev/loop3", "size": 256 * MIB, "type": "loop"},
+        {
+            "name": "sdb",
+            "path": "/dev/sdb",
+            "size": 1024 * MIB,
+            "type": "disk",
+            "children": [{"name": "sdb1", "path": "/dev/sdb1", "size": 512 * MIB, "type": "part"}],
+        },
+    ],
+    "pvs": [],
+    "vgs": [],
+    "lvs": [],
+}
+
+
+@pytest.fixture
+def hosts(db: None) -> list[Any]:
+    cluster = f.ClusterFactory(name="et")
+    return [f.HostFactory(cluster=cluster, name=f"et-virt0{i}", state="online") for i in (5, 6, 7)]
+
+
+def answer(
+    step: JobStep, ok: bool = True, data: dict[str, Any] | None = None, error: str = ""
+) -> None:
+    jobs.apply_result(
+        {
+            "id": step.command_id,
+            "ok": ok,
+            "data": data or {},
+            "error": None if ok else {"message": error},
+        }
+    )
+
+
+def run_job(
+    job: Job, results: dict[str, Any] | None = None, fail: dict[str, str] | None = None
+) -> None:
+    """Play the agents: answer every step of the job, stage by stage."""
+    for step in job.steps.order_by("stage", "seq"):
+        step.refresh_from_db()
+        if step.status != "pending" and step.status != "dispatched":
+            continue
+        if fail and step.kind in fail:
+            answer(step, ok=False, error=fail[step.kind])
+        else:
+            answer(step, data=(results or {}).get(step.kind, {}))
+
+
+def test_probe_fills_devices_and_shows_a_spinner_while_running(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert "Not probed yet" in text(client.get(url))
+    live = text(client.post(url + "probe/", HTTP_HX_REQUEST="true"))
+    assert "Probing et-virt05" in live and 'hx-trigger="every 1s"' in live
+    job = Job.objects.get(kind="storage-probe")
+    run_job(job, {"storage_probe": PROBE})
+    assert sorted(BlockDevice.objects.values_list("path", "kind")) == [
+        ("/dev/loop3", "loop"),
+        ("/dev/sdb", "disk"),
+        ("/dev/sdb1", "part"),
+    ]
+    page = text(client.get(url))
+    assert "/dev/sdb1" in page and "Probing" not in page
+
+
+def _probed(host: Any) -> list[BlockDevice]:
+    return [
+        f.BlockDeviceFactory(host=host, path=p, kind="loop", size_bytes=256 * MIB)
+        for p in ("/dev/loop3", "/dev/loop4")
+    ]
+
+
+def test_vg_without_lvmlockd_shows_the_agents_error(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    devices = _probed(host)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    response = client.post(
+        url + "vg/", {"name": "vg_et", "devices": [d.pk for d in devices], "extent_size_mib": "4"}
+    )
+    assert response.status_code == 302
+    job = Job.objects.get(kind="storage-vg-create")
+    assert [(s.kind, s.stage) for s in job.steps.all()] == [
+        ("pvcreate", 0),
+        ("pvcreate", 0),
+        ("vgcreate", 1),
+        ("storage_probe", 2),
+    ]
+    assert job.steps.get(kind="vgcreate").args == {
+        "vg": "vg_et",
+        "devices": ["/dev/loop3", "/dev/loop4"],
+        "local": False,
+    }
+    run_job(
+        job,
+        fail={"vgcreate": "clustered locking unavailable: lvmlockd is not running on this host"},
+    )
+    assert "clustered locking unavailable" in text(client.get(url))
+    assert not VolumeGroup.objects.exists()
+
+
+def test_local_vg_then_gfs2_formatted_not_mounted_then_extend(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    devices = _probed(host)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    client.post(
+        url + "vg/",
+        {
+            "name": "vg_et",
+            "devices": [d.pk for d in devices],
+            "extent_size_mib": "4",
+            "local": "on",
+        },
+    )
+    vg_job = Job.objects.get(kind="storage-vg-create")
+    assert vg_job.steps.get(kind="vgcreate").args["local"] is True
+    probe = {
+        **PROBE,
+        "blockdevices": [
+            *PROBE["blockdevices"],
+            {"name": "loop4", "path": "/dev/loop4", "size": 256 * MIB, "type": "loop"},
+        ],
+        "pvs": [
+            {"pv_name": "/dev/loop3", "vg_name": "vg_et"},
+            {"pv_name": "/dev/loop4", "vg_name": "vg_et"},
+        ],
+        "vgs": [
+            {"vg_name": "vg_et", "vg_size": 504 * MIB, "vg_free": 504 * MIB, "vg_lock_type": ""}
+        ],
+    }
+    run_job(vg_job, {"vgcreate": {"vg": "vg_et", "shared": False}, "storage_probe": probe})
+    vg = VolumeGroup.objects.get()
+    assert (vg.clustered, vg.size_bytes, vg.extent_size_bytes) == (False, 504 * MIB, 4 * MIB)
+    assert sorted(vg.physical_volumes.values_list("path", flat=True)) == [
+        "/dev/loop3",
+        "/dev/loop4",
+    ]
+
+    form = text(client.get(url))
+    assert 'name="journals"' in form and 'value="3"' in form  # one per host
+    few = client.post(
+        url + "lv/",
+        {"volume_group": vg.pk, "name": "vms", "size_mib": "64", "journals": "2"},
+        follow=True,
+    )
+    assert "Only 2 journal(s) for 3 hosts" in text(few)
+    job = Job.objects.get(kind="storage-gfs2-create")
+    kinds = [(s.kind, s.stage, s.host.name) for s in job.steps.select_related("host")]
+    assert kinds[:2] == [("lvcreate", 0, "et-virt05"), ("mkfs_gfs2", 1, "et-virt05")]
+    assert sorted(k for k in kinds if k[0] == "mount") == [
+        ("mount", 3, f"et-virt0{i}") for i in (5, 6, 7)
+    ]
+    mkfs = job.steps.get(kind="mkfs_gfs2")
+    assert mkfs.args == {"device": "/dev/vg_et/vms", "cluster": "et", "fs": "vms", "journals": 2}
+    assert job.steps.filter(kind="fstab_entry", args__mount_point="/mnt/vms").count() == 3
+    run_job(
+        job,
+        {"lvcreate": {"size_bytes": 64 * MIB}, "mkfs_gfs2": {"journals": 2}},
+        fail={"mount": "the kernel lacks 'gfs2' (not in /proc/filesystems)"},
+    )
+    fs = Filesystem.objects.get()
+    assert (fs.name, fs.journals, fs.mount_point, fs.lock_table) == ("vms", 2, "/mnt/vms", "et:vms")
+    page = text(client.get(url))
+    assert "formatted; not mounted: the kernel has no gfs2" in page
+    assert "formatted; not mounted: the kernel has no gfs2" in text(client.get(f"/jobs/{job.pk}/"))
+
+    lv = LogicalVolume.objects.get()
+    small = client.post(url + f"lv/{lv.pk}/extend/", {"size_mib": "32"})
+    assert "already 64 MiB: give a larger size" in text(small)
+    assert client.post(url + f"lv/{lv.pk}/extend/", {"size_mib": "128"}).status_code == 302
+    extend = Job.objects.get(kind="storage-lv-extend")
+    run_job(extend, {"lvextend": {"size_bytes": 128 * MIB}})
+    lv.refresh_from_db()
+    assert lv.size_bytes == 128 * MIB
+
+
+def test_storage_form_errors(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    body = text(client.post(url + "vg/", {"name": "-bad", "extent_size_mib": "3"}))
+    assert "is not a valid volume group name" in body
+    assert "This field is required." in body  # devices
+    assert "must be a power of two" in body
+    vg = f.VolumeGroupFactory(cluster=host.cluster, name="vg1")
+    lv = text(
+        client.post(
+            url + "lv/",
+            {
+                "volume_group": vg.pk,
+                "name": "snapshotx",
+                "size_mib": "1",
+                "journals": "0",
+                "mount_point": "rel/path",
+            },
+        )
+    )
+    assert "is reserved by LVM" in lv
+    assert "greater than or equal to 8" in lv
+    assert "give an absolute path" in lv
+
+
+def test_storage_api_actions_answer_202_with_the_job(
+    hosts: list[Any], admin_api: APIClient
+) -> None:
+    host = hosts[0]
+    probe = admin_api.post("/api/block-devices/probe/", {"host": "et-virt05"}, format="json")
+    assert probe.status_code == 202 and probe.json()["steps"][0]["kind"] == "storage_probe"
+    _probed(host)
+    vg = admin_api.post(
+        "/api/volume-groups/create-on-host/",
+        {"host": "et-virt05", "name": "vg_api", "devices": ["/dev/loop3"], "local": True},
+        format="json",
+    )
+    assert vg.status_code == 202, vg.json()
+    missing = admin_api.post(
+        "/api/volume-groups/create-on-host/",
+        {"host": "et-virt05", "name": "vg2", "devices": ["/dev/sdz"]},
+        format="json",
+    )
+    assert (
+        missing.status_code == 400 and "no probed device /dev/sdz" in missing.json()["devices"][0]
+    )
+    group = f.VolumeGroupFactory(cluster=host.cluster, name="vg_x")
+    gfs2 = admin_api.post(
+        "/api/logical-volumes/create-gfs2/",
+        {"host": "et-virt05", "volume_group": group.pk, "name": "data", "size_bytes": 64 * MIB},
+        format="json",
+    )
+    assert gfs2.status_code == 202
+    assert {s["kind"] for s in gfs2.json()["steps"]} == {
+        "lvcreate",
+        "mkfs_gfs2",
+        "fstab_entry",
+        "mount",
+    }
+    lv = f.LogicalVolumeFactory(volume_group=group, name="old", size_bytes=64 * MIB)
+    grow = admin_api.post(
+        f"/api/logical-volumes/{lv.pk}/extend/",
+        {"host": "et-virt05", "size_bytes": 128 * MIB},
+        format="json",
+    )
+    assert grow.status_code == 202
+
+
+def test_storage_api_is_admin_only(hosts: list[Any], operator_api: APIClient) -> None:
+    assert (
+        operator_api.post(
+            "/api/block-devices/probe/", {"host": "et-virt05"}, format="json"
+        ).status_code
+        == 403
+    )
