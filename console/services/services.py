@@ -40,9 +40,11 @@ def save_domain(
 
 def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
     """Delete a domain, refused (409) while services use it, naming them."""
-    with transaction.atomic():
-        users = sorted(domain.services.values_list("name", flat=True))
-        if users:
+    users = sorted(domain.services.values_list("name", flat=True))
+    if users:
+        # Recorded outside any transaction of ours: the refusal stays in the log even though
+        # the request ends in an error.
+        with transaction.atomic():
             record(
                 actor=actor_name(actor),
                 verb="delete",
@@ -51,11 +53,12 @@ def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
                 result="refused",
                 message=f"used by {', '.join(users)}",
             )
-            raise Conflict(
-                f"Failover domain {domain.name} is used by "
-                f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
-                "move them to another domain (or none) first."
-            )
+        raise Conflict(
+            f"Failover domain {domain.name} is used by "
+            f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
+            "move them to another domain (or none) first."
+        )
+    with transaction.atomic():
         cluster, name = domain.cluster, str(domain)
         domain.delete()
         record(
