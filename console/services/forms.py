@@ -46,6 +46,7 @@ class FailoverDomainForm(forms.ModelForm):  # type: ignore[type-arg]
                 label=f"Priority of {host.name}",
                 min_value=1,
                 max_value=100,
+                required=False,
                 initial=current.get(host.pk, 1),
                 widget=forms.NumberInput(attrs={"class": "priority"}),
             )
@@ -58,7 +59,7 @@ class FailoverDomainForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def members(self) -> list[dict[str, Any]]:
         return [
-            {"host": h, "priority": self.cleaned_data[f"priority_{h.pk}"]}
+            {"host": h, "priority": self.cleaned_data.get(f"priority_{h.pk}") or 1}
             for h in self.hosts
             if self.cleaned_data.get(f"member_{h.pk}")
         ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+
 from django.contrib.auth.models import Group, User
+from django.http import HttpResponse
 from django.test import Client
 
 
@@ -14,3 +17,8 @@ def login(role: str | None, name: str | None = None) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def text(response: HttpResponse) -> str:
+    """The page as a person reads it (HTML entities decoded)."""
+    return html.unescape(response.content.decode())
