@@ -1,8 +1,8 @@
 """What agents send (heartbeats, lifecycle events, results) and where it goes.
 
 Heartbeats and events go to the Redis store (fast, batched into the database by the runner);
-results update their job in the database. A lifecycle event that may need recovery, and
-every result, wake the runner at once.
+results update their job in the database. A lifecycle event that may need recovery, a fence
+result and a failed action wake the runner at once; other results wait for its next tick.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
 from console.jobs import services as jobs
+from console.jobs.models import FINISHED_STATUSES, JobStatus
 from console.runtime.store import Store, now
 
 log = logging.getLogger("haven.ingest")
@@ -30,7 +31,17 @@ def handle(message: Any, store: Store, received: float | None = None) -> int | N
         step = jobs.apply_result(message)
         if step is None:
             return None
-        return step.job.cluster_id
+        job = step.job
+        job.refresh_from_db(fields=["status", "action_id"])
+        # The engine hears of every finished action at its next tick (≤ 1 s). It is woken at
+        # once only where recovery waits on the outcome: a fence, or an action that failed.
+        if (
+            job.action_id
+            and job.status in FINISHED_STATUSES
+            and (job.kind == "fence" or job.status != JobStatus.SUCCEEDED)
+        ):
+            return job.cluster_id
+        return None
     cluster_id = Host.objects.filter(name=host_name).values_list("cluster_id", flat=True).first()
     if cluster_id is None:
         log.warning("message from unknown host %r ignored", host_name)
