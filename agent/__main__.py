@@ -1,14 +1,21 @@
-"""`python -m agent --broker redis://... --host NAME --libvirt-uri qemu:///system`."""
+"""`python -m agent --broker redis://... --host NAME --libvirt-uri qemu:///system`.
+
+The broker URL holds this agent's own Redis password, so it need not be on the command line
+(where `ps` shows it): it may come from the environment (`HAVEN_AGENT_BROKER`) or from a root-only
+file (`--broker-file /etc/haven/agent-NAME.env`, a `HAVEN_AGENT_BROKER=...` line), which is what
+the console's SSH bootstrap writes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import urllib.parse
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent import __version__, names
@@ -18,6 +25,7 @@ from agent.worker import Agent, Settings
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BROKER_SCHEMES = ("redis", "rediss", "memory")
+BROKER_ENV = "HAVEN_AGENT_BROKER"
 
 
 def _host(value: str) -> str:
@@ -30,9 +38,24 @@ def _broker(value: str) -> str:
     scheme = urllib.parse.urlsplit(value).scheme
     if scheme not in _BROKER_SCHEMES:
         raise argparse.ArgumentTypeError(
-            f"invalid broker URL {value!r}: scheme must be one of {', '.join(_BROKER_SCHEMES)}"
+            f"invalid broker URL (scheme {scheme!r}): the scheme must be one of "
+            f"{', '.join(_BROKER_SCHEMES)}"
         )
     return value
+
+
+def _broker_from_file(path: str) -> str:
+    """The broker URL from a file: its `HAVEN_AGENT_BROKER=` line, else its only line."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read broker file {path}: {exc.strerror}") from exc
+    for line in lines:
+        if line.startswith(f"{BROKER_ENV}="):
+            return _broker(line.split("=", 1)[1].strip().strip("'\""))
+    if len(lines) == 1 and "=" not in lines[0].split("://", 1)[0]:
+        return _broker(lines[0])
+    raise argparse.ArgumentTypeError(f"broker file {path} has no {BROKER_ENV}= line")
 
 
 def _uri(value: str) -> str:
@@ -69,13 +92,20 @@ def parser() -> argparse.ArgumentParser:
         "runs the console's commands (libvirt, LVM, GFS2, fencing) and sends results, "
         "lifecycle events and heartbeats to the console queue.",
     )
-    p.add_argument(
+    broker = p.add_mutually_exclusive_group()
+    broker.add_argument(
         "--broker",
         "--console-broker",
         dest="broker",
-        required=True,
         type=_broker,
-        help="Celery broker URL of the console, e.g. redis://10.88.0.254:6379/0",
+        help="Celery broker URL of the console, e.g. redis://10.88.0.254:6379/0 "
+        f"(default: ${BROKER_ENV})",
+    )
+    broker.add_argument(
+        "--broker-file",
+        dest="broker_file",
+        type=_broker_from_file,
+        help=f"root-only file holding {BROKER_ENV}=URL (keeps the password off the command line)",
     )
     p.add_argument(
         "--host",
@@ -137,10 +167,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(argv: Sequence[str]) -> Settings:
-    args = parser().parse_args(argv)
+def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    p = parser()
+    args = p.parse_args(argv)
+    env = os.environ if environ is None else environ
+    broker = args.broker or args.broker_file
+    if broker is None:
+        if not env.get(BROKER_ENV):
+            p.error(f"give --broker, --broker-file or ${BROKER_ENV}")
+        try:
+            broker = _broker(env[BROKER_ENV])
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"${BROKER_ENV}: {exc}")
     return Settings(
-        broker=args.broker,
+        broker=broker,
         host=args.host,
         libvirt_uri=args.libvirt_uri,
         console_queue=args.console_queue,

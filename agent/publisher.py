@@ -38,6 +38,9 @@ class CelerySender:
             args=[message],
             queue=self._queue,
             retry=False,
+            # Straight onto the console's queue (anonymous exchange) without declaring it: an
+            # agent's Redis user may write that queue but not kombu's binding tables.
+            declare=[],
             argsrepr=f"[{message.get('kind')} {message.get('id', message.get('seq', ''))}]",
         )
 

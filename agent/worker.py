@@ -48,6 +48,16 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def unacked_keys(host: str) -> dict[str, str]:
+    """kombu's ack-emulation keys for one agent (its Redis ACL allows `haven.agent.HOST.*`)."""
+    base = f"haven.agent.{host}"
+    return {
+        "unacked_key": f"{base}.unacked",
+        "unacked_index_key": f"{base}.unacked_index",
+        "unacked_mutex_key": f"{base}.unacked_mutex",
+    }
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app that consumes only this host's queue and retries the broker forever."""
     queue = agent_queue(settings.host)
@@ -65,7 +75,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options={"socket_connect_timeout": 2},
+        broker_transport_options={
+            "socket_connect_timeout": 2,
+            # Unacked messages in keys of this host's own, not kombu's shared `unacked`: an
+            # agent's Redis user may touch only its own keys (console/runtime/bootstrap.py).
+            **unacked_keys(settings.host),
+        },
         broker_heartbeat=0,
     )
     return app
