@@ -79,12 +79,14 @@ mkdir -p /run/sshd /run/lock /run/libvirt
 for pair in etc/libvirt:/etc/libvirt run/libvirt:/run/libvirt lib/libvirt:/var/lib/libvirt \
             cache/libvirt:/var/cache/libvirt log/libvirt:/var/log/libvirt \
             etc/hosts:/etc/hosts etc/resolv.conf:/etc/resolv.conf etc/shadow:/etc/shadow \
-            root-ssh:/root/.ssh; do
+            root-ssh:/root/.ssh etc/haven:/etc/haven; do
     mount --bind "$dir/${pair%%:*}" "${pair#*:}"
 done
 /usr/sbin/sshd -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
 libvirtd --listen --pid-file /run/libvirt/libvirtd.pid &
 echo "haven-lab: $name powered on"
+# What the console's SSH bootstrap installed starts again at power-on (its boot hook).
+if [ -x "/etc/haven/boot-$name.sh" ]; then "/etc/haven/boot-$name.sh" || true; fi
 while :; do sleep 3600 & wait $!; done
 """
 
@@ -469,6 +471,7 @@ class Lab:
             "log/libvirt/qemu",
             "ssh",
             "root-ssh",
+            "etc/haven",
             "bmc/state",
         ):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
@@ -675,6 +678,8 @@ class Lab:
         shutil.rmtree(rundir, ignore_errors=True)
         rundir.mkdir(parents=True)
         Path("/root/.ssh").mkdir(mode=0o700, exist_ok=True)  # mount point for root-ssh
+        Path("/etc/haven").mkdir(mode=0o700, exist_ok=True)  # mount point for etc/haven
+        (host.dir / "etc" / "haven").mkdir(mode=0o700, exist_ok=True)
         argv = [
             "ip",
             "netns",

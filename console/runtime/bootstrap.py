@@ -1,0 +1,800 @@
+"""SSH bootstrap: turn a freshly installed host into a cluster member with its root password.
+
+One job of kind ``bootstrap`` with, per host, four console-side steps:
+
+``bootstrap.connect``    SSH as root with the password, the host key pinned to the fingerprint
+                         the person confirmed (``scan_host_key`` shows it first);
+``bootstrap.install``    upload the wheelhouse (``var/wheelhouse``, built by ``deploy/setup``)
+                         and ``pip install --no-index`` the agent into ``/opt/haven-agent/<ver>/``
+                         (built aside and renamed, under ``flock``; no internet on the host);
+``bootstrap.configure``  a Redis user of the agent's own, allowed to consume only its queue
+                         ``agent.<name>`` and to write only the console's queue, and the agent's
+                         configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
+``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
+                         ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
+                         first heartbeat, then apply libvirt's migration settings through a
+                         normal ``configure_migration`` job step.
+
+Why in-process and not a Celery task: the root passwords must never be stored or logged. A
+Celery task's arguments travel through Redis (and Celery logs them), so the bootstrap runs in
+threads of the process that received the passwords (the web request's, or a test's), after
+the job's transaction commits; the passwords live only in that process's memory and are
+dropped when each host's SSH session ends. The steps are recorded in the job like every other
+step (``jobs.finish_console_step``) but are never sent to an agent: a step is marked taken
+(dispatched) before the step before it is finished, so the job dispatcher never sees it pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import secrets
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from agent.protocol import CONSOLE_QUEUE, agent_queue
+from console.clusters.models import Cluster, Host
+from console.core import validators
+from console.core.services import actor_name
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
+from console.runtime.store import Store
+
+log = logging.getLogger("haven.bootstrap")
+
+STEP_KINDS = ("bootstrap.connect", "bootstrap.install", "bootstrap.configure", "bootstrap.register")
+REPO = Path(__file__).resolve().parents[2]
+AGENT_ROOT = "/opt/haven-agent"
+CONFIG_DIR = "/etc/haven"
+LIBVIRT_URI = "qemu:///system"
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 300.0
+HEARTBEAT_TIMEOUT_S = 30.0
+MIGRATION_TIMEOUT_S = 30.0
+KOMBU_SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
+
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bootstrap")
+
+
+class BootstrapError(Exception):
+    """A bootstrap step failed; the message says why in plain words (never a secret)."""
+
+
+@dataclass
+class HostSpec:
+    """A host to bootstrap. The password is used once, in memory, and never stored."""
+
+    name: str
+    address: str
+    password: str = field(repr=False)
+    fingerprint: str
+    port: int = 22
+
+
+# --- host keys ----------------------------------------------------------------------------
+
+
+def fingerprint_of(key: paramiko.PKey) -> str:
+    """The key's fingerprint as OpenSSH prints it: ``SHA256:<base64 without padding>``."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no answer (timed out)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise BootstrapError(f"{port!r} is not a TCP port (1-65535)")
+
+
+def scan_host_key(address: str, port: int = 22, timeout: float = 5) -> str:
+    """Connect to the host's sshd and return its host key fingerprint, to show and pin."""
+    try:
+        validators.validate_address(address)
+    except ValidationError as exc:
+        raise BootstrapError(exc.messages[0]) from None
+    _check_port(port)
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as exc:
+        raise BootstrapError(f"host unreachable: {address}:{port}: {_reason(exc)}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = timeout
+        transport.start_client(timeout=timeout)
+        return fingerprint_of(transport.get_remote_server_key())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise BootstrapError(
+            f"no SSH server answered at {address}:{port}: {_reason(exc)}"
+        ) from None
+    finally:
+        transport.close()
+
+
+class _PinnedKey(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the fingerprint the person confirmed, nothing else."""
+
+    def __init__(self, host: str, expected: str) -> None:
+        self.host, self.expected = host, expected
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        got = fingerprint_of(key)
+        if not secrets.compare_digest(got, self.expected):
+            raise BootstrapError(
+                f"host key mismatch for {self.host}: expected {self.expected}, got {got}"
+            )
+
+
+# --- starting a bootstrap -------------------------------------------------------------------
+
+
+def _validate(cluster_name: str, hosts: list[HostSpec]) -> None:
+    checks: list[tuple[Callable[[str], None], str]] = [
+        (validators.validate_cluster_name, cluster_name)
+    ]
+    for h in hosts:
+        checks += [(validators.validate_hostname, h.name), (validators.validate_address, h.address)]
+    for check, value in checks:
+        try:
+            check(value)
+        except ValidationError as exc:
+            raise BootstrapError(exc.messages[0]) from None
+    if not hosts:
+        raise BootstrapError("name at least one host to bootstrap")
+    names = [h.name for h in hosts]
+    if len(set(names)) != len(names):
+        raise BootstrapError("each host may appear only once")
+    for h in hosts:
+        _check_port(h.port)
+        if not h.fingerprint.startswith("SHA256:") or len(h.fingerprint) != 50:
+            raise BootstrapError(
+                f"the host key fingerprint of {h.name} must look like SHA256:<43 characters>"
+            )
+        if not h.password:
+            raise BootstrapError(f"give the root password of {h.name}")
+
+
+def start_bootstrap(
+    cluster_name: str, hosts: list[HostSpec], *, actor: Any, shared_storage: bool = False
+) -> Job:
+    """Create the cluster (if missing), the hosts and the bootstrap job; run it in this process
+    once the transaction commits. Returns the job at once; follow its steps and events."""
+    job = create_bootstrap_job(cluster_name, hosts, actor=actor, shared_storage=shared_storage)
+    passwords = {h.name: h.password for h in hosts}
+    job_id = job.pk
+    transaction.on_commit(lambda: _pool.submit(_run_in_thread, job_id, passwords))
+    return job
+
+
+def create_bootstrap_job(
+    cluster_name: str, hosts: list[HostSpec], *, actor: Any, shared_storage: bool = False
+) -> Job:
+    """The cluster, host rows and the job with its steps (nothing runs yet)."""
+    _validate(cluster_name, hosts)
+    who = actor_name(actor)
+    with transaction.atomic():
+        cluster, _ = Cluster.objects.get_or_create(name=cluster_name)
+        rows: list[Host] = []
+        for spec in hosts:
+            host = Host.objects.filter(name=spec.name).first()
+            if host is not None and host.cluster_id != cluster.pk:
+                raise BootstrapError(f"{spec.name} already belongs to cluster {host.cluster}")
+            if host is None:
+                host = Host(cluster=cluster, name=spec.name)
+            host.address, host.ssh_fingerprint = spec.address, spec.fingerprint
+            host.save()
+            rows.append(host)
+        job = jobs.create_job(
+            "bootstrap",
+            [],
+            cluster=cluster,
+            created_by=actor,
+            params={
+                "cluster": cluster.name,
+                "hosts": [h.name for h in hosts],
+                "shared_storage": shared_storage,
+            },
+            message=f"{who} forms cluster {cluster.name} from "
+            + ", ".join(h.name for h in hosts)
+            + " over SSH",
+        )
+        job.hosts.add(*rows)
+        JobStep.objects.bulk_create(
+            JobStep(
+                job=job,
+                seq=i * len(STEP_KINDS) + stage + 1,
+                stage=stage,
+                host=host,
+                kind=kind,
+                command_id=jobs.new_command_id("boot"),
+                args={"address": spec.address, "port": spec.port, "fingerprint": spec.fingerprint},
+            )
+            for i, (spec, host) in enumerate(zip(hosts, rows, strict=True))
+            for stage, kind in enumerate(STEP_KINDS)
+        )
+        record(
+            actor=who,
+            verb="bootstrap",
+            obj=cluster,
+            cluster=cluster,
+            result="info",
+            message=f"job {job.pk}: " + ", ".join(f"{h.name} ({h.address})" for h in hosts),
+        )
+    return job
+
+
+def _run_in_thread(job_id: int, passwords: dict[str, str]) -> None:
+    try:
+        run_bootstrap(job_id, passwords)
+    except Exception:
+        log.exception("bootstrap job %s crashed", job_id)
+    finally:
+        passwords.clear()
+        connection.close()
+
+
+# --- running it -----------------------------------------------------------------------------
+
+
+@dataclass
+class _HostRun:
+    """One host's bootstrap in progress: its SSH session and what the steps learn."""
+
+    job: Job
+    host: Host
+    address: str
+    port: int
+    fingerprint: str
+    password: str = field(repr=False)
+    client: paramiko.SSHClient | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    secret: str = field(default="", repr=False)  # the agent's Redis password, while configuring
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def close(self) -> None:
+        self.password, self.secret = "", ""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT_S,
+        what: str = "",
+    ) -> tuple[int, str, str]:
+        """Run argv on the host (quoted, no shell interpretation of values)."""
+        assert self.client is not None
+        try:
+            _in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+            code = out.channel.recv_exit_status()
+        except (paramiko.SSHException, OSError) as exc:
+            raise BootstrapError(f"{self.name}: {what or argv[0]} failed: {_reason(exc)}") from None
+        if check and code != 0:
+            tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
+            raise BootstrapError(
+                f"{what or argv[0]} failed on {self.name} (exit {code}): " + " / ".join(tail)
+            )
+        return code, stdout, stderr
+
+    def write_file(self, path: str, text: str, mode: int) -> None:
+        """Write a file on the host with `mode` set before any content is written."""
+        assert self.client is not None
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        with self.client.open_sftp() as sftp:
+            with sftp.open(tmp, "w") as f:
+                sftp.chmod(tmp, mode)
+                f.write(text.encode())
+            sftp.posix_rename(tmp, path)
+
+
+def run_bootstrap(job_id: int, passwords: dict[str, str]) -> Job:
+    """Run the job's steps now (one thread per host); returns the finished job."""
+    job = Job.objects.get(pk=job_id)
+    steps = list(job.steps.select_related("host").order_by("seq"))
+    by_host: dict[str, list[JobStep]] = {}
+    for step in steps:
+        assert step.host is not None
+        by_host.setdefault(step.host.name, []).append(step)
+    with transaction.atomic():
+        # Every host's first step is taken now: the dispatcher must never send it to an agent.
+        JobStep.objects.filter(pk__in=[s[0].pk for s in by_host.values()]).update(
+            status=StepStatus.DISPATCHED, dispatched=timezone.now()
+        )
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started=timezone.now())
+    runs = []
+    for name, host_steps in by_host.items():
+        first = host_steps[0]
+        assert first.host is not None
+        runs.append(
+            (
+                _HostRun(
+                    job=job,
+                    host=first.host,
+                    address=str(first.args["address"]),
+                    port=int(first.args.get("port", 22)),
+                    fingerprint=str(first.args["fingerprint"]),
+                    password=passwords.get(name, ""),
+                ),
+                host_steps,
+            )
+        )
+    with ThreadPoolExecutor(max_workers=len(runs) or 1, thread_name_prefix="bootstrap-host") as ex:
+        for future in [ex.submit(_pipeline, run, host_steps) for run, host_steps in runs]:
+            future.result()
+    job.refresh_from_db()
+    return job
+
+
+def _pipeline(run: _HostRun, steps: list[JobStep]) -> None:
+    try:
+        for i, step in enumerate(steps):
+            step.refresh_from_db()
+            if step.status != StepStatus.DISPATCHED:
+                return  # skipped: another host's step failed the job
+            jobs.add_event(
+                run.job, f"{step.kind} on {run.name}: started", host=run.host, step=step.kind
+            )
+            started = time.monotonic()
+            try:
+                data = STEPS[step.kind](run)
+                ok, message = True, ""
+            except BootstrapError as exc:
+                ok, data, message = False, {}, str(exc)
+            except Exception as exc:  # a bug: say so, without locals (they hold the password)
+                log.error("bootstrap step %s on %s crashed: %r", step.kind, run.name, exc)
+                ok, data, message = False, {}, f"{step.kind} on {run.name} crashed: {exc!r}"
+            data = {**data, "duration_s": round(time.monotonic() - started, 3)}
+            with transaction.atomic():
+                if ok and i + 1 < len(steps):
+                    nxt = steps[i + 1]
+                    JobStep.objects.filter(pk=nxt.pk, status=StepStatus.PENDING).update(
+                        status=StepStatus.DISPATCHED, dispatched=timezone.now()
+                    )
+                jobs.finish_console_step(step, ok=ok, message=message, data=data)
+            if not ok:
+                log.warning("bootstrap of %s: %s", run.name, message)
+                return
+    finally:
+        run.close()
+        close_old_connections()
+        connection.close()
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def _connect(run: _HostRun) -> dict[str, Any]:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_PinnedKey(run.name, run.fingerprint))
+    try:
+        client.connect(
+            run.address,
+            port=run.port,
+            username="root",
+            password=run.password,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=CONNECT_TIMEOUT_S,
+            banner_timeout=CONNECT_TIMEOUT_S,
+            auth_timeout=CONNECT_TIMEOUT_S,
+        )
+    except BootstrapError:
+        client.close()
+        raise
+    except paramiko.AuthenticationException:
+        client.close()
+        raise BootstrapError(f"wrong root password for {run.name}") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        reasons = {_reason(e) for e in exc.errors.values()}
+        raise BootstrapError(f"{run.name} unreachable: {', '.join(sorted(reasons))}") from None
+    except (OSError, EOFError) as exc:
+        client.close()
+        raise BootstrapError(f"{run.name} unreachable: {_reason(exc)}") from None
+    except paramiko.SSHException as exc:
+        client.close()
+        raise BootstrapError(f"SSH to {run.name} failed: {_reason(exc)}") from None
+    finally:
+        run.password = ""  # used once
+    run.client = client
+    _, uid, _ = run.run(["id", "-u"], what="id -u")
+    if uid.strip() != "0":
+        raise BootstrapError(
+            f"logged in to {run.name} as uid {uid.strip()}, not root: the bootstrap needs root"
+        )
+    _, hostname, _ = run.run(["hostname"], what="hostname")
+    _, kernel, _ = run.run(["uname", "-r"], what="uname")
+    run.facts.update(hostname=hostname.strip(), kernel=kernel.strip())
+    return {"fingerprint": run.fingerprint, **run.facts}
+
+
+_CHECK_PYTHON = "import sys, venv, ensurepip; print('%d.%d' % sys.version_info[:2])"
+_CHECK_LIBVIRT = (
+    "import ctypes.util, shutil, sys; "
+    "sys.exit(0 if shutil.which('libvirtd', path='/usr/sbin:/usr/bin:/sbin:/bin') "
+    "and ctypes.util.find_library('virt') else 1)"
+)
+# Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement. Runs under flock.
+_INSTALL = r"""
+set -eu
+target=$1; wheels=$2; spec=$3
+if [ -f "$target/.haven-complete" ]; then echo present; exit 0; fi
+rm -rf "$target"
+build=$(mktemp -d "$(dirname "$target")/.build.XXXXXX")
+trap 'rm -rf "$build"' EXIT
+python3 -m venv "$build"
+"$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+    --find-links "$wheels" "$spec"
+"$build/bin/python" -c 'import agent.worker, celery, libvirt'
+touch "$build/.haven-complete"
+mv -T "$build" "$target"
+trap - EXIT
+echo installed
+"""
+
+
+def wheelhouse() -> Path:
+    return Path(getattr(settings, "HAVEN_WHEELHOUSE", settings.VAR_DIR / "wheelhouse"))
+
+
+_wheel_lock = threading.Lock()
+
+
+def agent_wheel() -> tuple[str, list[Path]]:
+    """(agent version, wheel files): the agent's wheel is rebuilt when its sources changed."""
+    house = wheelhouse()
+    with _wheel_lock:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "deploy" / "wheelhouse.py"),
+                "--agent-only",
+                "--dest",
+                str(house),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    if proc.returncode != 0:
+        raise BootstrapError(f"cannot build the agent wheel: {proc.stderr.strip()[-300:]}")
+    version = proc.stdout.strip()
+    wheels = sorted(house.glob("*.whl"))
+    if not any(w.name.startswith("celery-") for w in wheels):
+        raise BootstrapError(
+            f"the wheelhouse {house} lacks the agent's requirements: run deploy/setup"
+        )
+    return version, wheels
+
+
+def install_dir(version: str) -> str:
+    return f"{AGENT_ROOT}/{version.replace('+', '-')}"
+
+
+def _install(run: _HostRun) -> dict[str, Any]:
+    code, out, _ = run.run(["python3", "-c", _CHECK_PYTHON], check=False, what="python3")
+    if code != 0:
+        raise BootstrapError(
+            f"python3 with venv is not installed on {run.name}: apt-get install python3-venv"
+        )
+    code, _, _ = run.run(["python3", "-c", _CHECK_LIBVIRT], check=False, what="libvirt check")
+    if code != 0:
+        raise BootstrapError(
+            f"libvirt is not installed on {run.name}: apt-get install libvirt-daemon-system"
+        )
+    version, wheels = agent_wheel()
+    target = install_dir(version)
+    run.facts.update(python=out.strip(), agent_version=version, agent_dir=target)
+    code, _, _ = run.run(["test", "-f", f"{target}/.haven-complete"], check=False, what="test")
+    if code == 0:
+        return {"version": version, "path": target, "installed": False}
+    run.run(["mkdir", "-p", AGENT_ROOT], what="mkdir")
+    _, tmp, _ = run.run(["mktemp", "-d", "/tmp/haven-wheels.XXXXXX"], what="mktemp")
+    tmp = tmp.strip()
+    try:
+        assert run.client is not None
+        with run.client.open_sftp() as sftp:
+            for wheel in wheels:
+                sftp.put(str(wheel), f"{tmp}/{wheel.name}")
+        _, out, _ = run.run(
+            [
+                "flock",
+                f"{AGENT_ROOT}/.install.lock",
+                "sh",
+                "-c",
+                _INSTALL,
+                "haven-install",
+                target,
+                tmp,
+                f"haven-agent=={version}",
+            ],
+            what="installing the agent",
+        )
+    finally:
+        run.run(["rm", "-rf", tmp], check=False, what="cleanup")
+    return {"version": version, "path": target, "installed": out.strip().endswith("installed")}
+
+
+def agent_redis_user(host: str) -> str:
+    return f"haven-agent-{host}"
+
+
+def agent_acl_rules(host: str, password: str) -> list[str]:
+    """The agent's Redis ACL: consume its own queue, write the console's, nothing else.
+
+    kombu's Redis transport keeps a queue in a list named after it (plus ``<queue>\\x06\\x16<n>``
+    per priority), bindings in ``_kombu.binding.<exchange>`` sets, and unacknowledged messages
+    in the keys the agent sets per host (``haven.agent.<host>.*``, agent/worker.py). The agent
+    publishes to the console's queue without declaring it (agent/publisher.py), so it needs
+    no write access to any binding but its own queue's.
+    """
+    queue, console = agent_queue(host), CONSOLE_QUEUE
+    return [
+        "reset",
+        "on",
+        "#" + hashlib.sha256(password.encode()).hexdigest(),
+        "resetchannels",
+        "+@all",
+        "-@dangerous",
+        "-@admin",
+        "-@scripting",
+        "+eval",  # kombu's mutex; scripts see only the keys below
+        "+evalsha",
+        "+script|load",
+        "-select",
+        f"~{queue}",
+        f"~{queue}{KOMBU_SEP}*",
+        f"~haven.agent.{host}.*",
+        f"~_kombu.binding.{queue}",
+        f"~_kombu.binding_permanent.{queue}",
+        "%R~_kombu.binding.*",
+        f"%W~{console}",
+        f"%W~{console}{KOMBU_SEP}*",
+    ]
+
+
+def agent_broker_url(user: str, password: str) -> str:
+    """The broker URL as the host sees it (HAVEN_AGENT_BROKER_URL, default REDIS_URL)."""
+    base = getattr(settings, "HAVEN_AGENT_BROKER_URL", "") or os.environ.get(
+        "HAVEN_AGENT_BROKER_URL", settings.REDIS_URL
+    )
+    parts = urllib.parse.urlsplit(base)
+    netloc = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def redacted_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def config_paths(host: str) -> dict[str, str]:
+    return {
+        "env": f"{CONFIG_DIR}/agent-{host}.env",
+        "supervisor": f"{CONFIG_DIR}/agent-{host}.sh",
+        "boot": f"{CONFIG_DIR}/boot-{host}.sh",
+        "log": f"/var/log/haven-agent-{host}.log",
+        "pid": f"/run/haven-agent-{host}.pid",
+        "unit": f"/etc/systemd/system/haven-agent-{host}.service",
+    }
+
+
+def _supervisor_script(host: str, agent_dir: str) -> str:
+    paths = config_paths(host)
+    argv = [
+        f"{agent_dir}/bin/python",
+        "-m",
+        "agent",
+        "--broker-file",
+        paths["env"],
+        "--host",
+        host,
+        "--libvirt-uri",
+        LIBVIRT_URI,
+    ]
+    return (
+        "#!/bin/sh\n"
+        f"# Haven agent of {host}, written by the console's SSH bootstrap. Without systemd this\n"
+        "# loop is the supervisor: it restarts the agent a second after it exits.\n"
+        "while :; do\n"
+        f"    {shlex.join(argv)}\n"
+        "    sleep 1\n"
+        "done\n"
+    )
+
+
+def _boot_script(host: str) -> str:
+    """`boot-NAME.sh [restart]`: start the supervised agent unless it runs (restart: anew)."""
+    p = config_paths(host)
+    pid, log_file, sup = shlex.quote(p["pid"]), shlex.quote(p["log"]), shlex.quote(p["supervisor"])
+    return (
+        "#!/bin/sh\n"
+        f"# Starts the Haven agent of {host} at boot (the lab's host init runs this) or on\n"
+        "# `restart` from the bootstrap; detached from the caller in its own session.\n"
+        f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then\n'
+        '    [ "${1:-}" = restart ] || exit 0\n'
+        f'    kill -TERM -- "-$(cat {pid})" 2>/dev/null || true\n'
+        "    sleep 1\n"
+        f'    kill -KILL -- "-$(cat {pid})" 2>/dev/null || true\n'
+        "fi\n"
+        f"setsid {sup} >>{log_file} 2>&1 </dev/null &\n"
+        f"echo $! >{pid}\n"
+    )
+
+
+def _unit(host: str) -> str:
+    return (
+        "[Unit]\n"
+        f"Description=Haven agent of {host}\n"
+        "After=network-online.target libvirtd.service\n\n"
+        "[Service]\n"
+        f"ExecStart={config_paths(host)['supervisor']}\n"
+        "Restart=always\nRestartSec=1\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def _configure(run: _HostRun) -> dict[str, Any]:
+    agent_dir = run.facts.get("agent_dir") or install_dir(agent_wheel()[0])
+    user = agent_redis_user(run.name)
+    run.secret = secrets.token_urlsafe(32)
+    from console.runtime.store import client
+
+    try:
+        redis_admin: Any = client()
+        redis_admin.execute_command("ACL", "SETUSER", user, *agent_acl_rules(run.name, run.secret))
+    except Exception as exc:
+        raise BootstrapError(f"cannot create the Redis user of {run.name}: {exc}") from None
+    url = agent_broker_url(user, run.secret)
+    paths = config_paths(run.name)
+    run.run(["mkdir", "-p", "-m", "0700", CONFIG_DIR], what="mkdir")
+    run.write_file(
+        paths["env"],
+        "# Haven agent configuration, written by the console's SSH bootstrap (secret: 0600).\n"
+        f"HAVEN_AGENT_HOST={run.name}\n"
+        f"HAVEN_AGENT_LIBVIRT_URI={LIBVIRT_URI}\n"
+        f"HAVEN_AGENT_BROKER={url}\n",
+        stat.S_IRUSR | stat.S_IWUSR,
+    )
+    run.secret = ""
+    run.write_file(paths["supervisor"], _supervisor_script(run.name, agent_dir), 0o700)
+    run.write_file(paths["boot"], _boot_script(run.name), 0o700)
+    return {
+        "config": paths["env"],
+        "redis_user": user,
+        "broker": redacted_url(url),
+        "queue": agent_queue(run.name),
+    }
+
+
+def _register(run: _HostRun) -> dict[str, Any]:
+    paths = config_paths(run.name)
+    since = time.time()
+    _, init, _ = run.run(["cat", "/proc/1/comm"], check=False, what="init check")
+    if init.strip() == "systemd":
+        run.write_file(paths["unit"], _unit(run.name), 0o644)
+        run.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
+        run.run(["systemctl", "enable", f"haven-agent-{run.name}"], what="systemctl enable")
+        run.run(["systemctl", "restart", f"haven-agent-{run.name}"], what="systemctl restart")
+        how = "systemd"
+    else:
+        run.run([paths["boot"], "restart"], what="starting the agent", timeout=30)
+        how = "supervised process"
+    report = _wait_heartbeat(run, since)
+    migration = _configure_migration(run)
+    restart = bool(migration.get("restart_required"))
+    if restart:
+        jobs.add_event(
+            run.job,
+            f"{run.name}: libvirtd must be restarted to apply the migration settings",
+            level=JobEvent.Level.WARNING,
+            host=run.host,
+            step="bootstrap.register",
+        )
+    return {
+        "started_by": how,
+        "agent_version": report.get("agent_version"),
+        "host_uuid": report.get("host_uuid"),
+        "migration": migration,
+        "restart_required": restart,
+    }
+
+
+def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
+    store = Store()
+    deadline = time.monotonic() + HEARTBEAT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        report = store.reports([run.name]).get(run.name)
+        if report is not None and report.received >= since:
+            return report.heartbeat
+        time.sleep(0.2)
+    _, tail, _ = run.run(["tail", "-n", "5", config_paths(run.name)["log"]], check=False)
+    last = tail.strip().splitlines()[-1:] or ["(no log)"]
+    raise BootstrapError(
+        f"the agent on {run.name} sent no heartbeat within {HEARTBEAT_TIMEOUT_S:.0f} s; "
+        f"its log ends: {last[0][-300:]}"
+    )
+
+
+def _configure_migration(run: _HostRun) -> dict[str, Any]:
+    job = jobs.create_job(
+        "configure-migration",
+        [
+            jobs.StepSpec(
+                run.host,
+                "configure_migration",
+                {"listen_address": run.address, "migration_address": run.address},
+            )
+        ],
+        cluster=run.host.cluster,
+        message=f"libvirt migration settings of {run.name} (bootstrap job {run.job.pk})",
+    )
+    deadline = time.monotonic() + MIGRATION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.status in FINISHED_STATUSES:
+            break
+        time.sleep(0.2)
+    else:
+        raise BootstrapError(f"configure_migration on {run.name} got no answer (job {job.pk})")
+    if job.status != JobStatus.SUCCEEDED:
+        raise BootstrapError(f"configure_migration on {run.name} failed: {job.explanation}")
+    step = job.steps.get()
+    return {"job": job.pk, **step.result}
+
+
+STEPS: dict[str, Callable[[_HostRun], dict[str, Any]]] = {
+    "bootstrap.connect": _connect,
+    "bootstrap.install": _install,
+    "bootstrap.configure": _configure,
+    "bootstrap.register": _register,
+}
+
+__all__ = [
+    "BootstrapError",
+    "HostSpec",
+    "fingerprint_of",
+    "run_bootstrap",
+    "scan_host_key",
+    "start_bootstrap",
+]

@@ -1,0 +1,244 @@
+"""The SSH bootstrap against real lab hosts (namespaces with their own sshd and libvirtd).
+
+A real console (Celery worker + beat on the test database) and a Redis on the lab bridge;
+the console's own bootstrap connects with each host's root password and pinned host key,
+installs the agent from the wheelhouse without internet, gives it a Redis user of its own,
+starts it and waits for its heartbeat. Failures end their step with the exact reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from console.clusters.models import Host
+from console.jobs.models import Job, JobEvent, JobStatus, StepStatus
+from console.runtime import bootstrap
+from console.runtime.bootstrap import BootstrapError, HostSpec
+from tests.lab import harness
+from tests.lab.harness import HOSTS, haven_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[haven_lab.Lab]:
+    reason = haven_lab.namespace_support()
+    if reason is not None:
+        pytest.skip(f"lab hosts need network namespaces: {reason}")
+    lab = haven_lab.Lab(harness.TEST_ROOT)
+    lab.destroy()
+    try:
+        lab.create(HOSTS)
+    except haven_lab.LabError as exc:
+        lab.destroy()
+        pytest.fail(f"lab could not be created: {exc}")
+    harness.reset_agent_logs()
+    yield lab
+    lab.destroy()
+
+
+@pytest.fixture(scope="module")
+def lab_redis(lab: haven_lab.Lab) -> Iterator[harness.LabRedis]:
+    r = harness.LabRedis(lab.root)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def console(
+    lab_redis: harness.LabRedis, settings: Any, tmp_path: Path
+) -> Iterator[harness.Console]:
+    redis.Redis.from_url(lab_redis.url).flushdb()
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
+    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
+    settings.HAVEN_WAKE_ON_COMMAND = True
+    from console.celery import app
+
+    previous = app.conf.broker_url
+    app.conf.broker_url = lab_redis.url
+    console = harness.Console(lab_redis.url, harness.db_url(settings), tmp_path / "console")
+    console.start()
+    yield console
+    console.stop()
+    app.conf.broker_url = previous
+
+
+def _spec(lab: haven_lab.Lab, host_name: str, **override: Any) -> HostSpec:
+    host = lab.host(host_name)
+    values: dict[str, Any] = {
+        "name": host_name,
+        "address": host.address,
+        "password": host.root_password,
+        "fingerprint": bootstrap.scan_host_key(host.address),
+    }
+    values.update(override)
+    return HostSpec(**values)
+
+
+def _failed_connect(spec: HostSpec) -> tuple[Job, str]:
+    job = bootstrap.create_bootstrap_job("lab", [spec], actor="tester")
+    started = time.monotonic()
+    job = bootstrap.run_bootstrap(job.pk, {spec.name: spec.password})
+    assert time.monotonic() - started < 20
+    assert job.status == JobStatus.FAILED
+    steps = {s.kind: s for s in job.steps.all()}
+    assert steps["bootstrap.connect"].status == StepStatus.FAILED
+    assert {steps[k].status for k in bootstrap.STEP_KINDS[1:]} == {StepStatus.SKIPPED}
+    return job, steps["bootstrap.connect"].error
+
+
+def test_scan_host_key_matches_the_hosts_key_as_openssh_prints_it(lab: haven_lab.Lab) -> None:
+    host = lab.host("et-virt05")
+    out = haven_lab._run(["ssh-keygen", "-l", "-f", str(host.ssh_host_key_path)])
+    assert bootstrap.scan_host_key(host.address) == out.split()[1]
+    with pytest.raises(BootstrapError, match=r"^host unreachable: 10\.88\.0\.99:22: "):
+        bootstrap.scan_host_key("10.88.0.99", timeout=1)
+    with pytest.raises(BootstrapError, match="not a valid host address"):
+        bootstrap.scan_host_key("10.88.0.5; reboot")
+
+
+def test_wrong_password_fails_connect_with_the_exact_reason(lab: haven_lab.Lab) -> None:
+    job, error = _failed_connect(_spec(lab, "et-virt06", password="not-the-password"))
+    assert error == "wrong root password for et-virt06"
+    assert "connect on et-virt06 failed: wrong root password for et-virt06" in job.explanation
+
+
+def test_wrong_pinned_fingerprint_fails_connect(lab: haven_lab.Lab) -> None:
+    real = bootstrap.scan_host_key(lab.host("et-virt06").address)
+    wrong = "SHA256:" + "A" * 43
+    _, error = _failed_connect(_spec(lab, "et-virt06", fingerprint=wrong))
+    assert error == f"host key mismatch for et-virt06: expected {wrong}, got {real}"
+
+
+def test_unreachable_address_fails_connect(lab: haven_lab.Lab) -> None:
+    spec = HostSpec("et-virt99", "10.88.0.99", "pw", "SHA256:" + "B" * 43)
+    _, error = _failed_connect(spec)
+    assert error.startswith("et-virt99 unreachable: "), error
+
+
+def test_bad_names_are_refused_before_anything_runs(lab: haven_lab.Lab) -> None:
+    good = _spec(lab, "et-virt05")
+    with pytest.raises(BootstrapError, match="not a valid cluster name"):
+        bootstrap.start_bootstrap("lab; rm -rf /", [good], actor="tester")
+    with pytest.raises(BootstrapError, match="not a valid host name"):
+        bootstrap.start_bootstrap("lab", [_spec(lab, "et-virt05", name="x y")], actor="tester")
+    with pytest.raises(BootstrapError, match="not a valid host address"):
+        bootstrap.start_bootstrap(
+            "lab", [_spec(lab, "et-virt05", address="$(reboot)")], actor="tester"
+        )
+    assert not Job.objects.exists() and not Host.objects.exists()
+
+
+def test_missing_libvirt_fails_install_with_the_exact_reason(lab: haven_lab.Lab) -> None:
+    empty = lab.root / "empty"
+    empty.mkdir(exist_ok=True)
+    # Hide libvirtd (and every other sbin program) from this one host's mount namespace.
+    lab.run_in("et-virt07", ["mount", "--bind", str(empty), "/usr/sbin"], check=True)
+    try:
+        spec = _spec(lab, "et-virt07")
+        job = bootstrap.create_bootstrap_job("lab", [spec], actor="tester")
+        job = bootstrap.run_bootstrap(job.pk, {spec.name: spec.password})
+    finally:
+        lab.run_in("et-virt07", ["umount", "/usr/bin/../sbin"], check=True)
+    steps = {s.kind: s for s in job.steps.all()}
+    assert steps["bootstrap.connect"].status == StepStatus.SUCCEEDED
+    assert steps["bootstrap.install"].status == StepStatus.FAILED
+    assert steps["bootstrap.install"].error == (
+        "libvirt is not installed on et-virt07: apt-get install libvirt-daemon-system"
+    )
+
+
+def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
+    lab: haven_lab.Lab,
+    lab_redis: harness.LabRedis,
+    console: harness.Console,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    specs = [_spec(lab, name) for name in HOSTS]
+    job = bootstrap.start_bootstrap("lab", specs, actor="tester")  # runs in a thread
+    job = harness.wait(
+        "the bootstrap job to end",
+        lambda: Job.objects.filter(pk=job.pk, status__in=["succeeded", "failed", "lost"]).first(),
+        timeout=150,
+        interval=0.3,
+    )
+    events = [e.message for e in JobEvent.objects.filter(job=job).order_by("seq")]
+    assert job.status == JobStatus.SUCCEEDED, (job.explanation, events, console.log_text())
+    steps = list(job.steps.order_by("seq"))
+    assert [s.kind for s in steps] == [k for _ in HOSTS for k in bootstrap.STEP_KINDS]
+    assert all(s.status == StepStatus.SUCCEEDED for s in steps)
+    for name in HOSTS:
+        for kind in bootstrap.STEP_KINDS:
+            assert f"{kind} on {name}: started" in events
+            assert f"{kind} on {name}: done" in events
+    register = {s.host.name: s.result for s in steps if s.kind == "bootstrap.register"}
+    assert {r["host_uuid"] for r in register.values()} == {lab.host(n).host_uuid for n in HOSTS}
+    assert all("restart_required" in r for r in register.values())
+
+    # every agent heartbeats and its host is online in the console
+    harness.wait(
+        "all hosts online",
+        lambda: set(Host.objects.filter(state="online").values_list("name", flat=True))
+        == set(HOSTS),
+        timeout=15,
+    )
+    migration_jobs = Job.objects.filter(kind="configure-migration", status=JobStatus.SUCCEEDED)
+    assert migration_jobs.count() == 3
+
+    # each agent's own Redis user: its queue yes, another agent's queue or the console's no
+    secrets = []
+    for name in HOSTS:
+        env = lab.host(name).dir / "etc" / "haven" / f"agent-{name}.env"
+        assert stat.S_IMODE(env.stat().st_mode) == 0o600
+        url = next(
+            line.split("=", 1)[1]
+            for line in env.read_text().splitlines()
+            if line.startswith("HAVEN_AGENT_BROKER=")
+        )
+        assert url.startswith(f"redis://haven-agent-{name}:")
+        secrets.append(url.split(":")[2].split("@")[0])
+        agent = redis.Redis.from_url(url.replace(haven_lab.BRIDGE_ADDRESS, "127.0.0.1"))
+        agent.llen(f"agent.{name}")
+        other = next(n for n in HOSTS if n != name)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.lrange(f"agent.{other}", 0, -1)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.lrange("console", 0, -1)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.keys("*")
+        # the password is not on the agent's command line
+        ps = lab.run_in(name, ["ps", "-eo", "args"]).stdout
+        assert "-m agent --broker-file" in ps and secrets[-1] not in ps
+
+    # no root password (nor an agent's Redis password) in the database, events or logs
+    from django.db import connection
+
+    connection.close()
+    db_bytes = Path(settings.DATABASES["default"]["NAME"]).read_bytes()
+    texts = {
+        "database": db_bytes.decode("latin-1"),
+        "job events": "\n".join(str(e.data) + e.message for e in JobEvent.objects.all()),
+        "step data": "\n".join(str(s.args) + str(s.result) + s.error for s in steps),
+        "console logs": console.log_text(),
+        "agent logs": harness.agent_logs(),
+        "test log": caplog.text,
+    }
+    assert texts["agent logs"].count("agent@") >= 3  # the agents did log
+    for where, text in texts.items():
+        for spec in specs:
+            assert spec.password not in text, f"{spec.name}'s root password in {where}"
+        for secret in secrets:
+            assert secret not in text, f"an agent's Redis password in {where}"
+    assert os.environ.get("HAVEN_AGENT_BROKER") is None

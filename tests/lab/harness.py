@@ -1,0 +1,286 @@
+"""A real console (Celery worker + beat on the pytest database) and a Redis on the lab bridge,
+driving lab hosts whose agents the console's own SSH bootstrap installed.
+
+Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
+tests/console/test_live.py.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_DIR = ROOT / "deploy" / "lab"
+if str(LAB_DIR) not in sys.path:
+    sys.path.insert(0, str(LAB_DIR))
+
+import haven_lab  # noqa: E402
+
+HOSTS = ("et-virt05", "et-virt06", "et-virt07")
+TEST_ROOT = ROOT / "var" / "lab-test"
+REDIS_PORT = 6390  # the lab's own Redis: bound to 127.0.0.1 and the bridge
+
+
+def _quiet_libvirt(_ctx: object, _err: object) -> None:
+    """Errors arrive as exceptions; keep libvirt from also printing them."""
+
+
+libvirt.registerErrorHandler(_quiet_libvirt, None)
+
+
+class LabRedis:
+    """redis-server on 127.0.0.1 and 10.88.0.254 (LAB.md "Celery + Redis across namespaces")."""
+
+    def __init__(self, root: Path, port: int = REDIS_PORT) -> None:
+        self.port, self.dir = port, root / "redis"
+        self.proc: subprocess.Popen[bytes] | None = None
+        # The default user (the console's) has a password: reachable from the lab hosts,
+        # Redis would otherwise let any of them in as the console (and refuse in protected mode).
+        self.password = secrets.token_hex(16)
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def agent_url(self) -> str:
+        return f"redis://{haven_lab.BRIDGE_ADDRESS}:{self.port}/0"
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.dir / "redis.pid"
+        if pidfile.exists():  # an interrupted earlier run's server
+            pid = int(pidfile.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and b"redis-server" in cmdline.read_bytes():
+                os.kill(pid, signal.SIGKILL)
+                haven_lab.wait_for(lambda: not cmdline.exists(), 5, "the old lab redis to stop")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                f"127.0.0.1 {haven_lab.BRIDGE_ADDRESS}",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                self.password,
+                "--dir",
+                str(self.dir),
+                "--pidfile",
+                str(self.dir / "redis.pid"),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        haven_lab.wait_for(lambda: _pings(client), 10, "the lab's redis")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def db_url(settings: Any) -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+class Console:
+    """The console's Celery worker and beat as separate processes on the test database."""
+
+    def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "REDIS_URL": broker,
+            "DATABASE_URL": database,
+            "HAVEN_LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def start(self) -> None:
+        celery = [sys.executable, "-m", "celery", "-A", "console"]
+        self._start(
+            "worker",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                "console",
+                "--pool",
+                "threads",
+                "-c",
+                "6",
+                "-n",
+                f"console-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+            ],
+        )
+        self._start(
+            "beat", [*celery, "beat", "-s", str(self.logs / "beat-schedule"), "-l", "WARNING"]
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with _suppress():
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.procs.clear()
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], ProcessLookupError)  # type: ignore[arg-type]
+
+
+def agent_logs() -> str:
+    return "\n".join(
+        f"--- {p}\n{p.read_text(errors='replace')}"
+        for p in sorted(Path("/var/log").glob("haven-agent-*.log"))
+    )
+
+
+def reset_agent_logs(names: tuple[str, ...] = HOSTS) -> None:
+    for name in names:
+        Path(f"/var/log/haven-agent-{name}.log").unlink(missing_ok=True)
+
+
+def unix_uri(host: haven_lab.LabHost) -> str:
+    """The host's libvirtd through its UNIX socket: works while its cable is cut."""
+    return f"qemu+unix:///system?socket={host.dir}/run/libvirt/libvirt-sock"
+
+
+def running_guests(uri: str) -> set[str] | None:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return None
+    try:
+        return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    except libvirt.libvirtError:
+        return None
+    finally:
+        with _suppress_libvirt():
+            conn.close()
+
+
+class _suppress_libvirt:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], libvirt.libvirtError)  # type: ignore[arg-type]
+
+
+class SplitBrainWatcher:
+    """Polls every host's libvirtd every 100 ms; remembers any guest seen on two hosts at once."""
+
+    def __init__(self, lab: haven_lab.Lab, interval: float = 0.1) -> None:
+        self.uris = {h.name: unix_uri(h) for h in lab.hosts()}
+        self.interval = interval
+        self.violations: list[str] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="split-brain-watcher", daemon=True)
+        self._conns: dict[str, libvirt.virConnect] = {}
+
+    def _list(self, name: str) -> set[str]:
+        conn = self._conns.get(name)
+        try:
+            if conn is None:
+                if not Path(self.uris[name].split("socket=", 1)[1]).exists():
+                    return set()
+                conn = libvirt.open(self.uris[name])
+                self._conns[name] = conn
+            return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        except libvirt.libvirtError:
+            self._conns.pop(name, None)
+            return set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            seen: dict[str, list[str]] = {}
+            for name in self.uris:
+                for guest in self._list(name):
+                    seen.setdefault(guest, []).append(name)
+            for guest, hosts in seen.items():
+                if len(hosts) > 1:
+                    self.violations.append(f"{time.strftime('%T')} {guest} runs on {hosts}")
+            self.polls += 1
+            self._stop.wait(self.interval)
+
+    def start(self) -> SplitBrainWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._conns.values():
+            with _suppress_libvirt():
+                conn.close()
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
