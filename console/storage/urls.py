@@ -6,6 +6,7 @@ app_name = "storage"
 urlpatterns = [
     path("<int:pk>/hosts/<int:host_pk>/storage/", views.storage, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/storage/live/", views.storage_live, name="live"),
+    path("<int:pk>/hosts/<int:host_pk>/storage/forms/", views.storage_forms, name="forms"),
     path("<int:pk>/hosts/<int:host_pk>/storage/probe/", views.probe, name="probe"),
     path("<int:pk>/hosts/<int:host_pk>/storage/vg/", views.vg_create, name="vg-create"),
     path("<int:pk>/hosts/<int:host_pk>/storage/lv/", views.lv_create, name="lv-create"),

@@ -47,6 +47,7 @@ def _context(host: Host, **forms: Any) -> dict[str, Any]:
         "vgs": vgs,
         "jobs": [(j, services.outcome(j, list(j.steps.all()))) for j in recent],
         "probing": probe_job is not None and probe_job.status not in FINISHED_STATUSES,
+        "running": any(j.status not in FINISHED_STATUSES for j in recent),
         "probe_job": probe_job,
         "vg_form": forms.get("vg_form") or VolumeGroupForm(host=host),
         "lv_form": forms.get("lv_form") or Gfs2VolumeForm(host=host),
@@ -62,9 +63,22 @@ def storage(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
 
 @role_required(read="read")
 def storage_live(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    """The devices, VGs, LVs and recent jobs; polled while a storage job runs."""
+    """The devices, VGs, LVs and recent jobs; polled while a storage job runs.
+
+    The poll that finds nothing running any more is the last one: it tells the page
+    (``storage-changed``) to refresh the forms, whose device and VG choices just changed.
+    """
     host = _host(pk, host_pk)
-    return render(request, "storage/_storage_live.html", _context(host))
+    context = _context(host)
+    response = render(request, "storage/_storage_live.html", context)
+    if not context["running"]:
+        response["HX-Trigger"] = "storage-changed"
+    return response
+
+
+@role_required(read="admin")
+def storage_forms(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    return render(request, "storage/_storage_forms.html", _context(_host(pk, host_pk)))
 
 
 @role_required(read="admin")

@@ -108,3 +108,13 @@ def mem_used(host: Any) -> str:
     total = int(host.memory_total_mb or 0)
     used = max(0, total - int(host.memory_free_mb or 0))
     return f"{mib_h(used)} / {mib_h(total)}"
+
+
+@register.filter
+def job_duration(job: Any) -> str:
+    """How long a finished job took, from its start (or creation) to its end: '1.4 s'."""
+    start = job.started or job.created
+    if not job.finished or not start:
+        return ""
+    seconds = (job.finished - start).total_seconds()
+    return f"{seconds:.1f} s" if seconds < 90 else duration(seconds)
