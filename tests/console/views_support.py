@@ -13,7 +13,7 @@ def login(role: str | None, name: str | None = None) -> Client:
     """A session client for a user with this role ('admin', 'operator', 'viewer', None)."""
     user = User.objects.create_user(name or f"{role or 'nobody'}-ui", password="pw-for-tests-only")
     if role is not None:
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     client = Client()
     client.force_login(user)
     return client
