@@ -45,7 +45,7 @@ class Console:
     def __init__(self, broker: str, queue: str) -> None:
         self.app = Celery("bench-console", broker=broker, set_as_current=False)
         self.conn = Connection(broker)
-        self.queue = self.conn.SimpleQueue(queue)
+        self.queue = self.conn.SimpleQueue(queue)  # type: ignore[attr-defined]
 
     def send(self, host: str, cid: str, kind: str, **args: Any) -> float:
         sent = time.monotonic()

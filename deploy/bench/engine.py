@@ -54,7 +54,9 @@ def cluster(hosts: int, services: int) -> tuple[dict[str, ServiceConfig], dict[s
     return conf, domains
 
 
-def observe(conf: dict[str, ServiceConfig], hosts: int, now: float, dead: set[str]) -> dict:
+def observe(
+    conf: dict[str, ServiceConfig], hosts: int, now: float, dead: set[str]
+) -> dict[str, HostObservation]:
     running: dict[str, set[str]] = {f"h{i:03d}": set() for i in range(hosts)}
     for name, c in conf.items():
         assert c.node is not None
