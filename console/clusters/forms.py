@@ -147,6 +147,10 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
         stored_secrets = self.instance.secret_parameters if self.instance.pk else {}
         for p in parameters:
             name = str(p.get("name", ""))
+            if name in ("plug", "port") and p.get("required"):
+                self.fields["plug"].required = True  # this agent needs to know which outlet
+                if p.get("description"):
+                    self.fields["plug"].help_text = str(p["description"])
             if not name or name in SKIPPED_PARAMETERS or p.get("deprecated"):
                 continue
             if not validators.OBJECT_NAME_RE.match(name):

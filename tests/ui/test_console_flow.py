@@ -79,8 +79,13 @@ def test_console_flow(
     # --- storage ---------------------------------------------------------------------------
     page.click("#host-et-virt05 >> text=Storage")
     expect(page.locator("main")).to_contain_text("Not probed yet")
+    sim.delays["storage_probe"] = 1.5  # long enough to see the spinner
     page.click("#probe")
+    expect(page.locator("#probing")).to_be_visible()
+    expect(page.locator("#probing .spinner")).to_be_visible()
+    shot(page, "07a-storage-probing")
     expect(page.locator("#devices")).to_contain_text("/dev/loop4")
+    expect(page.locator("#probing")).to_have_count(0)
     shot(page, "07-storage-probed")
     page.fill("#vg-form input[name=name]", "vg_lab")
     page.check("#vg-form input[name=devices] >> nth=0")
