@@ -672,6 +672,8 @@ class Lab:
             if wait:
                 self.wait_ready(name)
             return host
+        # Powered off from elsewhere (the BMC's chassis program): collect our old plug process.
+        self._reap(name)
         self._ensure_network(host)
         # A reboot loses /run: stale pid files and sockets would stop libvirtd from starting.
         rundir = host.dir / "run" / "libvirt"

@@ -219,7 +219,7 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
         with pytest.raises(redis.exceptions.NoPermissionError):
             agent.keys("*")
         # the password is not on the agent's command line
-        ps = lab.run_in(name, ["ps", "-eo", "args"]).stdout
+        ps = lab.run_in(name, ["ps", "-ww", "-eo", "args"]).stdout
         assert "-m agent --broker-file" in ps and secrets[-1] not in ps
 
     # no root password (nor an agent's Redis password) in the database, events or logs

@@ -44,7 +44,10 @@ def built_lab() -> Iterator[BuiltLab]:
     lab.destroy()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """Declare pytest-django's ini key: with `-p no:django` it would be unknown, and the
-    project's warnings-as-errors would stop the run before a single lab test."""
-    parser.addini("DJANGO_SETTINGS_MODULE", "Django settings module (pytest-django)")
+    project's warnings-as-errors would stop the run before a single lab test. With the plugin
+    loaded, declaring it again would hide the settings from pytest-django (and the tests would
+    then use the real database instead of the test one)."""
+    if not pluginmanager.has_plugin("django"):
+        parser.addini("DJANGO_SETTINGS_MODULE", "Django settings module (pytest-django)")

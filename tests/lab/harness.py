@@ -227,7 +227,8 @@ class _suppress_libvirt:
 
 
 class SplitBrainWatcher:
-    """Polls every host's libvirtd every 100 ms; remembers any guest seen on two hosts at once."""
+    """Polls every host's libvirtd every 100 ms; remembers any guest seen running on two hosts
+    at once (paused on a live migration's destination does not count)."""
 
     def __init__(self, lab: haven_lab.Lab, interval: float = 0.1) -> None:
         self.uris = {h.name: unix_uri(h) for h in lab.hosts()}
@@ -246,7 +247,13 @@ class SplitBrainWatcher:
                     return set()
                 conn = libvirt.open(self.uris[name])
                 self._conns[name] = conn
-            return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+            # Running, not merely active: the destination of a live migration holds the
+            # guest paused until the switch-over, and that is no second copy.
+            return {
+                d.name()
+                for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            }
         except libvirt.libvirtError:
             self._conns.pop(name, None)
             return set()
