@@ -79,10 +79,13 @@ def incidents(events: Any, limit: int = 50) -> list[Incident]:
             open_by_host[ev.object_name].fence.append(f"fenced at {ev.time:%H:%M:%S}")
             continue
         if ev.verb == "service-state" and "-> fence" in message.split(":", 1)[0]:
-            for incident in open_by_host.values():
-                if incident.host in message or not incident.guests:
-                    incident.guests.append(GuestRecovery(ev.object_name))
-                    break
+            # The engine's reason names the silent host ("may still run on silent X: ...").
+            named = [i for h, i in open_by_host.items() if h in message]
+            owner = (
+                named[0] if named else (found[-1] if found and found[-1].ended is None else None)
+            )
+            if owner is not None and all(g.name != ev.object_name for g in owner.guests):
+                owner.guests.append(GuestRecovery(ev.object_name))
             continue
         if ev.verb == "start" and ev.object_type == "action":
             _placed(open_by_host, str(ev.data.get("service", "")), str(ev.data.get("host", "")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, User
 
 from console.events.models import Event
 from console.jobs.models import Job
@@ -248,3 +249,46 @@ def test_service_remove_refused_while_running(world: dict[str, Any]) -> None:
     VmService.objects.update(state="disabled", desired_state="disabled")
     assert client.post(f"/clusters/{c}/services/{s}/delete/").status_code == 302
     assert not VmService.objects.filter(pk=s).exists()
+
+
+def test_acknowledge_down_and_maintenance(world: dict[str, Any]) -> None:
+    client = login("operator")
+    c = world["cluster"].pk
+    h7 = world["hosts"][2]
+    assert "Acknowledge down" not in text(client.get(f"/clusters/{c}/live/"))
+    h7.state = "unreachable"
+    h7.save()
+    live = text(client.get(f"/clusters/{c}/live/"))
+    assert f"/clusters/{c}/hosts/{h7.pk}/acknowledge-down/" in live
+    response = client.post(f"/clusters/{c}/hosts/{h7.pk}/acknowledge-down/", follow=True)
+    assert "et-virt07 acknowledged down" in text(response)
+    h7.refresh_from_db()
+    assert h7.acknowledged_down_by == "operator-ui"
+    on = client.post(f"/clusters/{c}/hosts/{world['hosts'][1].pk}/maintenance/", {"on": "1"})
+    assert on.status_code == 302
+    assert "Leave maintenance" in text(client.get(f"/clusters/{c}/live/"))
+    again = client.post(
+        f"/clusters/{c}/hosts/{world['hosts'][1].pk}/maintenance/", {"on": "1"}, follow=True
+    )
+    assert "et-virt06 is already in maintenance." in text(again)
+
+
+def test_an_unexpected_error_shows_a_plain_page(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.test import Client
+
+    from console.clusters import views
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(views, "live_context", boom)
+    client = Client(raise_request_exception=False)
+    client.force_login(User.objects.create_user("plain", password="pw-for-tests-only"))
+    User.objects.get(username="plain").groups.add(Group.objects.get(name="viewer"))
+    response = client.get(f"/clusters/{world['cluster'].pk}/")
+    assert response.status_code == 500
+    body = text(response)
+    assert "Something went wrong" in body
+    assert "Traceback" not in body and "secret internals" not in body
