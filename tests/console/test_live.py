@@ -158,13 +158,16 @@ def live(tmp_path: Path, settings: Any) -> Iterator[Live]:
     settings.CELERY_BROKER_URL = broker
     from console.celery import app
 
+    previous = app.conf.broker_url
     app.conf.broker_url = broker
+    app.close()  # drop connections pooled for another broker by an earlier test
     live = Live(broker, tmp_path)
     try:
         yield live
     finally:
         live.stop_all()
-        app.conf.broker_url = settings.REDIS_URL
+        app.conf.broker_url = previous
+        app.close()
 
 
 def wait_for(what: str, check: Callable[[], Any], live: Live, timeout: float = 30.0) -> Any:
