@@ -56,10 +56,12 @@ def main() -> int:
 
     import django
 
+    import haven_lab
+
     from tests.lab import harness
 
-    lab = harness.haven_lab.Lab()
-    reason = harness.haven_lab.namespace_support()
+    lab = haven_lab.Lab()
+    reason = haven_lab.namespace_support()
     if reason is not None:
         print(f"failover bench: lab hosts need network namespaces: {reason}", file=sys.stderr)
         return 1
