@@ -55,7 +55,6 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "deploy" / "lab"))
 
     import django
-
     import haven_lab
 
     from tests.lab import harness
