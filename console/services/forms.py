@@ -128,10 +128,13 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
         }
         widgets = {"domain_xml": forms.Textarea(attrs={"rows": 12, "spellcheck": "false"})}
 
+    field_order = ["name", "domain_xml", "xml_file", "failover_domain", "recovery"]
+
     def __init__(self, *args: Any, cluster: Cluster, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cluster = cluster
         self.instance.cluster = cluster
+        self.fields["failover_domain"].empty_label = "none (any host)"  # type: ignore[attr-defined]
         self.fields["failover_domain"].queryset = FailoverDomain.objects.filter(  # type: ignore[attr-defined]
             cluster=cluster
         )
