@@ -257,8 +257,9 @@ class Dispatcher:
 
     def _do_vgcreate(self, a: Args) -> dict[str, Any]:
         vg, devices, local = names.vg(a.text("vg")), a.texts("devices"), a.flag("local", False)
+        extent = a.integer("extent_size_bytes", 0, lo=0)
         a.done()
-        return self.storage.vgcreate(vg, [names.device(d) for d in devices], local)
+        return self.storage.vgcreate(vg, [names.device(d) for d in devices], local, extent or None)
 
     def _do_lvcreate(self, a: Args) -> dict[str, Any]:
         vg, lv, size = names.vg(a.text("vg")), names.lv(a.text("lv")), a.integer("size_bytes", lo=1)

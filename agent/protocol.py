@@ -57,7 +57,8 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                       transport=tcp|tls|ssh                -> files, changed, restart_required
     storage_probe     (none)                               -> blockdevices, pvs, vgs, lvs
     pvcreate          device                               -> device
-    vgcreate          vg, devices, local=false             -> vg, shared
+    vgcreate          vg, devices, local=false, extent_size_bytes?
+                                                           -> vg, shared, extent_size_bytes
     lvcreate          vg, lv, size_bytes                   -> vg, lv, size_bytes
     lvextend          vg, lv, size_bytes                   -> vg, lv, size_bytes
     lvremove          vg, lv                               -> vg, lv

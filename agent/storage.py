@@ -32,7 +32,9 @@ class Storage(Protocol):
 
     def probe(self) -> dict[str, Any]: ...
     def pvcreate(self, device: str) -> dict[str, Any]: ...
-    def vgcreate(self, vg: str, devices: Sequence[str], local: bool) -> dict[str, Any]: ...
+    def vgcreate(
+        self, vg: str, devices: Sequence[str], local: bool, extent_size_bytes: int | None = None
+    ) -> dict[str, Any]: ...
     def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
     def lvextend(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
     def lvremove(self, vg: str, lv: str) -> dict[str, Any]: ...
@@ -123,10 +125,18 @@ class LinuxStorage:
         self._run(["pvcreate", "--", names.device(device)])
         return {"device": device}
 
-    def vgcreate(self, vg: str, devices: Sequence[str], local: bool) -> dict[str, Any]:
+    def vgcreate(
+        self, vg: str, devices: Sequence[str], local: bool, extent_size_bytes: int | None = None
+    ) -> dict[str, Any]:
         names.vg(vg)
         if not devices:
             raise AgentError("bad_request", "vgcreate needs at least one device")
+        size = extent_size_bytes
+        if size is not None and (size < 1024 or size & (size - 1) or size % 1024):
+            raise AgentError(
+                "bad_request", f"extent size {size} is not a power of two of at least 1 KiB"
+            )
+        extent = ["--physicalextentsize", f"{size // 1024}k"] if size else []
         devs = [names.device(d) for d in devices]
         shared = not local
         if shared and not self._lockd_running():
@@ -135,8 +145,13 @@ class LinuxStorage:
                 "clustered locking unavailable: lvmlockd is not running on this host, so a "
                 "shared VG cannot be created; pass local=true for a host-local VG",
             )
-        self._run(["vgcreate", *(["--shared"] if shared else []), "--", vg, *devs])
-        return {"vg": vg, "shared": shared}
+        self._run(["vgcreate", *(["--shared"] if shared else []), *extent, "--", vg, *devs])
+        return {"vg": vg, "shared": shared, "extent_size_bytes": self._extent_size(vg)}
+
+    def _extent_size(self, vg: str) -> int:
+        out = self._run(["vgs", *LVM_REPORT, "-o", "vg_name,vg_extent_size", "--", vg]).stdout
+        rows = parse_lvm_report(out, "vg")
+        return int(rows[0]["vg_extent_size"]) if rows else 0
 
     def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]:
         names.vg(vg)

@@ -26,9 +26,11 @@ def test_lvm_pvcreate_vgcreate_lvcreate_lvextend_probe(
     assert refused.error is not None
     assert refused.error.code == "clustered_locking_unavailable"
     assert "clustered locking unavailable" in refused.error.message
-    made = harness.run("vgcreate", vg=vg, devices=[dev], local=True)
+    bad = harness.run("vgcreate", vg=vg, devices=[dev], local=True, extent_size_bytes=3000)
+    assert bad.error is not None and bad.error.code == "bad_request"
+    made = harness.run("vgcreate", vg=vg, devices=[dev], local=True, extent_size_bytes=8 * MiB)
     assert made.ok, made.error
-    assert made.data == {"vg": vg, "shared": False}
+    assert made.data == {"vg": vg, "shared": False, "extent_size_bytes": 8 * MiB}
     created = harness.run("lvcreate", vg=vg, lv=lv, size_bytes=8 * MiB)
     assert created.ok, created.error
     assert created.data["size_bytes"] == 8 * MiB
@@ -59,11 +61,14 @@ def test_shared_vg_uses_shared_flag_when_lvmlockd_runs(lvm_env: Path) -> None:
     class Recording(SubprocessRunner):
         def run(self, argv, **kw):  # type: ignore[no-untyped-def, override]
             seen.append(list(argv))
+            if argv[0] == "vgs":  # the extent size read back after vgcreate
+                report = '{"report": [{"vg": [{"vg_name": "vgs1", "vg_extent_size": "4194304"}]}]}'
+                return super().run(["echo", report], **kw)
             return super().run(["true"], **kw)
 
     storage = LinuxStorage(Recording(), lockd_running=lambda: True)
     assert storage.vgcreate("vgs1", ["/dev/loop7"], local=False)["shared"] is True
-    assert seen == [["vgcreate", "--shared", "--", "vgs1", "/dev/loop7"]]
+    assert seen[0] == ["vgcreate", "--shared", "--", "vgs1", "/dev/loop7"]
 
 
 def test_mkfs_gfs2_then_inspect(harness: Harness, loop_device: Callable[[int], str]) -> None:
