@@ -79,16 +79,20 @@ def create_volume_group(
                 f"{device.path} already belongs to volume group {device.volume_group_name}.",
                 "devices",
             )
-    if extent_size_bytes != DEFAULT_EXTENT:
+    size = extent_size_bytes
+    if size < 1024 or size & (size - 1):
         raise StorageError(
-            "The agents create volume groups with LVM's 4 MiB extents; other sizes are not "
-            "supported yet.",
-            "extent_size_mib",
+            "The extent size must be a power of two, e.g. 1, 2, 4, 8 … MiB.", "extent_size_mib"
         )
     paths = [d.path for d in devices]
     steps = [jobs.StepSpec(host, "pvcreate", {"device": p}, stage=0) for p in paths]
     steps.append(
-        jobs.StepSpec(host, "vgcreate", {"vg": name, "devices": paths, "local": local}, stage=1)
+        jobs.StepSpec(
+            host,
+            "vgcreate",
+            {"vg": name, "devices": paths, "local": local, "extent_size_bytes": size},
+            stage=1,
+        )
     )
     steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
     with transaction.atomic():

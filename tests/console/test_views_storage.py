@@ -110,6 +110,7 @@ def test_vg_without_lvmlockd_shows_the_agents_error(hosts: list[Any]) -> None:
         "vg": "vg_et",
         "devices": ["/dev/loop3", "/dev/loop4"],
         "local": False,
+        "extent_size_bytes": 4 * MIB,
     }
     run_job(
         job,
