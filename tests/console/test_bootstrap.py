@@ -66,11 +66,13 @@ def console(
 
     previous = app.conf.broker_url
     app.conf.broker_url = lab_redis.url
+    app.close()  # drop connections pooled for another broker by an earlier test
     console = harness.Console(lab_redis.url, harness.db_url(settings), tmp_path / "console")
     console.start()
     yield console
     console.stop()
     app.conf.broker_url = previous
+    app.close()
 
 
 def _spec(lab: haven_lab.Lab, host_name: str, **override: Any) -> HostSpec:

@@ -121,6 +121,7 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
     from console.celery import app
 
     app.conf.broker_url = lab_redis.url
+    app.close()  # drop connections pooled for another broker by an earlier test
     with django_db_blocker.unblock():
         own_db = _ensure_test_database()
         console = harness.Console(
@@ -143,6 +144,7 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
             for key, value in saved.items():
                 setattr(settings, key, value)
             app.conf.broker_url = settings.REDIS_URL
+            app.close()
             from django.core.management import call_command
 
             call_command("flush", interactive=False, verbosity=0)
