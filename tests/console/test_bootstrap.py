@@ -62,17 +62,15 @@ def console(
     settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
     settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
     settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import app
+    from console.celery import app, use_broker
 
     previous = app.conf.broker_url
-    app.conf.broker_url = lab_redis.url
-    app.close()  # drop connections pooled for another broker by an earlier test
+    use_broker(lab_redis.url)
     console = harness.Console(lab_redis.url, harness.db_url(settings), tmp_path / "console")
     console.start()
     yield console
     console.stop()
-    app.conf.broker_url = previous
-    app.close()
+    use_broker(previous)
 
 
 def _spec(lab: haven_lab.Lab, host_name: str, **override: Any) -> HostSpec:

@@ -156,18 +156,16 @@ def live(tmp_path: Path, settings: Any) -> Iterator[Live]:
     broker = _broker()
     settings.REDIS_URL = broker
     settings.CELERY_BROKER_URL = broker
-    from console.celery import app
+    from console.celery import app, use_broker
 
     previous = app.conf.broker_url
-    app.conf.broker_url = broker
-    app.close()  # drop connections pooled for another broker by an earlier test
+    use_broker(broker)
     live = Live(broker, tmp_path)
     try:
         yield live
     finally:
         live.stop_all()
-        app.conf.broker_url = previous
-        app.close()
+        use_broker(previous)
 
 
 def wait_for(what: str, check: Callable[[], Any], live: Live, timeout: float = 30.0) -> Any:

@@ -118,10 +118,9 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
     settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
     settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
     settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import app
+    from console.celery import use_broker
 
-    app.conf.broker_url = lab_redis.url
-    app.close()  # drop connections pooled for another broker by an earlier test
+    use_broker(lab_redis.url)
     with django_db_blocker.unblock():
         own_db = _ensure_test_database()
         console = harness.Console(
@@ -143,8 +142,7 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
             lab_redis.stop()
             for key, value in saved.items():
                 setattr(settings, key, value)
-            app.conf.broker_url = settings.REDIS_URL
-            app.close()
+            use_broker(settings.REDIS_URL)
             from django.core.management import call_command
 
             call_command("flush", interactive=False, verbosity=0)
