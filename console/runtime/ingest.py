@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+
 from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
 from console.jobs import services as jobs
@@ -44,7 +46,8 @@ def handle(message: Any, store: Store, received: float | None = None) -> int | N
         return None
     cluster_id = Host.objects.filter(name=host_name).values_list("cluster_id", flat=True).first()
     if cluster_id is None:
-        log.warning("message from unknown host %r ignored", host_name)
+        if host_name != settings.HAVEN_CONSOLE_AGENT:  # the console's own agent is no host
+            log.warning("message from unknown host %r ignored", host_name)
         return None
     if kind == "heartbeat":
         if message.get("guests") is None:

@@ -115,7 +115,12 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         if t.kind == "host" and t.new is engine.HostState.UNREACHABLE:
             jobs.mark_host_lost(loaded.hosts[t.name], "stopped heartbeating")
     bound = _replies(cluster, decision)
-    online = {n for n, h in status.hosts.items() if h.state is engine.HostState.ONLINE}
+    # hosts that heartbeat (maintenance included) can run a fence agent for another
+    online = {
+        n
+        for n, h in status.hosts.items()
+        if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
+    }
     for action in decision.actions:
         pending = status.pending.get(action.id)
         kind, steps, params = action_steps.steps_for(

@@ -338,3 +338,25 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
     run(cluster, agents, store, t + 1, t + 3)  # adopted where it runs: nothing is started
     assert not [c for _, c in transport.sent[sent_before:] if c["args"].get("guest") == "legacy"]
     assert placement()["legacy"] == ("started", "et-virt06")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fence_runs_beside_the_console_when_no_other_host_can(
+    cluster3: Any, store: Store, settings: Any
+) -> None:
+    cluster, agents, _ = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    # et-virt06 is in maintenance (drained, still heartbeating: it may run the fence agent)
+    Host.objects.filter(name="et-virt06").update(maintenance=True)
+    t = run(cluster, agents, store, t, t + 5)
+    agents.alive["et-virt05"] = False
+    agents.running["et-virt05"].clear()
+    run(cluster, agents, store, t, t + 8)
+    fence = Job.objects.get(kind="fence")
+    assert fence.steps.get().host.name == "et-virt06"  # first by name, maintenance or not
+    from console.runtime.actions import fence_runner
+
+    assert fence_runner(cluster, "et-virt05", set()) is None  # nobody left: the console's agent
+    assert fence_runner(cluster, "et-virt05", {"et-virt05"}) is None
+    assert fence_runner(cluster, "et-virt05", {"et-virt07"}).name == "et-virt07"
+    assert settings.HAVEN_CONSOLE_AGENT == "haven-console"
