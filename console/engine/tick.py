@@ -104,6 +104,9 @@ class _Tick:
         self.transitions: list[Transition] = []
         #: hosts that became usable this tick (returned, left maintenance, new)
         self.joined: set[str] = set()
+        #: services the engine placed whose start was confirmed this tick: a better host may
+        #: have joined while they were starting, so failback is checked for them too
+        self.started_now: set[str] = set()
         self._usage: Usage | None = None
         self._tiers: dict[str | None, Tiers] = {}
         silent_after = self.cfg.silent_after_s()
@@ -328,6 +331,7 @@ class _Tick:
         if p.kind == "start":
             if r.ok:
                 self._service_to(name, S.STARTED, f"started on {s.node}", **done)
+                self.started_now.add(name)
             else:
                 self._failure(name, p.host, f"start on {p.host} failed: {msg}")
         elif p.kind == "stop":
@@ -955,16 +959,20 @@ class _Tick:
         if draining:
             usage = self.usage()
             draining = {h for h in draining if usage.count.get(h, 0) > 0}
-        if not draining and not self.joined:
+        if not draining and not self.joined and not self.started_now:
             return
+        online = {n for n, h in self.hosts.items() if h.state is H.ONLINE}
         for name in sorted(self.svcs):
             s = self.svcs[name]
             if s.state is not S.STARTED or s.desired is not Desired.STARTED:
                 continue
             if s.node in draining:
                 self._drain(name, s)
-            elif self.joined:
-                self._return_or_failback(name, s)
+            elif self.joined or name in self.started_now:
+                # a guest placed while a better host was still down or rebooting: every
+                # online host counts as joined for it
+                joined = online if name in self.started_now else self.joined
+                self._return_or_failback(name, s, joined)
 
     def _movable(self, name: str, s: ServiceStatus) -> bool:
         return self.now >= s.retry_at
@@ -984,21 +992,21 @@ class _Tick:
         self._move(name, target, cfg.migratable, f"draining {s.node}")
         self._put(name, replace(self.svcs[name], home=home))
 
-    def _return_or_failback(self, name: str, s: ServiceStatus) -> None:
+    def _return_or_failback(self, name: str, s: ServiceStatus, joined: set[str]) -> None:
         if not self._movable(name, s):
             return
         cfg = self.conf[name]
         usage = self.usage()
         node = s.node
         assert node is not None
-        if s.home is not None and s.home in self.joined:
+        if s.home is not None and s.home in joined:
             home = s.home
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
                 self._move(name, home, cfg.migratable, f"returning to {home}")
                 self._put(name, replace(self.svcs[name], home=None))
                 return
         domain = self._domain(cfg)
-        if domain is None or not self.joined & {m.node for m in domain.members}:
+        if domain is None or not joined & {m.node for m in domain.members}:
             return
         current = rank(domain, node)
         if domain.nofailback and current < rank(domain, "\0not-a-member"):
