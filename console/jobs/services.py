@@ -211,7 +211,8 @@ def apply_result(message: dict[str, Any]) -> JobStep | None:
     command_id = str(message.get("id", ""))
     with transaction.atomic():
         step = (
-            JobStep.objects.select_for_update()
+            # lock the step only: PostgreSQL refuses FOR UPDATE on the nullable host join
+            JobStep.objects.select_for_update(of=("self",))
             .select_related("job", "host")
             .filter(command_id=command_id)
             .first()
@@ -268,7 +269,7 @@ def mark_host_lost(host: Host, reason: str) -> list[Job]:
     lost_jobs: list[Job] = []
     with transaction.atomic():
         steps = list(
-            JobStep.objects.select_for_update()
+            JobStep.objects.select_for_update(of=("self",))
             .select_related("job")
             .filter(host=host, status=StepStatus.DISPATCHED)
         )
