@@ -360,3 +360,17 @@ def test_fence_runs_beside_the_console_when_no_other_host_can(
     assert fence_runner(cluster, "et-virt05", {"et-virt05"}) is None
     assert fence_runner(cluster, "et-virt05", {"et-virt07"}).name == "et-virt07"
     assert settings.HAVEN_CONSOLE_AGENT == "haven-console"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeats_never_write_to_the_database(cluster3: Any, store: Store) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _, agents, _ = cluster3
+    with CaptureQueriesContext(connection) as queries:
+        for second in range(50):
+            agents.heartbeat(2000.0 + second)
+    sql = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert sql and set(sql) == {"SELECT"}  # one lookup of the host's cluster each, no writes
+    assert store.reports(["et-virt05"])["et-virt05"].received == 2049.0
