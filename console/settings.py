@@ -172,6 +172,9 @@ HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
 # A graceful guest shutdown waits this long before the guest is destroyed.
 HAVEN_STOP_TIMEOUT_S = int(os.environ.get("HAVEN_STOP_TIMEOUT_S", "30"))
+# Extra environment of every agent the SSH bootstrap installs, e.g. {"LVM_SYSTEM_DIR": "/srv/lvm"}
+# (console/runtime/bootstrap.py): names ^[A-Z][A-Z0-9_]{0,63}$, values on one line.
+HAVEN_AGENT_ENV: dict[str, str] = {}
 
 LOGGING = {
     "version": 1,

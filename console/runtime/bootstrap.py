@@ -22,6 +22,16 @@ the job's transaction commits; the passwords live only in that process's memory 
 dropped when each host's SSH session ends. The steps are recorded in the job like every other
 step (``jobs.finish_console_step``) but are never sent to an agent: a step is marked taken
 (dispatched) before the step before it is finished, so the job dispatcher never sees it pending.
+
+Extra environment for the agents: ``settings.HAVEN_AGENT_ENV`` (a dict, empty by default) is
+written into every agent's env file, one ``NAME=value`` line each, and the agent's supervisor
+script (``agent-<name>.sh``, which both the boot hook and the systemd unit run) exports those
+lines, taken literally (no shell expansion), before it starts the agent. The agent passes its
+environment on to the commands it runs, so e.g. ``{"LVM_SYSTEM_DIR": "/srv/lvm"}`` gives LVM a
+private configuration (the lab's loop devices). Names must match ``^[A-Z][A-Z0-9_]{0,63}$`` and
+not start with ``HAVEN_AGENT_`` (the bootstrap writes those; the broker URL, which holds the
+agent's Redis password, is never exported); values are one line. A bad entry fails the
+bootstrap before anything runs, without echoing the value.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -39,7 +50,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +83,8 @@ COMMAND_TIMEOUT_S = 300.0
 HEARTBEAT_TIMEOUT_S = 30.0
 MIGRATION_TIMEOUT_S = 30.0
 KOMBU_SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
+AGENT_ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+RESERVED_ENV_PREFIX = "HAVEN_AGENT_"  # the bootstrap's own lines of the env file
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bootstrap")
 
@@ -169,6 +182,7 @@ def _validate(cluster_name: str, hosts: list[HostSpec]) -> None:
             raise BootstrapError(exc.messages[0]) from None
     if not hosts:
         raise BootstrapError("name at least one host to bootstrap")
+    agent_env()
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
         raise BootstrapError("each host may appear only once")
@@ -608,6 +622,42 @@ def redacted_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def agent_env() -> dict[str, str]:
+    """``settings.HAVEN_AGENT_ENV``, checked (see the module docstring); values never echoed."""
+    raw: Any = getattr(settings, "HAVEN_AGENT_ENV", None) or {}
+    if not isinstance(raw, Mapping):
+        raise BootstrapError("HAVEN_AGENT_ENV must be a dict of variable names to values")
+    env: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not AGENT_ENV_NAME_RE.match(name):
+            raise BootstrapError(
+                f"HAVEN_AGENT_ENV: {name!r} is not a variable name "
+                "(capital letters, digits and _, starting with a letter, at most 64)"
+            )
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise BootstrapError(
+                f"HAVEN_AGENT_ENV: {name} is reserved (the bootstrap writes {RESERVED_ENV_PREFIX}*)"
+            )
+        if not isinstance(value, str) or any(c in value for c in "\n\r\0"):
+            raise BootstrapError(f"HAVEN_AGENT_ENV: the value of {name} must be one line of text")
+        env[name] = value
+    return dict(sorted(env.items()))
+
+
+def agent_env_file(host: str, broker_url: str, extra: Mapping[str, str]) -> str:
+    """The text of ``agent-<host>.env``: the agent's own settings, then the extra environment."""
+    lines = [
+        "# Haven agent configuration, written by the console's SSH bootstrap (secret: 0600).",
+        f"HAVEN_AGENT_HOST={host}",
+        f"HAVEN_AGENT_LIBVIRT_URI={LIBVIRT_URI}",
+        f"HAVEN_AGENT_BROKER={broker_url}",
+    ]
+    if extra:
+        lines.append(f"# Extra environment (HAVEN_AGENT_ENV), exported by agent-{host}.sh:")
+        lines += [f"{name}={value}" for name, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
 def config_paths(host: str) -> dict[str, str]:
     return {
         "env": f"{CONFIG_DIR}/agent-{host}.env",
@@ -636,6 +686,14 @@ def _supervisor_script(host: str, agent_dir: str) -> str:
         "#!/bin/sh\n"
         f"# Haven agent of {host}, written by the console's SSH bootstrap. Without systemd this\n"
         "# loop is the supervisor: it restarts the agent a second after it exits.\n"
+        "# First the extra environment of the env file, each line taken literally; its\n"
+        "# HAVEN_AGENT_* lines (the broker URL holds a password) are not exported.\n"
+        'while IFS= read -r line || [ -n "$line" ]; do\n'
+        "    case $line in\n"
+        "        HAVEN_AGENT_*) ;;\n"
+        '        [A-Z]*=*) export "$line" ;;\n'
+        "    esac\n"
+        f"done < {shlex.quote(paths['env'])}\n"
         "while :; do\n"
         f"    {shlex.join(argv)}\n"
         "    sleep 1\n"
@@ -686,16 +744,10 @@ def _configure(run: _HostRun) -> dict[str, Any]:
     except Exception as exc:
         raise BootstrapError(f"cannot create the Redis user of {run.name}: {exc}") from None
     url = agent_broker_url(user, run.secret)
+    extra = agent_env()
     paths = config_paths(run.name)
     run.run(["mkdir", "-p", "-m", "0700", CONFIG_DIR], what="mkdir")
-    run.write_file(
-        paths["env"],
-        "# Haven agent configuration, written by the console's SSH bootstrap (secret: 0600).\n"
-        f"HAVEN_AGENT_HOST={run.name}\n"
-        f"HAVEN_AGENT_LIBVIRT_URI={LIBVIRT_URI}\n"
-        f"HAVEN_AGENT_BROKER={url}\n",
-        stat.S_IRUSR | stat.S_IWUSR,
-    )
+    run.write_file(paths["env"], agent_env_file(run.name, url, extra), stat.S_IRUSR | stat.S_IWUSR)
     run.secret = ""
     run.write_file(paths["supervisor"], _supervisor_script(run.name, agent_dir), 0o700)
     run.write_file(paths["boot"], _boot_script(run.name), 0o700)
@@ -704,6 +756,7 @@ def _configure(run: _HostRun) -> dict[str, Any]:
         "redis_user": user,
         "broker": redacted_url(url),
         "queue": agent_queue(run.name),
+        "environment": list(extra),
     }
 
 

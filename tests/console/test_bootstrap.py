@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,78 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
         for secret in secrets:
             assert secret not in text, f"an agent's Redis password in {where}"
     assert os.environ.get("HAVEN_AGENT_BROKER") is None
+
+
+# --- extra agent environment (HAVEN_AGENT_ENV); no lab needed ---------------------------------
+
+FAKE_SPEC = HostSpec("et-virt05", "10.88.0.5", "pw", "SHA256:" + "C" * 43)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"lvm_system_dir": "/x"}, "'lvm_system_dir' is not a variable name"),
+        ({"1X": "/x"}, "'1X' is not a variable name"),
+        ({"A-B": "/x"}, "'A-B' is not a variable name"),
+        ({"A" * 65: "/x"}, "is not a variable name"),
+        ({"HAVEN_AGENT_BROKER": "redis://evil"}, "HAVEN_AGENT_BROKER is reserved"),
+        ({"LVM_SYSTEM_DIR": "/x\nHAVEN_AGENT_BROKER=redis://evil"}, "must be one line"),
+        ({"LVM_SYSTEM_DIR": "/x\r"}, "must be one line"),
+        ({"N": 5}, "the value of N must be one line of text"),
+        (["LVM_SYSTEM_DIR=/x"], "must be a dict"),
+    ],
+)
+def test_a_bad_agent_env_is_refused_before_anything_runs(
+    settings: Any, env: Any, message: str
+) -> None:
+    settings.HAVEN_AGENT_ENV = env
+    with pytest.raises(BootstrapError, match=message) as refused:
+        bootstrap.start_bootstrap("lab", [FAKE_SPEC], actor="tester")
+    assert "evil" not in str(refused.value)  # values are never echoed
+    assert not Job.objects.exists() and not Host.objects.exists()
+
+
+def test_the_supervisor_exports_the_extra_env_literally_and_never_the_broker(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The env file and supervisor script the bootstrap writes, run by sh: the agent (a stand-in
+    that records its environment) sees HAVEN_AGENT_ENV exactly, and not the broker URL."""
+    tricky = f"$(touch {tmp_path}/expanded) `id` 'q' \"d\" \\n * ; a=b"
+    settings.HAVEN_AGENT_ENV = {"LVM_SYSTEM_DIR": f"{tmp_path}/lvm conf", "TRICKY": tricky}
+    monkeypatch.setattr(bootstrap, "CONFIG_DIR", str(tmp_path))
+    paths = bootstrap.config_paths("et-virt05")
+    broker = "redis://haven-agent-et-virt05:s3cret@10.88.0.254:6390/0"
+    Path(paths["env"]).write_text(
+        bootstrap.agent_env_file("et-virt05", broker, bootstrap.agent_env())
+    )
+    agent_dir = tmp_path / "agent"
+    (agent_dir / "bin").mkdir(parents=True)
+    fake_python = agent_dir / "bin" / "python"
+    fake_python.write_text(f'#!/bin/sh\nenv > {tmp_path}/seen.env\nkill -KILL "$PPID"\n')
+    fake_python.chmod(0o755)
+    supervisor = tmp_path / "agent-et-virt05.sh"
+    supervisor.write_text(bootstrap._supervisor_script("et-virt05", str(agent_dir)))
+    done = subprocess.run(
+        ["sh", str(supervisor)], env={"PATH": "/usr/bin:/bin"}, timeout=10, check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    seen = dict(line.split("=", 1) for line in (tmp_path / "seen.env").read_text().splitlines())
+    assert seen["LVM_SYSTEM_DIR"] == f"{tmp_path}/lvm conf"
+    assert seen["TRICKY"] == tricky
+    assert not (tmp_path / "expanded").exists()
+    assert not any(k.startswith("HAVEN_AGENT_") for k in seen)
+    assert "s3cret" not in (tmp_path / "seen.env").read_text()
+    # the agent still finds its broker in the same file
+    from agent.__main__ import _broker_from_file
+
+    assert _broker_from_file(paths["env"]) == broker
+
+
+def test_no_agent_env_writes_the_env_file_as_before(settings: Any) -> None:
+    settings.HAVEN_AGENT_ENV = {}
+    assert bootstrap.agent_env_file("h1", "redis://u:p@x/0", bootstrap.agent_env()) == (
+        "# Haven agent configuration, written by the console's SSH bootstrap (secret: 0600).\n"
+        "HAVEN_AGENT_HOST=h1\n"
+        "HAVEN_AGENT_LIBVIRT_URI=qemu:///system\n"
+        "HAVEN_AGENT_BROKER=redis://u:p@x/0\n"
+    )
