@@ -25,6 +25,14 @@ from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, 
 DEFAULT_EXTENT = 4 * MIB
 LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})
 NO_GFS2_KERNEL = "formatted; not mounted: the kernel has no gfs2"
+NO_LVMLOCKD = (
+    "clustered locking unavailable on {host}: lvmlockd is not running there, so no clustered "
+    'volume group can be made; tick "Local VG (no clustered locking)" to make a local one'
+)
+NO_DEVICE_NODE = (
+    "logical volume created; formatting failed: no device node {device} for the LV "
+    "(LVM could not activate it: this host's kernel has no device-mapper, or activation is off)"
+)
 
 
 class StorageError(Exception):
@@ -243,9 +251,15 @@ def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> Non
 
 # --- how a storage job ended, in plain words -------------------------------------------------
 def outcome(job: Job, steps: list[JobStep] | None = None) -> str:
-    """One line for the storage tab and the job page; says when GFS2 could not be mounted."""
+    """One line for the storage tab and the job page: says when GFS2 could not be mounted, and
+    which part of LV + GFS2 failed (the agent's own words stay in the job's explanation)."""
     steps = steps if steps is not None else list(job.steps.all())
     if job.kind == "storage-gfs2-create":
+        failed = {s.kind: s for s in steps if s.status == StepStatus.FAILED}
+        if "lvcreate" in failed:
+            return f"creating the logical volume failed: {failed['lvcreate'].error}"
+        if "mkfs_gfs2" in failed:
+            return _mkfs_failure(failed["mkfs_gfs2"])
         formatted = any(s.kind == "mkfs_gfs2" and s.status == StepStatus.SUCCEEDED for s in steps)
         no_gfs2 = [
             s
@@ -258,9 +272,39 @@ def outcome(job: Job, steps: list[JobStep] | None = None) -> str:
             return NO_GFS2_KERNEL
         if job.status == JobStatus.SUCCEEDED:
             return f"formatted and mounted on {job.params.get('mount_point')} on every host"
+    if job.kind == "storage-vg-create":
+        vgcreate = next((s for s in steps if s.kind == "vgcreate"), None)
+        if (
+            vgcreate is not None
+            and vgcreate.status == StepStatus.FAILED
+            and vgcreate.error.startswith("clustered locking unavailable")
+        ):
+            return NO_LVMLOCKD.format(host=vgcreate.host.name if vgcreate.host else "the host")
     if job.status == JobStatus.FAILED:
         return job.explanation
     return job.get_status_display().lower()
+
+
+def _mkfs_failure(step: JobStep) -> str:
+    """mkfs.gfs2 runs after lvcreate succeeded; a missing device node means the LV is inactive
+    (no device-mapper, or LVM's activation switched off), which the agent reports as
+    "mkfs.gfs2 exited 1: /dev/VG/LV: No such file or directory"."""
+    device = str(step.args.get("device") or "")
+    if device and f"{device}: No such file or directory" in step.error:
+        return NO_DEVICE_NODE.format(device=device)
+    return f"logical volume created; formatting failed: {step.error}"
+
+
+def step_summary(steps: list[JobStep]) -> list[tuple[str, str, int]]:
+    """(kind, status, how many) for runs of equal steps in order, e.g. the three skipped mounts
+    of a job as one entry: what ran, what failed and what was left out, at a glance."""
+    summary: list[tuple[str, str, int]] = []
+    for step in sorted(steps, key=lambda s: (s.stage, s.seq)):
+        if summary and summary[-1][:2] == (step.kind, step.status):
+            summary[-1] = (step.kind, step.status, summary[-1][2] + 1)
+        else:
+            summary.append((step.kind, step.status, 1))
+    return summary
 
 
 # --- what the agents report ------------------------------------------------------------------

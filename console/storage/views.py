@@ -45,7 +45,7 @@ def _context(host: Host, **forms: Any) -> dict[str, Any]:
         "host": host,
         "devices": BlockDevice.objects.filter(host=host).order_by("path"),
         "vgs": vgs,
-        "jobs": [(j, services.outcome(j, list(j.steps.all()))) for j in recent],
+        "jobs": [_job_row(j) for j in recent],
         "probing": probe_job is not None and probe_job.status not in FINISHED_STATUSES,
         "running": any(j.status not in FINISHED_STATUSES for j in recent),
         "probe_job": probe_job,
@@ -53,6 +53,12 @@ def _context(host: Host, **forms: Any) -> dict[str, Any]:
         "lv_form": forms.get("lv_form") or Gfs2VolumeForm(host=host),
         "tab": "storage",
     }
+
+
+def _job_row(job: Job) -> tuple[Job, str, list[tuple[str, str, int]]]:
+    """A recent job with its outcome in plain words and, when it has several, its steps."""
+    steps = list(job.steps.all())
+    return job, services.outcome(job, steps), services.step_summary(steps) if len(steps) > 1 else []
 
 
 @role_required(read="read")

@@ -4,6 +4,7 @@ same operations through the API (202 with the job)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -116,7 +117,12 @@ def test_vg_without_lvmlockd_shows_the_agents_error(hosts: list[Any]) -> None:
         job,
         fail={"vgcreate": "clustered locking unavailable: lvmlockd is not running on this host"},
     )
-    assert "clustered locking unavailable" in text(client.get(url))
+    page = text(client.get(url))
+    assert (
+        "clustered locking unavailable on et-virt05: lvmlockd is not running there, so no "
+        'clustered volume group can be made; tick "Local VG (no clustered locking)"' in page
+    )
+    assert "vgcreate on et-virt05 failed: clustered locking unavailable: lvmlockd" in page
     assert not VolumeGroup.objects.exists()
 
 
@@ -272,3 +278,64 @@ def test_storage_api_is_admin_only(hosts: list[Any], operator_api: APIClient) ->
         ).status_code
         == 403
     )
+
+
+def test_gfs2_without_a_device_node_says_so_in_plain_words(hosts: list[Any]) -> None:
+    """Without device-mapper LVM writes the LV's metadata but creates no /dev/VG/LV node: the
+    tab says the LV exists and why formatting failed, with the agent's words and the steps."""
+    client = login("admin")
+    host = hosts[0]
+    vg = f.VolumeGroupFactory(cluster=host.cluster, name="vg_et", free_bytes=504 * MIB)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    client.post(
+        url + "lv/", {"volume_group": vg.pk, "name": "vms", "size_mib": "64", "journals": "3"}
+    )
+    job = Job.objects.get(kind="storage-gfs2-create")
+    agent_error = "mkfs.gfs2 exited 1: /dev/vg_et/vms: No such file or directory"
+    run_job(job, {"lvcreate": {"size_bytes": 64 * MIB}}, fail={"mkfs_gfs2": agent_error})
+    job.refresh_from_db()
+    assert job.status == "failed"
+    plain = (
+        "logical volume created; formatting failed: no device node /dev/vg_et/vms for the LV "
+        "(LVM could not activate it: this host's kernel has no device-mapper, or activation is off)"
+    )
+    page = text(client.get(url))
+    assert plain in page
+    assert f"mkfs_gfs2 on et-virt05 failed: {agent_error}" in page  # the agent's own words
+    assert "Traceback" not in page
+    steps = re.findall(r'data-kind="(\w+)" data-status="(\w+)"', page)
+    assert steps == [
+        ("lvcreate", "succeeded"),
+        ("mkfs_gfs2", "failed"),
+        ("fstab_entry", "skipped"),
+        ("mount", "skipped"),
+    ]
+    assert "<code>fstab_entry</code> \N{MULTIPLICATION SIGN}3" in page
+    assert LogicalVolume.objects.get().name == "vms" and not Filesystem.objects.exists()
+    assert plain in text(client.get(f"/jobs/{job.pk}/"))
+
+
+def test_gfs2_other_failures_keep_the_agents_words(hosts: list[Any]) -> None:
+    host = hosts[0]
+    vg = f.VolumeGroupFactory(cluster=host.cluster, name="vg_et")
+    from console.storage import services
+
+    for failing, error, expected in [
+        (
+            "lvcreate",
+            "lvcreate exited 5: Volume group has insufficient free space",
+            "creating the logical volume failed: lvcreate exited 5: Volume group has "
+            "insufficient free space",
+        ),
+        (
+            "mkfs_gfs2",
+            "mkfs.gfs2 exited 1: Device is too small",
+            "logical volume created; formatting failed: mkfs.gfs2 exited 1: Device is too small",
+        ),
+    ]:
+        job = services.create_gfs2_volume(
+            host, vg, name=f"lv_{failing}", size_bytes=64 * MIB, actor="tester"
+        )
+        run_job(job, fail={failing: error})
+        job.refresh_from_db()
+        assert services.outcome(job) == expected
