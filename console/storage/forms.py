@@ -38,12 +38,14 @@ class VolumeGroupForm(forms.Form):
 
     def __init__(self, *args: Any, host: Host, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        free = BlockDevice.objects.filter(host=host, volume_group_name="").order_by("path")
+        free = BlockDevice.objects.filter(host=host, volume_group_name="", in_use="").order_by(
+            "path"
+        )
         self.fields["devices"].queryset = free  # type: ignore[attr-defined]
         if not free.exists():
             self.fields["devices"].help_text = (
-                "No free device on this host: probe its disks first (devices already in a "
-                "volume group are not offered)."
+                "No free device on this host: probe its disks first (devices in a volume "
+                "group, mounted, holding a file system or partitions are not offered)."
             )
         self.fields["devices"].label_from_instance = (  # type: ignore[attr-defined]
             lambda d: f"{d.path} ({d.get_kind_display().lower()}, {d.size_bytes // MIB} MiB)"

@@ -28,6 +28,9 @@ class BlockDevice(models.Model):
     model = models.CharField(max_length=128, blank=True)
     serial = models.CharField(max_length=128, blank=True)
     volume_group_name = models.CharField(max_length=127, blank=True)
+    #: why this device must not become a PV (mounted, holds a file system or partitions,
+    #: empty), from the last probe; empty = free
+    in_use = models.CharField(max_length=255, blank=True)
     probed = models.DateTimeField(null=True, blank=True)
 
     class Meta:

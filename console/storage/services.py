@@ -314,6 +314,20 @@ def _flatten(devices: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _flatten(device.get("children") or [])
 
 
+def in_use(raw: dict[str, Any]) -> str:
+    """Why lsblk's device must not be given to pvcreate, in plain words ("" = free)."""
+    mounted = [str(d["mountpoint"]) for d in _flatten([raw]) if d.get("mountpoint")]
+    if mounted:
+        return f"mounted at {', '.join(sorted(mounted))}"
+    if raw.get("children"):
+        return "has partitions or holders"
+    if raw.get("fstype") and raw.get("fstype") != "LVM2_member":
+        return f"holds a {raw['fstype']} file system"
+    if not int(raw.get("size") or 0):
+        return "empty (0 bytes)"
+    return ""
+
+
 @jobs.on_step_success("storage_probe")
 def store_probe(step: JobStep, data: dict[str, Any]) -> None:
     """Replace the host's block devices; refresh its cluster's VGs and LVs from the report."""
@@ -338,6 +352,7 @@ def store_probe(step: JobStep, data: dict[str, Any]) -> None:
                 "model": str(raw.get("model") or "")[:128],
                 "serial": str(raw.get("serial") or "")[:128],
                 "volume_group_name": vg_of.get(path, ""),
+                "in_use": in_use(raw)[:255],
                 "probed": now,
             },
         )

@@ -79,7 +79,7 @@ mkdir -p /run/sshd /run/lock /run/libvirt
 for pair in etc/libvirt:/etc/libvirt run/libvirt:/run/libvirt lib/libvirt:/var/lib/libvirt \
             cache/libvirt:/var/cache/libvirt log/libvirt:/var/log/libvirt \
             etc/hosts:/etc/hosts etc/resolv.conf:/etc/resolv.conf etc/shadow:/etc/shadow \
-            root-ssh:/root/.ssh etc/haven:/etc/haven; do
+            etc/fstab:/etc/fstab root-ssh:/root/.ssh etc/haven:/etc/haven; do
     mount --bind "$dir/${pair%%:*}" "${pair#*:}"
 done
 /usr/sbin/sshd -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
@@ -512,6 +512,9 @@ class Lab:
             f"migration_port_max = {MIGRATION_PORTS[1]}\n"
         )
         (d / "etc/resolv.conf").write_text("options timeout:1 attempts:1\n")
+        fstab = d / "etc/fstab"  # the agent's fstab_entry edits this host's own, never ours
+        if not fstab.exists():
+            fstab.write_text("# Haven lab host fstab\n")
         self._write_shadow(host)
         key = d / "ssh" / "ssh_host_ed25519_key"
         if not key.exists():

@@ -339,3 +339,30 @@ def test_gfs2_other_failures_keep_the_agents_words(hosts: list[Any]) -> None:
         run_job(job, fail={failing: error})
         job.refresh_from_db()
         assert services.outcome(job) == expected
+
+
+def test_devices_in_use_are_not_offered_for_a_volume_group() -> None:
+    from console.storage.services import in_use
+
+    disk = {
+        "name": "vda",
+        "path": "/dev/vda",
+        "size": 10 * MIB,
+        "type": "disk",
+        "children": [
+            {
+                "name": "vda1",
+                "path": "/dev/vda1",
+                "size": 9 * MIB,
+                "type": "part",
+                "fstype": "ext4",
+                "mountpoint": "/",
+            }
+        ],
+    }
+    assert in_use(disk) == "mounted at /"
+    assert in_use(disk["children"][0]) == "mounted at /"
+    assert in_use({"path": "/dev/sdb", "size": MIB, "fstype": "xfs"}) == "holds a xfs file system"
+    assert in_use({"path": "/dev/zram0", "size": 0}) == "empty (0 bytes)"
+    assert in_use({"path": "/dev/sdc", "size": MIB, "fstype": "LVM2_member"}) == ""
+    assert in_use({"path": "/dev/loop3", "size": 64 * MIB}) == ""

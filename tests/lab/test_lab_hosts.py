@@ -159,6 +159,15 @@ def test_ssh_password_login_with_pinned_host_key(built_lab: BuiltLab) -> None:
     assert hashlib.sha256(Path("/etc/shadow").read_bytes()).hexdigest() == SHADOW_DIGEST
 
 
+def test_each_host_has_its_own_fstab(built_lab: BuiltLab) -> None:
+    """The agent's fstab_entry edits the host's /etc/fstab: never this machine's."""
+    ours = Path("/etc/fstab").read_bytes()
+    for name in built_lab.lab.names():
+        seen = built_lab.lab.run_in(name, ["cat", "/etc/fstab"])
+        assert seen.stdout.startswith("# Haven lab host fstab"), seen.stdout
+    assert Path("/etc/fstab").read_bytes() == ours
+
+
 def test_tick_guest_live_migrates_without_restarting(built_lab: BuiltLab) -> None:
     lab = built_lab.lab
     src, dst = lab.host("et-virt05"), lab.host("et-virt06")

@@ -16,8 +16,10 @@ class BlockDeviceSerializer(HavenModelSerializer):
             "model",
             "serial",
             "volume_group_name",
+            "in_use",
             "probed",
         ]
+        read_only_fields = ["in_use", "probed"]
 
 
 class VolumeGroupSerializer(HavenModelSerializer):
