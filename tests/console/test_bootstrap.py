@@ -33,17 +33,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[haven_lab.Lab]:
-    reason = haven_lab.namespace_support()
-    if reason is not None:
-        pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(harness.TEST_ROOT)
-    lab.destroy()
-    try:
-        lab.create(HOSTS)
-    except haven_lab.LabError as exc:
-        lab.destroy()
-        pytest.fail(f"lab could not be created: {exc}")
-    harness.reset_agent_logs()
+    lab = harness.fresh_lab()
     yield lab
     lab.destroy()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,6 +27,7 @@ from agent.protocol import EXECUTE_TASK, agent_queue
 from console.jobs.models import Job, JobStatus
 from console.services.models import VmService
 from tests.console import factories as f
+from tests.lab import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -59,58 +59,15 @@ def _db_url() -> str:
     return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-class Live:
+class Live(harness.Console):
+    """The console's worker and beat (harness.Console), plus agents on test:/// hosts."""
+
     def __init__(self, broker: str, tmp: Path) -> None:
+        super().__init__(broker, _db_url(), tmp, HAVEN_LOG_LEVEL="WARNING")
         self.broker, self.tmp = broker, tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.files: list[Any] = []
-        self.env = {
-            **os.environ,
-            "REDIS_URL": broker,
-            "DATABASE_URL": _db_url(),
-            "HAVEN_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(ROOT),
-        }
-
-    def start(self, name: str, argv: list[str]) -> None:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
-        self.files.append(log)
-        self.procs[name] = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def console(self) -> None:
-        celery = [sys.executable, "-m", "celery", "-A", "console"]
-        self.start(
-            "worker",
-            [
-                *celery,
-                "worker",
-                "-Q",
-                "console",
-                "--pool",
-                "threads",
-                "-c",
-                "4",
-                "-n",
-                f"console-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "WARNING",
-            ],
-        )
-        self.start(
-            "beat", [*celery, "beat", "-s", str(self.tmp / "beat-schedule"), "-l", "WARNING"]
-        )
 
     def agent(self, host: str) -> None:
-        self.start(
+        self._start(
             host,
             [
                 sys.executable,
@@ -134,13 +91,7 @@ class Live:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
-        for log in self.files:
-            log.close()
-
-    def logs(self) -> str:
+    def report(self) -> str:
         from console.events.models import Event
 
         events = "\n".join(
@@ -164,7 +115,7 @@ def live(tmp_path: Path, settings: Any) -> Iterator[Live]:
     try:
         yield live
     finally:
-        live.stop_all()
+        live.stop()
         use_broker(previous)
 
 
@@ -175,7 +126,7 @@ def wait_for(what: str, check: Callable[[], Any], live: Live, timeout: float = 3
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{live.logs()}")
+    raise AssertionError(f"timed out waiting for {what}\n{live.report()}")
 
 
 def placement() -> dict[str, tuple[str, str | None]]:
@@ -213,7 +164,7 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
                 "<os><type>hvm</type></os></domain>"
             ),
         )
-    live.console()
+    live.start()
     for name in HOSTS:
         live.agent(name)
 
@@ -283,5 +234,5 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
     assert fence_job.status == JobStatus.SUCCEEDED
     started_elsewhere = Job.objects.filter(kind="start", params__service="vm-h3").latest("pk")
     assert started_elsewhere.created >= fence_job.finished  # never before the fence succeeded
-    logs = live.logs()
+    logs = live.report()
     assert "pw-never-logged" not in logs

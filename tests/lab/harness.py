@@ -291,3 +291,22 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def fresh_lab() -> haven_lab.Lab:
+    """The article's three hosts built anew under TEST_ROOT (whatever an interrupted run left
+    is destroyed first); skips the test where this machine cannot create namespaces."""
+    import pytest
+
+    reason = haven_lab.namespace_support()
+    if reason is not None:
+        pytest.skip(f"lab hosts need network namespaces: {reason}")
+    lab = haven_lab.Lab(TEST_ROOT)
+    lab.destroy()
+    try:
+        lab.create(HOSTS)
+    except haven_lab.LabError as exc:
+        lab.destroy()
+        pytest.fail(f"lab could not be created: {exc}")
+    reset_agent_logs()
+    return lab

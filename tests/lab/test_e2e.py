@@ -92,17 +92,7 @@ def _ticks(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
-    reason = haven_lab.namespace_support()
-    if reason is not None:
-        pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(harness.TEST_ROOT)
-    lab.destroy()
-    try:
-        lab.create(HOSTS)
-    except haven_lab.LabError as exc:
-        lab.destroy()
-        pytest.fail(f"lab could not be created: {exc}")
-    harness.reset_agent_logs()
+    lab = harness.fresh_lab()
     kernel = article.build_guest_kernel(lab.root)
     lab_redis = harness.LabRedis(lab.root)
     lab_redis.start()

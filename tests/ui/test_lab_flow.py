@@ -98,17 +98,7 @@ def lab_disk(tmp_path: Path, settings: Any) -> Iterator[LabDisk]:
 
 @pytest.fixture
 def lab_runtime(live_server: Any, settings: Any) -> Iterator[haven_lab.Lab]:
-    reason = haven_lab.namespace_support()
-    if reason is not None:
-        pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(harness.TEST_ROOT)
-    lab.destroy()
-    try:
-        lab.create(HOSTS)
-    except haven_lab.LabError as exc:
-        lab.destroy()
-        pytest.fail(f"lab could not be created: {exc}")
-    harness.reset_agent_logs()
+    lab = harness.fresh_lab()
     lab_redis = harness.LabRedis(lab.root)
     lab_redis.start()
     settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
