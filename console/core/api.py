@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from console.core import services
+from console.core.errors import Refused
 
 
 def django_errors(exc: DjangoValidationError) -> dict[str, Any] | list[str]:
@@ -29,6 +30,9 @@ def django_errors(exc: DjangoValidationError) -> dict[str, Any] | list[str]:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus clear 400/409 answers for errors raised below the serializer."""
+    if isinstance(exc, Refused):
+        body: dict[str, Any] = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
+        return Response(body, status=exc.status)
     if isinstance(exc, DjangoValidationError):
         return Response(django_errors(exc), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ProtectedError | RestrictedError):

@@ -6,6 +6,24 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 
 
+class Refused(Exception):
+    """A services-layer refusal: ``status`` 400 (bad input, about ``field``) or 409 (state).
+
+    The API's exception handler turns it into ``{field: [message]}`` or ``{"detail": ...}``;
+    views show ``message`` next to ``field`` in their form.
+    """
+
+    status = 409
+
+    def __init__(
+        self, message: str, *, status: int | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+        if status is not None:
+            self.status = status
+
+
 class Conflict(APIException):
     """The request is valid but the current state forbids it (409), e.g. a domain in use."""
 

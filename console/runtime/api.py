@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
-from console.runtime.operations import OperationError
 from console.services.models import FailoverDomain
 
 
@@ -32,8 +29,3 @@ class ImportSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 def job_response(job: Job) -> Response:
     return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
-
-
-def operation_error(exc: OperationError) -> Response:
-    body: dict[str, Any] = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
-    return Response(body, status=exc.status)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from console.clusters.choices import HostState
 from console.clusters.models import Host
 from console.core import validators
+from console.core.errors import Refused
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
@@ -35,12 +36,8 @@ BEST = "best"
 ACTIVE_STATES = frozenset({"running", "paused", "blocked", "shutting_down", "pmsuspended"})
 
 
-class OperationError(Exception):
-    """A refused operation: ``status`` 400 (bad input, with ``field``) or 409 (state)."""
-
-    def __init__(self, message: str, *, status: int = 409, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.status, self.field = message, status, field
+class OperationError(Refused):
+    """A refused operation: 409 by default (the state forbids it), 400 for bad input."""
 
 
 def _wake(cluster_id: int) -> None:

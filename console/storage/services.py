@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.clusters.models import Cluster, Host
+from console.core.errors import Refused
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
@@ -35,12 +36,13 @@ NO_DEVICE_NODE = (
 )
 
 
-class StorageError(Exception):
-    """A refused storage request; ``field`` names the form field it is about."""
+class StorageError(Refused):
+    """A refused storage request (400); ``field`` names the form field it is about."""
+
+    status = 400
 
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.field = message, field
+        super().__init__(message, field=field)
 
 
 # --- requests -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from console.runtime.api import (
     ImportSerializer,
     MaintenanceSerializer,
     job_response,
-    operation_error,
 )
 
 
@@ -33,12 +32,9 @@ class HostViewSet(HavenViewSet):
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
         body = MaintenanceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            job = operations.maintenance(
-                self.get_object(), body.validated_data["on"], actor=request.user
-            )
-        except operations.OperationError as exc:
-            return operation_error(exc)
+        job = operations.maintenance(
+            self.get_object(), body.validated_data["on"], actor=request.user
+        )
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
@@ -53,24 +49,18 @@ class HostViewSet(HavenViewSet):
         """Put guests defined on this host under cluster control (their XML is read there)."""
         body = ImportSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            job = operations.import_guests(
-                self.get_object(),
-                body.validated_data["guests"],
-                actor=request.user,
-                failover_domain=body.validated_data.get("failover_domain"),
-            )
-        except operations.OperationError as exc:
-            return operation_error(exc)
+        job = operations.import_guests(
+            self.get_object(),
+            body.validated_data["guests"],
+            actor=request.user,
+            failover_domain=body.validated_data.get("failover_domain"),
+        )
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
     @action(detail=True, methods=["post"], url_path="acknowledge-down")
     def acknowledge_down(self, request: Request, pk: str | None = None) -> Response:
-        try:
-            job = operations.acknowledge_down(self.get_object(), actor=request.user)
-        except operations.OperationError as exc:
-            return operation_error(exc)
+        job = operations.acknowledge_down(self.get_object(), actor=request.user)
         return job_response(job)
 
 

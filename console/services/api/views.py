@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
 from console.runtime import operations
-from console.runtime.api import MoveSerializer, job_response, operation_error
+from console.runtime.api import MoveSerializer, job_response
 from console.services import services
 from console.services.api import serializers
 from console.services.models import FailoverDomain, VmService
@@ -62,10 +62,7 @@ class VmServiceViewSet(HavenViewSet):
     operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
 
     def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
-        try:
-            job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
-        except operations.OperationError as exc:
-            return operation_error(exc)
+        job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})

@@ -89,11 +89,6 @@ class ExtendSerializer(drf.Serializer):  # type: ignore[type-arg]
     size_bytes = drf.IntegerField(min_value=1, help_text="The new total size.")
 
 
-def storage_error(exc: services.StorageError) -> Response:
-    body: dict[str, Any] = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
-    return Response(body, status=status.HTTP_400_BAD_REQUEST)
-
-
 def _same_cluster(host: Host, cluster_id: int, field: str) -> Response | None:
     if host.cluster_id != cluster_id:
         return Response(
@@ -139,17 +134,14 @@ class VolumeGroupViewSet(HavenViewSet):
                 {"devices": [f"{host.name} has no probed device {', '.join(missing)}."]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        try:
-            job = services.create_volume_group(
-                host,
-                data["name"],
-                [by_path[p] for p in data["devices"]],
-                actor=request.user,
-                local=data["local"],
-                extent_size_bytes=data["extent_size_bytes"],
-            )
-        except services.StorageError as exc:
-            return storage_error(exc)
+        job = services.create_volume_group(
+            host,
+            data["name"],
+            [by_path[p] for p in data["devices"]],
+            actor=request.user,
+            local=data["local"],
+            extent_size_bytes=data["extent_size_bytes"],
+        )
         return job_response(job)
 
 
@@ -168,19 +160,16 @@ class LogicalVolumeViewSet(HavenViewSet):
         vg: VolumeGroup = data["volume_group"]
         if (refused := _same_cluster(data["host"], vg.cluster_id, "host")) is not None:
             return refused
-        try:
-            job = services.create_gfs2_volume(
-                data["host"],
-                vg,
-                name=data["name"],
-                size_bytes=data["size_bytes"],
-                actor=request.user,
-                fs_name=data["fs_name"],
-                mount_point=data["mount_point"],
-                journals=data.get("journals"),
-            )
-        except services.StorageError as exc:
-            return storage_error(exc)
+        job = services.create_gfs2_volume(
+            data["host"],
+            vg,
+            name=data["name"],
+            size_bytes=data["size_bytes"],
+            actor=request.user,
+            fs_name=data["fs_name"],
+            mount_point=data["mount_point"],
+            journals=data.get("journals"),
+        )
         return job_response(job)
 
     @extend_schema(request=ExtendSerializer, responses={202: JobSerializer})
@@ -192,12 +181,9 @@ class LogicalVolumeViewSet(HavenViewSet):
         host: Host = body.validated_data["host"]
         if (refused := _same_cluster(host, lv.volume_group.cluster_id, "host")) is not None:
             return refused
-        try:
-            job = services.extend_volume(
-                host, lv, body.validated_data["size_bytes"], actor=request.user
-            )
-        except services.StorageError as exc:
-            return storage_error(exc)
+        job = services.extend_volume(
+            host, lv, body.validated_data["size_bytes"], actor=request.user
+        )
         return job_response(job)
 
 
