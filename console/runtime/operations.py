@@ -212,9 +212,6 @@ def acknowledge_down(host: Host, *, actor: Any) -> Job:
     return job
 
 
-__all__ = ["BEST", "OperationError", "acknowledge_down", "maintenance", "service_command"]
-
-
 def list_guests(host: Host, *, actor: Any) -> Job:
     """Ask the host's agent which guests it has defined (the job's step result lists them)."""
     return jobs.create_job(
