@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from console import engine
 from console.clusters.models import Cluster, Host
+from console.clusters.stream import publish_change
 from console.events.models import Severity
 from console.events.services import record
 from console.jobs import services as jobs
@@ -76,6 +77,8 @@ def tick_once(cluster_id: int, store: Store, now: float | None = None) -> TickRe
         now = time.time() if now is None else now
         decision = engine.tick(loaded.snapshot, now)
         report = _apply(cluster, loaded, decision, now)
+    if decision.transitions or decision.actions:
+        publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started
     ticks.record_tick(store, cluster_id, report.duration_s)
     return report
@@ -260,6 +263,7 @@ def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
     changed: list[Host] = []
     fields = [
         "state",
+        "state_reason",
         "last_heartbeat",
         "memory_total_mb",
         "memory_free_mb",
@@ -276,6 +280,7 @@ def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
                 if (host.maintenance and hs.state is engine.HostState.ONLINE)
                 else hs.state.value
             )
+            host.state_reason = hs.reason
         rep = loaded.reports.get(name)
         if rep is not None:
             hb = rep.heartbeat
@@ -312,11 +317,27 @@ def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
             else None
         )
         host = loaded.hosts.get(node) if node else None
-        new = (ss.state.value, host.pk if host else None, ss.desired.value)
-        if new != (service.state, service.host_id, service.desired_state):
+        target = loaded.hosts.get(ss.target) if ss.target and node else None
+        new = (
+            ss.state.value,
+            host.pk if host else None,
+            ss.desired.value,
+            ss.reason,
+            target.pk if target else None,
+        )
+        if new != (
+            service.state,
+            service.host_id,
+            service.desired_state,
+            service.state_reason,
+            service.target_id,
+        ):
             if (service.state, service.host_id) != new[:2]:
                 service.state_since = timezone.now()
             service.state, service.host, service.desired_state = ss.state.value, host, new[2]
+            service.state_reason, service.target = ss.reason, target
             changed.append(service)
     if changed:
-        VmService.objects.bulk_update(changed, ["state", "host", "desired_state", "state_since"])
+        VmService.objects.bulk_update(
+            changed, ["state", "host", "desired_state", "state_since", "state_reason", "target"]
+        )
