@@ -28,6 +28,8 @@ from console.engine.model import (
     FenceStatus,
     HostObservation,
     Migrate,
+    Refusal,
+    RefusalCode,
     Relocate,
     Reply,
     ReplyOutcome,
@@ -49,7 +51,7 @@ from console.engine.states import (
     ServiceState,
 )
 from console.engine.status import HostStatus, PendingKind, ServiceStatus, Status
-from console.engine.tick import tick
+from console.engine.tick import Rulebook, best_host, move_refusal, tick
 
 __all__ = [
     "HOST_STATES",
@@ -70,9 +72,12 @@ __all__ = [
     "Migrate",
     "PendingKind",
     "Recovery",
+    "Refusal",
+    "RefusalCode",
     "Relocate",
     "Reply",
     "ReplyOutcome",
+    "Rulebook",
     "ServiceConfig",
     "ServiceState",
     "ServiceStatus",
@@ -84,5 +89,7 @@ __all__ = [
     "StopReason",
     "Subject",
     "Transition",
+    "best_host",
+    "move_refusal",
     "tick",
 ]

@@ -206,12 +206,40 @@ class ReplyOutcome(StrEnum):
     REFUSED = "refused"  # not applied; `code` and `reason` say why
 
 
+class RefusalCode(StrEnum):
+    """Why a person's command is refused (or queued: `busy`)."""
+
+    UNKNOWN_SERVICE = "unknown-service"
+    BUSY = "busy"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    RECOVERING = "recovering"
+    NOT_RUNNING = "not-running"
+    UNKNOWN_NODE = "unknown-node"
+    SAME_NODE = "same-node"
+    NOT_MIGRATABLE = "not-migratable"
+    MAINTENANCE = "maintenance"
+    OFFLINE = "offline"
+    NOT_ALLOWED = "not-allowed"
+    NO_ROOM = "no-room"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The engine's answer to "may this happen?" when it may not: a code and a reason for
+    people."""
+
+    code: RefusalCode
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     command_id: str
     service: str
     outcome: ReplyOutcome
-    #: short machine-readable reason, e.g. "not-migratable" (empty when accepted)
+    #: short machine-readable reason, a `RefusalCode` such as "not-migratable" (empty when
+    #: accepted)
     code: str = ""
     reason: str = ""
 

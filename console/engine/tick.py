@@ -32,6 +32,8 @@ from console.engine.model import (
     FenceStatus,
     HostObservation,
     Migrate,
+    Refusal,
+    RefusalCode,
     Relocate,
     Reply,
     ReplyOutcome,
@@ -75,6 +77,7 @@ from console.engine.status import (
 S = ServiceState
 H = HostState
 K = PendingKind
+R = RefusalCode
 
 #: states in which a service holds memory on its `node` (and on `target` while moving)
 OCCUPYING = frozenset({S.STARTED, S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
@@ -84,6 +87,14 @@ BUSY = frozenset({S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
 NEEDS_HOST = frozenset({S.STOPPED, S.DISABLED, S.WAITING, S.RECOVERING})
 #: host states that report what runs on them
 REPORTING = frozenset({H.ONLINE, H.MAINTENANCE})
+
+
+def _busy(s: ServiceStatus) -> Refusal:
+    """A command for a busy service: queued (applied when it settles), or refused when one
+    is already waiting."""
+    if s.queued is None:
+        return Refusal(R.BUSY, f"{s.state.value}: applied when it settles")
+    return Refusal(R.BUSY, f"{s.state.value}, and command {s.queued.id} is already waiting")
 
 
 class IllegalTransition(RuntimeError):
@@ -130,11 +141,15 @@ class _Tick:
         #: why the console's own view of heartbeats cannot tell silent hosts now ("" if it can)
         self.blind = self._view_gap()
 
-    def run(self) -> Decision:
+    def prepare(self) -> None:
+        """Phases 1-4: what the engine knows before it applies commands (see `Rulebook`)."""
         self._sync_services()
         self._results()
         self._hosts()
         self._reports()
+
+    def run(self) -> Decision:
+        self.prepare()
         self._commands()
         queue = self._desired()
         self._place(queue)
@@ -911,21 +926,15 @@ class _Tick:
         name = cmd.service
         s = self.svcs.get(name)
         if s is None:
-            self._reply(cmd, ReplyOutcome.REFUSED, "unknown-service", "no such service")
+            self._reply(cmd, ReplyOutcome.REFUSED, R.UNKNOWN_SERVICE, "no such service")
             return
         if s.state in BUSY:
+            busy = _busy(s)
             if s.queued is None:
                 self._put(name, replace(s, queued=cmd))
-                self._reply(
-                    cmd, ReplyOutcome.QUEUED, "busy", f"{s.state.value}: applied when it settles"
-                )
+                self._reply(cmd, ReplyOutcome.QUEUED, busy.code, busy.reason)
             else:
-                self._reply(
-                    cmd,
-                    ReplyOutcome.REFUSED,
-                    "busy",
-                    f"{s.state.value}, and command {s.queued.id} is already waiting",
-                )
+                self._reply(cmd, ReplyOutcome.REFUSED, busy.code, busy.reason)
             return
         kind = cmd.kind
         refused = ReplyOutcome.REFUSED
@@ -933,13 +942,13 @@ class _Tick:
             self._move_command(cmd, s)
             return
         if s.state is S.FAILED and kind in (CommandKind.START, CommandKind.STOP):
-            self._reply(cmd, refused, "failed", "failed: enable or disable it first")
+            self._reply(cmd, refused, R.FAILED, "failed: enable or disable it first")
             return
         # sticky start: a guest a person starts again prefers the host where it last ran
         prefer = s.last_node if s.state in NEEDS_HOST else None
         if kind is CommandKind.START:
             if s.desired is Desired.DISABLED:
-                self._reply(cmd, refused, "disabled", "disabled: enable it first")
+                self._reply(cmd, refused, R.DISABLED, "disabled: enable it first")
                 return
             self._put(name, replace(s, desired=Desired.STARTED, prefer=prefer))
         elif kind is CommandKind.ENABLE:
@@ -966,38 +975,41 @@ class _Tick:
         live = cmd.kind is CommandKind.MIGRATE
         refusal = self._move_refusal(name, s, node, live)
         if refusal is not None:
-            self._reply(cmd, ReplyOutcome.REFUSED, *refusal)
+            self._reply(cmd, ReplyOutcome.REFUSED, refusal.code, refusal.reason)
             return
         self._move(name, node, live, f"asked by a person (command {cmd.id})")
         self._put(name, replace(self.svcs[name], home=None))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
 
-    def _move_refusal(
-        self, name: str, s: ServiceStatus, node: str, live: bool
-    ) -> tuple[str, str] | None:
+    def _move_refusal(self, name: str, s: ServiceStatus, node: str, live: bool) -> Refusal | None:
+        """Why a person's move of settled service `name` to `node` is refused, or None."""
         cfg = self.conf[name]
         if s.state in (S.FENCE, S.RECOVERING):
-            return "recovering", f"{s.state.value}: {s.reason}"
+            return Refusal(R.RECOVERING, f"{s.state.value}: {s.reason}")
         if s.state is not S.STARTED:
-            return "not-running", f"not running ({s.state.value})"
+            return Refusal(R.NOT_RUNNING, f"not running ({s.state.value})")
         if node not in self.hosts:
-            return "unknown-node", f"no host named {node!r}"
+            return Refusal(R.UNKNOWN_NODE, f"no host named {node!r}")
         if node == s.node:
-            return "same-node", f"already running on {node}"
+            return Refusal(R.SAME_NODE, f"already running on {node}")
         if live and not cfg.migratable:
-            return "not-migratable", "cannot be live-migrated; relocate it instead"
+            return Refusal(R.NOT_MIGRATABLE, "cannot be live-migrated; relocate it instead")
         hs = self.hosts[node]
         if hs.state is H.MAINTENANCE:
-            return "maintenance", f"{node} is in maintenance"
+            return Refusal(R.MAINTENANCE, f"{node} is in maintenance")
         if hs.state is not H.ONLINE:
-            return "offline", f"{node} is {hs.state.value}"
+            return Refusal(R.OFFLINE, f"{node} is {hs.state.value}")
         domain = self._domain(cfg)
         if not allowed(domain, node):
             assert domain is not None
-            return "not-allowed", f"{node} is not a member of restricted domain {domain.name}"
+            return Refusal(
+                R.NOT_ALLOWED, f"{node} is not a member of restricted domain {domain.name}"
+            )
         usage = self.usage()
         if not usage.fits(node, cfg):
-            return "no-room", f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
+            return Refusal(
+                R.NO_ROOM, f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
+            )
         return None
 
     def _move(self, name: str, node: str, live: bool, why: str) -> None:
@@ -1130,6 +1142,11 @@ class _Tick:
                     break
         return choose(candidate_tiers, cfg, usage, exclude)
 
+    def _best_elsewhere(self, cfg: ServiceConfig, node: str) -> str | None:
+        """Where a running guest moves when it must leave `node` (a drain, a person's move
+        without a target)."""
+        return choose(self._candidate_tiers(cfg), cfg, self.usage(), {node})
+
     def _victims(self) -> dict[str, list[ServiceConfig]]:
         out: dict[str, list[ServiceConfig]] = {}
         for name, s in self.svcs.items():
@@ -1194,7 +1211,7 @@ class _Tick:
             return
         cfg = self.conf[name]
         assert s.node is not None
-        target = choose(self._candidate_tiers(cfg), cfg, self.usage(), {s.node})
+        target = self._best_elsewhere(cfg, s.node)
         if target is None:
             why = f"cannot leave {s.node}: no other allowed host has room"
             if s.reason != why:
@@ -1227,3 +1244,57 @@ class _Tick:
         target = choose(tuple(better), cfg, usage)
         if target is not None:
             self._move(name, target, cfg.migratable, "failback to a better host")
+
+
+# --- the rulebook: the same answers tick gives, for pages and the API ----------------------
+
+
+class Rulebook:
+    """Answers "may this guest move there?" and "where would it go?" exactly as `tick` would
+    at `now` with this snapshot: it runs the engine's phases up to the commands (results,
+    liveness, reports) and asks the same functions tick uses. Pure; build one per question
+    batch (e.g. a page listing the targets of a guest)."""
+
+    def __init__(self, snapshot: Snapshot, now: float) -> None:
+        self._t = _Tick(snapshot, now)
+        self._t.prepare()
+
+    def move_refusal(self, service: str, host: str, live: bool) -> Refusal | None:
+        """Why a person's migrate (`live`) or relocate of `service` to `host` would not be
+        accepted now, or None if it would. `busy`: the command would be queued instead
+        (refused if another one already waits; the reason says which)."""
+        t = self._t
+        s = t.svcs.get(service)
+        if s is None:
+            return Refusal(R.UNKNOWN_SERVICE, "no such service")
+        if s.state in BUSY:
+            return _busy(s)
+        return t._move_refusal(service, s, host, live)
+
+    def move_targets(self, service: str, live: bool) -> dict[str, Refusal | None]:
+        """`move_refusal` for every host, by name."""
+        return {h: self.move_refusal(service, h, live) for h in sorted(self._t.hosts)}
+
+    def best_host(self, service: str) -> str | None:
+        """Where the engine would put `service` now, without stopping anything: for a running
+        guest, the best other host (as a drain picks it); for one that needs a host, where
+        its start would go (restart in place, sticky start, placement). None: no room."""
+        t = self._t
+        s, cfg = t.svcs.get(service), t.conf.get(service)
+        if s is None or cfg is None:
+            return None
+        if s.state in OCCUPYING and s.node is not None:
+            return t._best_elsewhere(cfg, s.node)
+        return t._pick(s, cfg, set(s.failed_nodes))
+
+
+def move_refusal(
+    snapshot: Snapshot, now: float, service: str, host: str, live: bool
+) -> Refusal | None:
+    """`Rulebook(snapshot, now).move_refusal(service, host, live)`."""
+    return Rulebook(snapshot, now).move_refusal(service, host, live)
+
+
+def best_host(snapshot: Snapshot, now: float, service: str) -> str | None:
+    """`Rulebook(snapshot, now).best_host(service)`."""
+    return Rulebook(snapshot, now).best_host(service)
