@@ -132,14 +132,12 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
     for action in decision.actions:
-        pending = status.pending.get(action.id)
         kind, steps, params = action_steps.steps_for(
             action,
             cluster=cluster,
             hosts=loaded.hosts,
             services=loaded.services,
             online=online,
-            pending_kind=pending.kind if pending else "",
         )
         service = getattr(action, "service", None)
         job = bound.pop(service, None) if service else None
@@ -218,6 +216,8 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
 def _describe(action: engine.Action) -> str:
     if isinstance(action, engine.Fence):
         return f"fence {action.host}"
+    if isinstance(action, engine.FenceStatus):
+        return f"ask the fence device of {action.host} whether it is off"
     if isinstance(action, engine.Start | engine.Stop):
         verb = "start" if isinstance(action, engine.Start) else "stop"
         return f"{verb} {action.service} on {action.host}"
