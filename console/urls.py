@@ -50,6 +50,7 @@ urlpatterns = [
     path("api/", include(router.urls)),
 ]
 
+handler400 = "console.core.views.bad_request"
 handler403 = "console.core.views.permission_denied"
 handler404 = "console.core.views.page_not_found"
 handler500 = "console.core.views.server_error"

@@ -92,8 +92,13 @@ class HostRowForm(forms.Form):
 
 
 class BaseHostRows(forms.BaseFormSet):  # type: ignore[type-arg]
+    default_error_messages = {
+        "missing_management_form": "The list of host rows came back damaged (its row count "
+        "is missing or not a number): reload the page and enter the hosts again.",
+    }
+
     def clean(self) -> None:
-        if any(self.errors):
+        if any(self.errors) or not self.management_form.is_valid():
             return
         names = [f.cleaned_data.get("name") for f in self.forms if f.cleaned_data.get("name")]
         if not names:
@@ -107,7 +112,13 @@ class BaseHostRows(forms.BaseFormSet):  # type: ignore[type-arg]
 
 
 HostRowFormSet = forms.formset_factory(
-    HostRowForm, formset=BaseHostRows, extra=0, min_num=1, max_num=64
+    HostRowForm,
+    formset=BaseHostRows,
+    extra=0,
+    min_num=1,
+    max_num=64,
+    absolute_max=64,
+    validate_max=True,
 )
 
 # Parameters the form does not ask for: the action is Haven's choice; plug/port has its own

@@ -121,8 +121,10 @@ def _wizard_forms(request: HttpRequest) -> tuple[ClusterCreateForm, Any]:
     if request.method == "POST":
         data = request.POST.copy()
         if request.POST.get("step") == "add-row":
-            total = int(data.get("hosts-TOTAL_FORMS") or 1)
-            data["hosts-TOTAL_FORMS"] = str(min(total + 1, 64))
+            raw = str(data.get("hosts-TOTAL_FORMS") or "1")
+            # A count that is not a number is left as it is: the formset reports it.
+            if raw.isdecimal() and len(raw) < 4:
+                data["hosts-TOTAL_FORMS"] = str(min(int(raw) + 1, HostRowFormSet.max_num))
         return ClusterCreateForm(data), HostRowFormSet(data, prefix="hosts")
     initial = [{"port": 22}] * 3
     return ClusterCreateForm(), HostRowFormSet(prefix="hosts", initial=initial)

@@ -11,11 +11,13 @@ from django.db.models.deletion import ProtectedError, RestrictedError
 from rest_framework import serializers, status, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from console.core import services
 from console.core.errors import Refused
+from console.core.parsers import BoundedJSONParser
 
 
 def django_errors(exc: DjangoValidationError) -> dict[str, Any] | list[str]:
@@ -104,3 +106,4 @@ class TokenView(ObtainAuthToken):
 
     permission_classes = ()
     throttle_classes = ()
+    parser_classes = (BoundedJSONParser, FormParser, MultiPartParser)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -383,3 +384,96 @@ def test_malformed_json_is_400(admin_api: APIClient) -> None:
     )
     assert response.status_code == 400
     assert "JSON parse error" in response.json()["detail"]
+
+
+# --- inputs that once answered 500 (issue 11): each is now a 4xx in JSON naming what is wrong --
+BIG = 10**30
+
+
+def test_patch_domain_member_without_host(admin_api: APIClient) -> None:
+    domain = f.FailoverDomainFactory()
+    response = admin_api.patch(
+        f"/api/failover-domains/{domain.pk}/", {"members": [{"priority": 1}]}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert "host" in str(response.json()["members"])
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        (f"hosts/?cluster={BIG}", "cluster"),
+        (f"hosts/?cluster={-BIG}", "cluster"),
+        (f"services/?host={BIG}", "host"),
+        (f"jobs/?cluster={BIG}", "cluster"),
+        (f"events/?cluster={BIG}", "cluster"),
+        (f"block-devices/?host={BIG}", "host"),
+        (f"clusters/?offset={BIG}", "offset"),
+    ],
+)
+def test_integer_filter_out_of_range(admin_api: APIClient, query: str, field: str) -> None:
+    f.HostFactory()
+    response = admin_api.get(f"/api/{query}")
+    assert response.status_code == 400, response.content
+    assert "out of range" in str(response.json()[field])
+
+
+def test_huge_limit_is_capped(admin_api: APIClient) -> None:
+    f.ClusterFactory()
+    response = admin_api.get(f"/api/clusters/?limit={BIG}")
+    assert response.status_code == 200 and response.json()["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "xml, words",
+    [
+        (
+            f"<domain><name>guest1</name><memory unit='TiB'>{10**25}</memory></domain>",
+            "more than 64 tib",
+        ),
+        (
+            f"<domain><name>guest1</name><memory>1024</memory><vcpu>{10**30}</vcpu></domain>",
+            "more than 4096",
+        ),
+    ],
+    ids=["memory", "vcpu"],
+)
+def test_domain_xml_sizes_are_bounded(admin_api: APIClient, xml: str, words: str) -> None:
+    response = admin_api.post("/api/services/", service_body(xml=xml)(), format="json")
+    assert response.status_code == 400, response.content
+    assert words in str(response.json()["domain_xml"]).lower()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("url", ["/api/clusters/", "/api/token/"])
+def test_deeply_nested_json_is_400(make_client: Any, url: str) -> None:
+    api = make_client("admin" if url == "/api/clusters/" else None)
+    response = api.generic("POST", url, DEEP, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "nested more than" in response.json()["detail"]
+    moderately = {
+        "name": "c1",
+        "description": "x",
+        "extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+    }
+    again = api.post(url, moderately, format="json")
+    assert again.status_code == 400 and "nested more than" in again.json()["detail"]
+
+
+def test_api_errors_are_json(admin_api: APIClient) -> None:
+    response = admin_api.get("/api/no-such-list/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "/api/no-such-list/" in response.json()["detail"]
+
+
+def test_api_server_error_is_json(rf: Any) -> None:
+    from console.core.views import server_error
+
+    response = server_error(rf.get("/api/clusters/"))
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert "log" in json.loads(response.content)["detail"]
+    page = server_error(rf.get("/clusters/1/"))
+    assert page.status_code == 500 and b"<html" in page.content
