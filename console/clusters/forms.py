@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from agent import names
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import validators
 
@@ -164,9 +165,11 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
                     self.fields["plug"].help_text = str(p["description"])
             if not name or name in SKIPPED_PARAMETERS or p.get("deprecated"):
                 continue
-            if not validators.OBJECT_NAME_RE.match(name):
-                continue
-            secret = bool(p.get("secret")) or name in FenceDevice.SECRET_KEYS
+            try:
+                names.fence_parameter(name)
+            except names.InvalidName:
+                continue  # not a name the agent would pass on: never asked for
+            secret = bool(p.get("secret")) or names.is_secret(name)
             field = self._field_for(p, secret, has_stored=name in stored_secrets)
             if name in current:
                 field.initial = current[name]
@@ -219,8 +222,8 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
         data = self.cleaned_data
         for name in self.param_names:
             value = data.get(f"p_{name}")
-            if isinstance(value, str) and ("\n" in value or "\r" in value):
-                self.add_error(f"p_{name}", "This value may not contain a line break.")
+            if isinstance(value, str) and (problem := validators.fence_value_error(name, value)):
+                self.add_error(f"p_{name}", problem)
         return data
 
     def _post_clean(self) -> None:
