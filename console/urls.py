@@ -10,6 +10,7 @@ from rest_framework.routers import DefaultRouter
 from console.clusters.api.views import ClusterViewSet, FenceDeviceViewSet, HostViewSet
 from console.core import views as core_views
 from console.core.api import TokenView
+from console.core.auth import LoginForm
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
@@ -42,7 +43,7 @@ urlpatterns = [
     path("jobs/", include("console.jobs.urls")),
     path("events/", include("console.events.urls")),
     path("healthz", core_views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
