@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from agent import __version__
@@ -17,14 +18,21 @@ from agent.hypervisor import Hypervisor
 from agent.protocol import Heartbeat
 
 log = logging.getLogger(__name__)
+# This agent process's id: heartbeat ``seq`` counts from 1 within it (the console tells a
+# restarted agent from lost heartbeats by it).
+BOOT_ID = uuid.uuid4().hex[:16]
 
 
-def build_heartbeat(host: str, hypervisor: Hypervisor, seq: int, interval_s: float) -> Heartbeat:
+def build_heartbeat(
+    host: str, hypervisor: Hypervisor, seq: int, interval_s: float, boot: str = BOOT_ID
+) -> Heartbeat:
     try:
         facts = hypervisor.host_facts()
         guests = hypervisor.list_guests(active_only=True)
     except AgentError:
-        return Heartbeat(host, __version__, seq, interval_s, False, None, None, None, None, None)
+        return Heartbeat(
+            host, __version__, seq, interval_s, False, None, None, None, None, None, boot=boot
+        )
     return Heartbeat(
         host=host,
         agent_version=__version__,
@@ -36,6 +44,7 @@ def build_heartbeat(host: str, hypervisor: Hypervisor, seq: int, interval_s: flo
         memory_total_mib=facts.memory_total_mib,
         memory_free_mib=facts.memory_free_mib,
         guests=guests,
+        boot=boot,
     )
 
 

@@ -1,5 +1,5 @@
-"""A real console (Celery worker + beat on the pytest database) and a Redis on the lab bridge,
-driving lab hosts whose agents the console's own SSH bootstrap installed.
+"""A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
+on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
 Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
 tests/console/test_live.py.
@@ -126,7 +126,8 @@ def db_url(settings: Any) -> str:
 
 
 class Console:
-    """The console's Celery worker and beat as separate processes on the test database."""
+    """The console's processes on the test database: the Celery worker and beat, and the ingest
+    drainer (agents' messages). The one place that knows which console processes exist."""
 
     def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
         self.logs = logs
@@ -176,6 +177,7 @@ class Console:
         self._start(
             "beat", [*celery, "beat", "-s", str(self.logs / "beat-schedule"), "-l", "WARNING"]
         )
+        self._start("ingest", [sys.executable, "manage.py", "haven_ingest"])
 
     def stop(self) -> None:
         for proc in self.procs.values():
