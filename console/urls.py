@@ -12,6 +12,8 @@ from console.core import views as core_views
 from console.core.api import TokenView
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
+from console.monitoring.api.views import AlertHookViewSet
+from console.monitoring.metrics import metrics_view
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
 from console.storage.api.views import (
     BlockDeviceViewSet,
@@ -33,6 +35,7 @@ router.register("services", VmServiceViewSet)
 router.register("jobs", JobViewSet)
 router.register("job-events", JobEventViewSet)
 router.register("events", EventViewSet)
+router.register("alert-hooks", AlertHookViewSet)
 
 urlpatterns = [
     path("", core_views.home, name="home"),
@@ -41,7 +44,9 @@ urlpatterns = [
     path("clusters/", include("console.storage.urls")),
     path("jobs/", include("console.jobs.urls")),
     path("events/", include("console.events.urls")),
+    path("alerts/", include("console.monitoring.urls")),
     path("healthz", core_views.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
