@@ -232,9 +232,89 @@ class Api:
         return r.json()
 
 
-class Run:
+class Runner:
+    """What both runs share: the console's processes under a systemd-like supervisor, the HA
+    runner's ticks polled in the database, threads, messages."""
+
+    cluster = CLUSTER
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.console: Any = None
+        self.outcome = Outcome()
+        self.ticks: list[float] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._expected_exit: set[str] = set()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{time.strftime('%T')} {text}", flush=True)
+
+    def spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # the console's processes ---------------------------------------------------------
+    def supervise_console(self) -> None:
+        """Restart a console process RESTART_S after it exits (systemd's Restart=always)."""
+        dead: dict[str, float] = {}
+        while not self._stop.is_set():
+            for name, proc in list(self.console.procs.items()):
+                if proc.poll() is None:
+                    continue
+                if name not in dead:
+                    dead[name] = time.monotonic()
+                    if name in self._expected_exit:
+                        self._expected_exit.discard(name)
+                    else:
+                        self.outcome.console_exits.append(
+                            f"{time.strftime('%T')} {name} exited with {proc.returncode}"
+                        )
+                        self.say(f"console process {name} exited by itself ({proc.returncode})")
+                elif time.monotonic() - dead[name] >= RESTART_S:
+                    del dead[name]
+                    self.console.restart(name)
+            self._stop.wait(0.1)
+
+    def kill_console(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.console.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        self._expected_exit.add(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait()
+
+    def poll_ticks(self) -> None:
+        """The HA runner's tick count, polled in the database: each change is a decision."""
+        from django.db import close_old_connections
+        from django.db.utils import Error
+
+        from console.runtime.models import EngineState
+
+        last = None
+        while not self._stop.is_set():
+            try:
+                ticks = (
+                    EngineState.objects.filter(cluster__name=self.cluster)
+                    .values_list("ticks", flat=True)
+                    .first()
+                )
+            except Error:
+                close_old_connections()
+                ticks = last
+            if ticks != last:
+                self.ticks.append(time.time())
+                last = ticks
+            self._stop.wait(0.2)
+
+
+class Run(Runner):
     def __init__(self, root: Path, seed: int, faults: int, quiet: bool = False) -> None:
-        self.root, self.seed, self.n_faults, self.quiet = root, seed, faults, quiet
+        super().__init__(quiet)
+        self.root, self.seed, self.n_faults = root, seed, faults
         self.rng = random.Random(seed)
         self.logs = root / "logs"
         self.trace_dir = root / "trace"
@@ -245,20 +325,10 @@ class Run:
         self.redis = Redis(root, free_port())
         self.web_port = free_port()
         self.hosts = {n: Host(n, self.hosts_dir) for n in (*HOSTS, CONSOLE_AGENT)}
-        self.outcome = Outcome()
-        self.ticks: list[float] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._expected_exit: set[str] = set()
-        self.console: Any = None
         self.api: Api | None = None
         self.service_ids: dict[str, int] = {}
         self.host_ids: dict[str, int] = {}
         self.started_at = time.time()
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(f"{time.strftime('%T')} {text}", flush=True)
 
     # setup ------------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -347,11 +417,6 @@ class Run:
             }
             self.service_ids[guest] = api.ok("POST", "/api/services/", body)["id"]
 
-    def spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
     # the simulated hosts' power supply ------------------------------------------------
     def agent_argv(self, name: str) -> list[str]:
         argv = [sys.executable, "-m", "agent", "--broker", self.redis.url, "--host", name]
@@ -432,60 +497,6 @@ class Run:
             self.power(name, "cont", pid=pid)
             return True
 
-    # the console's processes ---------------------------------------------------------
-    def supervise_console(self) -> None:
-        """Restart a console process RESTART_S after it exits (systemd's Restart=always)."""
-        dead: dict[str, float] = {}
-        while not self._stop.is_set():
-            for name, proc in list(self.console.procs.items()):
-                if proc.poll() is None:
-                    continue
-                if name not in dead:
-                    dead[name] = time.monotonic()
-                    if name in self._expected_exit:
-                        self._expected_exit.discard(name)
-                    else:
-                        self.outcome.console_exits.append(
-                            f"{time.strftime('%T')} {name} exited with {proc.returncode}"
-                        )
-                        self.say(f"console process {name} exited by itself ({proc.returncode})")
-                elif time.monotonic() - dead[name] >= RESTART_S:
-                    del dead[name]
-                    self.console.restart(name)
-            self._stop.wait(0.1)
-
-    def kill_console(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.console.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        self._expected_exit.add(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        proc.wait()
-
-    def poll_ticks(self) -> None:
-        """The HA runner's tick count, polled in the database: each change is a decision."""
-        from django.db import close_old_connections
-        from django.db.utils import Error
-
-        from console.runtime.models import EngineState
-
-        last = None
-        while not self._stop.is_set():
-            try:
-                ticks = (
-                    EngineState.objects.filter(cluster__name=CLUSTER)
-                    .values_list("ticks", flat=True)
-                    .first()
-                )
-            except Error:
-                close_old_connections()
-                ticks = last
-            if ticks != last:
-                self.ticks.append(time.time())
-                last = ticks
-            self._stop.wait(0.2)
-
     # the truth so far ----------------------------------------------------------------
     def traces(self) -> dict[str, list[dict[str, Any]]]:
         return {h: watch.read_jsonl(self.trace_dir / f"{h}.jsonl") for h in HOSTS}
@@ -506,9 +517,11 @@ class Run:
 
     # faults ----------------------------------------------------------------------------
     def inject(self) -> None:
-        kinds, weights = list(KINDS), list(KINDS.values())
-        for n in range(1, self.n_faults + 1):
-            kind = self.rng.choices(kinds, weights)[0]
+        """The kinds come from the seed alone; each fault's own choices (target, durations)
+        from a generator of its own, so one fault's draws never shift the next one's."""
+        plan = random.Random(self.seed).choices(list(KINDS), list(KINDS.values()), k=self.n_faults)
+        for n, kind in enumerate(plan, 1):
+            self.rng = random.Random(f"{self.seed}-{n}")
             fault = Fault(n, kind, "", time.time())
             try:
                 getattr(self, "fault_" + kind.replace("-", "_"))(fault)
@@ -734,7 +747,7 @@ class Run:
         self.redis.kill()
 
 
-def make_console(run: Run) -> Any:
+def make_console(run: Any) -> Any:
     """tests/lab/harness.py's Console (whatever processes it starts), plus the web server,
     remembering how each process was started so the supervisor can start it again."""
     from tests.lab import harness
@@ -759,14 +772,16 @@ def make_console(run: Run) -> Any:
     return ChaosConsole(env["REDIS_URL"], env["DATABASE_URL"], run.logs, **env)
 
 
-def table(run: Run, report: watch.Report, dead: list[str], converge_wait: float) -> str:
-    kinds = Counter(f.kind for f in run.outcome.faults)
+def table(
+    run: Any, report: watch.Report, dead: list[str], wait: float, kinds: dict[str, float] = KINDS
+) -> str:
+    counts = Counter(f.kind for f in run.outcome.faults)
     lines = [f"chaos run: seed {run.seed}, {len(run.outcome.faults)} faults, root {run.root}"]
     lines.append("")
     lines.append(f"  {'fault':<18}{'count':>6}")
-    for kind in KINDS:
-        if kinds[kind]:
-            lines.append(f"  {kind:<18}{kinds[kind]:>6}")
+    for kind in kinds:
+        if counts[kind]:
+            lines.append(f"  {kind:<18}{counts[kind]:>6}")
     skipped = sum(1 for f in run.outcome.faults if f.note.startswith("skipped"))
     lines.append(f"  {'(skipped)':<18}{skipped:>6}")
     converge = "never" if report.converge_s is None else f"{report.converge_s:.1f} s"
@@ -817,11 +832,11 @@ def table(run: Run, report: watch.Report, dead: list[str], converge_wait: float)
     verdict = safety(run, report, dead)
     lines.append("")
     lines.append("  SAFETY: " + ("clean" if not verdict else "; ".join(verdict)))
-    lines.append(f"  (times are from the run's start; settle wait {converge_wait:.1f} s)")
+    lines.append(f"  (times are from the run's start; settle wait {wait:.1f} s)")
     return "\n".join(lines)
 
 
-def safety(run: Run, report: watch.Report, dead: list[str]) -> list[str]:
+def safety(run: Any, report: watch.Report, dead: list[str]) -> list[str]:
     out = report.safety()
     if dead:
         out.append(f"console process(es) left dead: {', '.join(dead)}")
@@ -830,7 +845,7 @@ def safety(run: Run, report: watch.Report, dead: list[str]) -> list[str]:
     return out
 
 
-def summary(run: Run, report: watch.Report, dead: list[str]) -> dict[str, Any]:
+def summary(run: Any, report: watch.Report, dead: list[str]) -> dict[str, Any]:
     return {
         "seed": run.seed,
         "faults": dict(Counter(f.kind for f in run.outcome.faults)),
@@ -857,6 +872,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", type=int, default=30, help="how many faults (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
     p.add_argument("--root", type=Path, help="state directory (default var/chaos/seed-S)")
+    p.add_argument("--lab", action="store_true", help="on the namespace lab (root, under flock)")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     return p
 
@@ -865,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.faults < 1:
         parser().error("--faults must be at least 1")
+    if args.lab:
+        from bench import chaos_lab
+
+        return chaos_lab.main(args)
     root = (args.root or ROOT / "var" / "chaos" / f"seed-{args.seed}").resolve()
     if root.exists():
         shutil.rmtree(root)
