@@ -17,7 +17,7 @@ behind the cluster's back (the agent's own `destroy` command, sent straight to i
 `virsh destroy` would be run on the host), Redis kill -9 and restart, worker kill -9, beat
 kill -9, web restart, people's operations through the REST API (migrate, relocate, stop then
 start, maintenance on then off), and fencing storms (3 of 5 agents SIGSTOPped at once, or 0.5 s
-apart). Console processes are restarted 1 s after they exit, as systemd's `Restart=always` does
+apart). Console processes are restarted 0.1 s after they exit, as systemd's `Restart=always` does
 in production; an exit the runner did not cause is reported.
 
 The watcher (deploy/bench/chaos_watch.py) then reads the agents' trace (HAVEN_AGENT_TRACE) and
@@ -66,7 +66,7 @@ HEARTBEAT_S, MISSED = 1.0, 3  # HAVEN_HEARTBEAT_INTERVAL_S, HAVEN_MISSED_HEARTBE
 # (its last heartbeat may have left up to one interval before the freeze).
 SILENCE_S = (MISSED - 1) * HEARTBEAT_S
 BOOT_S = 1.5  # a simulated host's boot: power on -> agent started
-RESTART_S = 1.0  # systemd RestartSec for the console's processes
+RESTART_S = 0.1  # systemd RestartSec (its default) for the console's processes
 KINDS: dict[str, float] = {  # fault kind -> weight
     "power-loss": 3,
     "hung-host": 3,
@@ -805,7 +805,7 @@ def table(
         lines.append(
             "  operations: " + ", ".join(f"{k} x{v}" for k, v in sorted(run.outcome.ops.items()))
         )
-    t0 = run.started_at
+    t0 = run.outcome.faults[0].start if run.outcome.faults else run.started_at
 
     def at(t: float) -> str:
         return f"+{t - t0:.1f}s"
@@ -832,7 +832,7 @@ def table(
     verdict = safety(run, report, dead)
     lines.append("")
     lines.append("  SAFETY: " + ("clean" if not verdict else "; ".join(verdict)))
-    lines.append(f"  (times are from the run's start; settle wait {wait:.1f} s)")
+    lines.append(f"  (times are from the first fault; settle wait {wait:.1f} s)")
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Root only, under `flock /tmp/haven-lab.lock` (deploy/chaos takes it). Builds the lab's three
 hosts et-virt05..07 afresh under var/chaos-lab/, a Redis on the lab bridge (tests/lab/harness.py
-`LabRedis`), the console's processes (harness `Console`, restarted 1 s after they exit as systemd
+`LabRedis`), the console's processes (harness `Console`, restarted 0.1 s after they exit as systemd
 would), forms cluster `lab` through the console's SSH bootstrap and defines guest1..3 with their
 IPMI fence devices (deploy/lab/article.py), exactly as tests/lab/test_e2e.py does, with fence
 action `off`. Then N faults from the seed: host power loss (the lab pulls the plug; the console
@@ -160,7 +160,10 @@ class LabRun(chaos.Runner):
 
         django.setup()
         import article
+        from django.conf import settings
         from django.core.management import call_command
+
+        settings.HAVEN_WHEELHOUSE = ROOT / "var" / "wheelhouse"  # built by deploy/setup
 
         kernel = article.build_guest_kernel(self.lab.root)
 

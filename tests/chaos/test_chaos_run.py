@@ -25,7 +25,6 @@ FAULTS, SEED = 30, 20  # seed 20: every kind of fault at least once in 30
     reason="issue 10, not fixed yet: a killed worker's runner lock (ttl 30 s) stalls HA ~30 s "
     "(bug 4); healthy hosts fenced after a Redis restart (bug 3)",
 )
-
 def test_short_chaos_run_keeps_every_guest_once(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("the chaos run starts its own redis-server, which is not installed")
