@@ -380,7 +380,7 @@ class LibvirtHypervisor:
         names.libvirt_uri(dest_uri)
         params: dict[str, Any] = {}
         if migrate_uri:
-            params[libvirt.VIR_MIGRATE_PARAM_URI] = names.libvirt_uri(migrate_uri)
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = names.migration_uri(migrate_uri)
         probe_tcp(dest_uri)
         timer = threading.Timer(timeout_s, self._abort, args=(dom,)) if timeout_s else None
         start = time.monotonic()

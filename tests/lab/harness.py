@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,8 +60,12 @@ class LabRedis:
     def agent_url(self) -> str:
         return f"redis://{haven_lab.BRIDGE_ADDRESS}:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, fresh: bool = True) -> None:
+        """Start the server; `fresh` drops what an earlier run left in its append-only file
+        (`restart()` keeps it, as a real Redis restart would)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            shutil.rmtree(self.dir / "appendonlydir", ignore_errors=True)
         pidfile = self.dir / "redis.pid"
         if pidfile.exists():  # an interrupted earlier run's server
             pid = int(pidfile.read_text().split()[0])
@@ -77,8 +82,10 @@ class LabRedis:
                 f"127.0.0.1 {haven_lab.BRIDGE_ADDRESS}",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                "--appendonly",  # as deploy/start-services: a restart keeps the queues
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--requirepass",
                 self.password,
                 "--dir",
@@ -97,6 +104,11 @@ class LabRedis:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+
+    def restart(self) -> None:
+        """kill -9 and start again on the same append-only file."""
+        self.stop()
+        self.start(fresh=False)
 
 
 def _pings(client: redis.Redis) -> bool:
