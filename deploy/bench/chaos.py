@@ -123,7 +123,8 @@ class Redis:
 
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(self.dir)]
+        # as deploy/start-services starts Haven's Redis: append-only file, a restart keeps it
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir)]
         argv += ["--logfile", str(self.dir / "redis.log")]
         self.proc = subprocess.Popen(argv, start_new_session=True)
         wait_for("redis", self.pings, 10)
@@ -350,10 +351,11 @@ class Run(Runner):
 
         call_command("migrate", verbosity=0)
         from django.contrib.auth.models import User
-        from rest_framework.authtoken.models import Token
+
+        from console.core.models import ApiToken
 
         admin = User.objects.create_superuser("chaos-admin", password=uuid.uuid4().hex)
-        token = Token.objects.create(user=admin).key
+        _, token = ApiToken.issue(admin)
         self.console = make_console(self)
         self.console.start()
         self.console.start_web(self.web_port)

@@ -304,9 +304,7 @@ class LabRun(chaos.Runner):
 
     def fault_redis_restart(self, fault: Fault) -> None:
         fault.target = "redis"
-        self.redis.stop()
-        self._stop.wait(self.rng.uniform(0.5, 1.5))
-        self.redis.start()
+        self.redis.restart()  # kill -9, and start again on its append-only file
 
     def fault_worker_kill(self, fault: Fault) -> None:
         fault.target = "worker"
