@@ -128,6 +128,9 @@ def db_url(settings: Any) -> str:
 class Console:
     """The console's Celery worker and beat as separate processes on the test database."""
 
+    #: the worker's pool; deploy/quickstart runs the default prefork pool (`--concurrency 2`)
+    worker_pool: tuple[str, ...] = ("--pool", "threads", "-c", "6")
+
     def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
         self.logs = logs
         logs.mkdir(parents=True, exist_ok=True)
@@ -161,10 +164,7 @@ class Console:
                 "worker",
                 "-Q",
                 "console",
-                "--pool",
-                "threads",
-                "-c",
-                "6",
+                *self.worker_pool,
                 "-n",
                 f"console-{uuid.uuid4().hex[:6]}@%h",
                 "--without-gossip",
