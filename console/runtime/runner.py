@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import redis
 from django.db import transaction
 from django.utils import timezone
 
@@ -89,6 +90,12 @@ def tick_once(
         report = _apply(cluster, loaded, decision, loaded.now)
         if lease is not None:
             lease.check()
+    for action in report.actions:  # committed: what was queued for a fenced host never runs
+        if isinstance(action, engine.Fence):
+            try:
+                store.drop_commands(action.host)
+            except redis.RedisError as exc:  # the commands still expire (HAVEN_COMMAND_TTL_S)
+                log.warning("could not drop the commands queued for %s: %s", action.host, exc)
     report.duration_s = time.perf_counter() - started
     return report
 

@@ -21,6 +21,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from agent.protocol import agent_queue
+
 log = logging.getLogger("haven.store")
 PREFIX = "haven:"
 #: The runner's lock lives this long unless renewed: how long a dead holder stalls HA.
@@ -111,6 +113,13 @@ class Store:
 
     def take_request(self, name: str) -> bool:
         return bool(self.r.getdel(f"{self.p}again:{name}"))
+
+    def drop_commands(self, host: str) -> None:
+        """Throw away the commands still queued for a host being fenced: sent before the fence,
+        they must never run after it (the host reboots and its agent comes back fast). Commands
+        its agent had already taken but not acknowledged come back only after the agents'
+        visibility timeout, long expired (HAVEN_COMMAND_TTL_S)."""
+        self.r.delete(agent_queue(host))
 
     # --- is the view of heartbeats continuous? ----------------------------------------------
     _VIEW = (

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 import redis
 
-from agent.protocol import EXECUTE_TASK, agent_queue
+from agent.protocol import agent_queue
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
+from console.jobs.transport import CeleryTransport
 from console.runtime.models import EngineState
 from console.runtime.store import Store
 from tests.console import factories as f
@@ -128,11 +129,10 @@ def live(own_redis: OwnRedis, tmp_path: Path, settings: Any) -> Iterator[Live]:
 
 
 def _destroy(guest: str, host: str) -> None:
-    from console.celery import app
-
+    """virsh destroy behind the cluster's back (each agent has its own test:/// driver)."""
     command = {"v": 1, "id": f"x-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
     command["args"] = {"guest": guest}
-    app.send_task(EXECUTE_TASK, args=[command], queue=agent_queue(host))
+    CeleryTransport().send(host, command, command)
 
 
 def _fences(record: Path) -> list[str]:
@@ -141,7 +141,7 @@ def _fences(record: Path) -> list[str]:
 
 
 def test_redis_restarts_lock_nobody_out_and_fence_nobody(
-    live: Live, own_redis: OwnRedis, tmp_path: Path
+    live: Live, own_redis: OwnRedis, tmp_path: Path, settings: Any
 ) -> None:
     record = tmp_path / "fence-calls.txt"
     cluster = f.ClusterFactory(name="restart")
@@ -174,6 +174,15 @@ def test_redis_restarts_lock_nobody_out_and_fence_nobody(
     expected = {f"vm-{n}": ("started", n) for n in HOSTS}
     wait_for("services started on their preferred hosts", lambda: placement() == expected, live)
     store = Store(redis.Redis.from_url(own_redis.url, socket_timeout=2, decode_responses=True))
+
+    # A command that has outlived its ttl (here: sent already expired) is dropped by the agent.
+    settings.HAVEN_COMMAND_TTL_S = -5
+    _destroy("vm-h3", "h3")
+    settings.HAVEN_COMMAND_TTL_S = 60
+    wait_for("h3's agent to take it", lambda: store.r.llen(agent_queue("h3")) == 0, live)
+    time.sleep(2)
+    assert placement()["vm-h3"] == ("started", "h3")
+    assert Job.objects.filter(kind="start", params__service="vm-h3").count() == 1
 
     resumed: list[float] = []
     reconnected: list[float] = []
