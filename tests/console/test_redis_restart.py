@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 import redis
 
-from agent.protocol import agent_queue
+from agent.protocol import PROTOCOL_VERSION, agent_queue
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import CeleryTransport
 from console.runtime.models import EngineState
 from console.runtime.store import Store
 from tests.console import factories as f
-from tests.console.test_live import FIXTURES, HOSTS, Live, placement, wait_for
+from tests.console.test_live import FIXTURES, HOSTS, Live, placement, using_broker, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 ROUNDS = int(os.environ.get("HAVEN_REDIS_RESTARTS", "2"))
@@ -112,25 +112,19 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 @pytest.fixture
 def live(own_redis: OwnRedis, tmp_path: Path, settings: Any) -> Iterator[Live]:
-    settings.REDIS_URL = own_redis.url
-    settings.CELERY_BROKER_URL = own_redis.url
-    from console.celery import app, use_broker
-
-    previous = app.conf.broker_url
-    use_broker(own_redis.url)
-    live = Live(own_redis.url, tmp_path / "logs")
-    if POOL == "prefork":
-        live.worker_pool = ("--pool", "prefork", "--concurrency", "2")
-    try:
-        yield live
-    finally:
-        live.stop()
-        use_broker(previous)
+    with using_broker(own_redis.url, settings):
+        live = Live(own_redis.url, tmp_path / "logs")
+        if POOL == "prefork":
+            live.worker_pool = ("--pool", "prefork", "--concurrency", "2")
+        try:
+            yield live
+        finally:
+            live.stop()
 
 
 def _destroy(guest: str, host: str) -> None:
     """virsh destroy behind the cluster's back (each agent has its own test:/// driver)."""
-    command = {"v": 1, "id": f"x-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
+    command = {"v": PROTOCOL_VERSION, "id": f"x-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
     command["args"] = {"guest": guest}
     CeleryTransport().send(host, command, command)
 
