@@ -185,6 +185,12 @@ class Store:
         finally:
             lease.release()
 
+    def lock_left_s(self, name: str) -> float | None:
+        """Seconds the lock still lives (0.0: free; None: no expiry, never set by `lock`)."""
+        answer: Any = self.r.pttl(f"{self.p}lock:{name}")
+        left = int(answer)
+        return 0.0 if left == -2 else None if left < 0 else left / 1000
+
     def request(self, name: str) -> None:
         """Ask the lock holder to run once more (a wake that came in while it ran)."""
         self.r.set(f"{self.p}again:{name}", "1", px=60_000)

@@ -129,15 +129,8 @@ def _destroy(guest: str, host: str) -> None:
     CeleryTransport().send(host, command, command)
 
 
-def _fences(record: Path) -> list[str]:
-    lines = record.read_text().splitlines() if record.exists() else []
-    return [line for line in lines if not line.startswith("status ")]
-
-
-def test_redis_restarts_lock_nobody_out_and_fence_nobody(
-    live: Live, own_redis: OwnRedis, tmp_path: Path, settings: Any
-) -> None:
-    record = tmp_path / "fence-calls.txt"
+def make_cluster(record: Path) -> Any:
+    """Hosts h1..h3 (fence agents that record their calls in `record`), vm-hN preferring hN."""
     cluster = f.ClusterFactory(name="restart")
     for name in HOSTS:
         host = f.HostFactory(cluster=cluster, name=name, address="127.0.0.1")
@@ -161,6 +154,19 @@ def test_redis_restarts_lock_nobody_out_and_fence_nobody(
                 "<os><type>hvm</type></os></domain>"
             ),
         )
+    return cluster
+
+
+def _fences(record: Path) -> list[str]:
+    lines = record.read_text().splitlines() if record.exists() else []
+    return [line for line in lines if not line.startswith("status ")]
+
+
+def test_redis_restarts_lock_nobody_out_and_fence_nobody(
+    live: Live, own_redis: OwnRedis, tmp_path: Path, settings: Any
+) -> None:
+    record = tmp_path / "fence-calls.txt"
+    cluster = make_cluster(record)
     assert FIXTURES.is_dir()
     live.start()
     for name in HOSTS:

@@ -253,3 +253,21 @@ def test_commands_expire_long_before_an_agent_would_get_them_back(settings: Any)
     assert 0 < settings.HAVEN_COMMAND_TTL_S < agent_visibility
     # and the console's own unacknowledged tasks come back within a minute, not an hour
     assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runner_waits_out_the_lock_of_a_holder_that_missed_its_renewals(
+    cluster3: Any, store: Store
+) -> None:
+    """A live holder's lock never has less than two thirds of its ttl left; one with less is
+    likely dead: the runner waits for it to expire instead of leaving it to the next beat."""
+    cluster, agents, _ = cluster3
+    agents.heartbeat(time.time())
+    key = f"{store.p}lock:runner:{cluster.pk}"
+    store.r.set(key, "a-dead-holder", px=400)
+    started = time.monotonic()
+    assert len(runner.run(cluster.pk, store)) == 1
+    assert 0.3 < time.monotonic() - started < 2.0
+    store.r.set(key, "a-live-holder", px=int(LOCK_TTL_S * 1000))
+    assert runner.run(cluster.pk, store) == []  # a live one is left alone: a wake instead
+    assert store.take_request(f"runner:{cluster.pk}")
