@@ -157,6 +157,17 @@ def make_cluster(record: Path) -> Any:
     return cluster
 
 
+def start_all(live: Live) -> dict[str, tuple[str, str | None]]:
+    """The console's processes and one agent per host; returns the placement once reached."""
+    assert FIXTURES.is_dir()
+    live.start()
+    for name in HOSTS:
+        live.agent(name)
+    expected: dict[str, tuple[str, str | None]] = {f"vm-{n}": ("started", n) for n in HOSTS}
+    wait_for("services started on their preferred hosts", lambda: placement() == expected, live)
+    return expected
+
+
 def _fences(record: Path) -> list[str]:
     lines = record.read_text().splitlines() if record.exists() else []
     return [line for line in lines if not line.startswith("status ")]
@@ -167,12 +178,7 @@ def test_redis_restarts_lock_nobody_out_and_fence_nobody(
 ) -> None:
     record = tmp_path / "fence-calls.txt"
     cluster = make_cluster(record)
-    assert FIXTURES.is_dir()
-    live.start()
-    for name in HOSTS:
-        live.agent(name)
-    expected = {f"vm-{n}": ("started", n) for n in HOSTS}
-    wait_for("services started on their preferred hosts", lambda: placement() == expected, live)
+    start_all(live)
     store = Store(redis.Redis.from_url(own_redis.url, socket_timeout=2, decode_responses=True))
 
     # A command that has outlived its ttl (here: sent already expired) is dropped by the agent.

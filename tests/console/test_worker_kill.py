@@ -16,8 +16,8 @@ import pytest
 
 from console.runtime.models import EngineState
 from console.runtime.store import LOCK_TTL_S
-from tests.console.test_live import HOSTS, Live, _broker, placement, using_broker, wait_for
-from tests.console.test_redis_restart import make_cluster
+from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
+from tests.console.test_redis_restart import make_cluster, start_all
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -45,11 +45,7 @@ def test_a_worker_killed_holding_the_lock_stalls_ha_for_at_most_the_ttl(
     from django.conf import settings
 
     cluster = make_cluster(tmp_path / "fence-calls.txt")
-    live.start()
-    for name in HOSTS:
-        live.agent(name)
-    expected = {f"vm-{n}": ("started", n) for n in HOSTS}
-    wait_for("services started on their preferred hosts", lambda: placement() == expected, live)
+    expected = start_all(live)
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     key = f"haven:lock:runner:{cluster.pk}"
     # only "worker" runs ticks for now, so the lock we catch is its own
