@@ -190,6 +190,8 @@ CELERY_TASK_IGNORE_RESULT = True
 # what a dead worker held comes back in a minute, not kombu's default hour (or, with the
 # append-only file, after a Redis restart that interrupted the restore).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+# Back on the broker within about a second of its return, not kombu's up to 30 s (the agents too).
+CELERY_WORKER_CONSUMER = "agent.reconnect:FastReconnectConsumer"
 # A command to an agent expires this long after it was sent (Celery `expires`, checked by the
 # agent's worker on its own clock: keep the clocks in sync). Agents acknowledge a command when
 # they take it (the executor runs it, a live migration for minutes if need be), so only commands
