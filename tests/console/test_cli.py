@@ -44,10 +44,11 @@ def logged_in(live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return str(live_server.url)
 
 
-def test_lists_and_operations(logged_in: str) -> None:
+def test_lists_and_operations(logged_in: str, live_view: Any) -> None:
     host = f.HostFactory(name="et-virt05", state="online")
-    f.HostFactory(name="et-virt06", cluster=host.cluster, state="online")
+    other = f.HostFactory(name="et-virt06", cluster=host.cluster, state="online")
     f.VmServiceFactory(cluster=host.cluster, name="guest1", state="started", host=host)
+    live_view.beat(host, other)
     code, out, _ = haven("services")
     assert code == 0
     assert out.splitlines()[0].split() == ["SERVICE", "STATE", "HOST", "DESIRED", "SINCE"]
