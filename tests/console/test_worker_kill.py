@@ -48,15 +48,24 @@ def test_a_worker_killed_holding_the_lock_stalls_ha_for_at_most_the_ttl(
     expected = start_all(live)
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     key = f"haven:lock:runner:{cluster.pk}"
-    # only "worker" runs ticks for now, so the lock we catch is its own
+    # Only "worker" is to run ticks: stop worker-2 at a moment it holds nothing (ticks still
+    # advance without it: neither the runner's lock nor the database's write lock is its).
     other = live.procs["worker-2"]
-    os.killpg(other.pid, signal.SIGSTOP)
+    for _ in range(5):
+        os.killpg(other.pid, signal.SIGSTOP)
+        ticks = _ticks(cluster)
+        deadline = time.monotonic() + LOCK_TTL_S + 3
+        while _ticks(cluster) < ticks + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _ticks(cluster) >= ticks + 2:
+            break
+        os.killpg(other.pid, signal.SIGCONT)
+        time.sleep(0.5)
+    else:
+        pytest.fail("worker-2 never stopped idle")
     try:
         deadline = time.monotonic() + 20
-        while r.exists(key):  # held by worker-2 as it stopped: expires within the ttl
-            assert time.monotonic() < deadline, "the stopped worker's lock never expired"
-            time.sleep(0.01)
-        while not r.exists(key):
+        while not r.exists(key):  # the lock we catch now is "worker"'s
             assert time.monotonic() < deadline, "never saw the runner's lock taken"
         os.killpg(live.procs["worker"].pid, signal.SIGKILL)
         killed = time.monotonic()
