@@ -17,9 +17,9 @@ from django.contrib.auth.models import Group, User
 from django.core import mail
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from console.core.models import ApiToken
 from console.events.incidents import incidents
 from console.events.models import Event
 from console.events.services import record
@@ -71,7 +71,7 @@ def receiver() -> Iterator[Receiver]:
 def viewer_token() -> str:
     user = User.objects.create_user("scraper", password="pw-for-tests-only")
     user.groups.add(Group.objects.get_or_create(name="viewer")[0])
-    return Token.objects.create(user=user).key
+    return ApiToken.issue(user)[1]
 
 
 def families(body: bytes) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime import ingest, runner
+from console.runtime import ingest, rules, runner
 from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
@@ -59,7 +59,7 @@ class Agents:
             if self.alive[host]:
                 ingest.handle(
                     {
-                        "v": 1,
+                        "v": 2,
                         "kind": "heartbeat",
                         "host": host,
                         "ts": t,
@@ -74,6 +74,7 @@ class Agents:
                     },
                     self.store,
                     received=t,
+                    sender=host,
                 )
 
     def answer(self, t: float) -> None:
@@ -86,7 +87,7 @@ class Agents:
             ok, data, message = self._do(host, command)
             ingest.handle(
                 {
-                    "v": 1,
+                    "v": 2,
                     "kind": "result",
                     "host": host,
                     "ts": t,
@@ -98,6 +99,7 @@ class Agents:
                 },
                 self.store,
                 received=t,
+                sender=host,
             )
 
     def _do(self, host: str, command: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
@@ -188,7 +190,7 @@ def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> N
     agents.running["et-virt06"].discard("guest2")
     cluster_id = ingest.handle(
         {
-            "v": 1,
+            "v": 2,
             "kind": "event",
             "event": "lifecycle",
             "host": "et-virt06",
@@ -198,6 +200,7 @@ def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> N
         },
         store,
         received=t,
+        sender="et-virt06",
     )
     assert cluster_id == cluster.pk  # the runner is woken by the event, not the next beat
     sent_before = len(transport.sent)
@@ -238,7 +241,8 @@ def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store)
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
+    with rules.use(store=store, clock=lambda: t):  # the rulebook sees the test's virtual time
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
     # the target goes into maintenance before the engine sees the command: it refuses
     Host.objects.filter(name="et-virt06").update(maintenance=True)
     run(cluster, agents, store, t, t + 2)
@@ -255,7 +259,8 @@ def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
+    with rules.use(store=store, clock=lambda: t):
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
     run(cluster, agents, store, t, t + 30)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.explanation
@@ -317,7 +322,7 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
     )
     ingest.handle(
         {
-            "v": 1,
+            "v": 2,
             "kind": "result",
             "host": "et-virt06",
             "id": command["id"],
@@ -326,6 +331,7 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
             "error": None,
         },
         store,
+        sender="et-virt06",
     )
     service = VmService.objects.get(name="legacy")
     assert (service.memory_mb, service.vcpus, service.uuid) == (

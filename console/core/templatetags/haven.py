@@ -128,3 +128,12 @@ def job_duration(job: Any) -> str:
 def timeline(incident: Any) -> list[dict[str, Any]]:
     """The incident's rows of bars for its SVG strip (see ``Incident.timeline``)."""
     return list(incident.timeline(timezone.now()))
+
+
+#: how a state reads beside its badge, where the bare value would puzzle a person
+STATE_LABELS = {"fence": "waiting for fence", "recovering": "recovering", "new": "new"}
+
+
+@register.filter
+def state_label(value: str) -> str:
+    return STATE_LABELS.get(value, value)
