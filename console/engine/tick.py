@@ -868,13 +868,15 @@ class _Tick:
                 at_target = self._report(target, lost_at)
                 if not waited or at_target is None or name in at_target:
                     continue
+            arrived = host == target
             self._service_to(
                 name,
                 S.STARTED,
                 f"{host} reports it running ({lost})",
                 node=host,
                 target=None,
-                retry_at=self.now + self.cfg.retry_s if host != target else 0.0,
+                retry_at=0.0 if arrived else self.now + self.cfg.retry_s,
+                **(self._arrived(s) if arrived else {}),
             )
             if s.state is S.STARTING:
                 self.started_now.add(name)
