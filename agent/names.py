@@ -114,3 +114,34 @@ def ip_address(value: object, what: str = "address") -> str:
         return str(ipaddress.ip_address(value))
     except ValueError as exc:
         raise AgentError("invalid_name", f"invalid {what}: {value!r}") from exc
+
+
+# --- secret parameters (one classification for console and agent) ---------------------------
+# A fence parameter or command argument whose value is a secret: stored encrypted by the
+# console, never shown back or logged, and sent to an agent only sealed with that agent's own
+# key (agent/sealing.py). The names fence agents use, plus any name matching _SECRET_NAME_RE.
+SECRET_PARAMETERS = frozenset(
+    {
+        "password",
+        "passwd",
+        "password_script",
+        "passwd_script",
+        "hexadecimal_kg",
+        "kg",
+        "snmp_priv_passwd",
+        "snmp_priv_passwd_script",
+        "snmp_auth_passwd",
+        "community",
+        "identity_file",
+        "ssh_options",
+        "token",
+        "secret",
+    }
+)
+_SECRET_NAME_RE = re.compile(r"pass|secret|community|token|(^|_)kg$|priv|identity", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a parameter of this name holds a secret (``-`` and ``_`` alike)."""
+    key = name.replace("-", "_").lower()
+    return key in SECRET_PARAMETERS or bool(_SECRET_NAME_RE.search(key))

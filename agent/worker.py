@@ -31,6 +31,7 @@ from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
 from agent.protocol import EXECUTE_TASK, Event, agent_queue, broker_keys
 from agent.publisher import Publisher, RedisSender, Sender
 from agent.runner import SubprocessRunner
+from agent.sealing import open_sealed
 from agent.storage import LinuxStorage
 from agent.strict import StrictTask, prune
 
@@ -48,6 +49,7 @@ class Settings:
     fstab: Path = Path("/etc/fstab")
     libvirt_config_dir: Path = Path("/etc/libvirt")
     log_level: str = "INFO"
+    seal_key: str | None = field(default=None, repr=False)  # opens sealed arguments
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +121,7 @@ class Agent:
             self.publisher.publish,
             ordering_key,
             workers=settings.workers,
+            unseal=lambda cmd: open_sealed(settings.seal_key, settings.host, cmd),
         )
         self.heartbeat = HeartbeatThread(
             settings.host, self.hypervisor, self.publisher.publish, settings.heartbeat_interval_s

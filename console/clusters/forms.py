@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from agent import names
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import validators
 
@@ -155,7 +156,7 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
                 continue
             if not validators.OBJECT_NAME_RE.match(name):
                 continue
-            secret = bool(p.get("secret")) or name in FenceDevice.SECRET_KEYS
+            secret = bool(p.get("secret")) or names.is_secret(name)
             field = self._field_for(p, secret, has_stored=name in stored_secrets)
             if name in current:
                 field.initial = current[name]

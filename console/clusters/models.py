@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from agent import names
 from console.clusters.choices import HostState
 from console.core import crypto, validators
 
@@ -70,9 +71,7 @@ class FenceDevice(models.Model):
     (``password`` ...) are stored encrypted and never shown back by the API.
     """
 
-    SECRET_KEYS = frozenset(
-        {"password", "passwd", "password_script", "snmp_priv_passwd", "community", "identity_file"}
-    )
+    SECRET_KEYS = names.SECRET_PARAMETERS  # and any name names.is_secret() recognises
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="fence_devices")
     name = models.CharField(max_length=64, validators=[validators.validate_object_name])
@@ -106,7 +105,7 @@ class FenceDevice(models.Model):
             errors["parameters"] = "Parameters must be an object of name: value pairs."
         else:
             for key, value in self.parameters.items():
-                if key in self.SECRET_KEYS:
+                if names.is_secret(key):
                     errors["parameters"] = (
                         f"{key!r} is a secret: give it in secret_parameters so it is stored "
                         "encrypted."

@@ -14,8 +14,9 @@ One loop, one Redis connection for it:
 After each round it records its progress (``Store.record_ingest``): the runner gets the ingest
 lag from ``Store.ingest_lag()``. A list whose key names a host the console does not know is
 refused (logged once a minute) and emptied. The drainer also keeps the agents' Redis users in
-place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S``, any missing user
-is re-created from the stored password hash, so a Redis restart never locks an agent out.
+place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S`` (one ``ACL USERS``),
+any missing user is re-created from the stored password hash, so a Redis restart never locks an
+agent out for longer than that.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from console.runtime.store import DRAIN_WAIT_S, Store
 log = logging.getLogger("haven.drain")
 BATCH = 500  # per list and round
 SCAN_EVERY_S = 5.0
-USERS_CHECK_S = 10.0
+USERS_CHECK_S = 2.0
 
 
 @dataclass
