@@ -46,7 +46,10 @@ Agent -> console
                 ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,
                 ``memory_total_mib``, ``memory_free_mib``, and ``guests``: the active guests as
                 ``{"name", "uuid", "state"}``; ``guests`` is null when libvirt is unreachable
-                (unknown, which is not the same as "none running").
+                (unknown, which is not the same as "none running"); ``cluster`` (optional,
+                null where corosync is not installed): ``running``, ``quorate``, ``node_id``,
+                ``nodes`` (members: ``{"nodeid", "votes", "name"}``), ``expected_votes``,
+                ``total_votes``, ``quorum``, or ``error`` (corosync-quorumtool's words).
 
 Commands (``kind``: ``args`` -> ``data``); names are validated before anything runs:
 
@@ -73,9 +76,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     pvcreate          device                               -> device
     vgcreate          vg, devices, local=false, extent_size_bytes?
                                                            -> vg, shared, extent_size_bytes
-    lvcreate          vg, lv, size_bytes                   -> vg, lv, size_bytes
+    lvcreate          vg, lv, size_bytes, activate=true    -> vg, lv, size_bytes
     lvextend          vg, lv, size_bytes                   -> vg, lv, size_bytes
-    lvremove          vg, lv                               -> vg, lv
+    lvremove          vg, lv   (refused "in_use" while mounted here) -> vg, lv
     mkfs_gfs2         device, cluster, fs, journals=2      -> device, lock_table, journals
     gfs2_inspect      device                               -> lock_protocol, lock_table,
                                                               journals, journal_names
@@ -84,6 +87,13 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                            -> line, changed
     mount             device, mount_point, fstype, options?-> mount_point
     unmount           mount_point                          -> mount_point
+    vg_lockstart      vg                                   -> vg, lock_started
+    lv_activate       vg, lv, mode=shared|exclusive|off    -> vg, lv, activation
+    lv_refresh        vg, lv                               -> vg, lv, size_bytes
+    lv_usage          vg, lv, refuse_mounted=false         -> vg, lv, mounted
+    gfs2_grow         mount_point                          -> mount_point, size_bytes,
+                                                              size_bytes_before
+    dlm_fence_ack     node (corosync node name)            -> node, nodeid
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output
@@ -132,6 +142,12 @@ COMMAND_KINDS = frozenset(
         "fstab_entry",
         "mount",
         "unmount",
+        "vg_lockstart",
+        "lv_activate",
+        "lv_refresh",
+        "lv_usage",
+        "gfs2_grow",
+        "dlm_fence_ack",
         "fence",
         "fence_metadata",
     }
@@ -165,6 +181,7 @@ ERROR_CODES = {
     "clustered_locking_unavailable": "a shared VG needs lvmlockd, which is not running",
     "not_supported": "this host cannot do it (e.g. the kernel lacks gfs2)",
     "not_mounted": "the operation needs a mounted filesystem",
+    "in_use": "refused: the volume is mounted (or otherwise in use) on this host",
     "internal": "a bug in the agent; the traceback is in the agent's log",
 }
 
@@ -344,6 +361,8 @@ class Heartbeat:
     memory_free_mib: int | None
     guests: list[GuestState] | None
     boot: str = ""
+    # corosync membership and quorum (agent/cluster_stack.py); None where corosync is absent
+    cluster: dict[str, Any] | None = None
     ts: float = field(default_factory=time.time)
     sent_at: float = 0.0
     v: int = PROTOCOL_VERSION

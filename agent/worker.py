@@ -23,6 +23,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from agent.cluster_stack import ClusterStack
 from agent.commands import Dispatcher, ordering_key
 from agent.executor import Executor
 from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
@@ -124,7 +125,11 @@ class Agent:
             unseal=lambda cmd: open_sealed(settings.seal_key, settings.host, cmd),
         )
         self.heartbeat = HeartbeatThread(
-            settings.host, self.hypervisor, self.publisher.publish, settings.heartbeat_interval_s
+            settings.host,
+            self.hypervisor,
+            self.publisher.publish,
+            settings.heartbeat_interval_s,
+            cluster_stack=ClusterStack(runner),
         )
         self._register_task()
 

@@ -70,7 +70,7 @@ from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
-from console.runtime import credentials
+from console.runtime import cluster_stack, credentials
 from console.runtime.store import Store
 
 log = logging.getLogger("haven.bootstrap")
@@ -242,10 +242,11 @@ def create_bootstrap_job(
             + " over SSH",
         )
         job.hosts.add(*rows)
+        kinds = STEP_KINDS + cluster_stack.step_kinds(shared_storage)  # corosync, dlm, lvmlockd
         JobStep.objects.bulk_create(
             JobStep(
                 job=job,
-                seq=i * len(STEP_KINDS) + stage + 1,
+                seq=i * len(kinds) + stage + 1,
                 stage=stage,
                 host=host,
                 kind=kind,
@@ -253,7 +254,7 @@ def create_bootstrap_job(
                 args={"address": spec.address, "port": spec.port, "fingerprint": spec.fingerprint},
             )
             for i, (spec, host) in enumerate(zip(hosts, rows, strict=True))
-            for stage, kind in enumerate(STEP_KINDS)
+            for stage, kind in enumerate(kinds)
         )
         record(
             actor=who,
@@ -371,6 +372,7 @@ def run_bootstrap(job_id: int, passwords: dict[str, str]) -> Job:
     with ThreadPoolExecutor(max_workers=len(runs) or 1, thread_name_prefix="bootstrap-host") as ex:
         for future in [ex.submit(_pipeline, run, host_steps) for run, host_steps in runs]:
             future.result()
+    cluster_stack.forget(job.pk)
     job.refresh_from_db()
     return job
 
@@ -808,6 +810,7 @@ STEPS: dict[str, Callable[[_HostRun], dict[str, Any]]] = {
     "bootstrap.install": _install,
     "bootstrap.configure": _configure,
     "bootstrap.register": _register,
+    **cluster_stack.STEPS,  # with "Enable shared storage" (console/runtime/cluster_stack.py)
 }
 
 __all__ = [
