@@ -111,6 +111,7 @@ class Drainer:
         self._maybe_keep_users()
         keys = self.keys()
         batch, backlog = self._pop(keys)
+        filed = 0
         if not batch and wait_s > 0:
             self._report(backlog=0)
             got = self.r.blpop(keys, timeout=wait_s)
@@ -118,14 +119,16 @@ class Drainer:
                 key, item = got
                 key = key if isinstance(key, str) else key.decode()
                 host = host_of_inbound_key(key)
-                more, backlog = self._pop(keys)
-                batch = ([(host, item)] if host is not None else []) + more
+                if host is not None:  # at once: a crash event must not wait for a round trip
+                    self._file([(host, item)], time.time())
+                    filed = 1
+                batch, backlog = self._pop(keys)
         received = time.time()
         if batch:
             self._file(batch, received)
         self._report(backlog)
         self.totals.rounds += 1
-        return len(batch)
+        return filed + len(batch)
 
     def _file(self, batch: list[tuple[str, Any]], received: float) -> None:
         filed = ingest.sort(batch, self.store, self.directory, self.refusals, received)
