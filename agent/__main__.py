@@ -21,12 +21,10 @@ from pathlib import Path
 
 from agent import __version__, names
 from agent.errors import AgentError
-from agent.worker import Agent, Settings
+from agent.worker import BROKER_ENV, SEAL_KEY_ENV, Agent, Settings
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BROKER_SCHEMES = ("redis", "rediss")
-BROKER_ENV = "HAVEN_AGENT_BROKER"
-SEAL_KEY_ENV = "HAVEN_AGENT_SEAL_KEY"
 
 
 def _host(value: str) -> str:
@@ -203,6 +201,7 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         libvirt_config_dir=args.libvirt_config_dir,
         log_level=args.log_level,
         seal_key=seal_key,
+        broker_file=Path(args.broker_file) if args.broker_file else None,
     )
 
 

@@ -168,6 +168,8 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
         from console.clusters.models import FenceDevice
 
         secret_params.update(FenceDevice.objects.get(pk=device_id).secret_parameters)
+    if "rotation" in step.secret_ref:  # new broker credentials, sealed with the current key
+        secret.update(credentials.pending_secrets(str(step.secret_ref["rotation"])))
     if "params" in args or secret_params:
         args["params"] = {k: v for k, v in params.items() if k not in secret_params}
     redacted = {**args, **dict.fromkeys(secret, "***")}

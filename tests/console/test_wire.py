@@ -24,7 +24,10 @@ import redis
 from celery import signature
 
 from agent.protocol import EXECUTE_TASK, agent_queue, broker_keys, inbound_key
+from console.clusters.models import Host
 from console.jobs.models import Job, JobStep, StepStatus
+from console.runtime import broker, credentials
+from console.runtime.models import AgentCredential
 from console.runtime.store import Store
 from tests.console import factories as f
 from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
@@ -349,3 +352,88 @@ def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> No
     for secret in secrets.values():
         assert secret not in _everything_in(admin)
         assert secret not in wire.log_text()
+
+
+def test_rotated_credentials_reach_the_agent_over_its_own_channel(
+    wire: Wire, tmp_path: Path, make_client: Any
+) -> None:
+    from tests.console.views_support import login
+
+    record = tmp_path / "fence-calls.txt"
+    cluster = f.ClusterFactory(name="wire")
+    hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
+    stranger = f.HostFactory(cluster=cluster, name="h3", address="127.0.0.1")
+    device = f.FenceDeviceFactory(
+        host=hosts["h2"],
+        cluster=cluster,
+        name="rec-h2",
+        agent="fence_haven_record",
+        plug="h2",
+        parameters={"record": str(record)},
+    )
+    device.secret_parameters = {"password": "pw-rotated-never"}
+    device.save()
+    old = {n: wire.login(n) for n in HOSTS}
+    wire.start()
+    for name in HOSTS:
+        wire.agent(name)
+    admin = redis.Redis.from_url(wire.broker, decode_responses=True)
+    store = Store(admin)
+    wait_for(
+        "both hosts online",
+        lambda: Host.objects.filter(state="online").count() == 2,
+        wire,
+    )
+    h1 = hosts["h1"]
+    assert (
+        make_client("operator").post(f"/api/hosts/{h1.pk}/rotate-credentials/").status_code == 403
+    )
+    api = make_client("admin")
+    refused = api.post(f"/api/hosts/{stranger.pk}/rotate-credentials/")
+    assert refused.status_code == 409
+    assert "bootstrap the host again over SSH" in refused.json()["detail"]
+    env_before = (tmp_path / "agent-h1.env").read_text()
+    response = api.post(f"/api/hosts/{h1.pk}/rotate-credentials/")
+    assert response.status_code == 202, response.content
+    job_id = response.json()["id"]
+    wait_for(
+        "the rotation done",
+        lambda: Job.objects.filter(pk=job_id, status="succeeded").exists(),
+        wire,
+    )
+    wait_for("h1's agent restarting", lambda: wire.procs["h1"].poll() is not None, wire)
+    env_after = (tmp_path / "agent-h1.env").read_text()
+    new_url = next(
+        ln.split("=", 1)[1] for ln in env_after.splitlines() if ln.startswith("HAVEN_AGENT_BROKER=")
+    )
+    assert new_url != old["h1"] and env_after != env_before
+    assert oct((tmp_path / "agent-h1.env").stat().st_mode & 0o777) == "0o600"
+    credential = AgentCredential.objects.get(name="h1")
+    assert credential.pending_sha256 == "" and credential.pending_encrypted == ""
+    password = new_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert credential.password_sha256 == broker.password_hash(password)
+    assert f"HAVEN_AGENT_SEAL_KEY={credentials.seal_key('h1')}" in env_after
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(old["h1"], socket_timeout=2).ping()  # the old password is gone
+    assert redis.Redis.from_url(new_url, socket_timeout=2).ping()
+    # what the supervisor does: start the agent again, now with the new credentials
+    restarted = time.time()
+    wire.procs.pop("h1")
+    wire.agent("h1")
+    wait_for(
+        "h1 heartbeating with its new login",
+        lambda: store.reports(["h1"])["h1"].received > restarted
+        and Host.objects.filter(name="h1", state="online").exists(),
+        wire,
+    )
+    # and secrets sealed with the new key open on h1
+    assert login("admin").post(f"/clusters/{cluster.pk}/fence/{device.pk}/test/").status_code == 302
+    fence = Job.objects.get(kind="fence-test")
+    assert fence.steps.get().host == h1
+    wait_for(
+        "the fence test with the new key",
+        lambda: Job.objects.filter(pk=fence.pk, status="succeeded").exists(),
+        wire,
+    )
+    assert record.read_text().splitlines() == ["status h2 password=yes"]
+    assert "pw-rotated-never" not in wire.log_text() and password not in wire.log_text()
