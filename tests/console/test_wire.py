@@ -293,10 +293,9 @@ def _bodies(value: str) -> list[str]:
     return out
 
 
-def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> None:
-    from tests.console.views_support import login
-
-    record = tmp_path / "fence-calls.txt"
+def _fence_cluster(tmp: Path, secrets: dict[str, str]) -> tuple[Path, Any, dict[str, Any], Any]:
+    """Cluster "wire" of HOSTS, h2 fenced by the recording fence agent with these secrets."""
+    record = tmp / "fence-calls.txt"
     cluster = f.ClusterFactory(name="wire")
     hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
     device = f.FenceDeviceFactory(
@@ -307,9 +306,16 @@ def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> No
         plug="h2",
         parameters={"record": str(record)},
     )
-    secrets = {"password": "pw-at-rest-never", "hexadecimal_kg": "kg-at-rest-never"}
     device.secret_parameters = secrets
     device.save()
+    return record, cluster, hosts, device
+
+
+def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> None:
+    from tests.console.views_support import login
+
+    secrets = {"password": "pw-at-rest-never", "hexadecimal_kg": "kg-at-rest-never"}
+    record, cluster, hosts, device = _fence_cluster(tmp_path, secrets)
     logins = [wire.login(n) for n in HOSTS]
     wire.start()
     for name in HOSTS:
@@ -359,20 +365,8 @@ def test_rotated_credentials_reach_the_agent_over_its_own_channel(
 ) -> None:
     from tests.console.views_support import login
 
-    record = tmp_path / "fence-calls.txt"
-    cluster = f.ClusterFactory(name="wire")
-    hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
+    record, cluster, hosts, device = _fence_cluster(tmp_path, {"password": "pw-rotated-never"})
     stranger = f.HostFactory(cluster=cluster, name="h3", address="127.0.0.1")
-    device = f.FenceDeviceFactory(
-        host=hosts["h2"],
-        cluster=cluster,
-        name="rec-h2",
-        agent="fence_haven_record",
-        plug="h2",
-        parameters={"record": str(record)},
-    )
-    device.secret_parameters = {"password": "pw-rotated-never"}
-    device.save()
     old = {n: wire.login(n) for n in HOSTS}
     wire.start()
     for name in HOSTS:
