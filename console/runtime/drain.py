@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
 from console.runtime import ingest, runner
@@ -40,6 +40,7 @@ log = logging.getLogger("haven.drain")
 BATCH = 500  # per list and round
 SCAN_EVERY_S = 5.0
 USERS_CHECK_S = 2.0
+RESULT_ATTEMPTS = 5
 
 
 @dataclass
@@ -176,13 +177,19 @@ class Drainer:
             close_old_connections()
 
     def _result(self, sender: str, message: dict[str, Any]) -> None:
-        try:
-            cluster_id = ingest.apply_result(sender, message)
-        except Exception:
-            log.exception("result %s from %s could not be applied", message.get("id"), sender)
-            cluster_id = None
-        finally:
-            close_old_connections()
+        cluster_id = None
+        for attempt in range(RESULT_ATTEMPTS):  # a locked database is worth waiting for
+            try:
+                cluster_id = ingest.apply_result(sender, message)
+                break
+            except DatabaseError as exc:
+                log.warning("result %s from %s: %s; again", message.get("id"), sender, exc)
+                time.sleep(0.2 * (attempt + 1))
+            except Exception:
+                log.exception("result %s from %s could not be applied", message.get("id"), sender)
+                break
+            finally:
+                close_old_connections()
         if cluster_id is not None:
             self.wake(cluster_id)
 
