@@ -238,6 +238,20 @@ def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) ->
     from console.celery import app as console_app
 
     assert sorted(n for n in console_app.tasks if not n.startswith("haven.")) == []
+    # the agent's worker likewise: an attached callback makes the whole message refused
+    mine = {"v": 2, "id": f"x-{uuid.uuid4().hex[:8]}", "kind": "destroy", "args": {}}
+    mine["args"] = {"guest": "vm-h1"}
+    app.send_task(EXECUTE_TASK, args=[mine], queue=agent_queue("h1"), link=callback)
+    app.send_task("celery.group", args=[[dict(callback)]], kwargs={}, queue=agent_queue("h1"))
+    wait_for(
+        "h1's agent refusing both",
+        lambda: "refused task message" in (wire.logs / "h1.log").read_text()
+        and "unregistered task" in (wire.logs / "h1.log").read_text(),
+        wire,
+    )
+    time.sleep(1.5)
+    assert placement() == expected and admin.llen(agent_queue("h2")) == 0
+    assert "vm-h1" in store.reports(["h1"])["h1"].running
 
     # --- Redis forgets the agents' users (a restart without persistence): re-created --------
     admin.execute_command("ACL", "DELUSER", "haven-agent-h1")
