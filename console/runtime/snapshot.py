@@ -95,7 +95,7 @@ def _view(store: Store, now: float) -> dict[str, Any]:
     if "view_since" in names:
         out["view_since"] = store.view_since(now)
     if "ingest_lag_s" in names:
-        # how far behind the drainer's view of the agents' messages is (Store.IngestStatus)
+        # the drainer's lag and the heartbeats' age on arrival (store.IngestStatus)
         out["ingest_lag_s"] = store.ingest_lag(now)
     return out
 
