@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "console.jobs",
     "console.events",
     "console.runtime",
+    "console.monitoring",
 ]
 
 MIDDLEWARE = [
@@ -198,6 +199,16 @@ HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 # What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
 # A graceful guest shutdown waits this long before the guest is destroyed.
+# Who may scrape /metrics without logging in: addresses or networks, comma separated.
+HAVEN_METRICS_ALLOW = os.environ.get("HAVEN_METRICS_ALLOW", "")
+# Alert e-mail goes through this SMTP server (Django's EMAIL_* settings).
+EMAIL_HOST = os.environ.get("HAVEN_SMTP_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("HAVEN_SMTP_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("HAVEN_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("HAVEN_SMTP_PASSWORD", "")
+EMAIL_USE_TLS = os.environ.get("HAVEN_SMTP_TLS", "0") == "1"
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("HAVEN_MAIL_FROM", "haven@localhost")
 HAVEN_STOP_TIMEOUT_S = int(os.environ.get("HAVEN_STOP_TIMEOUT_S", "30"))
 # Extra environment of every agent the SSH bootstrap installs, e.g. {"LVM_SYSTEM_DIR": "/srv/lvm"}
 # (console/runtime/bootstrap.py): names ^[A-Z][A-Z0-9_]{0,63}$, values on one line.

@@ -13,6 +13,8 @@ from console.core.api import TokenView
 from console.core.auth import LoginForm
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
+from console.monitoring.api.views import AlertHookViewSet
+from console.monitoring.metrics import metrics_view
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
 from console.storage.api.views import (
     BlockDeviceViewSet,
@@ -34,6 +36,7 @@ router.register("services", VmServiceViewSet)
 router.register("jobs", JobViewSet)
 router.register("job-events", JobEventViewSet)
 router.register("events", EventViewSet)
+router.register("alert-hooks", AlertHookViewSet)
 
 urlpatterns = [
     path("", core_views.home, name="home"),
@@ -42,7 +45,9 @@ urlpatterns = [
     path("clusters/", include("console.storage.urls")),
     path("jobs/", include("console.jobs.urls")),
     path("events/", include("console.events.urls")),
+    path("alerts/", include("console.monitoring.urls")),
     path("healthz", core_views.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -37,6 +37,9 @@ class Host(models.Model):
     address = models.CharField(max_length=253, validators=[validators.validate_address])
     state = models.CharField(max_length=16, choices=HostState.choices, default=HostState.NEW)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    state_reason = models.TextField(
+        blank=True, editable=False, help_text="The HA engine's reason for the current state."
+    )
     memory_total_mb = models.PositiveIntegerField(default=0)
     memory_free_mb = models.PositiveIntegerField(default=0)
     cpus = models.PositiveIntegerField(default=0)

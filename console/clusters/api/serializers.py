@@ -24,6 +24,7 @@ class HostSerializer(HavenModelSerializer):
             "name",
             "address",
             "state",
+            "state_reason",
             "last_heartbeat",
             "memory_total_mb",
             "memory_free_mb",
@@ -40,6 +41,7 @@ class HostSerializer(HavenModelSerializer):
         # What the agent reports is written by the runtime, never through the API.
         read_only_fields = [
             "state",
+            "state_reason",
             "last_heartbeat",
             "memory_total_mb",
             "memory_free_mb",

@@ -96,7 +96,18 @@ class VmServiceSerializer(HavenModelSerializer):
             "desired_state",
             "state",
             "host",
+            "target",
             "state_since",
+            "state_reason",
             "uuid",
         ]
-        read_only_fields = ["memory_mb", "vcpus", "state", "host", "state_since", "uuid"]
+        read_only_fields = [
+            "memory_mb",
+            "vcpus",
+            "state",
+            "host",
+            "target",
+            "state_since",
+            "state_reason",
+            "uuid",
+        ]
