@@ -66,6 +66,19 @@ def test_page_locks_the_user_after_10_failures_even_for_the_right_password(alice
     assert page_login(Client(), "alice", RIGHT, address="10.9.0.3").status_code == 302
 
 
+def test_admin_sign_in_is_locked_too(alice: User) -> None:
+    User.objects.create_superuser("root", password=RIGHT)
+    for _ in range(10):
+        Client().post(
+            "/admin/login/", {"username": "root", "password": WRONG}, REMOTE_ADDR="10.9.1.1"
+        )
+    refused = Client().post(
+        "/admin/login/", {"username": "root", "password": RIGHT}, REMOTE_ADDR="10.9.1.2"
+    )
+    assert refused.status_code == 200 and LOCKED in text(refused)
+    assert Event.objects.filter(verb="login", data__via="admin", result="failed").count() == 10
+
+
 def test_page_locks_an_address_that_tries_many_users(alice: User) -> None:
     for i in range(10):
         page_login(Client(), f"guess{i}", WRONG, address="10.9.0.66")
