@@ -153,13 +153,9 @@ def test_plaintext_tokens_of_older_consoles_are_hashed_and_dropped(alice: User) 
     migration = importlib.import_module("console.core.migrations.0002_api_tokens_login_failures")
     with connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, user_id integer, "
-            "created datetime)"
+            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, user_id integer)"
         )
-        cursor.execute(
-            "INSERT INTO authtoken_token VALUES (%s, %s, %s)",
-            ["a" * 40, alice.pk, "2026-01-01 00:00:00"],
-        )
+        cursor.execute("INSERT INTO authtoken_token VALUES (%s, %s)", ["a" * 40, alice.pk])
 
     class Editor:
         def __init__(self) -> None:
