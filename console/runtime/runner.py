@@ -4,6 +4,11 @@
 It runs every second (Celery beat) and at once when a lifecycle event or a job result comes
 in. A wake that arrives while another runner holds the lock is not lost: the holder runs
 again before it lets go.
+
+The lock (`Store.lock`) lives 3 s and is renewed while a tick runs, so a worker killed while
+it holds the lock stalls HA for at most 3 s. A tick commits only if, at its very end, its lock
+is still held (`Lease.check`) and the engine state row still has the tick counter it read
+(compare-and-set): a runner that lost its lock mid-tick rolls back and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
 from console.runtime import actions as action_steps
-from console.runtime.models import PendingCommand
+from console.runtime.models import EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
-from console.runtime.store import Store
+from console.runtime.store import Lease, LockLost, Store
 from console.services.models import VmService
 
 log = logging.getLogger("haven.runner")
@@ -48,13 +53,17 @@ def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
     store = store or Store()
     name = f"runner:{cluster_id}"
     reports: list[TickReport] = []
-    with store.lock(name) as taken:
-        if not taken:
+    with store.lock(name) as lease:
+        if not lease:
             store.request(name)
             return reports
         for _ in range(MAX_ROUNDS):
             store.take_request(name)
-            reports.append(tick_once(cluster_id, store))
+            try:
+                reports.append(tick_once(cluster_id, store, lease=lease))
+            except LockLost as exc:
+                log.warning("tick of cluster %s rolled back: %s", cluster_id, exc)
+                break
             if not store.take_request(name):
                 break
             store.request(name)  # put it back for the loop's next round to take
@@ -69,14 +78,20 @@ def run_all(store: Store | None = None) -> list[TickReport]:
     return out
 
 
-def tick_once(cluster_id: int, store: Store, now: float | None = None) -> TickReport:
+def tick_once(
+    cluster_id: int, store: Store, now: float | None = None, lease: Lease | None = None
+) -> TickReport:
+    """One decision. `now` defaults to the moment the heartbeats are read (a slow load must
+    not make hosts look silent). With a `lease`, the transaction commits only if the lock is
+    still held at the end (else `LockLost` and nothing is written)."""
     started = time.perf_counter()
     with transaction.atomic():
         cluster = Cluster.objects.get(pk=cluster_id)
-        loaded = load(cluster, store)
-        now = time.time() if now is None else now
-        decision = engine.tick(loaded.snapshot, now)
-        report = _apply(cluster, loaded, decision, now)
+        loaded = load(cluster, store, now)
+        decision = engine.tick(loaded.snapshot, loaded.now)
+        report = _apply(cluster, loaded, decision, loaded.now)
+        if lease is not None:
+            lease.check()
     if decision.transitions or decision.actions:
         publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started
@@ -103,8 +118,19 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
             message=status.alarm or "alarm cleared",
             data={"alarm": status.alarm, "previous": state.alarm},
         )
-    state.status_json, state.alarm, state.ticks = status.to_json(), status.alarm, state.ticks + 1
-    state.save(update_fields=["status_json", "alarm", "ticks", "updated"])
+    # Compare-and-set on the tick counter: the state row is the lock's fencing token. A runner
+    # whose snapshot another runner's tick has overtaken (its lock expired under it) writes
+    # nothing; under PostgreSQL the second UPDATE waits for the first commit, then matches 0.
+    status_json = status.to_json()
+    written = EngineState.objects.filter(pk=state.pk, ticks=state.ticks).update(
+        status_json=status_json,
+        alarm=status.alarm,
+        ticks=state.ticks + 1,
+        updated=timezone.now(),
+    )
+    if written != 1:
+        raise LockLost(f"cluster {cluster.name}: another runner decided since this snapshot")
+    state.status_json, state.alarm, state.ticks = status_json, status.alarm, state.ticks + 1
     jobs.mark_engine_notified([j.pk for j in loaded.result_jobs])
     PendingCommand.objects.filter(pk__in=[c.pk for c in loaded.commands]).update(delivered=True)
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clusters", "0003_host_state_reason"),
+        ("clusters", "0004_host_state_reason"),
         ("services", "0003_service_uuid"),
     ]
 

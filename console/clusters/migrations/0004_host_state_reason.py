@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clusters", "0002_runtime_fields"),
+        ("clusters", "0003_libvirt_uri_grammar_secret_parameters"),
     ]
 
     operations = [
