@@ -610,7 +610,7 @@ def test_migration_encrypts_secrets_stored_in_clear(db: None) -> None:
     from console.clusters.models import FenceDevice
 
     migration = importlib.import_module(
-        "console.clusters.migrations.0004_libvirt_uri_grammar_secret_parameters"
+        "console.clusters.migrations.0003_libvirt_uri_grammar_secret_parameters"
     )
     device = f.FenceDeviceFactory()
     device.secret_parameters = {"password": "pw"}

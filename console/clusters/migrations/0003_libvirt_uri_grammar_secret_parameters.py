@@ -25,7 +25,7 @@ def encrypt_plain_secrets(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("clusters", "0003_host_state_reason"),
+        ("clusters", "0002_runtime_fields"),
     ]
 
     operations = [
