@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from django.conf import settings
+
 from agent.protocol import EXECUTE_TASK, agent_queue
 
 
@@ -22,7 +24,11 @@ class CeleryTransport:
         from console.celery import app
 
         app.send_task(
-            EXECUTE_TASK, args=[command], queue=agent_queue(host), argsrepr=repr([redacted])
+            EXECUTE_TASK,
+            args=[command],
+            queue=agent_queue(host),
+            argsrepr=repr([redacted]),
+            expires=settings.HAVEN_COMMAND_TTL_S,  # never run late (console/settings.py)
         )
 
 
