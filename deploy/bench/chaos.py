@@ -313,6 +313,8 @@ class Runner:
 
 
 class Run(Runner):
+    guests_all = GUESTS
+
     def __init__(self, root: Path, seed: int, faults: int, quiet: bool = False) -> None:
         super().__init__(quiet)
         self.root, self.seed, self.n_faults = root, seed, faults
@@ -511,8 +513,13 @@ class Run(Runner):
         return watch.running_at(ivs, time.time())
 
     def converged_now(self) -> bool:
-        running = self.running()
-        return all(len(running.get(g, [])) == 1 for g in GUESTS)
+        running, enabled = self.running(), self.enabled()
+        return all(len(running.get(g, [])) == 1 for g in enabled)
+
+    def enabled(self) -> list[str]:
+        """The guests that should run: what the console records as people's intent (a person's
+        stop disables a guest; GUESTS when the database does not answer)."""
+        return enabled_guests(GUESTS)
 
     def live_hosts(self) -> list[str]:
         return [n for n in HOSTS if self.hosts[n].alive() and not self.hosts[n].frozen]
@@ -731,6 +738,7 @@ class Run(Runner):
             ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
             silence_s=SILENCE_S,
             logs=logs,
+            enabled=self.enabled(),
         )
         dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
         return report, dead
@@ -747,6 +755,20 @@ class Run(Runner):
         if self.console is not None:
             self.console.stop()
         self.redis.kill()
+
+
+def enabled_guests(guests: tuple[str, ...]) -> list[str]:
+    from django.db.utils import Error
+
+    from console.services.models import VmService
+
+    try:
+        stopped = set(
+            VmService.objects.exclude(desired_state="started").values_list("name", flat=True)
+        )
+    except Error:
+        return list(guests)
+    return [g for g in guests if g not in stopped]
 
 
 def make_console(run: Any) -> Any:
@@ -823,6 +845,9 @@ def table(
         lines.append(f"  HEALTHY HOST FENCED {h.host} {at(h.at)} ({h.action})")
     if report.lost:
         lines.append(f"  GUESTS LOST {', '.join(report.lost)}")
+    disabled = sorted(set(run.guests_all) - set(run.enabled()))
+    if disabled:
+        lines.append(f"  (left stopped by people's commands, not counted: {', '.join(disabled)})")
     if report.ha_stall_at is not None and report.ha_stall_s > 5:
         lines.append(f"  HA STALL {report.ha_stall_s:.1f} s from {at(report.ha_stall_at)}")
     for name in dead:

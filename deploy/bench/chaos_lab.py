@@ -226,7 +226,14 @@ class LabRun(chaos.Runner):
 
     def converged_now(self) -> bool:
         running = self.running()
-        return all(len(running.get(g, [])) == 1 for g in self.guests)
+        return all(len(running.get(g, [])) == 1 for g in self.enabled())
+
+    def enabled(self) -> list[str]:
+        return chaos.enabled_guests(self.guests)
+
+    @property
+    def guests_all(self) -> tuple[str, ...]:
+        return self.guests
 
     def _fenced_since(self, host: str, since: float) -> bool:
         from console.jobs.models import Job
@@ -338,6 +345,7 @@ class LabRun(chaos.Runner):
             ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
             silence_s=chaos.SILENCE_S,
             logs=logs,
+            enabled=self.enabled(),
         )
         dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
         return report, dead
