@@ -34,6 +34,12 @@ STORAGE_KINDS = {
     "fstab_entry",
     "mount",
     "unmount",
+    "vg_lockstart",
+    "lv_activate",
+    "lv_refresh",
+    "lv_usage",
+    "gfs2_grow",
+    "dlm_fence_ack",
 }
 MAX_TIMEOUT_S = 24 * 3600
 
@@ -263,8 +269,9 @@ class Dispatcher:
 
     def _do_lvcreate(self, a: Args) -> dict[str, Any]:
         vg, lv, size = names.vg(a.text("vg")), names.lv(a.text("lv")), a.integer("size_bytes", lo=1)
+        activate = a.flag("activate", True)
         a.done()
-        return self.storage.lvcreate(vg, lv, size)
+        return self.storage.lvcreate(vg, lv, size, activate)
 
     def _do_lvextend(self, a: Args) -> dict[str, Any]:
         vg, lv, size = names.vg(a.text("vg")), names.lv(a.text("lv")), a.integer("size_bytes", lo=1)
@@ -316,6 +323,37 @@ class Dispatcher:
         mp = names.mount_point(a.text("mount_point"))
         a.done()
         return self.storage.unmount(mp)
+
+    def _do_vg_lockstart(self, a: Args) -> dict[str, Any]:
+        vg = names.vg(a.text("vg"))
+        a.done()
+        return self.storage.vg_lockstart(vg)
+
+    def _do_lv_activate(self, a: Args) -> dict[str, Any]:
+        vg, lv, mode = names.vg(a.text("vg")), names.lv(a.text("lv")), a.text("mode", "shared")
+        a.done()
+        return self.storage.lv_activate(vg, lv, mode)
+
+    def _do_lv_refresh(self, a: Args) -> dict[str, Any]:
+        vg, lv = names.vg(a.text("vg")), names.lv(a.text("lv"))
+        a.done()
+        return self.storage.lv_refresh(vg, lv)
+
+    def _do_lv_usage(self, a: Args) -> dict[str, Any]:
+        vg, lv = names.vg(a.text("vg")), names.lv(a.text("lv"))
+        refuse = a.flag("refuse_mounted", False)
+        a.done()
+        return self.storage.lv_usage(vg, lv, refuse)
+
+    def _do_gfs2_grow(self, a: Args) -> dict[str, Any]:
+        mp = names.mount_point(a.text("mount_point"))
+        a.done()
+        return self.storage.gfs2_grow(mp)
+
+    def _do_dlm_fence_ack(self, a: Args) -> dict[str, Any]:
+        node = names.guest(a.text("node"))
+        a.done()
+        return self.storage.dlm_fence_ack(node)
 
     # fencing ------------------------------------------------------------------------
     def _do_fence(self, a: Args) -> dict[str, Any]:

@@ -9,22 +9,48 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from agent import __version__
+from agent.cluster_stack import ClusterStack
 from agent.errors import AgentError
 from agent.hypervisor import Hypervisor
 from agent.protocol import Heartbeat
 
 log = logging.getLogger(__name__)
+# This agent process's id: heartbeat ``seq`` counts from 1 within it (the console tells a
+# restarted agent from lost heartbeats by it).
+BOOT_ID = uuid.uuid4().hex[:16]
 
 
-def build_heartbeat(host: str, hypervisor: Hypervisor, seq: int, interval_s: float) -> Heartbeat:
+def build_heartbeat(
+    host: str,
+    hypervisor: Hypervisor,
+    seq: int,
+    interval_s: float,
+    boot: str = BOOT_ID,
+    cluster_stack: ClusterStack | None = None,
+) -> Heartbeat:
+    cluster = cluster_stack.membership() if cluster_stack is not None else None
     try:
         facts = hypervisor.host_facts()
         guests = hypervisor.list_guests(active_only=True)
     except AgentError:
-        return Heartbeat(host, __version__, seq, interval_s, False, None, None, None, None, None)
+        return Heartbeat(
+            host,
+            __version__,
+            seq,
+            interval_s,
+            False,
+            None,
+            None,
+            None,
+            None,
+            None,
+            boot=boot,
+            cluster=cluster,
+        )
     return Heartbeat(
         host=host,
         agent_version=__version__,
@@ -36,6 +62,8 @@ def build_heartbeat(host: str, hypervisor: Hypervisor, seq: int, interval_s: flo
         memory_total_mib=facts.memory_total_mib,
         memory_free_mib=facts.memory_free_mib,
         guests=guests,
+        boot=boot,
+        cluster=cluster,
     )
 
 
@@ -46,7 +74,9 @@ class HeartbeatThread:
         hypervisor: Hypervisor,
         publish: Callable[[Heartbeat], None],
         interval_s: float = 1.0,
+        cluster_stack: ClusterStack | None = None,
     ) -> None:
+        self._cluster_stack = cluster_stack
         self._host = host
         self._hypervisor = hypervisor
         self._publish = publish
@@ -67,7 +97,15 @@ class HeartbeatThread:
         while not self._stop.is_set():
             seq += 1
             try:
-                self._publish(build_heartbeat(self._host, self._hypervisor, seq, self._interval_s))
+                self._publish(
+                    build_heartbeat(
+                        self._host,
+                        self._hypervisor,
+                        seq,
+                        self._interval_s,
+                        cluster_stack=self._cluster_stack,
+                    )
+                )
             except Exception:  # a heartbeat bug must not stop the heartbeats
                 log.exception("heartbeat %d failed", seq)
             next_beat += self._interval_s

@@ -22,9 +22,23 @@ LVM_REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_uuid"
 VG_FIELDS = "vg_name,vg_size,vg_free,vg_uuid,vg_attr,lv_count,pv_count,vg_lock_type"
 LV_FIELDS = "lv_name,vg_name,lv_size,lv_attr,lv_uuid,lv_path"
-LSBLK = ["lsblk", "--json", "--bytes", "-o", "NAME,PATH,SIZE,TYPE,FSTYPE,MOUNTPOINT,UUID,LABEL"]
+# SERIAL and WWN identify a shared disk (a LUN) across hosts, whatever its name on each.
+LSBLK = [
+    "lsblk",
+    "--json",
+    "--bytes",
+    "-o",
+    "NAME,PATH,SIZE,TYPE,FSTYPE,MOUNTPOINT,UUID,LABEL,SERIAL,WWN,MODEL",
+]
 _INT_FIELDS = {"pv_size", "pv_free", "vg_size", "vg_free", "lv_count", "pv_count", "lv_size"}
 _JOURNAL_RE = re.compile(r"\bjournal(\d+)\b")
+# Under QEMU TCG (the storage lab) LVM on a shared VG takes 5-15 s, mount 10-15 s and gfs2_jadd
+# up to a minute; a real host is faster. These bound the slow commands, not the usual ones.
+SLOW_S = 300.0
+ACTIVATION = {"shared": "sy", "exclusive": "ey", "off": "n"}
+_CMAP_NODE_RE = re.compile(
+    r"^nodelist\.node\.(\d+)\.(name|nodeid|ring0_addr) \([a-z0-9]+\) = (.*)$"
+)
 
 
 class Storage(Protocol):
@@ -35,7 +49,9 @@ class Storage(Protocol):
     def vgcreate(
         self, vg: str, devices: Sequence[str], local: bool, extent_size_bytes: int | None = None
     ) -> dict[str, Any]: ...
-    def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
+    def lvcreate(
+        self, vg: str, lv: str, size_bytes: int, activate: bool = True
+    ) -> dict[str, Any]: ...
     def lvextend(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]: ...
     def lvremove(self, vg: str, lv: str) -> dict[str, Any]: ...
     def mkfs_gfs2(self, device: str, cluster: str, fs: str, journals: int) -> dict[str, Any]: ...
@@ -48,6 +64,12 @@ class Storage(Protocol):
         self, device: str, mount_point: str, fstype: str, options: str | None
     ) -> dict[str, Any]: ...
     def unmount(self, mount_point: str) -> dict[str, Any]: ...
+    def vg_lockstart(self, vg: str) -> dict[str, Any]: ...
+    def lv_activate(self, vg: str, lv: str, mode: str) -> dict[str, Any]: ...
+    def lv_refresh(self, vg: str, lv: str) -> dict[str, Any]: ...
+    def lv_usage(self, vg: str, lv: str, refuse_mounted: bool) -> dict[str, Any]: ...
+    def gfs2_grow(self, mount_point: str) -> dict[str, Any]: ...
+    def dlm_fence_ack(self, node: str) -> dict[str, Any]: ...
 
 
 def parse_lvm_report(stdout: str, section: str) -> list[dict[str, Any]]:
@@ -145,7 +167,10 @@ class LinuxStorage:
                 "clustered locking unavailable: lvmlockd is not running on this host, so a "
                 "shared VG cannot be created; pass local=true for a host-local VG",
             )
-        self._run(["vgcreate", *(["--shared"] if shared else []), *extent, "--", vg, *devs])
+        self._run(
+            ["vgcreate", *(["--shared"] if shared else []), *extent, "--", vg, *devs],
+            timeout_s=SLOW_S,
+        )
         return {"vg": vg, "shared": shared, "extent_size_bytes": self._extent_size(vg)}
 
     def _extent_size(self, vg: str) -> int:
@@ -153,22 +178,29 @@ class LinuxStorage:
         rows = parse_lvm_report(out, "vg")
         return int(rows[0]["vg_extent_size"]) if rows else 0
 
-    def lvcreate(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]:
+    def lvcreate(self, vg: str, lv: str, size_bytes: int, activate: bool = True) -> dict[str, Any]:
+        """``activate=False`` (a shared VG's LV): created inactive, so every host can then
+        activate it shared (``lv_activate``); lvcreate would otherwise take it exclusive."""
         names.vg(vg)
         names.lv(lv)
-        self._run(["lvcreate", "--yes", "-n", lv, "-L", f"{size_bytes}b", "--", vg])
+        off = [] if activate else ["--activate", "n"]
+        self._run(
+            ["lvcreate", "--yes", *off, "-n", lv, "-L", f"{size_bytes}b", "--", vg],
+            timeout_s=SLOW_S,
+        )
         return {"vg": vg, "lv": lv, "size_bytes": self._lv_size(vg, lv)}
 
     def lvextend(self, vg: str, lv: str, size_bytes: int) -> dict[str, Any]:
         names.vg(vg)
         names.lv(lv)
-        self._run(["lvextend", "-L", f"{size_bytes}b", "--", f"{vg}/{lv}"])
+        self._run(["lvextend", "-L", f"{size_bytes}b", "--", f"{vg}/{lv}"], timeout_s=SLOW_S)
         return {"vg": vg, "lv": lv, "size_bytes": self._lv_size(vg, lv)}
 
     def lvremove(self, vg: str, lv: str) -> dict[str, Any]:
         names.vg(vg)
         names.lv(lv)
-        self._run(["lvremove", "--yes", "--", f"{vg}/{lv}"])
+        self.lv_usage(vg, lv, refuse_mounted=True)
+        self._run(["lvremove", "--yes", "--", f"{vg}/{lv}"], timeout_s=SLOW_S)
         return {"vg": vg, "lv": lv}
 
     def _lv_size(self, vg: str, lv: str) -> int | None:
@@ -180,7 +212,10 @@ class LinuxStorage:
     def mkfs_gfs2(self, device: str, cluster: str, fs: str, journals: int) -> dict[str, Any]:
         table = f"{names.cluster(cluster)}:{names.fs_name(fs)}"
         dev = names.device(device)
-        self._run(["mkfs.gfs2", "-O", "-p", "lock_dlm", "-t", table, "-j", str(journals), dev])
+        self._run(
+            ["mkfs.gfs2", "-O", "-p", "lock_dlm", "-t", table, "-j", str(journals), dev],
+            timeout_s=SLOW_S,
+        )
         return {"device": dev, "lock_table": table, "journals": journals}
 
     def gfs2_inspect(self, device: str) -> dict[str, Any]:
@@ -201,7 +236,7 @@ class LinuxStorage:
         mp = names.mount_point(mount_point)
         if self._mounted_type(mp) != "gfs2":
             raise AgentError("not_mounted", f"{mp} is not a mounted gfs2 filesystem")
-        self._run(["gfs2_jadd", "-j", str(journals), mp])
+        self._run(["gfs2_jadd", "-j", str(journals), mp], timeout_s=SLOW_S)
         return {"mount_point": mp, "journals_added": journals}
 
     # fstab and mounts ----------------------------------------------------------------
@@ -241,15 +276,95 @@ class LinuxStorage:
             return {"mount_point": mp, "changed": False}
         opts = ["-o", names.mount_options(options)] if options else []
         Path(mp).mkdir(parents=True, exist_ok=True)
-        self._run(["mount", "-t", fst, *opts, "--", dev, mp])
+        self._run(["mount", "-t", fst, *opts, "--", dev, mp], timeout_s=SLOW_S)
         return {"mount_point": mp, "changed": True}
 
     def unmount(self, mount_point: str) -> dict[str, Any]:
         mp = names.mount_point(mount_point)
         if self._mounted_type(mp) is None:
             return {"mount_point": mp, "changed": False}
-        self._run(["umount", "--", mp])
+        self._run(["umount", "--", mp], timeout_s=SLOW_S)
         return {"mount_point": mp, "changed": True}
+
+    # shared VGs (lvmlockd) and GFS2 on every host ----------------------------------------
+    def vg_lockstart(self, vg: str) -> dict[str, Any]:
+        """Join the VG's lockspace here (every host, before it uses a shared VG)."""
+        names.vg(vg)
+        self._run(["vgchange", "--lockstart", "--", vg], timeout_s=SLOW_S)
+        return {"vg": vg, "lock_started": True}
+
+    def lv_activate(self, vg: str, lv: str, mode: str) -> dict[str, Any]:
+        """``lvchange -asy`` (shared, for GFS2 on every host), ``-aey`` or ``-an``."""
+        names.vg(vg)
+        names.lv(lv)
+        if mode not in ACTIVATION:
+            raise AgentError(
+                "bad_request", f"activation mode {mode!r}: one of {sorted(ACTIVATION)}"
+            )
+        self._run(["lvchange", f"-a{ACTIVATION[mode]}", "--", f"{vg}/{lv}"], timeout_s=SLOW_S)
+        return {"vg": vg, "lv": lv, "activation": mode}
+
+    def lv_refresh(self, vg: str, lv: str) -> dict[str, Any]:
+        """Reload the LV's size from the metadata after another host extended it (Debian's
+        lvmlockd does not refresh other hosts: "work delayed refresh_lv")."""
+        names.vg(vg)
+        names.lv(lv)
+        self._run(["lvchange", "--refresh", "--", f"{vg}/{lv}"], timeout_s=SLOW_S)
+        return {"vg": vg, "lv": lv, "size_bytes": self._lv_size(vg, lv)}
+
+    def lv_usage(self, vg: str, lv: str, refuse_mounted: bool) -> dict[str, Any]:
+        """Where the LV is mounted on this host; ``refuse_mounted``: AgentError("in_use")."""
+        names.vg(vg)
+        names.lv(lv)
+        nodes = {
+            f"/dev/{vg}/{lv}",
+            f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}",
+        }
+        nodes |= {os.path.realpath(n) for n in list(nodes) if os.path.exists(n)}
+        mounted = sorted(
+            fields[1]
+            for fields in (ln.split() for ln in (self._proc / "mounts").read_text().splitlines())
+            if len(fields) >= 2 and fields[0] in nodes
+        )
+        if refuse_mounted and mounted:
+            raise AgentError(
+                "in_use", f"{vg}/{lv} is mounted at {', '.join(mounted)}: unmount it first"
+            )
+        return {"vg": vg, "lv": lv, "mounted": mounted}
+
+    def gfs2_grow(self, mount_point: str) -> dict[str, Any]:
+        """Grow a mounted GFS2 to its (extended) LV; reports the size before and after
+        (gfs2_grow exits 0 even when it did nothing)."""
+        mp = names.mount_point(mount_point)
+        if self._mounted_type(mp) != "gfs2":
+            raise AgentError("not_mounted", f"{mp} is not a mounted gfs2 filesystem")
+        before = os.statvfs(mp)
+        self._run(["gfs2_grow", mp], timeout_s=SLOW_S)
+        after = os.statvfs(mp)
+        return {
+            "mount_point": mp,
+            "size_bytes_before": before.f_blocks * before.f_frsize,
+            "size_bytes": after.f_blocks * after.f_frsize,
+        }
+
+    def dlm_fence_ack(self, node: str) -> dict[str, Any]:
+        """Tell this host's dlm that ``node`` (a corosync node name) has been fenced, so GFS2
+        recovers its journal now instead of waiting for a fence dlm cannot do itself."""
+        nodeid = self._nodeid(names.guest(node))
+        self._run(["dlm_tool", "fence_ack", str(nodeid)], timeout_s=60.0)
+        return {"node": node, "nodeid": nodeid}
+
+    def _nodeid(self, node: str) -> int:
+        out = self._run(["corosync-cmapctl", "-b", "nodelist.node"], timeout_s=30.0).stdout
+        entries: dict[str, dict[str, str]] = {}
+        for line in out.splitlines():
+            m = _CMAP_NODE_RE.match(line.strip())
+            if m:
+                entries.setdefault(m.group(1), {})[m.group(2)] = m.group(3).strip()
+        for entry in entries.values():
+            if node in (entry.get("name"), entry.get("ring0_addr")) and entry.get("nodeid"):
+                return int(entry["nodeid"])
+        raise AgentError("not_found", f"{node} is not in this host's corosync nodelist")
 
     def _kernel_has(self, fstype: str) -> bool:
         text = (self._proc / "filesystems").read_text()

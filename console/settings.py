@@ -184,6 +184,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend, so no daily `celery.backend_cleanup` (the worker runs Haven's tasks only).
+CELERY_RESULT_EXPIRES = None
 CELERY_BEAT_SCHEDULE = {
     "ha-runner": {"task": "haven.console.tick", "schedule": 1.0, "options": {"expires": 2}},
 }

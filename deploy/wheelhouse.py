@@ -34,6 +34,10 @@ DIST = "haven_agent"
 # The agent's own requirements, by distribution name, with the pins of pyproject.toml.
 AGENT_REQUIREMENTS = ("celery", "redis", "libvirt-python", "packaging")
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed: the same sources give the same wheel
+# Wheels the hosts' Python may need but this machine's does not: `pip wheel` resolves the
+# environment markers for the Python running it, and redis needs async-timeout only below
+# 3.11.3 (Debian 12's own Python is 3.11.2; without it the agent does not install there).
+HOST_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
 
 
 def requirement_pins(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
@@ -113,7 +117,7 @@ def build_agent_wheel(dest: Path, repo: Path = REPO) -> Path:
 
 def fetch_requirements(dest: Path) -> None:
     """`pip wheel` the pinned requirements (and their dependencies) into dest."""
-    pins = requirement_pins()
+    pins = [*requirement_pins(), *HOST_PYTHON_EXTRAS]
     stamp = dest / ".requirements"
     if stamp.exists() and stamp.read_text() == "\n".join(pins):
         return

@@ -28,6 +28,7 @@ from console.jobs.models import Job, JobStep
 from console.runtime.models import PendingCommand
 from console.runtime.snapshot import domain_of, service_config
 from console.services.models import FailoverDomain, VmService
+from console.storage import services as storage_services
 
 log = logging.getLogger("haven.operations")
 SERVICE_COMMANDS = ("start", "stop", "enable", "disable", "migrate", "relocate")
@@ -209,6 +210,9 @@ def acknowledge_down(host: Host, *, actor: Any) -> Job:
             message="manual fence: the guests of this host may start elsewhere",
         )
         _wake(host.cluster_id)
+        # Shared storage: the survivors' dlm waits for this fence before GFS2 goes on.
+        down = host
+        transaction.on_commit(lambda: storage_services.dlm_fence_ack(down, actor=actor))
     return job
 
 

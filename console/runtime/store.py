@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import statistics
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ PREFIX = "haven:"
 LOCK_TTL_S = 3.0
 #: A holder stuck longer than this (a hung tick) stops renewing and lets another runner in.
 LOCK_MAX_HOLD_S = 60.0
+# The drainer blocks at most this long on empty inbound lists before it reports again.
+DRAIN_WAIT_S = 1.0
 
 
 def client() -> redis.Redis:
@@ -43,6 +46,25 @@ class HostReport:
     running: frozenset[str] = field(default_factory=frozenset)
 
 
+@dataclass(frozen=True)
+class IngestStatus:
+    """How far behind the console's view of the hosts is.
+
+    ``lag_s`` is the larger of two measures: the drainer's own, on the console's clock (with
+    messages waiting, the time since it last had taken everything; with none, the time since
+    it last reported, beyond its idle wait ``DRAIN_WAIT_S``, so a dead drainer shows as a lag
+    growing by a second per second), and ``heartbeat_lag_s``, the median over hosts of
+    receive time - the agent's ``sent_at`` of its newest heartbeat (this one trusts the hosts'
+    clocks: keep them in sync). ``backlog``: messages waiting in the inbound lists at the last
+    report; ``reported_at``: that report's time, None before the drainer ever ran (then the lag
+    is 0.0: there is no view to be behind)."""
+
+    lag_s: float
+    backlog: int
+    heartbeat_lag_s: float
+    reported_at: float | None
+
+
 class Store:
     def __init__(self, r: redis.Redis | None = None, prefix: str = PREFIX) -> None:
         self.r = r or client()
@@ -51,10 +73,31 @@ class Store:
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
     def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
-        self.r.hset(f"{self.p}hb", host, json.dumps({"received": received, "hb": message}))
+        self.put_batch({host: message}, [], received)
 
     def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
-        self.r.hset(f"{self.p}ev:{host}", guest, json.dumps({"state": state, "at": received}))
+        self.put_batch({}, [(host, guest, state)], received)
+
+    def put_batch(
+        self,
+        heartbeats: dict[str, dict[str, Any]],
+        lifecycle: list[tuple[str, str, str]],
+        received: float,
+    ) -> None:
+        """The newest heartbeat per host and lifecycle events (host, guest, state), in one
+        round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        if heartbeats:
+            pipe.hset(
+                f"{self.p}hb",
+                mapping={
+                    host: json.dumps({"received": received, "hb": hb})
+                    for host, hb in heartbeats.items()
+                },
+            )
+        for host, guest, state in lifecycle:
+            pipe.hset(f"{self.p}ev:{host}", guest, json.dumps({"state": state, "at": received}))
+        pipe.execute()
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
@@ -88,6 +131,41 @@ class Store:
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
         self.r.delete(f"{self.p}ev:{host}")
+
+    # --- how far behind the console's view is -----------------------------------------------
+    def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
+        """The drainer's progress: when it last wrote, when it last had taken everything the
+        agents had pushed (console clock), and how many messages still wait."""
+        self.r.hset(
+            f"{self.p}ingest",
+            mapping={"at": at, "caught_up_at": caught_up_at, "backlog": backlog},
+        )
+
+    def ingest_status(self, now: float | None = None) -> IngestStatus:
+        """See ``IngestStatus``; one round trip."""
+        now = time.time() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{self.p}ingest")
+        pipe.hvals(f"{self.p}hb")
+        progress, heartbeats = pipe.execute()
+        lags = []
+        for raw in heartbeats:
+            data = json.loads(raw)
+            sent = data["hb"].get("sent_at")
+            if isinstance(sent, int | float) and sent > 0:
+                lags.append(float(data["received"]) - sent)
+        hb_lag = statistics.median(lags) if lags else 0.0
+        if not progress:
+            return IngestStatus(0.0, 0, max(0.0, hb_lag), None)
+        at, caught_up = float(progress["at"]), float(progress["caught_up_at"])
+        backlog = int(progress["backlog"])
+        behind = now - caught_up if backlog else now - at - DRAIN_WAIT_S
+        return IngestStatus(max(0.0, behind, hb_lag), backlog, max(0.0, hb_lag), at)
+
+    def ingest_lag(self, now: float | None = None) -> float:
+        """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
+        see ``IngestStatus.lag_s``."""
+        return self.ingest_status(now).lag_s
 
     # --- one runner at a time, and wakes that are never lost -------------------------------
     @contextmanager

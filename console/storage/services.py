@@ -15,6 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
 from console.core.errors import Refused
 from console.core.services import actor_name
@@ -24,6 +25,11 @@ from console.jobs.models import Job, JobStatus, JobStep, StepStatus
 from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 DEFAULT_EXTENT = 4 * MIB
+# A shared GFS2 mounts at boot only once the cluster stack is up: after dlm and the lock-start
+# of the shared VGs (lvmlocks), never blocking the boot when it cannot.
+GFS2_FSTAB_OPTIONS = (
+    "noatime,_netdev,nofail,x-systemd.requires=dlm.service,x-systemd.after=lvmlocks.service"
+)
 LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})
 NO_GFS2_KERNEL = "formatted; not mounted: the kernel has no gfs2"
 NO_LVMLOCKD = (
@@ -110,7 +116,13 @@ def create_volume_group(
             stage=1,
         )
     )
-    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
+    if local:
+        steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
+    else:
+        # A shared VG is used from every host: each joins its lockspace, then reports it.
+        others = _cluster_hosts(host.cluster)
+        steps += [jobs.StepSpec(h, "vg_lockstart", {"vg": name}, stage=2) for h in others]
+        steps += [jobs.StepSpec(h, "storage_probe", {}, stage=3) for h in others]
     with transaction.atomic():
         job = jobs.create_job(
             "storage-vg-create",
@@ -160,33 +172,39 @@ def create_gfs2_volume(
     mount_point = mount_point or f"/mnt/{name}"
     journals = journals or max(1, len(hosts))
     device = f"/dev/{vg.name}/{name}"
-    steps = [
-        jobs.StepSpec(host, "lvcreate", {"vg": vg.name, "lv": name, "size_bytes": size_bytes}),
+    lv_args = {"vg": vg.name, "lv": name, "size_bytes": size_bytes}
+    steps = []
+    if vg.clustered:
+        # Created inactive (lvcreate would take it exclusive), then active shared everywhere.
+        steps.append(jobs.StepSpec(host, "lvcreate", {**lv_args, "activate": False}))
+        steps += [
+            jobs.StepSpec(h, "lv_activate", {"vg": vg.name, "lv": name, "mode": "shared"}, 1)
+            for h in hosts
+        ]
+    else:
+        steps.append(jobs.StepSpec(host, "lvcreate", lv_args))
+    base = 2 if vg.clustered else 1
+    steps.append(
         jobs.StepSpec(
             host,
             "mkfs_gfs2",
             {"device": device, "cluster": cluster.name, "fs": fs_name, "journals": journals},
-            stage=1,
-        ),
+            stage=base,
+        )
+    )
+    fstab = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
+    if vg.clustered:
+        fstab["options"] = GFS2_FSTAB_OPTIONS
+    steps += [jobs.StepSpec(h, "fstab_entry", fstab, stage=base + 1) for h in hosts]
+    steps += [
+        jobs.StepSpec(
+            h,
+            "mount",
+            {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
+            stage=base + 2,
+        )
+        for h in hosts
     ]
-    for h in hosts:
-        steps.append(
-            jobs.StepSpec(
-                h,
-                "fstab_entry",
-                {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
-                stage=2,
-            )
-        )
-    for h in hosts:
-        steps.append(
-            jobs.StepSpec(
-                h,
-                "mount",
-                {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
-                stage=3,
-            )
-        )
     with transaction.atomic():
         job = jobs.create_job(
             "storage-gfs2-create",
@@ -228,9 +246,21 @@ def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any)
             f"Volume group {vg.name} has only {vg.free_bytes // MIB} MiB free.", "size_mib"
         )
     steps = [
-        jobs.StepSpec(host, "lvextend", {"vg": vg.name, "lv": lv.name, "size_bytes": size_bytes}),
-        jobs.StepSpec(host, "storage_probe", {}, stage=1),
+        jobs.StepSpec(host, "lvextend", {"vg": vg.name, "lv": lv.name, "size_bytes": size_bytes})
     ]
+    stage = 1
+    if vg.clustered:
+        # Debian's lvmlockd does not refresh the LV on the other hosts: each reloads its size.
+        others = [h for h in _cluster_hosts(vg.cluster) if h.pk != host.pk]
+        steps += [
+            jobs.StepSpec(h, "lv_refresh", {"vg": vg.name, "lv": lv.name}, stage=1) for h in others
+        ]
+        stage = 2
+    fs = Filesystem.objects.filter(logical_volume=lv).first()
+    if fs is not None:
+        steps.append(jobs.StepSpec(host, "gfs2_grow", {"mount_point": fs.mount_point}, stage))
+        stage += 1
+    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=stage))
     with transaction.atomic():
         job = jobs.create_job(
             "storage-lv-extend",
@@ -242,6 +272,100 @@ def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any)
         )
         _record(actor, "lv-extend", vg.cluster, str(lv), job)
     return job
+
+
+def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = False) -> Job:
+    """Remove a logical volume (and its GFS2). Every host first says where it has the LV
+    mounted: without ``unmount`` a mount anywhere refuses the job there (the host's words),
+    before anything changed. With ``unmount``: unmount and drop the fstab line everywhere,
+    deactivate it everywhere (a shared VG's LV), then lvremove."""
+    vg = lv.volume_group
+    # A host that is down cannot answer; it remounts from fstab when it returns, so a removal
+    # with it still listed there is refused by the hosts that are up (they see its fstab).
+    hosts = [h for h in _cluster_hosts(vg.cluster) if h.state == HostState.ONLINE]
+    ref = {"vg": vg.name, "lv": lv.name}
+    fs = Filesystem.objects.filter(logical_volume=lv).first()
+    steps: list[jobs.StepSpec] = []
+    stage = 0
+    if unmount and fs is not None:
+        steps += [jobs.StepSpec(h, "unmount", {"mount_point": fs.mount_point}, 0) for h in hosts]
+        fstab = {
+            "device": f"/dev/{vg.name}/{lv.name}",
+            "mount_point": fs.mount_point,
+            "fstype": "gfs2",
+            "present": False,
+        }
+        steps += [jobs.StepSpec(h, "fstab_entry", fstab, 1) for h in hosts]
+        stage = 2
+    steps += [jobs.StepSpec(h, "lv_usage", {**ref, "refuse_mounted": True}, stage) for h in hosts]
+    if vg.clustered:
+        steps += [jobs.StepSpec(h, "lv_activate", {**ref, "mode": "off"}, stage + 1) for h in hosts]
+    steps.append(jobs.StepSpec(host, "lvremove", ref, stage + 2))
+    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage + 3))
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-lv-remove",
+            steps,
+            cluster=vg.cluster,
+            created_by=actor,
+            params={"host": host.name, "vg": vg.name, "lv": lv.name, "unmount": unmount},
+            message=f"{actor_name(actor)}: remove {lv}"
+            + (" (unmount it everywhere first)" if unmount else ""),
+        )
+        _record(actor, "lv-remove", vg.cluster, str(lv), job)
+    return job
+
+
+def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
+    """gfs2_jadd on a host where the file system is mounted (a new host needs a journal)."""
+    if not 1 <= count <= 16:
+        raise StorageError("Add between 1 and 16 journals.", "journals")
+    steps = [jobs.StepSpec(host, "gfs2_jadd", {"mount_point": fs.mount_point, "journals": count})]
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-gfs2-jadd",
+            steps,
+            cluster=fs.logical_volume.volume_group.cluster,
+            created_by=actor,
+            params={"host": host.name, "fs": fs.name, "journals": count},
+            message=f"{actor_name(actor)}: add {count} journal(s) to {fs.name}",
+        )
+    return job
+
+
+def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
+    """Tell the dlm of every other online host that ``down`` is fenced (powered off), so its
+    GFS2 journals are recovered at once instead of blocking the file system. None when the
+    cluster has no shared storage (no clustered VG) or no host is left to tell."""
+    cluster = down.cluster
+    if not VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists():
+        return None
+    survivors = [
+        h for h in _cluster_hosts(cluster) if h.pk != down.pk and h.state == HostState.ONLINE
+    ]
+    if not survivors:
+        return None
+    steps = [jobs.StepSpec(h, "dlm_fence_ack", {"node": down.name}) for h in survivors]
+    return jobs.create_job(
+        "dlm-fence-ack",
+        steps,
+        cluster=cluster,
+        created_by=actor,
+        params={"host": down.name, "survivors": [h.name for h in survivors]},
+        message=f"tell dlm on {', '.join(h.name for h in survivors)} that {down.name} is fenced",
+    )
+
+
+@jobs.on_step_success("fence")
+def fenced(step: JobStep, data: dict[str, Any]) -> None:
+    """A fence agent powered a host off: the survivors' dlm may recover its journals."""
+    target = Host.objects.filter(name=step.job.params.get("host")).first()
+    if target is not None and str(data.get("outcome", "ok")) in ("ok", "off"):
+        transaction.on_commit(lambda: dlm_fence_ack(target))
+
+
+def _cluster_hosts(cluster: Cluster) -> list[Host]:
+    return list(Host.objects.filter(cluster=cluster).order_by("name"))
 
 
 def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> None:

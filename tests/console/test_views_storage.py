@@ -48,7 +48,8 @@ def answer(
             "ok": ok,
             "data": data or {},
             "error": None if ok else {"message": error},
-        }
+        },
+        sender=step.host.name if step.host else None,
     )
 
 
@@ -101,11 +102,13 @@ def test_vg_without_lvmlockd_shows_the_agents_error(hosts: list[Any]) -> None:
     )
     assert response.status_code == 302
     job = Job.objects.get(kind="storage-vg-create")
+    # a clustered VG: every host joins its lockspace, then every host reports it
     assert [(s.kind, s.stage) for s in job.steps.all()] == [
         ("pvcreate", 0),
         ("pvcreate", 0),
         ("vgcreate", 1),
-        ("storage_probe", 2),
+        *[("vg_lockstart", 2)] * len(hosts),
+        *[("storage_probe", 3)] * len(hosts),
     ]
     assert job.steps.get(kind="vgcreate").args == {
         "vg": "vg_et",
@@ -258,6 +261,7 @@ def test_storage_api_actions_answer_202_with_the_job(
     assert gfs2.status_code == 202
     assert {s["kind"] for s in gfs2.json()["steps"]} == {
         "lvcreate",
+        "lv_activate",  # a clustered VG's LV: created inactive, then active shared everywhere
         "mkfs_gfs2",
         "fstab_entry",
         "mount",
@@ -306,6 +310,7 @@ def test_gfs2_without_a_device_node_says_so_in_plain_words(hosts: list[Any]) -> 
     steps = re.findall(r'data-kind="(\w+)" data-status="(\w+)"', page)
     assert steps == [
         ("lvcreate", "succeeded"),
+        ("lv_activate", "succeeded"),
         ("mkfs_gfs2", "failed"),
         ("fstab_entry", "skipped"),
         ("mount", "skipped"),

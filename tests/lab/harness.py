@@ -1,5 +1,5 @@
-"""A real console (Celery worker + beat on the pytest database) and a Redis on the lab bridge,
-driving lab hosts whose agents the console's own SSH bootstrap installed.
+"""A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
+on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
 Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
 tests/console/test_live.py.
@@ -45,8 +45,10 @@ libvirt.registerErrorHandler(_quiet_libvirt, None)
 class LabRedis:
     """redis-server on 127.0.0.1 and 10.88.0.254 (LAB.md "Celery + Redis across namespaces")."""
 
-    def __init__(self, root: Path, port: int = REDIS_PORT) -> None:
-        self.port, self.dir = port, root / "redis"
+    def __init__(
+        self, root: Path, port: int = REDIS_PORT, bind: str = haven_lab.BRIDGE_ADDRESS
+    ) -> None:
+        self.port, self.dir, self.bind = port, root / "redis", bind
         self.proc: subprocess.Popen[bytes] | None = None
         # The default user (the console's) has a password: reachable from the lab hosts,
         # Redis would otherwise let any of them in as the console (and refuse in protected mode).
@@ -58,7 +60,7 @@ class LabRedis:
 
     @property
     def agent_url(self) -> str:
-        return f"redis://{haven_lab.BRIDGE_ADDRESS}:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
 
     def start(self, fresh: bool = True) -> None:
         """Start the server; `fresh` drops what an earlier run left in its append-only file
@@ -79,7 +81,7 @@ class LabRedis:
                 "--port",
                 str(self.port),
                 "--bind",
-                f"127.0.0.1 {haven_lab.BRIDGE_ADDRESS}",
+                f"127.0.0.1 {self.bind}",
                 "--save",
                 "",
                 "--appendonly",  # as deploy/start-services: a restart keeps the queues
@@ -126,7 +128,8 @@ def db_url(settings: Any) -> str:
 
 
 class Console:
-    """The console's Celery worker and beat as separate processes on the test database."""
+    """The console's processes on the test database: the Celery worker and beat, and the ingest
+    drainer (agents' messages). The one place that knows which console processes exist."""
 
     def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
         self.logs = logs
@@ -176,6 +179,7 @@ class Console:
         self._start(
             "beat", [*celery, "beat", "-s", str(self.logs / "beat-schedule"), "-l", "WARNING"]
         )
+        self._start("ingest", [sys.executable, "manage.py", "haven_ingest"])
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -322,3 +326,21 @@ def fresh_lab() -> haven_lab.Lab:
         pytest.fail(f"lab could not be created: {exc}")
     reset_agent_logs()
     return lab
+
+
+def ensure_test_database() -> Any:
+    """pytest-django creates the test database only when a collected test is marked django_db;
+    these tests share one cluster across tests (no per-test flush), so when run alone they
+    create it themselves. Never run against the real database."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import setup_databases
+
+    test_name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if connection.settings_dict["NAME"] == test_name or "test" in str(
+        connection.settings_dict["NAME"]
+    ):
+        return None
+    config = setup_databases(verbosity=0, interactive=False, aliases={"default"})  # type: ignore[arg-type]
+    assert "test" in str(connection.settings_dict["NAME"]), "refusing the real database"
+    return config

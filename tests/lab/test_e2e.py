@@ -112,7 +112,7 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
 
     use_broker(lab_redis.url)
     with django_db_blocker.unblock():
-        own_db = _ensure_test_database()
+        own_db = harness.ensure_test_database()
         console = harness.Console(
             lab_redis.url, harness.db_url(settings), lab.root / "console-logs", **OVERRIDES
         )
@@ -140,23 +140,6 @@ def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
                 from django.test.utils import teardown_databases
 
                 teardown_databases(own_db, verbosity=0)
-
-
-def _ensure_test_database() -> Any:
-    """pytest-django creates the test database only when a collected test is marked django_db;
-    these tests share one cluster across tests (no per-test flush), so when run alone they
-    create it themselves. Never run against the real database."""
-    from django.db import connection
-    from django.test.utils import setup_databases
-
-    test_name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
-    if connection.settings_dict["NAME"] == test_name or "test" in str(
-        connection.settings_dict["NAME"]
-    ):
-        return None
-    config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
-    assert "test" in str(connection.settings_dict["NAME"]), "refusing the real database"
-    return config
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,85 @@
+"""The host's cluster stack as the agent sees it: corosync membership and quorum, dlm state.
+
+Parsed from the tools' own output (no Python bindings exist): ``corosync-quorumtool -s -p``
+and ``dlm_tool status``. The heartbeat carries ``membership()`` as its optional ``cluster``
+field; the console's bootstrap (console/runtime/cluster_stack.py) uses the same parsers.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from typing import Any
+
+from agent.errors import AgentError
+from agent.runner import Runner
+
+SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
+QUORUMTOOL = ["corosync-quorumtool", "-s", "-p"]
+_DLM_NODE_RE = re.compile(r"^node (\d+) (\S+)")
+_FIELDS = ("Nodes", "Node ID", "Expected votes", "Total votes", "Quorum", "Ring ID")
+
+
+def parse_quorumtool(stdout: str) -> dict[str, Any]:
+    """``corosync-quorumtool -s -p``: quorate, this node's id, counts and the members."""
+    out: dict[str, Any] = {"quorate": False, "nodes": []}
+    in_members = False
+    for line in stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "Quorate":
+            out["quorate"] = value.strip().lower().startswith("yes")
+        elif sep and key.strip() in _FIELDS:
+            name = key.strip().lower().replace(" ", "_")
+            digits = re.match(r"\s*(\d+)\b", value)
+            out[name] = int(digits.group(1)) if digits and name != "ring_id" else value.strip()
+        if line.strip().startswith("Nodeid"):
+            in_members = True
+            continue
+        parts = line.split()
+        if in_members and len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
+            out["nodes"].append({"nodeid": int(parts[0]), "votes": int(parts[1]), "name": parts[2]})
+    return out
+
+
+def parse_dlm_status(stdout: str) -> dict[int, str]:
+    """``dlm_tool status``: node id -> state (``M`` member, ``X`` gone, ...)."""
+    nodes: dict[int, str] = {}
+    for line in stdout.splitlines():
+        m = _DLM_NODE_RE.match(line.strip())
+        if m:
+            nodes[int(m.group(1))] = m.group(2)
+    return nodes
+
+
+class ClusterStack:
+    """Membership and quorum for the heartbeat, read at most every ``min_interval_s``."""
+
+    def __init__(self, runner: Runner, min_interval_s: float = 5.0) -> None:
+        self._run = runner.run
+        self._min_interval_s = min_interval_s
+        self._last: dict[str, Any] | None = None
+        self._at = -1e9
+
+    def membership(self) -> dict[str, Any] | None:
+        """None when corosync is not installed here; else its state (``running`` false when it
+        is installed but not answering, with the tool's words in ``error``)."""
+        now = time.monotonic()
+        if now - self._at < self._min_interval_s:
+            return self._last
+        self._at = now
+        if shutil.which("corosync-quorumtool", path=SBIN) is None:
+            self._last = None
+            return None
+        try:
+            done = self._run(QUORUMTOOL, timeout_s=10.0, check=False)
+        except AgentError as exc:
+            self._last = {"running": False, "quorate": False, "nodes": [], "error": exc.message}
+            return self._last
+        if done.returncode not in (0, 2):  # 2 = not quorate, still a full report
+            words = (done.stderr.strip() or done.stdout.strip() or "").splitlines()[-1:]
+            self._last = {"running": False, "quorate": False, "nodes": [],
+                          "error": words[0] if words else f"exit {done.returncode}"}  # fmt: skip
+            return self._last
+        self._last = {"running": True, **parse_quorumtool(done.stdout)}
+        return self._last
