@@ -926,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     run = Run(root, args.seed, args.faults, args.quiet)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop every process it started
     try:
         run.setup()
         run.inject()
