@@ -224,6 +224,30 @@ def cmd_ack_down(args: argparse.Namespace, out: TextIO) -> None:
     _follow(api, job, False, 0, out)
 
 
+def cmd_what_if(args: argparse.Namespace, out: TextIO) -> None:
+    api = api_from_config()
+    host = _one(api, "hosts/", args.host, "host")
+    event = "maintenance" if args.maintenance else "power_off"
+    p = api.call(
+        "POST", f"clusters/{host['cluster']}/what-if/", {"host": args.host, "event": event}
+    )
+    what = "goes into maintenance" if args.maintenance else "loses power"
+    out.write(f"if {p['host']} {what} now (simulated):\n")
+    if p["fenced"]:
+        out.write(f"  fenced: {', '.join(p['fenced'])}\n")
+    out.write(f"  {'SERVICE':<20} {'NOW':<14} {'THEN':<14} {'OUTCOME':<10} {'IN':>7}  WHY\n")
+    for g in p["guests"]:
+        if g["outcome"] == "stays" and not args.all:
+            continue
+        took = f"{g['seconds']:.1f}s" if g["seconds"] is not None else ""
+        out.write(
+            f"  {g['service']:<20} {g['before'] or '-':<14} {g['after'] or '-':<14} "
+            f"{g['outcome']:<10} {took:>7}  {g['reason'] if g['outcome'] == 'waits' else ''}\n"
+        )
+    for note in p["notes"]:
+        out.write(f"  {note}\n")
+
+
 def cmd_jobs(args: argparse.Namespace, out: TextIO) -> None:
     api = api_from_config()
     page = api.call("GET", "jobs/", query={"limit": args.limit, "status": args.status})
@@ -275,6 +299,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ack-down", help="confirm a silent host is powered off (manual fence)")
     s.add_argument("host")
     s.set_defaults(fn=cmd_ack_down)
+    s = sub.add_parser("what-if", help="simulate a host failing now: where every guest goes")
+    s.add_argument("host")
+    s.add_argument("--maintenance", action="store_true", help="maintenance instead of power loss")
+    s.add_argument("--all", action="store_true", help="list the guests that stay, too")
+    s.set_defaults(fn=cmd_what_if)
     s = sub.add_parser("jobs", help="recent jobs")
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=20)

@@ -67,6 +67,9 @@ class ServiceStatus:
     last_node: str | None = None
     #: a person started or enabled it: its last host wins if it is in the best tier with room
     prefer: str | None = None
+    #: a failback or a return home is under way or owed: a failed one is tried again after
+    #: `retry_at` (a host that just came back may not take a migration yet)
+    failback: bool = False
 
 
 class PendingKind(StrEnum):
@@ -212,6 +215,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "lost_at": s.lost_at,
         "last_node": s.last_node,
         "prefer": s.prefer,
+        "failback": s.failback,
     }
 
 
@@ -241,4 +245,5 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         lost_at=None if v.get("lost_at") is None else float(v["lost_at"]),
         last_node=_opt(v.get("last_node")),
         prefer=_opt(v.get("prefer")),
+        failback=bool(v.get("failback", False)),
     )

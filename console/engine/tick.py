@@ -461,6 +461,7 @@ class _Tick:
                     f"migrated {s.node} -> {s.target}",
                     node=s.target,
                     target=None,
+                    **self._arrived(s),
                     **done,
                 )
             else:
@@ -480,6 +481,7 @@ class _Tick:
                     f"relocated {s.node} -> {s.target}",
                     node=s.target,
                     target=None,
+                    **self._arrived(s),
                     **done,
                 )
             else:
@@ -488,6 +490,11 @@ class _Tick:
                 self._service_to(name, s.state, s.reason, node=target, target=None, **done)
                 suspects = tuple(sorted({h for h in (source, target) if h is not None}))
                 self._failure(name, target, f"relocation failed: {msg}", suspects)
+
+    @staticmethod
+    def _arrived(s: ServiceStatus) -> dict[str, Any]:
+        """A move that succeeded: a return or failback is done (a drain keeps its home)."""
+        return {"failback": False, "home": None} if s.failback else {}
 
     def _settle_stopped(self, name: str, reason: str, **changes: Any) -> None:
         s = self.svcs[name]
@@ -1012,19 +1019,30 @@ class _Tick:
             )
         return None
 
-    def _move(self, name: str, node: str, live: bool, why: str) -> None:
+    def _move(self, name: str, node: str, live: bool, why: str, *, failback: bool = False) -> None:
+        """Move a running guest; `failback`: a return or failback, tried again if it fails."""
         s = self.svcs[name]
         source = s.node
         assert source is not None
         if live:
             aid = self._emit(K.MIGRATE, name, source, lambda i: Migrate(i, name, source, node))
             self._service_to(
-                name, S.MIGRATING, f"{why}: {source} -> {node}", target=node, action=aid
+                name,
+                S.MIGRATING,
+                f"{why}: {source} -> {node}",
+                target=node,
+                action=aid,
+                failback=failback,
             )
         else:
             aid = self._emit(K.RELOCATE, name, source, lambda i: Relocate(i, name, source, node))
             self._service_to(
-                name, S.RELOCATING, f"{why}: {source} -> {node}", target=node, action=aid
+                name,
+                S.RELOCATING,
+                f"{why}: {source} -> {node}",
+                target=node,
+                action=aid,
+                failback=failback,
             )
 
     # --- 6. desired state ------------------------------------------------------------------
@@ -1188,7 +1206,13 @@ class _Tick:
         if draining:
             usage = self.usage()
             draining = {h for h in draining if usage.count.get(h, 0) > 0}
-        if not draining and not self.joined and not self.started_now:
+        # returns and failbacks whose move failed: tried again once their retry time came
+        owed = {
+            n
+            for n, s in self.svcs.items()
+            if s.failback and s.state is S.STARTED and self.now >= s.retry_at
+        }
+        if not draining and not self.joined and not self.started_now and not owed:
             return
         online = {n for n, h in self.hosts.items() if h.state is H.ONLINE}
         for name in sorted(self.svcs):
@@ -1197,11 +1221,14 @@ class _Tick:
                 continue
             if s.node in draining:
                 self._drain(name, s)
-            elif self.joined or name in self.started_now:
-                # a guest placed while a better host was still down or rebooting: every
-                # online host counts as joined for it
-                joined = online if name in self.started_now else self.joined
+            elif self.joined or name in self.started_now or name in owed:
+                # a guest placed while a better host was still down or rebooting, or whose
+                # failback failed: every online host counts as joined for it
+                joined = online if name in self.started_now or name in owed else self.joined
                 self._return_or_failback(name, s, joined)
+                if name in owed and self.svcs[name].state is S.STARTED:
+                    # nothing better any more (host gone, no room): the debt is settled
+                    self._put(name, replace(self.svcs[name], failback=False))
 
     def _movable(self, name: str, s: ServiceStatus) -> bool:
         return self.now >= s.retry_at
@@ -1231,8 +1258,8 @@ class _Tick:
         if s.home is not None and s.home in joined:
             home = s.home
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
-                self._move(name, home, cfg.migratable, f"returning to {home}")
-                self._put(name, replace(self.svcs[name], home=None))
+                # `home` is kept until the guest is there: a failed return is tried again
+                self._move(name, home, cfg.migratable, f"returning to {home}", failback=True)
                 return
         domain = self._domain(cfg)
         if domain is None or not joined & {m.node for m in domain.members}:
@@ -1243,7 +1270,7 @@ class _Tick:
         better = [t for t in self._candidate_tiers(cfg) if rank(domain, t[0]) < current]
         target = choose(tuple(better), cfg, usage)
         if target is not None:
-            self._move(name, target, cfg.migratable, "failback to a better host")
+            self._move(name, target, cfg.migratable, "failback to a better host", failback=True)
 
 
 # --- the rulebook: the same answers tick gives, for pages and the API ----------------------

@@ -95,10 +95,8 @@ def _view(store: Store, now: float) -> dict[str, Any]:
     if "view_since" in names:
         out["view_since"] = store.view_since(now)
     if "ingest_lag_s" in names:
-        # TODO(wire): Store.ingest_lag_s() -- how many seconds the oldest agent message not yet
-        # ingested has waited; 0.0 until that method lands.
-        lag = getattr(store, "ingest_lag_s", None)
-        out["ingest_lag_s"] = float(lag()) if callable(lag) else 0.0
+        # the drainer's lag and the heartbeats' age on arrival (store.IngestStatus)
+        out["ingest_lag_s"] = store.ingest_lag(now)
     return out
 
 

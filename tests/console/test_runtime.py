@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime import ingest, runner
+from console.runtime import ingest, rules, runner
 from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
@@ -241,7 +241,8 @@ def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store)
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
+    with rules.use(store=store, clock=lambda: t):  # the rulebook sees the test's virtual time
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
     # the target goes into maintenance before the engine sees the command: it refuses
     Host.objects.filter(name="et-virt06").update(maintenance=True)
     run(cluster, agents, store, t, t + 2)
@@ -258,7 +259,8 @@ def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
+    with rules.use(store=store, clock=lambda: t):
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
     run(cluster, agents, store, t, t + 30)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.explanation

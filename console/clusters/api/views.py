@@ -2,6 +2,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -10,21 +11,39 @@ from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations
+from console.runtime import operations, whatif
 from console.runtime.api import (
     ImportSerializer,
     MaintenanceSerializer,
+    PredictionSerializer,
+    WhatIfSerializer,
     job_response,
 )
 
 
 class ClusterViewSet(HavenViewSet):
+    """Clusters; ``what-if`` simulates a host's failure (or maintenance) on the live cluster."""
+
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
     filterset_fields = ("name",)
+    read_actions = ("what_if",)
 
     def perform_destroy(self, instance: Any) -> None:
         cluster_services.delete_cluster(instance, actor=self.request.user)
+
+    @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
+    @action(detail=True, methods=["post"], url_path="what-if")
+    def what_if(self, request: Request, pk: str | None = None) -> Response:
+        body = WhatIfSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            prediction = whatif.predict(
+                self.get_object(), body.validated_data["host"], body.validated_data["event"]
+            )
+        except whatif.WhatIfError as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        return Response(whatif.as_dict(prediction))
 
 
 class HostViewSet(HavenViewSet):
