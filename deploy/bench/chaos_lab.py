@@ -13,7 +13,9 @@ kill -9.
 The watcher polls every host's libvirtd through its UNIX socket every 100 ms (the libvirtd-polling
 watcher of tests/lab/test_e2e.py, which a cut cable does not blind) and turns what it sees into
 the same records as the agents' trace: a guest seen running opens an interval, seen gone from a
-reachable libvirtd closes it as reported, and a power-off (by the runner, or by a fence: the
+reachable libvirtd closes it as reported at the last poll that saw it (hosts are polled one after
+another, so a live migration's switch-over is never taken for two copies; a double run shorter
+than one poll round can go unseen), and a power-off (by the runner, or by a fence: the
 console's fence jobs) ends it. deploy/bench/chaos_watch.py then computes the same numbers.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
 import shutil
 import signal
@@ -49,6 +52,7 @@ class Poller:
         self.uris, self.incarnation = uris, incarnation
         self.traces: dict[str, list[dict[str, Any]]] = {h: [] for h in uris}
         self.seen: dict[str, set[str]] = {h: set() for h in uris}
+        self.last_seen: dict[str, dict[str, float]] = {h: {} for h in uris}
         self.polls = 0
         self._conns: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -81,15 +85,24 @@ class Poller:
                 if now is None:
                     continue
                 with self.lock:
-                    pid = self.incarnation[host]
+                    pid, last = self.incarnation[host], self.last_seen[host]
                     for guest in sorted(now - self.seen[host]):
                         self.traces[host].append(
                             {"t": t, "pid": pid, "event": "start", "guest": guest}
                         )
+                    # gone: it ran until the last poll that saw it (hosts are polled one after
+                    # another, so a live migration's switch-over never looks like two copies)
                     for guest in sorted(self.seen[host] - now):
                         self.traces[host].append(
-                            {"t": t, "pid": pid, "event": "destroy", "guest": guest}
+                            {
+                                "t": last.pop(guest, t),
+                                "pid": pid,
+                                "event": "destroy",
+                                "guest": guest,
+                            }
                         )
+                    for guest in now:
+                        last[guest] = t
                     self.seen[host] = now
             self.polls += 1
             self._stop.wait(0.1)
@@ -97,7 +110,7 @@ class Poller:
     def forget(self, host: str) -> None:
         """The host lost power: what it ran is gone with it (the power log says when)."""
         with self.lock:
-            self.seen[host] = set()
+            self.seen[host], self.last_seen[host] = set(), {}
 
     def start(self) -> None:
         self._thread.start()
@@ -331,6 +344,10 @@ class LabRun(chaos.Runner):
         return time.time()
 
     def report(self, last_fault: float, end: float) -> tuple[watch.Report, list[str]]:
+        (self.root / "trace").mkdir(exist_ok=True)
+        for host, records in self.traces().items():  # kept for a second look
+            lines = "".join(json.dumps(r) + "\n" for r in records)
+            (self.root / "trace" / f"{host}.jsonl").write_text(lines)
         logs = {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
         for p in sorted(Path("/var/log").glob("haven-agent-*.log")):
             logs[p.name] = p.read_text(errors="replace")
