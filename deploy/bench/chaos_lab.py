@@ -81,31 +81,25 @@ class Poller:
         while not self._stop.is_set():
             for host in self.uris:
                 now = self._list(host)
-                t = time.time()
-                if now is None:
-                    continue
-                with self.lock:
-                    pid, last = self.incarnation[host], self.last_seen[host]
-                    for guest in sorted(now - self.seen[host]):
-                        self.traces[host].append(
-                            {"t": t, "pid": pid, "event": "start", "guest": guest}
-                        )
-                    # gone: it ran until the last poll that saw it (hosts are polled one after
-                    # another, so a live migration's switch-over never looks like two copies)
-                    for guest in sorted(self.seen[host] - now):
-                        self.traces[host].append(
-                            {
-                                "t": last.pop(guest, t),
-                                "pid": pid,
-                                "event": "destroy",
-                                "guest": guest,
-                            }
-                        )
-                    for guest in now:
-                        last[guest] = t
-                    self.seen[host] = now
+                self._record(host, now, time.time())
             self.polls += 1
             self._stop.wait(0.1)
+
+    def _record(self, host: str, now: set[str] | None, t: float) -> None:
+        if now is None:
+            return
+        with self.lock:
+            pid, last = self.incarnation[host], self.last_seen[host]
+            for guest in sorted(now - self.seen[host]):
+                self.traces[host].append({"t": t, "pid": pid, "event": "start", "guest": guest})
+            # gone: it ran until the last poll that saw it (hosts are polled one after another,
+            # so a live migration's switch-over never looks like two copies)
+            for guest in sorted(self.seen[host] - now):
+                record = {"t": last.pop(guest, t), "pid": pid, "event": "destroy", "guest": guest}
+                self.traces[host].append(record)
+            for guest in now:
+                last[guest] = t
+            self.seen[host] = now
 
     def forget(self, host: str) -> None:
         """The host lost power: what it ran is gone with it (the power log says when)."""
