@@ -31,6 +31,7 @@ def parse_quorumtool(stdout: str) -> dict[str, Any]:
             out["quorate"] = value.strip().lower().startswith("yes")
         elif sep and key.strip() in _FIELDS:
             name = key.strip().lower().replace(" ", "_")
+            name = "nodes_count" if name == "nodes" else name  # "nodes" is the member list
             digits = re.match(r"\s*(\d+)\b", value)
             out[name] = int(digits.group(1)) if digits and name != "ring_id" else value.strip()
         if line.strip().startswith("Nodeid"):

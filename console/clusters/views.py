@@ -56,7 +56,29 @@ def live_context(cluster: Cluster) -> dict[str, Any]:
     services = list(
         VmService.objects.filter(cluster=cluster).select_related("host", "failover_domain")
     )
-    return {"cluster": cluster, "hosts": hosts, "services": services}
+    membership = _membership([h.name for h in hosts])
+    for h in hosts:
+        h.membership = membership.get(h.name)  # type: ignore[attr-defined]
+    return {
+        "cluster": cluster,
+        "hosts": hosts,
+        "services": services,
+        "cluster_stack": any(membership.values()),
+    }
+
+
+def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each host's corosync membership and quorum from its latest heartbeat (shared storage:
+    console/runtime/cluster_stack.py); empty when Redis does not answer."""
+    from redis import RedisError
+
+    from console.runtime.store import Store
+
+    try:
+        reports = Store().reports(names)
+    except (RedisError, OSError):
+        return {}
+    return {name: report.heartbeat.get("cluster") for name, report in reports.items()}
 
 
 @role_required()

@@ -3,6 +3,8 @@ and the steps a bootstrap job gets (the daemons themselves run in tests/storage_
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from console.runtime import bootstrap, cluster_stack
@@ -69,3 +71,67 @@ def test_shared_storage_adds_the_cluster_steps_to_every_host() -> None:
     assert kinds == [(k, "sv1") for k in per_host] + [(k, "sv2") for k in per_host]
     assert [h.name for h in cluster_stack.members(job)] == ["sv1", "sv2"]
     assert set(cluster_stack.STEPS) <= set(bootstrap.STEPS)
+
+
+@pytest.mark.django_db
+def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
+    import time
+
+    from agent.cluster_stack import parse_quorumtool
+    from console.runtime.store import Store
+    from tests.console import factories as f
+    from tests.console.views_support import login, text
+
+    cluster = f.ClusterFactory(name="sv")
+    for n in ("svq1", "svq2"):
+        f.HostFactory(cluster=cluster, name=n, state="online")
+    store = Store()
+    state = {"running": True, **parse_quorumtool(QUORUMTOOL_3)}
+    try:
+        store.put_heartbeat("svq1", {"cluster": state}, time.time())
+        store.put_heartbeat("svq2", {"cluster": {"running": False, "error": "no CMAP"}}, 1.0)
+        page = text(login("admin").get(f"/clusters/{cluster.pk}/"))
+    finally:
+        store.r.hdel(f"{store.p}hb", "svq1", "svq2")
+    page = re.sub(r"<[^>]+>", "", page)  # the words, without the markup
+    assert "Cluster membership" in page
+    assert "quorate node 1, 3 members: sv1, sv2, sv3" in page
+    assert "corosync not answering (no CMAP)" in page
+
+
+# `corosync-quorumtool -s -p` on sv1 of the storage lab (corosync 3.1.7), three members.
+QUORUMTOOL_3 = """Quorum information
+------------------
+Date:             Tue Dec  1 20:10:00 2026
+Quorum provider:  corosync_votequorum
+Nodes:            3
+Node ID:          1
+Ring ID:          1.d
+Quorate:          Yes
+
+Votequorum information
+----------------------
+Expected votes:   3
+Highest expected: 3
+Total votes:      3
+Quorum:           2
+Flags:            Quorate
+
+Membership information
+----------------------
+    Nodeid      Votes Name
+         1          1 sv1 (local)
+         2          1 sv2
+         3          1 sv3
+"""
+
+
+def test_quorumtool_output_parsed() -> None:
+    from agent.cluster_stack import parse_quorumtool
+
+    state = parse_quorumtool(QUORUMTOOL_3)
+    assert state["quorate"] is True and state["node_id"] == 1 and state["nodes_count"] == 3
+    assert state["expected_votes"] == 3 and state["total_votes"] == 3 and state["quorum"] == 2
+    assert [n["name"] for n in state["nodes"]] == ["sv1", "sv2", "sv3"]
+    lost = QUORUMTOOL_3.replace("Quorate:          Yes", "Quorate:          No")
+    assert parse_quorumtool(lost.replace("         3          1 sv3\n", ""))["quorate"] is False

@@ -98,14 +98,15 @@ class StorageCluster:
 
 
 def _reset_cluster_state(lab: vmlab.StorageLab) -> None:
-    """Reused VMs: stop what an earlier run set up (agent, GFS2, cluster stack), wipe the LUNs."""
+    """Reused VMs: stop what an earlier run set up (agent, GFS2, cluster stack), wipe the LUNs.
+    The installed agent stays: the bootstrap reuses an install of the same version."""
     script = (
         "for u in $(systemctl list-units --plain --no-legend 'haven-agent-*' | cut -d' ' -f1);"
         " do systemctl disable --now $u; done; rm -f /etc/systemd/system/haven-agent-*;"
         " umount -a -t gfs2; vgchange -an 2>/dev/null; vgchange --lockstop 2>/dev/null;"
         " systemctl disable --now lvmlocks lvmlockd dlm corosync 2>/dev/null;"
         " sed -i '/gfs2/d' /etc/fstab; rm -f /etc/corosync/corosync.conf /etc/corosync/authkey;"
-        " rm -rf /etc/lvm/devices /opt/haven-agent /etc/haven; true"
+        " rm -rf /etc/lvm/devices /etc/haven; true"
     )
     from concurrent.futures import ThreadPoolExecutor
 
@@ -142,6 +143,8 @@ def slab(django_db_setup: None, django_db_blocker: Any) -> Iterator[StorageClust
     settings.HAVEN_WAKE_ON_COMMAND = True
     settings.HAVEN_COROSYNC_TOKEN_MS = 10000  # LAB.md: TCG is slow
     settings.HAVEN_CLUSTER_WAIT_S = 420
+    settings.HAVEN_BOOTSTRAP_INSTALL_TIMEOUT_S = 1500  # venv + pip under TCG: minutes
+    settings.HAVEN_BOOTSTRAP_HEARTBEAT_TIMEOUT_S = 240
     from console.celery import use_broker
 
     use_broker(redis_srv.url)
