@@ -112,7 +112,8 @@ n=0
 while [ ! -b "$root" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 mkdir -p /root
 mount -t ext4 -o rw "$root" /root || { echo "initrd: cannot mount $root"; sh; }
-umount /proc /sys
+umount /proc
+umount /sys
 mount --move /dev /root/dev 2>/dev/null || umount /dev
 exec run-init /root /sbin/init "$@"
 """
@@ -590,6 +591,11 @@ class StorageLab:
 
     # -- build / create ----------------------------------------------------------------------
     def build(self, log: Callable[[str], None] = print) -> dict[str, float]:
+        if not self.image.cached() and any(vm.powered_on() for vm in self.vms()):
+            # base.raw is the backing file of the running VMs' overlays: never rewrite it
+            raise VMLabError(
+                "the image changed but VMs run on the old one: `labctl teardown` first"
+            )
         return self.image.build(root_password(self.root), log)
 
     def create(self, *, fresh: bool = False, wait: bool = True) -> dict[str, float]:
