@@ -20,11 +20,10 @@ from pathlib import Path
 
 from agent import __version__, names
 from agent.errors import AgentError
-from agent.protocol import CONSOLE_QUEUE
 from agent.worker import Agent, Settings
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_BROKER_SCHEMES = ("redis", "rediss", "memory")
+_BROKER_SCHEMES = ("redis", "rediss")
 BROKER_ENV = "HAVEN_AGENT_BROKER"
 
 
@@ -89,8 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m agent",
         description="Haven host agent: a Celery worker consuming only the queue agent.HOST; "
-        "runs the console's commands (libvirt, LVM, GFS2, fencing) and sends results, "
-        "lifecycle events and heartbeats to the console queue.",
+        "runs the console's commands (libvirt, LVM, GFS2, fencing) and pushes results, "
+        "lifecycle events and heartbeats onto its own inbound list haven:in:HOST.",
     )
     broker = p.add_mutually_exclusive_group()
     broker.add_argument(
@@ -118,12 +117,6 @@ def parser() -> argparse.ArgumentParser:
         default="qemu:///system",
         type=_uri,
         help="libvirt connection URI of this host's hypervisor (default: %(default)s)",
-    )
-    p.add_argument(
-        "--console-queue",
-        default=CONSOLE_QUEUE,
-        type=_host,
-        help="queue receiving results, events and heartbeats (default: %(default)s)",
     )
     p.add_argument(
         "--heartbeat-interval",
@@ -183,7 +176,6 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         broker=broker,
         host=args.host,
         libvirt_uri=args.libvirt_uri,
-        console_queue=args.console_queue,
         heartbeat_interval_s=args.heartbeat_interval,
         workers=args.workers,
         fence_path=args.fence_path,

@@ -103,7 +103,7 @@ class FenceAgents:
         lines = {"action": action}
         for key, value in params.items():
             names.fence_key(key)
-            if key == "action":
+            if key in ("action", "option"):  # 'option' is the old name of 'action'
                 raise AgentError("bad_request", "give the action as 'action', not in params")
             lines[key] = names.fence_value(key, value)
         secrets = [v for k, v in lines.items() if is_secret(k)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from agent import __version__
@@ -18,6 +19,9 @@ from agent.hypervisor import Hypervisor
 from agent.protocol import Heartbeat
 
 log = logging.getLogger(__name__)
+# This agent process's id: heartbeat ``seq`` counts from 1 within it (the console tells a
+# restarted agent from lost heartbeats by it).
+BOOT_ID = uuid.uuid4().hex[:16]
 
 
 def build_heartbeat(
@@ -25,6 +29,7 @@ def build_heartbeat(
     hypervisor: Hypervisor,
     seq: int,
     interval_s: float,
+    boot: str = BOOT_ID,
     cluster_stack: ClusterStack | None = None,
 ) -> Heartbeat:
     cluster = cluster_stack.membership() if cluster_stack is not None else None
@@ -33,7 +38,18 @@ def build_heartbeat(
         guests = hypervisor.list_guests(active_only=True)
     except AgentError:
         return Heartbeat(
-            host, __version__, seq, interval_s, False, None, None, None, None, None, cluster
+            host,
+            __version__,
+            seq,
+            interval_s,
+            False,
+            None,
+            None,
+            None,
+            None,
+            None,
+            boot=boot,
+            cluster=cluster,
         )
     return Heartbeat(
         host=host,
@@ -46,6 +62,7 @@ def build_heartbeat(
         memory_total_mib=facts.memory_total_mib,
         memory_free_mib=facts.memory_free_mib,
         guests=guests,
+        boot=boot,
         cluster=cluster,
     )
 
@@ -82,7 +99,11 @@ class HeartbeatThread:
             try:
                 self._publish(
                     build_heartbeat(
-                        self._host, self._hypervisor, seq, self._interval_s, self._cluster_stack
+                        self._host,
+                        self._hypervisor,
+                        seq,
+                        self._interval_s,
+                        cluster_stack=self._cluster_stack,
                     )
                 )
             except Exception:  # a heartbeat bug must not stop the heartbeats

@@ -78,7 +78,8 @@ def render(existing: str, settings: dict[str, str]) -> str:
             kept.append(line)
     while kept and not kept[-1].strip():
         kept.pop()
-    block = [BEGIN, *(f"{k} = {v}" for k, v in settings.items()), END]
+    # A value with a quote or a line break would end the setting and start another one.
+    block = [BEGIN, *(f"{k} = {names.config_value(v)}" for k, v in settings.items()), END]
     return "\n".join([*kept, "", *block]).lstrip("\n") + "\n"
 
 

@@ -3,12 +3,19 @@
 libvirt's default event loop runs in a daemon thread, registered before any connection is
 opened (events are lost otherwise). A lost connection is noticed by libvirt's close callback and
 reopened lazily with exponential backoff, so a restarting libvirtd never crashes the agent.
+
+Opt-in trace for the chaos suite (deploy/bench/chaos.py): with ``HAVEN_AGENT_TRACE=/path/file``
+the driver appends one JSON line (wall-clock ``t``, ``pid``, ``event``, ``guest``) for every
+guest it starts, stops, destroys or migrates, every lifecycle event and every (re)connection
+(with the guests active then). Without the variable nothing is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -131,6 +138,21 @@ class Hypervisor(Protocol):
     def connected(self) -> bool: ...
 
 
+TRACE_ENV = "HAVEN_AGENT_TRACE"
+_trace_lock = threading.Lock()
+
+
+def trace(event: str, guest: str = "", t: float | None = None, **extra: object) -> None:
+    """One line of the opt-in chaos trace (see the module docstring); a no-op when off."""
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    record = {"t": time.time() if t is None else t, "pid": os.getpid(), "event": event}
+    line = json.dumps({**record, "guest": guest, **extra}) + "\n"
+    with _trace_lock, open(path, "a") as f:
+        f.write(line)
+
+
 def version_string(value: int) -> str:
     return f"{value // 1_000_000}.{value // 1000 % 1000}.{value % 1000}"
 
@@ -237,6 +259,10 @@ class LibvirtHypervisor:
                 raise AgentError("libvirt_unavailable", f"{self.uri}: {exc}") from exc
             self._backoff_s = 0.0
             log.info("connected to libvirt %s", self.uri)
+            if os.environ.get(TRACE_ENV):
+                with contextlib.suppress(libvirt.libvirtError):
+                    active = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                    trace("connect", guests=sorted(d.name() for d in active))
             return self._conn
 
     def _open(self) -> Any:
@@ -259,6 +285,7 @@ class LibvirtHypervisor:
     def _lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: object) -> None:
         state, detail_name = lifecycle_state(event, detail)
         try:
+            trace("lifecycle", dom.name(), state=state, detail=detail_name)
             self._on_event(LifecycleEvent(dom.name(), dom.UUIDString(), state, detail_name))
         except Exception:  # an event callback must never kill libvirt's event thread
             log.exception("lifecycle event handler failed")
@@ -294,7 +321,9 @@ class LibvirtHypervisor:
         try:
             if dom.isActive():
                 return self._state(dom), False
+            began = time.time()
             dom.create()
+            trace("start", name, began)
             return self._state(dom), True
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
@@ -308,11 +337,14 @@ class LibvirtHypervisor:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if not dom.isActive():
+                    trace("shutdown", name)
                     return self._state(dom), "shutdown"
                 time.sleep(0.1)
             if dom.isActive():
                 dom.destroy()
+                trace("destroy", name)
                 return self._state(dom), "destroyed"
+            trace("shutdown", name)
             return self._state(dom), "shutdown"
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
@@ -323,6 +355,7 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 return self._state(dom), False
             dom.destroy()
+            trace("destroy", name)
             return self._state(dom), True
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
@@ -347,7 +380,7 @@ class LibvirtHypervisor:
         names.libvirt_uri(dest_uri)
         params: dict[str, Any] = {}
         if migrate_uri:
-            params[libvirt.VIR_MIGRATE_PARAM_URI] = names.libvirt_uri(migrate_uri)
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = names.migration_uri(migrate_uri)
         probe_tcp(dest_uri)
         timer = threading.Timer(timeout_s, self._abort, args=(dom,)) if timeout_s else None
         start = time.monotonic()
@@ -355,6 +388,7 @@ class LibvirtHypervisor:
             if timer:
                 timer.start()
             dom.migrateToURI3(dest_uri, params, MIGRATE_FLAGS)
+            trace("migrate-out", name, dest=dest_uri)
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
         finally:

@@ -1,34 +1,48 @@
-"""Haven wire protocol between the console and the agents (version 1).
+"""Haven wire protocol between the console and the agents (version 2).
 
 This is the only module of `agent` the console imports. It depends on the standard library only.
 
-Transport: Celery over Redis.
+Transport: Redis. Who sent a message is what the transport says, never what the body says:
+each agent has a Redis user of its own (created by the console, console/runtime/broker.py)
+that can write exactly one inbound key and consume exactly one command queue.
 
 Console -> agent
     Celery task ``haven.agent.execute`` (``EXECUTE_TASK``) with one positional argument, a
     ``Command`` dict, sent to queue ``agent.<host>`` (``agent_queue(host)``)::
 
-        {"v": 1, "id": "c-42", "kind": "start", "args": {"guest": "web1"}}
+        {"v": 2, "id": "c-42", "kind": "start", "args": {"guest": "web1"}}
 
     ``id`` is chosen by the console, unique per command (1-128 chars of ``A-Za-z0-9_.:-``).
     Commands are idempotent by id: the agent remembers recent results, and a repeated id returns
-    the first result again (``duplicate: true``) without acting twice. Send fence credentials
-    only inside ``args``; give ``send_task`` an ``argsrepr`` without them (Celery logs it).
+    the first result again (``duplicate: true``) without acting twice. Command messages expire
+    (Celery ``expires``) a little after the action's own timeout. Secret arguments (names in
+    ``agent.names.SECRET_PARAMETERS``) never travel in clear: the console moves them into
+    ``args["sealed"]``, a Fernet token made with the host's own sealing key (delivered by the
+    bootstrap), which the agent opens and merges back into ``args`` (``params`` for a fence)
+    before anything runs; a token for another host or older than its TTL is refused.
+    The agent's worker runs only ``haven.agent.execute`` and refuses (logs, acks, drops) any
+    message carrying callbacks, errbacks, a chain, a chord or a group.
 
 Agent -> console
-    Celery task ``haven.console.receive`` (``RECEIVE_TASK``) with one positional dict argument,
-    sent to queue ``console`` (``CONSOLE_QUEUE``). Every message carries ``v`` (protocol version),
-    ``host``, ``kind`` (``result`` | ``event`` | ``heartbeat``) and ``ts`` (Unix time, float).
+    The agent RPUSHes each message as one JSON object onto its own Redis list
+    ``haven:in:<host>`` (``inbound_key(host)``); its Redis user may write that key and no other.
+    The console's ingest drainer (``manage.py haven_ingest``) attributes every message to the
+    host named by the key; a body whose ``host`` differs is refused. Every message carries
+    ``v`` (protocol version), ``host``, ``kind`` (``result`` | ``event`` | ``heartbeat``),
+    ``ts`` (Unix time of the observation, float) and ``sent_at`` (the agent's wall clock when it
+    was pushed, set by the publisher; the console measures its ingest lag from it).
     Use ``message_from_dict`` to decode one.
 
     result      the outcome of one command: ``id`` (the command's id), ``command`` (its kind),
                 ``ok``, ``data`` (kind-specific dict), ``error`` (``{"code", "message",
                 "command", "stderr", "exit_code"}`` or null), ``duration_s``, ``duplicate``.
                 A command that cannot be parsed still gets a result (``id`` as sent, or "").
+                The console accepts it only from the host the command was sent to.
     event       sent at once, never behind commands: ``event`` = ``lifecycle``, ``guest``,
                 ``uuid``, ``state`` (one of ``LIFECYCLE_STATES``), ``detail`` (libvirt's reason,
                 e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``.
-    heartbeat   every second by default: ``agent_version``, ``seq``, ``interval_s``,
+    heartbeat   every second by default: ``agent_version``, ``boot`` (random id of this agent
+                process), ``seq`` (1, 2, ... within ``boot``), ``interval_s``,
                 ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,
                 ``memory_total_mib``, ``memory_free_mib``, and ``guests``: the active guests as
                 ``{"name", "uuid", "state"}``; ``guests`` is null when libvirt is unreachable
@@ -99,10 +113,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 EXECUTE_TASK = "haven.agent.execute"
-RECEIVE_TASK = "haven.console.receive"
-CONSOLE_QUEUE = "console"
+INBOUND_PREFIX = "haven:in:"
+SEALED_ARG = "sealed"
 
 COMMAND_KINDS = frozenset(
     {
@@ -189,6 +203,34 @@ def agent_queue(host: str) -> str:
     return f"agent.{host}"
 
 
+def inbound_key(host: str) -> str:
+    """The Redis list one host's agent pushes its messages onto (the only key it may write)."""
+    return f"{INBOUND_PREFIX}{host}"
+
+
+def broker_keys(host: str) -> dict[str, str]:
+    """Every Redis key one agent uses, by role: its inbound list, its command queue (one list:
+    the agent consumes without priority lists), kombu's ack-emulation keys (the agent's worker
+    names them per host) and its queue's binding sets. Its Redis user may touch these only."""
+    queue, base = agent_queue(host), f"haven.agent.{host}"
+    return {
+        "inbound": inbound_key(host),
+        "queue": queue,
+        "unacked": f"{base}.unacked",
+        "unacked_index": f"{base}.unacked_index",
+        "unacked_mutex": f"{base}.unacked_mutex",
+        "binding": f"_kombu.binding.{queue}",
+        "binding_permanent": f"_kombu.binding_permanent.{queue}",
+    }
+
+
+def host_of_inbound_key(key: str) -> str | None:
+    """The host an inbound key belongs to, or None for any other key."""
+    if not key.startswith(INBOUND_PREFIX) or len(key) == len(INBOUND_PREFIX):
+        return None
+    return key[len(INBOUND_PREFIX) :]
+
+
 def _check_version(data: dict[str, Any]) -> None:
     version = data.get("v")
     if version != PROTOCOL_VERSION:
@@ -257,6 +299,7 @@ class Result:
     duration_s: float = 0.0
     duplicate: bool = False
     ts: float = field(default_factory=time.time)
+    sent_at: float = 0.0
     v: int = PROTOCOL_VERSION
     kind: Literal["result"] = "result"
 
@@ -291,6 +334,7 @@ class Event:
     detail: str
     seq: int = 0
     ts: float = field(default_factory=time.time)
+    sent_at: float = 0.0
     v: int = PROTOCOL_VERSION
     kind: Literal["event"] = "event"
 
@@ -316,9 +360,11 @@ class Heartbeat:
     memory_total_mib: int | None
     memory_free_mib: int | None
     guests: list[GuestState] | None
+    boot: str = ""
     # corosync membership and quorum (agent/cluster_stack.py); None where corosync is absent
     cluster: dict[str, Any] | None = None
     ts: float = field(default_factory=time.time)
+    sent_at: float = 0.0
     v: int = PROTOCOL_VERSION
     kind: Literal["heartbeat"] = "heartbeat"
 

@@ -1,5 +1,8 @@
 """The publisher: one thread that sends results, events and heartbeats to the console.
 
+Each message is RPUSHed as JSON onto this host's own inbound list ``haven:in:<host>``
+(agent/protocol.py), stamped with ``sent_at`` (this machine's wall clock) at each attempt.
+
 Commands never send anything themselves; they hand messages here, so a slow command can never
 delay an event or a heartbeat. When the broker is away, results and events wait in order in a
 bounded buffer (heartbeats: only the newest is kept) and are sent when it is back, with
@@ -8,13 +11,14 @@ exponential backoff between attempts and one log line per outage.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from typing import Any, Protocol
 
-from agent.protocol import CONSOLE_QUEUE, RECEIVE_TASK, Event, Heartbeat, Result
+from agent.protocol import Event, Heartbeat, Result, inbound_key
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +29,22 @@ class Sender(Protocol):
         ...
 
 
-class CelerySender:
-    """Sends a message as the console's Celery task `haven.console.receive`."""
+class RedisSender:
+    """RPUSHes a message onto the host's inbound list, the one key its Redis user may write."""
 
-    def __init__(self, app: Any, queue: str = CONSOLE_QUEUE) -> None:
-        self._app = app
-        self._queue = queue
+    def __init__(self, broker_url: str, host: str) -> None:
+        import redis  # the agent's requirement; not imported by the protocol tests
+
+        self._key = inbound_key(host)
+        self._redis = redis.Redis.from_url(
+            broker_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=0
+        )
 
     def send(self, message: dict[str, Any]) -> None:
-        self._app.send_task(
-            RECEIVE_TASK,
-            args=[message],
-            queue=self._queue,
-            retry=False,
-            # Straight onto the console's queue (anonymous exchange) without declaring it: an
-            # agent's Redis user may write that queue but not kombu's binding tables.
-            declare=[],
-            argsrepr=f"[{message.get('kind')} {message.get('id', message.get('seq', ''))}]",
-        )
+        self._redis.rpush(self._key, json.dumps(message, separators=(",", ":")))
+
+    def close(self) -> None:
+        self._redis.close()
 
 
 class Publisher:
@@ -104,6 +106,7 @@ class Publisher:
     def _loop(self) -> None:
         backoff = 0.0
         while (message := self._next()) is not None:
+            message["sent_at"] = time.time()
             try:
                 self._sender.send(message)
             except Exception as exc:

@@ -6,7 +6,10 @@ Threads in one agent process:
 - the command pool (`cmd-*`): runs commands, ordered per guest;
 - libvirt's event loop: turns lifecycle changes into events;
 - the heartbeat thread;
-- the publisher thread: the only one that sends to the console.
+- the publisher thread: the only one that sends to the console (RPUSH onto `haven:in:<host>`).
+
+The Celery app runs only `haven.agent.execute` (agent/strict.py): Celery's built-in tasks are
+unregistered and a message carrying callbacks, errbacks, a chain, a chord or a group is refused.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from agent.executor import Executor
 from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
 from agent.heartbeat import HeartbeatThread
 from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
-from agent.protocol import CONSOLE_QUEUE, EXECUTE_TASK, Event, agent_queue
-from agent.publisher import CelerySender, Publisher
+from agent.protocol import EXECUTE_TASK, Event, agent_queue, broker_keys
+from agent.publisher import Publisher, RedisSender, Sender
 from agent.runner import SubprocessRunner
 from agent.storage import LinuxStorage
+from agent.strict import StrictTask, prune
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,6 @@ class Settings:
     broker: str
     host: str
     libvirt_uri: str = "qemu:///system"
-    console_queue: str = CONSOLE_QUEUE
     heartbeat_interval_s: float = 1.0
     workers: int = 4
     fence_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH
@@ -50,19 +53,21 @@ class Settings:
 
 
 def unacked_keys(host: str) -> dict[str, str]:
-    """kombu's ack-emulation keys for one agent (its Redis ACL allows `haven.agent.HOST.*`)."""
-    base = f"haven.agent.{host}"
-    return {
-        "unacked_key": f"{base}.unacked",
-        "unacked_index_key": f"{base}.unacked_index",
-        "unacked_mutex_key": f"{base}.unacked_mutex",
-    }
+    """kombu's ack-emulation keys for one agent (its Redis ACL names each of them exactly)."""
+    keys = broker_keys(host)
+    return {f"{role}_key": keys[role] for role in ("unacked", "unacked_index", "unacked_mutex")}
 
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app that consumes only this host's queue and retries the broker forever."""
     queue = agent_queue(settings.host)
-    app = Celery(f"haven-agent-{settings.host}", broker=settings.broker, set_as_current=False)
+    app = Celery(
+        f"haven-agent-{settings.host}",
+        broker=settings.broker,
+        set_as_current=False,
+        task_cls=StrictTask,
+    )
+    prune(app, lambda name: name == EXECUTE_TASK)
     app.conf.update(
         task_queues=[Queue(queue, routing_key=queue)],
         task_default_queue=queue,
@@ -78,6 +83,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options={
             "socket_connect_timeout": 2,
+            # One list per queue, no `agent.HOST\x06\x16N` priority lists: the agent's Redis
+            # user may read exactly `agent.HOST` (console/runtime/broker.py).
+            "priority_steps": [0],
             # Unacked messages in keys of this host's own, not kombu's shared `unacked`: an
             # agent's Redis user may touch only its own keys (console/runtime/bootstrap.py).
             **unacked_keys(settings.host),
@@ -90,10 +98,12 @@ def make_celery(settings: Settings) -> Celery:
 class Agent:
     """One host's agent: drivers, executor, heartbeat and publisher, wired together."""
 
-    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+    def __init__(
+        self, settings: Settings, app: Celery | None = None, sender: Sender | None = None
+    ) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
-        self.publisher = Publisher(CelerySender(self.app, settings.console_queue))
+        self.publisher = Publisher(sender or RedisSender(settings.broker, settings.host))
         self._event_seq = itertools.count(1)
         self.hypervisor = LibvirtHypervisor(settings.libvirt_uri, self._on_lifecycle)
         runner = SubprocessRunner()

@@ -1,15 +1,25 @@
-"""The console's Celery app: its own queue is ``console``; agents consume ``agent.<host>``."""
+"""The console's Celery app: its own queue is ``console``; agents consume ``agent.<host>``.
+
+It runs only Haven's own tasks (``haven.console.*``): Celery's built-in tasks are unregistered,
+and a message carrying callbacks, errbacks, a chain, a chord or a group is refused before
+anything runs (agent/strict.py). Agents' messages do not come through Celery at all
+(console/runtime/drain.py).
+"""
 
 import os
 from typing import Any
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+from agent.strict import StrictTask, prune
 
-app = Celery("console")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+TASK_PREFIX = "haven.console."
+
+app = Celery("console", task_cls=StrictTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+prune(app, lambda name: name.startswith(TASK_PREFIX))
 
 
 def use_broker(url: str) -> None:

@@ -19,7 +19,19 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("HAVEN_VAR_DIR", BASE_DIR / "var"))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# var/ holds the secret key and the database: only its owner may enter it (0700).
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if VAR_DIR.stat().st_uid == os.getuid():
+    VAR_DIR.chmod(0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (or make an existing one 0600), before SQLite opens
+    it: its journal files take the same mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
 
 
 def _secret_key() -> str:
@@ -31,6 +43,7 @@ def _secret_key() -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(50))
+    _private_file(path)
     return path.read_text().strip()
 
 
@@ -49,7 +62,6 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "django_htmx",
     "console.core",
@@ -59,6 +71,7 @@ INSTALLED_APPS = [
     "console.jobs",
     "console.events",
     "console.runtime",
+    "console.monitoring",
 ]
 
 MIDDLEWARE = [
@@ -98,6 +111,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if Path(DATABASES["default"]["NAME"]).parent == VAR_DIR:
+        _private_file(Path(DATABASES["default"]["NAME"]))
     # A file, not memory, so that the live tests' worker processes see the test database;
     # one per test run, so that runs side by side never share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -106,6 +121,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTHENTICATION_BACKENDS = ["console.core.auth.LockoutBackend"]
+# Sign-in lockout (console/core/auth.py): this many failures within the window, for one user
+# name or from one address, lock its sign-ins for the lockout time; POST /api/token/ is also
+# throttled per address.
+HAVEN_LOGIN_MAX_FAILURES = int(os.environ.get("HAVEN_LOGIN_MAX_FAILURES", "10"))
+HAVEN_LOGIN_WINDOW_S = int(os.environ.get("HAVEN_LOGIN_WINDOW_S", "600"))
+HAVEN_LOGIN_LOCKOUT_S = int(os.environ.get("HAVEN_LOGIN_LOCKOUT_S", "900"))
+HAVEN_LOGIN_RATE = os.environ.get("HAVEN_LOGIN_RATE", "30/min")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -128,11 +151,16 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an anonymous request then gets 401 with a WWW-Authenticate header.
-        "rest_framework.authentication.TokenAuthentication",
+        "console.core.auth.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_PARSER_CLASSES": [
+        "console.core.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["console.core.permissions.RolePermission"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "console.core.pagination.HavenPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["console.core.filters.FieldFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -156,6 +184,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend, so no daily `celery.backend_cleanup` (the worker runs Haven's tasks only).
+CELERY_RESULT_EXPIRES = None
 CELERY_BEAT_SCHEDULE = {
     "ha-runner": {"task": "haven.console.tick", "schedule": 1.0, "options": {"expires": 2}},
 }
@@ -171,6 +201,16 @@ HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 # What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
 # A graceful guest shutdown waits this long before the guest is destroyed.
+# Who may scrape /metrics without logging in: addresses or networks, comma separated.
+HAVEN_METRICS_ALLOW = os.environ.get("HAVEN_METRICS_ALLOW", "")
+# Alert e-mail goes through this SMTP server (Django's EMAIL_* settings).
+EMAIL_HOST = os.environ.get("HAVEN_SMTP_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("HAVEN_SMTP_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("HAVEN_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("HAVEN_SMTP_PASSWORD", "")
+EMAIL_USE_TLS = os.environ.get("HAVEN_SMTP_TLS", "0") == "1"
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("HAVEN_MAIL_FROM", "haven@localhost")
 HAVEN_STOP_TIMEOUT_S = int(os.environ.get("HAVEN_STOP_TIMEOUT_S", "30"))
 # Extra environment of every agent the SSH bootstrap installs, e.g. {"LVM_SYSTEM_DIR": "/srv/lvm"}
 # (console/runtime/bootstrap.py): names ^[A-Z][A-Z0-9_]{0,63}$, values on one line.

@@ -10,8 +10,11 @@ from rest_framework.routers import DefaultRouter
 from console.clusters.api.views import ClusterViewSet, FenceDeviceViewSet, HostViewSet
 from console.core import views as core_views
 from console.core.api import TokenView
+from console.core.auth import LoginForm
 from console.events.api.views import EventViewSet
 from console.jobs.api.views import JobEventViewSet, JobViewSet
+from console.monitoring.api.views import AlertHookViewSet
+from console.monitoring.metrics import metrics_view
 from console.services.api.views import FailoverDomainViewSet, VmServiceViewSet
 from console.storage.api.views import (
     BlockDeviceViewSet,
@@ -33,6 +36,7 @@ router.register("services", VmServiceViewSet)
 router.register("jobs", JobViewSet)
 router.register("job-events", JobEventViewSet)
 router.register("events", EventViewSet)
+router.register("alert-hooks", AlertHookViewSet)
 
 urlpatterns = [
     path("", core_views.home, name="home"),
@@ -41,8 +45,10 @@ urlpatterns = [
     path("clusters/", include("console.storage.urls")),
     path("jobs/", include("console.jobs.urls")),
     path("events/", include("console.events.urls")),
+    path("alerts/", include("console.monitoring.urls")),
     path("healthz", core_views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("metrics", metrics_view, name="metrics"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -50,6 +56,7 @@ urlpatterns = [
     path("api/", include(router.urls)),
 ]
 
+handler400 = "console.core.views.bad_request"
 handler403 = "console.core.views.permission_denied"
 handler404 = "console.core.views.page_not_found"
 handler500 = "console.core.views.server_error"

@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from agent import names
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import validators
 
@@ -92,8 +93,13 @@ class HostRowForm(forms.Form):
 
 
 class BaseHostRows(forms.BaseFormSet):  # type: ignore[type-arg]
+    default_error_messages = {
+        "missing_management_form": "The list of host rows came back damaged (its row count "
+        "is missing or not a number): reload the page and enter the hosts again.",
+    }
+
     def clean(self) -> None:
-        if any(self.errors):
+        if any(self.errors) or not self.management_form.is_valid():
             return
         names = [f.cleaned_data.get("name") for f in self.forms if f.cleaned_data.get("name")]
         if not names:
@@ -107,7 +113,13 @@ class BaseHostRows(forms.BaseFormSet):  # type: ignore[type-arg]
 
 
 HostRowFormSet = forms.formset_factory(
-    HostRowForm, formset=BaseHostRows, extra=0, min_num=1, max_num=64
+    HostRowForm,
+    formset=BaseHostRows,
+    extra=0,
+    min_num=1,
+    max_num=64,
+    absolute_max=64,
+    validate_max=True,
 )
 
 # Parameters the form does not ask for: the action is Haven's choice; plug/port has its own
@@ -153,9 +165,11 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
                     self.fields["plug"].help_text = str(p["description"])
             if not name or name in SKIPPED_PARAMETERS or p.get("deprecated"):
                 continue
-            if not validators.OBJECT_NAME_RE.match(name):
-                continue
-            secret = bool(p.get("secret")) or name in FenceDevice.SECRET_KEYS
+            try:
+                names.fence_parameter(name)
+            except names.InvalidName:
+                continue  # not a name the agent would pass on: never asked for
+            secret = bool(p.get("secret")) or names.is_secret(name)
             field = self._field_for(p, secret, has_stored=name in stored_secrets)
             if name in current:
                 field.initial = current[name]
@@ -208,8 +222,8 @@ class FenceDeviceForm(forms.ModelForm):  # type: ignore[type-arg]
         data = self.cleaned_data
         for name in self.param_names:
             value = data.get(f"p_{name}")
-            if isinstance(value, str) and ("\n" in value or "\r" in value):
-                self.add_error(f"p_{name}", "This value may not contain a line break.")
+            if isinstance(value, str) and (problem := validators.fence_value_error(name, value)):
+                self.add_error(f"p_{name}", problem)
         return data
 
     def _post_clean(self) -> None:

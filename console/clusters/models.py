@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from agent import names
 from console.clusters.choices import HostState
 from console.core import crypto, validators
 
@@ -36,10 +37,19 @@ class Host(models.Model):
     address = models.CharField(max_length=253, validators=[validators.validate_address])
     state = models.CharField(max_length=16, choices=HostState.choices, default=HostState.NEW)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    state_reason = models.TextField(
+        blank=True, editable=False, help_text="The HA engine's reason for the current state."
+    )
     memory_total_mb = models.PositiveIntegerField(default=0)
     memory_free_mb = models.PositiveIntegerField(default=0)
     cpus = models.PositiveIntegerField(default=0)
-    libvirt_uri = models.CharField(max_length=255, blank=True)
+    libvirt_uri = models.CharField(
+        max_length=255,
+        blank=True,
+        validators=[validators.validate_libvirt_uri],
+        help_text="How the other hosts reach this host's libvirtd for migration "
+        "(default: qemu+tcp://ADDRESS/system).",
+    )
     host_uuid = models.CharField(max_length=36, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     #: a person asked to drain the host and keep new guests off it
@@ -69,10 +79,6 @@ class FenceDevice(models.Model):
     Ordinary parameters (``ip``, ``username``, ``lanplus`` ...) are stored as JSON; secret ones
     (``password`` ...) are stored encrypted and never shown back by the API.
     """
-
-    SECRET_KEYS = frozenset(
-        {"password", "passwd", "password_script", "snmp_priv_passwd", "community", "identity_file"}
-    )
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="fence_devices")
     name = models.CharField(max_length=64, validators=[validators.validate_object_name])
@@ -106,23 +112,32 @@ class FenceDevice(models.Model):
             errors["parameters"] = "Parameters must be an object of name: value pairs."
         else:
             for key, value in self.parameters.items():
-                if key in self.SECRET_KEYS:
-                    errors["parameters"] = (
-                        f"{key!r} is a secret: give it in secret_parameters so it is stored "
-                        "encrypted."
-                    )
-                elif not validators.OBJECT_NAME_RE.match(key) or not isinstance(
-                    value, str | int | bool
-                ):
-                    errors["parameters"] = (
-                        f"Parameter {key!r} must be a simple name with a text, number or "
-                        "true/false value."
-                    )
-                elif isinstance(value, str) and ("\n" in value or "\r" in value):
-                    errors["parameters"] = f"Parameter {key!r} may not contain a line break."
-        if self.plug and ("\n" in self.plug or "=" in self.plug):
-            errors["plug"] = "The plug may not contain a line break or '='."
+                if problem := parameter_error(key, value):
+                    errors["parameters"] = problem
+                    break
+        if self.plug:
+            try:
+                names.fence_plug(self.plug)
+            except names.InvalidName as exc:
+                errors["plug"] = f"The plug must be {exc.rule}."
         if self.host_id and self.cluster_id and self.host.cluster_id != self.cluster_id:
             errors["host"] = f"Host {self.host.name} is not in cluster {self.cluster.name}."
         if errors:
             raise ValidationError(errors)
+
+
+def parameter_error(key: Any, value: Any, *, secret: bool = False) -> str:
+    """Why a fence parameter cannot be stored ('' = it can), by the agent's own grammar.
+
+    Plain parameters may not be secrets (those are stored encrypted, apart); ``secret`` ones
+    must be.
+    """
+    try:
+        validators.validate_fence_parameter(key)
+    except ValidationError as exc:
+        return " ".join(exc.messages)
+    if not secret and names.is_secret(key):
+        return f"{key!r} is a secret: give it in secret_parameters so it is stored encrypted."
+    if not isinstance(value, str | int | bool) or (secret and not isinstance(value, str)):
+        return f"Parameter {key!r} must have a text, number or true/false value."
+    return validators.fence_value_error(key, value)

@@ -1,12 +1,14 @@
 from django.urls import path
 
-from console.clusters import views
+from console.clusters import hostpage, stream, views
 
 app_name = "clusters"
 urlpatterns = [
     path("new/", views.create, name="create"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/live/", views.live, name="live"),
+    path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
+    path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
     path(
         "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",

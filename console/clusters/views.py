@@ -8,15 +8,17 @@ Every write goes through a services layer (``console.runtime.operations``,
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db import transaction
+from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 
+from console.clusters import services as cluster_services
 from console.clusters.forms import (
     ClusterCreateForm,
     FenceAgentForm,
@@ -26,11 +28,12 @@ from console.clusters.forms import (
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import services as core_services
 from console.core.views import role_required
-from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
 from console.runtime import operations
-from console.services.models import VmService
+from console.services.choices import ServiceState
+from console.services.listing import GROUPS, SORTS, ServiceQuery
+from console.services.models import FailoverDomain, VmService
 
 RUNNING_STATES = ("started", "migrating", "stopping", "starting", "relocating")
 COMMON_FENCE_AGENTS = (
@@ -46,24 +49,42 @@ COMMON_FENCE_AGENTS = (
 
 
 # --- the cluster page -----------------------------------------------------------------------
-def live_context(cluster: Cluster) -> dict[str, Any]:
-    """Hosts and services of a cluster, in a fixed number of queries (no N+1)."""
+SERVICES_PER_PAGE = 50
+
+
+def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
+    """Hosts and one page of services (searched, filtered, sorted), in a fixed number of
+    queries whatever the cluster's size (no N+1; pinned by a test)."""
     hosts = list(
         Host.objects.filter(cluster=cluster)
         .annotate(guests=Count("services", filter=Q(services__state__in=RUNNING_STATES)))
         .prefetch_related(Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order")))
+        .order_by("name")
     )
-    services = list(
-        VmService.objects.filter(cluster=cluster).select_related("host", "failover_domain")
+    query = ServiceQuery.parse(params or {})
+    services = query.apply(
+        VmService.objects.filter(cluster=cluster).select_related(
+            "host", "target", "failover_domain"
+        )
     )
+    page = Paginator(services, SERVICES_PER_PAGE).get_page((params or {}).get("page"))
+    keep = urlencode(query.params())
     membership = _membership([h.name for h in hosts])
     for h in hosts:
         h.membership = membership.get(h.name)  # type: ignore[attr-defined]
     return {
         "cluster": cluster,
         "hosts": hosts,
-        "services": services,
         "cluster_stack": any(membership.values()),
+        "services": page,
+        "query": query,
+        "keep": keep,
+        "live_query": urlencode({**query.params(), "page": page.number}),
+        "sorts": list(SORTS),
+        "state_filters": [*GROUPS, *ServiceState.values],
+        "domains": list(
+            FailoverDomain.objects.filter(cluster=cluster).values_list("name", flat=True)
+        ),
     }
 
 
@@ -84,14 +105,15 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
 @role_required()
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster.objects.select_related("engine"), pk=pk)
-    return render(request, "clusters/detail.html", {**live_context(cluster), "tab": "overview"})
+    context = live_context(cluster, request.GET)
+    return render(request, "clusters/detail.html", {**context, "tab": "overview"})
 
 
 @role_required()
 def live(request: HttpRequest, pk: int) -> HttpResponse:
-    """The hosts and services tables alone; the cluster page polls it every 2 s."""
+    """The hosts and services tables alone; the cluster page refreshes it (same query)."""
     cluster = get_object_or_404(Cluster.objects.select_related("engine"), pk=pk)
-    return render(request, "clusters/_live.html", live_context(cluster))
+    return render(request, "clusters/_live.html", live_context(cluster, request.GET))
 
 
 def _operation(request: HttpRequest, cluster: Cluster, call: Any, done: str) -> HttpResponse:
@@ -143,8 +165,10 @@ def _wizard_forms(request: HttpRequest) -> tuple[ClusterCreateForm, Any]:
     if request.method == "POST":
         data = request.POST.copy()
         if request.POST.get("step") == "add-row":
-            total = int(data.get("hosts-TOTAL_FORMS") or 1)
-            data["hosts-TOTAL_FORMS"] = str(min(total + 1, 64))
+            raw = str(data.get("hosts-TOTAL_FORMS") or "1")
+            # A count that is not a number is left as it is: the formset reports it.
+            if raw.isdecimal() and len(raw) < 4:
+                data["hosts-TOTAL_FORMS"] = str(min(int(raw) + 1, HostRowFormSet.max_num))
         return ClusterCreateForm(data), HostRowFormSet(data, prefix="hosts")
     initial = [{"port": 22}] * 3
     return ClusterCreateForm(), HostRowFormSet(prefix="hosts", initial=initial)
@@ -402,40 +426,10 @@ def fence_delete(request: HttpRequest, pk: int, device_pk: int) -> HttpResponse:
 def fence_test(request: HttpRequest, pk: int, device_pk: int) -> HttpResponse:
     """Run the agent with ``action=status`` from another host: proves address and secrets."""
     cluster = get_object_or_404(Cluster, pk=pk)
-    device = get_object_or_404(FenceDevice.objects.select_related("host"), pk=device_pk)
+    device = get_object_or_404(
+        FenceDevice.objects.select_related("host"), pk=device_pk, cluster=cluster
+    )
     if request.method != "POST":
         return redirect("clusters:fence", cluster.pk)
-    from console.runtime.actions import fence_runner
-
-    online = set(
-        Host.objects.filter(cluster=cluster, state="online").values_list("name", flat=True)
-    )
-    runner = fence_runner(cluster, device.host.name, online)
-    params: dict[str, Any] = dict(device.parameters)
-    if device.plug:
-        params["plug"] = device.plug
-    with transaction.atomic():
-        job = jobs.create_job(
-            "fence-test",
-            [
-                jobs.StepSpec(
-                    runner,
-                    "fence",
-                    {"agent": device.agent, "action": "status", "params": params, "timeout_s": 60},
-                    secret_ref={"fence_device": device.pk},
-                )
-            ],
-            cluster=cluster,
-            created_by=request.user,
-            params={"device": device.name, "host": device.host.name, "action": "status"},
-            message=f"test {device.name}: status of {device.host.name}",
-        )
-        record(
-            actor=core_services.actor_name(request.user),
-            verb="fence-test",
-            obj=device,
-            cluster=cluster,
-            result="info",
-            message=f"status test requested (job {job.pk})",
-        )
+    job = cluster_services.fence_test(cluster, device, actor=request.user)
     return redirect("jobs:detail", job.pk)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models.deletion import ProtectedError, RestrictedError
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
-from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from console.core import services
+from console.core import auth, services
 from console.core.errors import Refused
+from console.core.models import ApiToken
+from console.core.parsers import BoundedJSONParser
 
 
 def django_errors(exc: DjangoValidationError) -> dict[str, Any] | list[str]:
@@ -99,8 +105,53 @@ class ReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
     operator_actions: tuple[str, ...] = ()
 
 
-class TokenView(ObtainAuthToken):
-    """POST user name and password, get the user's API token (for scripts and the CLI)."""
+class TokenRequestSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(
+        max_length=4096, trim_whitespace=False, write_only=True, style={"input_type": "password"}
+    )
+
+
+class TokenResponseSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    token = serializers.CharField(help_text="Shown once: the console keeps only its SHA-256.")
+
+
+class LockedOutError(APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "locked_out"
+
+
+class TokenView(APIView):
+    """POST user name and password, get a new API token (for scripts and the CLI).
+
+    Throttled per address; refused while the user or the address is locked out after too many
+    failures (console/core/auth.py). Each call makes a new token, shown only in this answer.
+    """
 
     permission_classes = ()
-    throttle_classes = ()
+    authentication_classes = ()
+    throttle_classes = (auth.LoginRateThrottle,)
+    parser_classes = (BoundedJSONParser, FormParser, MultiPartParser)
+
+    @extend_schema(
+        request=TokenRequestSerializer, responses={200: TokenResponseSerializer}, auth=[]
+    )
+    def post(self, request: Request) -> Response:
+        body = TokenRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        username = body.validated_data["username"]
+        try:
+            auth.refuse_locked(request, username, "api")
+        except auth.LockedOut as exc:
+            raise LockedOutError(str(exc)) from exc
+        user = authenticate(
+            request=request, username=username, password=body.validated_data["password"]
+        )
+        if user is None:
+            raise ValidationError(
+                {"non_field_errors": ["Unable to log in with provided credentials."]},
+                code="authorization",
+            )
+        _, key = ApiToken.issue(user)
+        auth.login_succeeded(user, request, "api")
+        return Response({"token": key})

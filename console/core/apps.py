@@ -6,3 +6,6 @@ class CoreConfig(AppConfig):
 
     name = "console.core"
     label = "core"
+
+    def ready(self) -> None:
+        from console.core import auth  # noqa: F401  (sign-in events and failures)

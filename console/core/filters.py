@@ -14,6 +14,18 @@ from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
 
+# The widest integer any supported database stores (SQLite and PostgreSQL bigint): a filter
+# value outside it can match nothing, and SQLite's driver would fail on it (OverflowError).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def check_int_range(value: Any) -> None:
+    """Raise ValidationError for a whole number the database cannot hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise ValidationError(
+            f"out of range: give a whole number between {INT_MIN} and {INT_MAX}", code="range"
+        )
+
 
 def _model_field(model: type[models.Model], path: str) -> models.Field[Any, Any]:
     parts = path.split("__")
@@ -37,6 +49,7 @@ class FieldFilterBackend(BaseFilterBackend):
             field = _model_field(queryset.model, name)
             try:
                 value = field.to_python(raw)
+                check_int_range(value)
                 if isinstance(field, models.CharField) and field.choices:
                     field.run_validators(value)
                     field.validate(value, None)

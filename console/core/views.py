@@ -74,13 +74,35 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def _api(request: HttpRequest) -> bool:
+    """Whether the request is for the API, which answers every error in JSON."""
+    return request.path.startswith("/api/")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _api(request):
+        return JsonResponse({"detail": "Bad request."}, status=400)
+    return render(request, "400.html", status=400)
+
+
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _api(request):
+        return JsonResponse({"detail": f"Nothing at {request.path}."}, status=404)
     return render(request, "404.html", status=404)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    if _api(request):
+        return JsonResponse(
+            {"detail": "The console failed to answer this request; the error is in its log."},
+            status=500,
+        )
     return render(request, "500.html", status=500)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _api(request):
+        return JsonResponse(
+            {"detail": str(exception) or "Your role does not allow this."}, status=403
+        )
     return forbidden(request, str(exception) or "Your role does not allow this.")

@@ -9,10 +9,10 @@ acknowledged-down time), failover domains, service configurations, results of ea
 `Status`. `now` is the time on the heartbeat clock, in seconds.
 
 `decision.status` is the new status to store (`Status.to_json()` / `Status.from_json()` for one
-database column) and pass back in the next snapshot; `decision.actions` are `Fence`, `Start`,
-`Stop`, `Migrate` and `Relocate`, each with a fresh id, to turn into jobs; `decision.replies`
-answer commands (accepted, queued, refused with a code and a reason); `decision.log` and
-`decision.transitions` say what changed and why.
+database column) and pass back in the next snapshot; `decision.actions` are `Fence`,
+`FenceStatus`, `Start`, `Stop`, `Migrate` and `Relocate`, each with a fresh id, to turn into
+jobs; `decision.replies` answer commands (accepted, queued, refused with a code and a
+reason); `decision.log` and `decision.transitions` say what changed and why.
 
 See README.md beside this file for the states and how the console runtime drives `tick`.
 """
@@ -25,8 +25,11 @@ from console.engine.model import (
     Domain,
     DomainMember,
     Fence,
+    FenceStatus,
     HostObservation,
     Migrate,
+    Refusal,
+    RefusalCode,
     Relocate,
     Reply,
     ReplyOutcome,
@@ -34,6 +37,8 @@ from console.engine.model import (
     Snapshot,
     Start,
     Stop,
+    StopReason,
+    Subject,
     Transition,
 )
 from console.engine.settings import Settings
@@ -45,8 +50,8 @@ from console.engine.states import (
     Recovery,
     ServiceState,
 )
-from console.engine.status import HostStatus, ServiceStatus, Status
-from console.engine.tick import tick
+from console.engine.status import HostStatus, PendingKind, ServiceStatus, Status
+from console.engine.tick import Rulebook, best_host, move_refusal, tick
 
 __all__ = [
     "HOST_STATES",
@@ -60,14 +65,19 @@ __all__ = [
     "Domain",
     "DomainMember",
     "Fence",
+    "FenceStatus",
     "HostObservation",
     "HostState",
     "HostStatus",
     "Migrate",
+    "PendingKind",
     "Recovery",
+    "Refusal",
+    "RefusalCode",
     "Relocate",
     "Reply",
     "ReplyOutcome",
+    "Rulebook",
     "ServiceConfig",
     "ServiceState",
     "ServiceStatus",
@@ -76,6 +86,10 @@ __all__ = [
     "Start",
     "Status",
     "Stop",
+    "StopReason",
+    "Subject",
     "Transition",
+    "best_host",
+    "move_refusal",
     "tick",
 ]

@@ -87,7 +87,8 @@ class ServiceConfig:
     migratable: bool = True
     #: when the engine first sees a service that is not running, start it (else leave stopped)
     autostart: bool = True
-    #: where it runs now, for a service the engine has not seen yet (adopted as started)
+    #: for a service the engine has not seen yet: where it runs now (adopted as started) when
+    #: `desired` is started, else where it last ran (a person's start prefers it)
     node: str | None = None
 
 
@@ -116,6 +117,14 @@ class Snapshot:
     settings: Settings = field(default_factory=Settings)
     #: prefix of new action ids, e.g. to keep ids unique across a status reset
     id_prefix: str = "a"
+    #: since when (same clock as `now`) the console's view of heartbeats has been continuous:
+    #: set it when the view starts afresh (a new runner, a broker restart that emptied the
+    #: heartbeat store). Until a full liveness window has passed since then, no host is
+    #: declared silent and nobody is fenced. None: continuous for as long as it matters.
+    view_since: float | None = None
+    #: how far behind the console's ingestion of heartbeats is, in seconds; while it is more
+    #: than `settings.max_ingest_lag_s`, no host is declared silent and nobody is fenced
+    ingest_lag_s: float = 0.0
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -123,6 +132,19 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Fence:
+    """Power the host off with its fence device; ok = it is off."""
+
+    id: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class FenceStatus:
+    """Ask the host's fence device for its power state (the result of a Fence was lost).
+
+    ok=True means the device says the host is off (it counts as fenced); ok=False (on, or
+    the query failed) means fence it again."""
+
     id: str
     host: str
 
@@ -134,11 +156,25 @@ class Start:
     host: str
 
 
+class StopReason(StrEnum):
+    """Why the engine stops a guest: says how (a clean shutdown, or destroyed at once)."""
+
+    PERSON = "person"  # a person stopped or disabled it
+    PREEMPT = "preempt"  # to make room for a more important guest; it waits afterwards
+    STRAY = "stray"  # a copy running where it should not (a duplicate): destroyed at once
+
+
 @dataclass(frozen=True, slots=True)
 class Stop:
     id: str
     service: str
     host: str
+    reason: StopReason = StopReason.PERSON
+
+    @property
+    def force(self) -> bool:
+        """Destroy at once instead of a clean shutdown."""
+        return self.reason is StopReason.STRAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +197,7 @@ class Relocate:
     target: str
 
 
-Action = Fence | Start | Stop | Migrate | Relocate
+Action = Fence | FenceStatus | Start | Stop | Migrate | Relocate
 
 
 class ReplyOutcome(StrEnum):
@@ -170,21 +206,54 @@ class ReplyOutcome(StrEnum):
     REFUSED = "refused"  # not applied; `code` and `reason` say why
 
 
+class RefusalCode(StrEnum):
+    """Why a person's command is refused (or queued: `busy`)."""
+
+    UNKNOWN_SERVICE = "unknown-service"
+    BUSY = "busy"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    RECOVERING = "recovering"
+    NOT_RUNNING = "not-running"
+    UNKNOWN_NODE = "unknown-node"
+    SAME_NODE = "same-node"
+    NOT_MIGRATABLE = "not-migratable"
+    MAINTENANCE = "maintenance"
+    OFFLINE = "offline"
+    NOT_ALLOWED = "not-allowed"
+    NO_ROOM = "no-room"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The engine's answer to "may this happen?" when it may not: a code and a reason for
+    people."""
+
+    code: RefusalCode
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     command_id: str
     service: str
     outcome: ReplyOutcome
-    #: short machine-readable reason, e.g. "not-migratable" (empty when accepted)
+    #: short machine-readable reason, a `RefusalCode` such as "not-migratable" (empty when
+    #: accepted)
     code: str = ""
     reason: str = ""
+
+
+class Subject(StrEnum):
+    HOST = "host"
+    SERVICE = "service"
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One state change; `old` is None when the engine first sees the host or service."""
 
-    kind: str  # "host" or "service"
+    kind: Subject
     name: str
     old: HostState | ServiceState | None
     new: HostState | ServiceState

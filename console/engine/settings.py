@@ -17,10 +17,18 @@ class Settings:
     fence_retry_s: float = 5.0
     #: the longest wait between two fence attempts
     fence_retry_max_s: float = 60.0
-    #: a fence action without a result after this long counts as failed
-    fence_timeout_s: float = 60.0
-    #: a start/stop/migrate/relocate without a result after this long counts as failed
+    #: a fence action without a result after this long is followed by a power-status query
+    #: of the same device (FenceStatus); a status query without a result after this long
+    #: counts as a failed fence
+    fence_timeout_s: float = 20.0
+    #: a start/stop/migrate/relocate without a result after this long is *unknown*: the
+    #: reports of the hosts involved decide what became of it
     action_timeout_s: float = 300.0
+    #: heartbeats later than this (times the interval) make a host *late*: the fencing-storm
+    #: guard counts late hosts, not only those already past the silence limit
+    late_heartbeats: float = 1.5
+    #: while the console's heartbeat ingestion is further behind than this, nobody is fenced
+    max_ingest_lag_s: float = 1.0
     #: after a failed stop or migration, wait this long before trying that move again
     retry_s: float = 10.0
     #: a guest that ran this long before crashing starts a fresh failure streak
@@ -30,8 +38,12 @@ class Settings:
     restart_backoff_max_s: float = 30.0
 
     def silent_after_s(self) -> float:
-        """How long without a heartbeat makes a host unreachable."""
+        """How long without a heartbeat makes a host unreachable (the liveness window)."""
         return self.heartbeat_interval_s * self.missed_heartbeats
+
+    def late_after_s(self) -> float:
+        """How long without a heartbeat makes a host late (for the fencing-storm guard)."""
+        return self.heartbeat_interval_s * self.late_heartbeats
 
     def restart_backoff_s(self, earlier_restarts: int) -> float:
         """Delay before a restart in place that follows `earlier_restarts` in the streak."""

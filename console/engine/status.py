@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from console.engine.commands import Command, CommandKind
@@ -59,13 +60,32 @@ class ServiceStatus:
     retry_at: float = 0.0
     #: a person's command waiting for the service to settle
     queued: Command | None = None
+    #: when the in-flight action's result was given up on (its timeout passed): the result is
+    #: unknown, and the reports of the hosts involved decide what became of it
+    lost_at: float | None = None
+    #: the host where it last ran (entered `started`)
+    last_node: str | None = None
+    #: a person started or enabled it: its last host wins if it is in the best tier with room
+    prefer: str | None = None
+
+
+class PendingKind(StrEnum):
+    """What an action in flight is for."""
+
+    FENCE = "fence"
+    FENCE_STATUS = "fence-status"  # a power-status query after a fence's result was lost
+    START = "start"
+    STOP = "stop"
+    MIGRATE = "migrate"
+    RELOCATE = "relocate"
+    STRAY = "stray"  # a stop of a copy running where it should not
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An action in flight, so that its result can be matched."""
 
-    kind: str  # fence | start | stop | migrate | relocate | stray (a stop of a stray copy)
+    kind: PendingKind
     subject: str  # host name for fence, else service name
     host: str
     deadline: float
@@ -94,6 +114,10 @@ class Status:
     next_id: int = 0
     #: an alarm for people (e.g. a fencing storm); empty when all is well
     alarm: str = ""
+    #: a fencing storm was on at the previous tick
+    storm: bool = False
+    #: no host is fenced before this time (a fencing storm cleared a moment ago)
+    fence_hold_until: float = 0.0
     #: services that are not settled (derived; rebuilt from `services` when None)
     active: frozenset[str] | None = None
 
@@ -110,6 +134,8 @@ class Status:
                 "version": 1,
                 "next_id": self.next_id,
                 "alarm": self.alarm,
+                "fence_hold_until": self.fence_hold_until,
+                "storm": self.storm,
                 "hosts": {n: _host_out(h) for n, h in sorted(self.hosts.items())},
                 "services": {n: _svc_out(s) for n, s in sorted(self.services.items())},
                 "pending": {
@@ -131,11 +157,13 @@ class Status:
             hosts={n: _host_in(v) for n, v in raw["hosts"].items()},
             services=services,
             pending={
-                k: Pending(str(v[0]), str(v[1]), str(v[2]), float(v[3]))
+                k: Pending(PendingKind(v[0]), str(v[1]), str(v[2]), float(v[3]))
                 for k, v in raw["pending"].items()
             },
             next_id=int(raw["next_id"]),
             alarm=str(raw["alarm"]),
+            fence_hold_until=float(raw.get("fence_hold_until", 0.0)),
+            storm=bool(raw.get("storm", False)),
             active=frozenset(n for n, s in services.items() if _is_active(s)),
         )
 
@@ -181,6 +209,9 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "home": s.home,
         "retry_at": s.retry_at,
         "queued": None if q is None else [q.id, q.kind.value, q.service, q.node],
+        "lost_at": s.lost_at,
+        "last_node": s.last_node,
+        "prefer": s.prefer,
     }
 
 
@@ -207,4 +238,7 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         queued=None
         if q is None
         else Command(id=str(q[0]), kind=CommandKind(q[1]), service=str(q[2]), node=_opt(q[3])),
+        lost_at=None if v.get("lost_at") is None else float(v["lost_at"]),
+        last_node=_opt(v.get("last_node")),
+        prefer=_opt(v.get("prefer")),
     )

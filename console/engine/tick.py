@@ -29,8 +29,11 @@ from console.engine.model import (
     Decision,
     Domain,
     Fence,
+    FenceStatus,
     HostObservation,
     Migrate,
+    Refusal,
+    RefusalCode,
     Relocate,
     Reply,
     ReplyOutcome,
@@ -38,6 +41,8 @@ from console.engine.model import (
     Snapshot,
     Start,
     Stop,
+    StopReason,
+    Subject,
     Transition,
 )
 from console.engine.placement import (
@@ -60,10 +65,19 @@ from console.engine.states import (
     Recovery,
     ServiceState,
 )
-from console.engine.status import HostStatus, Pending, ServiceStatus, Status, _is_active
+from console.engine.status import (
+    HostStatus,
+    Pending,
+    PendingKind,
+    ServiceStatus,
+    Status,
+    _is_active,
+)
 
 S = ServiceState
 H = HostState
+K = PendingKind
+R = RefusalCode
 
 #: states in which a service holds memory on its `node` (and on `target` while moving)
 OCCUPYING = frozenset({S.STARTED, S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
@@ -73,6 +87,14 @@ BUSY = frozenset({S.STARTING, S.STOPPING, S.MIGRATING, S.RELOCATING})
 NEEDS_HOST = frozenset({S.STOPPED, S.DISABLED, S.WAITING, S.RECOVERING})
 #: host states that report what runs on them
 REPORTING = frozenset({H.ONLINE, H.MAINTENANCE})
+
+
+def _busy(s: ServiceStatus) -> Refusal:
+    """A command for a busy service: queued (applied when it settles), or refused when one
+    is already waiting."""
+    if s.queued is None:
+        return Refusal(R.BUSY, f"{s.state.value}: applied when it settles")
+    return Refusal(R.BUSY, f"{s.state.value}, and command {s.queued.id} is already waiting")
 
 
 class IllegalTransition(RuntimeError):
@@ -98,6 +120,8 @@ class _Tick:
         self.pending: dict[str, Pending] = dict(prev.pending)
         self.next_id = prev.next_id
         self.alarm = prev.alarm
+        self.storm = prev.storm
+        self.fence_hold_until = prev.fence_hold_until
         self.actions: list[Action] = []
         self.log: list[str] = []
         self.replies: list[Reply] = []
@@ -114,12 +138,18 @@ class _Tick:
             name: o.last_heartbeat is not None and now - o.last_heartbeat <= silent_after
             for name, o in self.obs.items()
         }
+        #: why the console's own view of heartbeats cannot tell silent hosts now ("" if it can)
+        self.blind = self._view_gap()
 
-    def run(self) -> Decision:
+    def prepare(self) -> None:
+        """Phases 1-4: what the engine knows before it applies commands (see `Rulebook`)."""
         self._sync_services()
         self._results()
         self._hosts()
         self._reports()
+
+    def run(self) -> Decision:
+        self.prepare()
         self._commands()
         queue = self._desired()
         self._place(queue)
@@ -130,6 +160,8 @@ class _Tick:
             pending=self.pending,
             next_id=self.next_id,
             alarm=self.alarm,
+            storm=self.storm,
+            fence_hold_until=self.fence_hold_until,
             active=frozenset(self.active),
         )
         return Decision(
@@ -148,10 +180,15 @@ class _Tick:
         if state is not old.state:
             if state not in SERVICE_TRANSITIONS[old.state]:
                 raise IllegalTransition(f"{name}: {old.state} -> {state} ({reason})")
-            self._record("service", name, old.state, state, reason)
+            self._record(Subject.SERVICE, name, old.state, state, reason)
             changes["since"] = self.now
+            changes.setdefault("lost_at", None)
+            if state is S.STARTED:
+                changes["last_node"] = changes.get("node", old.node)
         elif changes.get("node", old.node) != old.node:
             changes["since"] = self.now
+            if state is S.STARTED:
+                changes["last_node"] = changes["node"]
         self._put(name, replace(old, state=state, reason=reason, **changes))
 
     def _put(self, name: str, new: ServiceStatus) -> None:
@@ -171,7 +208,7 @@ class _Tick:
         if state is not old.state:
             if state not in HOST_TRANSITIONS[old.state]:
                 raise IllegalTransition(f"host {name}: {old.state} -> {state} ({reason})")
-            self._record("host", name, old.state, state, reason)
+            self._record(Subject.HOST, name, old.state, state, reason)
             changes["since"] = self.now
             if state is H.ONLINE:
                 self.joined.add(name)
@@ -180,20 +217,23 @@ class _Tick:
 
     def _record(
         self,
-        kind: str,
+        kind: Subject,
         name: str,
         old: HostState | ServiceState | None,
         new: HostState | ServiceState,
         reason: str,
     ) -> None:
         self.transitions.append(Transition(kind, name, old, new, reason))
-        label = f"host {name}" if kind == "host" else name
+        label = f"host {name}" if kind is Subject.HOST else name
         self.log.append(f"{label}: {old.value if old else 'new'} -> {new.value} ({reason})")
 
-    def _emit(self, kind: str, subject: str, host: str, make: Callable[[str], Action]) -> str:
+    def _emit(
+        self, kind: PendingKind, subject: str, host: str, make: Callable[[str], Action]
+    ) -> str:
         self.next_id += 1
         action_id = f"{self.snap.id_prefix}{self.next_id}"
-        timeout = self.cfg.fence_timeout_s if kind == "fence" else self.cfg.action_timeout_s
+        fencing = kind in (K.FENCE, K.FENCE_STATUS)
+        timeout = self.cfg.fence_timeout_s if fencing else self.cfg.action_timeout_s
         self.pending[action_id] = Pending(kind, subject, host, self.now + timeout)
         self.actions.append(make(action_id))
         return action_id
@@ -256,6 +296,25 @@ class _Tick:
             names.sort()
         return out
 
+    def _view_gap(self) -> str:
+        """Why no host may be declared silent or fenced now: the console's own view of the
+        heartbeats started afresh less than a liveness window ago, or lags too far behind."""
+        window = self.cfg.silent_after_s()
+        since = self.snap.view_since
+        if since is not None and self.now - since < window:
+            return (
+                "the console's view of heartbeats started afresh: no host is declared silent "
+                f"or fenced before it has {window:g}s of data"
+            )
+        lag = self.snap.ingest_lag_s
+        if lag > self.cfg.max_ingest_lag_s:
+            return (
+                "the console is behind on its heartbeats by more than "
+                f"{self.cfg.max_ingest_lag_s:g}s: no host is declared silent or fenced until "
+                "it catches up"
+            )
+        return ""
+
     def _acknowledged(self, o: HostObservation) -> bool:
         ack = o.acknowledged_down_at
         return ack is not None and (o.last_heartbeat is None or ack > o.last_heartbeat)
@@ -280,8 +339,14 @@ class _Tick:
                     desired = Desired.STOPPED
                 state, node, reason = S.STOPPED, None, "new"
             assert state in NEW_SERVICE_STATES
-            self._record("service", name, None, state, reason)
-            self._put(name, ServiceStatus(state, desired, node=node, since=self.now, reason=reason))
+            self._record(Subject.SERVICE, name, None, state, reason)
+            last = c.node if c.node in self.obs else None
+            self._put(
+                name,
+                ServiceStatus(
+                    state, desired, node=node, since=self.now, reason=reason, last_node=last
+                ),
+            )
 
     # --- 2. results ------------------------------------------------------------------------
 
@@ -295,20 +360,58 @@ class _Tick:
             results.append((r.action_id, p, r.ok, r.message))
         for action_id in sorted(a for a, p in self.pending.items() if p.deadline <= self.now):
             p = self.pending.pop(action_id)
-            results.append((action_id, p, False, "no result in time"))
+            if p.kind is K.FENCE:
+                self._fence_lost(p)
+            elif p.kind in (K.START, K.STOP, K.MIGRATE, K.RELOCATE):
+                self._result_lost(action_id, p)
+            else:
+                results.append((action_id, p, False, "no result in time"))
         for action_id, p, ok, message in results:
             self._result(action_id, p, ActionResult(action_id, ok, message))
 
+    def _fence_lost(self, p: Pending) -> None:
+        """No result of a fence in time: ask the same device whether the host is off."""
+        name = p.subject
+        hs = self.hosts.get(name)
+        if hs is None or hs.state is not H.FENCING:
+            return
+        self._emit(K.FENCE_STATUS, name, name, partial(FenceStatus, host=name))
+        self._host_to(
+            name,
+            H.FENCING,
+            f"no result of fence attempt {hs.fence_failures + 1} in "
+            f"{self.cfg.fence_timeout_s:g}s: asking its fence device for the power state",
+        )
+
+    def _result_lost(self, action_id: str, p: Pending) -> None:
+        """No result in time: what became of the action is unknown, not failed. The guest
+        stays bound to the hosts it was sent to; their reports decide (`_unknown`)."""
+        name = p.subject
+        s = self.svcs.get(name)
+        if s is None or s.action != action_id:
+            self.log.append(f"{name}: no result of stale action {action_id}; ignored")
+            return
+        hosts = " and ".join(h for h in (s.node, s.target) if h is not None)
+        why = (
+            f"no result of {p.kind.value} in {self.cfg.action_timeout_s:g}s: unknown, "
+            f"waiting for the reports of {hosts}"
+        )
+        self.log.append(f"{name}: {why}")
+        self._service_to(name, s.state, why, action=None, lost_at=self.now)
+
     def _result(self, action_id: str, p: Pending, r: ActionResult) -> None:
         msg = r.message or ("ok" if r.ok else "failed")
-        if p.kind == "fence":
+        if p.kind in (K.FENCE, K.FENCE_STATUS):
             hs = self.hosts.get(p.subject)
             if hs is None or hs.state is not H.FENCING:
                 return
             if r.ok:
-                self._host_to(p.subject, H.FENCED, f"fence ok: {msg}", fence_failures=0)
+                how = "fence ok" if p.kind is K.FENCE else "fence device reports it off"
+                self._host_to(p.subject, H.FENCED, f"{how}: {msg}", fence_failures=0)
                 self._host_fenced(p.subject)
             else:
+                if p.kind is K.FENCE_STATUS:
+                    msg = f"after a lost fence result, power status: {msg}"
                 failures = hs.fence_failures + 1
                 delay = self.cfg.fence_backoff_s(failures)
                 self._host_to(
@@ -319,7 +422,7 @@ class _Tick:
                     next_fence_at=self.now + delay,
                 )
             return
-        if p.kind == "stray":
+        if p.kind is K.STRAY:
             self.log.append(f"{p.subject}: stray copy on {p.host} stop: {msg}")
             return
         name = p.subject
@@ -328,13 +431,13 @@ class _Tick:
             self.log.append(f"{name}: ignored stale result of {action_id}")
             return
         done: dict[str, Any] = {"action": None}
-        if p.kind == "start":
+        if p.kind is K.START:
             if r.ok:
                 self._service_to(name, S.STARTED, f"started on {s.node}", **done)
                 self.started_now.add(name)
             else:
                 self._failure(name, p.host, f"start on {p.host} failed: {msg}")
-        elif p.kind == "stop":
+        elif p.kind is K.STOP:
             if r.ok:
                 if s.desired is Desired.STARTED:
                     self._service_to(
@@ -350,7 +453,7 @@ class _Tick:
                     retry_at=self.now + self.cfg.retry_s,
                     **done,
                 )
-        elif p.kind == "migrate":
+        elif p.kind is K.MIGRATE:
             if r.ok:
                 self._service_to(
                     name,
@@ -369,7 +472,7 @@ class _Tick:
                     retry_at=self.now + self.cfg.retry_s,
                     **done,
                 )
-        elif p.kind == "relocate":
+        elif p.kind is K.RELOCATE:
             if r.ok:
                 self._service_to(
                     name,
@@ -470,7 +573,7 @@ class _Tick:
             if hs is None:
                 state = up if fresh else H.OFFLINE
                 assert state in NEW_HOST_STATES
-                self._record("host", name, None, state, "new")
+                self._record(Subject.HOST, name, None, state, "new")
                 self.hosts[name] = HostStatus(
                     state, since=self.now, reason="new", heard=o.last_heartbeat is not None
                 )
@@ -496,8 +599,9 @@ class _Tick:
                     self._host_to(name, up, "heartbeats again after fencing")
             elif state is H.OFFLINE and fresh:
                 self._host_to(name, up, "heartbeats again", shut_down=False)
-        for name in went_silent:
-            self._host_silent(name)
+        if not self.blind:
+            for name in went_silent:
+                self._host_silent(name)
         self._fencing()
 
     def _host_silent(self, name: str) -> None:
@@ -543,29 +647,51 @@ class _Tick:
         return False
 
     def _fencing(self) -> None:
-        """Fence unreachable hosts, unless too many are silent at once (a fencing storm)."""
+        """Fence unreachable hosts, unless the console cannot trust its view, or too many
+        hosts are late at once (a fencing storm), or a storm cleared a moment ago."""
         heard = [n for n, h in self.hosts.items() if h.heard]
-        silent = sorted(
+        late_after = self.cfg.late_after_s()
+        late = sorted(
             n
             for n in heard
-            if not self.fresh.get(n)
-            and self.hosts[n].state is not H.FENCED
+            if (lh := self.obs[n].last_heartbeat) is None or self.now - lh > late_after
+            if self.hosts[n].state is not H.FENCED
             and not self.hosts[n].shut_down
             and not self._acknowledged(self.obs[n])
         )
-        storm = 2 * len(silent) > len(heard)
-        alarm = ""
+        silent = {n for n in late if not self.fresh.get(n)}
+        storm = 2 * len(late) > len(heard)
+        window = self.cfg.silent_after_s()
         if storm:
+            self.storm = True
+        elif self.storm:
+            self.storm = False
+            self.fence_hold_until = self.now + window
+        alarm = held = ""
+        if self.blind:
+            alarm = held = self.blind
+        elif storm:
             alarm = (
-                f"fencing storm: {len(silent)} of {len(heard)} hosts silent at once "
-                f"({', '.join(silent)}); fencing nobody (the console may be the one cut off)"
+                f"fencing storm: {len(late)} of {len(heard)} hosts late or silent at once "
+                f"({', '.join(late)}); fencing nobody (the console may be the one cut off)"
+            )
+            held = "fencing storm (see alarm)"
+        elif self.now < self.fence_hold_until:
+            alarm = held = (
+                f"a fencing storm just cleared: fencing nobody for {window:g}s, so hosts "
+                "returning a moment apart are not fenced"
             )
         if alarm != self.alarm:
             self.log.append(f"alarm: {alarm}" if alarm else "alarm cleared")
             self.alarm = alarm
         for name in sorted(self.hosts):
             hs = self.hosts[name]
-            if hs.state is H.OFFLINE and name in silent and self._needs_fence(name):
+            if (
+                hs.state is H.OFFLINE
+                and name in silent
+                and not self.blind
+                and self._needs_fence(name)
+            ):
                 self._host_to(name, H.UNREACHABLE, "a guest that may still run here must start")
                 hs = self.hosts[name]
             if hs.state not in (H.UNREACHABLE, H.FENCING):
@@ -580,14 +706,14 @@ class _Tick:
             if not self._needs_fence(name):
                 self._host_to(name, H.OFFLINE, "no guests to recover any more")
                 continue
-            if storm:
-                why = "not fenced: fencing storm (see alarm)"
+            if held:
+                why = f"not fenced: {held}"
             elif not o.fence_device:
                 why = "no fence device: acknowledge that it is down to recover its guests"
             elif self.now < hs.next_fence_at:
                 continue
             else:
-                self._emit("fence", name, name, partial(Fence, host=name))
+                self._emit(K.FENCE, name, name, partial(Fence, host=name))
                 self._host_to(name, H.FENCING, f"fence attempt {hs.fence_failures + 1}")
                 continue
             if hs.reason != why:
@@ -630,6 +756,10 @@ class _Tick:
     # --- 4. reports ------------------------------------------------------------------------
 
     def _reports(self) -> None:
+        for name in sorted(self.active):
+            s = self.svcs[name]
+            if s.lost_at is not None and s.state in BUSY:
+                self._unknown(name, s, s.lost_at)
         obs, fresh = self.obs, self.fresh
         crashed: list[str] = []
         for name, s in self.svcs.items():
@@ -658,9 +788,84 @@ class _Tick:
                 anomalies.append((host, guest))
         if not anomalies:
             return
-        stopping = {(p.subject, p.host) for p in self.pending.values() if p.kind == "stray"}
+        stopping = {(p.subject, p.host) for p in self.pending.values() if p.kind is K.STRAY}
         for host, name in sorted(anomalies):
             self._found_running(host, name, stopping)
+
+    def _report(self, host: str | None, newer_than: float) -> frozenset[str] | None:
+        """What `host` reports running, if it reports and its last report is newer than
+        `newer_than`; else None."""
+        if host is None:
+            return None
+        o, hs = self.obs.get(host), self.hosts.get(host)
+        if o is None or hs is None or hs.state not in REPORTING or not self.fresh.get(host):
+            return None
+        if o.last_heartbeat is None or o.last_heartbeat <= newer_than:
+            return None
+        return o.running
+
+    def _unknown(self, name: str, s: ServiceStatus, lost_at: float) -> None:
+        """The result of the guest's action was lost: the hosts' own reports decide.
+
+        Reported running on the host it was sent to (the target of a move first), in a report
+        newer than the action: that is where it runs. Absent from the reports of every host
+        involved for a liveness window after the loss: the failure path, with those hosts as
+        suspects, so it never starts elsewhere before they have reported again."""
+        sent = s.since
+        node, target = s.node, s.target
+        waited = self.now - lost_at >= self.cfg.silent_after_s()
+        lost = "result lost"
+        if s.state is S.STOPPING:
+            now_seen = self._report(node, sent)
+            if now_seen is not None and name not in now_seen:
+                if s.desired is Desired.STARTED:
+                    self._service_to(
+                        name, S.WAITING, f"{node} reports it stopped ({lost})", node=None
+                    )
+                else:
+                    self._settle_stopped(name, f"{node} reports it stopped ({lost})", node=None)
+            elif waited and self._report(node, lost_at) is not None:
+                self._service_to(
+                    name,
+                    S.STARTED,
+                    f"{node} still reports it running after a stop ({lost})",
+                    retry_at=self.now + self.cfg.retry_s,
+                )
+            return
+        for host in (target, node):
+            seen = self._report(host, sent)
+            if seen is None or name not in seen:
+                continue
+            if host != target and target is not None:
+                # a move may still be under way: the source runs it until it completes
+                at_target = self._report(target, lost_at)
+                if not waited or at_target is None or name in at_target:
+                    continue
+            self._service_to(
+                name,
+                S.STARTED,
+                f"{host} reports it running ({lost})",
+                node=host,
+                target=None,
+                retry_at=self.now + self.cfg.retry_s if host != target else 0.0,
+            )
+            if s.state is S.STARTING:
+                self.started_now.add(name)
+            return
+        if not waited:
+            return
+        involved = tuple(sorted({h for h in (node, target) if h is not None}))
+        if any(self._report(h, lost_at) is None for h in involved):
+            return
+        where = target or node
+        assert where is not None
+        self._service_to(name, s.state, s.reason, node=where, target=None)
+        self._failure(
+            name,
+            where,
+            f"{s.state.value}: no result, and {' and '.join(involved)} do not report it",
+            involved,
+        )
 
     def _found_running(self, host: str, name: str, stopping: set[tuple[str, str]]) -> None:
         s = self.svcs[name]
@@ -694,7 +899,7 @@ class _Tick:
             f"{name}: found running on {host} where it should not be (engine: {where}); "
             "stopping that copy"
         )
-        self._emit("stray", name, host, lambda i: Stop(i, name, host))
+        self._emit(K.STRAY, name, host, lambda i: Stop(i, name, host, StopReason.STRAY))
         stopping.add((name, host))
 
     # --- 5. commands -----------------------------------------------------------------------
@@ -721,21 +926,15 @@ class _Tick:
         name = cmd.service
         s = self.svcs.get(name)
         if s is None:
-            self._reply(cmd, ReplyOutcome.REFUSED, "unknown-service", "no such service")
+            self._reply(cmd, ReplyOutcome.REFUSED, R.UNKNOWN_SERVICE, "no such service")
             return
         if s.state in BUSY:
+            busy = _busy(s)
             if s.queued is None:
                 self._put(name, replace(s, queued=cmd))
-                self._reply(
-                    cmd, ReplyOutcome.QUEUED, "busy", f"{s.state.value}: applied when it settles"
-                )
+                self._reply(cmd, ReplyOutcome.QUEUED, busy.code, busy.reason)
             else:
-                self._reply(
-                    cmd,
-                    ReplyOutcome.REFUSED,
-                    "busy",
-                    f"{s.state.value}, and command {s.queued.id} is already waiting",
-                )
+                self._reply(cmd, ReplyOutcome.REFUSED, busy.code, busy.reason)
             return
         kind = cmd.kind
         refused = ReplyOutcome.REFUSED
@@ -743,29 +942,32 @@ class _Tick:
             self._move_command(cmd, s)
             return
         if s.state is S.FAILED and kind in (CommandKind.START, CommandKind.STOP):
-            self._reply(cmd, refused, "failed", "failed: enable or disable it first")
+            self._reply(cmd, refused, R.FAILED, "failed: enable or disable it first")
             return
+        # sticky start: a guest a person starts again prefers the host where it last ran
+        prefer = s.last_node if s.state in NEEDS_HOST else None
         if kind is CommandKind.START:
             if s.desired is Desired.DISABLED:
-                self._reply(cmd, refused, "disabled", "disabled: enable it first")
+                self._reply(cmd, refused, R.DISABLED, "disabled: enable it first")
                 return
-            self._put(name, replace(s, desired=Desired.STARTED))
+            self._put(name, replace(s, desired=Desired.STARTED, prefer=prefer))
         elif kind is CommandKind.ENABLE:
             fresh_start: dict[str, Any] = {
                 "desired": Desired.STARTED,
                 "failed_nodes": (),
                 "restarts": (),
+                "prefer": prefer,
             }
             if s.state is S.FAILED:
                 self._service_to(name, S.STOPPED, "enabled by a person", **fresh_start)
             else:
                 self._put(name, replace(s, **fresh_start))
         elif kind is CommandKind.STOP:
-            self._put(name, replace(s, desired=Desired.STOPPED))
+            self._put(name, replace(s, desired=Desired.STOPPED, prefer=None))
         elif kind is CommandKind.DISABLE:
             if s.state is S.FAILED:
                 self._service_to(name, S.DISABLED, "disabled by a person")
-            self._put(name, replace(self.svcs[name], desired=Desired.DISABLED))
+            self._put(name, replace(self.svcs[name], desired=Desired.DISABLED, prefer=None))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
 
     def _move_command(self, cmd: Command, s: ServiceStatus) -> None:
@@ -773,38 +975,41 @@ class _Tick:
         live = cmd.kind is CommandKind.MIGRATE
         refusal = self._move_refusal(name, s, node, live)
         if refusal is not None:
-            self._reply(cmd, ReplyOutcome.REFUSED, *refusal)
+            self._reply(cmd, ReplyOutcome.REFUSED, refusal.code, refusal.reason)
             return
         self._move(name, node, live, f"asked by a person (command {cmd.id})")
         self._put(name, replace(self.svcs[name], home=None))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
 
-    def _move_refusal(
-        self, name: str, s: ServiceStatus, node: str, live: bool
-    ) -> tuple[str, str] | None:
+    def _move_refusal(self, name: str, s: ServiceStatus, node: str, live: bool) -> Refusal | None:
+        """Why a person's move of settled service `name` to `node` is refused, or None."""
         cfg = self.conf[name]
         if s.state in (S.FENCE, S.RECOVERING):
-            return "recovering", f"{s.state.value}: {s.reason}"
+            return Refusal(R.RECOVERING, f"{s.state.value}: {s.reason}")
         if s.state is not S.STARTED:
-            return "not-running", f"not running ({s.state.value})"
+            return Refusal(R.NOT_RUNNING, f"not running ({s.state.value})")
         if node not in self.hosts:
-            return "unknown-node", f"no host named {node!r}"
+            return Refusal(R.UNKNOWN_NODE, f"no host named {node!r}")
         if node == s.node:
-            return "same-node", f"already running on {node}"
+            return Refusal(R.SAME_NODE, f"already running on {node}")
         if live and not cfg.migratable:
-            return "not-migratable", "cannot be live-migrated; relocate it instead"
+            return Refusal(R.NOT_MIGRATABLE, "cannot be live-migrated; relocate it instead")
         hs = self.hosts[node]
         if hs.state is H.MAINTENANCE:
-            return "maintenance", f"{node} is in maintenance"
+            return Refusal(R.MAINTENANCE, f"{node} is in maintenance")
         if hs.state is not H.ONLINE:
-            return "offline", f"{node} is {hs.state.value}"
+            return Refusal(R.OFFLINE, f"{node} is {hs.state.value}")
         domain = self._domain(cfg)
         if not allowed(domain, node):
             assert domain is not None
-            return "not-allowed", f"{node} is not a member of restricted domain {domain.name}"
+            return Refusal(
+                R.NOT_ALLOWED, f"{node} is not a member of restricted domain {domain.name}"
+            )
         usage = self.usage()
         if not usage.fits(node, cfg):
-            return "no-room", f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
+            return Refusal(
+                R.NO_ROOM, f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
+            )
         return None
 
     def _move(self, name: str, node: str, live: bool, why: str) -> None:
@@ -812,12 +1017,12 @@ class _Tick:
         source = s.node
         assert source is not None
         if live:
-            aid = self._emit("migrate", name, source, lambda i: Migrate(i, name, source, node))
+            aid = self._emit(K.MIGRATE, name, source, lambda i: Migrate(i, name, source, node))
             self._service_to(
                 name, S.MIGRATING, f"{why}: {source} -> {node}", target=node, action=aid
             )
         else:
-            aid = self._emit("relocate", name, source, lambda i: Relocate(i, name, source, node))
+            aid = self._emit(K.RELOCATE, name, source, lambda i: Relocate(i, name, source, node))
             self._service_to(
                 name, S.RELOCATING, f"{why}: {source} -> {node}", target=node, action=aid
             )
@@ -843,7 +1048,7 @@ class _Tick:
             if state is S.STARTED:
                 if self.now >= s.retry_at and s.node is not None:
                     node = s.node
-                    aid = self._emit("stop", name, node, partial(Stop, service=name, host=node))
+                    aid = self._emit(K.STOP, name, node, partial(Stop, service=name, host=node))
                     self._service_to(name, S.STOPPING, f"{s.desired.value} by a person", action=aid)
             elif state in (S.WAITING, S.RECOVERING, S.FENCE, S.STOPPED, S.DISABLED):
                 # suspects stay: the guest may still run on a silent host
@@ -881,15 +1086,7 @@ class _Tick:
         for name in queue:
             s, cfg = self.svcs[name], conf[name]
             exclude = set(s.failed_nodes)
-            host: str | None = None
-            if (
-                s.restart_on is not None
-                and self._usable(s.restart_on)
-                and usage.fits(s.restart_on, cfg)
-            ):
-                host = s.restart_on
-            else:
-                host = choose(self._candidate_tiers(cfg), cfg, usage, exclude)
+            host = self._pick(s, cfg, exclude)
             if host is not None:
                 self._start(name, host)
                 continue
@@ -901,7 +1098,12 @@ class _Tick:
                     vs = self.svcs[v]
                     assert vs.node is not None
                     node = vs.node
-                    aid = self._emit("stop", v, node, partial(Stop, service=v, host=node))
+                    aid = self._emit(
+                        K.STOP,
+                        v,
+                        node,
+                        partial(Stop, service=v, host=node, reason=StopReason.PREEMPT),
+                    )
                     self._service_to(
                         v,
                         S.STOPPING,
@@ -918,6 +1120,32 @@ class _Tick:
                 why = self._why_no_host(cfg, exclude)
             if s.state is not S.WAITING or s.reason != why:
                 self._service_to(name, S.WAITING, why, restart_on=None)
+
+    def _pick(self, s: ServiceStatus, cfg: ServiceConfig, exclude: set[str]) -> str | None:
+        """Where a guest that needs a host starts now, without preempting anything: its
+        restart-in-place host if it can, its last host if a person started it and that host
+        is in the best tier with room (sticky start), else the placement rule."""
+        usage = self.usage()
+        if (
+            s.restart_on is not None
+            and self._usable(s.restart_on)
+            and usage.fits(s.restart_on, cfg)
+        ):
+            return s.restart_on
+        candidate_tiers = self._candidate_tiers(cfg)
+        prefer = s.prefer
+        if prefer is not None and prefer not in exclude and usage.fits(prefer, cfg):
+            for tier in candidate_tiers:
+                if any(h not in exclude and usage.fits(h, cfg) for h in tier):
+                    if prefer in tier:
+                        return prefer
+                    break
+        return choose(candidate_tiers, cfg, usage, exclude)
+
+    def _best_elsewhere(self, cfg: ServiceConfig, node: str) -> str | None:
+        """Where a running guest moves when it must leave `node` (a drain, a person's move
+        without a target)."""
+        return choose(self._candidate_tiers(cfg), cfg, self.usage(), {node})
 
     def _victims(self) -> dict[str, list[ServiceConfig]]:
         out: dict[str, list[ServiceConfig]] = {}
@@ -940,7 +1168,7 @@ class _Tick:
 
     def _start(self, name: str, host: str) -> None:
         s = self.svcs[name]
-        aid = self._emit("start", name, host, lambda i: Start(i, name, host))
+        aid = self._emit(K.START, name, host, lambda i: Start(i, name, host))
         why = "restart in place" if s.restart_on == host else "placed"
         self._service_to(
             name,
@@ -950,6 +1178,7 @@ class _Tick:
             action=aid,
             restart_on=None,
             suspects=(),
+            prefer=None,
         )
 
     # --- 8. moves --------------------------------------------------------------------------
@@ -982,7 +1211,7 @@ class _Tick:
             return
         cfg = self.conf[name]
         assert s.node is not None
-        target = choose(self._candidate_tiers(cfg), cfg, self.usage(), {s.node})
+        target = self._best_elsewhere(cfg, s.node)
         if target is None:
             why = f"cannot leave {s.node}: no other allowed host has room"
             if s.reason != why:
@@ -1015,3 +1244,57 @@ class _Tick:
         target = choose(tuple(better), cfg, usage)
         if target is not None:
             self._move(name, target, cfg.migratable, "failback to a better host")
+
+
+# --- the rulebook: the same answers tick gives, for pages and the API ----------------------
+
+
+class Rulebook:
+    """Answers "may this guest move there?" and "where would it go?" exactly as `tick` would
+    at `now` with this snapshot: it runs the engine's phases up to the commands (results,
+    liveness, reports) and asks the same functions tick uses. Pure; build one per question
+    batch (e.g. a page listing the targets of a guest)."""
+
+    def __init__(self, snapshot: Snapshot, now: float) -> None:
+        self._t = _Tick(snapshot, now)
+        self._t.prepare()
+
+    def move_refusal(self, service: str, host: str, live: bool) -> Refusal | None:
+        """Why a person's migrate (`live`) or relocate of `service` to `host` would not be
+        accepted now, or None if it would. `busy`: the command would be queued instead
+        (refused if another one already waits; the reason says which)."""
+        t = self._t
+        s = t.svcs.get(service)
+        if s is None:
+            return Refusal(R.UNKNOWN_SERVICE, "no such service")
+        if s.state in BUSY:
+            return _busy(s)
+        return t._move_refusal(service, s, host, live)
+
+    def move_targets(self, service: str, live: bool) -> dict[str, Refusal | None]:
+        """`move_refusal` for every host, by name."""
+        return {h: self.move_refusal(service, h, live) for h in sorted(self._t.hosts)}
+
+    def best_host(self, service: str) -> str | None:
+        """Where the engine would put `service` now, without stopping anything: for a running
+        guest, the best other host (as a drain picks it); for one that needs a host, where
+        its start would go (restart in place, sticky start, placement). None: no room."""
+        t = self._t
+        s, cfg = t.svcs.get(service), t.conf.get(service)
+        if s is None or cfg is None:
+            return None
+        if s.state in OCCUPYING and s.node is not None:
+            return t._best_elsewhere(cfg, s.node)
+        return t._pick(s, cfg, set(s.failed_nodes))
+
+
+def move_refusal(
+    snapshot: Snapshot, now: float, service: str, host: str, live: bool
+) -> Refusal | None:
+    """`Rulebook(snapshot, now).move_refusal(service, host, live)`."""
+    return Rulebook(snapshot, now).move_refusal(service, host, live)
+
+
+def best_host(snapshot: Snapshot, now: float, service: str) -> str | None:
+    """`Rulebook(snapshot, now).best_host(service)`."""
+    return Rulebook(snapshot, now).best_host(service)

@@ -14,6 +14,18 @@ class EventResult(models.TextChoices):
     INFO = "info", "Info"
 
 
+class Severity(models.TextChoices):
+    """How much an event matters to a person; the log colours and filters by it."""
+
+    INFO = "info", "Info"  # routine: a job ran, a guest started where it should
+    WARNING = "warning", "Warning"  # needs a look: a refusal, a host offline, a fence retry
+    ERROR = "error", "Error"  # something failed: a guest crashed, a fence failed
+    CRITICAL = "critical", "Critical"  # availability at stake: a host lost, a storm, a guest failed
+
+
+SEVERITY_RANK = {s: i for i, s in enumerate(Severity.values)}
+
+
 class Event(models.Model):
     time = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.CharField(max_length=150, help_text="User name, 'engine' or 'agent:<host>'.")
@@ -24,8 +36,15 @@ class Event(models.Model):
         Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
     )
     result = models.CharField(max_length=8, choices=EventResult.choices, default=EventResult.OK)
+    severity = models.CharField(
+        max_length=8, choices=Severity.choices, default=Severity.INFO, db_index=True
+    )
     message = models.TextField(blank=True)
-    data = models.JSONField(default=dict, blank=True)
+    data = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Typed details: for state changes kind, old, new, reason and hosts.",
+    )
 
     class Meta:
         ordering = ["-time", "-id"]

@@ -7,9 +7,13 @@ from typing import Any
 
 from django.db import models
 
-from console.events.models import Event, EventResult
+from console.events.models import Event, EventResult, Severity
 
 log = logging.getLogger("haven.events")
+DEFAULT_SEVERITY: dict[str, str] = {
+    EventResult.FAILED: Severity.ERROR,
+    EventResult.REFUSED: Severity.WARNING,
+}
 
 
 def record(
@@ -23,8 +27,14 @@ def record(
     result: str = EventResult.OK,
     message: str = "",
     data: dict[str, Any] | None = None,
+    severity: str | None = None,
 ) -> Event:
-    """Append one event. Callers never put secrets in ``message`` or ``data``."""
+    """Append one event. Callers never put secrets in ``message`` or ``data``.
+
+    ``severity`` defaults from the result: failed is an error, refused a warning, else info.
+    """
+    if severity is None:
+        severity = DEFAULT_SEVERITY.get(result, Severity.INFO)
     if obj is not None:
         object_type = object_type or (obj._meta.model_name or "")
         object_name = object_name or str(obj)
@@ -35,6 +45,7 @@ def record(
         object_name=object_name[:255],
         cluster=cluster,
         result=result,
+        severity=severity,
         message=message,
         data=data or {},
     )

@@ -13,7 +13,7 @@ from django.utils import timezone
 from console.clusters.models import Cluster
 from console.core.views import role_required
 from console.events.incidents import incidents
-from console.events.models import Event, EventResult
+from console.events.models import SEVERITY_RANK, Event, EventResult, Severity
 
 PERIODS = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
@@ -22,7 +22,7 @@ def filtered(request: HttpRequest) -> tuple[QuerySet[Event], dict[str, str]]:
     qs = Event.objects.select_related("cluster")
     f = {
         k: request.GET.get(k, "").strip()
-        for k in ("cluster", "host", "service", "kind", "result", "period")
+        for k in ("cluster", "host", "service", "kind", "result", "severity", "period")
     }
     if f["cluster"].isdigit():
         qs = qs.filter(cluster_id=int(f["cluster"]))
@@ -42,6 +42,9 @@ def filtered(request: HttpRequest) -> tuple[QuerySet[Event], dict[str, str]]:
         qs = qs.filter(verb=f["kind"])
     if f["result"] in EventResult.values:
         qs = qs.filter(result=f["result"])
+    if f["severity"] in Severity.values:  # this severity and worse
+        rank = SEVERITY_RANK[f["severity"]]
+        qs = qs.filter(severity__in=[s for s, r in SEVERITY_RANK.items() if r >= rank])
     if f["period"] in PERIODS:
         qs = qs.filter(time__gte=timezone.now() - dt.timedelta(hours=PERIODS[f["period"]]))
     return qs, f
@@ -61,6 +64,7 @@ def event_list(request: HttpRequest) -> HttpResponse:
             "kinds": list(kinds),
             "clusters": Cluster.objects.all(),
             "results": EventResult.choices,
+            "severities": Severity.choices,
             "periods": list(PERIODS),
         },
     )

@@ -206,8 +206,10 @@ def _send_all(sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
             log.exception("could not send %s to %s", command["kind"], host)
 
 
-def apply_result(message: dict[str, Any]) -> JobStep | None:
-    """Record an agent's result for a step; move the job on. Unknown ids are ignored."""
+def apply_result(message: dict[str, Any], *, sender: str | None) -> JobStep | None:
+    """Record a result for a step; move the job on. Unknown ids are ignored, and so is a result
+    from any host but the one the step was sent to (``sender``: the host whose inbound list it
+    came from; None only for the console's own steps, which never come over the wire)."""
     command_id = str(message.get("id", ""))
     with transaction.atomic():
         step = (
@@ -218,6 +220,15 @@ def apply_result(message: dict[str, Any]) -> JobStep | None:
             .first()
         )
         if step is None or step.status in FINISHED_STEP_STATUSES:
+            return None
+        expected = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
+        if sender is not None and sender != expected:
+            log.warning(
+                "refused a result for command %s from %s: it was sent to %s",
+                command_id,
+                sender,
+                expected,
+            )
             return None
         ok = bool(message.get("ok"))
         error = message.get("error") or {}
@@ -260,7 +271,8 @@ def finish_console_step(
             "ok": ok,
             "data": data or {},
             "error": None if ok else {"message": message},
-        }
+        },
+        sender=None,
     )
 
 

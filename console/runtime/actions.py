@@ -40,23 +40,21 @@ def fence_runner(cluster: Cluster, target: str, online: set[str]) -> Host | None
     return Host.objects.get(cluster=cluster, name=candidates[0])
 
 
-def fence_steps(device: FenceDevice, runner: Host | None) -> list[StepSpec]:
+def fence_steps(device: FenceDevice, runner: Host | None, *, query: bool = False) -> list[StepSpec]:
+    """Fence with the device; `query`: ask its power state instead, and succeed only if the
+    host is off (the engine's FenceStatus after a lost fence result)."""
     params: dict[str, Any] = dict(device.parameters)
     if device.plug:
         params["plug"] = device.plug
-    return [
-        StepSpec(
-            runner,
-            "fence",
-            {
-                "agent": device.agent,
-                "action": settings.HAVEN_FENCE_ACTION,
-                "params": params,
-                "timeout_s": 60,
-            },
-            secret_ref={"fence_device": device.pk},
-        )
-    ]
+    args: dict[str, Any] = {
+        "agent": device.agent,
+        "action": "status" if query else settings.HAVEN_FENCE_ACTION,
+        "params": params,
+        "timeout_s": 60,
+    }
+    if query:
+        args["require_power"] = "off"
+    return [StepSpec(runner, "fence", args, secret_ref={"fence_device": device.pk})]
 
 
 def steps_for(
@@ -66,21 +64,22 @@ def steps_for(
     hosts: dict[str, Host],
     services: dict[str, VmService],
     online: set[str],
-    pending_kind: str = "",
 ) -> tuple[str, list[StepSpec], dict[str, Any]]:
     """(job kind, steps, params) for one action."""
-    if isinstance(action, engine.Fence):
+    if isinstance(action, engine.Fence | engine.FenceStatus):
+        query = isinstance(action, engine.FenceStatus)
         device = FenceDevice.objects.filter(host=hosts[action.host]).order_by("order").first()
         if device is None:  # the engine only fences hosts that have a device
             return "fence", [], {"host": action.host}
         runner = fence_runner(cluster, action.host, online)
         return (
             "fence",
-            fence_steps(device, runner),
+            fence_steps(device, runner, query=query),
             {
                 "host": action.host,
                 "device": device.name,
                 "runner": runner.name if runner else settings.HAVEN_CONSOLE_AGENT,
+                **({"query": "status"} if query else {}),
             },
         )
     service = services[action.service]
@@ -92,7 +91,7 @@ def steps_for(
         )
     if isinstance(action, engine.Stop):
         # A stray copy (running where it must not) is destroyed at once; others shut down.
-        steps = [_stop(action.service, hosts[action.host], force=pending_kind == "stray")]
+        steps = [_stop(action.service, hosts[action.host], force=action.force)]
         return "stop", steps, {"service": action.service, "host": action.host}
     if isinstance(action, engine.Migrate):
         target = hosts[action.target]

@@ -8,7 +8,8 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          and ``pip install --no-index`` the agent into ``/opt/haven-agent/<ver>/``
                          (built aside and renamed, under ``flock``; no internet on the host);
 ``bootstrap.configure``  a Redis user of the agent's own, allowed to consume only its queue
-                         ``agent.<name>`` and to write only the console's queue, and the agent's
+                         ``agent.<name>`` and to write only its inbound list ``haven:in:<name>``
+                         (console/runtime/broker.py), a new sealing key, and the agent's
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
@@ -62,14 +63,14 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from agent.protocol import CONSOLE_QUEUE, agent_queue
+from agent.protocol import agent_queue, inbound_key
 from console.clusters.models import Cluster, Host
 from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
-from console.runtime import cluster_stack
+from console.runtime import cluster_stack, credentials
 from console.runtime.store import Store
 
 log = logging.getLogger("haven.bootstrap")
@@ -85,7 +86,6 @@ HEARTBEAT_TIMEOUT_S = 30.0
 INSTALL_TIMEOUT_S = 300.0  # both overridable in settings: hosts under QEMU TCG (the storage
 # lab) need minutes for venv + pip and ~1 min for the agent's first heartbeat
 MIGRATION_TIMEOUT_S = 30.0
-KOMBU_SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
 AGENT_ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 RESERVED_ENV_PREFIX = "HAVEN_AGENT_"  # the bootstrap's own lines of the env file
 
@@ -294,14 +294,13 @@ class _HostRun:
     password: str = field(repr=False)
     client: paramiko.SSHClient | None = None
     facts: dict[str, Any] = field(default_factory=dict)
-    secret: str = field(default="", repr=False)  # the agent's Redis password, while configuring
 
     @property
     def name(self) -> str:
         return self.host.name
 
     def close(self) -> None:
-        self.password, self.secret = "", ""
+        self.password = ""
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -573,44 +572,6 @@ def _install(run: _HostRun) -> dict[str, Any]:
     return {"version": version, "path": target, "installed": out.strip().endswith("installed")}
 
 
-def agent_redis_user(host: str) -> str:
-    return f"haven-agent-{host}"
-
-
-def agent_acl_rules(host: str, password: str) -> list[str]:
-    """The agent's Redis ACL: consume its own queue, write the console's, nothing else.
-
-    kombu's Redis transport keeps a queue in a list named after it (plus ``<queue>\\x06\\x16<n>``
-    per priority), bindings in ``_kombu.binding.<exchange>`` sets, and unacknowledged messages
-    in the keys the agent sets per host (``haven.agent.<host>.*``, agent/worker.py). The agent
-    publishes to the console's queue without declaring it (agent/publisher.py), so it needs
-    no write access to any binding but its own queue's.
-    """
-    queue, console = agent_queue(host), CONSOLE_QUEUE
-    return [
-        "reset",
-        "on",
-        "#" + hashlib.sha256(password.encode()).hexdigest(),
-        "resetchannels",
-        "+@all",
-        "-@dangerous",
-        "-@admin",
-        "-@scripting",
-        "+eval",  # kombu's mutex; scripts see only the keys below
-        "+evalsha",
-        "+script|load",
-        "-select",
-        f"~{queue}",
-        f"~{queue}{KOMBU_SEP}*",
-        f"~haven.agent.{host}.*",
-        f"~_kombu.binding.{queue}",
-        f"~_kombu.binding_permanent.{queue}",
-        "%R~_kombu.binding.*",
-        f"%W~{console}",
-        f"%W~{console}{KOMBU_SEP}*",
-    ]
-
-
 def agent_broker_url(user: str, password: str) -> str:
     """The broker URL as the host sees it (HAVEN_AGENT_BROKER_URL, default REDIS_URL)."""
     base = getattr(settings, "HAVEN_AGENT_BROKER_URL", "") or os.environ.get(
@@ -652,7 +613,9 @@ def agent_env() -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
-def agent_env_file(host: str, broker_url: str, extra: Mapping[str, str]) -> str:
+def agent_env_file(
+    host: str, broker_url: str, extra: Mapping[str, str], *, seal_key: str = ""
+) -> str:
     """The text of ``agent-<host>.env``: the agent's own settings, then the extra environment."""
     lines = [
         "# Haven agent configuration, written by the console's SSH bootstrap (secret: 0600).",
@@ -660,6 +623,8 @@ def agent_env_file(host: str, broker_url: str, extra: Mapping[str, str]) -> str:
         f"HAVEN_AGENT_LIBVIRT_URI={LIBVIRT_URI}",
         f"HAVEN_AGENT_BROKER={broker_url}",
     ]
+    if seal_key:
+        lines.append(f"HAVEN_AGENT_SEAL_KEY={seal_key}")
     if extra:
         lines.append(f"# Extra environment (HAVEN_AGENT_ENV), exported by agent-{host}.sh:")
         lines += [f"{name}={value}" for name, value in extra.items()]
@@ -742,21 +707,21 @@ def _unit(host: str) -> str:
 
 def _configure(run: _HostRun) -> dict[str, Any]:
     agent_dir = run.facts.get("agent_dir") or install_dir(agent_wheel()[0])
-    user = agent_redis_user(run.name)
-    run.secret = secrets.token_urlsafe(32)
-    from console.runtime.store import client
-
     try:
-        redis_admin: Any = client()
-        redis_admin.execute_command("ACL", "SETUSER", user, *agent_acl_rules(run.name, run.secret))
+        issued = credentials.issue(run.name)
     except Exception as exc:
         raise BootstrapError(f"cannot create the Redis user of {run.name}: {exc}") from None
-    url = agent_broker_url(user, run.secret)
+    user = issued.user
+    url = agent_broker_url(user, issued.password)
     extra = agent_env()
     paths = config_paths(run.name)
     run.run(["mkdir", "-p", "-m", "0700", CONFIG_DIR], what="mkdir")
-    run.write_file(paths["env"], agent_env_file(run.name, url, extra), stat.S_IRUSR | stat.S_IWUSR)
-    run.secret = ""
+    run.write_file(
+        paths["env"],
+        agent_env_file(run.name, url, extra, seal_key=issued.seal_key),
+        stat.S_IRUSR | stat.S_IWUSR,
+    )
+    del issued
     run.write_file(paths["supervisor"], _supervisor_script(run.name, agent_dir), 0o700)
     run.write_file(paths["boot"], _boot_script(run.name), 0o700)
     return {
@@ -764,6 +729,7 @@ def _configure(run: _HostRun) -> dict[str, Any]:
         "redis_user": user,
         "broker": redacted_url(url),
         "queue": agent_queue(run.name),
+        "inbound": inbound_key(run.name),
         "environment": list(extra),
     }
 

@@ -51,3 +51,25 @@ class PendingCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.service} ({self.outcome})"
+
+
+class AgentCredential(models.Model):
+    """One agent's broker identity (console/runtime/credentials.py), by host name (the console's
+    own agent has no host row).
+
+    The Redis password is never stored: only its SHA-256, which is what ``ACL SETUSER`` takes,
+    so the console can re-create the user whenever Redis lost it. The sealing key (Fernet, for
+    the secrets sent to this agent alone) is stored encrypted with the console's key.
+    """
+
+    name = models.CharField(max_length=253, unique=True)
+    password_sha256 = models.CharField(max_length=64)
+    seal_key_encrypted = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    rotated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"broker credential of {self.name}"

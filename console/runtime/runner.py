@@ -4,6 +4,11 @@
 It runs every second (Celery beat) and at once when a lifecycle event or a job result comes
 in. A wake that arrives while another runner holds the lock is not lost: the holder runs
 again before it lets go.
+
+The lock (`Store.lock`) lives 3 s and is renewed while a tick runs, so a worker killed while
+it holds the lock stalls HA for at most 3 s. A tick commits only if, at its very end, its lock
+is still held (`Lease.check`) and the engine state row still has the tick counter it read
+(compare-and-set): a runner that lost its lock mid-tick rolls back and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from django.utils import timezone
 
 from console import engine
 from console.clusters.models import Cluster, Host
+from console.clusters.stream import publish_change
+from console.events.models import Severity
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job
+from console.monitoring import ticks
 from console.runtime import actions as action_steps
-from console.runtime.models import PendingCommand
+from console.runtime.models import EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
-from console.runtime.store import Store
+from console.runtime.store import Lease, LockLost, Store
 from console.services.models import VmService
 
 log = logging.getLogger("haven.runner")
@@ -45,13 +53,17 @@ def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
     store = store or Store()
     name = f"runner:{cluster_id}"
     reports: list[TickReport] = []
-    with store.lock(name) as taken:
-        if not taken:
+    with store.lock(name) as lease:
+        if not lease:
             store.request(name)
             return reports
         for _ in range(MAX_ROUNDS):
             store.take_request(name)
-            reports.append(tick_once(cluster_id, store))
+            try:
+                reports.append(tick_once(cluster_id, store, lease=lease))
+            except LockLost as exc:
+                log.warning("tick of cluster %s rolled back: %s", cluster_id, exc)
+                break
             if not store.take_request(name):
                 break
             store.request(name)  # put it back for the loop's next round to take
@@ -66,15 +78,24 @@ def run_all(store: Store | None = None) -> list[TickReport]:
     return out
 
 
-def tick_once(cluster_id: int, store: Store, now: float | None = None) -> TickReport:
+def tick_once(
+    cluster_id: int, store: Store, now: float | None = None, lease: Lease | None = None
+) -> TickReport:
+    """One decision. `now` defaults to the moment the heartbeats are read (a slow load must
+    not make hosts look silent). With a `lease`, the transaction commits only if the lock is
+    still held at the end (else `LockLost` and nothing is written)."""
     started = time.perf_counter()
     with transaction.atomic():
         cluster = Cluster.objects.get(pk=cluster_id)
-        loaded = load(cluster, store)
-        now = time.time() if now is None else now
-        decision = engine.tick(loaded.snapshot, now)
-        report = _apply(cluster, loaded, decision, now)
+        loaded = load(cluster, store, now)
+        decision = engine.tick(loaded.snapshot, loaded.now)
+        report = _apply(cluster, loaded, decision, loaded.now)
+        if lease is not None:
+            lease.check()
+    if decision.transitions or decision.actions:
+        publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started
+    ticks.record_tick(store, cluster_id, report.duration_s)
     return report
 
 
@@ -93,10 +114,23 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
             obj=cluster,
             cluster=cluster,
             result="failed" if status.alarm else "ok",
+            severity=Severity.CRITICAL if status.alarm else Severity.INFO,
             message=status.alarm or "alarm cleared",
+            data={"alarm": status.alarm, "previous": state.alarm},
         )
-    state.status_json, state.alarm, state.ticks = status.to_json(), status.alarm, state.ticks + 1
-    state.save(update_fields=["status_json", "alarm", "ticks", "updated"])
+    # Compare-and-set on the tick counter: the state row is the lock's fencing token. A runner
+    # whose snapshot another runner's tick has overtaken (its lock expired under it) writes
+    # nothing; under PostgreSQL the second UPDATE waits for the first commit, then matches 0.
+    status_json = status.to_json()
+    written = EngineState.objects.filter(pk=state.pk, ticks=state.ticks).update(
+        status_json=status_json,
+        alarm=status.alarm,
+        ticks=state.ticks + 1,
+        updated=timezone.now(),
+    )
+    if written != 1:
+        raise LockLost(f"cluster {cluster.name}: another runner decided since this snapshot")
+    state.status_json, state.alarm, state.ticks = status_json, status.alarm, state.ticks + 1
     jobs.mark_engine_notified([j.pk for j in loaded.result_jobs])
     PendingCommand.objects.filter(pk__in=[c.pk for c in loaded.commands]).update(delivered=True)
 
@@ -110,7 +144,9 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
             object_name=t.name,
             cluster=cluster,
             result="info",
+            severity=transition_severity(t),
             message=f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
+            data=transition_data(t, status),
         )
         if t.kind == "host" and t.new is engine.HostState.UNREACHABLE:
             jobs.mark_host_lost(loaded.hosts[t.name], "stopped heartbeating")
@@ -122,14 +158,12 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
     for action in decision.actions:
-        pending = status.pending.get(action.id)
         kind, steps, params = action_steps.steps_for(
             action,
             cluster=cluster,
             hosts=loaded.hosts,
             services=loaded.services,
             online=online,
-            pending_kind=pending.kind if pending else "",
         )
         service = getattr(action, "service", None)
         job = bound.pop(service, None) if service else None
@@ -163,9 +197,53 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
     return report
 
 
+#: how much each state change matters to a person (anything not listed is routine)
+SEVERITIES: dict[tuple[str, str], str] = {
+    ("host", engine.HostState.UNREACHABLE.value): Severity.CRITICAL,
+    ("host", engine.HostState.FENCING.value): Severity.ERROR,
+    ("host", engine.HostState.FENCED.value): Severity.WARNING,
+    ("host", engine.HostState.OFFLINE.value): Severity.WARNING,
+    ("service", engine.ServiceState.FENCE.value): Severity.ERROR,
+    ("service", engine.ServiceState.RECOVERING.value): Severity.ERROR,
+    ("service", engine.ServiceState.WAITING.value): Severity.WARNING,
+    ("service", engine.ServiceState.FAILED.value): Severity.CRITICAL,
+}
+
+
+def _kind(t: engine.Transition) -> str:
+    return str(getattr(t.kind, "value", t.kind))
+
+
+def transition_severity(t: engine.Transition) -> str:
+    return SEVERITIES.get((_kind(t), t.new.value), Severity.INFO)
+
+
+def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, object]:
+    """A state change as typed data, so incidents and alerts never parse the message."""
+    kind = _kind(t)
+    data: dict[str, object] = {
+        "kind": kind,
+        "old": t.old.value if t.old else None,
+        "new": t.new.value,
+        "reason": t.reason,
+    }
+    if kind == "host":
+        data["host"] = t.name
+    else:
+        ss = status.services.get(t.name)
+        data["service"] = t.name
+        if ss is not None:
+            data["host"] = ss.node
+            data["target"] = ss.target
+            data["suspects"] = list(ss.suspects)
+    return data
+
+
 def _describe(action: engine.Action) -> str:
     if isinstance(action, engine.Fence):
         return f"fence {action.host}"
+    if isinstance(action, engine.FenceStatus):
+        return f"ask the fence device of {action.host} whether it is off"
     if isinstance(action, engine.Start | engine.Stop):
         verb = "start" if isinstance(action, engine.Start) else "stop"
         return f"{verb} {action.service} on {action.host}"
@@ -198,6 +276,7 @@ def _replies(cluster: Cluster, decision: engine.Decision) -> dict[str, Job]:
                 cluster=cluster,
                 result="refused",
                 message=reply.reason,
+                data={"code": reply.code, "command": command.command_id},
             )
         elif reply.outcome is engine.ReplyOutcome.QUEUED:
             jobs.add_event(command.job, f"queued: {reply.reason}")
@@ -210,6 +289,7 @@ def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
     changed: list[Host] = []
     fields = [
         "state",
+        "state_reason",
         "last_heartbeat",
         "memory_total_mb",
         "memory_free_mb",
@@ -226,6 +306,7 @@ def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
                 if (host.maintenance and hs.state is engine.HostState.ONLINE)
                 else hs.state.value
             )
+            host.state_reason = hs.reason
         rep = loaded.reports.get(name)
         if rep is not None:
             hb = rep.heartbeat
@@ -262,11 +343,27 @@ def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
             else None
         )
         host = loaded.hosts.get(node) if node else None
-        new = (ss.state.value, host.pk if host else None, ss.desired.value)
-        if new != (service.state, service.host_id, service.desired_state):
+        target = loaded.hosts.get(ss.target) if ss.target and node else None
+        new = (
+            ss.state.value,
+            host.pk if host else None,
+            ss.desired.value,
+            ss.reason,
+            target.pk if target else None,
+        )
+        if new != (
+            service.state,
+            service.host_id,
+            service.desired_state,
+            service.state_reason,
+            service.target_id,
+        ):
             if (service.state, service.host_id) != new[:2]:
                 service.state_since = timezone.now()
             service.state, service.host, service.desired_state = ss.state.value, host, new[2]
+            service.state_reason, service.target = ss.reason, target
             changed.append(service)
     if changed:
-        VmService.objects.bulk_update(changed, ["state", "host", "desired_state", "state_since"])
+        VmService.objects.bulk_update(
+            changed, ["state", "host", "desired_state", "state_since", "state_reason", "target"]
+        )

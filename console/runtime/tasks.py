@@ -1,13 +1,14 @@
-"""Celery tasks of the console (queue ``console``); thin: the work is in ingest and runner."""
+"""Celery tasks of the console (queue ``console``); thin: the work is in the runner.
+
+Agents never send Celery tasks: their messages come in through their own inbound lists and the
+ingest drainer (console/runtime/drain.py); their Redis users cannot write the ``console`` queue.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import shared_task
 
-from agent.protocol import RECEIVE_TASK
-from console.runtime import ingest, runner
+from console.runtime import runner
 from console.runtime.store import Store
 
 _store: Store | None = None
@@ -18,14 +19,6 @@ def store() -> Store:
     if _store is None:
         _store = Store()
     return _store
-
-
-@shared_task(name=RECEIVE_TASK, ignore_result=True)
-def receive(message: dict[str, Any]) -> None:
-    """Every agent message lands here; recovery starts in this very task when needed."""
-    cluster_id = ingest.handle(message, store())
-    if cluster_id is not None:
-        runner.run(cluster_id, store())
 
 
 @shared_task(name="haven.console.tick", ignore_result=True)

@@ -1,22 +1,22 @@
 from django.contrib import admin
 
+from console.core.admin import ReadOnlyAdmin, ReadOnlyInline
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
-admin.site.register(FailoverDomainMember)
+admin.site.register(FailoverDomainMember, ReadOnlyAdmin)
 
 
-class MemberInline(admin.TabularInline):  # type: ignore[type-arg]
+class MemberInline(ReadOnlyInline):
     model = FailoverDomainMember
-    extra = 1
 
 
 @admin.register(FailoverDomain)
-class FailoverDomainAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class FailoverDomainAdmin(ReadOnlyAdmin):
     list_display = ["name", "cluster", "ordered", "restricted", "nofailback"]
     inlines = [MemberInline]
 
 
 @admin.register(VmService)
-class VmServiceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class VmServiceAdmin(ReadOnlyAdmin):
     list_display = ["name", "cluster", "desired_state", "state", "host", "priority"]
     list_filter = ["cluster", "state", "desired_state"]

@@ -31,6 +31,9 @@ _UNITS = {
     "tib": 1024**4,
 }
 MAX_XML_BYTES = 1024 * 1024
+# Bounds far above any real host (QEMU/KVM: 4096 vCPUs at most); also what the database holds.
+MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64 TiB
+MAX_VCPUS = 4096
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,12 @@ def _memory_mb(root: ET.Element) -> int:
         raise ValidationError(f"The memory size must be positive, not {amount}.", code="invalid")
     size = amount * _UNITS[unit]
     mib = -(-size // (1024 * 1024))
+    if mib > MAX_MEMORY_MIB:
+        raise ValidationError(
+            f"The memory size {raw} {element.get('unit', 'KiB')} is more than "
+            f"{MAX_MEMORY_MIB // (1024 * 1024)} TiB: no host has that much.",
+            code="invalid",
+        )
     return int(mib)
 
 
@@ -113,4 +122,9 @@ def _vcpus(root: ET.Element) -> int:
         ) from exc
     if vcpus < 1:
         raise ValidationError(f"The vcpu count must be at least 1, not {vcpus}.", code="invalid")
+    if vcpus > MAX_VCPUS:
+        raise ValidationError(
+            f"The vcpu count {raw} is more than {MAX_VCPUS}, the most a guest can have.",
+            code="invalid",
+        )
     return vcpus

@@ -90,6 +90,18 @@ class VmService(models.Model):
         Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="services"
     )
     state_since = models.DateTimeField(null=True, blank=True)
+    state_reason = models.TextField(
+        blank=True, editable=False, help_text="The HA engine's reason for the current state."
+    )
+    target = models.ForeignKey(
+        Host,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="incoming_services",
+        help_text="Where a migrating or relocating guest is going.",
+    )
     uuid = models.CharField(max_length=36, blank=True, editable=False)
 
     class Meta:

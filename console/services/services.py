@@ -6,10 +6,13 @@ from typing import Any
 
 from django.db import transaction
 
-from console.core.errors import Conflict
-from console.core.services import actor_name
+from console.core.errors import Conflict, Refused
+from console.core.services import actor_name, delete_object
 from console.events.services import record
-from console.services.models import FailoverDomain, FailoverDomainMember
+from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+
+#: A service may leave cluster control only while its guest runs nowhere.
+DELETABLE_STATES = frozenset({"stopped", "disabled", "unknown", "failed"})
 
 
 def save_domain(
@@ -68,3 +71,20 @@ def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
             object_name=name,
             cluster=cluster,
         )
+
+
+def delete_service(service: VmService, *, actor: Any) -> None:
+    """Remove a service from cluster control; refused (409) while its guest may be running,
+    or the guest would keep running unmanaged."""
+    if service.state not in DELETABLE_STATES:
+        with transaction.atomic():
+            record(
+                actor=actor_name(actor),
+                verb="delete",
+                obj=service,
+                cluster=service.cluster,
+                result="refused",
+                message=f"{service.state}",
+            )
+        raise Refused(f"{service.name} is {service.state}: disable it first, then remove it.")
+    delete_object(service, actor=actor)

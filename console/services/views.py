@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from console.clusters.models import Cluster, Host
 from console.core import services as core_services
-from console.core.errors import Conflict
+from console.core.errors import Conflict, Refused
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
 from console.runtime import operations
@@ -139,10 +139,11 @@ def service_delete(request: HttpRequest, pk: int, service_pk: int) -> HttpRespon
     service = get_object_or_404(VmService, pk=service_pk, cluster=cluster)
     error = ""
     if request.method == "POST":
-        if service.state not in ("stopped", "disabled", "unknown", "failed"):
-            error = f"{service.name} is {service.state}: disable it first, then remove it."
+        try:
+            domain_services.delete_service(service, actor=request.user)
+        except Refused as exc:
+            error = exc.message
         else:
-            core_services.delete_object(service, actor=request.user)
             messages.success(request, f"Service {service.name} removed from the cluster.")
             return redirect("clusters:detail", cluster.pk)
     return render(

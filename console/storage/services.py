@@ -95,6 +95,12 @@ def create_volume_group(
                 f"{device.path} already belongs to volume group {device.volume_group_name}.",
                 "devices",
             )
+        if device.in_use:
+            raise StorageError(
+                f"{device.path} is in use ({device.in_use}): it cannot become part of a "
+                "volume group. Probe the host again once it is free.",
+                "devices",
+            )
     size = extent_size_bytes
     if size < 1024 or size & (size - 1):
         raise StorageError(

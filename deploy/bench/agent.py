@@ -49,7 +49,7 @@ class Console:
 
     def send(self, host: str, cid: str, kind: str, **args: Any) -> float:
         sent = time.monotonic()
-        self.app.send_task(EXECUTE_TASK, args=[{"v": 1, "id": cid, "kind": kind, "args": args}],
+        self.app.send_task(EXECUTE_TASK, args=[{"v": 2, "id": cid, "kind": kind, "args": args}],
                            queue=agent_queue(host))  # fmt: skip
         return sent
 

@@ -3,7 +3,7 @@
     .venv/bin/python deploy/bench/runtime.py [--hosts 32] [--services 320] [--rounds 20]
 
 It builds a cluster in a throw-away database, lets every host heartbeat, settles the services,
-then measures, the way the console's Celery worker does it (``tasks.receive`` in-process):
+then measures, the way the ingest drainer does it (``ingest.handle`` then the runner, in-process):
 
 - crash → start dispatched: a ``crashed`` lifecycle event arrives until the restart's first
   command is handed to the broker (target ≤ 200 ms on this machine);
@@ -67,14 +67,20 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
 
     from console.clusters.models import Cluster, FenceDevice, Host
     from console.jobs.transport import use_transport
-    from console.runtime import ingest, runner, tasks
+    from console.runtime import ingest, runner
     from console.runtime.store import Store
     from console.services.models import VmService
 
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     prefix = f"haven-bench-{os.getpid()}:"
     store = Store(r, prefix=prefix)
-    tasks._store = store
+
+    def receive(message: dict[str, Any]) -> None:
+        """What the drainer does with one message from the host named by its inbound list."""
+        cluster_id = ingest.handle(message, store, sender=message["host"])
+        if cluster_id is not None:
+            runner.run(cluster_id, store)
+
     cluster = Cluster.objects.create(name="bench")
     hosts = [
         Host.objects.create(cluster=cluster, name=f"h{i:03d}", address=f"10.0.0.{i + 1}")
@@ -96,7 +102,7 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
         for h, guests in running.items():
             ingest.handle(
                 {
-                    "v": 1,
+                    "v": 2,
                     "kind": "heartbeat",
                     "host": h,
                     "memory_total_mib": 65536,
@@ -105,15 +111,16 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
                     "guests": [{"name": g, "uuid": "", "state": "running"} for g in sorted(guests)],
                 },
                 store,
+                sender=h,
             )
 
     def answer(transport: TimedTransport, start: int) -> None:
         for _, host, command in transport.sent[start:]:
             if command["kind"] == "start":
                 running[host].add(command["args"]["guest"])
-            tasks.receive(
+            receive(
                 {
-                    "v": 1,
+                    "v": 2,
                     "kind": "result",
                     "host": host,
                     "id": command["id"],
@@ -150,9 +157,9 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
                 running[host].discard(service.name)
                 seen = len(transport.sent)
                 t0 = time.perf_counter()
-                tasks.receive(
+                receive(
                     {
-                        "v": 1,
+                        "v": 2,
                         "kind": "event",
                         "event": "lifecycle",
                         "host": host,

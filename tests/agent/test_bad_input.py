@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from agent.protocol import PROTOCOL_VERSION
+
 from .conftest import Harness
 
-V = 1
+V = PROTOCOL_VERSION
 CASES: list[tuple[str, object, str]] = [
     ("not a dict", ["start", "g"], "bad_request"),
     ("none", None, "bad_request"),
     (
         "wrong protocol version",
-        {"v": 2, "id": "b1", "kind": "start", "args": {}},
+        {"v": 99, "id": "b1", "kind": "start", "args": {}},
         "unsupported_version",
     ),
     ("no version", {"id": "b2", "kind": "start", "args": {}}, "unsupported_version"),

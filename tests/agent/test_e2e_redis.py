@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
 from celery import Celery
-from kombu import Connection
 
-from agent.protocol import EXECUTE_TASK, RECEIVE_TASK, agent_queue, message_from_dict
+from agent.protocol import EXECUTE_TASK, agent_queue, inbound_key, message_from_dict
 
 from .conftest import REPO, domain_xml, unique
 
@@ -23,12 +24,12 @@ pytestmark = pytest.mark.redis
 
 
 class Console:
-    """The console's side of the wire, reduced to send_task and a raw queue reader."""
+    """The console's side of the wire, reduced to send_task and a reader of the inbound list."""
 
-    def __init__(self, broker: str, queue: str) -> None:
+    def __init__(self, broker: str, host: str) -> None:
         self.app = Celery("test-console", broker=broker, set_as_current=False)
-        self.conn = Connection(broker)
-        self.queue = self.conn.SimpleQueue(queue)
+        self.r = redis_py.Redis.from_url(broker, socket_timeout=5)
+        self.host, self.key = host, inbound_key(host)
         self.messages: list[dict[str, Any]] = []
 
     def send(self, host: str, command: dict[str, Any]) -> None:
@@ -41,26 +42,26 @@ class Console:
                 if match(m):
                     return m
             try:
-                msg = self.queue.get(timeout=0.2)
-            except self.queue.Empty:
+                got = self.r.blpop([self.key], timeout=0.2)
+            except redis_py.ConnectionError:
+                time.sleep(0.2)
                 continue
-            assert msg.headers["task"] == RECEIVE_TASK
-            payload = msg.payload[0][0]
+            if got is None:
+                continue
+            payload = json.loads(got[1])
             message_from_dict(payload)  # every message parses with the protocol module
+            assert payload["host"] == self.host and payload["sent_at"] > 0
             self.messages.append(payload)
-            msg.ack()
         raise AssertionError(f"no matching message in {len(self.messages)} received")
 
     def close(self) -> None:
-        self.queue.queue.delete()
-        self.queue.close()
-        self.conn.release()
+        self.r.delete(self.key)
+        self.r.close()
 
 
-def start_agent(broker: str, host: str, queue: str, log: Path) -> subprocess.Popen[bytes]:
+def start_agent(broker: str, host: str, log: Path) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "agent", "--broker", broker, "--host", host,
-            "--libvirt-uri", "test:///default", "--console-queue", queue,
-            "--heartbeat-interval", "0.5"]  # fmt: skip
+            "--libvirt-uri", "test:///default", "--heartbeat-interval", "0.5"]  # fmt: skip
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
@@ -76,23 +77,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def agent_and_console(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Console, Path]]:
-    host, queue = unique("e2e"), unique("console")
-    console = Console(redis_url, queue)
+    host = unique("e2e")
+    console = Console(redis_url, host)
     log = tmp_path / "agent.log"
-    proc = start_agent(redis_url, host, queue, log)
+    proc = start_agent(redis_url, host, log)
     yield host, console, log
     stop(proc)
     console.close()
 
 
 def cmd(cid: str, kind: str, **args: Any) -> dict[str, Any]:
-    return {"v": 1, "id": cid, "kind": kind, "args": args}
+    return {"v": 2, "id": cid, "kind": kind, "args": args}
 
 
 def test_commands_results_events_heartbeats(agent_and_console: tuple[str, Console, Path]) -> None:
     host, console, _log = agent_and_console
     beat = console.wait(lambda m: m["kind"] == "heartbeat")
     assert beat["host"] == host and beat["libvirt_connected"] and beat["agent_version"]
+    assert beat["boot"] and beat["seq"] >= 1 and beat["sent_at"] >= beat["ts"]
     assert {"cpus", "memory_total_mib", "memory_free_mib", "host_uuid", "guests"} <= set(beat)
     guest = unique("g")
     console.send(host, cmd("d1", "define", xml=domain_xml(guest)))
@@ -102,7 +104,7 @@ def test_commands_results_events_heartbeats(agent_and_console: tuple[str, Consol
     event = console.wait(
         lambda m: m["kind"] == "event" and m["guest"] == guest and m["state"] == "started"
     )
-    assert event["v"] == 1 and event["ts"] > 0
+    assert event["v"] == 2 and event["ts"] > 0
     console.wait(lambda m: m["kind"] == "heartbeat" and guest in {g["name"] for g in m["guests"]})
     console.send(host, cmd("s1", "start", guest=guest))  # same id again
     dup = console.wait(lambda m: m["kind"] == "result" and m["id"] == "s1" and m["duplicate"])
@@ -139,19 +141,19 @@ def test_agent_survives_a_redis_outage(tmp_path: Path) -> None:
     redis = subprocess.Popen(redis_args, stdout=subprocess.DEVNULL)
     broker = f"redis://127.0.0.1:{port}/0"
     time.sleep(0.3)
-    host, queue, log = unique("outage"), unique("console"), tmp_path / "agent.log"
-    agent = start_agent(broker, host, queue, log)
+    host, log = unique("outage"), tmp_path / "agent.log"
+    agent = start_agent(broker, host, log)
     try:
-        console = Console(broker, queue)
+        console = Console(broker, host)
         console.wait(lambda m: m["kind"] == "heartbeat")
-        console.conn.release()
+        console.r.close()
         redis.kill()
         redis.wait()
         time.sleep(3)
         assert agent.poll() is None, log.read_text()  # no crash
         redis = subprocess.Popen(redis_args, stdout=subprocess.DEVNULL)
         time.sleep(0.3)
-        console = Console(broker, queue)
+        console = Console(broker, host)
         after = console.wait(lambda m: m["kind"] == "heartbeat", timeout_s=20)
         console.send(host, cmd("after", "host_facts"))
         assert console.wait(lambda m: m.get("id") == "after", timeout_s=20)["ok"]

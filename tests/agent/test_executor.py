@@ -36,11 +36,11 @@ def collector() -> tuple[list[Result], Callable[[Result], None]]:
 
 def test_repeated_id_returns_first_result_without_acting_twice(harness: Harness) -> None:
     name = unique("g")
-    harness.submit({"v": 1, "id": "def-1", "kind": "define", "args": {"xml": domain_xml(name)}})
-    harness.submit({"v": 1, "id": "start-1", "kind": "start", "args": {"guest": name}})
+    harness.submit({"v": 2, "id": "def-1", "kind": "define", "args": {"xml": domain_xml(name)}})
+    harness.submit({"v": 2, "id": "start-1", "kind": "start", "args": {"guest": name}})
     harness.wait_results(2)
     harness.run("destroy", guest=name)  # a later, different command
-    harness.submit({"v": 1, "id": "start-1", "kind": "start", "args": {"guest": name}})
+    harness.submit({"v": 2, "id": "start-1", "kind": "start", "args": {"guest": name}})
     results = harness.wait_results(3)
     first, dup = results[1], results[2]
     assert dup.duplicate and not first.duplicate
@@ -54,7 +54,7 @@ def test_duplicate_while_running_is_answered_when_done() -> None:
     results, publish = collector()
     ex = Executor("h", rec.handle, publish, ordering_key)
     for _ in range(3):
-        ex.submit({"v": 1, "id": "same", "kind": "start", "args": {"guest": "a"}})
+        ex.submit({"v": 2, "id": "same", "kind": "start", "args": {"guest": "a"}})
     assert ex.wait_idle(5)
     time.sleep(0.05)
     assert len(rec.calls) == 1
@@ -66,9 +66,9 @@ def test_same_guest_is_ordered_other_guests_run_in_parallel() -> None:
     rec = Recorder(slow={"a"})
     results, publish = collector()
     ex = Executor("h", rec.handle, publish, ordering_key, workers=4)
-    ex.submit({"v": 1, "id": "a1", "kind": "migrate", "args": {"guest": "a", "dest_uri": "x"}})
-    ex.submit({"v": 1, "id": "a2", "kind": "start", "args": {"guest": "a"}})
-    ex.submit({"v": 1, "id": "b1", "kind": "start", "args": {"guest": "b"}})
+    ex.submit({"v": 2, "id": "a1", "kind": "migrate", "args": {"guest": "a", "dest_uri": "x"}})
+    ex.submit({"v": 2, "id": "a2", "kind": "start", "args": {"guest": "a"}})
+    ex.submit({"v": 2, "id": "b1", "kind": "start", "args": {"guest": "b"}})
     assert ex.wait_idle(5)
     calls = {cid: (start, end) for cid, start, end in rec.calls}
     assert calls["a2"][0] >= calls["a1"][1]  # a2 waited for a1

@@ -87,7 +87,7 @@ def test_secrets_never_in_logs_or_results(
     params = {"pid_file": str(tmp_path / "missing.pid"), "password": SECRET, "verbose": "1"}
     harness.submit(
         {
-            "v": 1,
+            "v": 2,
             "id": "f1",
             "kind": "fence",
             "args": {"agent": "fence_haventest", "action": "off", "params": params},

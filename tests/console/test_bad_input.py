@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,104 @@ CASES = [
         fence_body(secret_parameters={"password": "a\nb"}),
         "secret_parameters",
         "line break",
+    ),
+    Bad(
+        "fence key upper case",
+        "fence-devices",
+        fence_body(parameters={"IP": "10.0.0.1"}),
+        "parameters",
+        "fence parameter name",
+    ),
+    Bad(
+        "fence key with dot",
+        "fence-devices",
+        fence_body(parameters={"a.b": "1"}),
+        "parameters",
+        "fence parameter name",
+    ),
+    Bad(
+        "fence key action",
+        "fence-devices",
+        fence_body(parameters={"action": "off"}),
+        "parameters",
+        "sets the action itself",
+    ),
+    Bad(
+        "fence key plug",
+        "fence-devices",
+        fence_body(parameters={"plug": "3"}),
+        "parameters",
+        "own field",
+    ),
+    Bad(
+        "fence key with newline",
+        "fence-devices",
+        fence_body(parameters={"ip\n": "1"}),
+        "parameters",
+        "fence parameter name",
+    ),
+    Bad(
+        "fence key with NUL",
+        "fence-devices",
+        fence_body(parameters={"ip\x00": "1"}),
+        "parameters",
+        "fence parameter name",
+    ),
+    Bad(
+        "fence value with NUL",
+        "fence-devices",
+        fence_body(parameters={"ip": "10.0.0.1\x00x"}),
+        "parameters",
+        "nul",
+    ),
+    Bad(
+        "fence Kg key in plain parameters",
+        "fence-devices",
+        fence_body(parameters={"hexadecimal_kg": "00ff"}),
+        "parameters",
+        "secret",
+    ),
+    Bad(
+        "fence password script in plain parameters",
+        "fence-devices",
+        fence_body(parameters={"passwd_script": "/bin/pw"}),
+        "parameters",
+        "secret",
+    ),
+    Bad(
+        "fence plug with carriage return",
+        "fence-devices",
+        fence_body(plug="3\raction=off"),
+        "plug",
+        "one line",
+    ),
+    Bad(
+        "fence secret key invalid",
+        "fence-devices",
+        fence_body(secret_parameters={"Pass Word": "x"}),
+        "secret_parameters",
+        "fence parameter name",
+    ),
+    Bad(
+        "host libvirt uri with command",
+        "hosts",
+        host_body(libvirt_uri="qemu+ext:///system?command=/tmp/evil"),
+        "libvirt_uri",
+        "without a query string",
+    ),
+    Bad(
+        "host address with ipv6 scope id",
+        "hosts",
+        host_body(address='fe80::1%x"\nauth_tcp = "none'),
+        "address",
+        "host address",
+    ),
+    Bad(
+        "host name reserved for the console",
+        "hosts",
+        host_body(name="haven-console"),
+        "name",
+        "reserved for the console",
     ),
     Bad(
         "fence device without cluster", "fence-devices", fence_body(cluster=None), "cluster", "null"
@@ -383,3 +482,176 @@ def test_malformed_json_is_400(admin_api: APIClient) -> None:
     )
     assert response.status_code == 400
     assert "JSON parse error" in response.json()["detail"]
+
+
+# --- inputs that once answered 500 (issue 11): each is now a 4xx in JSON naming what is wrong --
+BIG = 10**30
+
+
+def test_patch_domain_member_without_host(admin_api: APIClient) -> None:
+    domain = f.FailoverDomainFactory()
+    response = admin_api.patch(
+        f"/api/failover-domains/{domain.pk}/", {"members": [{"priority": 1}]}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert "host" in str(response.json()["members"])
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        (f"hosts/?cluster={BIG}", "cluster"),
+        (f"hosts/?cluster={-BIG}", "cluster"),
+        (f"services/?host={BIG}", "host"),
+        (f"jobs/?cluster={BIG}", "cluster"),
+        (f"events/?cluster={BIG}", "cluster"),
+        (f"block-devices/?host={BIG}", "host"),
+        (f"clusters/?offset={BIG}", "offset"),
+    ],
+)
+def test_integer_filter_out_of_range(admin_api: APIClient, query: str, field: str) -> None:
+    f.HostFactory()
+    response = admin_api.get(f"/api/{query}")
+    assert response.status_code == 400, response.content
+    assert "out of range" in str(response.json()[field])
+
+
+def test_huge_limit_is_capped(admin_api: APIClient) -> None:
+    f.ClusterFactory()
+    response = admin_api.get(f"/api/clusters/?limit={BIG}")
+    assert response.status_code == 200 and response.json()["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "xml, words",
+    [
+        (
+            f"<domain><name>guest1</name><memory unit='TiB'>{10**25}</memory></domain>",
+            "more than 64 tib",
+        ),
+        (
+            f"<domain><name>guest1</name><memory>1024</memory><vcpu>{10**30}</vcpu></domain>",
+            "more than 4096",
+        ),
+    ],
+    ids=["memory", "vcpu"],
+)
+def test_domain_xml_sizes_are_bounded(admin_api: APIClient, xml: str, words: str) -> None:
+    response = admin_api.post("/api/services/", service_body(xml=xml)(), format="json")
+    assert response.status_code == 400, response.content
+    assert words in str(response.json()["domain_xml"]).lower()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("url", ["/api/clusters/", "/api/token/"])
+def test_deeply_nested_json_is_400(make_client: Any, url: str) -> None:
+    api = make_client("admin" if url == "/api/clusters/" else None)
+    response = api.generic("POST", url, DEEP, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "nested more than" in response.json()["detail"]
+    moderately = {
+        "name": "c1",
+        "description": "x",
+        "extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+    }
+    again = api.post(url, moderately, format="json")
+    assert again.status_code == 400 and "nested more than" in again.json()["detail"]
+
+
+def test_api_errors_are_json(admin_api: APIClient) -> None:
+    response = admin_api.get("/api/no-such-list/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "/api/no-such-list/" in response.json()["detail"]
+
+
+def test_api_server_error_is_json(rf: Any) -> None:
+    from console.core.views import server_error
+
+    response = server_error(rf.get("/api/clusters/"))
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert "log" in json.loads(response.content)["detail"]
+    page = server_error(rf.get("/clusters/1/"))
+    assert page.status_code == 500 and b"<html" in page.content
+
+
+def test_fence_secrets_are_stored_encrypted_and_never_shown(
+    admin_api: APIClient, viewer_api: APIClient
+) -> None:
+    body = fence_body(
+        parameters={"ip": "10.0.0.9", "lanplus": "1"},
+        secret_parameters={"password": "pw-1", "hexadecimal_kg": "00ff", "passwd_script": "/s"},
+    )()
+    response = admin_api.post("/api/fence-devices/", body, format="json")
+    assert response.status_code == 201, response.content
+    pk = response.json()["id"]
+    for api in (admin_api, viewer_api):
+        shown = api.get(f"/api/fence-devices/{pk}/").content.decode()
+        assert "00ff" not in shown and "pw-1" not in shown and '"/s"' not in shown
+        assert api.get(f"/api/fence-devices/{pk}/").json()["secret_keys"] == [
+            "hexadecimal_kg",
+            "passwd_script",
+            "password",
+        ]
+    from console.clusters.models import FenceDevice
+
+    device = FenceDevice.objects.get(pk=pk)
+    assert "00ff" not in device.secret_parameters_encrypted
+    assert device.secret_parameters["hexadecimal_kg"] == "00ff"
+
+
+def test_migration_encrypts_secrets_stored_in_clear(db: None) -> None:
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    from console.clusters.models import FenceDevice
+
+    migration = importlib.import_module(
+        "console.clusters.migrations.0003_libvirt_uri_grammar_secret_parameters"
+    )
+    device = f.FenceDeviceFactory()
+    device.secret_parameters = {"password": "pw"}
+    device.parameters = {"ip": "10.0.0.9", "hexadecimal_kg": "00ff", "passwd_script": "/s"}
+    device.save()  # as an older console stored it
+    migration.encrypt_plain_secrets(django_apps, None)
+    device = FenceDevice.objects.get(pk=device.pk)
+    assert device.parameters == {"ip": "10.0.0.9"}
+    assert device.secret_parameters == {
+        "password": "pw",
+        "hexadecimal_kg": "00ff",
+        "passwd_script": "/s",
+    }
+
+
+@pytest.mark.parametrize(
+    "validator, good",
+    [
+        ("validate_cluster_name", "et"),
+        ("validate_hostname", "et-virt05"),
+        ("validate_address", "10.88.0.5"),
+        ("validate_libvirt_uri", "qemu+tcp://10.88.0.5/system"),
+        ("validate_guest_name", "guest1"),
+        ("validate_vg_name", "vg0"),
+        ("validate_lv_name", "vms"),
+        ("validate_fs_name", "vms"),
+        ("validate_mount_point", "/mnt/vms"),
+        ("validate_device_path", "/dev/sdb"),
+        ("validate_fence_agent", "fence_ipmilan"),
+        ("validate_fence_parameter", "lanplus"),
+        ("validate_object_name", "bmc"),
+    ],
+)
+def test_validators_match_the_whole_value(validator: str, good: str) -> None:
+    """(Serializers strip whitespace; forms, the bootstrap and the agent must not need to.)"""
+    from django.core.exceptions import ValidationError
+
+    from console.core import validators
+
+    check = getattr(validators, validator)
+    check(good)
+    for bad in (good + "\n", good + "\x00", "\n" + good, good + " x"):
+        with pytest.raises(ValidationError):
+            check(bad)

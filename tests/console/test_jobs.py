@@ -20,7 +20,7 @@ def sent() -> Iterator[RecordingTransport]:
 
 def result(command: dict, ok: bool = True, message: str = "") -> dict:  # type: ignore[type-arg]
     return {
-        "v": 1,
+        "v": 2,
         "kind": "result",
         "id": command["id"],
         "ok": ok,
@@ -44,12 +44,12 @@ def test_stages_run_in_order_and_job_succeeds(sent: RecordingTransport) -> None:
     assert [(h, c["kind"]) for h, c in sent.sent] == [(a.name, "shutdown")]
     job.refresh_from_db()
     assert job.status == JobStatus.DISPATCHED
-    jobs.apply_result(result(sent.sent[0][1]))
+    jobs.apply_result(result(sent.sent[0][1]), sender=sent.sent[0][0])
     assert [c["kind"] for _, c in sent.sent] == ["shutdown", "define"]
     job.refresh_from_db()
     assert (job.status, job.progress) == (JobStatus.RUNNING, 33)
-    jobs.apply_result(result(sent.sent[1][1]))
-    jobs.apply_result(result(sent.sent[2][1]))
+    jobs.apply_result(result(sent.sent[1][1]), sender=sent.sent[1][0])
+    jobs.apply_result(result(sent.sent[2][1]), sender=sent.sent[2][0])
     job.refresh_from_db()
     assert (job.status, job.progress) == (JobStatus.SUCCEEDED, 100)
     assert [e.seq for e in job.events.all()] == list(range(1, job.events.count() + 1))
@@ -66,15 +66,16 @@ def test_failure_skips_the_rest_and_explains(sent: RecordingTransport) -> None:
         ],
         cluster=a.cluster,
     )
-    jobs.apply_result(result(sent.sent[0][1], ok=False, message="XML error: no name"))
+    failed = result(sent.sent[0][1], ok=False, message="XML error: no name")
+    jobs.apply_result(failed, sender=sent.sent[0][0])
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     assert job.explanation == f"define on {a.name} failed: XML error: no name"
     assert [s.status for s in job.steps.all()] == [StepStatus.FAILED, StepStatus.SKIPPED]
     assert len(sent.sent) == 1
     # a repeated or stale result changes nothing
-    assert jobs.apply_result(result(sent.sent[0][1])) is None
-    assert jobs.apply_result({"id": "no-such-id", "ok": True}) is None
+    assert jobs.apply_result(result(sent.sent[0][1]), sender=sent.sent[0][0]) is None
+    assert jobs.apply_result({"id": "no-such-id", "ok": True}, sender=a.name) is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 HOSTS = ("h1", "h2", "h3")
 
 
-def _broker() -> str:
-    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/7"  # a database of its own
+def _broker(db: int = 7) -> str:
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{db}"  # a database of its own
     r = redis.Redis.from_url(url, socket_timeout=2)
     try:
         r.ping()
@@ -66,7 +67,7 @@ class Live(harness.Console):
         super().__init__(broker, _db_url(), tmp, HAVEN_LOG_LEVEL="WARNING")
         self.broker, self.tmp = broker, tmp
 
-    def agent(self, host: str) -> None:
+    def agent(self, host: str, broker: str | None = None) -> None:
         self._start(
             host,
             [
@@ -74,7 +75,7 @@ class Live(harness.Console):
                 "-m",
                 "agent",
                 "--broker",
-                self.broker,
+                broker or self.broker,
                 "--host",
                 host,
                 "--libvirt-uri",
@@ -102,21 +103,30 @@ class Live(harness.Console):
         return f"{files}\n--- last events\n{events}"
 
 
-@pytest.fixture
-def live(tmp_path: Path, settings: Any) -> Iterator[Live]:
-    broker = _broker()
+@contextmanager
+def using_broker(broker: str, settings: Any) -> Iterator[None]:
+    """The test's console code (and its Celery app) on ``broker`` for the duration."""
     settings.REDIS_URL = broker
     settings.CELERY_BROKER_URL = broker
     from console.celery import app, use_broker
 
     previous = app.conf.broker_url
     use_broker(broker)
-    live = Live(broker, tmp_path)
     try:
-        yield live
+        yield
     finally:
-        live.stop()
         use_broker(previous)
+
+
+@pytest.fixture
+def live(tmp_path: Path, settings: Any) -> Iterator[Live]:
+    broker = _broker()
+    with using_broker(broker, settings):
+        live = Live(broker, tmp_path)
+        try:
+            yield live
+        finally:
+            live.stop()
 
 
 def wait_for(what: str, check: Callable[[], Any], live: Live, timeout: float = 30.0) -> Any:
@@ -179,7 +189,7 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
         EXECUTE_TASK,
         args=[
             {
-                "v": 1,
+                "v": 2,
                 "id": f"x-{uuid.uuid4().hex[:8]}",
                 "kind": "destroy",
                 "args": {"guest": "vm-h2"},

@@ -56,14 +56,16 @@ def test_user_without_role_reads_nothing(db: None) -> None:
 
 def test_token_authentication(db: None) -> None:
     from django.contrib.auth.models import Group, User
-    from rest_framework.authtoken.models import Token
+
+    from console.core.models import ApiToken
 
     user = User.objects.create_user("script", password="pw-for-tests-only")
     user.groups.add(Group.objects.get(name="viewer"))
-    token = Token.objects.create(user=user)
+    token, key = ApiToken.issue(user)
+    assert key not in token.digest and len(token.digest) == 64
     api = APIClient()
     assert api.get("/api/clusters/").status_code == 401
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert api.get("/api/clusters/").status_code == 200
     api.credentials(HTTP_AUTHORIZATION="Token not-a-token")
     assert api.get("/api/clusters/").status_code == 401

@@ -59,7 +59,7 @@ class Agents:
             if self.alive[host]:
                 ingest.handle(
                     {
-                        "v": 1,
+                        "v": 2,
                         "kind": "heartbeat",
                         "host": host,
                         "ts": t,
@@ -74,6 +74,7 @@ class Agents:
                     },
                     self.store,
                     received=t,
+                    sender=host,
                 )
 
     def answer(self, t: float) -> None:
@@ -86,7 +87,7 @@ class Agents:
             ok, data, message = self._do(host, command)
             ingest.handle(
                 {
-                    "v": 1,
+                    "v": 2,
                     "kind": "result",
                     "host": host,
                     "ts": t,
@@ -98,6 +99,7 @@ class Agents:
                 },
                 self.store,
                 received=t,
+                sender=host,
             )
 
     def _do(self, host: str, command: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
@@ -188,7 +190,7 @@ def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> N
     agents.running["et-virt06"].discard("guest2")
     cluster_id = ingest.handle(
         {
-            "v": 1,
+            "v": 2,
             "kind": "event",
             "event": "lifecycle",
             "host": "et-virt06",
@@ -198,6 +200,7 @@ def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> N
         },
         store,
         received=t,
+        sender="et-virt06",
     )
     assert cluster_id == cluster.pk  # the runner is woken by the event, not the next beat
     sent_before = len(transport.sent)
@@ -317,7 +320,7 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
     )
     ingest.handle(
         {
-            "v": 1,
+            "v": 2,
             "kind": "result",
             "host": "et-virt06",
             "id": command["id"],
@@ -326,6 +329,7 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
             "error": None,
         },
         store,
+        sender="et-virt06",
     )
     service = VmService.objects.get(name="legacy")
     assert (service.memory_mb, service.vcpus, service.uuid) == (

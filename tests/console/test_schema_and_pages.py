@@ -27,6 +27,7 @@ def test_api_root_lists_every_endpoint(admin_api: APIClient) -> None:
         "jobs",
         "job-events",
         "events",
+        "alert-hooks",
     }
 
 

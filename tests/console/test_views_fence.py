@@ -69,7 +69,7 @@ def test_metadata_is_read_by_an_agent_then_builds_the_form(hosts: list[Any]) -> 
     )
     waiting = text(client.get(f"/clusters/{c}/fence/new/?agent=fence_ipmilan"))
     assert "Asking a host's agent" in waiting
-    jobs.apply_result({"id": step.command_id, "ok": True, "data": METADATA})
+    jobs.apply_result({"id": step.command_id, "ok": True, "data": METADATA}, sender="et-virt05")
     poll = client.get(f"/clusters/{c}/fence/metadata/?agent=fence_ipmilan", HTTP_HX_REQUEST="true")
     assert poll["HX-Redirect"] == f"/clusters/{c}/fence/new/?agent=fence_ipmilan"
     form = text(client.get(f"/clusters/{c}/fence/new/?agent=fence_ipmilan"))
@@ -88,7 +88,10 @@ def test_save_with_errors_next_to_fields_then_secret_encrypted(hosts: list[Any])
     jobs.attach_steps(
         step_job, [jobs.StepSpec(hosts[0], "fence_metadata", {"agent": "fence_ipmilan"})]
     )
-    jobs.apply_result({"id": step_job.steps.get().command_id, "ok": True, "data": METADATA})
+    jobs.apply_result(
+        {"id": step_job.steps.get().command_id, "ok": True, "data": METADATA},
+        sender=hosts[0].name,
+    )
     url = f"/clusters/{c}/fence/new/?agent=fence_ipmilan"
     bad = text(
         client.post(

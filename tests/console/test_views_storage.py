@@ -48,7 +48,8 @@ def answer(
             "ok": ok,
             "data": data or {},
             "error": None if ok else {"message": error},
-        }
+        },
+        sender=step.host.name if step.host else None,
     )
 
 

@@ -160,3 +160,16 @@ def test_progress_page_shows_each_host_and_the_exact_error(db: None, fake: FakeB
 def test_only_admins_may_create_clusters(db: None, fake: FakeBootstrap) -> None:
     assert login("operator").get("/clusters/new/").status_code == 403
     assert login("viewer", "v").post("/clusters/new/", rows(*HOSTS, step="scan")).status_code == 403
+
+
+@pytest.mark.parametrize("step", ["add-row", "scan", "create"])
+def test_row_count_that_is_not_a_number_is_a_form_error(
+    db: None, fake: FakeBootstrap, step: str
+) -> None:
+    client = login("admin")
+    data = rows(*HOSTS, step=step, name="et", password_mode="same")
+    data["hosts-TOTAL_FORMS"] = "abc"
+    response = client.post("/clusters/new/", data)
+    assert response.status_code == 200
+    assert "row count is missing or not a number" in text(response)
+    assert not Job.objects.exists()

@@ -23,9 +23,12 @@ from console.engine.sim import failures, parse, simulate
 NODES = ["n1", "n2", "n3", "n4"]
 NODE_EVENTS = [
     "power_off", "power_on", "network_off", "network_on", "fail_fence",
-    "maintenance_on", "maintenance_off", "shutdown",
+    "maintenance_on", "maintenance_off", "shutdown", "lose_results",
 ]  # fmt: skip
-SERVICE_EVENTS = ["crash", "fail_starts", "fail_migrations", "start", "stop", "enable", "disable"]
+SERVICE_EVENTS = [
+    "crash", "fail_starts", "fail_migrations", "start", "stop", "enable", "disable",
+    "lose_results",
+]  # fmt: skip
 MOVE_EVENTS = ["migrate", "relocate"]
 
 
@@ -80,12 +83,12 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         if kind == "node":
             do = draw(st.sampled_from(NODE_EVENTS))
             event: dict[str, Any] = {"t": t, "do": do, "node": draw(st.sampled_from(names))}
-            if do == "fail_fence":
+            if do in ("fail_fence", "lose_results"):
                 event["count"] = draw(st.integers(1, 3))
         elif kind == "service":
             do = draw(st.sampled_from(SERVICE_EVENTS))
             event = {"t": t, "do": do, "service": draw(st.sampled_from(snames))}
-            if do in ("fail_starts", "fail_migrations"):
+            if do in ("fail_starts", "fail_migrations", "lose_results"):
                 event["count"] = draw(st.integers(1, 3))
         else:
             event = {
@@ -102,6 +105,8 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "services": services,
         "events": events,
         "until": 240,
+        # short timeouts, so that lost results matter within the run
+        "settings": {"action_timeout_s": 20, "fence_timeout_s": 10},
     }
 
 
@@ -112,6 +117,11 @@ def test_random_histories_keep_both_invariants(raw: dict[str, Any]) -> None:
     run = simulate(sc)
     assert run.violations == []
     assert failures(sc, run) == []  # no expectations: only the invariants can fail
+    # every copy that stops running has its `down:` label (a completed migration too)
+    for name in sc.services:
+        ups = sum(1 for _, lab in run.trace if lab.startswith(f"running:{name}@"))
+        downs = sum(1 for _, lab in run.trace if lab.startswith(f"down:{name}@"))
+        assert ups - downs == sum(1 for h in run.hosts.values() if name in h.guests)
     # and the engine's own view agrees with the world about where started guests run
     for name, s in run.status.services.items():
         if s.state is ServiceState.STARTED and s.node is not None:

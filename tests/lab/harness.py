@@ -1,5 +1,5 @@
-"""A real console (Celery worker + beat on the pytest database) and a Redis on the lab bridge,
-driving lab hosts whose agents the console's own SSH bootstrap installed.
+"""A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
+on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
 Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
 tests/console/test_live.py.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +62,12 @@ class LabRedis:
     def agent_url(self) -> str:
         return f"redis://{self.bind}:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, fresh: bool = True) -> None:
+        """Start the server; `fresh` drops what an earlier run left in its append-only file
+        (`restart()` keeps it, as a real Redis restart would)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            shutil.rmtree(self.dir / "appendonlydir", ignore_errors=True)
         pidfile = self.dir / "redis.pid"
         if pidfile.exists():  # an interrupted earlier run's server
             pid = int(pidfile.read_text().split()[0])
@@ -79,8 +84,10 @@ class LabRedis:
                 f"127.0.0.1 {self.bind}",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                "--appendonly",  # as deploy/start-services: a restart keeps the queues
+                "yes",
+                "--appendfsync",
+                "everysec",
                 "--requirepass",
                 self.password,
                 "--dir",
@@ -100,6 +107,11 @@ class LabRedis:
             self.proc.kill()
             self.proc.wait()
 
+    def restart(self) -> None:
+        """kill -9 and start again on the same append-only file."""
+        self.stop()
+        self.start(fresh=False)
+
 
 def _pings(client: redis.Redis) -> bool:
     try:
@@ -116,7 +128,8 @@ def db_url(settings: Any) -> str:
 
 
 class Console:
-    """The console's Celery worker and beat as separate processes on the test database."""
+    """The console's processes on the test database: the Celery worker and beat, and the ingest
+    drainer (agents' messages). The one place that knows which console processes exist."""
 
     def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
         self.logs = logs
@@ -166,6 +179,7 @@ class Console:
         self._start(
             "beat", [*celery, "beat", "-s", str(self.logs / "beat-schedule"), "-l", "WARNING"]
         )
+        self._start("ingest", [sys.executable, "manage.py", "haven_ingest"])
 
     def stop(self) -> None:
         for proc in self.procs.values():

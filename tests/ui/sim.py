@@ -93,12 +93,12 @@ class SimAgents:
             self._answer(host, command)
         t = time.time()
         for host in sorted(self.alive):
-            ingest.handle(self._heartbeat(host, t), self.store, received=t)
+            ingest.handle(self._heartbeat(host, t), self.store, received=t, sender=host)
         runner.run_all(self.store)
 
     def _heartbeat(self, host: str, t: float) -> dict[str, Any]:
         return {
-            "v": 1,
+            "v": 2,
             "kind": "heartbeat",
             "host": host,
             "ts": t,
@@ -133,7 +133,7 @@ class SimAgents:
             ok, data, error = False, {}, {"code": exc.code, "message": str(exc)}
         ingest.handle(
             {
-                "v": 1,
+                "v": 2,
                 "kind": "result",
                 "host": host,
                 "ts": time.time(),
@@ -145,6 +145,7 @@ class SimAgents:
                 "duration_s": 0.01,
             },
             self.store,
+            sender=host,
         )
 
     # commands --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from console.clusters.models import Cluster, FenceDevice, Host
+from console.clusters.models import Cluster, FenceDevice, Host, parameter_error
 from console.core.api import HavenModelSerializer
 
 
@@ -24,6 +24,7 @@ class HostSerializer(HavenModelSerializer):
             "name",
             "address",
             "state",
+            "state_reason",
             "last_heartbeat",
             "memory_total_mb",
             "memory_free_mb",
@@ -40,6 +41,7 @@ class HostSerializer(HavenModelSerializer):
         # What the agent reports is written by the runtime, never through the API.
         read_only_fields = [
             "state",
+            "state_reason",
             "last_heartbeat",
             "memory_total_mb",
             "memory_free_mb",
@@ -84,8 +86,8 @@ class FenceDeviceSerializer(HavenModelSerializer):
 
     def validate_secret_parameters(self, value: dict[str, str]) -> dict[str, str]:
         for key, secret in value.items():
-            if "\n" in secret or "\r" in secret:
-                raise serializers.ValidationError(f"{key!r} may not contain a line break.")
+            if problem := parameter_error(key, secret, secret=True):
+                raise serializers.ValidationError(problem)
         return value
 
     def create(self, validated_data: dict[str, Any]) -> FenceDevice:

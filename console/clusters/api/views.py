@@ -1,8 +1,11 @@
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from console.clusters import services as cluster_services
 from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
@@ -19,6 +22,9 @@ class ClusterViewSet(HavenViewSet):
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
     filterset_fields = ("name",)
+
+    def perform_destroy(self, instance: Any) -> None:
+        cluster_services.delete_cluster(instance, actor=self.request.user)
 
 
 class HostViewSet(HavenViewSet):

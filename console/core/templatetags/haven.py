@@ -24,6 +24,7 @@ STEP_COLOURS = {
     "skipped": "grey",
 }
 EVENT_RESULT_COLOURS = {"ok": "green", "failed": "red", "refused": "amber", "info": "grey"}
+SEVERITY_COLOURS = {"info": "grey", "warning": "amber", "error": "red", "critical": "red strong"}
 
 
 def user_roles(user: Any) -> frozenset[str]:
@@ -48,13 +49,14 @@ def can_admin(user: Any) -> bool:
 
 @register.filter
 def colour(value: str, kind: str) -> str:
-    """The badge colour of a status; ``kind`` is host, service, job, step or event."""
+    """The badge colour of a status; ``kind`` is host, service, job, step, event or severity."""
     table = {
         "host": HOST_STATE_COLOURS,
         "service": SERVICE_STATE_COLOURS,
         "job": JOB_STATUS_COLOURS,
         "step": STEP_COLOURS,
         "event": EVENT_RESULT_COLOURS,
+        "severity": SEVERITY_COLOURS,
     }[kind]
     return table.get(value, "grey")
 
@@ -87,6 +89,8 @@ def since(value: dt.datetime | None) -> str:
 def duration(seconds: float | int | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 10:  # recovery times: tenths matter, more digits do not ("2.9 s")
+        return f"{max(0.0, float(seconds)):.1f} s"
     s = max(0, int(seconds))
     if s < 90:
         return f"{s} s"
@@ -118,3 +122,18 @@ def job_duration(job: Any) -> str:
         return ""
     seconds = (job.finished - start).total_seconds()
     return f"{seconds:.1f} s" if seconds < 90 else duration(seconds)
+
+
+@register.filter
+def timeline(incident: Any) -> list[dict[str, Any]]:
+    """The incident's rows of bars for its SVG strip (see ``Incident.timeline``)."""
+    return list(incident.timeline(timezone.now()))
+
+
+#: how a state reads beside its badge, where the bare value would puzzle a person
+STATE_LABELS = {"fence": "waiting for fence", "recovering": "recovering", "new": "new"}
+
+
+@register.filter
+def state_label(value: str) -> str:
+    return STATE_LABELS.get(value, value)

@@ -51,6 +51,10 @@ class Event:
     node: str | None = None
     service: str | None = None
     count: int | None = None
+    #: console_lag: how far behind the console's view is, in seconds
+    s: float | None = None
+    #: console_lag, console_restart: for how long, in seconds
+    duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,7 @@ EVENTS: Mapping[str, tuple[str, ...]] = {
     "fail_starts": ("service", "node?", "count?"),
     "fail_migrations": ("service", "count?"),
     "fail_fence": ("node", "count?"),
+    "lose_results": ("service?", "node?", "count?"),
     "start": ("service",),
     "stop": ("service",),
     "enable": ("service",),
@@ -106,7 +111,12 @@ EVENTS: Mapping[str, tuple[str, ...]] = {
     # additions of this project, documented in console/engine/README.md
     "acknowledge": ("node",),
     "appear": ("service", "node"),
+    "console_restart": ("node?", "for?"),
+    "console_lag": ("s", "for", "node?"),
 }
+
+#: events that name a service or a node (exactly one of them)
+SERVICE_OR_NODE = frozenset({"lose_results"})
 
 #: FORMAT.md's final states, plus the engine's other states (e.g. "fence") for finer checks
 FINAL_STATES = frozenset(s.value for s in ServiceState)
@@ -345,7 +355,7 @@ def _services(r: _R, nodes: set[str], domains: Mapping[str, Domain]) -> dict[str
             priority=item.get("priority").integer(default=0, minimum=-(2**31)),
             migratable=item.get("migratable").boolean(True),
             autostart=item.get("autostart").boolean(True),
-            node=node if desired is Desired.STARTED else None,
+            node=node,
         )
     return out
 
@@ -355,17 +365,19 @@ def _events(r: _R, nodes: set[str], services: set[str]) -> tuple[Event, ...]:
     if r.value is None:
         return ()
     for item in r.items():
-        raw = item.obj({"t", "do", "node", "service", "count"})
+        raw = item.obj({"t", "do", "node", "service", "count", "s", "for"})
         do = item.get("do").choice(set(EVENTS), "")
         if not do:
             raise item.get("do").fail("is required")
         spec = EVENTS[do]
         fields = {f.rstrip("?"): f.endswith("?") for f in spec}
-        for key in ("node", "service", "count"):
+        for key in ("node", "service", "count", "s", "for"):
             if key in raw and key not in fields:
                 raise item.get(key).fail(f"not a field of {do!r}")
             if key not in raw and key in fields and not fields[key]:
                 raise item.get(key).fail(f"is required by {do!r}")
+        if do in SERVICE_OR_NODE and ("node" in raw) == ("service" in raw):
+            raise item.fail(f"{do!r} needs exactly one of service and node")
         node = item.get("node").string() if "node" in raw else None
         if node is not None and node not in nodes:
             raise item.get("node").fail(f"unknown node {node!r}")
@@ -373,7 +385,9 @@ def _events(r: _R, nodes: set[str], services: set[str]) -> tuple[Event, ...]:
         if service is not None and service not in services:
             raise item.get("service").fail(f"unknown service {service!r}")
         count = item.get("count").integer(minimum=1) if "count" in raw else None
-        out.append(Event(item.get("t").number(), do, node, service, count))
+        lag = item.get("s").number() if "s" in raw else None
+        duration = item.get("for").number() if "for" in raw else None
+        out.append(Event(item.get("t").number(), do, node, service, count, lag, duration))
     return tuple(sorted(out, key=lambda e: e.t))
 
 

@@ -21,6 +21,7 @@ from console.engine.model import (
     ActionResult,
     Decision,
     Fence,
+    FenceStatus,
     HostObservation,
     Migrate,
     Relocate,
@@ -30,6 +31,7 @@ from console.engine.model import (
     Stop,
 )
 from console.engine.sim.scenario import Event, NodeSpec, Scenario
+from console.engine.states import Desired
 from console.engine.status import Status
 from console.engine.tick import tick
 
@@ -43,9 +45,15 @@ class SimHost:
     #: bumped at every power change, so work in flight across a reboot is lost
     epoch: int = 0
     fence_failures_left: int | None = 0  # None: fail always
+    #: the console's view of the host's heartbeats (what reached it)
     last_heartbeat: float | None = None
     reported: frozenset[str] = frozenset()
     reported_free: int = 0
+    #: heartbeats sent before this time never reach the console (console_restart's backlog)
+    unseen_until: float = 0.0
+    #: heartbeats sent before `lag_until` reach the console `lag_s` late (console_lag)
+    lag_s: float = 0.0
+    lag_until: float = 0.0
     maintenance: bool = False
     shutting_down: bool = False
     shutdown_deadline: float = 0.0
@@ -92,6 +100,10 @@ class World:
         self.commands: list[Command] = []
         self.fail_starts: dict[str, list[FailRule]] = {}
         self.fail_migrations: dict[str, int | None] = {}
+        #: "service:S" / "node:N" -> how many more results of its actions are lost
+        self.lose: dict[str, int] = {}
+        #: console_restart: since when the console's view of heartbeats is continuous
+        self.view_since: float | None = None
         #: service -> silent hosts that may still run it, as far as the console can know
         self.maybe: dict[str, set[str]] = {}
         self._heap: list[tuple[float, int, int, Callable[[], None]]] = []
@@ -110,7 +122,8 @@ class World:
     def run(self) -> Run:
         sc = self.sc
         for name, cfg in sorted(sc.services.items()):
-            if cfg.node is not None and self.hosts[cfg.node].power:
+            started = cfg.desired is Desired.STARTED
+            if cfg.node is not None and started and self.hosts[cfg.node].power:
                 self.hosts[cfg.node].guests.add(name)
                 self.label(f"running:{name}@{cfg.node}")
         for event in sc.events:
@@ -172,6 +185,18 @@ class World:
             self.fail_migrations[svc] = e.count
         elif do == "fail_fence" and host is not None:
             host.fence_failures_left = e.count
+        elif do == "lose_results":
+            key = f"node:{node}" if e.node else f"service:{svc}"
+            self.lose[key] = self.lose.get(key, 0) + (e.count or 1)
+        elif do == "console_restart":
+            self.view_since = self.t
+            for h in self.hosts.values():
+                h.last_heartbeat, h.reported, h.reported_free = None, frozenset(), 0
+            if host is not None:
+                host.unseen_until = self.t + (e.duration or 0.0)
+        elif do == "console_lag":
+            for h in [host] if host is not None else list(self.hosts.values()):
+                h.lag_s, h.lag_until = e.s or 0.0, self.t + (e.duration or 0.0)
         elif do in ("start", "stop", "enable", "disable", "migrate", "relocate"):
             cid = f"c{next(self._commands)}"
             self.commands.append(Command(cid, CommandKind(do), svc, e.node))
@@ -216,13 +241,30 @@ class World:
                 host.guests.clear()
                 self.label(f"halt:{name}")
                 host.power, host.epoch = False, host.epoch + 1
-            if not host.reachable:
+            if not host.reachable or self.t < host.unseen_until:
                 continue
-            host.last_heartbeat = self.t
-            host.reported = frozenset(host.guests)
-            host.reported_free = host.spec.memory_mb - self.used(host)
-            for hosts in self.maybe.values():
-                hosts.discard(name)
+            beat = functools.partial(
+                self.deliver,
+                host,
+                self.t,
+                frozenset(host.guests),
+                host.spec.memory_mb - self.used(host),
+            )
+            if self.t < host.lag_until:
+                self.at(self.t + host.lag_s, 2, beat)
+            else:
+                beat()
+
+    def deliver(self, host: SimHost, sent: float, guests: frozenset[str], free: int) -> None:
+        """A heartbeat reaches the console (at once, or late while it lags)."""
+        if host.last_heartbeat is not None and sent <= host.last_heartbeat:
+            return
+        host.last_heartbeat, host.reported, host.reported_free = sent, guests, free
+        for hosts in self.maybe.values():
+            hosts.discard(host.spec.name)
+
+    def ingest_lag_s(self) -> float:
+        return max((h.lag_s for h in self.hosts.values() if self.t < h.lag_until), default=0.0)
 
     def used(self, host: SimHost) -> int:
         return sum(self.sc.services[g].memory_mb for g in host.guests)
@@ -251,6 +293,8 @@ class World:
             commands=tuple(self.commands),
             status=self.status,
             settings=self.sc.settings,
+            view_since=self.view_since,
+            ingest_lag_s=self.ingest_lag_s(),
         )
         self.results, self.commands = [], []
         decision = tick(snap, self.t)
@@ -273,29 +317,42 @@ class World:
 
     # --- actions ---------------------------------------------------------------------------
 
+    def lost(self, a: Action) -> bool:
+        """Is the result of `a` to be lost (a `lose_results` event)?"""
+        key = f"node:{a.host}" if isinstance(a, Fence | FenceStatus) else f"service:{a.service}"
+        left = self.lose.get(key, 0)
+        if left <= 0:
+            return False
+        self.lose[key] = left - 1
+        return True
+
     def execute(self, a: Action) -> None:
         sim = self.sc.sim
-        if isinstance(a, Fence):
-            self.at(self.t + sim.fence_s, 1, lambda: self.fence(a))
+        lost = self.lost(a)
+        if isinstance(a, Fence | FenceStatus):
+            self.at(self.t + sim.fence_s, 1, lambda: self.fence(a, lost))
             return
         if isinstance(a, Start):
             self.label(f"start:{a.service}@{a.host}")
             self.check_start(a.service, a.host, {a.host})
-            self.dispatch(a.host, sim.start_s, lambda: self.start(a))
+            self.dispatch(a.host, sim.start_s, lambda: self.start(a), lost)
         elif isinstance(a, Stop):
             self.label(f"stop:{a.service}@{a.host}")
-            self.dispatch(a.host, sim.stop_s, lambda: self.stop(a))
+            self.dispatch(a.host, sim.stop_s, lambda: self.stop(a), lost)
         elif isinstance(a, Migrate):
             self.label(f"migrate:{a.service}:{a.source}->{a.target}")
             self.check_start(a.service, a.target, {a.source, a.target})
-            self.dispatch(a.source, sim.migrate_s, lambda: self.migrate(a))
+            self.dispatch(a.source, sim.migrate_s, lambda: self.migrate(a), lost)
         else:
             self.label(f"relocate:{a.service}:{a.source}->{a.target}")
             self.check_start(a.service, a.target, {a.source, a.target})
-            self.dispatch(a.source, sim.stop_s + sim.start_s, lambda: self.relocate(a))
+            self.dispatch(a.source, sim.stop_s + sim.start_s, lambda: self.relocate(a), lost)
 
-    def dispatch(self, host_name: str, seconds: float, fn: Callable[[], ActionResult]) -> None:
-        """Send work to a host's agent; lost if the agent cannot be reached or reboots."""
+    def dispatch(
+        self, host_name: str, seconds: float, fn: Callable[[], ActionResult], lost: bool = False
+    ) -> None:
+        """Send work to a host's agent; lost if the agent cannot be reached or reboots; its
+        result never reaches the console when `lost`."""
         host = self.hosts[host_name]
         if not host.reachable:
             return
@@ -305,7 +362,9 @@ class World:
             if not host.power or host.epoch != epoch:
                 return
             result = fn()
-            if host.network:
+            if lost:
+                self.human.append((self.t, f"  ~ result of {result.action_id} lost"))
+            elif host.network:
                 self.results.append(result)
             else:
                 host.outbox.append(result)
@@ -330,8 +389,13 @@ class World:
                 f"{', '.join(others)}: two copies"
             )
 
-    def fence(self, a: Fence) -> None:
+    def fence(self, a: Fence | FenceStatus, lost: bool = False) -> None:
         host = self.hosts[a.host]
+        if isinstance(a, FenceStatus):
+            off = not host.power and host.fence_failures_left is not None
+            self.label(f"fence_status:{a.host}:{'off' if off else 'on'}")
+            self._fence_result(ActionResult(a.id, off, "off" if off else "on"), lost)
+            return
         ok = host.spec.fence != "none"
         if ok and host.fence_failures_left is None:
             ok = False
@@ -343,7 +407,13 @@ class World:
             self.power_off(host)
             for hosts in self.maybe.values():
                 hosts.discard(a.host)
-        self.results.append(ActionResult(a.id, ok, "off" if ok else "fence agent failed"))
+        self._fence_result(ActionResult(a.id, ok, "off" if ok else "fence agent failed"), lost)
+
+    def _fence_result(self, result: ActionResult, lost: bool) -> None:
+        if lost:
+            self.human.append((self.t, f"  ~ result of {result.action_id} lost"))
+        else:
+            self.results.append(result)
 
     def _start_fails(self, service: str, host: str) -> str:
         for rule in self.fail_starts.get(service, []):
@@ -391,8 +461,9 @@ class World:
             return ActionResult(a.id, False, "migration failed (scenario)")
         if self.sc.services[a.service].memory_mb > target.spec.memory_mb - self.used(target):
             return ActionResult(a.id, False, "not enough memory on the target")
+        self._run_on(a.service, a.target, {a.source, a.target})
         source.guests.discard(a.service)
-        self._run_on(a.service, a.target, {a.target})
+        self.label(f"down:{a.service}@{a.source}")
         return ActionResult(a.id, True)
 
     def relocate(self, a: Relocate) -> ActionResult:

@@ -15,6 +15,7 @@ class EventSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
             "object_name",
             "cluster",
             "result",
+            "severity",
             "message",
             "data",
         ]

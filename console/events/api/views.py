@@ -8,4 +8,12 @@ class EventViewSet(ReadOnlyViewSet):
 
     queryset = Event.objects.all()
     serializer_class = serializers.EventSerializer
-    filterset_fields = ("cluster", "actor", "verb", "object_type", "object_name", "result")
+    filterset_fields = (
+        "cluster",
+        "actor",
+        "verb",
+        "object_type",
+        "object_name",
+        "result",
+        "severity",
+    )

@@ -15,6 +15,13 @@ class FailoverDomainMemberSerializer(serializers.ModelSerializer):  # type: igno
         model = FailoverDomainMember
         fields = ["host", "host_name", "priority"]
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A PATCH makes every field optional, also inside the members: a member is always whole.
+        if "host" not in attrs:
+            raise serializers.ValidationError({"host": "Each member needs its host."})
+        attrs.setdefault("priority", 1)
+        return attrs
+
 
 class FailoverDomainSerializer(HavenModelSerializer):
     members = FailoverDomainMemberSerializer(many=True, required=False)
@@ -89,7 +96,18 @@ class VmServiceSerializer(HavenModelSerializer):
             "desired_state",
             "state",
             "host",
+            "target",
             "state_since",
+            "state_reason",
             "uuid",
         ]
-        read_only_fields = ["memory_mb", "vcpus", "state", "host", "state_since", "uuid"]
+        read_only_fields = [
+            "memory_mb",
+            "vcpus",
+            "state",
+            "host",
+            "target",
+            "state_since",
+            "state_reason",
+            "uuid",
+        ]

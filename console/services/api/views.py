@@ -61,6 +61,9 @@ class VmServiceViewSet(HavenViewSet):
     )
     operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
 
+    def perform_destroy(self, instance: Any) -> None:
+        services.delete_service(instance, actor=self.request.user)
+
     def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
         job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
         return job_response(job)

@@ -1,0 +1,58 @@
+"""The host page: everything about one host on one page, linked from every host name."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from console.clusters.models import Cluster, FenceDevice, Host
+from console.core.views import role_required
+from console.events.models import Event
+from console.jobs.models import Job
+from console.services.models import VmService
+
+RECENT_EVENTS = 30
+
+
+@role_required()
+def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    guests = list(
+        VmService.objects.filter(Q(host=host) | Q(target=host))
+        .select_related("host", "target", "failover_domain")
+        .order_by("name")
+    )
+    devices = list(FenceDevice.objects.filter(host=host).order_by("order", "name"))
+    # each device's last status test (the Test button's job), newest first
+    tests: dict[str, Job] = {}
+    for job in Job.objects.filter(
+        cluster=cluster, kind="fence-test", params__host=host.name
+    ).order_by("-created")[:20]:
+        tests.setdefault(str(job.params.get("device", "")), job)
+    events = list(
+        Event.objects.filter(
+            Q(object_type="host", object_name=host.name)
+            | Q(data__host=host.name)
+            | Q(actor=f"agent:{host.name}")
+        )
+        .select_related("cluster")
+        .order_by("-time", "-id")[:RECENT_EVENTS]
+    )
+    memory_used = sum(g.memory_mb for g in guests if g.host_id == host.pk)
+    vcpus = sum(g.vcpus for g in guests if g.host_id == host.pk)
+    return render(
+        request,
+        "clusters/host_detail.html",
+        {
+            "cluster": cluster,
+            "host": host,
+            "guests": guests,
+            "devices": [(d, tests.get(d.name)) for d in devices],
+            "events": events,
+            "guest_memory_mb": memory_used,
+            "guest_vcpus": vcpus,
+            "tab": "overview",
+        },
+    )

@@ -1,0 +1,80 @@
+"""Writes to clusters and fence devices that have rules of their own (atomic, recorded in the
+event log); the API and the pages both call these, so both refuse the same things."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from console.clusters.models import Cluster, FenceDevice, Host
+from console.core.errors import Refused
+from console.core.services import actor_name, delete_object
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import Job
+
+
+def delete_cluster(cluster: Cluster, *, actor: Any) -> None:
+    """Delete a cluster; refused (409) while it has hosts (nothing is deleted by cascade)."""
+    hosts = sorted(cluster.hosts.values_list("name", flat=True))
+    if hosts:
+        with transaction.atomic():
+            record(
+                actor=actor_name(actor),
+                verb="delete",
+                obj=cluster,
+                cluster=cluster,
+                result="refused",
+                message=f"still has hosts {', '.join(hosts)}",
+            )
+        raise Refused(
+            f"Cluster {cluster.name} still has "
+            f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: remove "
+            f"{'it' if len(hosts) == 1 else 'them'} first."
+        )
+    delete_object(cluster, actor=actor)
+
+
+def fence_test(cluster: Cluster, device: FenceDevice, *, actor: Any) -> Job:
+    """Run the device's agent with ``action=status`` from another host of the cluster: proves
+    address and secrets without powering anything. The device must be one of the cluster's."""
+    if device.cluster_id != cluster.pk:
+        raise Refused(
+            f"Fence device {device.name} is not a device of cluster {cluster.name}.",
+            status=404,
+        )
+    from console.runtime.actions import fence_runner
+
+    online = set(
+        Host.objects.filter(cluster=cluster, state="online").values_list("name", flat=True)
+    )
+    runner = fence_runner(cluster, device.host.name, online)
+    params: dict[str, Any] = dict(device.parameters)
+    if device.plug:
+        params["plug"] = device.plug
+    with transaction.atomic():
+        job = jobs.create_job(
+            "fence-test",
+            [
+                jobs.StepSpec(
+                    runner,
+                    "fence",
+                    {"agent": device.agent, "action": "status", "params": params, "timeout_s": 60},
+                    secret_ref={"fence_device": device.pk},
+                )
+            ],
+            cluster=cluster,
+            created_by=actor,
+            params={"device": device.name, "host": device.host.name, "action": "status"},
+            message=f"test {device.name}: status of {device.host.name}",
+        )
+        record(
+            actor=actor_name(actor),
+            verb="fence-test",
+            obj=device,
+            cluster=cluster,
+            result="info",
+            message=f"status test requested (job {job.pk})",
+        )
+    return job

@@ -1,0 +1,221 @@
+"""The ingest drainer (``manage.py haven_ingest``): takes every agent's messages off its inbound
+list ``haven:in:<host>`` in batches and files them (console/runtime/ingest.py).
+
+One loop, one Redis connection for it:
+
+1. one pipeline: ``LPOP key COUNT`` and ``LLEN key`` for every inbound key (the hosts the
+   database knows, the console's own agent, and lists found by a SCAN every few seconds);
+2. the batch is filed: heartbeats and lifecycle events into the store in one pipeline, results
+   and runner wakes handed to a small thread pool (the fast path: a result's transaction or a
+   runner tick never holds up the heartbeats);
+3. when every list was empty, ``BLPOP`` on all of them (up to ``DRAIN_WAIT_S``), so a crash
+   event is filed and its cluster's runner started within milliseconds of its arrival.
+
+After each round it records its progress (``Store.record_ingest``): the runner gets the ingest
+lag from ``Store.ingest_lag()``. A list whose key names a host the console does not know is
+refused (logged once a minute) and emptied. The drainer also keeps the agents' Redis users in
+place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S``, any missing user
+is re-created from the stored password hash, so a Redis restart never locks an agent out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
+from console.runtime import ingest, runner
+from console.runtime.store import DRAIN_WAIT_S, Store
+
+log = logging.getLogger("haven.drain")
+BATCH = 500  # per list and round
+SCAN_EVERY_S = 5.0
+USERS_CHECK_S = 10.0
+
+
+@dataclass
+class Totals:
+    rounds: int = 0
+    messages: int = 0
+    heartbeats: int = 0
+    events: int = 0
+    results: int = 0
+    refused: int = 0
+    wakes: int = 0
+
+
+class Drainer:
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        workers: int = 4,
+        run_cluster: Callable[[int, Store], object] | None = None,
+        keep_users: bool = True,
+    ) -> None:
+        self.store = store or Store()
+        self.r: Any = self.store.r  # redis-py's stubs type blocking replies as awaitables
+        self.directory = ingest.Directory()
+        self.refusals = ingest.Refusals()
+        self.totals = Totals()
+        self._run_cluster = run_cluster or runner.run
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-fast")
+        self._queued: set[int] = set()  # clusters with a runner wake waiting in the pool
+        self._queued_lock = threading.Lock()
+        self._stray: set[str] = set()
+        self._scanned = -float("inf")
+        self._users_checked = -float("inf")
+        self._keep_users = keep_users
+        self.caught_up_at = time.time()
+
+    # --- which lists ------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        t = time.monotonic()
+        if t - self._scanned > SCAN_EVERY_S:
+            self._scanned = t
+            keys: Any = self.r.scan_iter(match=f"{INBOUND_PREFIX}*", count=1000)
+            found = {k if isinstance(k, str) else k.decode() for k in keys}
+            self._stray = found
+        hosts = set(self.directory.hosts()) | {settings.HAVEN_CONSOLE_AGENT}
+        return sorted({inbound_key(h) for h in hosts} | self._stray)
+
+    # --- one round --------------------------------------------------------------------------
+    def _pop(self, keys: list[str]) -> tuple[list[tuple[str, Any]], int]:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.lpop(key, BATCH)
+            pipe.llen(key)
+        answers = pipe.execute()
+        batch: list[tuple[str, Any]] = []
+        backlog = 0
+        for i, key in enumerate(keys):
+            items, left = answers[2 * i], answers[2 * i + 1]
+            backlog += int(left or 0)
+            if items:
+                host = host_of_inbound_key(key)
+                if host is not None:
+                    batch.extend((host, item) for item in items)
+        return batch, backlog
+
+    def round(self, wait_s: float = DRAIN_WAIT_S) -> int:
+        """Drain once (blocking up to ``wait_s`` when nothing waits); return messages filed."""
+        self._maybe_keep_users()
+        keys = self.keys()
+        batch, backlog = self._pop(keys)
+        if not batch and wait_s > 0:
+            self._report(backlog=0)
+            got = self.r.blpop(keys, timeout=wait_s)
+            if got is not None:
+                key, item = got
+                key = key if isinstance(key, str) else key.decode()
+                host = host_of_inbound_key(key)
+                more, backlog = self._pop(keys)
+                batch = ([(host, item)] if host is not None else []) + more
+        received = time.time()
+        if batch:
+            self._file(batch, received)
+        self._report(backlog)
+        self.totals.rounds += 1
+        return len(batch)
+
+    def _file(self, batch: list[tuple[str, Any]], received: float) -> None:
+        filed = ingest.sort(batch, self.store, self.directory, self.refusals, received)
+        t = self.totals
+        t.messages += len(batch)
+        t.heartbeats += filed.heartbeats
+        t.events += filed.events
+        t.results += len(filed.results)
+        t.refused += filed.refused
+        for cluster_id in filed.wakes:
+            self.wake(cluster_id)
+        for sender, result in filed.results:
+            self._pool.submit(self._result, sender, result)
+        self._forget_strays(batch)
+
+    def _forget_strays(self, batch: list[tuple[str, Any]]) -> None:
+        """Lists of hosts the console does not know: emptied (their messages were refused)."""
+        known = set(self.directory.hosts()) | {settings.HAVEN_CONSOLE_AGENT}
+        for host in {h for h, _ in batch} - known:
+            self.r.delete(inbound_key(host))
+
+    def _report(self, backlog: int) -> None:
+        at = time.time()
+        if backlog == 0:
+            self.caught_up_at = at
+        self.store.record_ingest(at, self.caught_up_at, backlog)
+
+    # --- the fast path ----------------------------------------------------------------------
+    def wake(self, cluster_id: int) -> None:
+        with self._queued_lock:
+            if cluster_id in self._queued:
+                return  # a wake waits already; it will see this batch too
+            self._queued.add(cluster_id)
+        self.totals.wakes += 1
+        self._pool.submit(self._run, cluster_id)
+
+    def _run(self, cluster_id: int) -> None:
+        with self._queued_lock:
+            self._queued.discard(cluster_id)
+        try:
+            self._run_cluster(cluster_id, self.store)
+        except Exception:
+            log.exception("runner of cluster %s failed", cluster_id)
+        finally:
+            close_old_connections()
+
+    def _result(self, sender: str, message: dict[str, Any]) -> None:
+        try:
+            cluster_id = ingest.apply_result(sender, message)
+        except Exception:
+            log.exception("result %s from %s could not be applied", message.get("id"), sender)
+            cluster_id = None
+        finally:
+            close_old_connections()
+        if cluster_id is not None:
+            self.wake(cluster_id)
+
+    # --- the agents' Redis users ------------------------------------------------------------
+    def _maybe_keep_users(self) -> None:
+        if not self._keep_users:
+            return
+        t = time.monotonic()
+        if t - self._users_checked < USERS_CHECK_S:
+            return
+        self._users_checked = t
+        from console.runtime import credentials
+
+        try:
+            created = credentials.ensure_users(self.r)
+        except Exception:
+            log.exception("could not check the agents' Redis users")
+            return
+        finally:
+            close_old_connections()
+        if created:
+            log.warning("re-created the Redis users of %s", ", ".join(created))
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        log.info("ingest drainer started")
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                self.round()
+                backoff = 0.0
+            except Exception as exc:  # Redis away: retry, one line per outage
+                if not backoff:
+                    log.warning("ingest paused: %s", exc)
+                backoff = min(max(backoff * 2, 0.1), 2.0)
+                stop.wait(backoff)
+
+    def close(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)

@@ -1,0 +1,44 @@
+"""The chaos suite's short run (deploy/chaos): a real console, five agents on test:///,
+30 random faults from a fixed seed, and the independent watcher's verdict.
+
+It runs `deploy/bench/chaos.py` as its own process (its own Redis on a free port, its own
+SQLite database under the test's tmp dir), so it takes ~3-4 minutes on 2 cores. The long runs
+(`deploy/chaos --faults 200`) are benchmarks, not tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAULTS, SEED = 30, 20  # seed 20: every kind of fault at least once in 30
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue 10, not fixed yet: a killed worker's runner lock (ttl 30 s) stalls HA ~30 s "
+    "(bug 4); healthy hosts fenced after a Redis restart (bug 3)",
+)
+def test_short_chaos_run_keeps_every_guest_once(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("the chaos run starts its own redis-server, which is not installed")
+    if not Path("/usr/share/fence/fencing.py").exists():
+        pytest.skip("the simulated hosts' fence agent needs fence-agents (/usr/share/fence)")
+    root = tmp_path / "chaos"
+    argv = [sys.executable, str(ROOT / "deploy" / "bench" / "chaos.py")]
+    argv += ["--faults", str(FAULTS), "--seed", str(SEED), "--root", str(root), "--quiet"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    print(done.stdout[-6000:], done.stderr[-3000:])
+    summary = json.loads((root / "summary.json").read_text())
+    assert sum(summary["faults"].values()) == FAULTS
+    # the watcher saw the guests: every one ran somewhere, traced by the agents themselves
+    traced = "".join(p.read_text() for p in (root / "trace").glob("h*.jsonl"))
+    assert traced.count('"event": "start"') >= 12
+    assert summary["safety"] == [], done.stdout[-3000:]
+    assert done.returncode == 0

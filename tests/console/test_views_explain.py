@@ -1,0 +1,178 @@
+"""The console explains: reasons beside states, the host page, the service list's search,
+filters, sort and pages (with a pinned query count), and the push that refreshes a page."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from console.clusters.stream import publish_change
+from console.runtime import tasks
+from console.runtime.store import Store
+from console.services.models import VmService
+from tests.console import factories as f
+from tests.console.views_support import login, text
+
+
+@pytest.fixture
+def world(db: None) -> dict[str, Any]:
+    cluster = f.ClusterFactory(name="et")
+    h5, h6 = (
+        f.HostFactory(cluster=cluster, name=name, state="online", memory_total_mb=8192)
+        for name in ("et-virt05", "et-virt06")
+    )
+    h7 = f.HostFactory(
+        cluster=cluster,
+        name="et-virt07",
+        state="unreachable",
+        state_reason="fence failed (timeout); retry in 10s",
+    )
+    domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5")
+    f.VmServiceFactory(cluster=cluster, name="web1", state="started", host=h5)
+    f.VmServiceFactory(
+        cluster=cluster,
+        name="db1",
+        state="fence",
+        host=h7,
+        failover_domain=domain,
+        state_reason="waiting for et-virt07 to be fenced (attempt 2, next in 10 s)",
+    )
+    f.VmServiceFactory(
+        cluster=cluster,
+        name="app1",
+        state="migrating",
+        host=h5,
+        target=h6,
+        state_reason="migrating et-virt05 -> et-virt06",
+    )
+    f.FenceDeviceFactory(cluster=cluster, host=h5, name="ipmi5")
+    return {"cluster": cluster, "hosts": (h5, h6, h7)}
+
+
+def test_reasons_stand_beside_every_state(world: dict[str, Any], viewer_api: APIClient) -> None:
+    c = world["cluster"].pk
+    page = text(login("viewer").get(f"/clusters/{c}/"))
+    assert "waiting for et-virt07 to be fenced (attempt 2, next in 10 s)" in page
+    assert "waiting for fence" in page  # the badge says it in words, not "fence"
+    assert "fence failed (timeout); retry in 10s" in page
+    assert 'et-virt05</a> → <a href="/clusters/' in page  # a migrating guest: source → target
+    [row] = viewer_api.get("/api/services/?name=db1").json()["results"]
+    assert row["state_reason"].startswith("waiting for et-virt07")
+    host = viewer_api.get(f"/api/hosts/{world['hosts'][2].pk}/").json()
+    assert host["state_reason"] == "fence failed (timeout); retry in 10s"
+
+
+def test_the_host_page_says_everything_about_a_host(world: dict[str, Any]) -> None:
+    c, h5 = world["cluster"].pk, world["hosts"][0]
+    f.JobFactory(
+        cluster=world["cluster"],
+        kind="fence-test",
+        status="succeeded",
+        params={"device": "ipmi5", "host": "et-virt05", "action": "status"},
+    )
+    page = text(login("viewer").get(f"/clusters/{c}/hosts/{h5.pk}/"))
+    assert 'id="host-name">et-virt05' in page
+    assert "web1" in page and "app1" in page and "db1" not in page
+    assert "ipmi5" in page and "succeeded" in page
+    page7 = text(login("viewer", "v2").get(f"/clusters/{c}/hosts/{world['hosts'][2].pk}/"))
+    assert "No fence device" in page7 and "fence failed (timeout)" in page7
+    other = f.ClusterFactory(name="other")
+    assert login("viewer", "v3").get(f"/clusters/{other.pk}/hosts/{h5.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("", {"web1", "db1", "app1"}),
+        ("?q=web", {"web1"}),
+        ("?q=et-virt07", {"db1"}),  # search covers the host and the reason
+        ("?state=red", {"db1"}),
+        ("?state=moving", {"app1"}),
+        ("?state=started", {"web1"}),
+        ("?host=et-virt06", {"app1"}),  # its target
+        ("?domain=prefer5", {"db1"}),
+        ("?domain=-", {"web1", "app1"}),
+    ],
+)
+def test_the_service_list_searches_and_filters(
+    world: dict[str, Any], query: str, shown: set[str]
+) -> None:
+    page = text(login("viewer").get(f"/clusters/{world['cluster'].pk}/{query}"))
+    listed = {n for n in ("web1", "db1", "app1") if f'id="service-{n}"' in page}
+    assert listed == shown
+
+
+def test_bad_filters_are_named_and_ignored(world: dict[str, Any]) -> None:
+    page = text(login("viewer").get(f"/clusters/{world['cluster'].pk}/?state=purple&sort=x"))
+    assert 'data-field="state"' in page and "'purple' is not a state" in page
+    assert 'data-field="sort"' in page
+    assert 'id="service-web1"' in page
+
+
+def test_sort_and_pages(world: dict[str, Any]) -> None:
+    cluster = world["cluster"]
+    for i in range(60):
+        f.VmServiceFactory(cluster=cluster, name=f"bulk{i:02d}", memory_mb=0)
+    client = login("viewer")
+    first = text(client.get(f"/clusters/{cluster.pk}/?q=bulk"))
+    assert "(60 matching)" in first and "page 1 of 2" in first
+    assert 'id="service-bulk00"' in first and 'id="service-bulk59"' not in first
+    second = text(client.get(f"/clusters/{cluster.pk}/?q=bulk&page=2"))
+    assert 'id="service-bulk59"' in second and 'id="service-bulk00"' not in second
+    by_name_desc = text(client.get(f"/clusters/{cluster.pk}/?q=bulk&sort=-name"))
+    assert by_name_desc.index("service-bulk59") < by_name_desc.index("service-bulk58")
+
+
+def test_the_cluster_page_costs_the_same_queries_at_any_size(world: dict[str, Any]) -> None:
+    cluster = world["cluster"]
+    client = login("viewer")
+    client.get(f"/clusters/{cluster.pk}/live/")  # session, roles: warm
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(f"/clusters/{cluster.pk}/live/").status_code == 200
+        return len(ctx.captured_queries)
+
+    small = count()
+    h5 = world["hosts"][0]
+    VmService.objects.bulk_create(
+        [
+            VmService(cluster=cluster, name=f"many{i}", domain_xml="<domain/>", host=h5)
+            for i in range(300)
+        ]
+    )
+    assert count() == small
+    assert small <= 12, small
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_is_pushed_to_open_pages() -> None:
+    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
+    store = Store(r, prefix=f"haven-test-{uuid.uuid4().hex[:8]}:")
+    cluster = f.ClusterFactory(name="et")
+    previous, tasks._store = tasks._store, store
+    try:
+        response = login("viewer").get(f"/clusters/{cluster.pk}/stream/")
+        assert response["Content-Type"] == "text/event-stream"
+        chunks = iter(response.streaming_content)
+        assert b"event: hello" in next(chunks)
+        sent_at = time.monotonic()
+        threading.Timer(0.3, publish_change, args=(store, cluster.pk)).start()
+        assert b"event: changed" in next(chunks)
+        assert time.monotonic() - sent_at < 2.0
+        response.close()
+    finally:
+        tasks._store = previous
