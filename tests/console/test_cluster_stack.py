@@ -102,11 +102,11 @@ def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
 # `corosync-quorumtool -s -p` on sv1 of the storage lab (corosync 3.1.7), three members.
 QUORUMTOOL_3 = """Quorum information
 ------------------
-Date:             Tue Dec  1 20:10:00 2026
+Date:             Tue Dec  1 20:31:43 2026
 Quorum provider:  corosync_votequorum
 Nodes:            3
 Node ID:          1
-Ring ID:          1.d
+Ring ID:          1.e
 Quorate:          Yes
 
 Votequorum information
@@ -119,10 +119,10 @@ Flags:            Quorate
 
 Membership information
 ----------------------
-    Nodeid      Votes Name
-         1          1 sv1 (local)
-         2          1 sv2
-         3          1 sv3
+    Nodeid      Votes    Qdevice Name
+         1          1         NR sv1 (local)
+         2          1         NR sv2
+         3          1         NR sv3
 """
 
 
@@ -134,4 +134,7 @@ def test_quorumtool_output_parsed() -> None:
     assert state["expected_votes"] == 3 and state["total_votes"] == 3 and state["quorum"] == 2
     assert [n["name"] for n in state["nodes"]] == ["sv1", "sv2", "sv3"]
     lost = QUORUMTOOL_3.replace("Quorate:          Yes", "Quorate:          No")
-    assert parse_quorumtool(lost.replace("         3          1 sv3\n", ""))["quorate"] is False
+    assert (
+        parse_quorumtool(lost.replace("         3          1         NR sv3\n", ""))["quorate"]
+        is False
+    )

@@ -73,6 +73,7 @@ PACKAGES = (
     "procps",
     "libvirt-daemon-system",
     "libvirt-daemon-driver-qemu",
+    "qemu-system-x86",  # libvirt's host facts need an emulator (the agent's heartbeat)
     "libpam-systemd",  # polkitd (for libvirt) needs a logind; debootstrap takes no alternative
     "util-linux",
 )
@@ -809,7 +810,7 @@ class StorageLab:
         known.write_text("\n".join(lines) + "\n")
         return [
             "ssh", "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=5",
+            "-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=30",
             "-o", "NumberOfPasswordPrompts=1", f"root@{vm.address}", "--",
             " ".join(shlex_quote(a) for a in argv),
         ]  # fmt: skip
