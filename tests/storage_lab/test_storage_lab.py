@@ -327,3 +327,29 @@ def test_5_remove_is_refused_while_mounted(slab: StorageCluster) -> None:
                            for s in refused), [s.error for s in job.steps.all()]  # fmt: skip
     assert not job.steps.filter(kind="lvremove", status="succeeded").exists()
     assert "gfs2" in slab.ssh("sv1", "sh", "-c", f"grep ' {MOUNT} ' /proc/mounts")
+
+
+def test_6_fence_agent_reports_off_then_powers_the_host_back(slab: StorageCluster) -> None:
+    import subprocess
+
+    agent = str(ROOT / "deploy" / "lab" / "storage" / "fence_haven_vm")
+
+    def fence(action: str) -> int:
+        return subprocess.run(
+            [agent], input=f"action={action}\nplug=sv3\n", text=True, capture_output=True
+        ).returncode
+
+    meta = subprocess.run([agent, "-o", "metadata"], capture_output=True, text=True)
+    assert meta.returncode == 0 and 'name="lab_root"' in meta.stdout
+    assert fence("status") == 2  # off: its QEMU is gone
+    started = time.monotonic()
+    assert fence("on") == 0 and slab.lab.vm("sv3").powered_on()
+    slab.lab.wait_ready("sv3")
+    TIMINGS["power_on_to_sshd_s"] = round(time.monotonic() - started, 1)
+    assert fence("status") == 0
+    slab.wait(
+        "sv3 back in corosync: 3 members on sv1",
+        lambda: (m := slab.membership("sv1")) is not None and len(m.get("nodes", [])) == 3,
+        600,
+    )
+    TIMINGS["power_on_to_rejoined_s"] = round(time.monotonic() - started, 1)
