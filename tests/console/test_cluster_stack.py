@@ -4,6 +4,7 @@ and the steps a bootstrap job gets (the daemons themselves run in tests/storage_
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,39 @@ def test_quorumtool_output_parsed() -> None:
         parse_quorumtool(lost.replace("         3          1         NR sv3\n", ""))["quorate"]
         is False
     )
+
+
+@pytest.mark.django_db
+def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from console.jobs import services as jobs
+    from console.jobs.models import Job
+    from console.runtime import operations
+    from console.storage import services as storage
+    from tests.console import factories as f
+
+    cluster = f.ClusterFactory(name="sv")
+    a, _b = (f.HostFactory(cluster=cluster, name=n, state="online") for n in ("sva", "svb"))
+    c = f.HostFactory(cluster=cluster, name="svc", state="unreachable")
+    assert storage.dlm_fence_ack(c) is None  # no shared storage: nothing to tell
+    f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        fence = jobs.create_job(
+            "fence", [jobs.StepSpec(a, "fence", {"agent": "fence_x"})], cluster=cluster,
+            params={"host": "svc"},
+        )  # fmt: skip
+    step = fence.steps.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.apply_result(
+            {"id": step.command_id, "ok": True, "data": {"outcome": "ok"}, "error": None},
+            sender="sva",
+        )
+    ack = Job.objects.get(kind="dlm-fence-ack")
+    assert sorted((s.host.name, s.kind, s.args["node"]) for s in ack.steps.all()) == [
+        ("sva", "dlm_fence_ack", "svc"),
+        ("svb", "dlm_fence_ack", "svc"),
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        operations.acknowledge_down(c, actor=None)
+    assert Job.objects.filter(kind="dlm-fence-ack").count() == 2
