@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,12 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_PATH = (Path("/usr/sbin"), Path("/usr/bin"), Path("/usr/local/sbin"))
 ACTIONS = ("on", "off", "reboot", "status", "monitor", "list", "list-status", "validate-all")
-_SECRET_RE = re.compile(r"pass|secret|community|token|(^|_)kg$|priv", re.IGNORECASE)
 EXIT_OK, EXIT_ERROR, EXIT_OFF = 0, 1, 2
-
-
-def is_secret(key: str) -> bool:
-    return bool(_SECRET_RE.search(key))
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -74,7 +68,7 @@ def _parameter(p: ET.Element) -> dict[str, Any]:
         if content is not None
         else [],
         "description": (p.findtext("shortdesc") or "").strip(),
-        "secret": is_secret(name),
+        "secret": names.is_secret(name),
         "deprecated": p.get("deprecated") == "1" or p.get("obsoletes") is not None,
     }
 
@@ -106,7 +100,7 @@ class FenceAgents:
             if key in ("action", "option"):  # 'option' is the old name of 'action'
                 raise AgentError("bad_request", "give the action as 'action', not in params")
             lines[key] = names.fence_value(key, value)
-        secrets = [v for k, v in lines.items() if is_secret(k)]
+        secrets = [v for k, v in lines.items() if names.is_secret(k)]
         path = self._find(agent)
         stdin = "".join(f"{k}={v}\n" for k, v in lines.items())
         log.info("fence %s action=%s plug=%s", agent, action, lines.get("plug", "-"))

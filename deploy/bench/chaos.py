@@ -599,7 +599,7 @@ class Run(Runner):
         self._storm(fault, 0.5)
 
     def fault_guest_destroyed(self, fault: Fault) -> None:
-        from agent.protocol import EXECUTE_TASK, agent_queue
+        from agent.protocol import EXECUTE_TASK, PROTOCOL_VERSION, agent_queue
         from console.celery import app
 
         running = self.running()
@@ -611,7 +611,7 @@ class Run(Runner):
             return
         guest, host = self.rng.choice(choices)
         fault.target = f"{guest}@{host}"
-        command = {"v": 1, "id": f"chaos-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
+        command = {"v": PROTOCOL_VERSION, "id": f"chaos-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
         command["args"] = {"guest": guest}
         app.send_task(EXECUTE_TASK, args=[command], queue=agent_queue(host))
 

@@ -16,10 +16,12 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from agent.protocol import Command
+from agent.sealing import open_sealed
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime import ingest, rules, runner
+from console.runtime import credentials, ingest, rules, runner
 from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
@@ -135,6 +137,7 @@ def cluster3(db: None, store: Store) -> Iterator[tuple[Any, Agents, RecordingTra
         for i in (5, 6, 7)
     ]
     for host in hosts:
+        f.sealing_key(host.name)  # the bootstrap gave each agent its key
         device = f.FenceDeviceFactory(
             host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
         )
@@ -224,7 +227,9 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
     fence_at = next(i for i, k in enumerate(kinds) if k[1] == "fence")
     fence_host, fence_cmd = transport.sent[fence_at]
     assert fence_host in ("et-virt06", "et-virt07")  # a healthy host runs the fence agent
-    assert fence_cmd["args"]["params"]["password"] == "bmc-secret"
+    assert "password" not in fence_cmd["args"]["params"]  # sealed for the fencing host alone
+    opened = open_sealed(credentials.seal_key(fence_host), fence_host, Command.from_dict(fence_cmd))
+    assert opened.args["params"]["password"] == "bmc-secret"
     starts = [i for i, k in enumerate(kinds) if k[1] == "start" and k[2] == "guest1"]
     assert starts[-1] > fence_at
     state, host = placement()["guest1"]

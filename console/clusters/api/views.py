@@ -83,6 +83,16 @@ class HostViewSet(HavenViewSet):
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="rotate-credentials")
+    def rotate_credentials(self, request: Request, pk: str | None = None) -> Response:
+        """New broker password and sealing key for this host's agent (admin only), sent over
+        the agent's own command channel; 409 when that cannot be done (the answer says to
+        bootstrap the host again over SSH)."""
+        from console.runtime import credentials
+
+        return job_response(credentials.rotate(self.get_object(), actor=request.user))
+
     @action(detail=True, methods=["post"], url_path="acknowledge-down")
     def acknowledge_down(self, request: Request, pk: str | None = None) -> Response:
         job = operations.acknowledge_down(self.get_object(), actor=request.user)
