@@ -34,11 +34,10 @@ from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
 from console.runtime import operations
 from console.runtime.models import PendingCommand
-from console.services.choices import ServiceState
+from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
 from console.services.models import FailoverDomain, VmService
 
-RUNNING_STATES = ("started", "migrating", "stopping", "starting", "relocating")
 COMMON_FENCE_AGENTS = (
     "fence_ipmilan",
     "fence_haven_lab",
@@ -61,7 +60,7 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     queries whatever the cluster's size (no N+1; pinned by a test)."""
     hosts = list(
         Host.objects.filter(cluster=cluster)
-        .annotate(guests=Count("services", filter=Q(services__state__in=RUNNING_STATES)))
+        .annotate(guests=Count("services", filter=Q(services__state__in=OCCUPYING_STATES)))
         .prefetch_related(Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order")))
         .order_by("name")
     )
