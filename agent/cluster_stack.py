@@ -31,6 +31,7 @@ def parse_quorumtool(stdout: str) -> dict[str, Any]:
             out["quorate"] = value.strip().lower().startswith("yes")
         elif sep and key.strip() in _FIELDS:
             name = key.strip().lower().replace(" ", "_")
+            name = "nodes_count" if name == "nodes" else name  # "nodes" is the member list
             digits = re.match(r"\s*(\d+)\b", value)
             out[name] = int(digits.group(1)) if digits and name != "ring_id" else value.strip()
         if line.strip().startswith("Nodeid"):
@@ -38,7 +39,9 @@ def parse_quorumtool(stdout: str) -> dict[str, Any]:
             continue
         parts = line.split()
         if in_members and len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
-            out["nodes"].append({"nodeid": int(parts[0]), "votes": int(parts[1]), "name": parts[2]})
+            # "1  1  NR sv1 (local)": with -p a Qdevice column sits before the name
+            rest = [p for p in parts[2:] if p != "(local)"]
+            out["nodes"].append({"nodeid": int(parts[0]), "votes": int(parts[1]), "name": rest[-1]})
     return out
 
 

@@ -48,8 +48,8 @@ Agent -> console
                 ``{"name", "uuid", "state"}``; ``guests`` is null when libvirt is unreachable
                 (unknown, which is not the same as "none running"); ``cluster`` (optional,
                 null where corosync is not installed): ``running``, ``quorate``, ``node_id``,
-                ``nodes`` (members: ``{"nodeid", "votes", "name"}``), ``expected_votes``,
-                ``total_votes``, ``quorum``, or ``error`` (corosync-quorumtool's words).
+                ``nodes`` (members: ``{"nodeid", "votes", "name"}``), ``nodes_count``,
+                ``expected_votes``, ``total_votes``, ``quorum``, or ``error`` (the tool's words).
 
 Commands (``kind``: ``args`` -> ``data``); names are validated before anything runs:
 

@@ -35,6 +35,7 @@ from agent.heartbeat import HeartbeatThread
 from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
 from agent.protocol import EXECUTE_TASK, Command, Event, ProtocolError, agent_queue, broker_keys
 from agent.publisher import Publisher, RedisSender, Sender
+from agent.reconnect import CONSUMER as RECONNECTING_CONSUMER
 from agent.runner import SubprocessRunner
 from agent.sealing import open_sealed
 from agent.storage import LinuxStorage
@@ -82,6 +83,7 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=queue,
         task_ignore_result=True,
         worker_prefetch_multiplier=16,
+        worker_consumer=RECONNECTING_CONSUMER,  # back within ~1 s of the broker's return
         worker_enable_remote_control=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

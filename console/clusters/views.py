@@ -69,9 +69,13 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     )
     page = Paginator(services, SERVICES_PER_PAGE).get_page((params or {}).get("page"))
     keep = urlencode(query.params())
+    membership = _membership([h.name for h in hosts])
+    for h in hosts:
+        h.membership = membership.get(h.name)  # type: ignore[attr-defined]
     return {
         "cluster": cluster,
         "hosts": hosts,
+        "cluster_stack": any(membership.values()),
         "services": page,
         "query": query,
         "keep": keep,
@@ -82,6 +86,20 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
             FailoverDomain.objects.filter(cluster=cluster).values_list("name", flat=True)
         ),
     }
+
+
+def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each host's corosync membership and quorum from its latest heartbeat (shared storage:
+    console/runtime/cluster_stack.py); empty when Redis does not answer."""
+    from redis import RedisError
+
+    from console.runtime.store import Store
+
+    try:
+        reports = Store().reports(names)
+    except (RedisError, OSError):
+        return {}
+    return {name: report.heartbeat.get("cluster") for name, report in reports.items()}
 
 
 @role_required()

@@ -49,8 +49,10 @@ class ServiceStatus:
     restarts: tuple[float, ...] = ()
     #: hosts it failed on in a row (for max_relocations)
     failed_nodes: tuple[str, ...] = ()
-    #: hosts that may still run it without the engine knowing: in FENCE, silent hosts to be
-    #: fenced; in RECOVERING, hosts whose next report must be seen before it starts again
+    #: hosts that may still run it without the engine knowing: in FENCE, the hosts involved
+    #: when one went silent (silent ones to be fenced, reporting ones to report); in
+    #: RECOVERING, hosts whose next report must be seen before it starts again; in other
+    #: states, silent hosts not fenced yet that may still run a copy
     suspects: tuple[str, ...] = ()
     #: RECOVERING: restart in place on this host if it can
     restart_on: str | None = None

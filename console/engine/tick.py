@@ -627,8 +627,9 @@ class _Tick:
                     svc, f"host {name} went silent", action=None, target=None, suspects=(name,)
                 )
                 continue
-            others = {h for h in (s.node, s.target, *s.suspects) if h is not None}
-            suspects = tuple(sorted(h for h in others if h == name or not self.fresh.get(h)))
+            # every host involved stays a suspect: a silent one until it is fenced or returns,
+            # one still reporting until it reports (a move in flight may have left it there)
+            suspects = tuple(sorted({h for h in (s.node, s.target, *s.suspects) if h}))
             self._service_to(
                 svc,
                 S.FENCE,
@@ -733,8 +734,9 @@ class _Tick:
             if host not in s.suspects:
                 continue
             rest = tuple(h for h in s.suspects if h != host)
-            if s.state is S.FENCE and not rest:
-                self._service_to(name, S.RECOVERING, f"host {host} fenced", suspects=())
+            if s.state is S.FENCE and all(self._reporting(h) for h in rest):
+                # hosts still reporting that were involved must report before a start
+                self._service_to(name, S.RECOVERING, f"host {host} fenced", suspects=rest)
             else:
                 self._service_to(name, s.state, s.reason, suspects=rest)
 
@@ -743,7 +745,13 @@ class _Tick:
         running = self.obs[host].running
         for name in self._on_hosts({host})[host]:
             s = self.svcs[name]
-            if s.state is not S.FENCE or host not in s.suspects:
+            if host not in s.suspects:
+                continue
+            if s.state is S.RECOVERING:
+                continue  # its next report decides (`_may_start`, `_found_running`)
+            if s.state is not S.FENCE:
+                # its report is believed: a copy there is a stray (`_reports`)
+                self._service_to(name, s.state, s.reason, suspects=self._silent_rest(s, host))
                 continue
             if name in running:
                 self._service_to(
@@ -751,14 +759,25 @@ class _Tick:
                     S.STARTED,
                     f"host {host} is back and still runs it",
                     node=host,
-                    suspects=(),
+                    suspects=self._silent_rest(s, host),
                 )
                 continue
             rest = tuple(h for h in s.suspects if h != host)
-            if rest:
+            if not all(self._reporting(h) for h in rest):
                 self._service_to(name, S.FENCE, s.reason, suspects=rest)
             else:
-                self._service_to(name, S.RECOVERING, f"host {host} is back without it", suspects=())
+                self._service_to(
+                    name, S.RECOVERING, f"host {host} is back without it", suspects=rest
+                )
+
+    def _reporting(self, host: str) -> bool:
+        hs = self.hosts.get(host)
+        return hs is not None and hs.state in REPORTING
+
+    def _silent_rest(self, s: ServiceStatus, host: str) -> tuple[str, ...]:
+        """The guest's suspects other than `host` that are silent and not fenced: a copy may
+        still run there, so they stay suspects wherever the guest runs now."""
+        return tuple(h for h in s.suspects if h != host and not self._reporting(h))
 
     # --- 4. reports ------------------------------------------------------------------------
 
@@ -781,7 +800,8 @@ class _Tick:
         for name in sorted(crashed):
             node = self.svcs[name].node
             assert node is not None
-            self._failure(name, node, f"crashed on {node} (no longer in its report)")
+            s = self.svcs[name]
+            self._failure(name, node, f"crashed on {node} (no longer in its report)", s.suspects)
 
         anomalies: list[tuple[str, str]] = []
         svcs = self.svcs
@@ -848,13 +868,15 @@ class _Tick:
                 at_target = self._report(target, lost_at)
                 if not waited or at_target is None or name in at_target:
                     continue
+            arrived = host == target
             self._service_to(
                 name,
                 S.STARTED,
                 f"{host} reports it running ({lost})",
                 node=host,
                 target=None,
-                retry_at=self.now + self.cfg.retry_s if host != target else 0.0,
+                retry_at=0.0 if arrived else self.now + self.cfg.retry_s,
+                **(self._arrived(s) if arrived else {}),
             )
             if s.state is S.STARTING:
                 self.started_now.add(name)
@@ -882,7 +904,13 @@ class _Tick:
         if s.target == host and s.state in (S.MIGRATING, S.RELOCATING):
             return
         if s.state is S.RECOVERING and host in s.suspects:
-            self._service_to(name, S.STARTED, f"still running on {host}", node=host, suspects=())
+            self._service_to(
+                name,
+                S.STARTED,
+                f"still running on {host}",
+                node=host,
+                suspects=self._silent_rest(s, host),
+            )
             return
         cfg = self.conf[name]
         adoptable = s.state in (S.FENCE, S.RECOVERING, S.WAITING, S.STOPPED)
@@ -897,7 +925,7 @@ class _Tick:
                 S.STARTED,
                 f"found running on {host}: adopted",
                 node=host,
-                suspects=(),
+                suspects=self._silent_rest(s, host),
                 restart_on=None,
             )
             return
@@ -1255,6 +1283,9 @@ class _Tick:
         usage = self.usage()
         node = s.node
         assert node is not None
+        if s.home == node:  # back home by another way (e.g. recovered there): nothing to return
+            self._put(name, replace(s, home=None))
+            s = self.svcs[name]
         if s.home is not None and s.home in joined:
             home = s.home
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):

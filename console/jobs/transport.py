@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from django.conf import settings
+
 from agent.protocol import EXECUTE_TASK, agent_queue
 
 # How long the console waits for an action (the engine's action_timeout_s), and for a fence.
@@ -45,7 +47,8 @@ class CeleryTransport:
             args=[command],
             queue=agent_queue(host),
             argsrepr=repr([redacted]),
-            expires=expires_s(command),
+            # never run late: a command not taken by then is dropped (console/settings.py)
+            expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
         )
 
 

@@ -83,6 +83,8 @@ LIBVIRT_URI = "qemu:///system"
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 300.0
 HEARTBEAT_TIMEOUT_S = 30.0
+INSTALL_TIMEOUT_S = 300.0  # both overridable in settings: hosts under QEMU TCG (the storage
+# lab) need minutes for venv + pip and ~1 min for the agent's first heartbeat
 MIGRATION_TIMEOUT_S = 30.0
 AGENT_ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 RESERVED_ENV_PREFIX = "HAVEN_AGENT_"  # the bootstrap's own lines of the env file
@@ -561,6 +563,9 @@ def _install(run: _HostRun) -> dict[str, Any]:
                 f"haven-agent=={version}",
             ],
             what="installing the agent",
+            timeout=float(
+                getattr(settings, "HAVEN_BOOTSTRAP_INSTALL_TIMEOUT_S", INSTALL_TIMEOUT_S)
+            ),
         )
     finally:
         run.run(["rm", "-rf", tmp], check=False, what="cleanup")
@@ -764,7 +769,8 @@ def _register(run: _HostRun) -> dict[str, Any]:
 
 def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
     store = Store()
-    deadline = time.monotonic() + HEARTBEAT_TIMEOUT_S
+    wait_s = float(getattr(settings, "HAVEN_BOOTSTRAP_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         report = store.reports([run.name]).get(run.name)
         if report is not None and report.received >= since:
@@ -773,7 +779,7 @@ def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
     _, tail, _ = run.run(["tail", "-n", "5", config_paths(run.name)["log"]], check=False)
     last = tail.strip().splitlines()[-1:] or ["(no log)"]
     raise BootstrapError(
-        f"the agent on {run.name} sent no heartbeat within {HEARTBEAT_TIMEOUT_S:.0f} s; "
+        f"the agent on {run.name} sent no heartbeat within {wait_s:.0f} s; "
         f"its log ends: {last[0][-300:]}"
     )
 

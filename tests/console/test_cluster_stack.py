@@ -3,6 +3,9 @@ and the steps a bootstrap job gets (the daemons themselves run in tests/storage_
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
 from console.runtime import bootstrap, cluster_stack
@@ -69,3 +72,106 @@ def test_shared_storage_adds_the_cluster_steps_to_every_host() -> None:
     assert kinds == [(k, "sv1") for k in per_host] + [(k, "sv2") for k in per_host]
     assert [h.name for h in cluster_stack.members(job)] == ["sv1", "sv2"]
     assert set(cluster_stack.STEPS) <= set(bootstrap.STEPS)
+
+
+@pytest.mark.django_db
+def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
+    import time
+
+    from agent.cluster_stack import parse_quorumtool
+    from console.runtime.store import Store
+    from tests.console import factories as f
+    from tests.console.views_support import login, text
+
+    cluster = f.ClusterFactory(name="sv")
+    for n in ("svq1", "svq2"):
+        f.HostFactory(cluster=cluster, name=n, state="online")
+    store = Store()
+    state = {"running": True, **parse_quorumtool(QUORUMTOOL_3)}
+    try:
+        store.put_heartbeat("svq1", {"cluster": state}, time.time())
+        store.put_heartbeat("svq2", {"cluster": {"running": False, "error": "no CMAP"}}, 1.0)
+        page = text(login("admin").get(f"/clusters/{cluster.pk}/"))
+    finally:
+        store.r.hdel(f"{store.p}hb", "svq1", "svq2")
+    page = re.sub(r"<[^>]+>", "", page)  # the words, without the markup
+    assert "Cluster membership" in page
+    assert "quorate node 1, 3 members: sv1, sv2, sv3" in page
+    assert "corosync not answering (no CMAP)" in page
+
+
+# `corosync-quorumtool -s -p` on sv1 of the storage lab (corosync 3.1.7), three members.
+QUORUMTOOL_3 = """Quorum information
+------------------
+Date:             Tue Dec  1 20:31:43 2026
+Quorum provider:  corosync_votequorum
+Nodes:            3
+Node ID:          1
+Ring ID:          1.e
+Quorate:          Yes
+
+Votequorum information
+----------------------
+Expected votes:   3
+Highest expected: 3
+Total votes:      3
+Quorum:           2
+Flags:            Quorate
+
+Membership information
+----------------------
+    Nodeid      Votes    Qdevice Name
+         1          1         NR sv1 (local)
+         2          1         NR sv2
+         3          1         NR sv3
+"""
+
+
+def test_quorumtool_output_parsed() -> None:
+    from agent.cluster_stack import parse_quorumtool
+
+    state = parse_quorumtool(QUORUMTOOL_3)
+    assert state["quorate"] is True and state["node_id"] == 1 and state["nodes_count"] == 3
+    assert state["expected_votes"] == 3 and state["total_votes"] == 3 and state["quorum"] == 2
+    assert [n["name"] for n in state["nodes"]] == ["sv1", "sv2", "sv3"]
+    lost = QUORUMTOOL_3.replace("Quorate:          Yes", "Quorate:          No")
+    assert (
+        parse_quorumtool(lost.replace("         3          1         NR sv3\n", ""))["quorate"]
+        is False
+    )
+
+
+@pytest.mark.django_db
+def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from console.jobs import services as jobs
+    from console.jobs.models import Job
+    from console.runtime import operations
+    from console.storage import services as storage
+    from tests.console import factories as f
+
+    cluster = f.ClusterFactory(name="sv")
+    a, _b = (f.HostFactory(cluster=cluster, name=n, state="online") for n in ("sva", "svb"))
+    c = f.HostFactory(cluster=cluster, name="svc", state="unreachable")
+    assert storage.dlm_fence_ack(c) is None  # no shared storage: nothing to tell
+    f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        fence = jobs.create_job(
+            "fence", [jobs.StepSpec(a, "fence", {"agent": "fence_x"})], cluster=cluster,
+            params={"host": "svc"},
+        )  # fmt: skip
+    step = fence.steps.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.apply_result(
+            {"id": step.command_id, "ok": True, "data": {"outcome": "ok"}, "error": None},
+            sender="sva",
+        )
+    ack = Job.objects.get(kind="dlm-fence-ack")
+    assert sorted((s.host.name, s.kind, s.args["node"]) for s in ack.steps.all()) == [
+        ("sva", "dlm_fence_ack", "svc"),
+        ("svb", "dlm_fence_ack", "svc"),
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        operations.acknowledge_down(c, actor=None)
+    assert Job.objects.filter(kind="dlm-fence-ack").count() == 2

@@ -106,7 +106,13 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "events": events,
         "until": 240,
         # short timeouts, so that lost results matter within the run
-        "settings": {"action_timeout_s": 20, "fence_timeout_s": 10},
+        "settings": {
+            "action_timeout_s": 20,
+            "fence_timeout_s": 10,
+            # slow moves too: a host can go silent while one is under way
+            "migrate_s": draw(st.sampled_from([2, 6])),
+            "start_s": draw(st.sampled_from([1, 4])),
+        },
     }
 
 

@@ -98,14 +98,15 @@ class StorageCluster:
 
 
 def _reset_cluster_state(lab: vmlab.StorageLab) -> None:
-    """Reused VMs: stop what an earlier run set up (agent, GFS2, cluster stack), wipe the LUNs."""
+    """Reused VMs: stop what an earlier run set up (agent, GFS2, cluster stack), wipe the LUNs.
+    The installed agent stays: the bootstrap reuses an install of the same version."""
     script = (
         "for u in $(systemctl list-units --plain --no-legend 'haven-agent-*' | cut -d' ' -f1);"
         " do systemctl disable --now $u; done; rm -f /etc/systemd/system/haven-agent-*;"
         " umount -a -t gfs2; vgchange -an 2>/dev/null; vgchange --lockstop 2>/dev/null;"
         " systemctl disable --now lvmlocks lvmlockd dlm corosync 2>/dev/null;"
         " sed -i '/gfs2/d' /etc/fstab; rm -f /etc/corosync/corosync.conf /etc/corosync/authkey;"
-        " rm -rf /etc/lvm/devices /opt/haven-agent /etc/haven; true"
+        " rm -rf /etc/lvm/devices /etc/haven; true"
     )
     from concurrent.futures import ThreadPoolExecutor
 
@@ -142,6 +143,8 @@ def slab(django_db_setup: None, django_db_blocker: Any) -> Iterator[StorageClust
     settings.HAVEN_WAKE_ON_COMMAND = True
     settings.HAVEN_COROSYNC_TOKEN_MS = 10000  # LAB.md: TCG is slow
     settings.HAVEN_CLUSTER_WAIT_S = 420
+    settings.HAVEN_BOOTSTRAP_INSTALL_TIMEOUT_S = 1500  # venv + pip under TCG: minutes
+    settings.HAVEN_BOOTSTRAP_HEARTBEAT_TIMEOUT_S = 240
     from console.celery import use_broker
 
     use_broker(redis_srv.url)
@@ -324,3 +327,29 @@ def test_5_remove_is_refused_while_mounted(slab: StorageCluster) -> None:
                            for s in refused), [s.error for s in job.steps.all()]  # fmt: skip
     assert not job.steps.filter(kind="lvremove", status="succeeded").exists()
     assert "gfs2" in slab.ssh("sv1", "sh", "-c", f"grep ' {MOUNT} ' /proc/mounts")
+
+
+def test_6_fence_agent_reports_off_then_powers_the_host_back(slab: StorageCluster) -> None:
+    import subprocess
+
+    agent = str(ROOT / "deploy" / "lab" / "storage" / "fence_haven_vm")
+
+    def fence(action: str) -> int:
+        return subprocess.run(
+            [agent], input=f"action={action}\nplug=sv3\n", text=True, capture_output=True
+        ).returncode
+
+    meta = subprocess.run([agent, "-o", "metadata"], capture_output=True, text=True)
+    assert meta.returncode == 0 and 'name="lab_root"' in meta.stdout
+    assert fence("status") == 2  # off: its QEMU is gone
+    started = time.monotonic()
+    assert fence("on") == 0 and slab.lab.vm("sv3").powered_on()
+    slab.lab.wait_ready("sv3")
+    TIMINGS["power_on_to_sshd_s"] = round(time.monotonic() - started, 1)
+    assert fence("status") == 0
+    slab.wait(
+        "sv3 back in corosync: 3 members on sv1",
+        lambda: (m := slab.membership("sv1")) is not None and len(m.get("nodes", [])) == 3,
+        600,
+    )
+    TIMINGS["power_on_to_rejoined_s"] = round(time.monotonic() - started, 1)

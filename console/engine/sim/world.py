@@ -339,6 +339,8 @@ class World:
         elif isinstance(a, Stop):
             self.label(f"stop:{a.service}@{a.host}")
             self.dispatch(a.host, sim.stop_s, lambda: self.stop(a), lost)
+        elif isinstance(a, Migrate | Relocate) and a.source == a.target:
+            self.violations.append(f"t={self.t:g}: {a.service} moved to {a.target}, its own host")
         elif isinstance(a, Migrate):
             self.label(f"migrate:{a.service}:{a.source}->{a.target}")
             self.check_start(a.service, a.target, {a.source, a.target})

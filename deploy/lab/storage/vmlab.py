@@ -73,6 +73,7 @@ PACKAGES = (
     "procps",
     "libvirt-daemon-system",
     "libvirt-daemon-driver-qemu",
+    "qemu-system-x86",  # libvirt's host facts need an emulator (the agent's heartbeat)
     "libpam-systemd",  # polkitd (for libvirt) needs a logind; debootstrap takes no alternative
     "util-linux",
 )
@@ -112,7 +113,8 @@ n=0
 while [ ! -b "$root" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 mkdir -p /root
 mount -t ext4 -o rw "$root" /root || { echo "initrd: cannot mount $root"; sh; }
-umount /proc /sys
+umount /proc
+umount /sys
 mount --move /dev /root/dev 2>/dev/null || umount /dev
 exec run-init /root /sbin/init "$@"
 """
@@ -590,6 +592,11 @@ class StorageLab:
 
     # -- build / create ----------------------------------------------------------------------
     def build(self, log: Callable[[str], None] = print) -> dict[str, float]:
+        if not self.image.cached() and any(vm.powered_on() for vm in self.vms()):
+            # base.raw is the backing file of the running VMs' overlays: never rewrite it
+            raise VMLabError(
+                "the image changed but VMs run on the old one: `labctl teardown` first"
+            )
         return self.image.build(root_password(self.root), log)
 
     def create(self, *, fresh: bool = False, wait: bool = True) -> dict[str, float]:
@@ -803,7 +810,7 @@ class StorageLab:
         known.write_text("\n".join(lines) + "\n")
         return [
             "ssh", "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=5",
+            "-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=30",
             "-o", "NumberOfPasswordPrompts=1", f"root@{vm.address}", "--",
             " ".join(shlex_quote(a) for a in argv),
         ]  # fmt: skip

@@ -1,0 +1,135 @@
+"""The agent's view of the cluster stack and the storage commands for shared VGs, on recorded
+command output (the real tools run in tests/storage_lab on the storage VMs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.cluster_stack import ClusterStack, parse_dlm_status, parse_quorumtool
+from agent.errors import AgentError
+from agent.runner import Completed
+from agent.storage import LinuxStorage
+
+# corosync-cmapctl -b nodelist.node on a three-node cluster
+CMAP = """nodelist.node.0.name (str) = sv1
+nodelist.node.0.nodeid (u32) = 1
+nodelist.node.0.ring0_addr (str) = 10.89.0.11
+nodelist.node.1.name (str) = sv2
+nodelist.node.1.nodeid (u32) = 2
+nodelist.node.1.ring0_addr (str) = 10.89.0.12
+nodelist.node.2.name (str) = sv3
+nodelist.node.2.nodeid (u32) = 3
+nodelist.node.2.ring0_addr (str) = 10.89.0.13
+"""
+DLM_STATUS = """cluster nodeid 1 quorate 1 ring seq 20 20
+daemon now 412 fence_pid 0
+node 1 M add 31 rem 0 fail 0 fence 0 at 0 0
+node 2 M add 33 rem 0 fail 0 fence 0 at 0 0
+node 3 X add 33 rem 390 fail 390 fence 0 at 0 0
+"""
+
+
+class Scripted:
+    """A runner that answers from a table and records what ran."""
+
+    def __init__(self, answers: dict[str, tuple[int, str, str]]) -> None:
+        self.answers, self.ran = answers, []  # type: list[list[str]]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        input_text: str | None = None,
+        check: bool = True,
+    ) -> Completed:
+        self.ran.append(list(argv))
+        code, out, err = self.answers.get(argv[0], (0, "", ""))
+        if check and code:
+            raise AgentError("command_failed", f"{argv[0]} exited {code}: {err}")
+        return Completed(list(argv), code, out, err, 0.01)
+
+
+def test_dlm_status_parsed() -> None:
+    assert parse_dlm_status(DLM_STATUS) == {1: "M", 2: "M", 3: "X"}
+
+
+def test_fence_ack_resolves_the_node_id_from_corosyncs_nodelist(tmp_path: Path) -> None:
+    runner = Scripted({"corosync-cmapctl": (0, CMAP, "")})
+    storage = LinuxStorage(runner, proc=tmp_path)
+    assert storage.dlm_fence_ack("sv3") == {"node": "sv3", "nodeid": 3}
+    assert runner.ran[-1] == ["dlm_tool", "fence_ack", "3"]
+    with pytest.raises(AgentError, match="sv9 is not in this host's corosync nodelist"):
+        storage.dlm_fence_ack("sv9")
+
+
+def test_lv_usage_refuses_while_mounted(tmp_path: Path) -> None:
+    (tmp_path / "mounts").write_text(
+        "/dev/vda / ext4 rw 0 0\n/dev/mapper/vg_shared-guest_roots /guest_roots gfs2 rw 0 0\n"
+    )
+    storage = LinuxStorage(Scripted({}), proc=tmp_path)
+    assert storage.lv_usage("vg_shared", "guest_roots", False)["mounted"] == ["/guest_roots"]
+    with pytest.raises(AgentError) as err:
+        storage.lvremove("vg_shared", "guest_roots")
+    assert err.value.code == "in_use"
+    assert "vg_shared/guest_roots is mounted at /guest_roots: unmount it first" in err.value.message
+    assert storage.lv_usage("vg_shared", "other", True)["mounted"] == []
+
+
+def test_shared_activation_and_refresh_argv(tmp_path: Path) -> None:
+    lvs = '{"report": [{"lv": [{"lv_name": "lv1", "lv_size": "1073741824"}]}]}'
+    runner = Scripted({"lvs": (0, lvs, "")})
+    storage = LinuxStorage(runner, proc=tmp_path)
+    storage.lv_activate("vg0", "lv0", "shared")
+    storage.vg_lockstart("vg0")
+    assert storage.lv_refresh("vg0", "lv1")["size_bytes"] == 1 << 30
+    storage.lvcreate("vg0", "lv1", 1 << 30, activate=False)
+    assert ["lvchange", "-asy", "--", "vg0/lv0"] in runner.ran
+    assert ["vgchange", "--lockstart", "--", "vg0"] in runner.ran
+    assert [
+        "lvcreate",
+        "--yes",
+        "--activate",
+        "n",
+        "-n",
+        "lv1",
+        "-L",
+        f"{1 << 30}b",
+        "--",
+        "vg0",
+    ] in runner.ran
+    with pytest.raises(AgentError, match="activation mode 'sometimes'"):
+        storage.lv_activate("vg0", "lv0", "sometimes")
+
+
+def test_membership_is_read_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.cluster_stack as cs
+
+    out = (
+        "Quorum information\n------------------\nNodes:            2\nNode ID:          2\n"
+        "Quorate:          No\n\nMembership information\n----------------------\n"
+        "    Nodeid      Votes Name\n         2          1 sv2 (local)\n"
+    )
+    runner = Scripted({"corosync-quorumtool": (2, out, "")})
+    monkeypatch.setattr(cs.shutil, "which", lambda *a, **k: "/usr/sbin/corosync-quorumtool")
+    stack = ClusterStack(runner, min_interval_s=60)
+    state = stack.membership()
+    assert state is not None and state["running"] and state["quorate"] is False
+    assert state["node_id"] == 2 and [n["name"] for n in state["nodes"]] == ["sv2"]
+    stack.membership()
+    assert len(runner.ran) == 1  # cached within the interval
+    down = ClusterStack(
+        Scripted({"corosync-quorumtool": (1, "", "Cannot initialize CMAP service")})
+    )
+    assert down.membership() == {
+        "running": False,
+        "quorate": False,
+        "nodes": [],
+        "error": "Cannot initialize CMAP service",
+    }
+    monkeypatch.setattr(cs.shutil, "which", lambda *a, **k: None)
+    assert ClusterStack(Scripted({})).membership() is None
+    assert parse_quorumtool("")["nodes"] == []
