@@ -380,8 +380,10 @@ class Dispatcher:
     def _do_fence(self, a: Args) -> dict[str, Any]:
         agent, action = names.fence_agent(a.text("agent")), a.text("action")
         params, timeout = a.mapping("params"), a.number("timeout_s", 60.0)
+        # a status query after a lost fence result: succeeds only if the host is in this state
+        require_power = a.opt_text("require_power")
         a.done()
-        return self.fencing.fence(agent, action, params, timeout)
+        return self.fencing.fence(agent, action, params, timeout, require_power=require_power)
 
     def _do_fence_metadata(self, a: Args) -> dict[str, Any]:
         agent = names.fence_agent(a.text("agent"))

@@ -35,7 +35,13 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 class Fencing(Protocol):
     def fence(
-        self, agent: str, action: str, params: Mapping[str, object], timeout_s: float
+        self,
+        agent: str,
+        action: str,
+        params: Mapping[str, object],
+        timeout_s: float,
+        *,
+        require_power: str | None = None,
     ) -> dict[str, Any]: ...
     def metadata(self, agent: str) -> dict[str, Any]: ...
 
@@ -90,10 +96,25 @@ class FenceAgents:
         raise AgentError("not_found", f"fence agent {agent} not found in {where}")
 
     def fence(
-        self, agent: str, action: str, params: Mapping[str, object], timeout_s: float
+        self,
+        agent: str,
+        action: str,
+        params: Mapping[str, object],
+        timeout_s: float,
+        *,
+        require_power: str | None = None,
     ) -> dict[str, Any]:
+        """Run the agent. `require_power` ("off" or "on", with status/monitor only): the query
+        succeeds only when the device reports that power state (the console asks "is it off?"
+        after a fence whose result was lost), else it fails with the state found."""
         if action not in ACTIONS:
             raise AgentError("bad_request", f"fence action must be one of {ACTIONS}")
+        if require_power is not None and (
+            require_power not in ("on", "off") or action not in ("status", "monitor")
+        ):
+            raise AgentError(
+                "bad_request", "require_power is 'on' or 'off', with action status or monitor"
+            )
         lines = {"action": action}
         for key, value in params.items():
             names.fence_key(key)
@@ -120,6 +141,10 @@ class FenceAgents:
                 exit_code=done.returncode,
             )
         power = "off" if done.returncode == EXIT_OFF else "on"
+        if require_power is not None and power != require_power:
+            raise AgentError(
+                "power_state", f"{agent} status: the host is {power}, not {require_power}"
+            )
         return {
             "agent": agent,
             "action": action,

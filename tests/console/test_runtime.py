@@ -55,6 +55,9 @@ class Agents:
         self.fenced: list[str] = []
         self.seen = 0
         self.fail_kinds: set[str] = set()
+        #: command kinds whose next result never reaches the console (a worker died with it)
+        self.lose_next: set[str] = set()
+        self.queries: list[tuple[str, dict[str, Any]]] = []
 
     def heartbeat(self, t: float) -> None:
         for host, guests in self.running.items():
@@ -87,6 +90,9 @@ class Agents:
             if not self.alive.get(host, True):
                 continue
             ok, data, message = self._do(host, command)
+            if command["kind"] in self.lose_next:
+                self.lose_next.discard(command["kind"])
+                continue
             ingest.handle(
                 {
                     "v": 2,
@@ -116,6 +122,13 @@ class Agents:
             target = next(h for h in self.running if h in args["dest_uri"])
             self.running[host].discard(args["guest"])
             self.running[target].add(args["guest"])
+        elif kind == "fence" and args["action"] == "status":
+            victim = args["params"]["plug"]
+            self.queries.append((host, args))
+            power = "on" if self.alive[victim] else "off"
+            if args.get("require_power") not in (None, power):
+                return False, {}, f"the host is {power}, not {args['require_power']}"
+            return True, {"power": power}, ""
         elif kind == "fence":
             victim = args["params"]["plug"]
             self.alive[victim] = False
@@ -237,6 +250,24 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
     fence_job = Job.objects.get(kind="fence")
     assert fence_job.status == JobStatus.SUCCEEDED
     assert "bmc-secret" not in str(fence_job.steps.get().args)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store: Store) -> None:
+    cluster, agents, _transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False  # power loss
+    agents.running["et-virt05"].clear()
+    agents.lose_next.add("fence")  # the fence happens, its result never arrives
+    run(cluster, agents, store, t, t + 40)
+    assert agents.fenced == ["et-virt05"]  # fenced once: the query, not a second fence, settled it
+    [(runner, args)] = agents.queries
+    assert runner != "et-virt05" and args["require_power"] == "off"
+    assert "password" not in args["params"]  # sealed for the querying host, as for a fence
+    state, host = placement()["guest1"]
+    assert state == "started" and host in ("et-virt06", "et-virt07")
+    query = Job.objects.filter(kind="fence", params__query="status").get()
+    assert query.status == JobStatus.SUCCEEDED
 
 
 @pytest.mark.django_db(transaction=True)

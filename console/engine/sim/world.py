@@ -396,6 +396,9 @@ class World:
         if isinstance(a, FenceStatus):
             off = not host.power and host.fence_failures_left is not None
             self.label(f"fence_status:{a.host}:{'off' if off else 'on'}")
+            if off:  # confirmed off by its device, as good as a fence
+                for hosts in self.maybe.values():
+                    hosts.discard(a.host)
             self._fence_result(ActionResult(a.id, off, "off" if off else "on"), lost)
             return
         ok = host.spec.fence != "none"
