@@ -78,7 +78,7 @@ PACKAGES = (
     "util-linux",
 )
 # Increase when the customisation below changes: the cache key includes it.
-IMAGE_REVISION = 1
+IMAGE_REVISION = 2
 # Modules the tiny initrd loads (with their dependencies from modules.dep) to mount /dev/vda.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 # Units the image does not start by itself: the console's bootstrap enables the cluster stack;
@@ -419,6 +419,12 @@ class Image:
         for unit in DISABLED_UNITS:
             for link in wants.glob(f"*.wants/{unit}"):
                 link.unlink()
+        # Each VM's first boot (empty machine-id) applies the presets, which would enable them
+        # all again (seen: corosync and lvmlockd running from boot with Debian's defaults).
+        _write(
+            r / "etc" / "systemd" / "system-preset" / "00-haven-lab.preset",
+            "".join(f"disable {unit}\n" for unit in DISABLED_UNITS),
+        )
         _write(r / "etc" / "fstab", "/dev/vda / ext4 rw,noatime 0 1\n")
         hosts = ["127.0.0.1 localhost", f"{CONSOLE_ADDRESS} haven-console"]
         hosts += [f"{SUBNET}.{index} {name}" for name, index in VMS]
