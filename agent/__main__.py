@@ -3,7 +3,8 @@
 The broker URL holds this agent's own Redis password, so it need not be on the command line
 (where `ps` shows it): it may come from the environment (`HAVEN_AGENT_BROKER`) or from a root-only
 file (`--broker-file /etc/haven/agent-NAME.env`, a `HAVEN_AGENT_BROKER=...` line), which is what
-the console's SSH bootstrap writes.
+the console's SSH bootstrap writes. The same file (or `HAVEN_AGENT_SEAL_KEY`) holds the key
+that opens the secret arguments the console seals for this host alone (agent/sealing.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from pathlib import Path
 
 from agent import __version__, names
 from agent.errors import AgentError
-from agent.worker import Agent, Settings
+from agent.worker import BROKER_ENV, SEAL_KEY_ENV, Agent, Settings
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BROKER_SCHEMES = ("redis", "rediss")
-BROKER_ENV = "HAVEN_AGENT_BROKER"
 
 
 def _host(value: str) -> str:
@@ -43,15 +43,26 @@ def _broker(value: str) -> str:
     return value
 
 
-def _broker_from_file(path: str) -> str:
-    """The broker URL from a file: its `HAVEN_AGENT_BROKER=` line, else its only line."""
+def _file_lines(path: str) -> list[str]:
     try:
-        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot read broker file {path}: {exc.strerror}") from exc
+
+
+def _file_value(lines: list[str], name: str) -> str | None:
     for line in lines:
-        if line.startswith(f"{BROKER_ENV}="):
-            return _broker(line.split("=", 1)[1].strip().strip("'\""))
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return None
+
+
+def _broker_from_file(path: str) -> str:
+    """The broker URL from a file: its `HAVEN_AGENT_BROKER=` line, else its only line."""
+    lines = _file_lines(path)
+    value = _file_value(lines, BROKER_ENV)
+    if value is not None:
+        return _broker(value)
     if len(lines) == 1 and "=" not in lines[0].split("://", 1)[0]:
         return _broker(lines[0])
     raise argparse.ArgumentTypeError(f"broker file {path} has no {BROKER_ENV}= line")
@@ -103,8 +114,9 @@ def parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--broker-file",
         dest="broker_file",
-        type=_broker_from_file,
-        help=f"root-only file holding {BROKER_ENV}=URL (keeps the password off the command line)",
+        help=f"root-only file holding {BROKER_ENV}=URL (keeps the password off the command line) "
+        f"and {SEAL_KEY_ENV}=KEY (opens the secrets the console seals for this host; default: "
+        f"${SEAL_KEY_ENV})",
     )
     p.add_argument(
         "--host",
@@ -164,7 +176,13 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
     p = parser()
     args = p.parse_args(argv)
     env = os.environ if environ is None else environ
-    broker = args.broker or args.broker_file
+    broker, seal_key = args.broker, env.get(SEAL_KEY_ENV) or None
+    if args.broker_file is not None:
+        try:
+            broker = _broker_from_file(args.broker_file)
+            seal_key = _file_value(_file_lines(args.broker_file), SEAL_KEY_ENV) or seal_key
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"argument --broker-file: {exc}")
     if broker is None:
         if not env.get(BROKER_ENV):
             p.error(f"give --broker, --broker-file or ${BROKER_ENV}")
@@ -182,6 +200,8 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         fstab=args.fstab,
         libvirt_config_dir=args.libvirt_config_dir,
         log_level=args.log_level,
+        seal_key=seal_key,
+        broker_file=Path(args.broker_file) if args.broker_file else None,
     )
 
 

@@ -7,6 +7,7 @@ from `protocol.ERROR_CODES`. `ordering_key` tells the executor which commands mu
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -110,6 +111,10 @@ class Args:
             raise AgentError("bad_request", f"unexpected fields: {sorted(extra)}")
 
 
+_PASSWORD_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{43}=")
+
+
 def ordering_key(cmd: Command) -> str | None:
     """Commands with the same key run one after another, in arrival order; None = any time."""
     if cmd.kind in GUEST_KINDS:
@@ -140,6 +145,8 @@ class Dispatcher:
     storage: Storage
     fencing: Fencing
     libvirt_config_dir: Path = Path("/etc/libvirt")
+    # writes new broker credentials where this agent reads them, then restarts it (worker.py)
+    rotate: Callable[[str, str], dict[str, Any]] | None = None
     _table: dict[str, Callable[[Args], dict[str, Any]]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +193,20 @@ class Dispatcher:
             error=error.info() if error else None,
             duration_s=round(time.monotonic() - started, 6),
         )
+
+    # this agent's own credentials -----------------------------------------------------
+    def _do_rotate_credentials(self, a: Args) -> dict[str, Any]:
+        password, seal_key = a.text("password"), a.text("seal_secret")
+        a.done()
+        if not _PASSWORD_RE.fullmatch(password) or not _FERNET_KEY_RE.fullmatch(seal_key):
+            raise AgentError("bad_request", "the new credentials are not well-formed")
+        if self.rotate is None:
+            raise AgentError(
+                "not_supported",
+                "this agent was not started with --broker-file, so it cannot keep new "
+                "credentials: bootstrap the host again over SSH",
+            )
+        return self.rotate(password, seal_key)
 
     # hypervisor ---------------------------------------------------------------------
     def _do_define(self, a: Args) -> dict[str, Any]:
@@ -359,8 +380,10 @@ class Dispatcher:
     def _do_fence(self, a: Args) -> dict[str, Any]:
         agent, action = names.fence_agent(a.text("agent")), a.text("action")
         params, timeout = a.mapping("params"), a.number("timeout_s", 60.0)
+        # a status query after a lost fence result: succeeds only if the host is in this state
+        require_power = a.opt_text("require_power")
         a.done()
-        return self.fencing.fence(agent, action, params, timeout)
+        return self.fencing.fence(agent, action, params, timeout, require_power=require_power)
 
     def _do_fence_metadata(self, a: Args) -> dict[str, Any]:
         agent = names.fence_agent(a.text("agent"))

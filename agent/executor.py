@@ -31,8 +31,10 @@ class Executor:
         *,
         workers: int = 4,
         cache_size: int = 10_000,
+        unseal: Callable[[Command], Command] | None = None,
     ) -> None:
         self._host = host
+        self._unseal = unseal or (lambda cmd: cmd)
         self._handle = handle
         self._publish = publish
         self._key = ordering_key
@@ -48,7 +50,7 @@ class Executor:
     def submit(self, raw: object) -> None:
         """Accept one raw command from the broker; never raises."""
         try:
-            cmd = Command.from_dict(raw)
+            cmd = self._unseal(Command.from_dict(raw))
         except ProtocolError as exc:
             self._publish(self._rejected(raw, exc))
             return

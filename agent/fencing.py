@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,12 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_PATH = (Path("/usr/sbin"), Path("/usr/bin"), Path("/usr/local/sbin"))
 ACTIONS = ("on", "off", "reboot", "status", "monitor", "list", "list-status", "validate-all")
-_SECRET_RE = re.compile(r"pass|secret|community|token|(^|_)kg$|priv", re.IGNORECASE)
 EXIT_OK, EXIT_ERROR, EXIT_OFF = 0, 1, 2
-
-
-def is_secret(key: str) -> bool:
-    return bool(_SECRET_RE.search(key))
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -41,7 +35,13 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 class Fencing(Protocol):
     def fence(
-        self, agent: str, action: str, params: Mapping[str, object], timeout_s: float
+        self,
+        agent: str,
+        action: str,
+        params: Mapping[str, object],
+        timeout_s: float,
+        *,
+        require_power: str | None = None,
     ) -> dict[str, Any]: ...
     def metadata(self, agent: str) -> dict[str, Any]: ...
 
@@ -74,7 +74,7 @@ def _parameter(p: ET.Element) -> dict[str, Any]:
         if content is not None
         else [],
         "description": (p.findtext("shortdesc") or "").strip(),
-        "secret": is_secret(name),
+        "secret": names.is_secret(name),
         "deprecated": p.get("deprecated") == "1" or p.get("obsoletes") is not None,
     }
 
@@ -96,17 +96,32 @@ class FenceAgents:
         raise AgentError("not_found", f"fence agent {agent} not found in {where}")
 
     def fence(
-        self, agent: str, action: str, params: Mapping[str, object], timeout_s: float
+        self,
+        agent: str,
+        action: str,
+        params: Mapping[str, object],
+        timeout_s: float,
+        *,
+        require_power: str | None = None,
     ) -> dict[str, Any]:
+        """Run the agent. `require_power` ("off" or "on", with status/monitor only): the query
+        succeeds only when the device reports that power state (the console asks "is it off?"
+        after a fence whose result was lost), else it fails with the state found."""
         if action not in ACTIONS:
             raise AgentError("bad_request", f"fence action must be one of {ACTIONS}")
+        if require_power is not None and (
+            require_power not in ("on", "off") or action not in ("status", "monitor")
+        ):
+            raise AgentError(
+                "bad_request", "require_power is 'on' or 'off', with action status or monitor"
+            )
         lines = {"action": action}
         for key, value in params.items():
             names.fence_key(key)
             if key in ("action", "option"):  # 'option' is the old name of 'action'
                 raise AgentError("bad_request", "give the action as 'action', not in params")
             lines[key] = names.fence_value(key, value)
-        secrets = [v for k, v in lines.items() if is_secret(k)]
+        secrets = [v for k, v in lines.items() if names.is_secret(k)]
         path = self._find(agent)
         stdin = "".join(f"{k}={v}\n" for k, v in lines.items())
         log.info("fence %s action=%s plug=%s", agent, action, lines.get("plug", "-"))
@@ -126,6 +141,10 @@ class FenceAgents:
                 exit_code=done.returncode,
             )
         power = "off" if done.returncode == EXIT_OFF else "on"
+        if require_power is not None and power != require_power:
+            raise AgentError(
+                "power_state", f"{agent} status: the host is {power}, not {require_power}"
+            )
         return {
             "agent": agent,
             "action": action,

@@ -102,6 +102,11 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               required, default, description,
                                                               choices, secret, deprecated}]
 
+    rotate_credentials  password, seal_secret (both sealed)  -> file, restarting
+                      (the agent writes its new Redis password and sealing key into its
+                      ``--broker-file``, answers, then restarts itself within a second; an
+                      agent started without that file answers ``not_supported``)
+
 Error codes in ``error.code``: see ``ERROR_CODES``.
 """
 
@@ -150,6 +155,7 @@ COMMAND_KINDS = frozenset(
         "dlm_fence_ack",
         "fence",
         "fence_metadata",
+        "rotate_credentials",
     }
 )
 

@@ -53,7 +53,7 @@ class Publisher:
         sender: Sender,
         *,
         buffer_size: int = 100_000,
-        backoff_max_s: float = 10.0,
+        backoff_max_s: float = 2.0,  # heard again within ~2 s of the broker's return
     ) -> None:
         self._sender = sender
         self._cond = threading.Condition()

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import signal
+import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +33,15 @@ from agent.executor import Executor
 from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
 from agent.heartbeat import HeartbeatThread
 from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
-from agent.protocol import EXECUTE_TASK, Event, agent_queue, broker_keys
+from agent.protocol import EXECUTE_TASK, Command, Event, ProtocolError, agent_queue, broker_keys
 from agent.publisher import Publisher, RedisSender, Sender
+from agent.reconnect import CONSUMER as RECONNECTING_CONSUMER
 from agent.runner import SubprocessRunner
+from agent.sealing import open_sealed
 from agent.storage import LinuxStorage
 from agent.strict import StrictTask, prune
+
+BROKER_ENV, SEAL_KEY_ENV = "HAVEN_AGENT_BROKER", "HAVEN_AGENT_SEAL_KEY"
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ class Settings:
     fstab: Path = Path("/etc/fstab")
     libvirt_config_dir: Path = Path("/etc/libvirt")
     log_level: str = "INFO"
+    seal_key: str | None = field(default=None, repr=False)  # opens sealed arguments
+    broker_file: Path | None = None  # where the broker URL and the sealing key came from
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +83,7 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=queue,
         task_ignore_result=True,
         worker_prefetch_multiplier=16,
+        worker_consumer=RECONNECTING_CONSUMER,  # back within ~1 s of the broker's return
         worker_enable_remote_control=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -102,6 +113,7 @@ class Agent:
         self, settings: Settings, app: Celery | None = None, sender: Sender | None = None
     ) -> None:
         self.settings = settings
+        self._seal_keys = [settings.seal_key] if settings.seal_key else []
         self.app = app or make_celery(settings)
         self.publisher = Publisher(sender or RedisSender(settings.broker, settings.host))
         self._event_seq = itertools.count(1)
@@ -113,6 +125,7 @@ class Agent:
             storage=LinuxStorage(runner, fstab=settings.fstab),
             fencing=FenceAgents(runner, settings.fence_path),
             libvirt_config_dir=settings.libvirt_config_dir,
+            rotate=self._rotate if settings.broker_file is not None else None,
         )
         self.executor = Executor(
             settings.host,
@@ -120,6 +133,7 @@ class Agent:
             self.publisher.publish,
             ordering_key,
             workers=settings.workers,
+            unseal=self._unseal,
         )
         self.heartbeat = HeartbeatThread(
             settings.host,
@@ -136,6 +150,46 @@ class Agent:
         @self.app.task(name=EXECUTE_TASK, ignore_result=True)
         def execute(command: object = None, *_args: object, **_kwargs: object) -> None:
             executor.submit(command)
+
+    def _unseal(self, cmd: Command) -> Command:
+        """Open sealed arguments with this agent's key (after a rotation: the new one first)."""
+        error: ProtocolError | None = None
+        keys: list[str | None] = [*self._seal_keys] or [None]
+        for key in keys:
+            try:
+                return open_sealed(key, self.settings.host, cmd)
+            except ProtocolError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def _rotate(self, password: str, seal_key: str) -> dict[str, Any]:
+        """New credentials into the broker file (0600, replaced atomically), then a restart:
+        the supervisor (systemd, or the bootstrap's loop) starts the agent again with them."""
+        path = self.settings.broker_file
+        assert path is not None
+        lines, has_key = [], False
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{BROKER_ENV}="):
+                parts = urllib.parse.urlsplit(line.split("=", 1)[1].strip())
+                netloc = f"{parts.username}:{urllib.parse.quote(password)}@{parts.hostname}"
+                netloc += f":{parts.port}" if parts.port else ""
+                url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+                line = f"{BROKER_ENV}={url}"
+            elif line.startswith(f"{SEAL_KEY_ENV}="):
+                line, has_key = f"{SEAL_KEY_ENV}={seal_key}", True
+            lines.append(line)
+        if not has_key:
+            lines.append(f"{SEAL_KEY_ENV}={seal_key}")
+        tmp = path.with_name(f".{path.name}.rotate")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+        self._seal_keys.insert(0, seal_key)
+        log.warning("new broker credentials written to %s; restarting in a second", path)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return {"file": str(path), "restarting": True}
 
     def _on_lifecycle(self, ev: LifecycleEvent) -> None:
         event = Event(

@@ -10,6 +10,8 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
+from kombu import pools
 
 from agent.strict import StrictTask, prune
 
@@ -31,3 +33,22 @@ def use_broker(url: str) -> None:
         state._pool.force_close_all()
     state._pool = None
     state.amqp._producer_pool = None
+    # kombu keeps producer pools per broker URL: one closed above must not be handed out again
+    # when the same URL comes back.
+    pools.reset()  # type: ignore[attr-defined]
+
+
+@worker_ready.connect
+def _agent_users(**_kwargs: Any) -> None:
+    """Re-create any agent's Redis user that Redis lost (console/runtime/credentials.py)."""
+    import logging
+
+    from console.runtime import credentials
+
+    try:
+        created = credentials.ensure_users()
+    except Exception as exc:  # Redis or the database away: the drainer retries every 10 s
+        logging.getLogger("haven.credentials").warning("agents' Redis users unchecked: %s", exc)
+        return
+    if created:
+        logging.getLogger("haven.credentials").warning("re-created Redis users of %s", created)

@@ -4,6 +4,7 @@
     haven services                                      # green/red list, where each runs
     haven migrate guest1 et-virt06 --wait               # live migration, waits for the job
     haven maintenance et-virt05 on
+    haven rotate-credentials et-virt05 --wait
 
 It speaks HTTP to the console with an API token (``~/.config/haven/cli.json``, mode 0600, or
 ``HAVEN_URL`` and ``HAVEN_TOKEN``), so it runs anywhere and needs only the standard library.
@@ -217,11 +218,38 @@ def cmd_maintenance(args: argparse.Namespace, out: TextIO) -> None:
     _follow(api, job, False, 0, out)
 
 
-def cmd_ack_down(args: argparse.Namespace, out: TextIO) -> None:
+def _host_op(path: str) -> Callable[[argparse.Namespace, TextIO], None]:
+    def run(args: argparse.Namespace, out: TextIO) -> None:
+        api = api_from_config()
+        host = _one(api, "hosts/", args.host, "host")
+        job = api.call("POST", f"hosts/{host['id']}/{path}/")
+        _follow(api, job, getattr(args, "wait", False), getattr(args, "timeout", 0), out)
+
+    return run
+
+
+def cmd_what_if(args: argparse.Namespace, out: TextIO) -> None:
     api = api_from_config()
     host = _one(api, "hosts/", args.host, "host")
-    job = api.call("POST", f"hosts/{host['id']}/acknowledge-down/")
-    _follow(api, job, False, 0, out)
+    event = "maintenance" if args.maintenance else "power_off"
+    p = api.call(
+        "POST", f"clusters/{host['cluster']}/what-if/", {"host": args.host, "event": event}
+    )
+    what = "goes into maintenance" if args.maintenance else "loses power"
+    out.write(f"if {p['host']} {what} now (simulated):\n")
+    if p["fenced"]:
+        out.write(f"  fenced: {', '.join(p['fenced'])}\n")
+    out.write(f"  {'SERVICE':<20} {'NOW':<14} {'THEN':<14} {'OUTCOME':<10} {'IN':>7}  WHY\n")
+    for g in p["guests"]:
+        if g["outcome"] == "stays" and not args.all:
+            continue
+        took = f"{g['seconds']:.1f}s" if g["seconds"] is not None else ""
+        out.write(
+            f"  {g['service']:<20} {g['before'] or '-':<14} {g['after'] or '-':<14} "
+            f"{g['outcome']:<10} {took:>7}  {g['reason'] if g['outcome'] == 'waits' else ''}\n"
+        )
+    for note in p["notes"]:
+        out.write(f"  {note}\n")
 
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO) -> None:
@@ -274,7 +302,21 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_maintenance)
     s = sub.add_parser("ack-down", help="confirm a silent host is powered off (manual fence)")
     s.add_argument("host")
-    s.set_defaults(fn=cmd_ack_down)
+    s.set_defaults(fn=_host_op("acknowledge-down"))
+    s = sub.add_parser(
+        "rotate-credentials",
+        help="new broker password and sealing key for a host's agent (admin; over its own "
+        "command channel, or the answer says to bootstrap it again over SSH)",
+    )
+    s.add_argument("host")
+    s.add_argument("--wait", action="store_true", help="wait until the agent has them")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds (with --wait)")
+    s.set_defaults(fn=_host_op("rotate-credentials"))
+    s = sub.add_parser("what-if", help="simulate a host failing now: where every guest goes")
+    s.add_argument("host")
+    s.add_argument("--maintenance", action="store_true", help="maintenance instead of power loss")
+    s.add_argument("--all", action="store_true", help="list the guests that stay, too")
+    s.set_defaults(fn=cmd_what_if)
     s = sub.add_parser("jobs", help="recent jobs")
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=20)

@@ -184,6 +184,20 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
+# kombu's Redis transport puts a message that stays unacknowledged this long back in its queue
+# (a worker killed with messages it had prefetched). Console tasks are acknowledged when they
+# start and take about a second, so a minute never redelivers a task that is still running, and
+# what a dead worker held comes back in a minute, not kombu's default hour (or, with the
+# append-only file, after a Redis restart that interrupted the restore).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+# Back on the broker within about a second of its return, not kombu's up to 30 s (the agents too).
+CELERY_WORKER_CONSUMER = "agent.reconnect:FastReconnectConsumer"
+# A command to an agent expires this long after it was sent (Celery `expires`, checked by the
+# agent's worker on its own clock: keep the clocks in sync). Agents acknowledge a command when
+# they take it (the executor runs it, a live migration for minutes if need be), so only commands
+# a dying agent had prefetched stay unacknowledged; those come back after the agents'
+# visibility timeout (kombu's default, an hour), long expired: a stale command never runs.
+HAVEN_COMMAND_TTL_S = int(os.environ.get("HAVEN_COMMAND_TTL_S", "60"))
 # No result backend, so no daily `celery.backend_cleanup` (the worker runs Haven's tasks only).
 CELERY_RESULT_EXPIRES = None
 CELERY_BEAT_SCHEDULE = {

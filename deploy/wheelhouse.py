@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = REPO / "var" / "wheelhouse"
 DIST = "haven_agent"
 # The agent's own requirements, by distribution name, with the pins of pyproject.toml.
-AGENT_REQUIREMENTS = ("celery", "redis", "libvirt-python", "packaging")
+AGENT_REQUIREMENTS = ("celery", "redis", "libvirt-python", "packaging", "cryptography")
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed: the same sources give the same wheel
 # Wheels the hosts' Python may need but this machine's does not: `pip wheel` resolves the
 # environment markers for the Python running it, and redis needs async-timeout only below

@@ -56,3 +56,32 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
             "tab": "overview",
         },
     )
+
+
+@role_required()
+def host_what_if(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """The engine's simulator on the live cluster: where every guest would go (read-only)."""
+    from console.runtime import whatif
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    event = request.GET.get("event", "power_off")
+    error = ""
+    prediction = None
+    try:
+        prediction = whatif.predict(cluster, host.name, event)
+    except whatif.WhatIfError as exc:
+        error = exc.message
+    return render(
+        request,
+        "clusters/what_if.html",
+        {
+            "cluster": cluster,
+            "host": host,
+            "event": event,
+            "prediction": prediction,
+            "error": error,
+            "tab": "overview",
+        },
+        status=400 if error else 200,
+    )

@@ -12,6 +12,7 @@ from django.contrib.auth.models import Group, User
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
+from console.core.auth import AdminLoginForm
 from console.core.models import ApiToken, LoginFailure
 from console.events.services import record
 
@@ -80,6 +81,7 @@ class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
     pass
 
 
+admin.site.login_form = AdminLoginForm
 admin.site.unregister(User)
 admin.site.unregister(Group)
 admin.site.register(User, AuditedUserAdmin)

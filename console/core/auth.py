@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import user_logged_in, user_login_failed
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
@@ -168,14 +169,25 @@ def logged_in(sender: Any, request: Any, user: Any, **kw: Any) -> None:
     login_succeeded(user, request, _via(request))
 
 
-class LoginForm(AuthenticationForm):
-    """The sign-in page's form: says plainly when sign-in is locked."""
+class LockoutFormMixin:
+    """A sign-in form that says plainly when sign-in is locked (before any password check)."""
+
+    cleaned_data: dict[str, Any]
+    request: Any
 
     def clean(self) -> dict[str, Any]:
         username = str(self.cleaned_data.get("username") or "")
         if username:
             try:
-                refuse_locked(self.request, username, "page")
+                refuse_locked(self.request, username, _via(self.request))
             except LockedOut as exc:
                 raise ValidationError(str(exc), code="locked") from exc
-        return super().clean()
+        return super().clean()  # type: ignore[misc,no-any-return]
+
+
+class LoginForm(LockoutFormMixin, AuthenticationForm):
+    """The sign-in page's form."""
+
+
+class AdminLoginForm(LockoutFormMixin, AdminAuthenticationForm):
+    """The admin site's sign-in form."""

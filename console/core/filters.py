@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import models
+from django.db import connection, models
 from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
@@ -19,11 +19,18 @@ from rest_framework.request import Request
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
-def check_int_range(value: Any) -> None:
-    """Raise ValidationError for a whole number the database cannot hold."""
-    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+def check_int_range(value: Any, field: models.Field[Any, Any] | None = None) -> None:
+    """Raise ValidationError for a whole number the database (or the field's column) cannot
+    hold."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return
+    low, high = INT_MIN, INT_MAX
+    if field is not None:
+        column_low, column_high = connection.ops.integer_field_range(field.get_internal_type())
+        low, high = max(low, column_low or low), min(high, column_high or high)
+    if not low <= value <= high:
         raise ValidationError(
-            f"out of range: give a whole number between {INT_MIN} and {INT_MAX}", code="range"
+            f"out of range: give a whole number between {low} and {high}", code="range"
         )
 
 
@@ -49,7 +56,7 @@ class FieldFilterBackend(BaseFilterBackend):
             field = _model_field(queryset.model, name)
             try:
                 value = field.to_python(raw)
-                check_int_range(value)
+                check_int_range(value, field)
                 if isinstance(field, models.CharField) and field.choices:
                     field.run_validators(value)
                     field.validate(value, None)

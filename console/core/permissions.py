@@ -11,7 +11,8 @@ from console.core import roles
 
 
 class RolePermission(BasePermission):
-    """Reads need any role; writes need admin, or operator for the view's ``operator_actions``."""
+    """Reads need any role; writes need admin, or operator for the view's ``operator_actions``.
+    ``read_actions`` are POSTs that change nothing (a simulation): any role may call them."""
 
     message = "Your role does not allow this."
 
@@ -19,9 +20,9 @@ class RolePermission(BasePermission):
         user = request.user
         if not user or not user.is_authenticated:
             return False
-        if request.method in SAFE_METHODS:
+        action = getattr(view, "action", None)
+        if request.method in SAFE_METHODS or action in getattr(view, "read_actions", ()):
             return roles.can_read(user)
         if roles.can_admin(user):
             return True
-        action = getattr(view, "action", None)
         return action in getattr(view, "operator_actions", ()) and roles.can_operate(user)

@@ -146,7 +146,10 @@ SERVICE_TRANSITIONS: Mapping[ServiceState, frozenset[ServiceState]] = {
         }
     ),
     _S.STOPPING: frozenset({_S.STOPPED, _S.DISABLED, _S.WAITING, _S.STARTED, _S.FENCE}),
-    _S.MIGRATING: frozenset({_S.STARTED, _S.FENCE, _S.STOPPED, _S.DISABLED}),
+    # recovering / failed: the result of a migration was lost and neither host runs it
+    _S.MIGRATING: frozenset(
+        {_S.STARTED, _S.FENCE, _S.STOPPED, _S.DISABLED, _S.RECOVERING, _S.FAILED}
+    ),
     _S.RELOCATING: frozenset(
         {_S.STARTED, _S.RECOVERING, _S.FAILED, _S.DISABLED, _S.FENCE, _S.STOPPED}
     ),

@@ -49,8 +49,10 @@ class ServiceStatus:
     restarts: tuple[float, ...] = ()
     #: hosts it failed on in a row (for max_relocations)
     failed_nodes: tuple[str, ...] = ()
-    #: hosts that may still run it without the engine knowing: in FENCE, silent hosts to be
-    #: fenced; in RECOVERING, hosts whose next report must be seen before it starts again
+    #: hosts that may still run it without the engine knowing: in FENCE, the hosts involved
+    #: when one went silent (silent ones to be fenced, reporting ones to report); in
+    #: RECOVERING, hosts whose next report must be seen before it starts again; in other
+    #: states, silent hosts not fenced yet that may still run a copy
     suspects: tuple[str, ...] = ()
     #: RECOVERING: restart in place on this host if it can
     restart_on: str | None = None
@@ -67,6 +69,9 @@ class ServiceStatus:
     last_node: str | None = None
     #: a person started or enabled it: its last host wins if it is in the best tier with room
     prefer: str | None = None
+    #: a failback or a return home is under way or owed: a failed one is tried again after
+    #: `retry_at` (a host that just came back may not take a migration yet)
+    failback: bool = False
 
 
 class PendingKind(StrEnum):
@@ -212,6 +217,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "lost_at": s.lost_at,
         "last_node": s.last_node,
         "prefer": s.prefer,
+        "failback": s.failback,
     }
 
 
@@ -241,4 +247,5 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         lost_at=None if v.get("lost_at") is None else float(v["lost_at"]),
         last_node=_opt(v.get("last_node")),
         prefer=_opt(v.get("prefer")),
+        failback=bool(v.get("failback", False)),
     )

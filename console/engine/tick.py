@@ -461,6 +461,7 @@ class _Tick:
                     f"migrated {s.node} -> {s.target}",
                     node=s.target,
                     target=None,
+                    **self._arrived(s),
                     **done,
                 )
             else:
@@ -480,6 +481,7 @@ class _Tick:
                     f"relocated {s.node} -> {s.target}",
                     node=s.target,
                     target=None,
+                    **self._arrived(s),
                     **done,
                 )
             else:
@@ -488,6 +490,11 @@ class _Tick:
                 self._service_to(name, s.state, s.reason, node=target, target=None, **done)
                 suspects = tuple(sorted({h for h in (source, target) if h is not None}))
                 self._failure(name, target, f"relocation failed: {msg}", suspects)
+
+    @staticmethod
+    def _arrived(s: ServiceStatus) -> dict[str, Any]:
+        """A move that succeeded: a return or failback is done (a drain keeps its home)."""
+        return {"failback": False, "home": None} if s.failback else {}
 
     def _settle_stopped(self, name: str, reason: str, **changes: Any) -> None:
         s = self.svcs[name]
@@ -620,8 +627,9 @@ class _Tick:
                     svc, f"host {name} went silent", action=None, target=None, suspects=(name,)
                 )
                 continue
-            others = {h for h in (s.node, s.target, *s.suspects) if h is not None}
-            suspects = tuple(sorted(h for h in others if h == name or not self.fresh.get(h)))
+            # every host involved stays a suspect: a silent one until it is fenced or returns,
+            # one still reporting until it reports (a move in flight may have left it there)
+            suspects = tuple(sorted({h for h in (s.node, s.target, *s.suspects) if h}))
             self._service_to(
                 svc,
                 S.FENCE,
@@ -726,8 +734,9 @@ class _Tick:
             if host not in s.suspects:
                 continue
             rest = tuple(h for h in s.suspects if h != host)
-            if s.state is S.FENCE and not rest:
-                self._service_to(name, S.RECOVERING, f"host {host} fenced", suspects=())
+            if s.state is S.FENCE and all(self._reporting(h) for h in rest):
+                # hosts still reporting that were involved must report before a start
+                self._service_to(name, S.RECOVERING, f"host {host} fenced", suspects=rest)
             else:
                 self._service_to(name, s.state, s.reason, suspects=rest)
 
@@ -736,7 +745,13 @@ class _Tick:
         running = self.obs[host].running
         for name in self._on_hosts({host})[host]:
             s = self.svcs[name]
-            if s.state is not S.FENCE or host not in s.suspects:
+            if host not in s.suspects:
+                continue
+            if s.state is S.RECOVERING:
+                continue  # its next report decides (`_may_start`, `_found_running`)
+            if s.state is not S.FENCE:
+                # its report is believed: a copy there is a stray (`_reports`)
+                self._service_to(name, s.state, s.reason, suspects=self._silent_rest(s, host))
                 continue
             if name in running:
                 self._service_to(
@@ -744,14 +759,25 @@ class _Tick:
                     S.STARTED,
                     f"host {host} is back and still runs it",
                     node=host,
-                    suspects=(),
+                    suspects=self._silent_rest(s, host),
                 )
                 continue
             rest = tuple(h for h in s.suspects if h != host)
-            if rest:
+            if not all(self._reporting(h) for h in rest):
                 self._service_to(name, S.FENCE, s.reason, suspects=rest)
             else:
-                self._service_to(name, S.RECOVERING, f"host {host} is back without it", suspects=())
+                self._service_to(
+                    name, S.RECOVERING, f"host {host} is back without it", suspects=rest
+                )
+
+    def _reporting(self, host: str) -> bool:
+        hs = self.hosts.get(host)
+        return hs is not None and hs.state in REPORTING
+
+    def _silent_rest(self, s: ServiceStatus, host: str) -> tuple[str, ...]:
+        """The guest's suspects other than `host` that are silent and not fenced: a copy may
+        still run there, so they stay suspects wherever the guest runs now."""
+        return tuple(h for h in s.suspects if h != host and not self._reporting(h))
 
     # --- 4. reports ------------------------------------------------------------------------
 
@@ -774,7 +800,8 @@ class _Tick:
         for name in sorted(crashed):
             node = self.svcs[name].node
             assert node is not None
-            self._failure(name, node, f"crashed on {node} (no longer in its report)")
+            s = self.svcs[name]
+            self._failure(name, node, f"crashed on {node} (no longer in its report)", s.suspects)
 
         anomalies: list[tuple[str, str]] = []
         svcs = self.svcs
@@ -841,13 +868,15 @@ class _Tick:
                 at_target = self._report(target, lost_at)
                 if not waited or at_target is None or name in at_target:
                     continue
+            arrived = host == target
             self._service_to(
                 name,
                 S.STARTED,
                 f"{host} reports it running ({lost})",
                 node=host,
                 target=None,
-                retry_at=self.now + self.cfg.retry_s if host != target else 0.0,
+                retry_at=0.0 if arrived else self.now + self.cfg.retry_s,
+                **(self._arrived(s) if arrived else {}),
             )
             if s.state is S.STARTING:
                 self.started_now.add(name)
@@ -875,7 +904,13 @@ class _Tick:
         if s.target == host and s.state in (S.MIGRATING, S.RELOCATING):
             return
         if s.state is S.RECOVERING and host in s.suspects:
-            self._service_to(name, S.STARTED, f"still running on {host}", node=host, suspects=())
+            self._service_to(
+                name,
+                S.STARTED,
+                f"still running on {host}",
+                node=host,
+                suspects=self._silent_rest(s, host),
+            )
             return
         cfg = self.conf[name]
         adoptable = s.state in (S.FENCE, S.RECOVERING, S.WAITING, S.STOPPED)
@@ -890,7 +925,7 @@ class _Tick:
                 S.STARTED,
                 f"found running on {host}: adopted",
                 node=host,
-                suspects=(),
+                suspects=self._silent_rest(s, host),
                 restart_on=None,
             )
             return
@@ -1012,19 +1047,30 @@ class _Tick:
             )
         return None
 
-    def _move(self, name: str, node: str, live: bool, why: str) -> None:
+    def _move(self, name: str, node: str, live: bool, why: str, *, failback: bool = False) -> None:
+        """Move a running guest; `failback`: a return or failback, tried again if it fails."""
         s = self.svcs[name]
         source = s.node
         assert source is not None
         if live:
             aid = self._emit(K.MIGRATE, name, source, lambda i: Migrate(i, name, source, node))
             self._service_to(
-                name, S.MIGRATING, f"{why}: {source} -> {node}", target=node, action=aid
+                name,
+                S.MIGRATING,
+                f"{why}: {source} -> {node}",
+                target=node,
+                action=aid,
+                failback=failback,
             )
         else:
             aid = self._emit(K.RELOCATE, name, source, lambda i: Relocate(i, name, source, node))
             self._service_to(
-                name, S.RELOCATING, f"{why}: {source} -> {node}", target=node, action=aid
+                name,
+                S.RELOCATING,
+                f"{why}: {source} -> {node}",
+                target=node,
+                action=aid,
+                failback=failback,
             )
 
     # --- 6. desired state ------------------------------------------------------------------
@@ -1188,7 +1234,13 @@ class _Tick:
         if draining:
             usage = self.usage()
             draining = {h for h in draining if usage.count.get(h, 0) > 0}
-        if not draining and not self.joined and not self.started_now:
+        # returns and failbacks whose move failed: tried again once their retry time came
+        owed = {
+            n
+            for n, s in self.svcs.items()
+            if s.failback and s.state is S.STARTED and self.now >= s.retry_at
+        }
+        if not draining and not self.joined and not self.started_now and not owed:
             return
         online = {n for n, h in self.hosts.items() if h.state is H.ONLINE}
         for name in sorted(self.svcs):
@@ -1197,11 +1249,14 @@ class _Tick:
                 continue
             if s.node in draining:
                 self._drain(name, s)
-            elif self.joined or name in self.started_now:
-                # a guest placed while a better host was still down or rebooting: every
-                # online host counts as joined for it
-                joined = online if name in self.started_now else self.joined
+            elif self.joined or name in self.started_now or name in owed:
+                # a guest placed while a better host was still down or rebooting, or whose
+                # failback failed: every online host counts as joined for it
+                joined = online if name in self.started_now or name in owed else self.joined
                 self._return_or_failback(name, s, joined)
+                if name in owed and self.svcs[name].state is S.STARTED:
+                    # nothing better any more (host gone, no room): the debt is settled
+                    self._put(name, replace(self.svcs[name], failback=False))
 
     def _movable(self, name: str, s: ServiceStatus) -> bool:
         return self.now >= s.retry_at
@@ -1228,11 +1283,14 @@ class _Tick:
         usage = self.usage()
         node = s.node
         assert node is not None
+        if s.home == node:  # back home by another way (e.g. recovered there): nothing to return
+            self._put(name, replace(s, home=None))
+            s = self.svcs[name]
         if s.home is not None and s.home in joined:
             home = s.home
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
-                self._move(name, home, cfg.migratable, f"returning to {home}")
-                self._put(name, replace(self.svcs[name], home=None))
+                # `home` is kept until the guest is there: a failed return is tried again
+                self._move(name, home, cfg.migratable, f"returning to {home}", failback=True)
                 return
         domain = self._domain(cfg)
         if domain is None or not joined & {m.node for m in domain.members}:
@@ -1243,7 +1301,7 @@ class _Tick:
         better = [t for t in self._candidate_tiers(cfg) if rank(domain, t[0]) < current]
         target = choose(tuple(better), cfg, usage)
         if target is not None:
-            self._move(name, target, cfg.migratable, "failback to a better host")
+            self._move(name, target, cfg.migratable, "failback to a better host", failback=True)
 
 
 # --- the rulebook: the same answers tick gives, for pages and the API ----------------------

@@ -80,15 +80,15 @@ class Incident:
             return None
         return max(t for t in times if t is not None)
 
-    def timeline(self, now: dt.datetime) -> list[dict[str, Any]]:
-        """Rows of bars (percent of the incident's span) for the SVG strip."""
+    def timeline(self, now: dt.datetime, shown: int = 25) -> list[dict[str, Any]]:
+        """Rows of bars (percent of the incident's span) for the SVG strip, first guests."""
         end = self.ended or now
         for g in self.guests:
             for s in g.steps:
                 end = max(end, s.ended or now)
         span = max((end - self.noticed).total_seconds(), 0.001)
         rows = []
-        for g in self.guests:
+        for g in self.guests[:shown]:
             bars = []
             for s in g.steps:
                 left = (s.started - self.noticed).total_seconds() / span * 100
@@ -133,14 +133,23 @@ def _hosts_of(ev: Any) -> set[str]:
     return hosts
 
 
-def incidents(events: Any, limit: int = 50) -> list[Incident]:
+INCIDENT_VERBS = ("host-state", "service-state", "fence", "start")
+WINDOW = 20_000
+
+
+def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incident]:
     """Incidents from engine events (oldest first in, newest incident first out)."""
+    # the newest engine events that incidents are made of, oldest first (bounded: the page and
+    # the metrics cost the same whatever the log's length)
     rows = list(
-        events.filter(actor="engine")
+        events.filter(actor="engine", verb__in=INCIDENT_VERBS)
         .select_related("cluster")
-        .order_by("time", "id")
-        .only("time", "verb", "object_type", "object_name", "message", "data", "cluster__name")
+        .order_by("-id")
+        .only("time", "verb", "object_type", "object_name", "message", "data", "cluster__name")[
+            :window
+        ]
     )
+    rows.reverse()
     fence_jobs = {
         j.pk: j
         for j in Job.objects.filter(

@@ -15,6 +15,8 @@ from console.core.views import role_required
 from console.events.incidents import incidents
 from console.events.models import SEVERITY_RANK, Event, EventResult, Severity
 
+INCIDENTS_PER_PAGE = 10
+GUESTS_SHOWN = 25  # per incident; the rest are counted (a host of 80 guests stays readable)
 PERIODS = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 
 
@@ -76,4 +78,9 @@ def incident_list(request: HttpRequest) -> HttpResponse:
     cluster = request.GET.get("cluster", "")
     if cluster.isdigit():
         qs = qs.filter(cluster_id=int(cluster))
-    return render(request, "events/incidents.html", {"incidents": incidents(qs)})
+    page = Paginator(incidents(qs, limit=100), INCIDENTS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "events/incidents.html",
+        {"incidents": page, "page": page, "guests_shown": GUESTS_SHOWN},
+    )

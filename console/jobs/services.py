@@ -19,7 +19,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from agent.protocol import PROTOCOL_VERSION
+from agent import names
+from agent.protocol import PROTOCOL_VERSION, SEALED_ARG
 from console.clusters.models import Cluster, Host
 from console.jobs.models import (
     FINISHED_STEP_STATUSES,
@@ -148,18 +149,42 @@ def add_event(
         )
 
 
-def _resolve_secrets(step: JobStep) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The args to send, and a copy for logs with every secret value replaced."""
-    args = dict(step.args)
-    redacted = dict(step.args)
+class NoSealingKey(Exception):
+    """A step has secret arguments, but its agent has no sealing key."""
+
+
+def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The args to send (every secret sealed for ``target`` alone, agent/sealing.py), and a copy
+    for logs with every secret value replaced."""
+    from agent.sealing import seal
+    from console.runtime import credentials
+
+    args = {k: v for k, v in step.args.items() if not names.is_secret(k)}
+    secret: dict[str, Any] = {k: v for k, v in step.args.items() if names.is_secret(k)}
+    params = dict(args.get("params") or {})
+    secret_params = {k: v for k, v in params.items() if names.is_secret(k)}
     device_id = step.secret_ref.get("fence_device")
     if device_id is not None:
         from console.clusters.models import FenceDevice
 
-        device = FenceDevice.objects.get(pk=device_id)
-        secrets = device.secret_parameters
-        args["params"] = {**args.get("params", {}), **secrets}
-        redacted["params"] = {**redacted.get("params", {}), **dict.fromkeys(secrets, "***")}
+        secret_params.update(FenceDevice.objects.get(pk=device_id).secret_parameters)
+    if "rotation" in step.secret_ref:  # new broker credentials, sealed with the current key
+        secret.update(credentials.pending_secrets(str(step.secret_ref["rotation"])))
+    if "params" in args or secret_params:
+        args["params"] = {k: v for k, v in params.items() if k not in secret_params}
+    redacted = {**args, **dict.fromkeys(secret, "***")}
+    if secret_params:
+        secret["params"] = secret_params
+        redacted["params"] = {**args["params"], **dict.fromkeys(secret_params, "***")}
+    if not secret:
+        return args, redacted
+    key = credentials.seal_key(target)
+    if key is None:
+        raise NoSealingKey(
+            f"{step.kind} on {target} needs secrets, and {target} has no sealing key: "
+            "bootstrap the host again (or rotate its credentials)"
+        )
+    args[SEALED_ARG] = seal(key, target, step.command_id, secret)
     return args, redacted
 
 
@@ -176,12 +201,19 @@ def dispatch(job_id: int) -> None:
             return
         stage = open_steps[0].stage
         now = timezone.now()
+        unsent: JobStep | None = None
         for step in open_steps:
             if step.stage != stage or step.status != StepStatus.PENDING:
                 continue
             # Steps without a host go to the agent that runs beside the console.
             target = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
-            args, redacted = _resolve_secrets(step)
+            try:
+                args, redacted = _resolve_secrets(step, target)
+            except NoSealingKey as exc:
+                step.status, step.error, step.finished = StepStatus.FAILED, str(exc), now
+                step.save(update_fields=["status", "error", "finished"])
+                unsent = unsent or step
+                continue
             command = {
                 "v": PROTOCOL_VERSION,
                 "id": step.command_id,
@@ -194,6 +226,9 @@ def dispatch(job_id: int) -> None:
         if job.status == JobStatus.PENDING and sends:
             job.status, job.started = JobStatus.DISPATCHED, now
             job.save(update_fields=["status", "started"])
+        if unsent is not None:
+            add_event(job, unsent.error, level=JobEvent.Level.ERROR, host=unsent.host)
+            _advance(job, failed_step=unsent)
         # Sent only after the commit: an agent never sees a step the database does not have.
         transaction.on_commit(lambda: _send_all(sends))
 

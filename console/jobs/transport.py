@@ -1,5 +1,9 @@
 """How commands leave the console: Celery ``send_task`` to the host's queue ``agent.<host>``.
 
+Every command expires (Celery ``expires``): an agent that takes it later than the console waits
+for its outcome drops it unrun (a start the engine gave up on must never happen late). Secret
+arguments are sealed before they get here (jobs.services, agent/sealing.py).
+
 Tests swap the transport with ``use_transport`` (a recorder or a real broker), they don't patch.
 """
 
@@ -9,7 +13,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from django.conf import settings
+
 from agent.protocol import EXECUTE_TASK, agent_queue
+
+# How long the console waits for an action (the engine's action_timeout_s), and for a fence.
+COMMAND_EXPIRES_S = 300.0
+FENCE_EXPIRES_S = 60.0
+
+
+def expires_s(command: dict[str, Any]) -> float:
+    """Seconds after which an untaken command is dropped: its own timeout for a fence, else
+    the time the console waits for any action."""
+    timeout = (command.get("args") or {}).get("timeout_s")
+    if command.get("kind") == "fence":
+        return (
+            float(timeout) if isinstance(timeout, int | float) and timeout > 0 else FENCE_EXPIRES_S
+        )
+    return COMMAND_EXPIRES_S
 
 
 class Transport(Protocol):
@@ -22,7 +43,12 @@ class CeleryTransport:
         from console.celery import app
 
         app.send_task(
-            EXECUTE_TASK, args=[command], queue=agent_queue(host), argsrepr=repr([redacted])
+            EXECUTE_TASK,
+            args=[command],
+            queue=agent_queue(host),
+            argsrepr=repr([redacted]),
+            # never run late: a command not taken by then is dropped (console/settings.py)
+            expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
         )
 
 

@@ -27,5 +27,38 @@ class ImportSerializer(serializers.Serializer):  # type: ignore[type-arg]
     )
 
 
+class WhatIfSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    host = serializers.CharField(max_length=253, help_text="The host that fails (by name).")
+    event = serializers.ChoiceField(
+        choices=[("power_off", "the host loses power"), ("maintenance", "maintenance on")],
+        default="power_off",
+    )
+
+
+class GuestFateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    service = serializers.CharField()
+    before = serializers.CharField(allow_null=True, help_text="where it runs now")
+    after = serializers.CharField(allow_null=True, help_text="where it would run afterwards")
+    outcome = serializers.ChoiceField(
+        choices=["stays", "restarts", "migrates", "waits", "preempted", "stopped"]
+    )
+    seconds = serializers.FloatField(
+        allow_null=True, help_text="predicted time from the event until it runs again"
+    )
+    reason = serializers.CharField(allow_blank=True)
+
+
+class PredictionSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The engine's own simulator run on the live cluster: nothing is sent to any host."""
+
+    cluster = serializers.CharField()
+    host = serializers.CharField()
+    event = serializers.CharField()
+    fenced = serializers.ListField(child=serializers.CharField())
+    timings = serializers.DictField(child=serializers.FloatField())
+    guests = GuestFateSerializer(many=True)
+    notes = serializers.ListField(child=serializers.CharField())
+
+
 def job_response(job: Job) -> Response:
     return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -13,7 +13,8 @@ class RuntimeConfig(AppConfig):
         from django.db.models.signals import post_delete
 
         import console.celery
-        import console.runtime.operations  # noqa: F401  (registers its job-step hooks)
+        import console.runtime.credentials
+        import console.runtime.operations  # noqa: F401  (register their job-step hooks)
         from console.clusters.models import Host
 
         post_delete.connect(_revoke_agent, sender=Host, dispatch_uid="haven-revoke-agent")

@@ -479,7 +479,7 @@ trap 'rm -rf "$build"' EXIT
 python3 -m venv "$build"
 "$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
     --find-links "$wheels" "$spec"
-"$build/bin/python" -c 'import agent.worker, celery, libvirt'
+"$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
 touch "$build/.haven-complete"
 mv -T "$build" "$target"
 trap - EXIT

@@ -14,8 +14,9 @@ One loop, one Redis connection for it:
 After each round it records its progress (``Store.record_ingest``): the runner gets the ingest
 lag from ``Store.ingest_lag()``. A list whose key names a host the console does not know is
 refused (logged once a minute) and emptied. The drainer also keeps the agents' Redis users in
-place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S``, any missing user
-is re-created from the stored password hash, so a Redis restart never locks an agent out.
+place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S`` (one ``ACL USERS``),
+any missing user is re-created from the stored password hash, so a Redis restart never locks an
+agent out for longer than that.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
 from console.runtime import ingest, runner
@@ -38,7 +39,8 @@ from console.runtime.store import DRAIN_WAIT_S, Store
 log = logging.getLogger("haven.drain")
 BATCH = 500  # per list and round
 SCAN_EVERY_S = 5.0
-USERS_CHECK_S = 10.0
+USERS_CHECK_S = 2.0
+RESULT_ATTEMPTS = 5
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Drainer:
         self._maybe_keep_users()
         keys = self.keys()
         batch, backlog = self._pop(keys)
+        filed = 0
         if not batch and wait_s > 0:
             self._report(backlog=0)
             got = self.r.blpop(keys, timeout=wait_s)
@@ -117,14 +120,16 @@ class Drainer:
                 key, item = got
                 key = key if isinstance(key, str) else key.decode()
                 host = host_of_inbound_key(key)
-                more, backlog = self._pop(keys)
-                batch = ([(host, item)] if host is not None else []) + more
+                if host is not None:  # at once: a crash event must not wait for a round trip
+                    self._file([(host, item)], time.time())
+                    filed = 1
+                batch, backlog = self._pop(keys)
         received = time.time()
         if batch:
             self._file(batch, received)
         self._report(backlog)
         self.totals.rounds += 1
-        return len(batch)
+        return filed + len(batch)
 
     def _file(self, batch: list[tuple[str, Any]], received: float) -> None:
         filed = ingest.sort(batch, self.store, self.directory, self.refusals, received)
@@ -172,13 +177,19 @@ class Drainer:
             close_old_connections()
 
     def _result(self, sender: str, message: dict[str, Any]) -> None:
-        try:
-            cluster_id = ingest.apply_result(sender, message)
-        except Exception:
-            log.exception("result %s from %s could not be applied", message.get("id"), sender)
-            cluster_id = None
-        finally:
-            close_old_connections()
+        cluster_id = None
+        for attempt in range(RESULT_ATTEMPTS):  # a locked database is worth waiting for
+            try:
+                cluster_id = ingest.apply_result(sender, message)
+                break
+            except DatabaseError as exc:
+                log.warning("result %s from %s: %s; again", message.get("id"), sender, exc)
+                time.sleep(0.2 * (attempt + 1))
+            except Exception:
+                log.exception("result %s from %s could not be applied", message.get("id"), sender)
+                break
+            finally:
+                close_old_connections()
         if cluster_id is not None:
             self.wake(cluster_id)
 

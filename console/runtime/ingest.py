@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
@@ -96,7 +97,11 @@ class Directory:
 
     def _fresh(self, max_age_s: float) -> None:
         if time.monotonic() - self._loaded > max_age_s:
-            self.load()
+            try:
+                self.load()
+            except DatabaseError as exc:  # e.g. SQLite locked: keep what is known, retry later
+                self._loaded = time.monotonic() - self.ttl_s + self.miss_interval_s
+                log.warning("host list not reloaded (%s); using the one from before", exc)
 
     def hosts(self) -> list[str]:
         self._fresh(self.ttl_s)

@@ -65,6 +65,10 @@ class AgentCredential(models.Model):
     name = models.CharField(max_length=253, unique=True)
     password_sha256 = models.CharField(max_length=64)
     seal_key_encrypted = models.TextField(blank=True)
+    # a rotation under way: the new password's hash, and the new password and sealing key
+    # (encrypted) until the agent confirms it keeps them
+    pending_sha256 = models.CharField(max_length=64, blank=True)
+    pending_encrypted = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
     rotated = models.DateTimeField(auto_now=True)
 

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from console import engine
 from console.clusters.choices import HostState
 from console.clusters.models import Host
 from console.core import validators
@@ -25,8 +26,8 @@ from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep
+from console.runtime import rules
 from console.runtime.models import PendingCommand
-from console.runtime.snapshot import domain_of, service_config
 from console.services.models import FailoverDomain, VmService
 from console.storage import services as storage_services
 
@@ -99,58 +100,42 @@ def service_command(service: VmService, kind: str, *, actor: Any, host: str | No
 
 
 def _check_move(service: VmService, host: str | None, *, live: bool) -> str:
-    if service.desired_state == "disabled":
-        raise OperationError(f"{service.name} is disabled: enable it first.")
-    if live and not service.migratable:
-        raise OperationError(
-            f"{service.name} cannot be live-migrated (migratable is off): relocate it instead."
-        )
-    if service.state != "started" or service.host is None:
-        raise OperationError(f"{service.name} is not running ({service.state}).")
+    """The target host of a person's move, as the engine would accept it now, or a refusal
+    with the engine's own reason (console/runtime/rules.py)."""
     if not host:
         raise OperationError("Name the target host, or 'best'.", status=400, field="host")
+    book, _snapshot = rules.rulebook(service.cluster)
     if host == BEST:
-        return _best_host(service)
-    target = Host.objects.filter(cluster=service.cluster, name=host).first()
-    if target is None:
+        busy = book.move_refusal(service.name, service.host.name if service.host else "", live)
+        if busy is not None and busy.code in NOT_MOVABLE:
+            raise OperationError(f"{service.name}: {busy.reason}.")
+        choice = book.best_host(service.name)
+        if choice is None:
+            raise OperationError(f"No other host can take {service.name} now.")
+        host = choice
+    elif not Host.objects.filter(cluster=service.cluster, name=host).exists():
         raise OperationError(
             f"There is no host {host!r} in cluster {service.cluster.name}.",
             status=400,
             field="host",
         )
-    if target.pk == service.host_id:
-        raise OperationError(f"{service.name} already runs on {host}.")
-    if target.maintenance:
-        raise OperationError(f"{host} is in maintenance.")
-    if target.state != HostState.ONLINE:
-        raise OperationError(f"{host} is {target.state}: only an online host can take it.")
-    domain = service.failover_domain
-    if domain is not None and domain.restricted and not domain.members.filter(host=target).exists():
-        raise OperationError(
-            f"{host} is not a member of the restricted failover domain {domain.name}."
-        )
+    refusal = book.move_refusal(service.name, host, live)
+    if refusal is not None and refusal.code is not engine.RefusalCode.BUSY:
+        raise OperationError(f"{service.name} cannot move to {host}: {refusal.reason}.")
     return host
 
 
-def _best_host(service: VmService) -> str:
-    """The engine's own placement rule, over the online hosts the service may use."""
-    from console.engine.placement import Usage, choose, tiers
-
-    hosts = list(
-        Host.objects.filter(cluster=service.cluster, state=HostState.ONLINE, maintenance=False)
-    )
-    usable = sorted(h.name for h in hosts if h.pk != service.host_id)
-    usage = Usage({h.name: h.memory_total_mb for h in hosts}, {h.name: h.cpus for h in hosts})
-    for other in VmService.objects.filter(cluster=service.cluster, state="started").select_related(
-        "host", "failover_domain"
-    ):
-        if other.host is not None:
-            usage.add(other.host.name, service_config(other))
-    domain = domain_of(service.failover_domain) if service.failover_domain else None
-    choice = choose(tiers(domain, usable), service_config(service), usage)
-    if choice is None:
-        raise OperationError(f"No other host can take {service.name} now.")
-    return choice
+#: refusals about the guest itself, whatever the target (for "best")
+NOT_MOVABLE = frozenset(
+    {
+        engine.RefusalCode.DISABLED,
+        engine.RefusalCode.FAILED,
+        engine.RefusalCode.NOT_RUNNING,
+        engine.RefusalCode.NOT_MIGRATABLE,
+        engine.RefusalCode.RECOVERING,
+        engine.RefusalCode.UNKNOWN_SERVICE,
+    }
+)
 
 
 def maintenance(host: Host, on: bool, *, actor: Any) -> Job:

@@ -6,7 +6,9 @@ in. A wake that arrives while another runner holds the lock is not lost: the hol
 again before it lets go.
 
 The lock (`Store.lock`) lives 3 s and is renewed while a tick runs, so a worker killed while
-it holds the lock stalls HA for at most 3 s. A tick commits only if, at its very end, its lock
+it holds the lock stalls HA for at most 3 s (a runner that finds a lock with less than half its
+ttl left, i.e. a holder that missed its renewals, waits for it rather than for the next beat).
+A tick commits only if, at its very end, its lock
 is still held (`Lease.check`) and the engine state row still has the tick counter it read
 (compare-and-set): a runner that lost its lock mid-tick rolls back and writes nothing.
 """
@@ -18,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import redis
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,7 +35,7 @@ from console.monitoring import ticks
 from console.runtime import actions as action_steps
 from console.runtime.models import EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
-from console.runtime.store import Lease, LockLost, Store
+from console.runtime.store import LOCK_TTL_S, Lease, LockLost, Store
 from console.services.models import VmService
 
 log = logging.getLogger("haven.runner")
@@ -53,21 +56,36 @@ def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
     store = store or Store()
     name = f"runner:{cluster_id}"
     reports: list[TickReport] = []
-    with store.lock(name) as lease:
-        if not lease:
-            store.request(name)
-            return reports
-        for _ in range(MAX_ROUNDS):
-            store.take_request(name)
-            try:
-                reports.append(tick_once(cluster_id, store, lease=lease))
-            except LockLost as exc:
-                log.warning("tick of cluster %s rolled back: %s", cluster_id, exc)
-                break
-            if not store.take_request(name):
-                break
-            store.request(name)  # put it back for the loop's next round to take
+    for attempt in (1, 2):
+        with store.lock(name) as lease:
+            if lease:
+                _rounds(cluster_id, store, name, lease, reports)
+                return reports
+        left = store.lock_left_s(name)
+        if attempt == 1 and left is not None and left < LOCK_TTL_S / 2:
+            # A live holder renews every third of the ttl: this one missed a renewal and is
+            # likely dead. Wait for its lock to expire rather than for the next beat.
+            time.sleep(left + 0.01)
+            continue
+        break
+    store.request(name)
     return reports
+
+
+def _rounds(
+    cluster_id: int, store: Store, name: str, lease: Lease, reports: list[TickReport]
+) -> None:
+    """Tick while wakes keep coming in (at most MAX_ROUNDS), holding the lock."""
+    for _ in range(MAX_ROUNDS):
+        store.take_request(name)
+        try:
+            reports.append(tick_once(cluster_id, store, lease=lease))
+        except LockLost as exc:
+            log.warning("tick of cluster %s rolled back: %s", cluster_id, exc)
+            return
+        if not store.take_request(name):
+            return
+        store.request(name)  # put it back for the loop's next round to take
 
 
 def run_all(store: Store | None = None) -> list[TickReport]:
@@ -92,6 +110,12 @@ def tick_once(
         report = _apply(cluster, loaded, decision, loaded.now)
         if lease is not None:
             lease.check()
+    for action in report.actions:  # committed: what was queued for a fenced host never runs
+        if isinstance(action, engine.Fence):
+            try:
+                store.drop_commands(action.host)
+            except redis.RedisError as exc:  # the commands still expire (HAVEN_COMMAND_TTL_S)
+                log.warning("could not drop the commands queued for %s: %s", action.host, exc)
     if decision.transitions or decision.actions:
         publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from django.conf import settings
 
@@ -87,21 +85,6 @@ def domain_of(domain: FailoverDomain) -> engine.Domain:
     )
 
 
-def _view(store: Store, now: float) -> dict[str, Any]:
-    """The "no data" signal: since when the view of heartbeats is continuous, and how far
-    behind the agents' messages ingest runs. Only the fields this engine has are passed."""
-    names = {f.name for f in dataclasses.fields(engine.Snapshot)}
-    out: dict[str, Any] = {}
-    if "view_since" in names:
-        out["view_since"] = store.view_since(now)
-    if "ingest_lag_s" in names:
-        # TODO(wire): Store.ingest_lag_s() -- how many seconds the oldest agent message not yet
-        # ingested has waited; 0.0 until that method lands.
-        lag = getattr(store, "ingest_lag_s", None)
-        out["ingest_lag_s"] = float(lag()) if callable(lag) else 0.0
-    return out
-
-
 def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     """`now`: the tick's time; by default the moment the heartbeats are read, so that a slow
     load (database locks, a busy worker) never makes hosts look older than they are."""
@@ -109,8 +92,11 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
     now = time.time() if now is None else now
     reports = store.reports(sorted(hosts))
-    # after the heartbeats: a Redis restarted between the two reads is seen as a restart
-    view = _view(store, now)
+    # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
+    # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
+    # runner process and after Redis restarted or lost its data), and how far behind the
+    # drainer runs.
+    view_since, ingest_lag_s = store.view_since(now), store.ingest_lag(now)
     services = {
         s.name: s
         for s in VmService.objects.filter(cluster=cluster).select_related("failover_domain", "host")
@@ -140,6 +126,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
         status=status,
         settings=engine_settings(),
         id_prefix=f"c{cluster.pk}-",
-        **view,
+        view_since=view_since,
+        ingest_lag_s=ingest_lag_s,
     )
     return Loaded(snapshot, state, hosts, services, reports, result_jobs, commands, now)

@@ -22,6 +22,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from agent.protocol import agent_queue
+
 log = logging.getLogger("haven.store")
 PREFIX = "haven:"
 #: The runner's lock lives this long unless renewed: how long a dead holder stalls HA.
@@ -183,12 +185,25 @@ class Store:
         finally:
             lease.release()
 
+    def lock_left_s(self, name: str) -> float | None:
+        """Seconds the lock still lives (0.0: free; None: no expiry, never set by `lock`)."""
+        answer: Any = self.r.pttl(f"{self.p}lock:{name}")
+        left = int(answer)
+        return 0.0 if left == -2 else None if left < 0 else left / 1000
+
     def request(self, name: str) -> None:
         """Ask the lock holder to run once more (a wake that came in while it ran)."""
         self.r.set(f"{self.p}again:{name}", "1", px=60_000)
 
     def take_request(self, name: str) -> bool:
         return bool(self.r.getdel(f"{self.p}again:{name}"))
+
+    def drop_commands(self, host: str) -> None:
+        """Throw away the commands still queued for a host being fenced: sent before the fence,
+        they must never run after it (the host reboots and its agent comes back fast). Commands
+        its agent had already taken but not acknowledged come back only after the agents'
+        visibility timeout, long expired (HAVEN_COMMAND_TTL_S)."""
+        self.r.delete(agent_queue(host))
 
     # --- is the view of heartbeats continuous? ----------------------------------------------
     _VIEW = (

@@ -16,7 +16,7 @@ from console.core import services as core_services
 from console.core.errors import Conflict, Refused
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
-from console.runtime import operations
+from console.runtime import operations, rules
 from console.services import services as domain_services
 from console.services.forms import DOMAIN_HELP, FailoverDomainForm, ImportGuestForm, VmServiceForm
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
@@ -222,38 +222,17 @@ def service_operation(request: HttpRequest, pk: int, service_pk: int, op: str) -
     return redirect("clusters:detail", pk)
 
 
-def migrate_blocker(service: VmService) -> str:
-    """Why the guest cannot be live-migrated at all now, or '' when it can."""
-    if service.desired_state == "disabled":
-        return "disabled"
-    if not service.migratable:
-        return "not migratable (local disks?): relocate instead"
-    if service.state != "started" or service.host_id is None:
-        return f"not running ({service.state})"
-    return ""
-
-
-def migrate_targets(service: VmService) -> list[tuple[Host, str]]:
-    """Every other host of the cluster, with the reason it cannot take the guest ('' = can)."""
-    hosts = list(Host.objects.filter(cluster_id=service.cluster_id).order_by("name"))
-    domain = service.failover_domain
-    members = set(domain.members.values_list("host_id", flat=True)) if domain else set()
-    out: list[tuple[Host, str]] = []
-    for host in hosts:
-        if host.pk == service.host_id:
-            reason = "it runs here now"
-        elif host.maintenance:
-            reason = "in maintenance"
-        elif host.state != "online":
-            reason = f"host is {host.state}"
-        elif domain is not None and domain.restricted and host.pk not in members:
-            reason = f"not in the restricted failover domain {domain.name}"
-        elif host.memory_free_mb and service.memory_mb > host.memory_free_mb:
-            reason = f"only {host.memory_free_mb} MiB free, needs {service.memory_mb} MiB"
-        else:
-            reason = ""
-        out.append((host, reason))
-    return out
+def migrate_choices(service: VmService) -> tuple[str, list[tuple[Host, rules.Target]]]:
+    """The engine's answer for every host of the cluster (rules.targets), and why the guest
+    cannot be live-migrated at all now ('' when it can)."""
+    found = rules.targets(service.cluster, service.name, live=True)
+    hosts = {h.name: h for h in Host.objects.filter(cluster_id=service.cluster_id)}
+    rows = [(hosts[t.host], t) for t in found if t.host in hosts]
+    # a refusal about the guest itself (not running, not migratable, ...) blocks every target
+    blocker = next(
+        (t.reason for t in found if t.refusal and t.refusal.code in operations.NOT_MOVABLE), ""
+    )
+    return blocker, rows
 
 
 @role_required(read="read", write="operate")
@@ -264,6 +243,7 @@ def service_migrate(request: HttpRequest, pk: int, service_pk: int) -> HttpRespo
         cluster_id=pk,
     )
     error, field_error = "", ""
+    blocker, targets = migrate_choices(service)
     if request.method == "POST":
         target = request.POST.get("host", "")
         try:
@@ -282,8 +262,8 @@ def service_migrate(request: HttpRequest, pk: int, service_pk: int) -> HttpRespo
         {
             "cluster": service.cluster,
             "service": service,
-            "blocker": migrate_blocker(service),
-            "targets": migrate_targets(service),
+            "blocker": blocker,
+            "targets": targets,
             "error": error,
             "field_error": field_error,
         },

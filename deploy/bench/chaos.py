@@ -1,6 +1,6 @@
 """The chaos suite: a real console, five simulated hosts, N random faults, an independent watcher.
 
-    deploy/chaos --faults 200 --seed 1            # test:/// hosts (simulated), ~7 s a fault
+    deploy/chaos --faults 200 --seed 1            # test:/// hosts (simulated), ~5 s a fault
     deploy/chaos --faults 30 --seed 7 --lab       # the namespace lab (root; chaos_lab.py)
 
 What runs (all real processes): a Redis on a port of its own, the console's processes as
@@ -12,13 +12,14 @@ through the REST API: hosts, one fence device per host (deploy/bench/fence_haven
 powers a host off by SIGKILLing its agent), failover domains and 12 guests.
 
 Then N faults, drawn from --seed, one at a time with pauses: power loss (agent kill -9; powered
-back after the fence, or after 20 s), hung host (SIGSTOP 5-10 s, then SIGCONT), a guest destroyed
-behind the cluster's back (the agent's own `destroy` command, sent straight to its queue as
-`virsh destroy` would be run on the host), Redis kill -9 and restart, worker kill -9, beat
-kill -9, web restart, people's operations through the REST API (migrate, relocate, stop then
-start, maintenance on then off), and fencing storms (3 of 5 agents SIGSTOPped at once, or 0.5 s
-apart). Console processes are restarted 0.1 s after they exit, as systemd's `Restart=always` does
-in production; an exit the runner did not cause is reported.
+back after the fence, or after 20 s), hung host (SIGSTOP 5-10 s, then SIGCONT), a guest
+destroyed behind the cluster's back (the agent's own `destroy` command, sent straight to its
+queue as `virsh destroy` would be run on the host), Redis kill -9 and restart, worker kill -9,
+beat kill -9, kill -9 of any other console process (the ingest drainer), web restart, people's
+operations through the REST API (migrate, relocate, stop then start, maintenance on then off),
+and fencing storms (3 of 5 agents SIGSTOPped at once, or 0.5 s apart). Console processes are
+restarted 0.1 s after they exit, as systemd's `Restart=always` does in production; an exit the
+runner did not cause is reported.
 
 The watcher (deploy/bench/chaos_watch.py) then reads the agents' trace (HAVEN_AGENT_TRACE) and
 the power log, not the console's view, and prints faults by kind, double runs, starts before
@@ -74,6 +75,7 @@ KINDS: dict[str, float] = {  # fault kind -> weight
     "redis-restart": 1,
     "worker-kill": 1,
     "beat-kill": 1,
+    "console-kill": 1,  # any other process harness.Console starts (e.g. the ingest drainer)
     "web-restart": 1,
     "op-migrate": 1,
     "op-relocate": 1,
@@ -313,6 +315,8 @@ class Runner:
 
 
 class Run(Runner):
+    guests_all = GUESTS
+
     def __init__(self, root: Path, seed: int, faults: int, quiet: bool = False) -> None:
         super().__init__(quiet)
         self.root, self.seed, self.n_faults = root, seed, faults
@@ -511,8 +515,13 @@ class Run(Runner):
         return watch.running_at(ivs, time.time())
 
     def converged_now(self) -> bool:
-        running = self.running()
-        return all(len(running.get(g, [])) == 1 for g in GUESTS)
+        running, enabled = self.running(), self.enabled()
+        return all(len(running.get(g, [])) == 1 for g in enabled)
+
+    def enabled(self) -> list[str]:
+        """The guests that should run: what the console records as people's intent (a person's
+        stop disables a guest; GUESTS when the database does not answer)."""
+        return enabled_guests(GUESTS)
 
     def live_hosts(self) -> list[str]:
         return [n for n in HOSTS if self.hosts[n].alive() and not self.hosts[n].frozen]
@@ -599,7 +608,7 @@ class Run(Runner):
         self._storm(fault, 0.5)
 
     def fault_guest_destroyed(self, fault: Fault) -> None:
-        from agent.protocol import EXECUTE_TASK, agent_queue
+        from agent.protocol import EXECUTE_TASK, Command, agent_queue
         from console.celery import app
 
         running = self.running()
@@ -611,9 +620,8 @@ class Run(Runner):
             return
         guest, host = self.rng.choice(choices)
         fault.target = f"{guest}@{host}"
-        command = {"v": 1, "id": f"chaos-{uuid.uuid4().hex[:8]}", "kind": "destroy"}
-        command["args"] = {"guest": guest}
-        app.send_task(EXECUTE_TASK, args=[command], queue=agent_queue(host))
+        command = Command(f"chaos-{uuid.uuid4().hex[:8]}", "destroy", {"guest": guest})
+        app.send_task(EXECUTE_TASK, args=[command.to_dict()], queue=agent_queue(host))
 
     def fault_redis_restart(self, fault: Fault) -> None:
         fault.target = "redis"
@@ -628,6 +636,14 @@ class Run(Runner):
     def fault_beat_kill(self, fault: Fault) -> None:
         fault.target = "beat"
         self.kill_console("beat")
+
+    def fault_console_kill(self, fault: Fault) -> None:
+        others = sorted(set(self.console.procs) - {"worker", "beat", "web"})
+        if not others:
+            fault.note = "skipped: the console has no other process"
+            return
+        fault.target = self.rng.choice(others)
+        self.kill_console(fault.target)
 
     def fault_web_restart(self, fault: Fault) -> None:
         fault.target = "web"
@@ -731,6 +747,7 @@ class Run(Runner):
             ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
             silence_s=SILENCE_S,
             logs=logs,
+            enabled=self.enabled(),
         )
         dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
         return report, dead
@@ -747,6 +764,20 @@ class Run(Runner):
         if self.console is not None:
             self.console.stop()
         self.redis.kill()
+
+
+def enabled_guests(guests: tuple[str, ...]) -> list[str]:
+    from django.db.utils import Error
+
+    from console.services.models import VmService
+
+    try:
+        stopped = set(
+            VmService.objects.exclude(desired_state="started").values_list("name", flat=True)
+        )
+    except Error:
+        return list(guests)
+    return [g for g in guests if g not in stopped]
 
 
 def make_console(run: Any) -> Any:
@@ -823,6 +854,9 @@ def table(
         lines.append(f"  HEALTHY HOST FENCED {h.host} {at(h.at)} ({h.action})")
     if report.lost:
         lines.append(f"  GUESTS LOST {', '.join(report.lost)}")
+    disabled = sorted(set(run.guests_all) - set(run.enabled()))
+    if disabled:
+        lines.append(f"  (left stopped by people's commands, not counted: {', '.join(disabled)})")
     if report.ha_stall_at is not None and report.ha_stall_s > 5:
         lines.append(f"  HA STALL {report.ha_stall_s:.1f} s from {at(report.ha_stall_at)}")
     for name in dead:
@@ -892,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     run = Run(root, args.seed, args.faults, args.quiet)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop every process it started
     try:
         run.setup()
         run.inject()

@@ -13,7 +13,9 @@ kill -9.
 The watcher polls every host's libvirtd through its UNIX socket every 100 ms (the libvirtd-polling
 watcher of tests/lab/test_e2e.py, which a cut cable does not blind) and turns what it sees into
 the same records as the agents' trace: a guest seen running opens an interval, seen gone from a
-reachable libvirtd closes it as reported, and a power-off (by the runner, or by a fence: the
+reachable libvirtd closes it as reported at the last poll that saw it (hosts are polled one after
+another, so a live migration's switch-over is never taken for two copies; a double run shorter
+than one poll round can go unseen), and a power-off (by the runner, or by a fence: the
 console's fence jobs) ends it. deploy/bench/chaos_watch.py then computes the same numbers.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
 import shutil
 import signal
@@ -49,6 +52,7 @@ class Poller:
         self.uris, self.incarnation = uris, incarnation
         self.traces: dict[str, list[dict[str, Any]]] = {h: [] for h in uris}
         self.seen: dict[str, set[str]] = {h: set() for h in uris}
+        self.last_seen: dict[str, dict[str, float]] = {h: {} for h in uris}
         self.polls = 0
         self._conns: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -77,27 +81,30 @@ class Poller:
         while not self._stop.is_set():
             for host in self.uris:
                 now = self._list(host)
-                t = time.time()
-                if now is None:
-                    continue
-                with self.lock:
-                    pid = self.incarnation[host]
-                    for guest in sorted(now - self.seen[host]):
-                        self.traces[host].append(
-                            {"t": t, "pid": pid, "event": "start", "guest": guest}
-                        )
-                    for guest in sorted(self.seen[host] - now):
-                        self.traces[host].append(
-                            {"t": t, "pid": pid, "event": "destroy", "guest": guest}
-                        )
-                    self.seen[host] = now
+                self._record(host, now, time.time())
             self.polls += 1
             self._stop.wait(0.1)
+
+    def _record(self, host: str, now: set[str] | None, t: float) -> None:
+        if now is None:
+            return
+        with self.lock:
+            pid, last = self.incarnation[host], self.last_seen[host]
+            for guest in sorted(now - self.seen[host]):
+                self.traces[host].append({"t": t, "pid": pid, "event": "start", "guest": guest})
+            # gone: it ran until the last poll that saw it (hosts are polled one after another,
+            # so a live migration's switch-over never looks like two copies)
+            for guest in sorted(self.seen[host] - now):
+                record = {"t": last.pop(guest, t), "pid": pid, "event": "destroy", "guest": guest}
+                self.traces[host].append(record)
+            for guest in now:
+                last[guest] = t
+            self.seen[host] = now
 
     def forget(self, host: str) -> None:
         """The host lost power: what it ran is gone with it (the power log says when)."""
         with self.lock:
-            self.seen[host] = set()
+            self.seen[host], self.last_seen[host] = set(), {}
 
     def start(self) -> None:
         self._thread.start()
@@ -226,7 +233,14 @@ class LabRun(chaos.Runner):
 
     def converged_now(self) -> bool:
         running = self.running()
-        return all(len(running.get(g, [])) == 1 for g in self.guests)
+        return all(len(running.get(g, [])) == 1 for g in self.enabled())
+
+    def enabled(self) -> list[str]:
+        return chaos.enabled_guests(self.guests)
+
+    @property
+    def guests_all(self) -> tuple[str, ...]:
+        return self.guests
 
     def _fenced_since(self, host: str, since: float) -> bool:
         from console.jobs.models import Job
@@ -324,6 +338,10 @@ class LabRun(chaos.Runner):
         return time.time()
 
     def report(self, last_fault: float, end: float) -> tuple[watch.Report, list[str]]:
+        (self.root / "trace").mkdir(exist_ok=True)
+        for host, records in self.traces().items():  # kept for a second look
+            lines = "".join(json.dumps(r) + "\n" for r in records)
+            (self.root / "trace" / f"{host}.jsonl").write_text(lines)
         logs = {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
         for p in sorted(Path("/var/log").glob("haven-agent-*.log")):
             logs[p.name] = p.read_text(errors="replace")
@@ -338,6 +356,7 @@ class LabRun(chaos.Runner):
             ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
             silence_s=chaos.SILENCE_S,
             logs=logs,
+            enabled=self.enabled(),
         )
         dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
         return report, dead

@@ -401,8 +401,12 @@ def analyse(
     silence_s: float = 2.0,
     grace_s: float = 2.0,
     logs: Mapping[str, str] | None = None,
+    enabled: Sequence[str] | None = None,
 ) -> Report:
+    """`guests` are watched for double runs and early starts; `enabled` (default: all of them)
+    must each run once at the end, and count for convergence."""
     ivs = intervals(traces, power, guests)
+    wanted = list(guests if enabled is None else enabled)
     windows = failure_windows(power, end, silence_s, grace_s)
     running = running_at(ivs, end - 1e-6)
     stall, stall_at = longest_gap(ticks, ticks_from if ticks_from is not None else end, end)
@@ -413,8 +417,8 @@ def analyse(
         healthy_fenced=healthy_fenced(power, windows),
         fences=len(fences(power)),
         storm_fences=storm_fences(power, windows, hosts),
-        lost=sorted(g for g in guests if not running.get(g)),
-        converge_s=converge_time(ivs, guests, last_fault, end),
+        lost=sorted(g for g in wanted if not running.get(g)),
+        converge_s=converge_time(ivs, wanted, last_fault, end),
         ha_stall_s=stall,
         ha_stall_at=stall_at,
         tracebacks=tracebacks(logs or {}),

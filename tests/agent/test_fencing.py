@@ -51,6 +51,21 @@ def test_fence_dummy_status_off_status(harness: Harness, dummy_status: Path) -> 
     )
 
 
+def test_a_status_query_can_require_power_off(harness: Harness, dummy_status: Path) -> None:
+    """The console's question after a fence whose result was lost: "is it off?"."""
+    params = {"status_file": str(dummy_status)}
+    asked = {"agent": "fence_dummy", "action": "status", "params": params}
+    on = harness.run("fence", **asked, require_power="off")
+    assert not on.ok and "the host is on, not off" in on.error.message
+    harness.run("fence", agent="fence_dummy", action="off", params=params)
+    off = harness.run("fence", **asked, require_power="off")
+    assert off.ok and off.data["power"] == "off"
+    bad = harness.run(
+        "fence", agent="fence_dummy", action="off", params=params, require_power="off"
+    )
+    assert not bad.ok and "require_power" in bad.error.message
+
+
 def test_lab_agent_powers_a_host_off(harness: Harness, host_process: Path) -> None:
     params = {"pid_file": str(host_process), "password": SECRET}
     assert (

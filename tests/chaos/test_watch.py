@@ -201,3 +201,11 @@ def test_a_host_fenced_while_frozen_then_frozen_again() -> None:
     ]
     report = analyse(traces, power)
     assert [(f.host, f.at) for f in report.healthy_fenced] == [("h3", 31.0)]
+
+
+def test_only_enabled_guests_must_run_at_the_end() -> None:
+    traces, power = clean()
+    traces["h3"].append(tr(30.0, "shutdown", "g2", 31))  # a person stopped g2
+    report = analyse(traces, power, enabled=["g1"])
+    assert report.lost == [] and report.converge_s == pytest.approx(5.0)
+    assert analyse(traces, power).lost == ["g2"]

@@ -45,3 +45,64 @@ def fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Tests drive the runner themselves; the live tests turn this back on.
     settings.HAVEN_WAKE_ON_COMMAND = False
+
+
+class LiveView:
+    """The live picture the engine's rulebook reads (heartbeats in a Redis store of the test's
+    own), written from the database rows a test made: each beating host reports the services
+    the database has started on it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def beat(self, *hosts: Any, at: float | None = None) -> None:
+        import time
+
+        from console.services.models import VmService
+
+        for host in hosts:
+            guests = sorted(
+                VmService.objects.filter(host=host, state="started").values_list("name", flat=True)
+            )
+            used = sum(
+                VmService.objects.filter(host=host, state="started").values_list(
+                    "memory_mb", flat=True
+                )
+            )
+            total = host.memory_total_mb or 8192
+            self.store.put_heartbeat(
+                host.name,
+                {
+                    "v": 2,
+                    "kind": "heartbeat",
+                    "host": host.name,
+                    "memory_total_mib": total,
+                    "memory_free_mib": max(0, total - used),
+                    "cpus": host.cpus or 4,
+                    "guests": [{"name": g, "uuid": "", "state": "running"} for g in guests],
+                },
+                time.time() if at is None else at,
+            )
+
+
+@pytest.fixture
+def live_view() -> Any:
+    import uuid
+
+    import redis
+    from django.conf import settings
+
+    from console.runtime import rules
+    from console.runtime.store import Store
+
+    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
+    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
+    store = Store(r, prefix=prefix)
+    with rules.use(store=store):
+        yield LiveView(store)
+    for key in r.scan_iter(f"{prefix}*"):
+        r.delete(key)

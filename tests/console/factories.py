@@ -121,3 +121,21 @@ class JobEventFactory(factory.django.DjangoModelFactory):
     job = factory.SubFactory(JobFactory)
     seq = factory.Sequence(lambda n: n + 1)
     message = "step done"
+
+
+def sealing_key(name: str) -> str:
+    """Give agent ``name`` a sealing key as the bootstrap does (without a Redis user); the key."""
+    from cryptography.fernet import Fernet
+
+    from console.core import crypto
+    from console.runtime.models import AgentCredential
+
+    key = Fernet.generate_key().decode()
+    AgentCredential.objects.update_or_create(
+        name=name,
+        defaults={
+            "password_sha256": "0" * 64,
+            "seal_key_encrypted": crypto.encrypt_json({"key": key}),
+        },
+    )
+    return key

@@ -14,6 +14,7 @@ from django.db import transaction
 from console.clusters.models import Cluster, Host
 from console.jobs import services as jobs
 from console.jobs.models import Job
+from tests.console.factories import sealing_key
 
 STEP_KINDS = ("bootstrap.connect", "bootstrap.install", "bootstrap.configure", "bootstrap.register")
 
@@ -56,6 +57,8 @@ class FakeBootstrap:
                 )
                 for h in hosts
             ]
+            for host in rows:
+                sealing_key(host.name)  # as the configure step gives each agent its key
             steps = [
                 jobs.StepSpec(host, kind, {"host": host.name}, stage=stage)
                 for stage, kind in enumerate(STEP_KINDS)

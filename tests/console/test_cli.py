@@ -44,10 +44,11 @@ def logged_in(live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return str(live_server.url)
 
 
-def test_lists_and_operations(logged_in: str) -> None:
+def test_lists_and_operations(logged_in: str, live_view: Any) -> None:
     host = f.HostFactory(name="et-virt05", state="online")
-    f.HostFactory(name="et-virt06", cluster=host.cluster, state="online")
+    other = f.HostFactory(name="et-virt06", cluster=host.cluster, state="online")
     f.VmServiceFactory(cluster=host.cluster, name="guest1", state="started", host=host)
+    live_view.beat(host, other)
     code, out, _ = haven("services")
     assert code == 0
     assert out.splitlines()[0].split() == ["SERVICE", "STATE", "HOST", "DESIRED", "SINCE"]
@@ -88,3 +89,20 @@ def test_unreachable_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert code == 1 and err.startswith("haven: error: cannot reach the console at")
     monkeypatch.delenv("HAVEN_URL")
     assert haven("services")[2].startswith("haven: error: not logged in")
+
+
+def test_what_if_prints_where_each_guest_would_go(logged_in: str, live_view: Any) -> None:
+    a = f.HostFactory(name="et-virt05", state="online", memory_total_mb=4096)
+    b = f.HostFactory(name="et-virt06", cluster=a.cluster, state="online", memory_total_mb=4096)
+    f.FenceDeviceFactory(cluster=a.cluster, host=a, name="ipmi5")
+    f.VmServiceFactory(cluster=a.cluster, name="guest1", state="started", host=a)
+    live_view.beat(a, b)
+    code, out, err = haven("what-if", "et-virt05")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "if et-virt05 loses power now (simulated):"
+    assert "fenced: et-virt05" in out
+    row = next(line for line in lines if line.strip().startswith("guest1"))
+    assert row.split()[:4] == ["guest1", "et-virt05", "et-virt06", "restarts"]
+    code, _, err = haven("what-if", "et-virt99")
+    assert code == 1 and "no host named 'et-virt99'" in err

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
+from cryptography.fernet import Fernet
 
+from agent.protocol import Command, ProtocolError
+from agent.sealing import open_sealed
 from console.jobs import services as jobs
 from console.jobs.models import JobStatus, StepStatus
 from console.jobs.transport import RecordingTransport, use_transport
@@ -109,6 +113,48 @@ def test_fence_secrets_sent_but_never_stored_or_logged(
     sent: RecordingTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     device = f.FenceDeviceFactory()
+    device.secret_parameters = {"password": "hunter2", "hexadecimal_kg": "0badc0de"}
+    device.save()
+    helper = f.HostFactory(cluster=device.cluster)
+    key = f.sealing_key(helper.name)
+    job = jobs.create_job(
+        "fence",
+        [
+            jobs.StepSpec(
+                helper,
+                "fence",
+                {"agent": device.agent, "action": "off", "params": device.parameters},
+                secret_ref={"fence_device": device.pk},
+            )
+        ],
+        cluster=device.cluster,
+    )
+    host, command = sent.sent[0]
+    assert host == helper.name
+    # sealed for the helper alone: nothing secret in clear in what goes to the broker
+    assert "hunter2" not in json.dumps(command) and "0badc0de" not in json.dumps(command)
+    assert command["args"]["params"] == device.parameters
+    opened = open_sealed(key, helper.name, Command.from_dict(command))
+    assert opened.args["params"] == {
+        **device.parameters,
+        "password": "hunter2",
+        "hexadecimal_kg": "0badc0de",
+    }
+    assert "sealed" not in opened.args
+    with pytest.raises(ProtocolError, match="another command"):
+        open_sealed(key, "someone-else", Command.from_dict(command))
+    with pytest.raises(ProtocolError, match="cannot be opened"):
+        open_sealed(Fernet.generate_key().decode(), helper.name, Command.from_dict(command))
+    step = job.steps.get()
+    assert "hunter2" not in str(step.args) and "hunter2" not in caplog.text
+    assert "hunter2" not in str(list(job.events.values_list("message", "data")))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_secrets_are_never_sent_to_an_agent_without_a_sealing_key(
+    sent: RecordingTransport,
+) -> None:
+    device = f.FenceDeviceFactory()
     device.secret_parameters = {"password": "hunter2"}
     device.save()
     helper = f.HostFactory(cluster=device.cluster)
@@ -124,9 +170,7 @@ def test_fence_secrets_sent_but_never_stored_or_logged(
         ],
         cluster=device.cluster,
     )
-    host, command = sent.sent[0]
-    assert host == helper.name
-    assert command["args"]["params"]["password"] == "hunter2"
-    step = job.steps.get()
-    assert "hunter2" not in str(step.args) and "hunter2" not in caplog.text
-    assert "hunter2" not in str(list(job.events.values_list("message", "data")))
+    assert sent.sent == []
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert f"{helper.name} has no sealing key" in job.explanation

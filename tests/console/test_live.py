@@ -61,21 +61,45 @@ def _db_url() -> str:
 
 
 class Live(harness.Console):
-    """The console's worker and beat (harness.Console), plus agents on test:/// hosts."""
+    """The console's processes (harness.Console), plus agents on test:/// hosts, each logged in
+    as the Redis user the console creates for it, with its sealing key, from an env file
+    written as the SSH bootstrap writes it."""
 
     def __init__(self, broker: str, tmp: Path) -> None:
         super().__init__(broker, _db_url(), tmp, HAVEN_LOG_LEVEL="WARNING")
         self.broker, self.tmp = broker, tmp
+        self.logins: dict[str, str] = {}
 
-    def agent(self, host: str, broker: str | None = None) -> None:
+    def login(self, host: str) -> str:
+        """The agent's broker URL (its own user); its env file is ``agent-<host>.env``."""
+        from console.runtime import bootstrap, credentials
+
+        issued = credentials.issue(host)
+        url = bootstrap.agent_broker_url(issued.user, issued.password)
+        fd = os.open(self.tmp / f"agent-{host}.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(bootstrap.agent_env_file(host, url, {}, seal_key=issued.seal_key))
+        self.logins[host] = url
+        return url
+
+    def stop(self) -> None:
+        from console.runtime import credentials
+
+        super().stop()
+        for host in self.logins:
+            credentials.revoke(host)
+
+    def agent(self, host: str) -> None:
+        if host not in self.logins:
+            self.login(host)
         self._start(
             host,
             [
                 sys.executable,
                 "-m",
                 "agent",
-                "--broker",
-                broker or self.broker,
+                "--broker-file",
+                str(self.tmp / f"agent-{host}.env"),
                 "--host",
                 host,
                 "--libvirt-uri",

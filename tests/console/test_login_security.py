@@ -66,6 +66,19 @@ def test_page_locks_the_user_after_10_failures_even_for_the_right_password(alice
     assert page_login(Client(), "alice", RIGHT, address="10.9.0.3").status_code == 302
 
 
+def test_admin_sign_in_is_locked_too(alice: User) -> None:
+    User.objects.create_superuser("root", password=RIGHT)
+    for _ in range(10):
+        Client().post(
+            "/admin/login/", {"username": "root", "password": WRONG}, REMOTE_ADDR="10.9.1.1"
+        )
+    refused = Client().post(
+        "/admin/login/", {"username": "root", "password": RIGHT}, REMOTE_ADDR="10.9.1.2"
+    )
+    assert refused.status_code == 200 and LOCKED in text(refused)
+    assert Event.objects.filter(verb="login", data__via="admin", result="failed").count() == 10
+
+
 def test_page_locks_an_address_that_tries_many_users(alice: User) -> None:
     for i in range(10):
         page_login(Client(), f"guess{i}", WRONG, address="10.9.0.66")
@@ -140,13 +153,9 @@ def test_plaintext_tokens_of_older_consoles_are_hashed_and_dropped(alice: User) 
     migration = importlib.import_module("console.core.migrations.0002_api_tokens_login_failures")
     with connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, user_id integer, "
-            "created datetime)"
+            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, user_id integer)"
         )
-        cursor.execute(
-            "INSERT INTO authtoken_token VALUES (%s, %s, %s)",
-            ["a" * 40, alice.pk, "2026-01-01 00:00:00"],
-        )
+        cursor.execute("INSERT INTO authtoken_token VALUES (%s, %s)", ["a" * 40, alice.pk])
 
     class Editor:
         def __init__(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from django.db.models import F
 
+from agent.protocol import agent_queue
 from console import engine
 from console.jobs.models import Job
 from console.jobs.services import pending_engine_results
@@ -220,3 +221,53 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
     assert time.time() - loaded.now >= 1.5
     newest = max(r.received for r in loaded.reports.values())
     assert loaded.now - newest < 1.0  # the hosts are as fresh as they were when read
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commands_queued_for_a_host_being_fenced_are_dropped(cluster3: Any, store: Store) -> None:
+    """Sent before the fence, they must never run after it (the host reboots and its agent is
+    back in seconds): the runner empties the host's queue once the fence is decided."""
+    cluster, agents, _ = cluster3
+    queue = agent_queue("et-virt05")
+    store.r.delete(queue)
+    try:
+        t = run(cluster, agents, store, 1000.0, 1005.0)
+        store.r.rpush(queue, '{"a start": "queued before the power loss"}')
+        agents.alive["et-virt05"] = False
+        agents.running["et-virt05"].clear()
+        run(cluster, agents, store, t, t + 10)
+        assert agents.fenced == ["et-virt05"]
+        assert store.r.llen(queue) == 0
+    finally:
+        store.r.delete(queue)
+
+
+def test_commands_expire_long_before_an_agent_would_get_them_back(settings: Any) -> None:
+    """What a dying agent had taken but not acknowledged comes back after its visibility
+    timeout; by then it must have expired, or it would run late (a start after a failover)."""
+    from agent.worker import Settings as AgentSettings
+    from agent.worker import make_celery
+
+    app = make_celery(AgentSettings(host="h1", broker="redis://127.0.0.1:1/0"))
+    agent_visibility = app.conf.broker_transport_options.get("visibility_timeout", 3600)
+    assert 0 < settings.HAVEN_COMMAND_TTL_S < agent_visibility
+    # and the console's own unacknowledged tasks come back within a minute, not an hour
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_runner_waits_out_the_lock_of_a_holder_that_missed_its_renewals(
+    cluster3: Any, store: Store
+) -> None:
+    """A live holder's lock never has less than two thirds of its ttl left; one with less is
+    likely dead: the runner waits for it to expire instead of leaving it to the next beat."""
+    cluster, agents, _ = cluster3
+    agents.heartbeat(time.time())
+    key = f"{store.p}lock:runner:{cluster.pk}"
+    store.r.set(key, "a-dead-holder", px=400)
+    started = time.monotonic()
+    assert len(runner.run(cluster.pk, store)) == 1
+    assert 0.3 < time.monotonic() - started < 2.0
+    store.r.set(key, "a-live-holder", px=int(LOCK_TTL_S * 1000))
+    assert runner.run(cluster.pk, store) == []  # a live one is left alone: a wake instead
+    assert store.take_request(f"runner:{cluster.pk}")

@@ -16,10 +16,12 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from agent.protocol import Command
+from agent.sealing import open_sealed
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime import ingest, runner
+from console.runtime import credentials, ingest, rules, runner
 from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
@@ -53,6 +55,9 @@ class Agents:
         self.fenced: list[str] = []
         self.seen = 0
         self.fail_kinds: set[str] = set()
+        #: command kinds whose next result never reaches the console (a worker died with it)
+        self.lose_next: set[str] = set()
+        self.queries: list[tuple[str, dict[str, Any]]] = []
 
     def heartbeat(self, t: float) -> None:
         for host, guests in self.running.items():
@@ -85,6 +90,9 @@ class Agents:
             if not self.alive.get(host, True):
                 continue
             ok, data, message = self._do(host, command)
+            if command["kind"] in self.lose_next:
+                self.lose_next.discard(command["kind"])
+                continue
             ingest.handle(
                 {
                     "v": 2,
@@ -114,6 +122,13 @@ class Agents:
             target = next(h for h in self.running if h in args["dest_uri"])
             self.running[host].discard(args["guest"])
             self.running[target].add(args["guest"])
+        elif kind == "fence" and args["action"] == "status":
+            victim = args["params"]["plug"]
+            self.queries.append((host, args))
+            power = "on" if self.alive[victim] else "off"
+            if args.get("require_power") not in (None, power):
+                return False, {}, f"the host is {power}, not {args['require_power']}"
+            return True, {"power": power}, ""
         elif kind == "fence":
             victim = args["params"]["plug"]
             self.alive[victim] = False
@@ -135,6 +150,7 @@ def cluster3(db: None, store: Store) -> Iterator[tuple[Any, Agents, RecordingTra
         for i in (5, 6, 7)
     ]
     for host in hosts:
+        f.sealing_key(host.name)  # the bootstrap gave each agent its key
         device = f.FenceDeviceFactory(
             host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
         )
@@ -224,7 +240,9 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
     fence_at = next(i for i, k in enumerate(kinds) if k[1] == "fence")
     fence_host, fence_cmd = transport.sent[fence_at]
     assert fence_host in ("et-virt06", "et-virt07")  # a healthy host runs the fence agent
-    assert fence_cmd["args"]["params"]["password"] == "bmc-secret"
+    assert "password" not in fence_cmd["args"]["params"]  # sealed for the fencing host alone
+    opened = open_sealed(credentials.seal_key(fence_host), fence_host, Command.from_dict(fence_cmd))
+    assert opened.args["params"]["password"] == "bmc-secret"
     starts = [i for i, k in enumerate(kinds) if k[1] == "start" and k[2] == "guest1"]
     assert starts[-1] > fence_at
     state, host = placement()["guest1"]
@@ -235,13 +253,32 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store: Store) -> None:
+    cluster, agents, _transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False  # power loss
+    agents.running["et-virt05"].clear()
+    agents.lose_next.add("fence")  # the fence happens, its result never arrives
+    run(cluster, agents, store, t, t + 40)
+    assert agents.fenced == ["et-virt05"]  # fenced once: the query, not a second fence, settled it
+    [(runner, args)] = agents.queries
+    assert runner != "et-virt05" and args["require_power"] == "off"
+    assert "password" not in args["params"]  # sealed for the querying host, as for a fence
+    state, host = placement()["guest1"]
+    assert state == "started" and host in ("et-virt06", "et-virt07")
+    query = Job.objects.filter(kind="fence", params__query="status").get()
+    assert query.status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
     from console.runtime import operations
 
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
+    with rules.use(store=store, clock=lambda: t):  # the rulebook sees the test's virtual time
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt06")
     # the target goes into maintenance before the engine sees the command: it refuses
     Host.objects.filter(name="et-virt06").update(maintenance=True)
     run(cluster, agents, store, t, t + 2)
@@ -258,7 +295,8 @@ def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -
     cluster, agents, _ = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
-    job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
+    with rules.use(store=store, clock=lambda: t):
+        job = operations.service_command(service, "migrate", actor="tester", host="et-virt07")
     run(cluster, agents, store, t, t + 30)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.explanation

@@ -120,15 +120,18 @@ def test_refused_operation_is_a_plain_message(world: dict[str, Any]) -> None:
     assert "guest1 is disabled: enable it first." in text(response)
 
 
-def test_migrate_page_explains_blocked_targets(world: dict[str, Any]) -> None:
+def test_migrate_page_explains_blocked_targets(world: dict[str, Any], live_view: Any) -> None:
+    live_view.beat(*world["hosts"])
     client = login("operator")
     c, s = world["cluster"].pk, world["service"].pk
     body = text(client.get(f"/clusters/{c}/services/{s}/migrate/"))
-    assert "it runs here now" in body
-    assert "not in the restricted failover domain prefer5" in body  # et-virt07
+    assert "already running on et-virt05" in body  # the engine's own words
+    assert "et-virt07 is not a member of restricted domain prefer5" in body
+    assert 'id="target-et-virt06" data-accepted="1"' in body and "best" in body
+    assert "GiB free" in body
     bad = client.post(f"/clusters/{c}/services/{s}/migrate/", {"host": "et-virt07"})
     assert bad.status_code == 409
-    assert "not a member of the restricted failover domain" in text(bad)
+    assert "not a member of restricted domain prefer5" in text(bad)
     unknown = client.post(f"/clusters/{c}/services/{s}/migrate/", {"host": "nope"})
     assert unknown.status_code == 400 and "There is no host" in text(unknown)
     ok = client.post(f"/clusters/{c}/services/{s}/migrate/", {"host": "et-virt06"})
@@ -136,13 +139,16 @@ def test_migrate_page_explains_blocked_targets(world: dict[str, Any]) -> None:
     assert PendingCommand.objects.get().node == "et-virt06"
 
 
-def test_migrate_disabled_with_reason_when_not_migratable(world: dict[str, Any]) -> None:
+def test_migrate_disabled_with_reason_when_not_migratable(
+    world: dict[str, Any], live_view: Any
+) -> None:
+    live_view.beat(*world["hosts"])
     world["service"].migratable = False
     world["service"].save()
     client = login("operator")
     c, s = world["cluster"].pk, world["service"].pk
     body = text(client.get(f"/clusters/{c}/services/{s}/migrate/"))
-    assert "cannot be migrated: not migratable" in body
+    assert "cannot be migrated now: cannot be live-migrated; relocate it instead" in body
     assert 'type="submit" class="primary" disabled' in body
 
 

@@ -176,3 +176,24 @@ def test_a_change_is_pushed_to_open_pages() -> None:
         response.close()
     finally:
         tasks._store = previous
+
+
+def test_the_home_page_costs_the_same_queries_at_any_size(world: dict[str, Any]) -> None:
+    client = login("viewer")
+    client.get("/")
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            page = text(client.get("/"))
+        assert "2/3" in page  # hosts up / total
+        return len(ctx.captured_queries)
+
+    small = count()
+    h5 = world["hosts"][0]
+    VmService.objects.bulk_create(
+        [
+            VmService(cluster=world["cluster"], name=f"many{i}", domain_xml="<domain/>", host=h5)
+            for i in range(300)
+        ]
+    )
+    assert count() == small <= 8  # session, user, roles, clusters, hosts, services

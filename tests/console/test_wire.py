@@ -11,6 +11,7 @@ from the right sender is taken), so a test fails if the refusal came from anythi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -23,8 +24,10 @@ import redis
 from celery import signature
 
 from agent.protocol import EXECUTE_TASK, agent_queue, broker_keys, inbound_key
+from console.clusters.models import Host
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import credentials
+from console.runtime import broker, credentials
+from console.runtime.models import AgentCredential
 from console.runtime.store import Store
 from tests.console import factories as f
 from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
@@ -35,21 +38,7 @@ DB = 8
 
 
 class Wire(Live):
-    """Live, with each agent logged in as its own Redis user."""
-
-    def __init__(self, broker: str, tmp: Path) -> None:
-        super().__init__(broker, tmp)
-        self.logins: dict[str, str] = {}
-
-    def login(self, host: str) -> str:
-        issued = credentials.issue(host)
-        base = self.broker.split("://", 1)[1]
-        url = f"redis://{issued.user}:{issued.password}@{base}"
-        self.logins[host] = url
-        return url
-
-    def agent(self, host: str, broker: str | None = None) -> None:
-        super().agent(host, broker or self.logins[host])
+    """Live, and a Redis client with any agent's login."""
 
     def as_agent(self, host: str) -> redis.Redis:
         return redis.Redis.from_url(self.logins[host], socket_timeout=2, decode_responses=True)
@@ -64,8 +53,6 @@ def wire(tmp_path: Path, settings: Any) -> Iterator[Wire]:
             yield wire
         finally:
             wire.stop()
-            for host in HOSTS:
-                credentials.revoke(host, redis.Redis.from_url(broker))
 
 
 def _hb(host: str, guests: list[str]) -> str:
@@ -128,9 +115,12 @@ def _result(host: str, command_id: str) -> str:
 
 
 def _refused(call: Any) -> str:
-    with pytest.raises(redis.exceptions.NoPermissionError) as info:
+    """Redis refuses the call for want of rights (NOPERM, or a script's own ACL check)."""
+    with pytest.raises(redis.exceptions.ResponseError) as info:
         call()
-    return str(info.value)
+    message = str(info.value)
+    assert "no permissions" in message or "can't access" in message, message
+    return message
 
 
 def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) -> None:
@@ -184,6 +174,7 @@ def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) ->
         lambda: h1.execute_command("ACL", "LIST"),
         lambda: h1.publish("celeryev", "x"),
         lambda: h1.eval("return redis.call('del', KEYS[1])", 1, "console"),
+        lambda: h1.eval("return redis.call('del', 'console')", 0),  # scripts obey the ACL too
     ):
         _refused(forbidden)
     assert h1.rpush(inbound_key("h1"), _hb("h1", ["vm-h1"])) >= 1  # what it may do
@@ -247,3 +238,222 @@ def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) ->
     from console.celery import app as console_app
 
     assert sorted(n for n in console_app.tasks if not n.startswith("haven.")) == []
+    # the agent's worker likewise: an attached callback makes the whole message refused
+    mine = {"v": 2, "id": f"x-{uuid.uuid4().hex[:8]}", "kind": "destroy", "args": {}}
+    mine["args"] = {"guest": "vm-h1"}
+    app.send_task(EXECUTE_TASK, args=[mine], queue=agent_queue("h1"), link=callback)
+    app.send_task("celery.group", args=[[dict(callback)]], kwargs={}, queue=agent_queue("h1"))
+    wait_for(
+        "h1's agent refusing both",
+        lambda: "refused task message" in (wire.logs / "h1.log").read_text()
+        and "unregistered task" in (wire.logs / "h1.log").read_text(),
+        wire,
+    )
+    time.sleep(1.5)
+    assert placement() == expected and admin.llen(agent_queue("h2")) == 0
+    assert "vm-h1" in store.reports(["h1"])["h1"].running
+
+    # --- Redis forgets the agents' users (a restart without persistence): re-created --------
+    admin.execute_command("ACL", "DELUSER", "haven-agent-h1")
+    forgotten = time.time()
+    wait_for(
+        "h1 heartbeating again",
+        lambda: store.reports(["h1"])["h1"].received > forgotten + 0.5,
+        wire,
+    )
+    assert "re-created the Redis users of h1" in wire.log_text()
+    assert "haven-agent-h1" in admin.execute_command("ACL", "USERS")
+
+    # --- a deleted host's agent loses its login at once ---------------------------------------
+    hosts["h2"].delete()
+    assert "haven-agent-h2" not in admin.execute_command("ACL", "USERS")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        wire.as_agent("h2").ping()
+    time.sleep(2.5)  # the drainer's user check does not bring it back
+    assert "haven-agent-h2" not in admin.execute_command("ACL", "USERS")
+
+
+def _everything_in(r: redis.Redis) -> str:
+    """Every value of every key of the database, with kombu's base64 message bodies decoded."""
+    parts: list[str] = []
+    for key in r.scan_iter("*"):
+        kind = r.type(key)
+        if kind == "string":
+            values = [r.get(key) or ""]
+        elif kind == "list":
+            values = r.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [f"{k}={v}" for k, v in r.hgetall(key).items()]
+        elif kind == "set":
+            values = list(r.smembers(key))
+        elif kind == "zset":
+            values = list(r.zrange(key, 0, -1))
+        else:
+            values = [repr(r.dump(key))]
+        parts.append(str(key))
+        for value in values:
+            parts.append(value)
+            parts.extend(_bodies(value))
+    return "\n".join(parts)
+
+
+def _bodies(value: str) -> list[str]:
+    """The decoded ``body`` of a kombu message, wherever one is inside a JSON value."""
+    import base64
+
+    out: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            body = node.get("body")
+            if isinstance(body, str) and node.get("properties", {}).get("body_encoding"):
+                out.append(base64.b64decode(body).decode(errors="replace"))
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    with contextlib.suppress(ValueError):
+        walk(json.loads(value))
+    return out
+
+
+def _fence_cluster(tmp: Path, secrets: dict[str, str]) -> tuple[Path, Any, dict[str, Any], Any]:
+    """Cluster "wire" of HOSTS, h2 fenced by the recording fence agent with these secrets."""
+    record = tmp / "fence-calls.txt"
+    cluster = f.ClusterFactory(name="wire")
+    hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
+    device = f.FenceDeviceFactory(
+        host=hosts["h2"],
+        cluster=cluster,
+        name="rec-h2",
+        agent="fence_haven_record",
+        plug="h2",
+        parameters={"record": str(record)},
+    )
+    device.secret_parameters = secrets
+    device.save()
+    return record, cluster, hosts, device
+
+
+def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> None:
+    from tests.console.views_support import login
+
+    secrets = {"password": "pw-at-rest-never", "hexadecimal_kg": "kg-at-rest-never"}
+    record, cluster, hosts, device = _fence_cluster(tmp_path, secrets)
+    logins = [wire.login(n) for n in HOSTS]
+    wire.start()
+    for name in HOSTS:
+        wire.agent(name)
+    admin = redis.Redis.from_url(wire.broker, decode_responses=True)
+    store = Store(admin)
+    wait_for("both hosts online", lambda: len(store.reports(list(HOSTS))) == 2, wire)
+    wait_for(
+        "the engine seeing them",
+        lambda: set(hosts["h1"].__class__.objects.filter(state="online").values_list("name"))
+        == {("h1",), ("h2",)},
+        wire,
+    )
+    # h1's agent stops (a stopped one would still hold a BRPOP: Redis hands it the command),
+    # so the fence test, sent to h1 while the console still counts it online, waits in its queue
+    wire.kill("h1")
+    response = login("admin").post(f"/clusters/{cluster.pk}/fence/{device.pk}/test/")
+    assert response.status_code == 302
+    job = Job.objects.get(kind="fence-test")
+    step = job.steps.get()
+    assert step.host == hosts["h1"]
+    wait_for("the command in h1's queue", lambda: admin.llen(agent_queue("h1")) == 1, wire)
+    admin.execute_command("SAVE")
+    dump = _everything_in(admin)
+    assert step.command_id in dump and '"sealed"' in dump  # the command is there, sealed
+    assert '"expires": "20' in dump  # and it expires (Celery's header: an ISO date)
+    rdb = Path(admin.config_get("dir")["dir"]) / admin.config_get("dbfilename")["dbfilename"]
+    raw = rdb.read_bytes().decode("latin-1")
+    for secret in [*secrets.values(), *(url.split(":")[2].split("@")[0] for url in logins)]:
+        assert secret not in dump, secret
+        assert secret not in raw, secret
+    wire.agent("h1")
+    # h1 opens the sealed arguments and runs the fence agent with the password
+    wait_for(
+        "the fence test done",
+        lambda: Job.objects.filter(pk=job.pk, status="succeeded").exists(),
+        wire,
+    )
+    assert record.read_text().splitlines() == ["status h2 password=yes"]
+    for secret in secrets.values():
+        assert secret not in _everything_in(admin)
+        assert secret not in wire.log_text()
+
+
+def test_rotated_credentials_reach_the_agent_over_its_own_channel(
+    wire: Wire, tmp_path: Path, make_client: Any
+) -> None:
+    from tests.console.views_support import login
+
+    record, cluster, hosts, device = _fence_cluster(tmp_path, {"password": "pw-rotated-never"})
+    stranger = f.HostFactory(cluster=cluster, name="h3", address="127.0.0.1")
+    old = {n: wire.login(n) for n in HOSTS}
+    wire.start()
+    for name in HOSTS:
+        wire.agent(name)
+    admin = redis.Redis.from_url(wire.broker, decode_responses=True)
+    store = Store(admin)
+    wait_for(
+        "both hosts online",
+        lambda: Host.objects.filter(state="online").count() == 2,
+        wire,
+    )
+    h1 = hosts["h1"]
+    assert (
+        make_client("operator").post(f"/api/hosts/{h1.pk}/rotate-credentials/").status_code == 403
+    )
+    api = make_client("admin")
+    refused = api.post(f"/api/hosts/{stranger.pk}/rotate-credentials/")
+    assert refused.status_code == 409
+    assert "bootstrap the host again over SSH" in refused.json()["detail"]
+    env_before = (tmp_path / "agent-h1.env").read_text()
+    response = api.post(f"/api/hosts/{h1.pk}/rotate-credentials/")
+    assert response.status_code == 202, response.content
+    job_id = response.json()["id"]
+    wait_for(
+        "the rotation done",
+        lambda: Job.objects.filter(pk=job_id, status="succeeded").exists(),
+        wire,
+    )
+    wait_for("h1's agent restarting", lambda: wire.procs["h1"].poll() is not None, wire)
+    env_after = (tmp_path / "agent-h1.env").read_text()
+    new_url = next(
+        ln.split("=", 1)[1] for ln in env_after.splitlines() if ln.startswith("HAVEN_AGENT_BROKER=")
+    )
+    assert new_url != old["h1"] and env_after != env_before
+    assert oct((tmp_path / "agent-h1.env").stat().st_mode & 0o777) == "0o600"
+    credential = AgentCredential.objects.get(name="h1")
+    assert credential.pending_sha256 == "" and credential.pending_encrypted == ""
+    password = new_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert credential.password_sha256 == broker.password_hash(password)
+    assert f"HAVEN_AGENT_SEAL_KEY={credentials.seal_key('h1')}" in env_after
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(old["h1"], socket_timeout=2).ping()  # the old password is gone
+    assert redis.Redis.from_url(new_url, socket_timeout=2).ping()
+    # what the supervisor does: start the agent again, now with the new credentials
+    restarted = time.time()
+    wire.procs.pop("h1")
+    wire.agent("h1")
+    wait_for(
+        "h1 heartbeating with its new login",
+        lambda: store.reports(["h1"])["h1"].received > restarted
+        and Host.objects.filter(name="h1", state="online").exists(),
+        wire,
+    )
+    # and secrets sealed with the new key open on h1
+    assert login("admin").post(f"/clusters/{cluster.pk}/fence/{device.pk}/test/").status_code == 302
+    fence = Job.objects.get(kind="fence-test")
+    assert fence.steps.get().host == h1
+    wait_for(
+        "the fence test with the new key",
+        lambda: Job.objects.filter(pk=fence.pk, status="succeeded").exists(),
+        wire,
+    )
+    assert record.read_text().splitlines() == ["status h2 password=yes"]
+    assert "pw-rotated-never" not in wire.log_text() and password not in wire.log_text()

@@ -79,7 +79,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     events = []
     for _ in range(draw(st.integers(0, 12))):
         t = draw(st.integers(1, 150))
-        kind = draw(st.sampled_from(["node", "node", "service", "move"]))
+        kind = draw(st.sampled_from(["node", "node", "service", "move", "console"]))
         if kind == "node":
             do = draw(st.sampled_from(NODE_EVENTS))
             event: dict[str, Any] = {"t": t, "do": do, "node": draw(st.sampled_from(names))}
@@ -90,6 +90,13 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
             event = {"t": t, "do": do, "service": draw(st.sampled_from(snames))}
             if do in ("fail_starts", "fail_migrations", "lose_results"):
                 event["count"] = draw(st.integers(1, 3))
+        elif kind == "console":  # the console's own view restarts or lags
+            event = {"t": t, "do": draw(st.sampled_from(["console_restart", "console_lag"]))}
+            if draw(st.booleans()):
+                event["node"] = draw(st.sampled_from(names))
+            event["for"] = draw(st.sampled_from([1, 2.5, 10]))
+            if event["do"] == "console_lag":
+                event["s"] = draw(st.sampled_from([0.5, 2, 5]))
         else:
             event = {
                 "t": t,
@@ -106,7 +113,13 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "events": events,
         "until": 240,
         # short timeouts, so that lost results matter within the run
-        "settings": {"action_timeout_s": 20, "fence_timeout_s": 10},
+        "settings": {
+            "action_timeout_s": 20,
+            "fence_timeout_s": 10,
+            # slow moves too: a host can go silent while one is under way
+            "migrate_s": draw(st.sampled_from([2, 6])),
+            "start_s": draw(st.sampled_from([1, 4])),
+        },
     }
 
 

@@ -70,6 +70,10 @@ def test_human_output(capsys: pytest.CaptureFixture[str]) -> None:
         (lambda r: r["expect"].update(order=[["a"]]), "expect.order[0]"),
         (lambda r: r.update(settings={"warp": 9}), "settings.warp"),
         (lambda r: r.update(colour="red"), "colour"),
+        (lambda r: r["events"][0].update(do="lose_results", service="g"), "events[0]"),
+        (lambda r: r["events"][0].update(do="lose_results", count=0), "events[0].count"),
+        (lambda r: r["events"][0].update(do="console_lag", **{"for": 5}), "events[0].s"),
+        (lambda r: r["events"][0].update(do="console_restart", s=1), "events[0].s"),
     ],
 )
 def test_malformed_file_names_the_field(tmp_path: Path, change: object, field: str) -> None:

@@ -131,6 +131,11 @@ class Console:
     """The console's processes on the test database: the Celery worker and beat, and the ingest
     drainer (agents' messages). The one place that knows which console processes exist."""
 
+    #: the worker's pool; deploy/quickstart runs the default prefork pool (`--concurrency 1`)
+    worker_pool: tuple[str, ...] = ("--pool", "threads", "-c", "6")
+    #: how many workers: "worker", then "worker-2", ... (deploy/quickstart runs two)
+    workers = 1
+
     def __init__(self, broker: str, database: str, logs: Path, **env: str) -> None:
         self.logs = logs
         logs.mkdir(parents=True, exist_ok=True)
@@ -157,25 +162,23 @@ class Console:
 
     def start(self) -> None:
         celery = [sys.executable, "-m", "celery", "-A", "console"]
-        self._start(
-            "worker",
-            [
-                *celery,
-                "worker",
-                "-Q",
-                "console",
-                "--pool",
-                "threads",
-                "-c",
-                "6",
-                "-n",
-                f"console-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ],
-        )
+        for n in range(1, self.workers + 1):
+            self._start(
+                "worker" if n == 1 else f"worker-{n}",
+                [
+                    *celery,
+                    "worker",
+                    "-Q",
+                    "console",
+                    *self.worker_pool,
+                    "-n",
+                    f"console-{uuid.uuid4().hex[:6]}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "INFO",
+                ],
+            )
         self._start(
             "beat", [*celery, "beat", "-s", str(self.logs / "beat-schedule"), "-l", "WARNING"]
         )

@@ -149,7 +149,7 @@ def test_console_flow(
     # --- migrate ---------------------------------------------------------------------------
     row.locator("text=Migrate…").click()
     expect(page.locator("label.target:has-text('et-virt07')")).to_contain_text(
-        "not in the restricted failover domain prefer05"
+        "et-virt07 is not a member of restricted domain prefer05"
     )
     expect(page.locator("input[value=et-virt07]")).to_be_disabled()
     shot(page, "14-migrate-form")

@@ -2,6 +2,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -10,21 +11,39 @@ from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations
+from console.runtime import operations, whatif
 from console.runtime.api import (
     ImportSerializer,
     MaintenanceSerializer,
+    PredictionSerializer,
+    WhatIfSerializer,
     job_response,
 )
 
 
 class ClusterViewSet(HavenViewSet):
+    """Clusters; ``what-if`` simulates a host's failure (or maintenance) on the live cluster."""
+
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
     filterset_fields = ("name",)
+    read_actions = ("what_if",)
 
     def perform_destroy(self, instance: Any) -> None:
         cluster_services.delete_cluster(instance, actor=self.request.user)
+
+    @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
+    @action(detail=True, methods=["post"], url_path="what-if")
+    def what_if(self, request: Request, pk: str | None = None) -> Response:
+        body = WhatIfSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            prediction = whatif.predict(
+                self.get_object(), body.validated_data["host"], body.validated_data["event"]
+            )
+        except whatif.WhatIfError as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        return Response(whatif.as_dict(prediction))
 
 
 class HostViewSet(HavenViewSet):
@@ -64,6 +83,16 @@ class HostViewSet(HavenViewSet):
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="rotate-credentials")
+    def rotate_credentials(self, request: Request, pk: str | None = None) -> Response:
+        """New broker password and sealing key for this host's agent (admin only), sent over
+        the agent's own command channel; 409 when that cannot be done (the answer says to
+        bootstrap the host again over SSH)."""
+        from console.runtime import credentials
+
+        return job_response(credentials.rotate(self.get_object(), actor=request.user))
+
     @action(detail=True, methods=["post"], url_path="acknowledge-down")
     def acknowledge_down(self, request: Request, pk: str | None = None) -> Response:
         job = operations.acknowledge_down(self.get_object(), actor=request.user)

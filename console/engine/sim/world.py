@@ -339,6 +339,8 @@ class World:
         elif isinstance(a, Stop):
             self.label(f"stop:{a.service}@{a.host}")
             self.dispatch(a.host, sim.stop_s, lambda: self.stop(a), lost)
+        elif isinstance(a, Migrate | Relocate) and a.source == a.target:
+            self.violations.append(f"t={self.t:g}: {a.service} moved to {a.target}, its own host")
         elif isinstance(a, Migrate):
             self.label(f"migrate:{a.service}:{a.source}->{a.target}")
             self.check_start(a.service, a.target, {a.source, a.target})
@@ -394,6 +396,9 @@ class World:
         if isinstance(a, FenceStatus):
             off = not host.power and host.fence_failures_left is not None
             self.label(f"fence_status:{a.host}:{'off' if off else 'on'}")
+            if off:  # confirmed off by its device, as good as a fence
+                for hosts in self.maybe.values():
+                    hosts.discard(a.host)
             self._fence_result(ActionResult(a.id, off, "off" if off else "on"), lost)
             return
         ok = host.spec.fence != "none"

@@ -1,0 +1,118 @@
+"""The ingest drainer on a real Redis, in-process: batches, refusals, no SQL per heartbeat, lag."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from agent.protocol import inbound_key
+from console.runtime.drain import Drainer
+from console.runtime.store import DRAIN_WAIT_S, Store
+from tests.console import factories as f
+
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
+    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
+    yield Store(r, prefix=prefix)
+    for key in r.scan_iter(f"{prefix}*"):
+        r.delete(key)
+
+
+def beat(host: str, seq: int, sent_at: float | None = None) -> str:
+    t = time.time()
+    return json.dumps(
+        {
+            "v": 2,
+            "kind": "heartbeat",
+            "host": host,
+            "seq": seq,
+            "boot": "b",
+            "agent_version": "t",
+            "guests": [{"name": "g", "uuid": "", "state": "running"}],
+            "ts": t,
+            "sent_at": t if sent_at is None else sent_at,
+        }
+    )
+
+
+def test_batches_without_a_query_per_heartbeat(
+    store: Store, django_assert_num_queries: Any
+) -> None:
+    cluster = f.ClusterFactory()
+    names = [f"d{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
+    for name in names:
+        f.HostFactory(cluster=cluster, name=name)
+    woken: list[int] = []
+    drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(cid), keep_users=False)
+    try:
+        drainer.keys()  # the host list, loaded once
+        for seq in range(1, 6):
+            for name in names:
+                store.r.rpush(inbound_key(name), beat(name, seq))
+        with django_assert_num_queries(0):
+            assert drainer.round(wait_s=0) == 100
+        reports = store.reports(names)
+        assert {n: r.heartbeat["seq"] for n, r in reports.items()} == dict.fromkeys(names, 5)
+        assert drainer.totals.heartbeats == 100 and woken == []
+        status = store.ingest_status()
+        assert status.backlog == 0 and status.lag_s < 1.0
+    finally:
+        drainer.close()
+        for name in names:
+            store.r.delete(inbound_key(name))
+
+
+def test_a_body_for_another_host_is_refused_and_logged_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = f.ClusterFactory()
+    h1, h2 = (f.HostFactory(cluster=cluster, name=f"r{uuid.uuid4().hex[:6]}") for _ in "12")
+    stranger = f"nobody-{uuid.uuid4().hex[:6]}"
+    drainer = Drainer(store, keep_users=False)
+    try:
+        for seq in range(5):
+            store.r.rpush(inbound_key(h1.name), beat(h2.name, seq))
+        store.r.rpush(inbound_key(stranger), beat(stranger, 1))
+        drainer._scanned = -float("inf")  # find the stranger's list now
+        with caplog.at_level(logging.WARNING, logger="haven.ingest"):
+            drainer.round(wait_s=0)
+        assert drainer.totals.refused == 6
+        assert store.reports([h1.name, h2.name, stranger]) == {}
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines.count(f"refused a message on {h1.name}'s inbound list: it speaks for host "
+                           f"'{h2.name}'") == 1  # fmt: skip
+        assert f"refused a message on {stranger}'s inbound list: no such host" in lines
+        assert store.r.llen(inbound_key(stranger)) == 0  # emptied
+    finally:
+        drainer.close()
+        for key in (inbound_key(h1.name), inbound_key(stranger)):
+            store.r.delete(key)
+
+
+def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: Store) -> None:
+    now = time.time()
+    store.record_ingest(at=now, caught_up_at=now - 7.0, backlog=300)
+    assert store.ingest_lag(now) == pytest.approx(7.0)
+    store.record_ingest(at=now - 5.0, caught_up_at=now - 5.0, backlog=0)  # no report for 5 s
+    assert store.ingest_lag(now) == pytest.approx(5.0 - DRAIN_WAIT_S)
+    store.record_ingest(at=now, caught_up_at=now, backlog=0)
+    assert store.ingest_lag(now) == 0.0
+    # the agents' clocks: the median of (received - sent_at) of each host's newest heartbeat
+    store.put_batch({"a": json.loads(beat("a", 1, sent_at=now - 2.0))}, [], now)
+    assert store.ingest_status(now).heartbeat_lag_s == pytest.approx(2.0)
