@@ -550,8 +550,9 @@ class VM:
     def powered_on(self) -> bool:
         return self.qemu is not None
 
-    def sshd_up(self) -> bool:
-        return self.powered_on() and ssh_banner(self.address)
+    def sshd_up(self, timeout: float = 10.0) -> bool:
+        """sshd answers with its banner (on a loaded machine a TCG VM's sshd needs seconds)."""
+        return self.powered_on() and ssh_banner(self.address, timeout=timeout)
 
 
 class StorageLab:
@@ -590,7 +591,7 @@ class StorageLab:
                     "address": vm.address,
                     "power": "on" if ref else "off",
                     "qemu_pid": ref.pid if ref else None,
-                    "sshd": bool(ref) and ssh_banner(vm.address, timeout=0.5),
+                    "sshd": bool(ref) and ssh_banner(vm.address, timeout=5.0),
                     "overlay": vm.overlay.exists(),
                 }
             )
@@ -756,7 +757,7 @@ class StorageLab:
         def ready() -> bool:
             if not vm.powered_on():
                 raise VMLabError(f"{name}'s QEMU died while booting: see {vm.dir}/qemu.log")
-            return ssh_banner(vm.address)
+            return ssh_banner(vm.address, timeout=5.0)
 
         wait_for(ready, timeout, f"{name}'s sshd ({vm.address})", interval=1.0)
 
