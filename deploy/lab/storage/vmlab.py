@@ -78,7 +78,7 @@ PACKAGES = (
     "util-linux",
 )
 # Increase when the customisation below changes: the cache key includes it.
-IMAGE_REVISION = 2
+IMAGE_REVISION = 3
 # Modules the tiny initrd loads (with their dependencies from modules.dep) to mount /dev/vda.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 # Units the image does not start by itself: the console's bootstrap enables the cluster stack;
@@ -417,8 +417,12 @@ class Image:
                 )
                 link.symlink_to(src)
         for unit in DISABLED_UNITS:
-            for link in wants.glob(f"*.wants/{unit}"):
-                link.unlink()
+            # The links point at /lib/systemd/... inside the image: dangling seen from here, so
+            # glob() would skip them; look at each .wants directory instead.
+            for target_dir in wants.glob("*.wants"):
+                link = target_dir / unit
+                if link.is_symlink():
+                    link.unlink()
         # Each VM's first boot (empty machine-id) applies the presets, which would enable them
         # all again (seen: corosync and lvmlockd running from boot with Debian's defaults).
         _write(
