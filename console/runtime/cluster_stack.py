@@ -225,6 +225,19 @@ def _corosync(run: HostSession) -> dict[str, Any]:
     if run.name not in [n for _, n, _ in nodes]:
         raise ClusterStackError(f"{run.name} is not one of the job's hosts")
     conf = corosync_conf(run.host.cluster.name, nodes, token_ms())
+    _, old, _ = run.run(["cat", "/etc/corosync/corosync.conf"], check=False, what="cat")
+    code, _, _ = run.run(["systemctl", "is-active", "corosync"], check=False, what="systemctl")
+    if old == conf and code == 0:
+        # A bootstrap run again over a formed cluster: same members, corosync running. A new
+        # authkey or a restart would only break the running dlm; wait for quorum as usual.
+        restarted = False
+    else:
+        _write_corosync(run, conf)
+        restarted = True
+    return _wait_quorate(run, nodes, restarted)
+
+
+def _write_corosync(run: HostSession, conf: str) -> None:
     run.run(["mkdir", "-p", "/etc/corosync", "/var/log/corosync"], what="mkdir")
     key = authkey(run.job.pk)
     # The authkey is binary: written base64 through SFTP, decoded on the host, mode 0400.
@@ -246,6 +259,11 @@ def _corosync(run: HostSession) -> dict[str, Any]:
     run.write_file("/etc/corosync/corosync.conf", conf, 0o644)
     run.run(["systemctl", "enable", "corosync"], what="systemctl enable corosync")
     run.run(["systemctl", "restart", "corosync"], what="systemctl restart corosync")
+
+
+def _wait_quorate(
+    run: HostSession, nodes: list[tuple[int, str, str]], restarted: bool
+) -> dict[str, Any]:
     expected = len(nodes)
 
     def quorate() -> tuple[bool, str]:
@@ -263,7 +281,8 @@ def _corosync(run: HostSession) -> dict[str, Any]:
 
     state = _wait(run, "corosync membership", quorate, "cluster.corosync")
     return {"nodeid": next(i for i, n, _ in nodes if n == run.name), "state": state,
-            "token_ms": token_ms(), "nodes": [n for _, n, _ in nodes]}  # fmt: skip
+            "token_ms": token_ms(), "nodes": [n for _, n, _ in nodes],
+            "restarted": restarted}  # fmt: skip
 
 
 def _dlm(run: HostSession) -> dict[str, Any]:

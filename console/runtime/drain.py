@@ -41,6 +41,7 @@ BATCH = 500  # per list and round
 SCAN_EVERY_S = 5.0
 USERS_CHECK_S = 2.0
 RESULT_ATTEMPTS = 5
+RETRY_MAX_S = 0.5  # Redis back: draining again within half a second
 BACKUP_CHECK_S = 1.0
 #: a runner whose last tick is older than this is ticked by the drainer (beat's is 1 s)
 BACKUP_AFTER_S = 2.5
@@ -260,7 +261,7 @@ class Drainer:
             except Exception as exc:  # Redis away: retry, one line per outage
                 if not backoff:
                     log.warning("ingest paused: %s", exc)
-                backoff = min(max(backoff * 2, 0.1), 2.0)
+                backoff = min(max(backoff * 2, 0.05), RETRY_MAX_S)
                 stop.wait(backoff)
 
     def close(self, wait: bool = True) -> None:

@@ -65,8 +65,8 @@ class Live(harness.Console):
     as the Redis user the console creates for it, with its sealing key, from an env file
     written as the SSH bootstrap writes it."""
 
-    def __init__(self, broker: str, tmp: Path) -> None:
-        super().__init__(broker, _db_url(), tmp, HAVEN_LOG_LEVEL="WARNING")
+    def __init__(self, broker: str, tmp: Path, **env: str) -> None:
+        super().__init__(broker, _db_url(), tmp, **{"HAVEN_LOG_LEVEL": "WARNING", **env})
         self.broker, self.tmp = broker, tmp
         self.logins: dict[str, str] = {}
 

@@ -78,7 +78,7 @@ PACKAGES = (
     "util-linux",
 )
 # Increase when the customisation below changes: the cache key includes it.
-IMAGE_REVISION = 1
+IMAGE_REVISION = 3
 # Modules the tiny initrd loads (with their dependencies from modules.dep) to mount /dev/vda.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 # Units the image does not start by itself: the console's bootstrap enables the cluster stack;
@@ -417,8 +417,18 @@ class Image:
                 )
                 link.symlink_to(src)
         for unit in DISABLED_UNITS:
-            for link in wants.glob(f"*.wants/{unit}"):
-                link.unlink()
+            # The links point at /lib/systemd/... inside the image: dangling seen from here, so
+            # glob() would skip them; look at each .wants directory instead.
+            for target_dir in wants.glob("*.wants"):
+                link = target_dir / unit
+                if link.is_symlink():
+                    link.unlink()
+        # Each VM's first boot (empty machine-id) applies the presets, which would enable them
+        # all again (seen: corosync and lvmlockd running from boot with Debian's defaults).
+        _write(
+            r / "etc" / "systemd" / "system-preset" / "00-haven-lab.preset",
+            "".join(f"disable {unit}\n" for unit in DISABLED_UNITS),
+        )
         _write(r / "etc" / "fstab", "/dev/vda / ext4 rw,noatime 0 1\n")
         hosts = ["127.0.0.1 localhost", f"{CONSOLE_ADDRESS} haven-console"]
         hosts += [f"{SUBNET}.{index} {name}" for name, index in VMS]
@@ -544,8 +554,9 @@ class VM:
     def powered_on(self) -> bool:
         return self.qemu is not None
 
-    def sshd_up(self) -> bool:
-        return self.powered_on() and ssh_banner(self.address)
+    def sshd_up(self, timeout: float = 10.0) -> bool:
+        """sshd answers with its banner (on a loaded machine a TCG VM's sshd needs seconds)."""
+        return self.powered_on() and ssh_banner(self.address, timeout=timeout)
 
 
 class StorageLab:
@@ -584,7 +595,7 @@ class StorageLab:
                     "address": vm.address,
                     "power": "on" if ref else "off",
                     "qemu_pid": ref.pid if ref else None,
-                    "sshd": bool(ref) and ssh_banner(vm.address, timeout=0.5),
+                    "sshd": bool(ref) and ssh_banner(vm.address, timeout=5.0),
                     "overlay": vm.overlay.exists(),
                 }
             )
@@ -750,7 +761,7 @@ class StorageLab:
         def ready() -> bool:
             if not vm.powered_on():
                 raise VMLabError(f"{name}'s QEMU died while booting: see {vm.dir}/qemu.log")
-            return ssh_banner(vm.address)
+            return ssh_banner(vm.address, timeout=5.0)
 
         wait_for(ready, timeout, f"{name}'s sshd ({vm.address})", interval=1.0)
 
