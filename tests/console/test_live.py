@@ -237,6 +237,7 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
     )
 
     # 3. a migration the test driver cannot do fails with libvirt's own error; nothing moves
+    wait_for("vm-h1 settled on h1", lambda: placement()["vm-h1"] == ("started", "h1"), live)
     api = make_client("operator")
     service = VmService.objects.get(name="vm-h1")
     response = api.post(f"/api/services/{service.pk}/migrate/", {"host": "h3"}, format="json")
