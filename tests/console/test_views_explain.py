@@ -235,3 +235,17 @@ def test_jobs_are_named_by_their_object_and_who_asked(world: dict[str, Any]) -> 
     assert demo_job.title == "bootstrap lab" and demo_job.by == "demo"
     page = text(login("viewer").get("/jobs/"))
     assert "start web1 on et-virt05" in page and "HA engine" in page and ">demo<" in page
+
+
+def test_rotate_credentials_from_the_host_page(world: dict[str, Any]) -> None:
+    c, h5 = world["cluster"].pk, world["hosts"][0]
+    url = f"/clusters/{c}/hosts/{h5.pk}/rotate-credentials/"
+    assert "Rotate agent credentials" not in text(
+        login("viewer").get(f"/clusters/{c}/hosts/{h5.pk}/")
+    )
+    assert login("viewer", "v2").post(url).status_code == 403
+    admin = login("admin")
+    assert "Rotate agent credentials" in text(admin.get(f"/clusters/{c}/hosts/{h5.pk}/"))
+    # a host this console never bootstrapped has no credential: the page says what to do
+    page = text(admin.post(url, follow=True))
+    assert "has no broker credential from this console" in page and "SSH" in page
