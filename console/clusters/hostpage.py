@@ -85,3 +85,25 @@ def host_what_if(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
         },
         status=400 if error else 200,
     )
+
+
+@role_required(read="admin", write="admin")
+def host_rotate_credentials(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """The agent's broker password and sealing key anew (console/runtime/credentials.py)."""
+    from django.contrib import messages
+    from django.shortcuts import redirect
+
+    from console.core.errors import Refused
+    from console.runtime import credentials
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    try:
+        job = credentials.rotate(host, actor=request.user)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("clusters:host", cluster.pk, host.pk)
+    messages.success(request, f"Rotating {host.name}'s broker credentials (job {job.pk}).")
+    return redirect("jobs:detail", job.pk)

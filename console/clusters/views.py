@@ -7,6 +7,7 @@ Every write goes through a services layer (``console.runtime.operations``,
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +17,7 @@ from django.db.models import Count, Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_post_parameters
 
 from console.clusters import services as cluster_services
@@ -31,11 +33,11 @@ from console.core.views import role_required
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
 from console.runtime import operations
-from console.services.choices import ServiceState
+from console.runtime.models import PendingCommand
+from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
 from console.services.models import FailoverDomain, VmService
 
-RUNNING_STATES = ("started", "migrating", "stopping", "starting", "relocating")
 COMMON_FENCE_AGENTS = (
     "fence_ipmilan",
     "fence_haven_lab",
@@ -50,6 +52,7 @@ COMMON_FENCE_AGENTS = (
 
 # --- the cluster page -----------------------------------------------------------------------
 SERVICES_PER_PAGE = 50
+REFUSALS_SHOWN_MIN = 15
 
 
 def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     queries whatever the cluster's size (no N+1; pinned by a test)."""
     hosts = list(
         Host.objects.filter(cluster=cluster)
-        .annotate(guests=Count("services", filter=Q(services__state__in=RUNNING_STATES)))
+        .annotate(guests=Count("services", filter=Q(services__state__in=OCCUPYING_STATES)))
         .prefetch_related(Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order")))
         .order_by("name")
     )
@@ -69,10 +72,19 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     )
     page = Paginator(services, SERVICES_PER_PAGE).get_page((params or {}).get("page"))
     keep = urlencode(query.params())
+    # people's commands the engine refused lately: said on the page, not only on their job
+    refusals = list(
+        PendingCommand.objects.filter(
+            cluster=cluster,
+            outcome=PendingCommand.Outcome.REFUSED,
+            created__gte=timezone.now() - dt.timedelta(minutes=REFUSALS_SHOWN_MIN),
+        ).order_by("-created")[:5]
+    )
     membership = _membership([h.name for h in hosts])
     for h in hosts:
         h.membership = membership.get(h.name)  # type: ignore[attr-defined]
     return {
+        "refusals": refusals,
         "cluster": cluster,
         "hosts": hosts,
         "cluster_stack": any(membership.values()),

@@ -72,6 +72,30 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk} ({self.status})"
 
+    @property
+    def title(self) -> str:
+        """What a person reads: the job's kind with its object and host ("start guest1 on
+        et-virt05", "migrate guest1 to et-virt06", "fence et-virt05")."""
+        p = self.params if isinstance(self.params, dict) else {}
+        service, host = p.get("service"), p.get("host")
+        target = p.get("target")
+        if service and target:
+            return f"{self.kind} {service} to {target}"
+        if service and host:
+            return f"{self.kind} {service} on {host}"
+        what = service or host or p.get("device") or p.get("cluster") or ""
+        return f"{self.kind} {what}".strip()
+
+    @property
+    def by(self) -> str:
+        """Who asked: the user, the name a script gave, or the HA engine."""
+        if self.created_by_id is not None and self.created_by is not None:
+            return self.created_by.get_username()
+        p = self.params if isinstance(self.params, dict) else {}
+        if p.get("by"):
+            return str(p["by"])
+        return "HA engine" if self.action_id else "console"
+
 
 class StepStatus(models.TextChoices):
     PENDING = "pending", "Pending (waits for its stage)"

@@ -76,11 +76,14 @@ def create_job(
     """Create a job and its steps; the first stage is sent once the transaction commits."""
     with transaction.atomic():
         user = created_by if getattr(created_by, "is_authenticated", False) else None
+        params = dict(params or {})
+        if isinstance(created_by, str) and created_by:
+            params.setdefault("by", created_by)  # a script or a named actor, not a user
         job = Job.objects.create(
             kind=kind,
             cluster=cluster,
             created_by=user,
-            params=params or {},
+            params=params,
         )
         if steps or action_id:
             attach_steps(job, steps, action_id=action_id, message=message)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -173,8 +174,17 @@ def on_event(sender: Any, instance: Event, created: bool, **kwargs: Any) -> None
     topic = topic_of(instance) if created else None
     if topic is None or topic == Topic.TEST:  # test alerts are delivered inline, to one hook
         return
+    if not AlertHook.objects.filter(enabled=True).exists():
+        return  # nobody to tell: no broker round trip in the HA runner's tick
     event_id = instance.pk
-    transaction.on_commit(lambda: _dispatch(event_id, None))
+
+    def dispatch() -> None:
+        # off the committing thread: a slow or absent broker never holds the HA runner
+        threading.Thread(
+            target=_dispatch, args=(event_id, None), name="alert-dispatch", daemon=True
+        ).start()
+
+    transaction.on_commit(dispatch)
 
 
 def test_hook(hook: AlertHook, *, actor: str) -> str:

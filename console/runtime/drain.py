@@ -41,6 +41,10 @@ BATCH = 500  # per list and round
 SCAN_EVERY_S = 5.0
 USERS_CHECK_S = 2.0
 RESULT_ATTEMPTS = 5
+RETRY_MAX_S = 0.5  # Redis back: draining again within half a second
+BACKUP_CHECK_S = 1.0
+#: a runner whose last tick is older than this is ticked by the drainer (beat's is 1 s)
+BACKUP_AFTER_S = 2.5
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Totals:
     results: int = 0
     refused: int = 0
     wakes: int = 0
+    backup_ticks: int = 0
 
 
 class Drainer:
@@ -77,6 +82,9 @@ class Drainer:
         self._users_checked = -float("inf")
         self._keep_users = keep_users
         self.caught_up_at = time.time()
+        self._backup_checked = -float("inf")
+        self._clusters: list[int] = []
+        self._clusters_read = -float("inf")
 
     # --- which lists ------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -214,6 +222,33 @@ class Drainer:
             log.warning("re-created the Redis users of %s", ", ".join(created))
 
     # --- running ----------------------------------------------------------------------------
+    # --- the backup ticker ------------------------------------------------------------------
+    def _backup_ticks(self) -> None:
+        """Celery beat ticks every runner each second; when it is gone (killed, restarting,
+        its worker dead) the drainer ticks the runners whose last tick is older than
+        `BACKUP_AFTER_S`, so HA never waits for a beat to come back. The runner's lock keeps
+        it to one decision at a time whoever ticks."""
+        t = time.monotonic()
+        if t - self._backup_checked < BACKUP_CHECK_S:
+            return
+        self._backup_checked = t
+        from console.clusters.models import Cluster
+        from console.monitoring import ticks
+
+        try:
+            if t - self._clusters_read > 10.0:
+                self._clusters = list(Cluster.objects.values_list("pk", flat=True))
+                self._clusters_read = t
+            now = time.time()
+            for cluster_id, at in ticks.last_tick(self.store, self._clusters).items():
+                if at is None or now - at > BACKUP_AFTER_S:
+                    self.totals.backup_ticks += 1
+                    self.wake(cluster_id)
+        except Exception:
+            log.exception("backup tick check failed")
+        finally:
+            close_old_connections()
+
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         log.info("ingest drainer started")
@@ -221,11 +256,12 @@ class Drainer:
         while not stop.is_set():
             try:
                 self.round()
+                self._backup_ticks()
                 backoff = 0.0
             except Exception as exc:  # Redis away: retry, one line per outage
                 if not backoff:
                     log.warning("ingest paused: %s", exc)
-                backoff = min(max(backoff * 2, 0.1), 2.0)
+                backoff = min(max(backoff * 2, 0.05), RETRY_MAX_S)
                 stop.wait(backoff)
 
     def close(self, wait: bool = True) -> None:

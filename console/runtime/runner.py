@@ -27,6 +27,7 @@ from django.utils import timezone
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
+from console.engine.tick import OCCUPYING
 from console.events.models import Severity
 from console.events.services import record
 from console.jobs import services as jobs
@@ -354,18 +355,7 @@ def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
         ss = status.services.get(name)
         if ss is None:
             continue
-        node = (
-            ss.node
-            if ss.state
-            in (
-                engine.ServiceState.STARTED,
-                engine.ServiceState.STOPPING,
-                engine.ServiceState.MIGRATING,
-                engine.ServiceState.RELOCATING,
-                engine.ServiceState.STARTING,
-            )
-            else None
-        )
+        node = ss.node if ss.state in OCCUPYING else None
         host = loaded.hosts.get(node) if node else None
         target = loaded.hosts.get(ss.target) if ss.target and node else None
         new = (

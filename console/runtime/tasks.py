@@ -12,12 +12,17 @@ from console.runtime import runner
 from console.runtime.store import Store
 
 _store: Store | None = None
+_store_url: str | None = None
 
 
 def store() -> Store:
-    global _store
-    if _store is None:
-        _store = Store()
+    """The process's store, made anew when the broker setting changed (a test or a console
+    pointed at another Redis must never read the heartbeats of the old one)."""
+    global _store, _store_url
+    from django.conf import settings
+
+    if _store is None or (_store_url is not None and _store_url != settings.REDIS_URL):
+        _store, _store_url = Store(), settings.REDIS_URL
     return _store
 
 

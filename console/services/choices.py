@@ -1,5 +1,7 @@
 from django.db import models
 
+from console.engine.tick import OCCUPYING
+
 
 class Recovery(models.TextChoices):
     """What the cluster does when the guest stops without being asked to."""
@@ -50,3 +52,8 @@ SERVICE_STATE_COLOURS = {
     "waiting": "red",
     "failed": "red",
 }
+
+
+#: states in which a guest holds memory on its host (and on its target while it moves): the
+#: engine's own set, the one source for "occupies a host" (tests/console/test_choices.py)
+OCCUPYING_STATES = frozenset(s.value for s in OCCUPYING)

@@ -787,6 +787,7 @@ def make_console(run: Any) -> Any:
 
     class ChaosConsole(harness.Console):
         argv: dict[str, list[str]]
+        workers = 2  # as deploy/quickstart and production run them: one may die, one decides
 
         def _start(self, name: str, argv: list[str]) -> None:
             if not hasattr(self, "argv"):

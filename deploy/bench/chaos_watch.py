@@ -266,12 +266,26 @@ def early_starts(ivs: Sequence[Interval], power: Sequence[Mapping[str, Any]]) ->
     return out
 
 
+#: A host that was dead, or frozen or cut longer than the silence limit, counts as failed (not
+#: healthy) for fences that begin up to this long after it came back: the engine decided the
+#: fence while it was failed, and a fence once decided runs until the engine gives up on it
+#: (`Settings.fence_timeout_s`); fencing is never called off because the host came back.
+FENCE_GRACE_S = 20.0
+
+
 def failure_windows(
-    power: Sequence[Mapping[str, Any]], end: float, silence_s: float, grace_s: float
+    power: Sequence[Mapping[str, Any]],
+    end: float,
+    silence_s: float,
+    grace_s: float,
+    resume_grace_s: float | None = None,
 ) -> Windows:
     """A host is failed while no agent of it lives (power off, killed, exited: from the death to
     the next boot), and while frozen or cut off for longer than the silence limit; each window
-    lasts `grace_s` longer (a fence decided a moment before the host came back is no error)."""
+    lasts `grace_s` longer (a fence decided a moment before the host came back is no error),
+    a freeze or cut that ends without a fence `resume_grace_s` longer (the fence decided during
+    it still runs: `FENCE_GRACE_S`)."""
+    resume_grace = grace_s if resume_grace_s is None else resume_grace_s
     w = Windows()
     died = deaths(power)
     boots: dict[str, list[tuple[float, int]]] = {}
@@ -287,7 +301,8 @@ def failure_windows(
             for p in paused:
                 if p[0] == host and p[1] == kind and (kind == "cut" or p[3] == pid):
                     paused.remove(p)
-                    w.add(host, p[2] + silence_s, r["t"] + grace_s)
+                    if r["t"] - p[2] > silence_s:
+                        w.add(host, p[2] + silence_s, r["t"] + resume_grace)
                     break
     for host, _kind, began, pid in paused:  # killed while frozen, or never resumed
         w.add(host, began + silence_s, died.get((host, pid), end) + grace_s)
@@ -400,6 +415,7 @@ def analyse(
     ticks_from: float | None = None,
     silence_s: float = 2.0,
     grace_s: float = 2.0,
+    resume_grace_s: float = FENCE_GRACE_S,
     logs: Mapping[str, str] | None = None,
     enabled: Sequence[str] | None = None,
 ) -> Report:
@@ -407,7 +423,7 @@ def analyse(
     must each run once at the end, and count for convergence."""
     ivs = intervals(traces, power, guests)
     wanted = list(guests if enabled is None else enabled)
-    windows = failure_windows(power, end, silence_s, grace_s)
+    windows = failure_windows(power, end, silence_s, grace_s, resume_grace_s)
     running = running_at(ivs, end - 1e-6)
     stall, stall_at = longest_gap(ticks, ticks_from if ticks_from is not None else end, end)
     return Report(

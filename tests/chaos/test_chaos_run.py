@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FAULTS, SEED = 30, 90  # seed 90: every kind of fault at least once in 30
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 10 bug 4, not fixed yet: HA stalls after a worker kill -9 until a new worker "
-    "is up (6.1-9.4 s seen with seed 90, limit 5 s); also seen in the long run: a guest whose "
-    "failback migration target went silent was started on the target while its source ran it",
-)
 def test_short_chaos_run_keeps_every_guest_once(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("the chaos run starts its own redis-server, which is not installed")

@@ -209,3 +209,19 @@ def test_only_enabled_guests_must_run_at_the_end() -> None:
     report = analyse(traces, power, enabled=["g1"])
     assert report.lost == [] and report.converge_s == pytest.approx(5.0)
     assert analyse(traces, power).lost == ["g2"]
+
+
+def test_a_fence_decided_during_a_long_freeze_may_run_after_the_host_resumed() -> None:
+    """Frozen longer than the silence limit = failed; its fence still runs when the host is
+    back (fencing is never called off), so it is no healthy host fenced. A short freeze is."""
+    traces, power = clean()
+    power += [
+        pw(20.0, "h3", "stop", pid=31),
+        pw(23.3, "h3", "cont", pid=31),  # frozen 3.3 s: past the limit
+        pw(27.1, "h3", "fence-begin", action="reboot"),  # 3.8 s after it resumed
+        pw(60.0, "h2", "stop", pid=21),
+        pw(61.5, "h2", "cont", pid=21),  # 1.5 s: within the limit
+        pw(62.0, "h2", "fence-begin", action="reboot"),
+    ]
+    report = analyse(traces, power)
+    assert [(f.host, f.at) for f in report.healthy_fenced] == [("h2", 62.0)]

@@ -116,3 +116,30 @@ def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: Store) -> None:
     # the agents' clocks: the median of (received - sent_at) of each host's newest heartbeat
     store.put_batch({"a": json.loads(beat("a", 1, sent_at=now - 2.0))}, [], now)
     assert store.ingest_status(now).heartbeat_lag_s == pytest.approx(2.0)
+
+
+def test_the_drainer_ticks_runners_that_beat_left_alone(store: Store) -> None:
+    """Celery beat dead or restarting: the drainer ticks a runner whose last tick is stale."""
+    from console.monitoring import ticks
+
+    cluster = f.ClusterFactory()
+    woken: list[int] = []
+    drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(cid), keep_users=False)
+    try:
+
+        def check() -> list[int]:
+            drainer._backup_checked = -float("inf")
+            woken.clear()
+            drainer._backup_ticks()
+            drainer._pool.submit(lambda: None).result()  # the wakes ran
+            time.sleep(0.05)
+            return list(woken)
+
+        assert check() == [cluster.pk]  # never ticked
+        ticks.record_tick(store, cluster.pk, 0.01)  # beat just ticked it
+        assert check() == []
+        store.r.set(f"{store.p}ticked:{cluster.pk}", f"{time.time() - 3.0:.3f}")
+        assert check() == [cluster.pk]  # 3 s without a tick: the drainer steps in
+        assert drainer.totals.backup_ticks == 2
+    finally:
+        drainer.close()

@@ -65,8 +65,8 @@ class Live(harness.Console):
     as the Redis user the console creates for it, with its sealing key, from an env file
     written as the SSH bootstrap writes it."""
 
-    def __init__(self, broker: str, tmp: Path) -> None:
-        super().__init__(broker, _db_url(), tmp, HAVEN_LOG_LEVEL="WARNING")
+    def __init__(self, broker: str, tmp: Path, **env: str) -> None:
+        super().__init__(broker, _db_url(), tmp, **{"HAVEN_LOG_LEVEL": "WARNING", **env})
         self.broker, self.tmp = broker, tmp
         self.logins: dict[str, str] = {}
 
@@ -237,6 +237,7 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
     )
 
     # 3. a migration the test driver cannot do fails with libvirt's own error; nothing moves
+    wait_for("vm-h1 settled on h1", lambda: placement()["vm-h1"] == ("started", "h1"), live)
     api = make_client("operator")
     service = VmService.objects.get(name="vm-h1")
     response = api.post(f"/api/services/{service.pk}/migrate/", {"host": "h3"}, format="json")

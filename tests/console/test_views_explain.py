@@ -197,3 +197,55 @@ def test_the_home_page_costs_the_same_queries_at_any_size(world: dict[str, Any])
         ]
     )
     assert count() == small <= 8  # session, user, roles, clusters, hosts, services
+
+
+def test_a_refused_command_is_said_on_the_cluster_page(world: dict[str, Any]) -> None:
+    from console.runtime.models import PendingCommand
+
+    cluster = world["cluster"]
+    job = f.JobFactory(cluster=cluster, kind="migrate", status="failed")
+    PendingCommand.objects.create(
+        command_id="cmd-x",
+        cluster=cluster,
+        kind="migrate",
+        service="web1",
+        node="et-virt07",
+        job=job,
+        actor="ada",
+        outcome=PendingCommand.Outcome.REFUSED,
+        reason="et-virt07 is unreachable",
+    )
+    page = text(login("viewer").get(f"/clusters/{cluster.pk}/"))
+    assert 'id="refusals"' in page
+    assert "migrate web1 to et-virt07" in page and "et-virt07 is unreachable" in page
+
+
+def test_jobs_are_named_by_their_object_and_who_asked(world: dict[str, Any]) -> None:
+    from console.jobs import services as jobs
+
+    engine_job = jobs.create_job(
+        "start",
+        [],
+        cluster=world["cluster"],
+        params={"service": "web1", "host": "et-virt05"},
+        action_id="c1-7",
+    )
+    demo_job = jobs.create_job("bootstrap", [], created_by="demo", params={"cluster": "lab"})
+    assert engine_job.title == "start web1 on et-virt05" and engine_job.by == "HA engine"
+    assert demo_job.title == "bootstrap lab" and demo_job.by == "demo"
+    page = text(login("viewer").get("/jobs/"))
+    assert "start web1 on et-virt05" in page and "HA engine" in page and ">demo<" in page
+
+
+def test_rotate_credentials_from_the_host_page(world: dict[str, Any]) -> None:
+    c, h5 = world["cluster"].pk, world["hosts"][0]
+    url = f"/clusters/{c}/hosts/{h5.pk}/rotate-credentials/"
+    assert "Rotate agent credentials" not in text(
+        login("viewer").get(f"/clusters/{c}/hosts/{h5.pk}/")
+    )
+    assert login("viewer", "v2").post(url).status_code == 403
+    admin = login("admin")
+    assert "Rotate agent credentials" in text(admin.get(f"/clusters/{c}/hosts/{h5.pk}/"))
+    # a host this console never bootstrapped has no credential: the page says what to do
+    page = text(admin.post(url, follow=True))
+    assert "has no broker credential from this console" in page and "SSH" in page

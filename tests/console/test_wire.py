@@ -48,7 +48,8 @@ class Wire(Live):
 def wire(tmp_path: Path, settings: Any) -> Iterator[Wire]:
     broker = _broker(DB)
     with using_broker(broker, settings):
-        wire = Wire(broker, tmp_path)
+        # agents restart in these tests (a kill, a rotation): a restart is no host failure here
+        wire = Wire(broker, tmp_path, HAVEN_MISSED_HEARTBEATS="30")
         try:
             yield wire
         finally:

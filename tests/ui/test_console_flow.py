@@ -68,7 +68,7 @@ def test_console_flow(
     page.click("button[value=create]")
     expect(page.locator("h1")).to_contain_text("Creating cluster lab")
     expect(page.locator("#bootstrap-steps tbody tr")).to_have_count(3)
-    expect(page.locator("#job-live")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#job-live")).to_have_attribute("data-status", "succeeded", timeout=60_000)
     assert "lab-root-pw" not in page.content()
     shot(page, "05-bootstrap-progress")
     page.click("text=Open cluster lab")

@@ -5,8 +5,8 @@ Built from Debian's packages only (debootstrap from this machine's own mirror), 
 boots Debian's kernel with a tiny initrd (klibc + the virtio/ext4 modules) and systemd as PID 1
 under QEMU TCG (``tb-size=256``), from its own qcow2 overlay on the shared read-only base image,
 with the lab's "LUNs" (sparse raw files, ``share-rw=on``, fixed serials) and a NIC on a bridge
-inside the network namespace ``havensv``. The machine reaches the VMs through a veth
-(``havensv0``, 10.89.0.254/24); nothing else on the machine is touched.
+inside the network namespace ``stlab``. The machine reaches the VMs through a veth
+(``stlab0``, 10.89.0.254/24); nothing else on the machine is touched.
 
 Per-VM identity (hostname, address, SSH host key) reaches the VM through QEMU's fw_cfg
 (``opt/haven/*``), read at boot by ``haven-seed.service``: the base image stays one file.
@@ -38,9 +38,9 @@ REPO = HERE.parents[2]
 DEFAULT_ROOT = REPO / "var" / "storage-lab"
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-NETNS = "havensv"
+NETNS = "stlab"  # not "haven*": the namespace lab's teardown checks it left none of those
 BRIDGE = "svbr0"  # inside the namespace
-UPLINK = "havensv0"  # the machine's end of the veth into the namespace
+UPLINK = "stlab0"  # the machine's end of the veth into the namespace
 SUBNET = "10.89.0"
 CONSOLE_ADDRESS = f"{SUBNET}.254"
 PREFIX_LEN = 24
