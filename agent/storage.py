@@ -7,6 +7,7 @@ LVM at loop devices with a private config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -268,6 +269,10 @@ class LinuxStorage:
         self, device: str, mount_point: str, fstype: str, options: str | None
     ) -> dict[str, Any]:
         dev, mp, fst = names.device(device), names.mount_point(mount_point), names.fstype(fstype)
+        if not self._kernel_has(fst):
+            # gfs2 (and most file systems) is a module: load it once, as mount(8) would
+            with contextlib.suppress(AgentError):
+                self._run(["modprobe", "--", fst], check=False, timeout_s=60.0)
         if not self._kernel_has(fst):
             raise AgentError(
                 "not_supported", f"the kernel lacks {fst!r} (not in /proc/filesystems)"
