@@ -12,17 +12,20 @@ from console.runtime import runner
 from console.runtime.store import Store
 
 _store: Store | None = None
-_store_url: str | None = None
+_made: tuple[Store, str] | None = None  # the store this module made, and for which URL
 
 
 def store() -> Store:
     """The process's store, made anew when the broker setting changed (a test or a console
-    pointed at another Redis must never read the heartbeats of the old one)."""
-    global _store, _store_url
+    pointed at another Redis must never read the heartbeats of the old one); a store a test
+    put in `_store` is used as it is."""
+    global _store, _made
     from django.conf import settings
 
-    if _store is None or (_store_url is not None and _store_url != settings.REDIS_URL):
-        _store, _store_url = Store(), settings.REDIS_URL
+    stale = _made is not None and _made[0] is _store and _made[1] != settings.REDIS_URL
+    if _store is None or stale:
+        _store = Store()
+        _made = (_store, settings.REDIS_URL)
     return _store
 
 

@@ -25,6 +25,8 @@ def small_cluster() -> Any:
         f.HostFactory(cluster=cluster, name=f"et-virt0{i}", address=f"10.88.0.{i}", state="online")
         for i in (5, 6)
     ]
+    for host in hosts:
+        f.sealing_key(host.name)  # the bootstrap gave each agent its key (sealed secrets)
     domain = f.FailoverDomainFactory(cluster=cluster, name="prefer05")
     f.FailoverDomainMemberFactory(domain=domain, host=hosts[0])
     f.VmServiceFactory(
