@@ -12,20 +12,22 @@ from console.runtime import runner
 from console.runtime.store import Store
 
 _store: Store | None = None
-_made: tuple[Store, str] | None = None  # the store this module made, and for which URL
+#: each store this module made, with the broker URL it was made for (kept, so no id is reused);
+#: a store a test put in place is not among them
+_made: dict[int, tuple[Store, str]] = {}
 
 
 def store() -> Store:
     """The process's store, made anew when the broker setting changed (a test or a console
     pointed at another Redis must never read the heartbeats of the old one); a store a test
     put in `_store` is used as it is."""
-    global _store, _made
+    global _store
     from django.conf import settings
 
-    stale = _made is not None and _made[0] is _store and _made[1] != settings.REDIS_URL
-    if _store is None or stale:
+    made = _made.get(id(_store)) if _store is not None else None
+    if _store is None or (made is not None and made[1] != settings.REDIS_URL):
         _store = Store()
-        _made = (_store, settings.REDIS_URL)
+        _made[id(_store)] = (_store, settings.REDIS_URL)
     return _store
 
 
