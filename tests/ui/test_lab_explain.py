@@ -71,16 +71,6 @@ def test_the_console_explains_a_real_failure(
         cluster = api.get("/api/clusters/").json()["results"][0]["id"]
         hosts = {h["name"]: h["id"] for h in api.get("/api/hosts/").json()["results"]}
 
-        # --- what if et-virt06 dies now ---------------------------------------------------
-        page.goto(f"{live_server.url}/clusters/{cluster}/hosts/{hosts['et-virt06']}/")
-        page.click("#what-if-power")
-        fate = page.locator("#fate-guest2")
-        expect(fate).to_have_attribute("data-outcome", "restarts")
-        predicted = fate.get_attribute("data-after")
-        assert predicted in ("et-virt05", "et-virt07"), predicted
-        expect(page.locator("main")).to_contain_text("et-virt06 would be fenced first")
-        shot(page, "explain-01-what-if")
-
         # --- a crashed guest: its own incident ----------------------------------------------
         lab.run_in("et-virt05", ["virsh", "-c", "qemu:///system", "destroy", "guest1"], check=True)
         harness.wait(
@@ -90,6 +80,16 @@ def test_the_console_explains_a_real_failure(
             and placement()["guest1"] == ("started", "et-virt05"),
             timeout=30,
         )
+
+        # --- what if et-virt06 dies now ---------------------------------------------------
+        page.goto(f"{live_server.url}/clusters/{cluster}/hosts/{hosts['et-virt06']}/")
+        page.click("#what-if-power")
+        fate = page.locator("#fate-guest2")
+        expect(fate).to_have_attribute("data-outcome", "restarts")
+        predicted = fate.get_attribute("data-after")
+        assert predicted in ("et-virt05", "et-virt07"), predicted
+        expect(page.locator("main")).to_contain_text("et-virt06 would be fenced first")
+        shot(page, "explain-01-what-if")
 
         # --- the real power-off, watched without a reload ----------------------------------
         page.goto(f"{live_server.url}/clusters/{cluster}/")
