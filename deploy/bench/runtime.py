@@ -10,8 +10,8 @@ then measures, the way the ingest drainer does it (``ingest.handle`` then the ru
 - heartbeat ingestion: the cost of one heartbeat (it goes to Redis, not the database);
 - one runner tick in steady state, with every host heartbeating.
 
-Agents are simulated here (a transport that records what would be sent); the broker hop to a
-real agent adds ~3-5 ms (see deploy/bench/agent.py).
+Agents are simulated here (console/runtime/fakes.py, the fleet the tests run on); the broker
+hop to a real agent adds ~3-5 ms (see deploy/bench/agent.py).
 """
 
 from __future__ import annotations
@@ -42,14 +42,6 @@ def setup_django(var_dir: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-class TimedTransport:
-    def __init__(self) -> None:
-        self.sent: list[tuple[float, str, dict[str, Any]]] = []
-
-    def send(self, host: str, command: dict[str, Any], redacted: dict[str, Any]) -> None:
-        self.sent.append((time.perf_counter(), host, command))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hosts", type=int, default=32)
@@ -67,19 +59,25 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
 
     from console.clusters.models import Cluster, FenceDevice, Host
     from console.jobs.transport import use_transport
-    from console.runtime import ingest, runner
+    from console.runtime import runner
+    from console.runtime.fakes import FakeAgents
     from console.runtime.store import RedisStore
     from console.services.models import VmService
+
+    class TimedAgents(FakeAgents):
+        """The simulated fleet, noting when each command was handed to the broker."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.times: list[float] = []
+
+        def send(self, host: str, command: dict[str, Any], redacted: dict[str, Any]) -> None:
+            self.times.append(time.perf_counter())
+            super().send(host, command, redacted)
 
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     prefix = f"haven-bench-{os.getpid()}:"
     store = RedisStore(r, prefix=prefix)
-
-    def receive(message: dict[str, Any]) -> None:
-        """What the drainer does with one message from the host named by its inbound list."""
-        cluster_id = ingest.handle(message, store, sender=message["host"])
-        if cluster_id is not None:
-            runner.run(cluster_id, store)
 
     cluster = Cluster.objects.create(name="bench")
     hosts = [
@@ -96,87 +94,41 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
             domain_xml=f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>"
             "</domain>",
         )
-    running: dict[str, set[str]] = {h.name: set() for h in hosts}
-
-    def heartbeat_all() -> None:
-        for h, guests in running.items():
-            ingest.handle(
-                {
-                    "v": 2,
-                    "kind": "heartbeat",
-                    "host": h,
-                    "memory_total_mib": 65536,
-                    "memory_free_mib": 60000,
-                    "cpus": 16,
-                    "guests": [{"name": g, "uuid": "", "state": "running"} for g in sorted(guests)],
-                },
-                store,
-                sender=h,
-            )
-
-    def answer(transport: TimedTransport, start: int) -> None:
-        for _, host, command in transport.sent[start:]:
-            if command["kind"] == "start":
-                running[host].add(command["args"]["guest"])
-            receive(
-                {
-                    "v": 2,
-                    "kind": "result",
-                    "host": host,
-                    "id": command["id"],
-                    "ok": True,
-                    "data": {},
-                    "error": None,
-                }
-            )
-
-    transport = TimedTransport()
+    # what the drainer does: each message filed, a woken cluster's runner run at once
+    agents = TimedAgents(
+        store, [h.name for h in hosts], memory_total_mib=65536, cpus=16, wake_runner=True
+    )
     try:
-        with use_transport(transport):
+        with use_transport(agents):
             for _ in range(6):  # settle: every service placed and started
-                heartbeat_all()
-                seen = len(transport.sent)
+                agents.heartbeat()
                 runner.run(cluster.pk, store)
-                answer(transport, seen)
-                answer(transport, seen)  # define results release the starts
+                agents.answer()  # define results release the starts, answered too
             started = VmService.objects.filter(state="started").count()
             hb = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                heartbeat_all()
+                agents.heartbeat()
                 hb.append((time.perf_counter() - t0) / n_hosts)
             ticks = []
             for _ in range(rounds):
-                heartbeat_all()
+                agents.heartbeat()
                 ticks.append(runner.run(cluster.pk, store)[0].duration_s)
             crash = []
             for i in range(rounds):
                 service = VmService.objects.select_related("host").get(name=f"g{i:05d}")
                 assert service.host is not None
-                host = service.host.name
-                running[host].discard(service.name)
-                seen = len(transport.sent)
+                seen = len(agents.commands)
                 t0 = time.perf_counter()
-                receive(
-                    {
-                        "v": 2,
-                        "kind": "event",
-                        "event": "lifecycle",
-                        "host": host,
-                        "guest": service.name,
-                        "state": "crashed",
-                        "detail": "failed",
-                    }
-                )
+                agents.crash(service.host.name, service.name)
                 first = next(
-                    t
-                    for t, _, c in transport.sent[seen:]
+                    at
+                    for at, (_, c) in zip(agents.times[seen:], agents.commands[seen:], strict=True)
                     if c["kind"] == "define" and service.name in c["args"]["xml"]
                 )
                 crash.append(first - t0)
-                answer(transport, seen)
-                answer(transport, len(transport.sent) - 1)
-                heartbeat_all()
+                agents.answer()
+                agents.heartbeat()
     finally:
         for key in r.scan_iter(f"{prefix}*"):
             r.delete(key)

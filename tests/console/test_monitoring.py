@@ -28,7 +28,7 @@ from console.monitoring import services as alerts
 from console.monitoring.models import AlertHook
 from console.runtime.store import Store
 from tests.console import factories as f
-from tests.console.test_runtime import Agents, cluster3, run, store  # noqa: F401
+from tests.console.test_runtime import cluster3, run, store  # noqa: F401
 from tests.console.views_support import login, text
 
 
@@ -232,10 +232,9 @@ def test_a_real_power_loss_through_the_runtime_reads_as_an_incident(
     cluster3: Any,  # noqa: F811
     store: Store,  # noqa: F811
 ) -> None:
-    cluster, agents, _transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.alive["et-virt05"] = False  # power loss: silent, guests gone
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")  # power loss: silent, guests gone
     run(cluster, agents, store, t, t + 10)
     unreachable = Event.objects.get(verb="host-state", data__new="unreachable")
     assert unreachable.severity == "critical" and unreachable.data["host"] == "et-virt05"
@@ -248,7 +247,7 @@ def test_a_real_power_loss_through_the_runtime_reads_as_an_incident(
 
 @pytest.mark.django_db(transaction=True)
 def test_runner_ticks_show_in_metrics(cluster3: Any, store: Store, settings: Any) -> None:  # noqa: F811
-    cluster, agents, _transport = cluster3
+    cluster, agents = cluster3
     run(cluster, agents, store, 1000.0, 1003.0)  # ticks at virtual times, each recorded
     settings.HAVEN_METRICS_ALLOW = "127.0.0.1"
     from console.runtime import tasks

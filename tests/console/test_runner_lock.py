@@ -27,7 +27,6 @@ from console.runtime import runner, snapshot
 from console.runtime.models import EngineState
 from console.runtime.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from tests.console.test_runtime import (  # noqa: F401
-    Agents,
     cluster3,
     run,
     store,
@@ -94,7 +93,7 @@ def test_a_dead_holder_blocks_others_for_at_most_the_ttl(store: Store) -> None:
 def test_a_long_tick_keeps_its_lock(
     cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     agents.heartbeat(time.time())
     real_tick = engine.tick
     contenders: list[bool] = []
@@ -124,10 +123,9 @@ def test_a_long_tick_keeps_its_lock(
 def test_a_tick_that_lost_its_lock_writes_nothing(
     cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.alive["et-virt05"] = False  # the next ticks would fence it
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")  # the next ticks would fence it
     real_tick = engine.tick
 
     def tick_then_lose_the_lock(snap: engine.Snapshot, now: float) -> engine.Decision:
@@ -159,10 +157,9 @@ def test_a_snapshot_overtaken_by_another_runner_is_not_committed(
 ) -> None:
     """The state row is the lock's fencing token: even a runner that never noticed it lost
     the lock (paused between its last renewal and its commit) cannot write a stale decision."""
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.alive["et-virt05"] = False
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")
     real_tick = engine.tick
 
     def another_runner_commits_meanwhile(snap: engine.Snapshot, now: float) -> engine.Decision:
@@ -200,7 +197,7 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
     cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow load (here: 1.5 s after the heartbeats were read) must not age the heartbeats."""
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     read_at: list[float] = []
     real_reports, real_results = store.reports, pending_engine_results
 
@@ -226,14 +223,13 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
 def test_commands_queued_for_a_host_being_fenced_are_dropped(cluster3: Any, store: Store) -> None:
     """Sent before the fence, they must never run after it (the host reboots and its agent is
     back in seconds): the runner empties the host's queue once the fence is decided."""
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     queue = agent_queue("et-virt05")
     store.r.delete(queue)
     try:
         t = run(cluster, agents, store, 1000.0, 1005.0)
         store.r.rpush(queue, '{"a start": "queued before the power loss"}')
-        agents.alive["et-virt05"] = False
-        agents.running["et-virt05"].clear()
+        agents.power_off("et-virt05")
         run(cluster, agents, store, t, t + 10)
         assert agents.fenced == ["et-virt05"]
         assert store.r.llen(queue) == 0
@@ -260,7 +256,7 @@ def test_a_runner_waits_out_the_lock_of_a_holder_that_missed_its_renewals(
 ) -> None:
     """A live holder's lock never has less than two thirds of its ttl left; one with less is
     likely dead: the runner waits for it to expire instead of leaving it to the next beat."""
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     agents.heartbeat(time.time())
     key = f"{store.p}lock:runner:{cluster.pk}"
     store.r.set(key, "a-dead-holder", px=400)

@@ -1,7 +1,8 @@
 """The runtime on a real Redis: heartbeats in, the engine deciding, jobs out, results back.
 
-Agents are played by the test (a recording transport and messages fed to ``ingest``), so
-time is explicit and every step can be checked; real agent processes are in test_live.py.
+Agents are simulated (console/runtime/fakes.py ``FakeAgents``: the job transport, and messages
+fed to ``ingest`` as the drainer does), so time is explicit and every step can be checked; real
+agent processes are in test_live.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from agent.protocol import Command
 from agent.sealing import open_sealed
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
-from console.jobs.transport import RecordingTransport, use_transport
+from console.jobs.transport import use_transport
 from console.runtime import credentials, ingest, rules, runner
+from console.runtime.fakes import FakeAgents
 from console.runtime.store import RedisStore, Store
 from console.services.models import VmService
 from tests.console import factories as f
@@ -31,100 +33,8 @@ def store() -> Iterator[RedisStore]:
         yield s
 
 
-class Agents:
-    """Plays every host's agent: answers commands, keeps what runs where, sends heartbeats."""
-
-    def __init__(self, store: Store, transport: RecordingTransport, hosts: list[Any]) -> None:
-        self.store, self.transport = store, transport
-        self.running: dict[str, set[str]] = {h.name: set() for h in hosts}
-        self.alive = {h.name: True for h in hosts}
-        self.fenced: list[str] = []
-        self.seen = 0
-        self.fail_kinds: set[str] = set()
-        #: command kinds whose next result never reaches the console (a worker died with it)
-        self.lose_next: set[str] = set()
-        self.queries: list[tuple[str, dict[str, Any]]] = []
-
-    def heartbeat(self, t: float) -> None:
-        for host, guests in self.running.items():
-            if self.alive[host]:
-                ingest.handle(
-                    {
-                        "v": 2,
-                        "kind": "heartbeat",
-                        "host": host,
-                        "ts": t,
-                        "memory_total_mib": 16384,
-                        "memory_free_mib": 15000,
-                        "cpus": 8,
-                        "host_uuid": f"uuid-{host}",
-                        "agent_version": "t",
-                        "guests": [
-                            {"name": g, "uuid": "", "state": "running"} for g in sorted(guests)
-                        ],
-                    },
-                    self.store,
-                    received=t,
-                    sender=host,
-                )
-
-    def answer(self, t: float) -> None:
-        """Carry out everything sent since the last call; feed the results back."""
-        while self.seen < len(self.transport.sent):
-            host, command = self.transport.sent[self.seen]
-            self.seen += 1
-            if not self.alive.get(host, True):
-                continue
-            ok, data, message = self._do(host, command)
-            if command["kind"] in self.lose_next:
-                self.lose_next.discard(command["kind"])
-                continue
-            ingest.handle(
-                {
-                    "v": 2,
-                    "kind": "result",
-                    "host": host,
-                    "ts": t,
-                    "id": command["id"],
-                    "command": command["kind"],
-                    "ok": ok,
-                    "data": data,
-                    "error": None if ok else {"message": message},
-                },
-                self.store,
-                received=t,
-                sender=host,
-            )
-
-    def _do(self, host: str, command: dict[str, Any]) -> tuple[bool, dict[str, Any], str]:
-        kind, args = command["kind"], command["args"]
-        if kind in self.fail_kinds:
-            return False, {}, f"{kind} failed (test)"
-        if kind == "start":
-            self.running[host].add(args["guest"])
-        elif kind in ("shutdown", "destroy"):
-            self.running[host].discard(args["guest"])
-        elif kind == "migrate":
-            target = next(h for h in self.running if h in args["dest_uri"])
-            self.running[host].discard(args["guest"])
-            self.running[target].add(args["guest"])
-        elif kind == "fence" and args["action"] == "status":
-            victim = args["params"]["plug"]
-            self.queries.append((host, args))
-            power = "on" if self.alive[victim] else "off"
-            if args.get("require_power") not in (None, power):
-                return False, {}, f"the host is {power}, not {args['require_power']}"
-            return True, {"power": power}, ""
-        elif kind == "fence":
-            victim = args["params"]["plug"]
-            self.alive[victim] = False
-            self.running[victim].clear()
-            self.fenced.append(victim)
-        return True, {}, ""
-
-
 @pytest.fixture
-def cluster3(db: None, store: Store) -> Iterator[tuple[Any, Agents, RecordingTransport]]:
+def cluster3(db: None, store: Store) -> Iterator[tuple[Any, FakeAgents]]:
     cluster = f.ClusterFactory(name="et")
     hosts = [
         f.HostFactory(
@@ -148,11 +58,12 @@ def cluster3(db: None, store: Store) -> Iterator[tuple[Any, Agents, RecordingTra
         f.VmServiceFactory(
             cluster=cluster, name=f"guest{i}", failover_domain=host.domain_memberships.get().domain
         )
-    with use_transport(RecordingTransport()) as transport:
-        yield cluster, Agents(store, transport, hosts), transport
+    agents = FakeAgents(store, [h.name for h in hosts], memory_total_mib=16384, cpus=8)
+    with use_transport(agents):
+        yield cluster, agents
 
 
-def run(cluster: Any, agents: Agents, store: Store, start: float, until: float) -> float:
+def run(cluster: Any, agents: FakeAgents, store: Store, start: float, until: float) -> float:
     t = start
     while t <= until:
         agents.heartbeat(t)
@@ -171,43 +82,29 @@ def placement() -> dict[str, tuple[str, str | None]]:
 
 @pytest.mark.django_db(transaction=True)
 def test_services_start_on_their_preferred_hosts(cluster3: Any, store: Store) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
     run(cluster, agents, store, 1000.0, 1005.0)
     assert placement() == {
         "guest1": ("started", "et-virt05"),
         "guest2": ("started", "et-virt06"),
         "guest3": ("started", "et-virt07"),
     }
-    kinds = [(h, c["kind"]) for h, c in transport.sent]
+    kinds = [(h, c["kind"]) for h, c in agents.commands]
     assert ("et-virt05", "define") in kinds and ("et-virt05", "start") in kinds
-    define = next(c for h, c in transport.sent if c["kind"] == "define")
+    define = next(c for h, c in agents.commands if c["kind"] == "define")
     assert "<name>guest" in define["args"]["xml"]  # the console's own copy of the XML
     assert all(j.status == JobStatus.SUCCEEDED for j in Job.objects.all())
 
 
 @pytest.mark.django_db(transaction=True)
 def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.running["et-virt06"].discard("guest2")
-    cluster_id = ingest.handle(
-        {
-            "v": 2,
-            "kind": "event",
-            "event": "lifecycle",
-            "host": "et-virt06",
-            "guest": "guest2",
-            "state": "crashed",
-            "ts": t,
-        },
-        store,
-        received=t,
-        sender="et-virt06",
-    )
+    cluster_id = agents.crash("et-virt06", "guest2", t)  # QEMU killed: its agent says so
     assert cluster_id == cluster.pk  # the runner is woken by the event, not the next beat
-    sent_before = len(transport.sent)
+    sent_before = len(agents.commands)
     runner.tick_once(cluster.pk, store, now=t + 0.05)
-    new = [(h, c["kind"], c["args"].get("guest")) for h, c in transport.sent[sent_before:]]
+    new = [(h, c["kind"], c["args"].get("guest")) for h, c in agents.commands[sent_before:]]
     assert new == [("et-virt06", "define", None)]
     agents.answer(t + 0.1)
     run(cluster, agents, store, t + 1, t + 3)
@@ -216,15 +113,14 @@ def test_crash_event_restarts_in_place_at_once(cluster3: Any, store: Store) -> N
 
 @pytest.mark.django_db(transaction=True)
 def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, store: Store) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.alive["et-virt05"] = False  # power loss: silent, guests gone
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")  # power loss: silent, guests gone
     run(cluster, agents, store, t, t + 10)
     assert agents.fenced == ["et-virt05"]
-    kinds = [(h, c["kind"], c["args"].get("guest")) for h, c in transport.sent]
+    kinds = [(h, c["kind"], c["args"].get("guest")) for h, c in agents.commands]
     fence_at = next(i for i, k in enumerate(kinds) if k[1] == "fence")
-    fence_host, fence_cmd = transport.sent[fence_at]
+    fence_host, fence_cmd = agents.commands[fence_at]
     assert fence_host in ("et-virt06", "et-virt07")  # a healthy host runs the fence agent
     assert "password" not in fence_cmd["args"]["params"]  # sealed for the fencing host alone
     opened = open_sealed(credentials.seal_key(fence_host), fence_host, Command.from_dict(fence_cmd))
@@ -240,10 +136,9 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
 
 @pytest.mark.django_db(transaction=True)
 def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store: Store) -> None:
-    cluster, agents, _transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
-    agents.alive["et-virt05"] = False  # power loss
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")  # power loss
     agents.lose_next.add("fence")  # the fence happens, its result never arrives
     run(cluster, agents, store, t, t + 40)
     assert agents.fenced == ["et-virt05"]  # fenced once: the query, not a second fence, settled it
@@ -260,7 +155,7 @@ def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store:
 def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
     from console.runtime import operations
 
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
     with rules.use(store=store, clock=lambda: t):  # the rulebook sees the test's virtual time
@@ -278,7 +173,7 @@ def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store)
 def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -> None:
     from console.runtime import operations
 
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     service = VmService.objects.get(name="guest1")
     with rules.use(store=store, clock=lambda: t):
@@ -294,7 +189,7 @@ def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -
 
 @pytest.mark.django_db(transaction=True)
 def test_two_runners_never_decide_at_once(cluster3: Any, store: Store) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     agents.heartbeat(1000.0)
     name = f"runner:{cluster.pk}"
     with store.lock(name) as taken:
@@ -309,7 +204,7 @@ def test_two_runners_never_decide_at_once(cluster3: Any, store: Store) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Store) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1002.0)
     agents.running["et-virt06"].add("legacy")
     agents.heartbeat(t)
@@ -332,7 +227,7 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
         f"/api/hosts/{host.pk}/import-guests/", {"guests": ["legacy"]}, format="json"
     )
     assert response.status_code == 202
-    host_name, command = transport.sent[-1]
+    host_name, command = agents.commands[-1]
     assert (host_name, command["kind"], command["args"]) == (
         "et-virt06",
         "dumpxml",
@@ -362,9 +257,9 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
         "7f1d0d43-5d8e-4a36-9b3e-0c4f3a7f1a11",
     )
     assert (service.state, service.host.name if service.host else None) == ("started", "et-virt06")
-    sent_before = len(transport.sent)
+    sent_before = len(agents.commands)
     run(cluster, agents, store, t + 1, t + 3)  # adopted where it runs: nothing is started
-    assert not [c for _, c in transport.sent[sent_before:] if c["args"].get("guest") == "legacy"]
+    assert not [c for _, c in agents.commands[sent_before:] if c["args"].get("guest") == "legacy"]
     assert placement()["legacy"] == ("started", "et-virt06")
 
 
@@ -372,13 +267,12 @@ def test_import_guests_keeps_their_xml_and_adopts_them(cluster3: Any, store: Sto
 def test_fence_runs_beside_the_console_when_no_other_host_can(
     cluster3: Any, store: Store, settings: Any
 ) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     # et-virt06 is in maintenance (drained, still heartbeating: it may run the fence agent)
     Host.objects.filter(name="et-virt06").update(maintenance=True)
     t = run(cluster, agents, store, t, t + 5)
-    agents.alive["et-virt05"] = False
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")
     run(cluster, agents, store, t, t + 8)
     fence = Job.objects.get(kind="fence")
     assert fence.steps.get().host.name == "et-virt06"  # first by name, maintenance or not
@@ -395,7 +289,7 @@ def test_heartbeats_never_write_to_the_database(cluster3: Any, store: Store) -> 
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    _, agents, _ = cluster3
+    _, agents = cluster3
     with CaptureQueriesContext(connection) as queries:
         for second in range(50):
             agents.heartbeat(2000.0 + second)

@@ -12,7 +12,7 @@ from console.runtime import rules, whatif
 from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import Agents, cluster3, placement, run, store  # noqa: F401
+from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401
 from tests.console.views_support import login, text
 
 
@@ -113,12 +113,11 @@ def test_the_page_shows_the_prediction(world: dict[str, Any]) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Store) -> None:  # noqa: F811
-    cluster, agents, _transport = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     with rules.use(store=store, clock=lambda: t):
         predicted = whatif.predict(cluster, "et-virt05")
-    agents.alive["et-virt05"] = False  # now the real power loss, through the runtime
-    agents.running["et-virt05"].clear()
+    agents.power_off("et-virt05")  # now the real power loss, through the runtime
     run(cluster, agents, store, t, t + 15)
     real = placement()
     for g in predicted.guests:

@@ -1,5 +1,5 @@
 """Browser tests: Debian's chromium driven by Playwright (never a downloaded browser), a live
-Django server, and simulated agents (tests/ui/sim.py) behind the real HA runner.
+Django server, and simulated agents (console/runtime/fakes.py) behind the real HA runner.
 
 Screenshots of every page go to var/screenshots/ (git-ignored).
 """
@@ -83,9 +83,11 @@ def store() -> Iterator[Any]:
 @pytest.fixture
 def sim(store: Any) -> Iterator[Any]:
     from console.jobs.transport import use_transport
-    from tests.ui.sim import SimAgents
+    from console.runtime.fakes import FakeAgents
 
-    agents = SimAgents(store)
+    # small hosts; a live migration takes long enough to be seen
+    agents = FakeAgents(store, memory_total_mib=4096, cpus=2)
+    agents.delays["migrate"] = 2.5
     with use_transport(agents):
         agents.start()
         yield agents
