@@ -16,6 +16,11 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          first heartbeat, then apply libvirt's migration settings through a
                          normal ``configure_migration`` job step.
 
+The steps reach a host through one port, ``RemoteHost`` (run a command, write a file, copy a
+file): ``ParamikoHost`` over SSH in production (``ssh_connect``), ``FakeRemoteHost``
+(console/runtime/fakes.py) in tests (``use_connector``), so the whole bootstrap runs without a
+lab (tests/console/test_bootstrap_fake.py).
+
 Why in-process and not a Celery task: the root passwords must never be stored or logged. A
 Celery task's arguments travel through Redis (and Celery logs them), so the bootstrap runs in
 threads of the process that received the passwords (the web request's, or a test's), after
@@ -51,11 +56,12 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paramiko
 from django.conf import settings
@@ -281,9 +287,112 @@ def _run_in_thread(job_id: int, passwords: dict[str, str]) -> None:
 # --- running it -----------------------------------------------------------------------------
 
 
+class RemoteHost(Protocol):
+    """A root shell on a host being bootstrapped: the one port the bootstrap's steps use.
+
+    ``ParamikoHost`` is the real one (SSH with the root password, the host key pinned);
+    ``FakeRemoteHost`` (console/runtime/fakes.py) plays a host in this process. Transport
+    failures raise ``BootstrapError`` with the reason in plain words."""
+
+    def run(self, argv: list[str], *, timeout: float) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of ``argv``, quoted: no shell interprets a value."""
+
+    def write_file(self, path: str, text: str, mode: int) -> None:
+        """Write a file with ``mode`` set before any content is written, renamed into place."""
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file to the host."""
+
+    def close(self) -> None: ...
+
+
+#: how a bootstrap reaches a host: (name, address, port, root password, pinned fingerprint)
+Connector = Callable[[str, str, int, str, str], RemoteHost]
+
+
+class ParamikoHost:
+    """``RemoteHost`` over SSH (paramiko)."""
+
+    def __init__(self, name: str, client: paramiko.SSHClient) -> None:
+        self.name, self.client = name, client
+
+    def run(self, argv: list[str], *, timeout: float) -> tuple[int, str, str]:
+        try:
+            _in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+            return out.channel.recv_exit_status(), stdout, stderr
+        except (paramiko.SSHException, OSError) as exc:
+            raise BootstrapError(_reason(exc)) from None
+
+    def write_file(self, path: str, text: str, mode: int) -> None:
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        with self.client.open_sftp() as sftp:
+            with sftp.open(tmp, "w") as f:
+                sftp.chmod(tmp, mode)
+                f.write(text.encode())
+            sftp.posix_rename(tmp, path)
+
+    def put(self, local: Path, remote: str) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def ssh_connect(name: str, address: str, port: int, password: str, fingerprint: str) -> RemoteHost:
+    """SSH as root with the password, accepting exactly the pinned host key."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_PinnedKey(name, fingerprint))
+    try:
+        client.connect(
+            address,
+            port=port,
+            username="root",
+            password=password,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=CONNECT_TIMEOUT_S,
+            banner_timeout=CONNECT_TIMEOUT_S,
+            auth_timeout=CONNECT_TIMEOUT_S,
+        )
+    except BootstrapError:
+        client.close()
+        raise
+    except paramiko.AuthenticationException:
+        client.close()
+        raise BootstrapError(f"wrong root password for {name}") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        reasons = {_reason(e) for e in exc.errors.values()}
+        raise BootstrapError(f"{name} unreachable: {', '.join(sorted(reasons))}") from None
+    except (OSError, EOFError) as exc:
+        client.close()
+        raise BootstrapError(f"{name} unreachable: {_reason(exc)}") from None
+    except paramiko.SSHException as exc:
+        client.close()
+        raise BootstrapError(f"SSH to {name} failed: {_reason(exc)}") from None
+    return ParamikoHost(name, client)
+
+
+_connector: Connector = ssh_connect
+
+
+@contextmanager
+def use_connector(connector: Connector) -> Iterator[Connector]:
+    """Reach hosts with ``connector`` instead of SSH (tests: ``FakeRemoteHost``)."""
+    global _connector
+    previous, _connector = _connector, connector
+    try:
+        yield connector
+    finally:
+        _connector = previous
+
+
 @dataclass
 class _HostRun:
-    """One host's bootstrap in progress: its SSH session and what the steps learn."""
+    """One host's bootstrap in progress: its root shell and what the steps learn."""
 
     job: Job
     host: Host
@@ -291,7 +400,7 @@ class _HostRun:
     port: int
     fingerprint: str
     password: str = field(repr=False)
-    client: paramiko.SSHClient | None = None
+    remote: RemoteHost | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -300,9 +409,9 @@ class _HostRun:
 
     def close(self) -> None:
         self.password = ""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
 
     def run(
         self,
@@ -313,14 +422,11 @@ class _HostRun:
         what: str = "",
     ) -> tuple[int, str, str]:
         """Run argv on the host (quoted, no shell interpretation of values)."""
-        assert self.client is not None
+        assert self.remote is not None
         try:
-            _in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
-            stdout = out.read().decode(errors="replace")
-            stderr = err.read().decode(errors="replace")
-            code = out.channel.recv_exit_status()
-        except (paramiko.SSHException, OSError) as exc:
-            raise BootstrapError(f"{self.name}: {what or argv[0]} failed: {_reason(exc)}") from None
+            code, stdout, stderr = self.remote.run(argv, timeout=timeout)
+        except BootstrapError as exc:
+            raise BootstrapError(f"{self.name}: {what or argv[0]} failed: {exc}") from None
         if check and code != 0:
             tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
             raise BootstrapError(
@@ -330,13 +436,8 @@ class _HostRun:
 
     def write_file(self, path: str, text: str, mode: int) -> None:
         """Write a file on the host with `mode` set before any content is written."""
-        assert self.client is not None
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        with self.client.open_sftp() as sftp:
-            with sftp.open(tmp, "w") as f:
-                sftp.chmod(tmp, mode)
-                f.write(text.encode())
-            sftp.posix_rename(tmp, path)
+        assert self.remote is not None
+        self.remote.write_file(path, text, mode)
 
 
 def run_bootstrap(job_id: int, passwords: dict[str, str]) -> Job:
@@ -417,39 +518,11 @@ def _pipeline(run: _HostRun, steps: list[JobStep]) -> None:
 
 
 def _connect(run: _HostRun) -> dict[str, Any]:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_PinnedKey(run.name, run.fingerprint))
     try:
-        client.connect(
-            run.address,
-            port=run.port,
-            username="root",
-            password=run.password,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=CONNECT_TIMEOUT_S,
-            banner_timeout=CONNECT_TIMEOUT_S,
-            auth_timeout=CONNECT_TIMEOUT_S,
-        )
-    except BootstrapError:
-        client.close()
-        raise
-    except paramiko.AuthenticationException:
-        client.close()
-        raise BootstrapError(f"wrong root password for {run.name}") from None
-    except paramiko.ssh_exception.NoValidConnectionsError as exc:
-        client.close()
-        reasons = {_reason(e) for e in exc.errors.values()}
-        raise BootstrapError(f"{run.name} unreachable: {', '.join(sorted(reasons))}") from None
-    except (OSError, EOFError) as exc:
-        client.close()
-        raise BootstrapError(f"{run.name} unreachable: {_reason(exc)}") from None
-    except paramiko.SSHException as exc:
-        client.close()
-        raise BootstrapError(f"SSH to {run.name} failed: {_reason(exc)}") from None
+        remote = _connector(run.name, run.address, run.port, run.password, run.fingerprint)
     finally:
         run.password = ""  # used once
-    run.client = client
+    run.remote = remote
     _, uid, _ = run.run(["id", "-u"], what="id -u")
     if uid.strip() != "0":
         raise BootstrapError(
@@ -545,10 +618,9 @@ def _install(run: _HostRun) -> dict[str, Any]:
     _, tmp, _ = run.run(["mktemp", "-d", "/tmp/haven-wheels.XXXXXX"], what="mktemp")
     tmp = tmp.strip()
     try:
-        assert run.client is not None
-        with run.client.open_sftp() as sftp:
-            for wheel in wheels:
-                sftp.put(str(wheel), f"{tmp}/{wheel.name}")
+        assert run.remote is not None
+        for wheel in wheels:
+            run.remote.put(wheel, f"{tmp}/{wheel.name}")
         _, out, _ = run.run(
             [
                 "flock",

@@ -29,6 +29,9 @@ What is simulated, and how:
   (seconds a kind takes before its result is sent).
 
 Subclasses change what a command does by overriding ``do`` (the scenarios' world does).
+
+``FakeRemoteHost``/``FakeRemoteHosts`` play the hosts the SSH bootstrap logs in to
+(console/runtime/bootstrap.py ``RemoteHost``), so a bootstrap runs whole without a lab.
 """
 
 from __future__ import annotations
@@ -313,6 +316,8 @@ class FakeAgents:
             return {"outcome": "ok", "exit_code": 0, "power": "off", "output": "Success: off"}
         if kind == "fence_metadata":
             return dict(FENCE_METADATA)
+        if kind == "configure_migration":
+            return {"files": [], "changed": True, "restart_required": False}
         return self.storage(host, kind, a)
 
     def storage(self, host: str, kind: str, a: dict[str, Any]) -> dict[str, Any]:
@@ -426,3 +431,104 @@ FENCE_METADATA: dict[str, Any] = {
         },
     ],
 }
+
+
+class FakeRemoteHost:
+    """A Debian host as the SSH bootstrap sees it (console/runtime/bootstrap.py
+    ``RemoteHost``), in this process: answers the commands the bootstrap runs, keeps the files
+    it writes (``files``: path -> (text, mode)) and the commands (``ran``); when the bootstrap
+    starts the agent (systemd, or the boot script), ``on_agent_start`` is called with the host's
+    name (``FakeRemoteHosts`` makes its ``FakeAgents`` heartbeat). ``fail``: argv[0] (or
+    argv[0] + " " + argv[1]) -> (exit status, stderr) for a command that fails."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        init: str = "systemd",
+        on_agent_start: Callable[[str], None] | None = None,
+        fail: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
+        self.name, self.init = name, init
+        self.on_agent_start = on_agent_start
+        self.fail = dict(fail or {})
+        self.files: dict[str, tuple[str, int]] = {}
+        self.uploaded: list[str] = []
+        self.ran: list[list[str]] = []
+        self.closed = False
+
+    def run(self, argv: list[str], *, timeout: float) -> tuple[int, str, str]:
+        self.ran.append(list(argv))
+        for key in (" ".join(argv[:2]), argv[0]):
+            if key in self.fail:
+                code, stderr = self.fail[key]
+                return code, "", stderr
+        cmd = argv[0]
+        if cmd == "id":
+            return 0, "0\n", ""
+        if cmd == "hostname":
+            return 0, f"{self.name}\n", ""
+        if cmd == "uname":
+            return 0, "6.1.0-fake-amd64\n", ""
+        if cmd == "python3":
+            return 0, "3.11\n", ""
+        if cmd == "test":
+            return (0 if argv[-1] in self.files else 1), "", ""
+        if cmd == "mktemp":
+            return 0, "/tmp/haven-wheels.fake\n", ""
+        if cmd == "flock":  # the install script, under its lock
+            self.files[f"{argv[6]}/.haven-complete"] = ("", 0o644)
+            return 0, "installed\n", ""
+        if cmd == "cat" and argv[1:] == ["/proc/1/comm"]:
+            return 0, f"{self.init}\n", ""
+        if argv[-2:-1] == ["restart"] or argv[-1:] == ["restart"]:  # systemctl, boot script
+            if self.on_agent_start is not None:
+                self.on_agent_start(self.name)
+            return 0, "", ""
+        if cmd == "tail":
+            return 0, "agent: started\n", ""
+        return 0, "", ""  # mkdir, rm, systemctl daemon-reload / enable, ...
+
+    def write_file(self, path: str, text: str, mode: int) -> None:
+        self.files[path] = (text, mode)
+
+    def put(self, local: Path, remote: str) -> None:
+        self.uploaded.append(remote)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeRemoteHosts:
+    """A bootstrap connector (``bootstrap.use_connector``) to ``FakeRemoteHost``s: each host
+    has a root password and a host key fingerprint; a wrong one is refused in the words the
+    SSH connector uses, an unknown address is unreachable. A started agent joins ``agents``."""
+
+    def __init__(self, agents: FakeAgents | None = None) -> None:
+        self.agents = agents
+        self.hosts: dict[str, tuple[str, str, FakeRemoteHost]] = {}  # address -> ...
+
+    def add(
+        self, name: str, address: str, password: str, fingerprint: str, **kw: Any
+    ) -> FakeRemoteHost:
+        host = FakeRemoteHost(name, on_agent_start=self._started, **kw)
+        self.hosts[address] = (password, fingerprint, host)
+        return host
+
+    def _started(self, name: str) -> None:
+        if self.agents is not None:
+            self.agents.alive.add(name)
+
+    def __call__(
+        self, name: str, address: str, port: int, password: str, fingerprint: str
+    ) -> FakeRemoteHost:
+        from console.runtime.bootstrap import BootstrapError
+
+        if address not in self.hosts:
+            raise BootstrapError(f"{name} unreachable: no route to host")
+        right_password, key, host = self.hosts[address]
+        if fingerprint != key:
+            raise BootstrapError(f"host key mismatch for {name}: expected {fingerprint}, got {key}")
+        if password != right_password:
+            raise BootstrapError(f"wrong root password for {name}")
+        return host
