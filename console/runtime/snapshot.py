@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -90,7 +89,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     load (database locks, a busy worker) never makes hosts look older than they are."""
     hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
-    now = time.time() if now is None else now
+    now = store.clock() if now is None else now
     reports = store.reports(sorted(hosts))
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
     # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new

@@ -6,13 +6,10 @@ time is explicit and every step can be checked; real agent processes are in test
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
@@ -22,27 +19,16 @@ from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
 from console.runtime import credentials, ingest, rules, runner
-from console.runtime.store import Store
+from console.runtime.store import RedisStore, Store
 from console.services.models import VmService
 from tests.console import factories as f
-
-
-def _redis() -> redis.Redis:
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    return r
+from tests.stores import redis_store
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    r = _redis()
-    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+def store() -> Iterator[RedisStore]:
+    with redis_store() as s:
+        yield s
 
 
 class Agents:
