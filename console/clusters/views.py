@@ -319,7 +319,9 @@ def _any_online_host(cluster: Cluster) -> Host | None:
 def fence_list(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster, pk=pk)
     devices = FenceDevice.objects.filter(cluster=cluster).select_related("host")
-    hosts = Host.objects.filter(cluster=cluster).annotate(devices=Count("fence_devices"))
+    hosts = Host.objects.filter(cluster=cluster).prefetch_related(
+        Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order", "name"))
+    )
     return render(
         request,
         "clusters/fence_list.html",
