@@ -345,6 +345,40 @@ def test_a_fence_fails_only_when_every_level_failed(cluster3: Any, store: Store)
 
 
 @pytest.mark.django_db(transaction=True)
+def test_autostart_off_stays_stopped_after_a_full_power_cycle_until_a_person_starts_it(
+    cluster3: Any, store: Store
+) -> None:
+    from console.runtime import operations
+
+    cluster, agents, transport = cluster3
+    VmService.objects.filter(name="guest1").update(autostart=False)
+    t = run(cluster, agents, store, 1000.0, 1003.0)
+    assert placement()["guest1"] == ("stopped", None)  # new, autostart off: not started
+    admin = User.objects.create_superuser("ada", password="pw")
+    operations.service_command(VmService.objects.get(name="guest1"), "start", actor=admin)
+    t = run(cluster, agents, store, t, t + 4)
+    assert placement()["guest1"] == ("started", "et-virt05")  # a person started it
+    for host in agents.alive:  # every host loses power at once
+        agents.alive[host] = False
+        agents.running[host].clear()
+    t = run(cluster, agents, store, t, t + 8)
+    sent = len(transport.sent)
+    for host in agents.alive:  # and comes back, empty
+        agents.alive[host] = True
+    t = run(cluster, agents, store, t, t + 10)
+    starts = {c["args"]["guest"] for _h, c in transport.sent[sent:] if c["kind"] == "start"}
+    assert starts == {"guest2", "guest3"}  # autostart on: started again; guest1 not
+    service = VmService.objects.get(name="guest1")
+    assert (service.state, service.desired_state) == ("stopped", "stopped")
+    assert "autostart is off" in service.state_reason
+    run(cluster, agents, store, t, t + 5)
+    assert placement()["guest1"] == ("stopped", None)  # and it stays so
+    operations.service_command(service, "start", actor=admin)
+    run(cluster, agents, store, t + 6, t + 10)
+    assert placement()["guest1"][0] == "started"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
     from console.runtime import operations
 
