@@ -18,8 +18,9 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   refused while it is silent but not confirmed down (wait for its fence, or acknowledge it is
   down). A reachable host is put in maintenance (nothing new lands on it meanwhile), then,
   given the root password, its agent is stopped and uninstalled over SSH (its unit or boot
-  hook, its configuration; the install directory when no other agent of this machine uses
-  it). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
+  hook and its configuration with the broker credentials; the installed versions under
+  /opt/haven-agent are left: on the lab, whose hosts share one file system, other agents run
+  from them). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
   console/runtime/credentials.py) and the row goes, with its fence devices and domain
   memberships. Without a password the agent is left on the host, unable to log in. A host
   that is down (fenced, offline, acknowledged) is removed without SSH.
@@ -307,12 +308,7 @@ if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
     echo "supervised agent stopped"
 fi
 rm -f "$pid" "$env" "$sup" "$boot"
-if ls "$confdir"/agent-*.env >/dev/null 2>&1; then
-    echo "install directory kept: another agent of this machine uses it"
-else
-    rm -rf "$agents"
-    echo "install directory removed"
-fi
+echo "configuration removed from $confdir; $agents (the installed agent versions) is left"
 """
 
 

@@ -179,3 +179,51 @@ def test_repair_runs_the_bootstrap_again_on_the_same_row(
         FP,
     )
     assert Host.objects.filter(pk=host.pk).exists()
+
+
+def test_the_pages_add_remove_and_repair_by_the_same_rules(
+    two: list[Host], started: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.clusters import views as cluster_views
+    from tests.console.fake_bootstrap import FakeBootstrap
+    from tests.console.test_views_wizard import rows
+    from tests.console.views_support import login, text
+
+    monkeypatch.setattr(cluster_views, "_bootstrap", lambda: FakeBootstrap({"10.88.0.8": FP}))
+    host, other = two
+    cluster = host.cluster
+    client = login("admin")
+    assert f"/clusters/{cluster.pk}/hosts/add/" in text(client.get(f"/clusters/{cluster.pk}/"))
+    url = f"/clusters/{cluster.pk}/hosts/add/"
+    page = text(client.get(url))
+    assert "Add hosts to et" in page and 'name="name"' not in page  # no cluster name asked
+    scan = text(
+        client.post(url, rows(("et-virt08", "10.88.0.8"), step="scan", password_mode="same"))
+    )
+    assert FP in scan
+    data = rows(("et-virt08", "10.88.0.8"), step="create", password_mode="same", password="pw")
+    data.update({"hosts-0-fingerprint": FP, "confirm": "on"})
+    response = client.post(url, data)
+    assert response.status_code == 302 and response["Location"].startswith("/jobs/")
+    [(name, [spec])] = started
+    assert (name, spec.name, spec.password) == ("et", "et-virt08", "pw")
+    # the host page: removal refused while a guest runs there, with maintenance offered
+    engine_has(cluster, guest1=engine.ServiceStatus(S.STARTED, D.STARTED, node=host.name))
+    hp = f"/clusters/{cluster.pk}/hosts/{host.pk}/"
+    assert 'id="remove-maintenance"' in text(client.get(hp))
+    refused = client.post(f"{hp}remove/", {"password": ""}, follow=True)
+    assert "put it in maintenance first" in text(refused)
+    assert Host.objects.filter(pk=host.pk).exists()
+    engine_has(cluster)
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    repaired = client.post(f"{hp}repair/", {"password": "pw2"})
+    assert repaired.status_code == 302 and started[-1][1][0].password == "pw2"
+    removed = client.post(f"{hp}remove/", {"password": ""})
+    assert removed.status_code == 302 and removed["Location"].startswith("/jobs/")
+    assert not Host.objects.filter(pk=host.pk).exists()
+    assert (
+        login("operator", "op2")
+        .post(f"/clusters/{cluster.pk}/hosts/{other.pk}/remove/")
+        .status_code
+        == 403
+    )
