@@ -194,7 +194,8 @@ def create_gfs2_volume(
     )
     fstab = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
     if vg.clustered:
-        fstab["options"] = GFS2_FSTAB_OPTIONS
+        # nothing activates a shared VG's LV at boot: the agent adds a unit that does
+        fstab.update(options=GFS2_FSTAB_OPTIONS, activate_shared=True)
     steps += [jobs.StepSpec(h, "fstab_entry", fstab, stage=base + 1) for h in hosts]
     steps += [
         jobs.StepSpec(
@@ -294,6 +295,7 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
             "mount_point": fs.mount_point,
             "fstype": "gfs2",
             "present": False,
+            "activate_shared": vg.clustered,
         }
         steps += [jobs.StepSpec(h, "fstab_entry", fstab, 1) for h in hosts]
         stage = 2
