@@ -192,7 +192,7 @@ def create_gfs2_volume(
             stage=base,
         )
     )
-    fstab = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
+    fstab: dict[str, Any] = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
     if vg.clustered:
         # nothing activates a shared VG's LV at boot: the agent adds a unit that does
         fstab.update(options=GFS2_FSTAB_OPTIONS, activate_shared=True)
