@@ -360,7 +360,13 @@ def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
 
 @jobs.on_step_success("fence")
 def fenced(step: JobStep, data: dict[str, Any]) -> None:
-    """A fence agent powered a host off: the survivors' dlm may recover its journals."""
+    """A fence agent powered a host off: the survivors' dlm may recover its journals. Only the
+    engine's fences count (a person's "test" of a device asks its status, nothing more), and a
+    status query only when it found the host off (after a lost fence result)."""
+    if step.job.kind != "fence":
+        return
+    if step.args.get("action") in ("status", "monitor") and data.get("power") != "off":
+        return
     target = Host.objects.filter(name=step.job.params.get("host")).first()
     if target is not None and str(data.get("outcome", "ok")) in ("ok", "off"):
         transaction.on_commit(lambda: dlm_fence_ack(target))
