@@ -243,6 +243,34 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("clustered_vg", [True, False])
+def test_a_host_in_the_shared_storage_is_fenced_without_guests(
+    cluster3: Any, store: Store, clustered_vg: bool
+) -> None:
+    """With a clustered VG every host is in its dlm lockspace: a silent one blocks the others'
+    GFS2 until it is fenced, guests or not; then the survivors' dlm is told. Without one, a
+    host with no guests just goes offline."""
+    from console.storage.models import VolumeGroup
+
+    cluster, agents, _ = cluster3
+    VmService.objects.all().delete()
+    if clustered_vg:
+        VolumeGroup.objects.create(cluster=cluster, name="vg_shared", clustered=True)
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False
+    run(cluster, agents, store, t, t + 10)
+    acks = Job.objects.filter(kind="dlm-fence-ack")
+    if clustered_vg:
+        assert agents.fenced == ["et-virt05"]
+        ack = acks.get()
+        assert sorted(s.host.name for s in ack.steps.all()) == ["et-virt06", "et-virt07"]
+        assert all(s.args == {"node": "et-virt05"} for s in ack.steps.all())
+    else:
+        assert agents.fenced == [] and not acks.exists()
+        assert Host.objects.get(name="et-virt05").state == "offline"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store: Store) -> None:
     cluster, agents, _transport = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
