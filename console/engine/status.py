@@ -72,6 +72,10 @@ class ServiceStatus:
     #: a failback or a return home is under way or owed: a failed one is tried again after
     #: `retry_at` (a host that just came back may not take a migration yet)
     failback: bool = False
+    #: no host of the cluster reported while it should run (a full power loss, or the console
+    #: cut off from every host): with autostart off, the cluster does not start it again on
+    #: its own (it stays stopped until a person starts it); cleared once it runs or stops
+    outage: bool = False
 
 
 class PendingKind(StrEnum):
@@ -218,6 +222,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "last_node": s.last_node,
         "prefer": s.prefer,
         "failback": s.failback,
+        "outage": s.outage,
     }
 
 
@@ -248,4 +253,5 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         last_node=_opt(v.get("last_node")),
         prefer=_opt(v.get("prefer")),
         failback=bool(v.get("failback", False)),
+        outage=bool(v.get("outage", False)),
     )

@@ -25,7 +25,8 @@ What is simulated, and how:
   answers "clustered locking unavailable" (no lvmlockd), ``mount`` of gfs2 fails when the
   machine's kernel lacks it (``/proc/filesystems``, checked for real);
 - faults: ``fail_kinds`` (every command of a kind fails), ``fail_steps`` ((host, kind) ->
-  message), ``lose_next`` (the next result of a kind never reaches the console), ``delays``
+  message), ``dead_devices`` (fence devices, by their ``ip``, that never answer),
+  ``lose_next`` (the next result of a kind never reaches the console), ``delays``
   (seconds a kind takes before its result is sent).
 
 Subclasses change what a command does by overriding ``do`` (the scenarios' world does).
@@ -118,6 +119,8 @@ class FakeAgents:
         self.fail_kinds: set[str] = set()
         self.fail_steps: dict[tuple[str, str], str] = {}
         self.lose_next: set[str] = set()
+        #: fence devices (their ``ip`` parameter) that fail whatever they are asked
+        self.dead_devices: set[str] = set()
         self.delays: dict[str, float] = {}
         self.errors: list[str] = []
         self.vgs: dict[str, dict[str, Any]] = {}
@@ -301,6 +304,8 @@ class FakeAgents:
             }
         if kind == "list_guests":
             return {"guests": [{"name": g, "uuid": "", "state": "running"} for g in sorted(guests)]}
+        if kind == "fence" and (a.get("params") or {}).get("ip") in self.dead_devices:
+            raise AgentError("command_failed", f"{a['params']['ip']} does not answer (simulated)")
         if kind == "fence" and a.get("action") == "status":
             victim = str((a.get("params") or {}).get("plug", ""))
             self.queries.append((host, a))
@@ -316,6 +321,8 @@ class FakeAgents:
             return {"outcome": "ok", "exit_code": 0, "power": "off", "output": "Success: off"}
         if kind == "fence_metadata":
             return dict(FENCE_METADATA)
+        if kind == "dlm_fence_ack":
+            return {"node": a["node"], "nodeid": 0}
         if kind == "configure_migration":
             return {"files": [], "changed": True, "restart_required": False}
         return self.storage(host, kind, a)
