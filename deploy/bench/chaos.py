@@ -313,6 +313,57 @@ class Runner:
                 last = ticks
             self._stop.wait(0.2)
 
+    # the end -------------------------------------------------------------------------
+    def settle(self, limit: float = 45.0, stable: float = 5.0, poll: float = 0.25) -> float:
+        """Wait (at most `limit`) until every guest runs once for `stable` seconds."""
+        began, since = time.monotonic(), None
+        while time.monotonic() - began < limit:
+            if self.converged_now():
+                since = since or time.monotonic()
+                if time.monotonic() - since >= stable:
+                    break
+            else:
+                since = None
+            time.sleep(poll)
+        return time.time()
+
+    def analyse(
+        self,
+        last_fault: float,
+        end: float,
+        logs: dict[str, str],
+        guests: tuple[str, ...],
+        hosts: tuple[str, ...],
+    ) -> tuple[watch.Report, list[str]]:
+        """The watcher's verdict on the run, and the console processes found dead."""
+        report = watch.analyse(
+            self.traces(),
+            self.power_records(),
+            guests,
+            hosts,
+            last_fault=last_fault,
+            end=end,
+            ticks=self.ticks,
+            ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
+            silence_s=SILENCE_S,
+            logs=logs,
+            enabled=self.enabled(),
+        )
+        dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
+        return report, dead
+
+    def converged_now(self) -> bool:
+        raise NotImplementedError
+
+    def traces(self) -> dict[str, list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    def power_records(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def enabled(self) -> list[str]:
+        raise NotImplementedError
+
 
 class Run(Runner):
     guests_all = GUESTS
@@ -719,38 +770,15 @@ class Run(Runner):
         fault.note = "; ".join(notes)
 
     # the end ---------------------------------------------------------------------------
-    def settle(self, limit: float = 45.0, stable: float = 5.0) -> float:
-        """Wait (at most `limit`) until every guest runs once for `stable` seconds."""
+    def settle(self, limit: float = 45.0, stable: float = 5.0, poll: float = 0.25) -> float:
+        """Power every host on, then wait until every guest runs (`Runner.settle`)."""
         for name in HOSTS:
             self.power_on(name)
-        began, since = time.monotonic(), None
-        while time.monotonic() - began < limit:
-            if self.converged_now():
-                since = since or time.monotonic()
-                if time.monotonic() - since >= stable:
-                    break
-            else:
-                since = None
-            time.sleep(0.25)
-        return time.time()
+        return super().settle(limit, stable, poll)
 
     def report(self, last_fault: float, end: float) -> tuple[watch.Report, list[str]]:
         logs = {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
-        report = watch.analyse(
-            self.traces(),
-            self.power_records(),
-            GUESTS,
-            HOSTS,
-            last_fault=last_fault,
-            end=end,
-            ticks=self.ticks,
-            ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
-            silence_s=SILENCE_S,
-            logs=logs,
-            enabled=self.enabled(),
-        )
-        dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
-        return report, dead
+        return self.analyse(last_fault, end, logs, GUESTS, HOSTS)
 
     def stop(self) -> None:
         self._stop.set()

@@ -325,17 +325,8 @@ class LabRun(chaos.Runner):
         self.kill_console("worker")
 
     # the end ---------------------------------------------------------------------------
-    def settle(self, limit: float = 60.0, stable: float = 5.0) -> float:
-        began, since = time.monotonic(), None
-        while time.monotonic() - began < limit:
-            if self.converged_now():
-                since = since or time.monotonic()
-                if time.monotonic() - since >= stable:
-                    break
-            else:
-                since = None
-            time.sleep(0.5)
-        return time.time()
+    def settle(self, limit: float = 60.0, stable: float = 5.0, poll: float = 0.5) -> float:
+        return super().settle(limit, stable, poll)
 
     def report(self, last_fault: float, end: float) -> tuple[watch.Report, list[str]]:
         (self.root / "trace").mkdir(exist_ok=True)
@@ -345,21 +336,7 @@ class LabRun(chaos.Runner):
         logs = {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
         for p in sorted(Path("/var/log").glob("haven-agent-*.log")):
             logs[p.name] = p.read_text(errors="replace")
-        report = watch.analyse(
-            self.traces(),
-            self.power_records(),
-            self.guests,
-            self.harness.HOSTS,
-            last_fault=last_fault,
-            end=end,
-            ticks=self.ticks,
-            ticks_from=self.outcome.faults[0].start if self.outcome.faults else end,
-            silence_s=chaos.SILENCE_S,
-            logs=logs,
-            enabled=self.enabled(),
-        )
-        dead = [n for n, p in self.console.procs.items() if p.poll() is not None]
-        return report, dead
+        return self.analyse(last_fault, end, logs, self.guests, self.harness.HOSTS)
 
     def stop(self) -> None:
         self._stop.set()

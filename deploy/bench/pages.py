@@ -12,7 +12,7 @@ request (target: p95 ≤ 300 ms at 10,000 guests, a query count that does not gr
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import statistics
 import sys
 import tempfile
@@ -21,18 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def setup_django(var_dir: str) -> None:
-    os.environ["HAVEN_VAR_DIR"] = var_dir
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    os.environ["HAVEN_LOG_LEVEL"] = "WARNING"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+setup_django = importlib.import_module("runtime").setup_django  # deploy/bench/runtime.py
 
 
 def build(hosts: int, services: int) -> int:

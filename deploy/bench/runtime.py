@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def setup_django(var_dir: str) -> None:
+    """Django on a throw-away database in ``var_dir``, migrated; quiet; people's commands do
+    not wake the runner (each bench drives it). Shared by the benches (ingest.py, pages.py)."""
     os.environ["HAVEN_VAR_DIR"] = var_dir
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     os.environ["HAVEN_LOG_LEVEL"] = "WARNING"

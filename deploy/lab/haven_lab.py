@@ -12,13 +12,11 @@ with the system Python.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import labkit  # noqa: E402  (deploy/lab/labkit.py: shared with the storage lab)
+from labkit import ProcRef, load_ref, save_ref, start_time  # noqa: E402
+
 REPO = HERE.parents[1]
 DEFAULT_ROOT = REPO / "var" / "lab"
 DEFAULT_HOSTS = ("et-virt05", "et-virt06", "et-virt07")
@@ -145,65 +148,15 @@ def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None) -
 
 
 # --- processes we started: pid + start time, so a recycled pid is never killed ----------------
-
-
-@dataclass(frozen=True)
-class ProcRef:
-    """A process this lab started, identified by pid and kernel start time."""
-
-    pid: int
-    start: str
-
-    @classmethod
-    def of(cls, pid: int) -> ProcRef | None:
-        start = _start_time(pid)
-        return None if start is None else cls(pid, start)
-
-    def alive(self) -> bool:
-        return _start_time(self.pid) == self.start
-
-    def dead(self) -> bool:
-        return not self.alive()
-
-    def kill(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
-
-def _start_time(pid: int) -> str | None:
-    """Start time of a live (non-zombie) process, or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def _load_ref(path: Path) -> ProcRef | None:
-    try:
-        data = json.loads(path.read_text())
-        return ProcRef(int(data["pid"]), str(data["start"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _save_ref(path: Path, ref: ProcRef) -> None:
-    path.write_text(json.dumps({"pid": ref.pid, "start": ref.start}))
+# (deploy/lab/labkit.py, shared with the storage lab)
+_start_time, _load_ref, _save_ref = start_time, load_ref, save_ref
 
 
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
 ) -> None:
     """Poll predicate until true; LabError naming `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    labkit.wait_for(predicate, timeout, what, interval, LabError)
 
 
 def tcp_open(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -636,35 +589,16 @@ class Lab:
         _save_ref(bdir / "ipmi_sim.json", new)
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
-        """The BMC's chassis_control program: `get power ...` / `set power 0|1 ...`."""
+        """The BMC's chassis_control program (deploy/lab/labkit.py ``chassis``)."""
         host = self.host(name)
-        if op == "get":
-            out = []
-            for parm in args:
-                if parm == "power":
-                    out.append(f"power:{1 if host.powered_on() else 0}")
-                elif parm == "boot":
-                    out.append("boot:default")
-                else:
-                    raise LabError(f"Invalid parameter: {parm}")
-            return "\n".join(out)
-        if op == "set":
-            pairs = list(zip(args[::2], args[1::2], strict=False))
-            if len(args) % 2:
-                raise LabError(f"No value present for parameter {args[-1]}")
-            for parm, value in pairs:
-                if parm == "power":
-                    if value == "1":
-                        self.power_on(name, wait=False)
-                    else:
-                        self.power_off(name)
-                elif parm == "reset" and value == "1":
-                    self.power_off(name)
-                    self.power_on(name, wait=False)
-                elif parm not in ("boot", "identify", "reset"):
-                    raise LabError(f"Invalid parameter: {parm}")
-            return ""
-        raise LabError(f"Unknown operation: {op}")
+        return labkit.chassis(
+            op,
+            args,
+            powered_on=host.powered_on,
+            power_on=lambda: self.power_on(name, wait=False),
+            power_off=lambda: self.power_off(name),
+            error=LabError,
+        )
 
     # -- power and cable ---------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import labkit
+from labkit import ProcRef, load_ref, save_ref, start_time
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -233,53 +237,14 @@ def mirror() -> str:
     raise VMLabError("no Debian mirror in /etc/apt/sources.list(.d): cannot debootstrap")
 
 
-# --- processes started here: pid + kernel start time --------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcRef:
-    pid: int
-    start: str
-
-    @classmethod
-    def of(cls, pid: int) -> ProcRef | None:
-        start = _start_time(pid)
-        return None if start is None else cls(pid, start)
-
-    def alive(self) -> bool:
-        return _start_time(self.pid) == self.start
-
-    def kill(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def _load_ref(path: Path) -> ProcRef | None:
-    try:
-        data = json.loads(path.read_text())
-        return ProcRef(int(data["pid"]), str(data["start"]))
-    except (OSError, ValueError, KeyError):
-        return None
+# --- processes started here: pid + kernel start time (deploy/lab/labkit.py) ------------------
+_start_time, _load_ref = start_time, load_ref
 
 
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise VMLabError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    labkit.wait_for(predicate, timeout, what, interval, VMLabError)
 
 
 def ssh_banner(address: str, port: int = 22, timeout: float = 1.0) -> bool:
@@ -766,38 +731,20 @@ class StorageLab:
         new = ProcRef.of(proc.pid)
         if new is None:
             raise VMLabError(f"ipmi_sim of {name} exited at once: see {bdir}/ipmi_sim.log")
-        (bdir / "ipmi_sim.json").write_text(json.dumps({"pid": new.pid, "start": new.start}))
+        save_ref(bdir / "ipmi_sim.json", new)
         return new
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
-        """The BMC's chassis_control program: ``get power ...`` / ``set power 0|1 ...``."""
+        """The BMC's chassis_control program (deploy/lab/labkit.py ``chassis``)."""
         vm = self.vm(name)
-        if op == "get":
-            out = []
-            for parm in args:
-                if parm == "power":
-                    out.append(f"power:{1 if vm.powered_on() else 0}")
-                elif parm == "boot":
-                    out.append("boot:default")
-                else:
-                    raise VMLabError(f"Invalid parameter: {parm}")
-            return "\n".join(out)
-        if op == "set":
-            if len(args) % 2:
-                raise VMLabError(f"No value present for parameter {args[-1]}")
-            for parm, value in zip(args[::2], args[1::2], strict=True):
-                if parm == "power":
-                    if value == "1":
-                        self.power_on(name, wait=False)
-                    else:
-                        self.power_off(name)
-                elif parm == "reset" and value == "1":
-                    self.power_off(name)
-                    self.power_on(name, wait=False)
-                elif parm not in ("boot", "identify", "reset"):
-                    raise VMLabError(f"Invalid parameter: {parm}")
-            return ""
-        raise VMLabError(f"Unknown operation: {op}")
+        return labkit.chassis(
+            op,
+            args,
+            powered_on=vm.powered_on,
+            power_on=lambda: self.power_on(name, wait=False),
+            power_off=lambda: self.power_off(name),
+            error=VMLabError,
+        )
 
     # -- power ---------------------------------------------------------------------------------
     def qemu_argv(self, vm: VM) -> list[str]:
@@ -863,7 +810,7 @@ class StorageLab:
             ref = ProcRef.of(proc.pid)
             if ref is None:
                 raise VMLabError(f"QEMU of {name} exited at once: see {vm.dir}/qemu.log")
-            (vm.dir / "qemu.json").write_text(json.dumps({"pid": ref.pid, "start": ref.start}))
+            save_ref(vm.dir / "qemu.json", ref)
         if wait:
             self.wait_ready(name)
         return vm
