@@ -113,7 +113,7 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
         reports = store().reports(names)
     except (RedisError, OSError):
         return {}
-    return {name: report.heartbeat.get("cluster") for name, report in reports.items()}
+    return {name: report.beat.cluster for name, report in reports.items()}
 
 
 @role_required()

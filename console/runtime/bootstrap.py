@@ -69,7 +69,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from agent.protocol import agent_queue, inbound_key
+from agent.protocol import Heartbeat, agent_queue, inbound_key
 from console.clusters.models import Cluster, Host
 from console.core import validators
 from console.core.services import actor_name
@@ -818,7 +818,7 @@ def _register(run: _HostRun) -> dict[str, Any]:
     else:
         run.run([paths["boot"], "restart"], what="starting the agent", timeout=30)
         how = "supervised process"
-    report = _wait_heartbeat(run, since)
+    beat = _wait_heartbeat(run, since)
     migration = _configure_migration(run)
     restart = bool(migration.get("restart_required"))
     if restart:
@@ -831,14 +831,14 @@ def _register(run: _HostRun) -> dict[str, Any]:
         )
     return {
         "started_by": how,
-        "agent_version": report.get("agent_version"),
-        "host_uuid": report.get("host_uuid"),
+        "agent_version": beat.agent_version or None,
+        "host_uuid": beat.host_uuid,
         "migration": migration,
         "restart_required": restart,
     }
 
 
-def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
+def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
     from console.runtime.tasks import store as shared_store
 
     store = shared_store()
@@ -847,7 +847,7 @@ def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         report = store.reports([run.name]).get(run.name)
         if report is not None and report.received >= since:
-            return report.heartbeat
+            return report.beat
         time.sleep(0.2)
     _, tail, _ = run.run(["tail", "-n", "5", config_paths(run.name)["log"]], check=False)
     last = tail.strip().splitlines()[-1:] or ["(no log)"]

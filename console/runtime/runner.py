@@ -326,6 +326,10 @@ def _replies(cluster: Cluster, decision: engine.Decision) -> dict[str, Job]:
     return bound
 
 
+def _or(value: int | None, kept: int) -> int:
+    return kept if value is None else value
+
+
 def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
     changed: list[Host] = []
     fields = [
@@ -350,15 +354,15 @@ def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
             host.state_reason = hs.reason
         rep = loaded.reports.get(name)
         if rep is not None:
-            hb = rep.heartbeat
+            beat = rep.beat  # decoded: a malformed value is None, kept as it was
             # Only write a new heartbeat time every few seconds: the engine reads Redis.
             if host.last_heartbeat is None or rep.received - host.last_heartbeat.timestamp() > 5:
                 host.last_heartbeat = _ts(rep.received)
-            host.memory_total_mb = int(hb.get("memory_total_mib") or 0)
-            host.memory_free_mb = int(hb.get("memory_free_mib") or 0)
-            host.cpus = int(hb.get("cpus") or 0)
-            host.host_uuid = str(hb.get("host_uuid") or host.host_uuid)
-            host.agent_version = str(hb.get("agent_version") or host.agent_version)
+            host.memory_total_mb = _or(beat.memory_total_mib, host.memory_total_mb)
+            host.memory_free_mb = _or(beat.memory_free_mib, host.memory_free_mb)
+            host.cpus = _or(beat.cpus, host.cpus)
+            host.host_uuid = beat.host_uuid or host.host_uuid
+            host.agent_version = beat.agent_version or host.agent_version
         if [getattr(host, f) for f in fields] != before:
             changed.append(host)
     if changed:

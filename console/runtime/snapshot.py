@@ -42,15 +42,20 @@ class Loaded:
 def _observation(
     host: Host, report: HostReport | None, fence_hosts: set[int], shared_storage: bool = False
 ) -> engine.HostObservation:
-    hb = report.heartbeat if report else {}
+    beat = report.beat if report else None
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
+
+    def reported(value: int | None, stored: int) -> int:
+        """What the heartbeat says, else what the database last kept (MiB, counts)."""
+        return stored if value is None else value
+
     return engine.HostObservation(
         name=host.name,
         last_heartbeat=report.received if report else None,
         running=report.running if report else frozenset(),
-        memory_total_mb=int(hb.get("memory_total_mib") or host.memory_total_mb),
-        memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
-        cpus=int(hb.get("cpus") or host.cpus or 1),
+        memory_total_mb=reported(beat.memory_total_mib if beat else None, host.memory_total_mb),
+        memory_free_mb=reported(beat.memory_free_mib if beat else None, host.memory_free_mb),
+        cpus=reported(beat.cpus if beat else None, host.cpus) or 1,
         maintenance=host.maintenance,
         fence_device=host.pk in fence_hosts,
         shared_storage=shared_storage,

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import redis
 from django.conf import settings
 
-from agent.protocol import agent_queue
+from agent.protocol import GuestState, Heartbeat, agent_queue
 
 log = logging.getLogger("haven.store")
 PREFIX = "haven:"
@@ -49,14 +49,59 @@ def client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, decode_responses=True)
 
 
+def _count(value: object) -> int | None:
+    """A whole number >= 0 from the wire, else None (unknown: a bad value is not believed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return int(value)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def decode_heartbeat(host: str, data: dict[str, Any]) -> Heartbeat:
+    """A stored heartbeat as ``agent.protocol.Heartbeat``: the one place the console reads a
+    heartbeat's fields. A missing or malformed value (a negative memory, a count that is not a
+    number) is None, never a guess; ``host`` is the sender, whatever the body says."""
+    guests = data.get("guests")
+    cluster = data.get("cluster")
+    return Heartbeat(
+        host=host,
+        agent_version=_text(data.get("agent_version")) or "",
+        seq=_count(data.get("seq")) or 0,
+        interval_s=float(_count(data.get("interval_s")) or 0),
+        libvirt_connected=guests is not None,
+        host_uuid=_text(data.get("host_uuid")),
+        cpus=_count(data.get("cpus")),
+        memory_total_mib=_count(data.get("memory_total_mib")),
+        memory_free_mib=_count(data.get("memory_free_mib")),
+        guests=None
+        if guests is None
+        else [
+            GuestState(str(g["name"]), str(g.get("uuid") or ""), str(g.get("state") or ""))
+            for g in guests
+        ],
+        boot=_text(data.get("boot")) or "",
+        cluster=cluster if isinstance(cluster, dict) else None,
+        ts=float(data["ts"]) if isinstance(data.get("ts"), int | float) else 0.0,
+        sent_at=float(data["sent_at"]) if isinstance(data.get("sent_at"), int | float) else 0.0,
+    )
+
+
 @dataclass(frozen=True)
 class HostReport:
-    """The latest word from one host's agent, as the runner needs it."""
+    """The latest word from one host's agent, as the runner needs it: ``beat`` decoded
+    (``decode_heartbeat``), ``heartbeat`` the message as it came."""
 
     host: str
     received: float  # console clock
     heartbeat: dict[str, Any]
     running: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def beat(self) -> Heartbeat:
+        return decode_heartbeat(self.host, self.heartbeat)
 
 
 @dataclass(frozen=True)
@@ -91,7 +136,7 @@ def overlay(
     """A host's report: its heartbeat's guests, with the lifecycle events newer than it
     ``{guest: (state, received)}`` applied on top (an older event is outdated by the beat)."""
     # every active guest (running, paused, ...) has a QEMU process: a copy exists
-    running = {g["name"] for g in hb.get("guests") or []}
+    running = {g.name for g in decode_heartbeat(host, hb).guests or []}
     for guest, (state, at) in events.items():
         if at <= received:
             continue  # the heartbeat is newer than the event
@@ -106,8 +151,8 @@ def heartbeat_lag(beats: Iterator[tuple[float, dict[str, Any]]]) -> float:
     """Median over hosts of receive time - the agent's ``sent_at`` (0.0 without any)."""
     lags = []
     for received, hb in beats:
-        sent = hb.get("sent_at")
-        if isinstance(sent, int | float) and sent > 0:
+        sent = decode_heartbeat("", hb).sent_at
+        if sent > 0:
             lags.append(received - sent)
     return max(0.0, statistics.median(lags)) if lags else 0.0
 
@@ -186,7 +231,33 @@ class Store(Protocol):
         """Tell the open pages of a cluster that it changed (best effort)."""
 
 
-class RedisStore:
+class _Shortcuts:
+    """What both stores derive from their batch and status calls."""
+
+    def put_batch(
+        self,
+        heartbeats: dict[str, dict[str, Any]],
+        lifecycle: list[tuple[str, str, str]],
+        received: float,
+    ) -> None:
+        raise NotImplementedError
+
+    def ingest_status(self, now: float | None = None) -> IngestStatus:
+        raise NotImplementedError
+
+    def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
+        self.put_batch({host: message}, [], received)
+
+    def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
+        self.put_batch({}, [(host, guest, state)], received)
+
+    def ingest_lag(self, now: float | None = None) -> float:
+        """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
+        see ``IngestStatus.lag_s``."""
+        return self.ingest_status(now).lag_s
+
+
+class RedisStore(_Shortcuts):
     """``Store`` on Redis: every call one round trip; shared by every console process."""
 
     def __init__(
@@ -201,12 +272,6 @@ class RedisStore:
         self._first_look: float | None = None  # the first view_since() of this process
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
-    def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
-        self.put_batch({host: message}, [], received)
-
-    def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
-        self.put_batch({}, [(host, guest, state)], received)
-
     def put_batch(
         self,
         heartbeats: dict[str, dict[str, Any]],
@@ -279,11 +344,6 @@ class RedisStore:
             else None
         )
         return ingest_status_of(report, hb_lag, now)
-
-    def ingest_lag(self, now: float | None = None) -> float:
-        """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
-        see ``IngestStatus.lag_s``."""
-        return self.ingest_status(now).lag_s
 
     # --- one runner at a time, and wakes that are never lost -------------------------------
     @contextmanager
@@ -523,7 +583,7 @@ class MemoryLease:
             self.renewing = False
 
 
-class MemoryStore:
+class MemoryStore(_Shortcuts):
     """``Store`` in this process, on the clock it is given: for the scenarios through the
     runtime (virtual time), the UI simulator and tests. Thread-safe; what it holds is lost with
     the process. ``restart()`` plays a Redis that lost its data (the view starts afresh)."""
@@ -548,12 +608,6 @@ class MemoryStore:
         self.changes: list[int] = []
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
-    def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
-        self.put_batch({host: message}, [], received)
-
-    def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
-        self.put_batch({}, [(host, guest, state)], received)
-
     def put_batch(
         self,
         heartbeats: dict[str, dict[str, Any]],
@@ -589,9 +643,6 @@ class MemoryStore:
         with self._mutex:
             hb_lag = heartbeat_lag(iter(list(self._hb.values())))
             return ingest_status_of(self._ingest, hb_lag, now)
-
-    def ingest_lag(self, now: float | None = None) -> float:
-        return self.ingest_status(now).lag_s
 
     def view_since(self, now: float) -> float:
         with self._mutex:

@@ -425,3 +425,30 @@ def test_heartbeats_never_write_to_the_database(cluster3: Any, store: Store) -> 
     sql = [q["sql"].split()[0].upper() for q in queries.captured_queries]
     assert sql and set(sql) == {"SELECT"}  # one lookup of the host's cluster each, no writes
     assert store.reports(["et-virt05"])["et-virt05"].received == 2049.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_heartbeat_with_a_bad_value_never_stops_the_runner(cluster3: Any, store: Store) -> None:
+    """A negative free memory once failed the runner's whole transaction (the database's check
+    constraint): HA stopped for the cluster. Found by a scenario through the runtime."""
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1003.0)
+    host = Host.objects.get(name="et-virt05")
+    free_before = host.memory_free_mb
+    beat = agents.heartbeat_of("et-virt05", t).to_dict()
+    beat["memory_free_mib"] = -512
+    agents.deliver("et-virt05", beat, t)
+    runner.tick_once(cluster.pk, store, now=t)  # no IntegrityError
+    host.refresh_from_db()
+    assert host.memory_free_mb == free_before  # what was known, not a guess
+    beat["memory_free_mib"] = 0
+    agents.deliver("et-virt05", beat, t + 1)
+    runner.tick_once(cluster.pk, store, now=t + 1)
+    host.refresh_from_db()
+    assert host.memory_free_mb == 0
+    from console.runtime.snapshot import load
+
+    observed = load(cluster, store, t + 1).snapshot.hosts["et-virt05"]
+    assert (
+        observed.memory_free_mb == 0
+    )  # a full host is full (the engine once saw the stored value)

@@ -137,3 +137,25 @@ def test_a_memory_store_restart_loses_the_view_and_drops_reach_the_transport() -
     store.on_drop = dropped.append
     store.drop_commands("h2")
     assert dropped == ["h2"] == store.dropped
+
+
+def test_a_heartbeat_is_decoded_once_and_a_bad_value_is_not_believed() -> None:
+    from console.runtime.store import decode_heartbeat
+
+    beat = decode_heartbeat(
+        "h1",
+        {
+            "host": "someone-else",
+            "memory_total_mib": 4096,
+            "memory_free_mib": -12,  # no agent reports this: not believed
+            "cpus": True,  # not a count
+            "agent_version": "1.2",
+            "guests": [{"name": "a", "uuid": "u", "state": "running"}],
+            "sent_at": 99.5,
+        },
+    )
+    assert beat.host == "h1"  # the sender, whatever the body says
+    assert (beat.memory_total_mib, beat.memory_free_mib, beat.cpus) == (4096, None, None)
+    assert [g.name for g in beat.guests or []] == ["a"] and beat.sent_at == 99.5
+    assert decode_heartbeat("h1", {"memory_free_mib": 0}).memory_free_mib == 0  # 0 is 0
+    assert decode_heartbeat("h1", {"guests": None}).guests is None  # libvirt unreachable
