@@ -951,10 +951,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return chaos_lab.main(args)
     root = (args.root or ROOT / "var" / "chaos" / f"seed-{args.seed}").resolve()
+    return execute(lambda r: Run(r, args.seed, args.faults, args.quiet), root, KINDS)
+
+
+def execute(make: Callable[[Path], Any], root: Path, kinds: dict[str, float]) -> int:
+    """One chaos run in a fresh ``root``: set up, inject, settle, judge; its table printed and
+    kept with its summary; exit status 1 if safety failed (both runs: simulated and lab)."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    run = Run(root, args.seed, args.faults, args.quiet)
+    run = make(root)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop every process it started
     try:
         run.setup()
@@ -965,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         report, dead = run.report(last_fault, end)
     finally:
         run.stop()
-    text = table(run, report, dead, end - last_fault)
+    text = table(run, report, dead, end - last_fault, kinds)
     print(text, flush=True)
     (root / "table.txt").write_text(text + "\n")
     (root / "summary.json").write_text(json.dumps(summary(run, report, dead), indent=1))

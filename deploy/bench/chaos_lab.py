@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import json
 import random
-import shutil
-import signal
 import sys
 import threading
 import time
@@ -361,26 +359,5 @@ def _dt(t: float) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
-
     root = (args.root or ROOT / "var" / "chaos-lab" / f"seed-{args.seed}").resolve()
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    run = LabRun(root, args.seed, args.faults, args.quiet)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    try:
-        run.setup()
-        run.inject()
-        last_fault = run.outcome.faults[-1].end
-        run.say("faults done: waiting for every guest to run once")
-        end = run.settle()
-        report, dead = run.report(last_fault, end)
-    finally:
-        run.stop()
-    text = chaos.table(run, report, dead, end - last_fault, KINDS)
-    print(text, flush=True)
-    (root / "table.txt").write_text(text + "\n")
-    summary = chaos.summary(run, report, dead)
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
-    return 1 if chaos.safety(run, report, dead) else 0
+    return chaos.execute(lambda r: LabRun(r, args.seed, args.faults, args.quiet), root, KINDS)
