@@ -32,7 +32,7 @@ from console.core import services as core_services
 from console.core.views import role_required
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import operations
+from console.runtime import operations, rules
 from console.runtime.models import PendingCommand
 from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
@@ -118,7 +118,11 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster.objects.select_related("engine"), pk=pk)
     context = live_context(cluster, request.GET)
-    return render(request, "clusters/detail.html", {**context, "tab": "overview"})
+    return render(
+        request,
+        "clusters/detail.html",
+        {**context, "tab": "overview", "policy": rules.policy(cluster)},
+    )
 
 
 @role_required()

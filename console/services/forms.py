@@ -97,6 +97,8 @@ SERVICE_HELP = {
     "migratable": "Move it by live migration (no restart) for migrate, failback and "
     "maintenance. Untick for guests with local disks.",
     "autostart": "Start it when the cluster starts.",
+    "protected": "Admission control counts it: starting it is refused when the cluster could "
+    "not restart it after losing its worst host(s). Untick for guests that may wait (a lab).",
 }
 
 
@@ -119,6 +121,7 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
             "max_relocations",
             "priority",
             "migratable",
+            "protected",
             "autostart",
         ]
         help_texts = SERVICE_HELP

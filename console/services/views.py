@@ -12,7 +12,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from console.clusters.models import Cluster, Host
-from console.core import services as core_services
 from console.core.errors import Conflict, Refused
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
@@ -111,10 +110,17 @@ def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -
         instance=service,
         cluster=cluster,
     )
+    saved = False
     if form.is_bound and form.is_valid():
-        core_services.save_serializer(
-            form, actor=request.user, verb="update" if service else "create"
-        )
+        try:
+            domain_services.save_service(
+                form, actor=request.user, verb="update" if service else "create"
+            )
+        except Refused as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            saved = True
+    if saved:
         messages.success(
             request,
             f"Service {form.instance.name} saved."
