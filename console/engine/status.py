@@ -74,6 +74,10 @@ class ServiceStatus:
     failback: bool = False
     #: when the live rebalancer last moved it (none before the cool-down has passed)
     rebalanced_at: float | None = None
+    #: no host of the cluster reported while it should run (a full power loss, or the console
+    #: cut off from every host): with autostart off, the cluster does not start it again on
+    #: its own (it stays stopped until a person starts it); cleared once it runs or stops
+    outage: bool = False
 
 
 class PendingKind(StrEnum):
@@ -228,6 +232,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "prefer": s.prefer,
         "failback": s.failback,
         "rebalanced_at": s.rebalanced_at,
+        "outage": s.outage,
     }
 
 
@@ -259,4 +264,5 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         prefer=_opt(v.get("prefer")),
         failback=bool(v.get("failback", False)),
         rebalanced_at=None if v.get("rebalanced_at") is None else float(v["rebalanced_at"]),
+        outage=bool(v.get("outage", False)),
     )

@@ -44,6 +44,7 @@ class NodeSpec:
     fence: str = "ok"  # ok | fails | none
     #: vCPUs per CPU on this node (None: the settings' cpu_overcommit)
     cpu_overcommit: float | None = None
+    shared_storage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +267,9 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
     out: list[NodeSpec] = []
     seen: set[str] = set()
     for item in r.items():
-        item.obj({"name", "memory_mb", "cpus", "power", "fence", "cpu_overcommit"})
+        item.obj(
+            {"name", "memory_mb", "cpus", "power", "fence", "cpu_overcommit", "shared_storage"}
+        )
         name = item.get("name").string()
         if name in seen:
             raise item.get("name").fail(f"duplicate node {name!r}")
@@ -281,6 +284,7 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
                 cpu_overcommit=(
                     item.get("cpu_overcommit").number() if item.has("cpu_overcommit") else None
                 ),
+                shared_storage=item.get("shared_storage").boolean(default=False),
             )
         )
     if not out:
