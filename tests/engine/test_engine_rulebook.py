@@ -208,3 +208,21 @@ def test_vcpu_refusals_name_the_numbers() -> None:
     assert book.move_refusal("c", "n4", True) is None  # ratio 0: no limit
     # the memory-emptiest host n1 is full by vCPUs: a drain of n2 picks n4
     assert book.best_host("c") == "n4"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshots(), st.sampled_from([CommandKind.START, CommandKind.ENABLE]))
+def test_start_refusal_is_what_tick_answers(snap: Snapshot, kind: CommandKind) -> None:
+    """Admission control: the rulebook refuses a start or enable exactly when tick does
+    (before people's commands: a queued command applied first may change the answer)."""
+    if any(s.queued is not None for s in snap.status.services.values()):
+        return
+    book = Rulebook(snap, NOW)
+    for service in sorted(snap.services):
+        refusal = book.start_refusal(service)
+        d = tick(replace(snap, commands=(Command("q", kind, service),)), NOW)
+        (reply,) = [r for r in d.replies if r.command_id == "q"]
+        if reply.code == RefusalCode.ADMISSION:
+            assert refusal is not None and reply.reason == refusal.reason
+        elif reply.outcome is ReplyOutcome.ACCEPTED:
+            assert refusal is None, (service, refusal)
