@@ -113,3 +113,44 @@ def test_accepted_after_a_host_joins_and_the_page_shows_the_capacity(
     assert policy["summary"].startswith("survives 1 host failure; 8.0 GiB spare")
     assert admin_api.post(f"/api/services/{extra.pk}/start/").status_code == 202
     assert PendingCommand.objects.get().service == "extra"
+
+
+def test_the_policy_is_edited_on_the_page_as_through_the_api(
+    admin_api: APIClient, tight: dict[str, Any]
+) -> None:
+    cluster, extra = tight["cluster"], tight["extra"]
+    client = login("admin", "page-admin")
+    assert 'id="edit-policy"' in text(client.get(f"/clusters/{cluster.pk}/"))
+    bad = client.post(
+        f"/clusters/{cluster.pk}/policy/",
+        {"cpu_overcommit": "-1", "host_failures_to_tolerate": "1"},
+    )
+    assert bad.status_code == 200 and "greater than or equal to 0" in text(bad)
+    ok = client.post(
+        f"/clusters/{cluster.pk}/policy/",
+        {"cpu_overcommit": "2", "host_failures_to_tolerate": "0", "rebalance": "on"},
+    )
+    assert ok.status_code == 302
+    cluster.refresh_from_db()
+    assert (cluster.cpu_overcommit, cluster.host_failures_to_tolerate, cluster.rebalance) == (
+        2.0,
+        0,
+        True,
+    )
+    # admission control off: the start goes to the engine
+    assert admin_api.post(f"/api/services/{extra.pk}/start/").status_code == 202
+    policy = admin_api.get(f"/api/clusters/{cluster.pk}/policy/").json()
+    assert policy["failover"]["summary"].startswith("admission control off; ")
+    assert policy["rebalance"]["stance"] in ("balanced", "holding", "moving", "paused")
+    # the API refuses bad values naming the field; a host's own ratio too
+    response = admin_api.patch(
+        f"/api/clusters/{cluster.pk}/", {"host_failures_to_tolerate": -1}, format="json"
+    )
+    assert response.status_code == 400 and "host_failures_to_tolerate" in response.json()
+    host = tight["a"]
+    response = admin_api.patch(f"/api/hosts/{host.pk}/", {"cpu_overcommit": 1.5}, format="json")
+    assert response.status_code == 200, response.content
+    host.refresh_from_db()
+    assert host.cpu_overcommit == 1.5
+    # viewers cannot edit it
+    assert login("viewer", "v").post(f"/clusters/{cluster.pk}/policy/", {}).status_code == 403
