@@ -162,3 +162,40 @@ def test_the_engine_converges_and_moves_no_guest_twice_within_the_cool_down(
     outlook = Rulebook(snap, t).rebalance()
     assert outlook.stance in (Stance.BALANCED, Stance.STUCK), outlook
     assert outlook.moves == ()
+
+
+def test_paused_in_maintenance_and_incidents_off_unless_enabled() -> None:
+    from dataclasses import replace
+
+    from console.engine import ServiceConfig, Settings, tick
+
+    on = Settings(rebalance=True, rebalance_hold_s=0.0)
+    services = {g: ServiceConfig(g, node="n1", memory_mb=2048) for g in ("a", "b", "c", "d")}
+
+    def obs(t: float, running: set[str], **n2: Any) -> dict[str, HostObservation]:
+        return {
+            "n1": HostObservation(
+                "n1", t, frozenset(running), 16384, 16384 - 2048 * len(running), 8
+            ),
+            "n2": HostObservation("n2", t, frozenset(), 16384, 16384, 8, **n2),
+        }
+
+    everyone = {"a", "b", "c", "d"}
+    status = tick(Snapshot(obs(0.0, everyone), services), 0.0).status  # adopted, rebalancer off
+    snap = Snapshot(obs(1.0, everyone), services, status=status, settings=on)
+    moving = Rulebook(snap, 1.0).rebalance()
+    assert moving.stance is Stance.MOVING and [m.target for m in moving.moves] == ["n2", "n2"]
+    assert moving.reason == "memory use differs by 50%, more than 20%"
+    off = Rulebook(replace(snap, settings=Settings()), 1.0).rebalance()
+    assert off.stance is Stance.OFF and off.moves == ()
+    maint = Snapshot(obs(1.0, everyone, maintenance=True), services, status=status, settings=on)
+    paused = Rulebook(maint, 1.0).rebalance()
+    assert (paused.stance, paused.reason) == (Stance.PAUSED, "paused: host n2 is maintenance")
+    crashed = Snapshot(obs(1.0, everyone - {"a"}), services, status=status, settings=on)
+    paused = Rulebook(crashed, 1.0).rebalance()
+    assert (paused.stance, paused.reason) == (Stance.PAUSED, "paused: a is recovering")
+    # the tick sends at most rebalance_max_moves, then holds while they are in flight
+    d = tick(snap, 1.0)
+    assert len(d.actions) == 2
+    after = Rulebook(replace(snap, status=d.status), 1.5).rebalance()
+    assert after.stance is Stance.HOLDING and after.reason.endswith("2 moves in flight")
