@@ -684,9 +684,9 @@ def _boot_script(host: str) -> str:
         "# `restart` from the bootstrap; detached from the caller in its own session.\n"
         f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then\n'
         '    [ "${1:-}" = restart ] || exit 0\n'
-        f'    kill -TERM -- "-$(cat {pid})" 2>/dev/null || true\n'
+        f'    kill -s TERM -- "-$(cat {pid})" 2>/dev/null || true\n'
         "    sleep 1\n"
-        f'    kill -KILL -- "-$(cat {pid})" 2>/dev/null || true\n'
+        f'    kill -s KILL -- "-$(cat {pid})" 2>/dev/null || true\n'
         "fi\n"
         f"setsid {sup} >>{log_file} 2>&1 </dev/null &\n"
         f"echo $! >{pid}\n"

@@ -366,7 +366,7 @@ def test_6_a_host_whose_agent_was_deleted_is_repaired_keeping_its_guests_and_his
         [
             "sh",
             "-c",
-            'kill -KILL -- "-$(cat /run/haven-agent-$1.pid)"; rm -f /etc/haven/*',
+            'kill -s KILL -- "-$(cat /run/haven-agent-$1.pid)"; rm -f /etc/haven/*',
             "x",
             name,
         ],
