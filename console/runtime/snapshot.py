@@ -40,7 +40,7 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int]
+    host: Host, report: HostReport | None, fence_hosts: set[int], shutting_down: bool = False
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -52,6 +52,7 @@ def _observation(
         memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
         cpus=int(hb.get("cpus") or host.cpus or 1),
         maintenance=host.maintenance,
+        shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
         acknowledged_down_at=ack,
     )
@@ -92,6 +93,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
     now = time.time() if now is None else now
     reports = store.reports(sorted(hosts))
+    shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
     # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
     # runner process and after Redis restarted or lost its data), and how far behind the
@@ -111,7 +113,10 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
-            {n: _observation(h, reports.get(n), fence_hosts) for n, h in sorted(hosts.items())}
+            {
+                n: _observation(h, reports.get(n), fence_hosts, n in shutdowns)
+                for n, h in sorted(hosts.items())
+            }
         ),
         services=MappingProxyType({n: service_config(s) for n, s in sorted(services.items())}),
         domains=MappingProxyType(domains),

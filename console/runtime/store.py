@@ -132,7 +132,37 @@ class Store:
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
+        self.r.hdel(f"{self.p}shutdown", host)
         self.r.delete(f"{self.p}ev:{host}")
+
+    # --- clean shutdowns (agent/shutdown.py) -----------------------------------------------
+    def mark_shutdown(self, host: str, received: float) -> None:
+        """``host`` announced a clean shutdown. The mark holds the agent's boot id of its last
+        heartbeat: it lapses by itself when the host comes back (a new agent, a new boot)."""
+        raw: Any = self.r.hget(f"{self.p}hb", host)
+        boot = str(json.loads(raw)["hb"].get("boot") or "") if raw else ""
+        self.r.hset(f"{self.p}shutdown", host, json.dumps({"at": received, "boot": boot}))
+
+    def shutting_down(
+        self, reports: dict[str, HostReport], now: float, max_age_s: float = 3600.0
+    ) -> set[str]:
+        """The hosts whose shutdown mark is for the boot they still report (or, for an agent
+        that reports no boot id, younger than ``max_age_s``)."""
+        if not reports:
+            return set()
+        names = sorted(reports)
+        out = set()
+        marks: list[Any] = self.r.hmget(f"{self.p}shutdown", names)  # type: ignore[assignment]
+        for host, raw in zip(names, marks, strict=True):
+            if raw is None:
+                continue
+            mark = json.loads(raw)
+            boot = str(reports[host].heartbeat.get("boot") or "")
+            if (mark["boot"] and mark["boot"] == boot) or (
+                not mark["boot"] and now - float(mark["at"]) < max_age_s
+            ):
+                out.add(host)
+        return out
 
     # --- how far behind the console's view is -----------------------------------------------
     def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
