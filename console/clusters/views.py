@@ -107,10 +107,10 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
     console/runtime/cluster_stack.py); empty when Redis does not answer."""
     from redis import RedisError
 
-    from console.runtime.store import Store
+    from console.runtime.tasks import store
 
     try:
-        reports = Store().reports(names)
+        reports = store().reports(names)
     except (RedisError, OSError):
         return {}
     return {name: report.heartbeat.get("cluster") for name, report in reports.items()}

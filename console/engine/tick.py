@@ -669,7 +669,12 @@ class _Tick:
             self._host_to(name, H.OFFLINE, why, shut_down=shut)
 
     def _needs_fence(self, host: str) -> bool:
-        """Some guest that should run may still be running on the silent `host`."""
+        """Some guest that should run may still be running on the silent `host`, or the host
+        is in the shared storage (the others' dlm waits for it to be fenced; a clean shutdown
+        leaves the lockspaces first)."""
+        o = self.obs[host]
+        if o.shared_storage and not o.shutting_down:
+            return True
         for n in self.active:
             s = self.svcs[n]
             if host in s.suspects and (s.state is S.FENCE or s.desired is Desired.STARTED):

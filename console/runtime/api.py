@@ -40,7 +40,7 @@ class GuestFateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     before = serializers.CharField(allow_null=True, help_text="where it runs now")
     after = serializers.CharField(allow_null=True, help_text="where it would run afterwards")
     outcome = serializers.ChoiceField(
-        choices=["stays", "restarts", "migrates", "waits", "preempted", "stopped"]
+        choices=["stays", "starts", "restarts", "migrates", "waits", "preempted", "stopped"]
     )
     seconds = serializers.FloatField(
         allow_null=True, help_text="predicted time from the event until it runs again"

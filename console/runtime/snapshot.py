@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -15,6 +14,7 @@ from console.jobs.services import pending_engine_results
 from console.runtime.models import EngineState, PendingCommand
 from console.runtime.store import HostReport, Store
 from console.services.models import FailoverDomain, VmService
+from console.storage.models import VolumeGroup
 
 
 def engine_settings() -> engine.Settings:
@@ -40,7 +40,11 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int], shutting_down: bool = False
+    host: Host,
+    report: HostReport | None,
+    fence_hosts: set[int],
+    shared_storage: bool = False,
+    shutting_down: bool = False,
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -54,6 +58,7 @@ def _observation(
         maintenance=host.maintenance,
         shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
+        shared_storage=shared_storage,
         acknowledged_down_at=ack,
     )
 
@@ -91,7 +96,10 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     load (database locks, a busy worker) never makes hosts look older than they are."""
     hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
-    now = time.time() if now is None else now
+    # A clustered VG: every host joined its dlm lockspace (vg_lockstart on each), so a silent
+    # host blocks the others' GFS2 until it is fenced.
+    shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
+    now = store.clock() if now is None else now
     reports = store.reports(sorted(hosts))
     shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
@@ -114,7 +122,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
             {
-                n: _observation(h, reports.get(n), fence_hosts, n in shutdowns)
+                n: _observation(h, reports.get(n), fence_hosts, shared_storage, n in shutdowns)
                 for n, h in sorted(hosts.items())
             }
         ),

@@ -6,13 +6,10 @@ time is explicit and every step can be checked; real agent processes are in test
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
@@ -22,27 +19,16 @@ from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
 from console.runtime import credentials, ingest, rules, runner
-from console.runtime.store import Store
+from console.runtime.store import RedisStore, Store
 from console.services.models import VmService
 from tests.console import factories as f
-
-
-def _redis() -> redis.Redis:
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    return r
+from tests.stores import redis_store
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    r = _redis()
-    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+def store() -> Iterator[RedisStore]:
+    with redis_store() as s:
+        yield s
 
 
 class Agents:
@@ -257,6 +243,34 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
     fence_job = Job.objects.get(kind="fence")
     assert fence_job.status == JobStatus.SUCCEEDED
     assert "bmc-secret" not in str(fence_job.steps.get().args)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("clustered_vg", [True, False])
+def test_a_host_in_the_shared_storage_is_fenced_without_guests(
+    cluster3: Any, store: Store, clustered_vg: bool
+) -> None:
+    """With a clustered VG every host is in its dlm lockspace: a silent one blocks the others'
+    GFS2 until it is fenced, guests or not; then the survivors' dlm is told. Without one, a
+    host with no guests just goes offline."""
+    from console.storage.models import VolumeGroup
+
+    cluster, agents, _ = cluster3
+    VmService.objects.all().delete()
+    if clustered_vg:
+        VolumeGroup.objects.create(cluster=cluster, name="vg_shared", clustered=True)
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False
+    run(cluster, agents, store, t, t + 10)
+    acks = Job.objects.filter(kind="dlm-fence-ack")
+    if clustered_vg:
+        assert agents.fenced == ["et-virt05"]
+        ack = acks.get()
+        assert sorted(s.host.name for s in ack.steps.all()) == ["et-virt06", "et-virt07"]
+        assert all(s.args == {"node": "et-virt05"} for s in ack.steps.all())
+    else:
+        assert agents.fenced == [] and not acks.exists()
+        assert Host.objects.get(name="et-virt05").state == "offline"
 
 
 @pytest.mark.django_db(transaction=True)

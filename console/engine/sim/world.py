@@ -281,6 +281,7 @@ class World:
                 maintenance=h.maintenance,
                 shutting_down=h.shutting_down,
                 fence_device=h.spec.fence != "none",
+                shared_storage=h.spec.shared_storage,
                 acknowledged_down_at=h.acknowledged_at,
             )
             for name, h in self.hosts.items()
