@@ -620,6 +620,14 @@ def store_probe(step: JobStep, data: dict[str, Any]) -> None:
         vg.free_bytes = int(raw_vg.get("vg_free") or 0)
         vg.save(update_fields=["size_bytes", "free_bytes"])
         vg.physical_volumes.add(*[d for p, d in seen.items() if vg_of.get(p) == name])
+    # where the cluster's file systems are mounted on this host, as lsblk saw it
+    mounted = {
+        str(d["mountpoint"])
+        for d in _flatten(data.get("blockdevices") or [])
+        if d.get("mountpoint") and d.get("type") == "lvm"
+    }
+    for fs in Filesystem.objects.filter(logical_volume__volume_group__cluster=host.cluster):
+        _set_mounted(host, fs.mount_point, fs.mount_point in mounted)
     vgs = {vg.name: vg for vg in VolumeGroup.objects.filter(cluster=host.cluster)}
     for raw_lv in data.get("lvs", []):
         owner = vgs.get(str(raw_lv.get("vg_name") or ""))
@@ -630,6 +638,28 @@ def store_probe(step: JobStep, data: dict[str, Any]) -> None:
             name=str(raw_lv["lv_name"]),
             defaults={"size_bytes": max(1, int(raw_lv.get("lv_size") or 1))},
         )
+
+
+def _set_mounted(host: Host, mount_point: str, mounted: bool) -> None:
+    for fs in Filesystem.objects.filter(
+        logical_volume__volume_group__cluster=host.cluster, mount_point=mount_point
+    ):
+        hosts = set(fs.mounted_on) - {host.name} | ({host.name} if mounted else set())
+        if sorted(hosts) != fs.mounted_on:
+            fs.mounted_on = sorted(hosts)
+            fs.save(update_fields=["mounted_on"])
+
+
+@jobs.on_step_success("mount")
+def store_mounted(step: JobStep, data: dict[str, Any]) -> None:
+    if step.host is not None:
+        _set_mounted(step.host, str(data.get("mount_point") or step.args.get("mount_point")), True)
+
+
+@jobs.on_step_success("unmount")
+def store_unmounted(step: JobStep, data: dict[str, Any]) -> None:
+    if step.host is not None:
+        _set_mounted(step.host, str(data.get("mount_point") or step.args.get("mount_point")), False)
 
 
 @jobs.on_step_success("vgcreate")

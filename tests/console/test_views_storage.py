@@ -500,3 +500,47 @@ def test_gfs2_blocked_waiting_for_fence_is_shown(hosts: list[Any]) -> None:
     assert f"et-virt07 is fenced; telling dlm on et-virt05, et-virt06 (job {ack.pk})" in page
     run_job(ack)
     assert "blocked waiting for fence" not in text(client.get(url))
+
+
+def test_where_a_gfs2_is_mounted_follows_mounts_unmounts_and_probes(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    _lv, fs = _mounted_gfs2(hosts)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert "not mounted" in text(client.get(url))
+    for h in hosts:
+        job = jobs.create_job(
+            "storage-gfs2-create",
+            [jobs.StepSpec(h, "mount", {"mount_point": "/guest_roots"})],
+            cluster=h.cluster,
+        )
+        run_job(job, {"mount": {"mount_point": "/guest_roots", "changed": True}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06", "et-virt07"]
+    assert 'data-hosts="et-virt05,et-virt06,et-virt07"' in text(client.get(url))
+    # a probe of et-virt06 that no longer lists the mount (lsblk: the LV under the LUN)
+    child = {"name": "vg_shared-guest_roots", "type": "lvm", "size": 1024 * MIB,
+             "path": "/dev/mapper/vg_shared-guest_roots", "mountpoint": None}  # fmt: skip
+    lun = {"name": "vdb", "path": "/dev/vdb", "size": 2048 * MIB, "type": "disk",
+           "serial": "shared0", "children": [child]}  # fmt: skip
+    probe = jobs.create_job(
+        "storage-probe", [jobs.StepSpec(hosts[1], "storage_probe", {})], cluster=host.cluster
+    )
+    run_job(probe, {"storage_probe": {**PROBE, "blockdevices": [lun]}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt07"]
+    child["mountpoint"] = "/guest_roots"
+    probe = jobs.create_job(
+        "storage-probe", [jobs.StepSpec(hosts[1], "storage_probe", {})], cluster=host.cluster
+    )
+    run_job(probe, {"storage_probe": {**PROBE, "blockdevices": [lun]}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06", "et-virt07"]
+    unmount = jobs.create_job(
+        "storage-lv-remove",
+        [jobs.StepSpec(hosts[2], "unmount", {"mount_point": "/guest_roots"})],
+        cluster=host.cluster,
+    )
+    run_job(unmount, {"unmount": {"mount_point": "/guest_roots", "changed": True}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06"]
