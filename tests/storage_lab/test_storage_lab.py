@@ -267,6 +267,32 @@ def test_2_shared_vg_and_gfs2_mounted_on_every_host(slab: StorageCluster) -> Non
         assert slab.ssh(name, "sha256sum", f"{MOUNT}/from-sv1").split()[0] == want
 
 
+def test_2b_storage_tab_shows_gfs2_mounted_on_three_hosts(
+    slab: StorageCluster, live_server: Any, page: Any, shot: Any
+) -> None:
+    """Screenshots (var/screenshots/storage-lab-*.png) of the storage tab of each VM."""
+    from playwright.sync_api import expect
+
+    from console.storage.models import Filesystem
+
+    fs = Filesystem.objects.get(logical_volume__name=LV)
+    assert fs.mounted_on == list(NAMES)  # from the mount steps' results
+    base = live_server.url
+    page.goto(f"{base}/login/")
+    page.fill("input[name=username]", slab.admin.username)
+    page.fill("input[name=password]", "pw-for-tests-only")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    for name in NAMES:
+        host = slab.host(name)
+        page.goto(f"{base}/clusters/{host.cluster_id}/hosts/{host.pk}/storage/")
+        badge = page.locator(f"#lv-{LV} .mounted-on")
+        expect(badge).to_have_attribute("data-hosts", ",".join(NAMES))
+        expect(page.locator(f"#vg-{VG}")).to_contain_text("clustered")
+        expect(page.locator("#devices")).to_contain_text("/dev/vdb")
+        shot(page, f"storage-lab-{name}-gfs2-mounted")
+
+
 def test_3_extend_refreshes_the_other_hosts_and_grows_gfs2(slab: StorageCluster) -> None:
     from console.storage import services
     from console.storage.models import LogicalVolume
