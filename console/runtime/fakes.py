@@ -123,6 +123,8 @@ class FakeAgents:
         self.dead_devices: set[str] = set()
         self.delays: dict[str, float] = {}
         self.errors: list[str] = []
+        #: each agent's boot id (give a host a new one when it comes back after a shutdown)
+        self.boots: dict[str, str] = {}
         self.vgs: dict[str, dict[str, Any]] = {}
         self.lvs: dict[tuple[str, str], int] = {}
         self._queue: list[tuple[float, int, str, dict[str, Any]]] = []
@@ -176,7 +178,7 @@ class FakeAgents:
             memory_total_mib=self.memory_total_mib,
             memory_free_mib=max(0, self.memory_total_mib - used),
             guests=[GuestState(g, f"u-{g}", "running") for g in guests],
-            boot="fake",
+            boot=self.boots.get(host, f"{host}-boot1"),
             ts=t,
             sent_at=t,
         )
@@ -193,6 +195,12 @@ class FakeAgents:
         """A lifecycle event from ``host``; returns the cluster whose runner it wakes."""
         t = self.store.clock() if t is None else t
         message = Event(host, "lifecycle", guest, f"u-{guest}", state, detail, ts=t, sent_at=t)
+        return self.deliver(host, message.to_dict(), t)
+
+    def shutdown(self, host: str, t: float | None = None) -> int | None:
+        """The host's shutdown hook (agent/shutdown.py) announces a clean shutdown."""
+        t = self.store.clock() if t is None else t
+        message = Event(host, "shutdown", "", "", "", "clean shutdown", ts=t, sent_at=t)
         return self.deliver(host, message.to_dict(), t)
 
     def crash(self, host: str, guest: str, t: float | None = None) -> int | None:

@@ -14,6 +14,8 @@
   them out on the world's hosts with the simulator's durations and faults, send the agent's
   lifecycle events, and send each result back through ``ingest`` (lost when the scenario says,
   kept in the host's outbox while its network is cut);
+- a clean host shutdown is announced by the host's shutdown hook (an ``event`` ``shutdown``),
+  and a host that boots again heartbeats with a new boot id;
 - people's commands go through the operations layer (console/runtime/operations.py, as the page
   and the API do), a refusal there labelled ``refused:S:CODE`` with the rulebook's code;
 - the trace's engine labels come from what the console recorded: ``node:``/``state:`` from the
@@ -184,6 +186,7 @@ class RuntimeWorld(World):
                 memory_total_mb=n.memory_mb,
                 memory_free_mb=n.memory_mb,
                 cpus=n.cpus,
+                **({"cpu_overcommit": n.cpu_overcommit} if n.cpu_overcommit is not None else {}),
             )
             if n.fence != "none":
                 FenceDevice.objects.create(
@@ -223,6 +226,7 @@ class RuntimeWorld(World):
                 max_relocations=s.max_relocations,
                 priority=s.priority,
                 migratable=s.migratable,
+                protected=s.protected,
                 desired_state=s.desired.value,
                 state="started" if runs else "stopped",
                 host=hosts[s.node] if s.node else None,
@@ -245,6 +249,7 @@ class RuntimeWorld(World):
             memory_total_mib=host.spec.memory_mb,
             memory_free_mib=free,
             guests=[GuestState(g, "", "running") for g in sorted(guests)],
+            boot=f"{host.spec.name}-boot{host.epoch}",  # a new agent process after a reboot
             ts=sent,
             sent_at=sent,
         )
@@ -264,6 +269,8 @@ class RuntimeWorld(World):
         elif do == "network_on":
             for message in self.agents.outbox.pop(node, []):
                 self.agents.deliver(node, message, self.t)
+        elif do == "shutdown" and self.hosts[node].shutting_down:
+            self.agents.shutdown(node, self.t)  # its shutdown hook (agent/shutdown.py)
         elif do == "console_restart":
             self.store.restart()  # a new runner process on a Redis that lost its data
         elif do in ("maintenance_on", "maintenance_off"):
@@ -352,7 +359,7 @@ class RuntimeWorld(World):
 @contextlib.contextmanager
 def runtime_settings(sc: Scenario) -> Iterator[None]:
     """The scenario's engine settings, where the console reads its own."""
-    with mock.patch.object(snapshot, "engine_settings", lambda: sc.settings):
+    with mock.patch.object(snapshot, "engine_settings", lambda cluster=None: sc.settings):
         yield
 
 

@@ -281,6 +281,34 @@ def test_autostart_off_stays_stopped_after_a_full_power_cycle_until_a_person_sta
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_clean_shutdown_drains_live_is_never_fenced_and_the_guests_return(
+    cluster3: Any, store: Store
+) -> None:
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    sent = len(agents.commands)
+    # the shutdown hook of et-virt05 (agent/shutdown.py) announces it on its own list
+    woke = agents.shutdown("et-virt05", t)
+    assert woke == cluster.pk  # the runner decides at once
+    t = run(cluster, agents, store, t, t + 4)
+    assert Host.objects.get(name="et-virt05").state_reason == "shutting down"
+    assert "guest1" not in agents.running["et-virt05"]  # drained: the hook may go on
+    moves = [(h, c["kind"]) for h, c in agents.commands[sent:] if c["kind"] != "define"]
+    assert moves == [("et-virt05", "migrate")]  # live, never stop/start
+    agents.alive.discard("et-virt05")  # powered off after the hook returned
+    t = run(cluster, agents, store, t, t + 8)
+    host = Host.objects.get(name="et-virt05")
+    assert (host.state, host.state_reason) == ("offline", "shut down cleanly")
+    assert not Job.objects.filter(kind="fence").exists()
+    agents.alive.add("et-virt05")  # back: a new boot, so no longer shutting down
+    agents.boots["et-virt05"] = "et-virt05-boot2"
+    run(cluster, agents, store, t, t + 8)
+    assert Host.objects.get(name="et-virt05").state == "online"
+    assert placement()["guest1"] == ("started", "et-virt05")  # returned home
+    assert [c["kind"] for _h, c in agents.commands[sent:]].count("start") == 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
     from console.runtime import operations
 

@@ -20,11 +20,6 @@ OWN = ROOT / "tests" / "engine" / "scenarios"
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
 CANNOT = {
-    "shutdown-drains-then-returns": (
-        "a clean host shutdown is not on the wire: no heartbeat field or event says a host is "
-        "shutting down (agent/protocol.py), so the snapshot never sets shutting_down and the "
-        "console does not drain the host before it halts"
-    ),
     "shared-storage-host-fenced-without-guests": (
         "the console knows shared storage per cluster (a clustered VG: every host is in the "
         "dlm lockspace), the scenario per node: its n4 outside the storage would be fenced too"
