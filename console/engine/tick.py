@@ -1626,8 +1626,7 @@ class Rulebook:
 
     def tolerated(self) -> int:
         """How many host failures (the worst ones) the cluster survives now."""
-        caps, used, loads = self._t.capacity_inputs()
-        return tolerated(lambda k: capacity(caps, used, loads, k).ok, len(caps))
+        return tolerated(*self._t.capacity_inputs())
 
     def rebalance(self) -> Outlook:
         """The live rebalancer's whole plan now and why (as the next tick sees it before
