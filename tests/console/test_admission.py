@@ -22,7 +22,7 @@ SHORT = "need 6144 MB and 4096 MB would be free (2048 MB short)"
 def tight(db: None, live_view: Any) -> dict[str, Any]:
     """Two 8 GiB hosts half full: one more 2 GiB protected guest breaks N+1."""
     cluster = f.ClusterFactory(name="tight")
-    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192)
+    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, cpus=2)
     b = f.HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
     for name, host in (("big1", a), ("big2", b)):
         f.VmServiceFactory(
@@ -104,6 +104,8 @@ def test_accepted_after_a_host_joins_and_the_page_shows_the_capacity(
     cluster, extra = tight["cluster"], tight["extra"]
     page = login("viewer", "page-viewer").get(f"/clusters/{cluster.pk}/")
     assert "survives 1 host failure; 0.0 GiB spare" in text(page)
+    # the hosts table shows each host's vCPUs against its limit (CPUs x overcommit)
+    assert '<td class="num vcpus">1 / 8</td>' in text(page)
     policy = admin_api.get(f"/api/clusters/{cluster.pk}/policy/").json()["failover"]
     assert policy["summary"] == "survives 1 host failure; 0.0 GiB spare"
     assert (policy["ok"], policy["spare_mb"], policy["survives"]) == (True, 0, 1)
