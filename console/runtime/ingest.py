@@ -138,6 +138,7 @@ def sort(
     out = Sorted()
     heartbeats: dict[str, dict[str, Any]] = {}
     lifecycle: list[tuple[str, str, str]] = []
+    shutdowns: list[str] = []
     console_agent = settings.HAVEN_CONSOLE_AGENT
     for sender, raw in batch:
         try:
@@ -165,6 +166,10 @@ def sort(
                 continue
             heartbeats[sender] = message  # in order: the newest wins
             out.heartbeats += 1
+        elif message.get("event") == "shutdown":
+            shutdowns.append(sender)  # a clean shutdown: the engine drains it, never fences it
+            out.wakes.add(cluster_id)
+            out.events += 1
         elif message.get("event") == "lifecycle":
             guest, state = str(message.get("guest", "")), str(message.get("state", ""))
             lifecycle.append((sender, guest, state))
@@ -175,6 +180,9 @@ def sort(
             out.ignored += 1
     if heartbeats or lifecycle:
         store.put_batch(heartbeats, lifecycle, received)
+    for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
+        store.mark_shutdown(host, received)
+        log.info("%s announced a clean shutdown: it is drained by live migration", host)
     return out
 
 

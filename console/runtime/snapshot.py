@@ -50,7 +50,11 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int], shared_storage: bool = False
+    host: Host,
+    report: HostReport | None,
+    fence_hosts: set[int],
+    shared_storage: bool = False,
+    shutting_down: bool = False,
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -63,6 +67,7 @@ def _observation(
         cpus=int(hb.get("cpus") or host.cpus or 1),
         cpu_overcommit=host.cpu_overcommit,
         maintenance=host.maintenance,
+        shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
         shared_storage=shared_storage,
         acknowledged_down_at=ack,
@@ -108,6 +113,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
     now = store.clock() if now is None else now
     reports = store.reports(sorted(hosts))
+    shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
     # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
     # runner process and after Redis restarted or lost its data), and how far behind the
@@ -128,7 +134,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
             {
-                n: _observation(h, reports.get(n), fence_hosts, shared_storage)
+                n: _observation(h, reports.get(n), fence_hosts, shared_storage, n in shutdowns)
                 for n, h in sorted(hosts.items())
             }
         ),
