@@ -1146,7 +1146,8 @@ class _Tick:
             self._reply(cmd, ReplyOutcome.REFUSED, refusal.code, refusal.reason)
             return
         self._move(name, node, live, f"asked by a person (command {cmd.id})")
-        self._put(name, replace(self.svcs[name], home=None))
+        # where a person put it stays for the rebalancer's cool-down too
+        self._put(name, replace(self.svcs[name], home=None, rebalanced_at=self.now))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
 
     def _move_refusal(self, name: str, s: ServiceStatus, node: str, live: bool) -> Refusal | None:
