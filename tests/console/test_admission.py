@@ -143,7 +143,14 @@ def test_the_policy_is_edited_on_the_page_as_through_the_api(
     assert admin_api.post(f"/api/services/{extra.pk}/start/").status_code == 202
     policy = admin_api.get(f"/api/clusters/{cluster.pk}/policy/").json()
     assert policy["failover"]["summary"].startswith("admission control off; ")
-    assert policy["rebalance"]["stance"] in ("balanced", "holding", "moving", "paused")
+    # big1 and big2 each fill half of their host: balanced (or paused while the console's
+    # fresh view of heartbeats has less than a liveness window of data)
+    r = policy["rebalance"]
+    assert (r["stance"], r["reason"]) == ("balanced", "memory use differs by 0%, within 20%") or (
+        r["stance"] == "paused" and "started afresh" in r["reason"]
+    ), r
+    page = text(client.get(f"/clusters/{cluster.pk}/"))
+    assert f"Live rebalancer:</strong> {r['stance']} — {r['reason']}</p>" in page
     # the API refuses bad values naming the field; a host's own ratio too
     response = admin_api.patch(
         f"/api/clusters/{cluster.pk}/", {"host_failures_to_tolerate": -1}, format="json"
