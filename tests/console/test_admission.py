@@ -163,3 +163,39 @@ def test_the_policy_is_edited_on_the_page_as_through_the_api(
     assert host.cpu_overcommit == 1.5
     # viewers cannot edit it
     assert login("viewer", "v").post(f"/clusters/{cluster.pk}/policy/", {}).status_code == 403
+
+
+def test_growing_a_running_protected_guest_is_refused_like_a_start(
+    admin_api: APIClient, tight: dict[str, Any]
+) -> None:
+    big1 = VmService.objects.get(name="big1")
+    grown = f.domain_xml("big1", memory_kib=6144 * 1024).replace(
+        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
+    )
+    response = admin_api.patch(f"/api/services/{big1.pk}/", {"domain_xml": grown}, format="json")
+    assert response.status_code == 409, response.content
+    (message,) = response.json()["domain_xml"]
+    assert message.startswith("big1 cannot grow: admission control: the cluster would not")
+    assert "need 4096 MB and 2048 MB would be free (2048 MB short)" in message
+    big1.refresh_from_db()
+    assert big1.memory_mb == 4096  # nothing saved
+    # smaller is fine, and so is growing a guest that is not meant to run
+    smaller = f.domain_xml("big1", memory_kib=2048 * 1024).replace(
+        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
+    )
+    assert (
+        admin_api.patch(
+            f"/api/services/{big1.pk}/", {"domain_xml": smaller}, format="json"
+        ).status_code
+        == 200
+    )
+    extra = tight["extra"]
+    bigger = f.domain_xml("extra", memory_kib=8192 * 1024).replace(
+        "<name>", f"<uuid>{extra.uuid}</uuid><name>"
+    )
+    assert (
+        admin_api.patch(
+            f"/api/services/{extra.pk}/", {"domain_xml": bigger}, format="json"
+        ).status_code
+        == 200
+    )
