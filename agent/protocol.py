@@ -40,7 +40,9 @@ Agent -> console
                 The console accepts it only from the host the command was sent to.
     event       sent at once, never behind commands: ``event`` = ``lifecycle``, ``guest``,
                 ``uuid``, ``state`` (one of ``LIFECYCLE_STATES``), ``detail`` (libvirt's reason,
-                e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``.
+                e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``; or
+                ``event`` = ``shutdown`` (guest, uuid, state empty): the host's shutdown hook
+                (agent/shutdown.py) asks the console to drain it before it goes down.
     heartbeat   every second by default: ``agent_version``, ``boot`` (random id of this agent
                 process), ``seq`` (1, 2, ... within ``boot``), ``interval_s``,
                 ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,

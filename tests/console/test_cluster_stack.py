@@ -79,14 +79,14 @@ def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
     import time
 
     from agent.cluster_stack import parse_quorumtool
-    from console.runtime.store import Store
+    from console.runtime.store import RedisStore
     from tests.console import factories as f
     from tests.console.views_support import login, text
 
     cluster = f.ClusterFactory(name="sv")
     for n in ("svq1", "svq2"):
         f.HostFactory(cluster=cluster, name=n, state="online")
-    store = Store()
+    store = RedisStore()
     state = {"running": True, **parse_quorumtool(QUORUMTOOL_3)}
     try:
         store.put_heartbeat("svq1", {"cluster": state}, time.time())

@@ -7,13 +7,11 @@ Screenshots of every page go to var/screenshots/ (git-ignored).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,29 +74,28 @@ def shot() -> Any:
 
 @pytest.fixture
 def store() -> Iterator[Any]:
-    from console.runtime.store import Store
+    from tests.stores import redis_store
 
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    prefix = f"haven-ui-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+    with redis_store("ui") as s:
+        yield s
 
 
 @pytest.fixture
 def sim(store: Any) -> Iterator[Any]:
     from console.jobs.transport import use_transport
+    from console.runtime import rules, tasks
     from tests.ui.sim import SimAgents
 
     agents = SimAgents(store)
-    with use_transport(agents):
-        agents.start()
-        yield agents
-        agents.stop()
+    # the pages (the rulebook's live view, the push stream) read the store the agents write
+    previous, tasks._store = tasks._store, store
+    try:
+        with use_transport(agents), rules.use(store):
+            agents.start()
+            yield agents
+            agents.stop()
+    finally:
+        tasks._store = previous
     assert not agents.errors, agents.errors[0]
 
 
