@@ -16,6 +16,10 @@ class EngineState(models.Model):
     alarm = models.TextField(blank=True)
     ticks = models.PositiveBigIntegerField(default=0)
     updated = models.DateTimeField(auto_now=True)
+    #: bumped in the writer's transaction by every save or delete of the cluster's hosts, fence
+    #: devices, services, failover domains and members (console/runtime/apps.py): the runner
+    #: reads its configuration again only when this moved (console/runtime/snapshot.py)
+    config_version = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"engine of {self.cluster_id and self.cluster.name}"

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from django.db import transaction
@@ -34,6 +35,7 @@ from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
 from console.runtime import actions as action_steps
+from console.runtime import snapshot
 from console.runtime.models import EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
 from console.runtime.store import LOCK_TTL_S, Lease, LockLost, Store
@@ -104,13 +106,18 @@ def tick_once(
     not make hosts look silent). With a `lease`, the transaction commits only if the lock is
     still held at the end (else `LockLost` and nothing is written)."""
     started = time.perf_counter()
-    with transaction.atomic():
-        cluster = Cluster.objects.get(pk=cluster_id)
-        loaded = load(cluster, store, now)
-        decision = engine.tick(loaded.snapshot, loaded.now)
-        report = _apply(cluster, loaded, decision, loaded.now)
-        if lease is not None:
-            lease.check()
+    try:
+        with transaction.atomic():
+            cluster = Cluster.objects.get(pk=cluster_id)
+            loaded = load(cluster, store, now, cached=True)
+            decision = engine.tick(loaded.snapshot, loaded.now)
+            report = _apply(cluster, loaded, decision, loaded.now)
+            if lease is not None:
+                lease.check()
+    except BaseException:
+        snapshot.forget(cluster_id)  # rows kept in memory may hold what was rolled back
+        raise
+    snapshot.remember_status(cluster_id, loaded.state.ticks, decision.status)
     for action in report.actions:  # committed: what was queued for a fenced host never runs
         if isinstance(action, engine.Fence):
             try:
@@ -310,74 +317,101 @@ def _replies(cluster: Cluster, decision: engine.Decision) -> dict[str, Job]:
     return bound
 
 
+def write_changes(model: Any, changes: dict[int, dict[str, Any]]) -> int:
+    """Write only what changed: `changes` maps a row's pk to its changed fields and new values.
+    Rows with the same new values share one ``UPDATE ... WHERE id IN (...)`` (a mass failure
+    moves thousands of services to the same state and reason), so the cost follows the number
+    of distinct changes, not the cluster's size (Django's bulk_update builds a CASE per field
+    and row: seconds for a few hundred rows). Returns the number of UPDATE statements."""
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for pk, values in changes.items():
+        if values:
+            groups.setdefault(tuple(sorted(values.items())), []).append(pk)
+    for key, pks in groups.items():
+        for i in range(0, len(pks), 500):  # SQLite's bound-parameter limit, with room
+            model.objects.filter(pk__in=pks[i : i + 500]).update(**dict(key))
+    return len(groups)
+
+
+#: a host's last heartbeat time is written to the database at most this often (the engine reads
+#: Redis; the database copy is for pages and for a console started afresh)
+HEARTBEAT_WRITE_S = 5.0
+
+
 def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
-    changed: list[Host] = []
-    fields = [
-        "state",
-        "state_reason",
-        "last_heartbeat",
-        "memory_total_mb",
-        "memory_free_mb",
-        "cpus",
-        "host_uuid",
-        "agent_version",
-    ]
+    changes: dict[int, dict[str, Any]] = {}
     for name, host in loaded.hosts.items():
-        before = [getattr(host, f) for f in fields]
+        new: dict[str, Any] = {}
         hs = status.hosts.get(name)
         if hs is not None:
-            host.state = (
+            new["state"] = (
                 engine.HostState.MAINTENANCE.value
                 if (host.maintenance and hs.state is engine.HostState.ONLINE)
                 else hs.state.value
             )
-            host.state_reason = hs.reason
+            new["state_reason"] = hs.reason
         rep = loaded.reports.get(name)
         if rep is not None:
             hb = rep.heartbeat
-            # Only write a new heartbeat time every few seconds: the engine reads Redis.
-            if host.last_heartbeat is None or rep.received - host.last_heartbeat.timestamp() > 5:
-                host.last_heartbeat = _ts(rep.received)
-            host.memory_total_mb = int(hb.get("memory_total_mib") or 0)
-            host.memory_free_mb = int(hb.get("memory_free_mib") or 0)
-            host.cpus = int(hb.get("cpus") or 0)
-            host.host_uuid = str(hb.get("host_uuid") or host.host_uuid)
-            host.agent_version = str(hb.get("agent_version") or host.agent_version)
-        if [getattr(host, f) for f in fields] != before:
-            changed.append(host)
-    if changed:
-        Host.objects.bulk_update(changed, fields)
+            last = host.last_heartbeat
+            if last is None or rep.received - last.timestamp() > HEARTBEAT_WRITE_S:
+                new["last_heartbeat"] = _ts(rep.received)
+            new["memory_total_mb"] = int(hb.get("memory_total_mib") or 0)
+            new["memory_free_mb"] = int(hb.get("memory_free_mib") or 0)
+            new["cpus"] = int(hb.get("cpus") or 0)
+            new["host_uuid"] = str(hb.get("host_uuid") or host.host_uuid)
+            new["agent_version"] = str(hb.get("agent_version") or host.agent_version)
+        changed = {f: v for f, v in new.items() if getattr(host, f) != v}
+        for f, v in changed.items():
+            setattr(host, f, v)
+        if changed:
+            changes[host.pk] = changed
+    write_changes(Host, changes)
+
+
+def _row(ss: engine.ServiceStatus) -> tuple[object, ...]:
+    """What a service's database row shows of its engine status."""
+    node = ss.node if ss.state in OCCUPYING else None
+    return (ss.state, node, ss.desired, ss.reason, ss.target if node else None)
 
 
 def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
-    changed: list[VmService] = []
-    for name, service in loaded.services.items():
-        ss = status.services.get(name)
-        if ss is None:
+    """Write back the services whose row changed. With rows read afresh for this tick, by
+    comparing with them; with rows kept from earlier ticks (which another process's runner
+    may have written since), by what changed since the previous status (committed with the
+    rows it shows, in one transaction), written whole."""
+    changes: dict[int, dict[str, Any]] = {}
+    since = timezone.now()
+    before = loaded.snapshot.status.services
+    for name, ss in status.services.items():
+        service = loaded.services.get(name)
+        if service is None:
+            continue
+        old = before.get(name)
+        if not loaded.fresh and old is not None and (old is ss or _row(old) == _row(ss)):
             continue
         node = ss.node if ss.state in OCCUPYING else None
         host = loaded.hosts.get(node) if node else None
         target = loaded.hosts.get(ss.target) if ss.target and node else None
-        new = (
-            ss.state.value,
-            host.pk if host else None,
-            ss.desired.value,
-            ss.reason,
-            target.pk if target else None,
-        )
-        if new != (
-            service.state,
-            service.host_id,
-            service.desired_state,
-            service.state_reason,
-            service.target_id,
-        ):
-            if (service.state, service.host_id) != new[:2]:
-                service.state_since = timezone.now()
-            service.state, service.host, service.desired_state = ss.state.value, host, new[2]
-            service.state_reason, service.target = ss.reason, target
-            changed.append(service)
-    if changed:
-        VmService.objects.bulk_update(
-            changed, ["state", "host", "desired_state", "state_since", "state_reason", "target"]
-        )
+        new: dict[str, Any] = {
+            "state": ss.state.value,
+            "host_id": host.pk if host else None,
+            "desired_state": ss.desired.value,
+            "state_reason": ss.reason,
+            "target_id": target.pk if target else None,
+        }
+        if loaded.fresh:
+            changed = {f: v for f, v in new.items() if getattr(service, f) != v}
+            moved = "state" in changed or "host_id" in changed
+        else:
+            changed = new
+            moved = old is None or (old.state, old.node) != (ss.state, ss.node)
+        if not changed:
+            continue
+        if moved:
+            changed["state_since"] = since
+        for f, v in changed.items():
+            setattr(service, f, v)
+        service.host, service.target = host, target  # the rows, not a query when next read
+        changes[service.pk] = changed
+    write_changes(VmService, changes)

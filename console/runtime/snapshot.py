@@ -1,12 +1,30 @@
-"""Build the HA engine's snapshot of one cluster from the database and the heartbeat store."""
+"""Build the HA engine's snapshot of one cluster from the database and the heartbeat store.
+
+The runner builds it every second. At 10,000 services most of the cost was reading the same
+configuration again, so the runner's `load(..., cached=True)` keeps the services, their engine
+configs and the failover domains in memory between ticks (per process and cluster) and reads
+them again only when they may have changed: the cluster's `EngineState.config_version` moved
+(bumped in the writer's own transaction by every save or delete of a host, fence device,
+service, failover domain or member: console/runtime/apps.py), the services' count or highest
+id moved (a bulk create or delete, which sends no signal), or `CONFIG_MAX_AGE_S` passed.
+Hosts (128 rows, where maintenance and acknowledgements change) are read every tick, and so is
+everything that is not configuration: heartbeats, the engine's status, results, commands.
+The engine's status is parsed again only when another process ticked since this one did.
+
+Rows the runner itself writes (a service's state, host, reason) are not re-read: the runner
+writes back from the engine's status (what changed since the previous status), not by
+comparing with cached rows (console/runtime/runner.py).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from time import monotonic
 from types import MappingProxyType
 
 from django.conf import settings
+from django.db.models import Count, Max
 
 from console import engine
 from console.clusters.models import Cluster, Host
@@ -37,6 +55,8 @@ class Loaded:
     commands: list[PendingCommand]
     #: the tick's time: when the heartbeats were read (unless the caller gave one)
     now: float
+    #: the service rows were read from the database for this snapshot (not kept from before)
+    fresh: bool = True
 
 
 def _observation(
@@ -85,36 +105,97 @@ def domain_of(domain: FailoverDomain) -> engine.Domain:
     )
 
 
-def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
-    """`now`: the tick's time; by default the moment the heartbeats are read, so that a slow
-    load (database locks, a busy worker) never makes hosts look older than they are."""
-    hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
-    fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
-    now = time.time() if now is None else now
-    reports = store.reports(sorted(hosts))
-    # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
-    # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
-    # runner process and after Redis restarted or lost its data), and how far behind the
-    # drainer runs.
-    view_since, ingest_lag_s = store.view_since(now), store.ingest_lag(now)
-    services = {
-        s.name: s
-        for s in VmService.objects.filter(cluster=cluster).select_related("failover_domain", "host")
-    }
+#: the configuration kept between ticks is read again at least this often, whatever its version
+CONFIG_MAX_AGE_S = 60.0
+
+
+@dataclass
+class _Config:
+    """A cluster's configuration as the runner keeps it between ticks."""
+
+    key: tuple[object, ...]
+    at: float
+    services: dict[str, VmService]
+    configs: dict[str, engine.ServiceConfig]
+    domains: dict[str, engine.Domain]
+
+
+_configs: dict[int, _Config] = {}
+_statuses: dict[int, tuple[int, engine.Status]] = {}
+
+
+def forget(cluster_id: int | None = None) -> None:
+    """Drop what is kept between ticks for one cluster (a tick rolled back) or all (tests)."""
+    if cluster_id is None:
+        _configs.clear()
+        _statuses.clear()
+    else:
+        _configs.pop(cluster_id, None)
+        _statuses.pop(cluster_id, None)
+
+
+def remember_status(cluster_id: int, ticks: int, status: engine.Status) -> None:
+    """The status this process just committed as tick number `ticks`: the next tick here
+    reuses it unless another process ticked in between."""
+    _statuses[cluster_id] = (ticks, status)
+
+
+def _read_config(
+    cluster: Cluster, hosts_by_pk: dict[int, Host], key: tuple[object, ...]
+) -> _Config:
+    services = {}
+    for s in VmService.objects.filter(cluster=cluster).select_related("failover_domain"):
+        s.host = hosts_by_pk.get(s.host_id) if s.host_id else None
+        s.target = hosts_by_pk.get(s.target_id) if s.target_id else None
+        services[s.name] = s
     domains = {
         d.name: domain_of(d)
         for d in FailoverDomain.objects.filter(cluster=cluster).prefetch_related("members__host")
     }
+    configs = {n: service_config(s) for n, s in sorted(services.items())}
+    return _Config(key, monotonic(), services, configs, domains)
+
+
+def load(
+    cluster: Cluster, store: Store, now: float | None = None, *, cached: bool = False
+) -> Loaded:
+    """`now`: the tick's time; by default the moment the heartbeats are read, so that a slow
+    load (database locks, a busy worker) never makes hosts look older than they are.
+    `cached`: keep the configuration between calls (the runner; see the module's doc)."""
     state, _ = EngineState.objects.get_or_create(cluster=cluster)
-    status = engine.Status.from_json(state.status_json) if state.status_json else engine.Status()
+    hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
+    fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
+    hosts_by_pk = {h.pk: h for h in hosts.values()}
+    counts = VmService.objects.filter(cluster=cluster).aggregate(n=Count("id"), top=Max("id"))
+    key = (cluster.created, state.config_version, counts["n"], counts["top"], *sorted(hosts))
+    kept = _configs.get(cluster.pk) if cached else None
+    fresh = kept is None or kept.key != key or monotonic() - kept.at > CONFIG_MAX_AGE_S
+    if kept is None or fresh:
+        kept = _read_config(cluster, hosts_by_pk, key)
+        if cached:
+            _configs[cluster.pk] = kept
+    now = time.time() if now is None else now
+    # The heartbeats and the drainer's progress in one round trip. Then the "no data" signal,
+    # read after the heartbeats (a Redis restarted between the two reads is seen as a
+    # restart): since when the view of heartbeats is continuous (afresh in a new runner
+    # process and after Redis restarted or lost its data).
+    reports, ingest = store.view(sorted(hosts), now)
+    view_since = store.view_since(now)
+    reused = _statuses.get(cluster.pk) if cached else None
+    if reused is not None and reused[0] == state.ticks:
+        status = reused[1]
+    else:
+        status = (
+            engine.Status.from_json(state.status_json) if state.status_json else engine.Status()
+        )
     result_jobs = pending_engine_results(cluster)
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
             {n: _observation(h, reports.get(n), fence_hosts) for n, h in sorted(hosts.items())}
         ),
-        services=MappingProxyType({n: service_config(s) for n, s in sorted(services.items())}),
-        domains=MappingProxyType(domains),
+        services=MappingProxyType(kept.configs),
+        domains=MappingProxyType(kept.domains),
         results=tuple(
             engine.ActionResult(j.action_id, j.status == JobStatus.SUCCEEDED, j.explanation)
             for j in result_jobs
@@ -127,6 +208,6 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
         settings=engine_settings(),
         id_prefix=f"c{cluster.pk}-",
         view_since=view_since,
-        ingest_lag_s=ingest_lag_s,
+        ingest_lag_s=ingest.lag_s,
     )
-    return Loaded(snapshot, state, hosts, services, reports, result_jobs, commands, now)
+    return Loaded(snapshot, state, hosts, kept.services, reports, result_jobs, commands, now, fresh)

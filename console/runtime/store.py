@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,32 +103,28 @@ class Store:
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
-        if not hosts:
-            return {}
-        pipe = self.r.pipeline()
-        pipe.hmget(f"{self.p}hb", hosts)
+        return self.view(hosts)[0] if hosts else {}
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """`reports(hosts)` and `ingest_status(now)` in one round trip, each heartbeat parsed
+        once (the runner's read of a tick)."""
+        now = time.time() if now is None else now
+        pipe = self.r.pipeline()  # MULTI: heartbeats and events as of one moment
+        pipe.hgetall(f"{self.p}ingest")
+        pipe.hgetall(f"{self.p}hb")
         for host in hosts:
             pipe.hgetall(f"{self.p}ev:{host}")
         answers = pipe.execute()
+        progress, beats = answers[0], answers[1]
+        heartbeats = {h: json.loads(raw) for h, raw in beats.items()}
         out: dict[str, HostReport] = {}
-        for host, raw, events in zip(hosts, answers[0], answers[1:], strict=True):
-            if raw is None:
-                continue
-            data = json.loads(raw)
-            hb, received = data["hb"], float(data["received"])
-            guests = hb.get("guests")
-            # every active guest (running, paused, ...) has a QEMU process: a copy exists
-            running = {g["name"] for g in guests or []}
-            for guest, ev_raw in events.items():
-                ev = json.loads(ev_raw)
-                if ev["at"] <= received:
-                    continue  # the heartbeat is newer than the event
-                if ev["state"] in ("started", "resumed"):
-                    running.add(guest)
-                elif ev["state"] in ("stopped", "crashed", "migrated", "undefined"):
-                    running.discard(guest)
-            out[host] = HostReport(host, received, hb, frozenset(running))
-        return out
+        for host, events in zip(hosts, answers[2:], strict=True):
+            data = heartbeats.get(host)
+            if data is not None:
+                out[host] = _report(host, data, events)
+        return out, _ingest_status(now, progress, heartbeats.values())
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
@@ -150,19 +146,7 @@ class Store:
         pipe.hgetall(f"{self.p}ingest")
         pipe.hvals(f"{self.p}hb")
         progress, heartbeats = pipe.execute()
-        lags = []
-        for raw in heartbeats:
-            data = json.loads(raw)
-            sent = data["hb"].get("sent_at")
-            if isinstance(sent, int | float) and sent > 0:
-                lags.append(float(data["received"]) - sent)
-        hb_lag = statistics.median(lags) if lags else 0.0
-        if not progress:
-            return IngestStatus(0.0, 0, max(0.0, hb_lag), None)
-        at, caught_up = float(progress["at"]), float(progress["caught_up_at"])
-        backlog = int(progress["backlog"])
-        behind = now - caught_up if backlog else now - at - DRAIN_WAIT_S
-        return IngestStatus(max(0.0, behind, hb_lag), backlog, max(0.0, hb_lag), at)
+        return _ingest_status(now, progress, (json.loads(raw) for raw in heartbeats))
 
     def ingest_lag(self, now: float | None = None) -> float:
         """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
@@ -231,6 +215,40 @@ class Store:
 
 def now() -> float:
     return time.time()
+
+
+def _report(host: str, data: dict[str, Any], events: dict[str, str]) -> HostReport:
+    """One host's report: its heartbeat, with lifecycle events newer than it applied on top."""
+    hb, received = data["hb"], float(data["received"])
+    guests = hb.get("guests")
+    # every active guest (running, paused, ...) has a QEMU process: a copy exists
+    running = {g["name"] for g in guests or []}
+    for guest, ev_raw in events.items():
+        ev = json.loads(ev_raw)
+        if ev["at"] <= received:
+            continue  # the heartbeat is newer than the event
+        if ev["state"] in ("started", "resumed"):
+            running.add(guest)
+        elif ev["state"] in ("stopped", "crashed", "migrated", "undefined"):
+            running.discard(guest)
+    return HostReport(host, received, hb, frozenset(running))
+
+
+def _ingest_status(
+    now: float, progress: dict[str, str], heartbeats: Iterable[dict[str, Any]]
+) -> IngestStatus:
+    lags = []
+    for data in heartbeats:
+        sent = data["hb"].get("sent_at")
+        if isinstance(sent, int | float) and sent > 0:
+            lags.append(float(data["received"]) - sent)
+    hb_lag = statistics.median(lags) if lags else 0.0
+    if not progress:
+        return IngestStatus(0.0, 0, max(0.0, hb_lag), None)
+    at, caught_up = float(progress["at"]), float(progress["caught_up_at"])
+    backlog = int(progress["backlog"])
+    behind = now - caught_up if backlog else now - at - DRAIN_WAIT_S
+    return IngestStatus(max(0.0, behind, hb_lag), backlog, max(0.0, hb_lag), at)
 
 
 class LockLost(RuntimeError):
