@@ -33,7 +33,9 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
 - the console queue's depth (Celery ``console``) p95/max, and CPU of each console process
   (% of one core over the measured window, children included).
 
-``--json`` prints one JSON object per size instead of the table (tests/console/test_fleet.py).
+``--stall S`` freezes the drainer (SIGSTOP) for S seconds halfway through: the console is
+behind on its heartbeats, so it must raise an alarm and fence nobody. ``--json`` prints one
+JSON object per size instead of the table (tests/console/test_fleet.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import base64
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -292,7 +295,7 @@ def make_console(env: dict[str, str], logs: Path) -> Any:
 
 
 def run_one(
-    n_hosts: int, per_host: int, seconds: float, crash_every: float, root: Path
+    n_hosts: int, per_host: int, seconds: float, crash_every: float, root: Path, stall: float = 0.0
 ) -> dict[str, Any]:
     from bench.chaos import Redis, free_port, wait_for
 
@@ -377,8 +380,16 @@ def run_one(
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         crashes: list[tuple[float, str]] = []
+        stalled = not stall
         while time.monotonic() - t0 < seconds:
             time.sleep(crash_every)
+            if not stalled and time.monotonic() - t0 > seconds / 2:
+                # the console made to lag: its drainer frozen while the hosts go on beating
+                stalled = True
+                os.killpg(console.procs["ingest"].pid, signal.SIGSTOP)
+                time.sleep(stall)
+                os.killpg(console.procs["ingest"].pid, signal.SIGCONT)
+                continue
             candidates = [(h, g) for h in sorted(fleet.up) for g in sorted(fleet.running[h])]
             if candidates:
                 host, guest = rng.choice(candidates)
@@ -423,8 +434,13 @@ def run_one(
                 "object_name", flat=True
             )
         )
+        alarms = list(
+            LogEvent.objects.filter(verb="alarm", result="failed").values_list("message", flat=True)
+        )
         ms = [v * 1000 for v in lags]
         out.update(
+            stall_s=stall,
+            alarms=alarms,
             window_s=round(wall, 1),
             heartbeats=len(ms),
             ingest_lag_ms_p50=round(statistics.median(ms), 1) if ms else None,
@@ -482,6 +498,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         ("healthy hosts unreachable", lambda o: len(o["healthy_unreachable"])),
         ("healthy hosts fenced", lambda o: len(o["healthy_fenced"])),
+        ("alarms raised", lambda o: len(o["alarms"])),
         (
             "console queue p95 / max",
             lambda o: f"{o['console_queue_p95']} / {o['console_queue_max']}",
@@ -509,17 +526,21 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--crash-every", type=float, default=3.0)
     p.add_argument("--json", action="store_true", help="one JSON object per size")
+    p.add_argument(
+        "--stall", type=float, default=0.0, help="freeze the drainer this long mid-run (s)"
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)  # HOSTSxGUESTS: run one size here
     args = p.parse_args()
     if args.one:
         n, m = (int(x) for x in args.one.split("x"))
         with tempfile.TemporaryDirectory(prefix="haven-fleet-") as root:
-            print(json.dumps(run_one(n, m, args.seconds, args.crash_every, Path(root))), flush=True)
+            result = run_one(n, m, args.seconds, args.crash_every, Path(root), args.stall)
+            print(json.dumps(result), flush=True)
         return 0
     results = []
     for size in args.sizes.split(","):
         argv = [sys.executable, __file__, "--one", size, "--seconds", str(args.seconds)]
-        argv += ["--crash-every", str(args.crash_every)]
+        argv += ["--crash-every", str(args.crash_every), "--stall", str(args.stall)]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{size}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
