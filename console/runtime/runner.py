@@ -30,7 +30,7 @@ from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record
+from console.events.services import record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
@@ -168,18 +168,23 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
 
     _write_hosts(loaded, status, now)
     _write_services(loaded, status, now)
+    record_many(
+        [
+            {
+                "actor": "engine",
+                "verb": f"{t.kind}-state",
+                "object_type": t.kind,
+                "object_name": t.name,
+                "cluster": cluster,
+                "result": "info",
+                "severity": transition_severity(t),
+                "message": f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
+                "data": transition_data(t, status),
+            }
+            for t in decision.transitions
+        ]
+    )
     for t in decision.transitions:
-        record(
-            actor="engine",
-            verb=f"{t.kind}-state",
-            object_type=t.kind,
-            object_name=t.name,
-            cluster=cluster,
-            result="info",
-            severity=transition_severity(t),
-            message=f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
-            data=transition_data(t, status),
-        )
         if t.kind == "host" and t.new is engine.HostState.UNREACHABLE:
             jobs.mark_host_lost(loaded.hosts[t.name], "stopped heartbeating")
     bound = _replies(cluster, decision)
