@@ -157,8 +157,8 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
             for i in range(rounds):
                 service = VmService.objects.select_related("host").get(name=f"g{i:05d}")
                 assert service.host is not None
-                host = service.host.name
-                running[host].discard(service.name)
+                host_name = service.host.name
+                running[host_name].discard(service.name)
                 seen = len(transport.sent)
                 t0 = time.perf_counter()
                 receive(
@@ -166,7 +166,7 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
                         "v": 2,
                         "kind": "event",
                         "event": "lifecycle",
-                        "host": host,
+                        "host": host_name,
                         "guest": service.name,
                         "state": "crashed",
                         "detail": "failed",
