@@ -25,6 +25,26 @@ class EngineState(models.Model):
         return f"engine of {self.cluster_id and self.cluster.name}"
 
 
+class EngineServiceStatus(models.Model):
+    """One service's part of the engine's status (``ServiceStatus`` as JSON), written only when
+    it changed: ``EngineState.status_json`` holds the rest (hosts, pending actions, counters).
+    ``tick``: the tick that last wrote it, so a runner process that holds an earlier status
+    reads only what changed since (console/runtime/snapshot.py)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=64)
+    status_json = models.TextField()
+    tick = models.PositiveBigIntegerField(default=0, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="one_status_per_service")
+        ]
+
+    def __str__(self) -> str:
+        return f"engine status of {self.name}"
+
+
 class PendingCommand(models.Model):
     """A person's start/stop/enable/disable/migrate/relocate, waiting for the engine's reply.
 

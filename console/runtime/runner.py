@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -28,6 +28,7 @@ from django.utils import timezone
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
+from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
 from console.events.services import record, record_many
@@ -36,7 +37,7 @@ from console.jobs.models import Job
 from console.monitoring import ticks
 from console.runtime import actions as action_steps
 from console.runtime import snapshot
-from console.runtime.models import EngineState, PendingCommand
+from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
 from console.runtime.store import LOCK_TTL_S, Lease, LockLost, Store
 from console.services.models import VmService
@@ -153,7 +154,7 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
     # Compare-and-set on the tick counter: the state row is the lock's fencing token. A runner
     # whose snapshot another runner's tick has overtaken (its lock expired under it) writes
     # nothing; under PostgreSQL the second UPDATE waits for the first commit, then matches 0.
-    status_json = status.to_json()
+    status_json = replace(status, services={}, active=frozenset()).to_json()
     written = EngineState.objects.filter(pk=state.pk, ticks=state.ticks).update(
         status_json=status_json,
         alarm=status.alarm,
@@ -163,6 +164,7 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
     if written != 1:
         raise LockLost(f"cluster {cluster.name}: another runner decided since this snapshot")
     state.status_json, state.alarm, state.ticks = status_json, status.alarm, state.ticks + 1
+    _write_status_pieces(cluster, loaded, status, state.ticks)
     jobs.mark_engine_notified([j.pk for j in loaded.result_jobs])
     PendingCommand.objects.filter(pk__in=[c.pk for c in loaded.commands]).update(delivered=True)
 
@@ -341,6 +343,33 @@ def write_changes(model: Any, changes: dict[int, dict[str, Any]]) -> int:
 #: a host's last heartbeat time is written to the database at most this often (the engine reads
 #: Redis; the database copy is for pages and for a console started afresh)
 HEARTBEAT_WRITE_S = 5.0
+
+
+def _write_status_pieces(
+    cluster: Cluster, loaded: Loaded, status: engine.Status, tick: int
+) -> None:
+    """The services whose engine status changed since the previous one, one row each (all of
+    them when it was stored whole); rows of services the engine forgot, deleted."""
+    before = loaded.snapshot.status.services if loaded.pieces else {}
+    changed = [
+        n for n, s in status.services.items() if (old := before.get(n)) is not s and old != s
+    ]
+    gone = [n for n in before if n not in status.services]
+    rows = EngineServiceStatus.objects.filter(cluster=cluster)
+    if not loaded.pieces:
+        rows.delete()
+    for i in range(0, max(len(changed), len(gone)), 500):
+        names = changed[i : i + 500] + gone[i : i + 500]
+        rows.filter(name__in=names).delete()
+        EngineServiceStatus.objects.bulk_create(
+            EngineServiceStatus(
+                cluster=cluster,
+                name=n,
+                status_json=service_to_json(status.services[n]),
+                tick=tick,
+            )
+            for n in changed[i : i + 500]
+        )
 
 
 def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:

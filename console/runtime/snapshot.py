@@ -28,9 +28,10 @@ from django.db.models import Count, Max
 
 from console import engine
 from console.clusters.models import Cluster, Host
+from console.engine.status import assemble, service_from_json
 from console.jobs.models import Job, JobStatus
 from console.jobs.services import pending_engine_results
-from console.runtime.models import EngineState, PendingCommand
+from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
 from console.runtime.store import HostReport, Store
 from console.services.models import FailoverDomain, VmService
 
@@ -57,6 +58,8 @@ class Loaded:
     now: float
     #: the service rows were read from the database for this snapshot (not kept from before)
     fresh: bool = True
+    #: the status is stored in pieces (else whole, as an older console wrote it)
+    pieces: bool = True
 
 
 def _observation(
@@ -181,13 +184,7 @@ def load(
     # process and after Redis restarted or lost its data).
     reports, ingest = store.view(sorted(hosts), now)
     view_since = store.view_since(now)
-    reused = _statuses.get(cluster.pk) if cached else None
-    if reused is not None and reused[0] == state.ticks:
-        status = reused[1]
-    else:
-        status = (
-            engine.Status.from_json(state.status_json) if state.status_json else engine.Status()
-        )
+    status, pieces = _status(state, _statuses.get(cluster.pk) if cached else None)
     result_jobs = pending_engine_results(cluster)
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(
@@ -210,4 +207,36 @@ def load(
         view_since=view_since,
         ingest_lag_s=ingest.lag_s,
     )
-    return Loaded(snapshot, state, hosts, kept.services, reports, result_jobs, commands, now, fresh)
+    return Loaded(
+        snapshot, state, hosts, kept.services, reports, result_jobs, commands, now, fresh, pieces
+    )
+
+
+def _status(
+    state: EngineState, kept: tuple[int, engine.Status] | None
+) -> tuple[engine.Status, bool]:
+    """The engine's status as of `state` and whether it is stored in pieces (a header in
+    `state.status_json`, one `EngineServiceStatus` row per service) rather than whole (as
+    before; the runner's next write splits it). `kept`: the status this process committed
+    last, with its tick: reused as it is when no other process ticked since, else updated with
+    the rows written after it."""
+    if kept is not None and kept[0] == state.ticks:
+        return kept[1], True
+    if not state.status_json:
+        return engine.Status(), True
+    header = engine.Status.from_json(state.status_json)
+    if header.services:
+        return header, False  # stored whole
+    rows = EngineServiceStatus.objects.filter(cluster_id=state.cluster_id)
+    services: dict[str, engine.ServiceStatus] = {}
+    since = kept[0] if kept is not None and kept[0] < state.ticks else None
+    if kept is not None and since is not None:
+        services = dict(kept[1].services)
+        rows = rows.filter(tick__gt=since)
+    for name, text in rows.values_list("name", "status_json"):
+        services[name] = service_from_json(text)
+    if since is not None:
+        count = EngineServiceStatus.objects.filter(cluster_id=state.cluster_id).count()
+        if count != len(services):  # some were removed since: read them all
+            return _status(state, None)
+    return assemble(header, dict(sorted(services.items()))), True
