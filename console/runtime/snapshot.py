@@ -5,8 +5,8 @@ configuration again, so the runner's `load(..., cached=True)` keeps the services
 configs and the failover domains in memory between ticks (per process and cluster) and reads
 them again only when they may have changed: the cluster's `EngineState.config_version` moved
 (bumped in the writer's own transaction by every save or delete of a host, fence device,
-service, failover domain or member: console/runtime/apps.py), the services' count or highest
-id moved (a bulk create or delete, which sends no signal), or `CONFIG_MAX_AGE_S` passed.
+service, failover domain or member: console/runtime/apps.py), the newest service's id moved
+(a bulk create, which sends no signal), the hosts' names changed, or `CONFIG_MAX_AGE_S` passed.
 Hosts (128 rows, where maintenance and acknowledgements change) are read every tick, and so is
 everything that is not configuration: heartbeats, the engine's status, results, commands.
 The engine's status is parsed again only when another process ticked since this one did.
@@ -24,7 +24,6 @@ from time import monotonic
 from types import MappingProxyType
 
 from django.conf import settings
-from django.db.models import Count, Max
 
 from console import engine
 from console.clusters.models import Cluster, Host
@@ -169,8 +168,9 @@ def load(
     hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
     hosts_by_pk = {h.pk: h for h in hosts.values()}
-    counts = VmService.objects.filter(cluster=cluster).aggregate(n=Count("id"), top=Max("id"))
-    key = (cluster.created, state.config_version, counts["n"], counts["top"], *sorted(hosts))
+    # a bulk create sends no signal: the newest service's id tells (deletes do send one)
+    top = VmService.objects.filter(cluster=cluster).order_by("-id").values_list("id").first()
+    key = (cluster.created, state.config_version, top, *sorted(hosts))
     kept = _configs.get(cluster.pk) if cached else None
     fresh = kept is None or kept.key != key or monotonic() - kept.at > CONFIG_MAX_AGE_S
     if kept is None or fresh:
