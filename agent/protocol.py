@@ -40,7 +40,9 @@ Agent -> console
                 The console accepts it only from the host the command was sent to.
     event       sent at once, never behind commands: ``event`` = ``lifecycle``, ``guest``,
                 ``uuid``, ``state`` (one of ``LIFECYCLE_STATES``), ``detail`` (libvirt's reason,
-                e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``.
+                e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``; or
+                ``event`` = ``shutdown`` (guest, uuid, state empty): the host's shutdown hook
+                (agent/shutdown.py) asks the console to drain it before it goes down.
     heartbeat   every second by default: ``agent_version``, ``boot`` (random id of this agent
                 process), ``seq`` (1, 2, ... within ``boot``), ``interval_s``,
                 ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,
@@ -83,8 +85,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     gfs2_inspect      device                               -> lock_protocol, lock_table,
                                                               journals, journal_names
     gfs2_jadd         mount_point, journals=1              -> mount_point, journals
-    fstab_entry       device, mount_point, fstype, options="defaults", present=true
-                                                           -> line, changed
+    fstab_entry       device, mount_point, fstype, options="defaults", present=true,
+                      activate_shared=false (a shared VG's LV: a unit activates it at boot,
+                      the mount requires it)           -> line, changed, unit
     mount             device, mount_point, fstype, options?-> mount_point
     unmount           mount_point                          -> mount_point
     vg_lockstart      vg                                   -> vg, lock_started
@@ -93,7 +96,8 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     lv_usage          vg, lv, refuse_mounted=false         -> vg, lv, mounted
     gfs2_grow         mount_point                          -> mount_point, size_bytes,
                                                               size_bytes_before
-    dlm_fence_ack     node (corosync node name)            -> node, nodeid
+    dlm_fence_ack     node (corosync node name)            -> node, nodeid, dlm_state (waits for
+                      dlm here to lose the node first)
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output

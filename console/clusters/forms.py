@@ -57,6 +57,14 @@ class ClusterCreateForm(forms.Form):
         return name
 
 
+class HostsAddForm(ClusterCreateForm):
+    """The wizard's password and confirmation fields, for hosts joining an existing cluster."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["name"], self.fields["shared_storage"]
+
+
 class HostRowForm(forms.Form):
     name = forms.CharField(
         label="Host name",
@@ -261,3 +269,16 @@ class FenceAgentForm(forms.Form):
         help_text="The fence_* program that powers the host off, e.g. fence_ipmilan for a BMC.",
         widget=forms.TextInput(attrs={"list": "fence-agents", "placeholder": "fence_ipmilan"}),
     )
+
+
+class ClusterPolicyForm(forms.ModelForm):  # type: ignore[type-arg]
+    """The cluster's placement policy: vCPU overcommit, admission control, the rebalancer."""
+
+    class Meta:
+        model = Cluster
+        fields = ["cpu_overcommit", "host_failures_to_tolerate", "rebalance"]
+        labels = {
+            "cpu_overcommit": "vCPU overcommit (vCPUs per CPU)",
+            "host_failures_to_tolerate": "Host failures to tolerate (admission control)",
+            "rebalance": "Live rebalancer",
+        }

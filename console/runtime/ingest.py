@@ -28,7 +28,7 @@ from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, JobStatus
-from console.runtime.store import Store, now
+from console.runtime.store import Store
 
 log = logging.getLogger("haven.ingest")
 WAKING_STATES = frozenset({"stopped", "crashed", "started", "migrated", "undefined"})
@@ -134,10 +134,11 @@ def sort(
     received: float | None = None,
 ) -> Sorted:
     """File a batch of (sender, raw JSON or dict); heartbeats and events written in one pipeline."""
-    received = now() if received is None else received
+    received = store.clock() if received is None else received
     out = Sorted()
     heartbeats: dict[str, dict[str, Any]] = {}
     lifecycle: list[tuple[str, str, str]] = []
+    shutdowns: list[str] = []
     console_agent = settings.HAVEN_CONSOLE_AGENT
     for sender, raw in batch:
         try:
@@ -165,6 +166,10 @@ def sort(
                 continue
             heartbeats[sender] = message  # in order: the newest wins
             out.heartbeats += 1
+        elif message.get("event") == "shutdown":
+            shutdowns.append(sender)  # a clean shutdown: the engine drains it, never fences it
+            out.wakes.add(cluster_id)
+            out.events += 1
         elif message.get("event") == "lifecycle":
             guest, state = str(message.get("guest", "")), str(message.get("state", ""))
             lifecycle.append((sender, guest, state))
@@ -175,6 +180,9 @@ def sort(
             out.ignored += 1
     if heartbeats or lifecycle:
         store.put_batch(heartbeats, lifecycle, received)
+    for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
+        store.mark_shutdown(host, received)
+        log.info("%s announced a clean shutdown: it is drained by live migration", host)
     return out
 
 

@@ -18,8 +18,7 @@ comparing with cached rows (console/runtime/runner.py).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic
 from types import MappingProxyType
 
@@ -33,12 +32,23 @@ from console.jobs.services import pending_engine_results
 from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
 from console.runtime.store import HostReport, Store
 from console.services.models import FailoverDomain, VmService
+from console.storage.models import VolumeGroup
 
 
-def engine_settings() -> engine.Settings:
-    return engine.Settings(
+def engine_settings(cluster: Cluster | None = None) -> engine.Settings:
+    """The engine's settings: the console's timers, and the cluster's own policy (vCPU
+    overcommit, admission control, the live rebalancer)."""
+    base = engine.Settings(
         heartbeat_interval_s=settings.HAVEN_HEARTBEAT_INTERVAL_S,
         missed_heartbeats=settings.HAVEN_MISSED_HEARTBEATS,
+    )
+    if cluster is None:
+        return base
+    return replace(
+        base,
+        cpu_overcommit=float(cluster.cpu_overcommit),
+        host_failures_to_tolerate=int(cluster.host_failures_to_tolerate),
+        rebalance=bool(cluster.rebalance),
     )
 
 
@@ -62,7 +72,11 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int]
+    host: Host,
+    report: HostReport | None,
+    fence_hosts: set[int],
+    shared_storage: bool = False,
+    shutting_down: bool = False,
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -73,8 +87,11 @@ def _observation(
         memory_total_mb=int(hb.get("memory_total_mib") or host.memory_total_mb),
         memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
         cpus=int(hb.get("cpus") or host.cpus or 1),
+        cpu_overcommit=host.cpu_overcommit,
         maintenance=host.maintenance,
+        shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
+        shared_storage=shared_storage,
         acknowledged_down_at=ack,
     )
 
@@ -93,6 +110,7 @@ def service_config(service: VmService) -> engine.ServiceConfig:
         priority=service.priority,
         migratable=service.migratable,
         autostart=service.autostart,
+        protected=service.protected,
         node=service.host.name if service.host and service.state == "started" else None,
     )
 
@@ -177,19 +195,26 @@ def load(
         kept = _read_config(cluster, hosts_by_pk, key)
         if cached:
             _configs[cluster.pk] = kept
-    now = time.time() if now is None else now
+    # A clustered VG: every host joined its dlm lockspace (vg_lockstart on each), so a silent
+    # host blocks the others' GFS2 until it is fenced.
+    shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
+    now = store.clock() if now is None else now
     # The heartbeats and the drainer's progress in one round trip. Then the "no data" signal,
     # read after the heartbeats (a Redis restarted between the two reads is seen as a
     # restart): since when the view of heartbeats is continuous (afresh in a new runner
     # process and after Redis restarted or lost its data).
     reports, ingest = store.view(sorted(hosts), now)
+    shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     view_since = store.view_since(now)
     status, pieces = _status(state, _statuses.get(cluster.pk) if cached else None)
     result_jobs = pending_engine_results(cluster)
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
-            {n: _observation(h, reports.get(n), fence_hosts) for n, h in sorted(hosts.items())}
+            {
+                n: _observation(h, reports.get(n), fence_hosts, shared_storage, n in shutdowns)
+                for n, h in sorted(hosts.items())
+            }
         ),
         services=MappingProxyType(kept.configs),
         domains=MappingProxyType(kept.domains),
@@ -202,7 +227,7 @@ def load(
             for c in commands
         ),
         status=status,
-        settings=engine_settings(),
+        settings=engine_settings(cluster),
         id_prefix=f"c{cluster.pk}-",
         view_since=view_since,
         ingest_lag_s=ingest.lag_s,

@@ -321,11 +321,11 @@ def run_one(
     from console.events.models import Event as LogEvent
     from console.monitoring import ticks
     from console.runtime.models import EngineState
-    from console.runtime.store import Store
+    from console.runtime.store import RedisStore
     from console.services.models import VmService
 
     r: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    store = Store(r)
+    store = RedisStore(r)
     starts: dict[str, list[float]] = {}  # guest -> when each start was taken off a queue
     fences: list[tuple[float, str, str]] = []  # (t, runner, victim)
 

@@ -278,9 +278,11 @@ class World:
                 memory_total_mb=h.spec.memory_mb,
                 memory_free_mb=h.reported_free,
                 cpus=h.spec.cpus,
+                cpu_overcommit=h.spec.cpu_overcommit,
                 maintenance=h.maintenance,
                 shutting_down=h.shutting_down,
                 fence_device=h.spec.fence != "none",
+                shared_storage=h.spec.shared_storage,
                 acknowledged_down_at=h.acknowledged_at,
             )
             for name, h in self.hosts.items()
