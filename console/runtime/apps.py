@@ -38,11 +38,14 @@ def _config_changed(sender: object, instance: object, **kwargs: object) -> None:
     from django.db.models import F
 
     from console.runtime.models import EngineState
+    from console.services.models import FailoverDomain
 
     cluster_id = getattr(instance, "cluster_id", None)
-    if cluster_id is None:  # a domain member: its domain's cluster
-        domain = getattr(instance, "domain", None)
-        cluster_id = getattr(domain, "cluster_id", None)
+    domain_id = getattr(instance, "domain_id", None)
+    if cluster_id is None and domain_id is not None:  # a domain member: its domain's cluster
+        cluster_id = (
+            FailoverDomain.objects.filter(pk=domain_id).values_list("cluster_id", flat=True).first()
+        )  # None when the domain is gone too: every cluster's runner reads again
     states = (
         EngineState.objects.all()
         if cluster_id is None
