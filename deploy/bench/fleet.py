@@ -328,11 +328,14 @@ def run_one(
     store = RedisStore(r)
     starts: dict[str, list[float]] = {}  # guest -> when each start was taken off a queue
     fences: list[tuple[float, str, str]] = []  # (t, runner, victim)
+    defines: list[float] = []  # when each define was taken off a queue
 
     def on_command(t: float, host: str, command: dict[str, Any]) -> None:
         a = command.get("args") or {}
         if command["kind"] == "start":
             starts.setdefault(a["guest"], []).append(t)
+        elif command["kind"] == "define":
+            defines.append(t)
         elif command["kind"] == "fence" and a.get("action") != "status":
             fences.append((t, host, str((a.get("params") or {}).get("plug", ""))))
 
@@ -408,7 +411,9 @@ def run_one(
             return all(any(t > t_fenced for t in starts.get(g, [])) for g in victim_guests)
 
         wait_for(f"{victim}'s guests started elsewhere", all_started, 60, 0.05)
-        t_all = max(min(t for t in starts[g] if t > t_fenced) for g in victim_guests)
+        firsts = sorted(min(t for t in starts[g] if t > t_fenced) for g in victim_guests)
+        t_all = firsts[-1]
+        after_fence = [t for t in defines if t > t_fenced]
         wall = time.monotonic() - t0
         stop.set()
         sampler.join(5)
@@ -459,6 +464,11 @@ def run_one(
             crashes_not_running=sum(1 for _, g in crashes if not fleet.where(g)),
             host_lost_to_fence_s=round(t_fenced - t_lost, 2),
             fence_to_all_starts_s=round(t_all - t_fenced, 2),
+            # where the time goes: the defines (stage 1) leave in one tick, each start (stage 2)
+            # only once its define's result was filed
+            fence_to_first_define_s=round(after_fence[0] - t_fenced, 2) if after_fence else None,
+            fence_to_last_define_s=round(after_fence[-1] - t_fenced, 2) if after_fence else None,
+            fence_to_first_start_s=round(firsts[0] - t_fenced, 2),
             lost_guests=len(victim_guests),
             healthy_unreachable=sorted(unreachable - lost),
             healthy_fenced=sorted({v for _, _, v in fences} - lost),
@@ -496,6 +506,11 @@ def table(results: list[dict[str, Any]]) -> str:
             "fence ok -> all starts (s)",
             lambda o: f"{o['fence_to_all_starts_s']} ({o['lost_guests']} guests)",
         ),
+        (
+            "fence ok -> defines first / last (s)",
+            lambda o: f"{o['fence_to_first_define_s']} / {o['fence_to_last_define_s']}",
+        ),
+        ("fence ok -> first start (s)", lambda o: o["fence_to_first_start_s"]),
         ("healthy hosts unreachable", lambda o: len(o["healthy_unreachable"])),
         ("healthy hosts fenced", lambda o: len(o["healthy_fenced"])),
         ("alarms raised", lambda o: len(o["alarms"])),

@@ -111,7 +111,7 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
                     "host": h,
                     "memory_total_mib": 65536,
                     "memory_free_mib": 60000,
-                    "cpus": 16,
+                    "cpus": 64,  # 80 guests a host fit under the default vCPU overcommit (4)
                     "guests": [{"name": g, "uuid": "", "state": "running"} for g in sorted(guests)],
                 },
                 store,
