@@ -212,41 +212,42 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         for n, h in status.hosts.items()
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
-    for action in decision.actions:
-        kind, steps, params = action_steps.steps_for(
-            action,
-            cluster=cluster,
-            hosts=loaded.hosts,
-            services=loaded.services,
-            online=online,
-        )
-        service = getattr(action, "service", None)
-        job = bound.pop(service, None) if service else None
-        params = {**params, "action": action.id}
-        if job is None:
-            job = jobs.create_job(
-                kind,
-                steps,
+    with jobs.batched_dispatch():  # the jobs of one tick leave together
+        for action in decision.actions:
+            kind, steps, params = action_steps.steps_for(
+                action,
                 cluster=cluster,
-                params=params,
-                action_id=action.id,
-                message=_describe(action),
+                hosts=loaded.hosts,
+                services=loaded.services,
+                online=online,
             )
-        else:
-            job.params = {**job.params, **params}
-            job.save(update_fields=["params"])
-            jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
-        report.jobs.append(job.pk)
-        record(
-            actor="engine",
-            verb=kind,
-            object_type="action",
-            object_name=action.id,
-            cluster=cluster,
-            result="info",
-            message=_describe(action),
-            data={"job": job.pk, **params},
-        )
+            service = getattr(action, "service", None)
+            job = bound.pop(service, None) if service else None
+            params = {**params, "action": action.id}
+            if job is None:
+                job = jobs.create_job(
+                    kind,
+                    steps,
+                    cluster=cluster,
+                    params=params,
+                    action_id=action.id,
+                    message=_describe(action),
+                )
+            else:
+                job.params = {**job.params, **params}
+                job.save(update_fields=["params"])
+                jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
+            report.jobs.append(job.pk)
+            record(
+                actor="engine",
+                verb=kind,
+                object_type="action",
+                object_name=action.id,
+                cluster=cluster,
+                result="info",
+                message=_describe(action),
+                data={"job": job.pk, **params},
+            )
     for job in bound.values():  # accepted, and nothing to do
         jobs.finish_job(job, ok=True, explanation="")
     return report
