@@ -422,8 +422,7 @@ def _advance_alternatives(job: Job, steps: list[JobStep], failed_step: JobStep |
     if job.status in (JobStatus.PENDING, JobStatus.DISPATCHED):
         job.status = JobStatus.RUNNING
     job.save(update_fields=["progress", "status"])
-    job_id = job.pk
-    transaction.on_commit(lambda: dispatch(job_id))
+    _schedule_dispatch(job.pk)
 
 
 def _advance(job: Job, failed_step: JobStep | None) -> None:
@@ -445,8 +444,7 @@ def _advance(job: Job, failed_step: JobStep | None) -> None:
     if job.status in (JobStatus.PENDING, JobStatus.DISPATCHED):
         job.status = JobStatus.RUNNING
     job.save(update_fields=["progress", "status"])
-    job_id = job.pk
-    transaction.on_commit(lambda: dispatch(job_id))
+    _schedule_dispatch(job.pk)
 
 
 def _finish(job: Job, status: str, explanation: str) -> None:
