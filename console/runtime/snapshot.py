@@ -181,7 +181,8 @@ def load(
 ) -> Loaded:
     """`now`: the tick's time; by default the moment the heartbeats are read, so that a slow
     load (database locks, a busy worker) never makes hosts look older than they are.
-    `cached`: keep the configuration between calls (the runner; see the module's doc)."""
+    `cached`: keep the configuration and the status between calls (the runner, and the pages'
+    rulebook, what-if and policy; see the module's doc)."""
     state, _ = EngineState.objects.get_or_create(cluster=cluster)
     hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
@@ -207,6 +208,8 @@ def load(
     shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     view_since = store.view_since(now)
     status, pieces = _status(state, _statuses.get(cluster.pk) if cached else None)
+    if cached and pieces:
+        _statuses[cluster.pk] = (state.ticks, status)  # the next read: only what changed since
     result_jobs = pending_engine_results(cluster)
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(

@@ -95,7 +95,7 @@ def scenario(
 ) -> tuple[Scenario, dict[str, str | None], engine.Status]:
     """The live cluster as a scenario, with `event` on `host` after the warm-up (none when
     both are None), and the engine's live status on the scenario's clock."""
-    loaded = load(cluster, rules.store(), rules._clock())
+    loaded = load(cluster, rules.store(), rules._clock(), cached=True)
     snap = loaded.snapshot
     if host is not None and host not in snap.hosts:
         raise WhatIfError("host", f"There is no host {host!r} in cluster {cluster.name}.")
