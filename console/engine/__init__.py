@@ -17,6 +17,7 @@ reason); `decision.log` and `decision.transitions` say what changed and why.
 See README.md beside this file for the states and how the console runtime drives `tick`.
 """
 
+from console.engine.admission import Capacity
 from console.engine.commands import Command, CommandKind
 from console.engine.model import (
     Action,
@@ -41,6 +42,8 @@ from console.engine.model import (
     Subject,
     Transition,
 )
+from console.engine.rebalance import Outlook as RebalanceOutlook
+from console.engine.rebalance import Stance as RebalanceStance
 from console.engine.settings import Settings
 from console.engine.states import (
     HOST_STATES,
@@ -58,6 +61,7 @@ __all__ = [
     "SERVICE_STATES",
     "Action",
     "ActionResult",
+    "Capacity",
     "Command",
     "CommandKind",
     "Decision",
@@ -71,6 +75,8 @@ __all__ = [
     "HostStatus",
     "Migrate",
     "PendingKind",
+    "RebalanceOutlook",
+    "RebalanceStance",
     "Recovery",
     "Refusal",
     "RefusalCode",

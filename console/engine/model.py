@@ -33,6 +33,8 @@ class HostObservation:
     #: (the hypervisor's own) is kept out of placement
     memory_free_mb: int = 0
     cpus: int = 1
+    #: this host's vCPUs per CPU (None: the cluster's `Settings.cpu_overcommit`; 0 = no limit)
+    cpu_overcommit: float | None = None
     #: a person put the host in maintenance: drain it, place nothing new on it
     maintenance: bool = False
     #: the host announced a clean shutdown: drain it, and do not fence it once it goes quiet
@@ -91,6 +93,9 @@ class ServiceConfig:
     migratable: bool = True
     #: when the engine first sees a service that is not running, start it (else leave stopped)
     autostart: bool = True
+    #: counted by admission control: its start is refused when the cluster could not restart
+    #: it after losing `Settings.host_failures_to_tolerate` hosts (False: opted out)
+    protected: bool = True
     #: for a service the engine has not seen yet: where it runs now (adopted as started) when
     #: `desired` is started, else where it last ran (a person's start prefers it)
     node: str | None = None
@@ -226,6 +231,8 @@ class RefusalCode(StrEnum):
     OFFLINE = "offline"
     NOT_ALLOWED = "not-allowed"
     NO_ROOM = "no-room"
+    #: admission control: the cluster could not restart its protected guests after a failure
+    ADMISSION = "admission"
 
 
 @dataclass(frozen=True, slots=True)

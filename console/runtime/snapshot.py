@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from django.conf import settings
@@ -17,10 +17,20 @@ from console.services.models import FailoverDomain, VmService
 from console.storage.models import VolumeGroup
 
 
-def engine_settings() -> engine.Settings:
-    return engine.Settings(
+def engine_settings(cluster: Cluster | None = None) -> engine.Settings:
+    """The engine's settings: the console's timers, and the cluster's own policy (vCPU
+    overcommit, admission control, the live rebalancer)."""
+    base = engine.Settings(
         heartbeat_interval_s=settings.HAVEN_HEARTBEAT_INTERVAL_S,
         missed_heartbeats=settings.HAVEN_MISSED_HEARTBEATS,
+    )
+    if cluster is None:
+        return base
+    return replace(
+        base,
+        cpu_overcommit=float(cluster.cpu_overcommit),
+        host_failures_to_tolerate=int(cluster.host_failures_to_tolerate),
+        rebalance=bool(cluster.rebalance),
     )
 
 
@@ -55,6 +65,7 @@ def _observation(
         memory_total_mb=int(hb.get("memory_total_mib") or host.memory_total_mb),
         memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
         cpus=int(hb.get("cpus") or host.cpus or 1),
+        cpu_overcommit=host.cpu_overcommit,
         maintenance=host.maintenance,
         shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
@@ -77,6 +88,7 @@ def service_config(service: VmService) -> engine.ServiceConfig:
         priority=service.priority,
         migratable=service.migratable,
         autostart=service.autostart,
+        protected=service.protected,
         node=service.host.name if service.host and service.state == "started" else None,
     )
 
@@ -137,7 +149,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
             for c in commands
         ),
         status=status,
-        settings=engine_settings(),
+        settings=engine_settings(cluster),
         id_prefix=f"c{cluster.pk}-",
         view_since=view_since,
         ingest_lag_s=ingest_lag_s,
