@@ -72,7 +72,8 @@ class ServiceStatus:
     #: a failback or a return home is under way or owed: a failed one is tried again after
     #: `retry_at` (a host that just came back may not take a migration yet)
     failback: bool = False
-    #: when the live rebalancer last moved it (none before the cool-down has passed)
+    #: when the live rebalancer (or a person) last moved it: the rebalancer moves it again
+    #: only after its cool-down
     rebalanced_at: float | None = None
     #: no host of the cluster reported while it should run (a full power loss, or the console
     #: cut off from every host): with autostart off, the cluster does not start it again on
