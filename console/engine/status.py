@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -185,6 +185,24 @@ class Status:
             else float(raw["rebalance_since"]),
             active=frozenset(n for n, s in services.items() if _is_active(s)),
         )
+
+
+def service_to_json(s: ServiceStatus) -> str:
+    """One service's status alone (the console stores the status in pieces)."""
+    return json.dumps(_svc_out(s), sort_keys=True, separators=(",", ":"))
+
+
+def service_from_json(text: str) -> ServiceStatus:
+    return _svc_in(json.loads(text))
+
+
+def assemble(header: Status, services: Mapping[str, ServiceStatus]) -> Status:
+    """`header` (a status stored without its services) with `services` put back."""
+    return replace(
+        header,
+        services=services,
+        active=frozenset(n for n, s in services.items() if _is_active(s)),
+    )
 
 
 def _host_out(h: HostStatus) -> dict[str, Any]:

@@ -217,6 +217,11 @@ class Store(Protocol):
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
 
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """``reports(hosts)`` and ``ingest_status(now)`` at once (the runner's read of a tick)."""
+
     def forget_host(self, host: str) -> None: ...
 
     # clean shutdowns (agent/shutdown.py)
@@ -335,6 +340,39 @@ class RedisStore(_Shortcuts):
                 {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
             )
         return out
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """``reports`` and ``ingest_status`` in one round trip, each heartbeat parsed once."""
+        now = self.clock() if now is None else now
+        pipe = self.r.pipeline()  # MULTI: heartbeats and events as of one moment
+        pipe.hgetall(f"{self.p}ingest")
+        pipe.hgetall(f"{self.p}hb")
+        for host in hosts:
+            pipe.hgetall(f"{self.p}ev:{host}")
+        answers = pipe.execute()
+        progress, beats = answers[0], answers[1]
+        heartbeats = {h: json.loads(raw) for h, raw in beats.items()}
+        out: dict[str, HostReport] = {}
+        for host, events in zip(hosts, answers[2:], strict=True):
+            data = heartbeats.get(host)
+            if data is None:
+                continue
+            parsed = {g: json.loads(e) for g, e in events.items()}
+            out[host] = overlay(
+                host,
+                float(data["received"]),
+                data["hb"],
+                {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
+            )
+        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in heartbeats.values())
+        report = (
+            (float(progress["at"]), float(progress["caught_up_at"]), int(progress["backlog"]))
+            if progress
+            else None
+        )
+        return out, ingest_status_of(report, hb_lag, now)
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
@@ -668,6 +706,11 @@ class MemoryStore(_Shortcuts):
                 for host in hosts
                 if host in self._hb
             }
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        return self.reports(hosts), self.ingest_status(now)
 
     def forget_host(self, host: str) -> None:
         with self._mutex:
