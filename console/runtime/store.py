@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,8 @@ class HostReport:
     received: float  # console clock
     heartbeat: dict[str, Any]
     running: frozenset[str] = field(default_factory=frozenset)
+    #: guest -> (check, detail): failed health checks (the heartbeat's, and newer events)
+    unhealthy: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ class Store:
         heartbeats: dict[str, dict[str, Any]],
         lifecycle: list[tuple[str, str, str]],
         received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
     ) -> None:
-        """The newest heartbeat per host and lifecycle events (host, guest, state), in one
-        round trip."""
+        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
+        events (host, guest, check, detail), in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         if heartbeats:
             pipe.hset(
@@ -99,6 +102,12 @@ class Store:
             )
         for host, guest, state in lifecycle:
             pipe.hset(f"{self.p}ev:{host}", guest, json.dumps({"state": state, "at": received}))
+        for host, guest, check, detail in health:
+            pipe.hset(
+                f"{self.p}hl:{host}",
+                guest,
+                json.dumps({"check": check, "detail": detail, "at": received}),
+            )
         pipe.execute()
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
@@ -109,9 +118,11 @@ class Store:
         pipe.hmget(f"{self.p}hb", hosts)
         for host in hosts:
             pipe.hgetall(f"{self.p}ev:{host}")
+            pipe.hgetall(f"{self.p}hl:{host}")
         answers = pipe.execute()
         out: dict[str, HostReport] = {}
-        for host, raw, events in zip(hosts, answers[0], answers[1:], strict=True):
+        pairs = zip(answers[1::2], answers[2::2], strict=True)
+        for host, raw, (events, health) in zip(hosts, answers[0], pairs, strict=True):
             if raw is None:
                 continue
             data = json.loads(raw)
@@ -119,20 +130,33 @@ class Store:
             guests = hb.get("guests")
             # every active guest (running, paused, ...) has a QEMU process: a copy exists
             running = {g["name"] for g in guests or []}
+            started: dict[str, float] = {}
             for guest, ev_raw in events.items():
                 ev = json.loads(ev_raw)
+                if ev["state"] == "started":
+                    started[guest] = ev["at"]
                 if ev["at"] <= received:
                     continue  # the heartbeat is newer than the event
                 if ev["state"] in ("started", "resumed"):
                     running.add(guest)
                 elif ev["state"] in ("stopped", "crashed", "migrated", "undefined"):
                     running.discard(guest)
-            out[host] = HostReport(host, received, hb, frozenset(running))
+            unhealthy = _unhealthy(hb.get("unhealthy"))
+            for guest, hl_raw in health.items():
+                hl = json.loads(hl_raw)
+                # newer than the heartbeat, and than the guest's last start (a fresh run)
+                if hl["at"] > received and hl["at"] >= started.get(guest, 0.0):
+                    unhealthy[guest] = (str(hl["check"]), str(hl["detail"]))
+            for guest, at in started.items():  # a start after the heartbeat: a fresh run
+                if at > received:
+                    unhealthy.pop(guest, None)
+            out[host] = HostReport(host, received, hb, frozenset(running), unhealthy)
         return out
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
         self.r.delete(f"{self.p}ev:{host}")
+        self.r.delete(f"{self.p}hl:{host}")
 
     # --- how far behind the console's view is -----------------------------------------------
     def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
@@ -231,6 +255,16 @@ class Store:
 
 def now() -> float:
     return time.time()
+
+
+def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
+    """A heartbeat's ``unhealthy`` (guest -> {check, detail}); anything malformed is dropped."""
+    out: dict[str, tuple[str, str]] = {}
+    if isinstance(raw, dict):
+        for guest, v in raw.items():
+            if isinstance(guest, str) and isinstance(v, dict) and isinstance(v.get("check"), str):
+                out[guest] = (v["check"], str(v.get("detail", "")))
+    return out
 
 
 class LockLost(RuntimeError):

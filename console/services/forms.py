@@ -120,11 +120,33 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
             "priority",
             "migratable",
             "autostart",
+            "save_on_preempt",
+            "health_watchdog",
+            "health_panic",
+            "health_agent_interval_s",
+            "health_agent_misses",
+            "probe",
+            "probe_host",
+            "probe_port",
+            "probe_path",
+            "probe_interval_s",
+            "probe_misses",
         ]
         help_texts = SERVICE_HELP
         labels = {
             "domain_xml": "Libvirt domain XML",
             "restart_window_s": "Restart window (seconds)",
+            "save_on_preempt": "Save (not shut down) when stopped to make room",
+            "health_watchdog": "Watchdog fired = crash",
+            "health_panic": "Guest panic (pvpanic) = crash",
+            "health_agent_interval_s": "Guest agent ping every (seconds, 0 = off)",
+            "health_agent_misses": "Guest agent misses before a crash",
+            "probe": "Application probe",
+            "probe_host": "Probe address",
+            "probe_port": "Probe port",
+            "probe_path": "Probe path (HTTP)",
+            "probe_interval_s": "Probe every (seconds)",
+            "probe_misses": "Probe misses before a crash",
         }
         widgets = {"domain_xml": forms.Textarea(attrs={"rows": 12, "spellcheck": "false"})}
 
