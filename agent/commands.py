@@ -341,8 +341,9 @@ class Dispatcher:
             names.mount_options(a.text("options", "defaults")),
         )
         present = a.flag("present", True)
+        activate_shared = a.flag("activate_shared", False)
         a.done()
-        return self.storage.fstab_entry(device, mp, fstype, options, present)
+        return self.storage.fstab_entry(device, mp, fstype, options, present, activate_shared)
 
     def _do_mount(self, a: Args) -> dict[str, Any]:
         device, mp = names.device(a.text("device")), names.mount_point(a.text("mount_point"))

@@ -105,8 +105,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     gfs2_inspect      device                               -> lock_protocol, lock_table,
                                                               journals, journal_names
     gfs2_jadd         mount_point, journals=1              -> mount_point, journals
-    fstab_entry       device, mount_point, fstype, options="defaults", present=true
-                                                           -> line, changed
+    fstab_entry       device, mount_point, fstype, options="defaults", present=true,
+                      activate_shared=false (a shared VG's LV: a unit activates it at boot,
+                      the mount requires it)           -> line, changed, unit
     mount             device, mount_point, fstype, options?-> mount_point
     unmount           mount_point                          -> mount_point
     vg_lockstart      vg                                   -> vg, lock_started
@@ -115,7 +116,8 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     lv_usage          vg, lv, refuse_mounted=false         -> vg, lv, mounted
     gfs2_grow         mount_point                          -> mount_point, size_bytes,
                                                               size_bytes_before
-    dlm_fence_ack     node (corosync node name)            -> node, nodeid
+    dlm_fence_ack     node (corosync node name)            -> node, nodeid, dlm_state (waits for
+                      dlm here to lose the node first)
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output

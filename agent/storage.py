@@ -8,14 +8,17 @@ LVM at loop devices with a private config.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent import names
+from agent.cluster_stack import parse_dlm_status
 from agent.errors import AgentError
 from agent.runner import Runner
 
@@ -36,6 +39,25 @@ _JOURNAL_RE = re.compile(r"\bjournal(\d+)\b")
 # Under QEMU TCG (the storage lab) LVM on a shared VG takes 5-15 s, mount 10-15 s and gfs2_jadd
 # up to a minute; a real host is faster. These bound the slow commands, not the usual ones.
 SLOW_S = 300.0
+SYSTEMD = Path("/run/systemd/system")
+# Activates one shared LV at boot for its GFS2 mount (fstab: x-systemd.requires=): the VG's
+# lockspace needs corosync quorum and dlm, which a booting host reaches only after a while.
+# ($$ is a literal $ for systemd; the names passed agent.names' grammar.)
+ACTIVATION_UNIT = """[Unit]
+Description=Haven: activate {ref} shared for its GFS2 (mounted at boot after dlm)
+Requires=dlm.service lvmlockd.service
+After=dlm.service lvmlockd.service lvmlocks.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+TimeoutStartSec=900
+ExecStart=/bin/sh -c 'n=0; until /sbin/vgchange --lock-start {vg} && /sbin/lvchange -asy {ref}; \
+do n=$$((n+1)); [ $$n -lt 150 ] || exit 1; sleep 5; done'
+ExecStop=/sbin/lvchange -an {ref}
+"""
+# How long dlm_fence_ack waits for this host's dlm to see the fenced node gone.
+DLM_LOSS_WAIT_S = 180.0
 ACTIVATION = {"shared": "sy", "exclusive": "ey", "off": "n"}
 _CMAP_NODE_RE = re.compile(
     r"^nodelist\.node\.(\d+)\.(name|nodeid|ring0_addr) \([a-z0-9]+\) = (.*)$"
@@ -59,7 +81,13 @@ class Storage(Protocol):
     def gfs2_inspect(self, device: str) -> dict[str, Any]: ...
     def gfs2_jadd(self, mount_point: str, journals: int) -> dict[str, Any]: ...
     def fstab_entry(
-        self, device: str, mount_point: str, fstype: str, options: str, present: bool
+        self,
+        device: str,
+        mount_point: str,
+        fstype: str,
+        options: str,
+        present: bool,
+        activate_shared: bool = False,
     ) -> dict[str, Any]: ...
     def mount(
         self, device: str, mount_point: str, fstype: str, options: str | None
@@ -242,18 +270,29 @@ class LinuxStorage:
 
     # fstab and mounts ----------------------------------------------------------------
     def fstab_entry(
-        self, device: str, mount_point: str, fstype: str, options: str, present: bool
+        self,
+        device: str,
+        mount_point: str,
+        fstype: str,
+        options: str,
+        present: bool,
+        activate_shared: bool = False,
     ) -> dict[str, Any]:
+        """Add (or, ``present`` false, drop) the mount point's fstab line. ``activate_shared``
+        (an LV of a shared VG, ``/dev/VG/LV``): nothing activates it at boot, so a oneshot unit
+        does (lock-start, then ``lvchange -asy``, retried until quorum and dlm allow it) and the
+        mount requires it: GFS2 mounts at boot after dlm."""
+        options = names.mount_options(options)
+        unit = None
+        if activate_shared:
+            vg, lv = _vg_lv(device)
+            unit = self._activation_unit(vg, lv, present)
+            if present:
+                options += f",x-systemd.requires={unit},x-systemd.device-timeout=900"
         line = "\t".join(
-            [
-                names.device(device),
-                names.mount_point(mount_point),
-                names.fstype(fstype),
-                names.mount_options(options),
-                "0",
-                "0",
-            ]
-        )
+            [names.device(device), names.mount_point(mount_point), names.fstype(fstype), options,
+             "0", "0"]
+        )  # fmt: skip
         old = self._fstab.read_text() if self._fstab.exists() else ""
         kept = [ln for ln in old.splitlines() if _fstab_mount_point(ln) != mount_point]
         new_lines = [*kept, line] if present else kept
@@ -263,7 +302,28 @@ class LinuxStorage:
             tmp = self._fstab.with_name(self._fstab.name + ".haven-tmp")
             tmp.write_text(new)
             os.replace(tmp, self._fstab)
-        return {"line": line, "present": present, "changed": changed}
+        if (changed or unit) and self._fstab == Path("/etc/fstab") and SYSTEMD.is_dir():
+            # systemd makes mount units from fstab: let it read the new line (and unit) now
+            self._run(["systemctl", "daemon-reload"], check=False, timeout_s=120.0)
+        return {"line": line, "present": present, "changed": changed, "unit": unit}
+
+    def _activation_unit(self, vg: str, lv: str, present: bool) -> str:
+        base = f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+        if "+" in base:  # not valid in a unit name
+            base = hashlib.sha256(f"{vg}/{lv}".encode()).hexdigest()[:16]
+        unit = f"haven-activate-{base}.service"
+        path = self._fstab.parent / "systemd" / "system" / unit
+        if not present:
+            path.unlink(missing_ok=True)
+            return unit
+        ref = f"{vg}/{lv}"
+        text = ACTIVATION_UNIT.format(vg=vg, ref=ref)
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".haven-tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return unit
 
     def mount(
         self, device: str, mount_point: str, fstype: str, options: str | None
@@ -354,10 +414,29 @@ class LinuxStorage:
 
     def dlm_fence_ack(self, node: str) -> dict[str, Any]:
         """Tell this host's dlm that ``node`` (a corosync node name) has been fenced, so GFS2
-        recovers its journal now instead of waiting for a fence dlm cannot do itself."""
+        recovers its journal now instead of waiting for a fence dlm cannot do itself.
+
+        Haven fences a silent host within seconds, before corosync here has lost it (token +
+        consensus: ~22 s with the storage lab's token): dlm only honours an acknowledgement of
+        a node it has seen fail, so this waits until dlm reports the node gone (not ``M``)."""
         nodeid = self._nodeid(names.guest(node))
+        deadline = time.monotonic() + DLM_LOSS_WAIT_S
+        while True:
+            done = self._run(["dlm_tool", "status"], timeout_s=30.0, check=False)
+            state = parse_dlm_status(done.stdout).get(nodeid)
+            if done.returncode == 0 and state != "M":
+                break
+            if time.monotonic() > deadline:
+                words = (done.stderr.strip() or done.stdout.strip())[-300:]
+                raise AgentError(
+                    "still_member",
+                    f"dlm here still has {node} (node {nodeid}) as a member after "
+                    f"{DLM_LOSS_WAIT_S:g} s: not acknowledging a fence of a node it has not lost"
+                    + (f" ({words})" if done.returncode else ""),
+                )
+            time.sleep(2.0)
         self._run(["dlm_tool", "fence_ack", str(nodeid)], timeout_s=60.0)
-        return {"node": node, "nodeid": nodeid}
+        return {"node": node, "nodeid": nodeid, "dlm_state": state}
 
     def _nodeid(self, node: str) -> int:
         out = self._run(["corosync-cmapctl", "-b", "nodelist.node"], timeout_s=30.0).stdout
@@ -381,6 +460,13 @@ class LinuxStorage:
             if len(fields) >= 3 and fields[1] == mount_point:
                 return fields[2]
         return None
+
+
+def _vg_lv(device: str) -> tuple[str, str]:
+    parts = names.device(device).split("/")
+    if len(parts) != 4:
+        raise AgentError("bad_request", f"{device} is not an LV path (/dev/VG/LV)")
+    return names.vg(parts[2]), names.lv(parts[3])
 
 
 def _fstab_mount_point(line: str) -> str | None:

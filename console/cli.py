@@ -5,6 +5,9 @@
     haven migrate guest1 et-virt06 --wait               # live migration, waits for the job
     haven maintenance et-virt05 on
     haven rotate-credentials et-virt05 --wait
+    haven add-host lab et-virt08 --address 10.88.0.8 --wait   # shows the host key, asks
+    haven remove-host et-virt08 --uninstall --wait      # refused while guests run there
+    haven repair-host et-virt06 --wait                  # the SSH bootstrap again
 
 It speaks HTTP to the console with an API token (``~/.config/haven/cli.json``, mode 0600, or
 ``HAVEN_URL`` and ``HAVEN_TOKEN``), so it runs anywhere and needs only the standard library.
@@ -228,6 +231,69 @@ def _host_op(path: str) -> Callable[[argparse.Namespace, TextIO], None]:
     return run
 
 
+def _root_password(args: argparse.Namespace, host: str) -> str:
+    """The root password: one line on stdin (``--password-stdin``) or asked (never echoed)."""
+    if getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        try:
+            password = getpass.getpass(f"root password of {host}: ")
+        except EOFError:
+            password = ""
+    if not password:
+        raise CliError(f"no root password given for {host}")
+    return password
+
+
+def cmd_add_host(args: argparse.Namespace, out: TextIO) -> None:
+    """Scan the new host's SSH key, have it confirmed (or match --fingerprint), then the
+    bootstrap with its root password."""
+    api = api_from_config()
+    cluster = _one(api, "clusters/", args.cluster, "cluster")
+    address = args.address or args.name
+    scanned = api.call(
+        "POST", f"clusters/{cluster['id']}/scan-host-key/", {"address": address, "port": args.port}
+    )
+    fingerprint = str(scanned["fingerprint"])
+    out.write(f"{args.name} ({address}:{args.port}) host key {fingerprint}\n")
+    if args.fingerprint:
+        if args.fingerprint != fingerprint:
+            raise CliError(
+                f"host key mismatch: expected {args.fingerprint}, the host has {fingerprint}"
+            )
+    elif not args.yes:
+        answer = input("Is this the host's own key (compare on its console)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CliError("host key not confirmed: nothing was done")
+    host = {
+        "name": args.name,
+        "address": address,
+        "port": args.port,
+        "password": _root_password(args, args.name),
+        "fingerprint": fingerprint,
+    }
+    job = api.call("POST", f"clusters/{cluster['id']}/add-hosts/", {"hosts": [host]})
+    _follow(api, job, args.wait, args.timeout, out)
+
+
+def cmd_remove_host(args: argparse.Namespace, out: TextIO) -> None:
+    api = api_from_config()
+    host = _one(api, "hosts/", args.host, "host")
+    body = {"password": _root_password(args, args.host)} if args.uninstall else {}
+    job = api.call("POST", f"hosts/{host['id']}/remove/", body)
+    _follow(api, job, args.wait, args.timeout, out)
+
+
+def cmd_repair_host(args: argparse.Namespace, out: TextIO) -> None:
+    api = api_from_config()
+    host = _one(api, "hosts/", args.host, "host")
+    body: dict[str, Any] = {"password": _root_password(args, args.host)}
+    if args.fingerprint:
+        body["fingerprint"] = args.fingerprint
+    job = api.call("POST", f"hosts/{host['id']}/repair/", body)
+    _follow(api, job, args.wait, args.timeout, out)
+
+
 def cmd_what_if(args: argparse.Namespace, out: TextIO) -> None:
     api = api_from_config()
     host = _one(api, "hosts/", args.host, "host")
@@ -312,6 +378,38 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until the agent has them")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds (with --wait)")
     s.set_defaults(fn=_host_op("rotate-credentials"))
+    s = sub.add_parser(
+        "add-host", help="bootstrap a new host into a cluster over SSH (admin; shows its key)"
+    )
+    s.add_argument("cluster")
+    s.add_argument("name")
+    s.add_argument("--address", help="default: the name")
+    s.add_argument("--port", type=int, default=22)
+    s.add_argument("--fingerprint", help="the host key you expect (else you are asked)")
+    s.add_argument("--yes", action="store_true", help="trust the scanned key without asking")
+    s.add_argument("--password-stdin", action="store_true", help="read the root password")
+    s.add_argument("--wait", action="store_true", help="wait for the bootstrap to finish")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds (with --wait)")
+    s.set_defaults(fn=cmd_add_host)
+    s = sub.add_parser(
+        "remove-host",
+        help="remove a host from its cluster (admin; refused while guests run there)",
+    )
+    s.add_argument("host")
+    s.add_argument("--uninstall", action="store_true", help="stop and uninstall its agent over SSH")
+    s.add_argument("--password-stdin", action="store_true", help="read the root password")
+    s.add_argument("--wait", action="store_true", help="wait for the removal to finish")
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds (with --wait)")
+    s.set_defaults(fn=cmd_remove_host)
+    s = sub.add_parser(
+        "repair-host", help="run the SSH bootstrap again on a host (keeps guests and history)"
+    )
+    s.add_argument("host")
+    s.add_argument("--fingerprint", help="a new host key to pin (default: the pinned one)")
+    s.add_argument("--password-stdin", action="store_true", help="read the root password")
+    s.add_argument("--wait", action="store_true", help="wait for the bootstrap to finish")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds (with --wait)")
+    s.set_defaults(fn=cmd_repair_host)
     s = sub.add_parser("what-if", help="simulate a host failing now: where every guest goes")
     s.add_argument("host")
     s.add_argument("--maintenance", action="store_true", help="maintenance instead of power loss")

@@ -57,6 +57,14 @@ class ClusterCreateForm(forms.Form):
         return name
 
 
+class HostsAddForm(ClusterCreateForm):
+    """The wizard's password and confirmation fields, for hosts joining an existing cluster."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["name"], self.fields["shared_storage"]
+
+
 class HostRowForm(forms.Form):
     name = forms.CharField(
         label="Host name",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.debug import sensitive_post_parameters
 
 from console.clusters.models import Cluster, FenceDevice, Host
+from console.core.errors import Refused
 from console.core.views import role_required
 from console.events.models import Event
 from console.jobs.models import Job
@@ -106,4 +109,48 @@ def host_rotate_credentials(request: HttpRequest, pk: int, host_pk: int) -> Http
         messages.error(request, exc.message)
         return redirect("clusters:host", cluster.pk, host.pk)
     messages.success(request, f"Rotating {host.name}'s broker credentials (job {job.pk}).")
+    return redirect("jobs:detail", job.pk)
+
+
+@sensitive_post_parameters()
+@role_required(read="admin", write="admin")
+def host_remove(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """Remove the host (console/runtime/membership.py); the root password, if given,
+    uninstalls its agent over SSH. A refusal says what to do first (maintenance)."""
+    from console.runtime import membership
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    try:
+        job = membership.remove_host(
+            host, actor=request.user, password=str(request.POST.get("password") or "")
+        )
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("clusters:host", cluster.pk, host.pk)
+    messages.success(request, f"Removing {host.name} from cluster {cluster.name} (job {job.pk}).")
+    return redirect("jobs:detail", job.pk)
+
+
+@sensitive_post_parameters()
+@role_required(read="admin", write="admin")
+def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """Run the SSH bootstrap again on this host, keeping its guests and history."""
+    from console.runtime import membership
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    password = str(request.POST.get("password") or "")
+    if not password:
+        messages.error(request, f"Give the root password of {host.name} to repair it.")
+        return redirect("clusters:host", cluster.pk, host.pk)
+    try:
+        job = membership.repair_host(host, password, actor=request.user)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("clusters:host", cluster.pk, host.pk)
     return redirect("jobs:detail", job.pk)

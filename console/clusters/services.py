@@ -44,26 +44,16 @@ def fence_test(cluster: Cluster, device: FenceDevice, *, actor: Any) -> Job:
             f"Fence device {device.name} is not a device of cluster {cluster.name}.",
             status=404,
         )
-    from console.runtime.actions import fence_runner
+    from console.runtime.actions import fence_runner, fence_step
 
     online = set(
         Host.objects.filter(cluster=cluster, state="online").values_list("name", flat=True)
     )
     runner = fence_runner(cluster, device.host.name, online)
-    params: dict[str, Any] = dict(device.parameters)
-    if device.plug:
-        params["plug"] = device.plug
     with transaction.atomic():
         job = jobs.create_job(
             "fence-test",
-            [
-                jobs.StepSpec(
-                    runner,
-                    "fence",
-                    {"agent": device.agent, "action": "status", "params": params, "timeout_s": 60},
-                    secret_ref={"fence_device": device.pk},
-                )
-            ],
+            [fence_step(device, runner, "status")],
             cluster=cluster,
             created_by=actor,
             params={"device": device.name, "host": device.host.name, "action": "status"},

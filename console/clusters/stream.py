@@ -1,10 +1,11 @@
 """Live updates by push: server-sent events that tell a cluster page to refresh at once.
 
-The runner publishes on ``<prefix>changed:<cluster id>`` after every tick that changed a state
-or sent an action (console/runtime/runner.py); each open cluster page holds one
-``EventSource`` on this view and re-fetches its live fragment when told, so a change shows
-within a few hundred milliseconds. A stream ends after ``STREAM_S`` (the browser reconnects by
-itself), so no web worker is held for ever; the 2 s poll stays as the fallback.
+The runner publishes on ``<prefix>changed:<cluster id>`` (``Store.publish_change``) after
+every tick that changed a state or sent an action (console/runtime/runner.py); each open
+cluster page holds one ``EventSource`` on this view and re-fetches its live fragment when told,
+so a change shows within a few hundred milliseconds. A stream ends after ``STREAM_S`` (the
+browser reconnects by itself), so no web worker is held for ever; the 2 s poll stays as the
+fallback.
 """
 
 from __future__ import annotations
@@ -24,23 +25,23 @@ STREAM_S = 55.0
 KEEPALIVE_S = 15.0
 
 
-def channel(prefix: str, cluster_id: int) -> str:
-    return f"{prefix}changed:{cluster_id}"
-
-
 def publish_change(store: Any, cluster_id: int) -> None:
     """Tell every open page of the cluster (best effort: Redis away, a page still polls)."""
     with contextlib.suppress(Exception):
-        store.r.publish(channel(store.p, cluster_id), "1")
+        store.publish_change(cluster_id)
 
 
 def _events(cluster_id: int) -> Iterator[bytes]:
+    from console.runtime.store import RedisStore
     from console.runtime.tasks import store
 
     s = store()
+    if not isinstance(s, RedisStore):  # a store in this process (tests): the 2 s poll refreshes
+        yield b"retry: 5000\nevent: unavailable\ndata: broker\n\n"
+        return
     pubsub = s.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     try:
-        pubsub.subscribe(channel(s.p, cluster_id))
+        pubsub.subscribe(s.change_channel(cluster_id))
     except Exception:
         yield b"retry: 5000\nevent: unavailable\ndata: broker\n\n"
         return

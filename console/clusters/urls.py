@@ -15,6 +15,9 @@ urlpatterns = [
         hostpage.host_rotate_credentials,
         name="rotate-credentials",
     ),
+    path("<int:pk>/hosts/add/", views.add_hosts, name="add-hosts"),
+    path("<int:pk>/hosts/<int:host_pk>/remove/", hostpage.host_remove, name="remove-host"),
+    path("<int:pk>/hosts/<int:host_pk>/repair/", hostpage.host_repair, name="repair-host"),
     path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
     path(
         "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",

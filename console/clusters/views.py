@@ -26,9 +26,11 @@ from console.clusters.forms import (
     FenceAgentForm,
     FenceDeviceForm,
     HostRowFormSet,
+    HostsAddForm,
 )
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import services as core_services
+from console.core.errors import Refused
 from console.core.views import role_required
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
@@ -105,10 +107,10 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
     console/runtime/cluster_stack.py); empty when Redis does not answer."""
     from redis import RedisError
 
-    from console.runtime.store import Store
+    from console.runtime.tasks import store
 
     try:
-        reports = Store().reports(names)
+        reports = store().reports(names)
     except (RedisError, OSError):
         return {}
     return {name: report.heartbeat.get("cluster") for name, report in reports.items()}
@@ -173,7 +175,9 @@ def _bootstrap() -> Any:
     return importlib.import_module("console.runtime.bootstrap")
 
 
-def _wizard_forms(request: HttpRequest) -> tuple[ClusterCreateForm, Any]:
+def _wizard_forms(
+    request: HttpRequest, form_class: type[ClusterCreateForm] = ClusterCreateForm
+) -> tuple[ClusterCreateForm, Any]:
     if request.method == "POST":
         data = request.POST.copy()
         if request.POST.get("step") == "add-row":
@@ -181,9 +185,9 @@ def _wizard_forms(request: HttpRequest) -> tuple[ClusterCreateForm, Any]:
             # A count that is not a number is left as it is: the formset reports it.
             if raw.isdecimal() and len(raw) < 4:
                 data["hosts-TOTAL_FORMS"] = str(min(int(raw) + 1, HostRowFormSet.max_num))
-        return ClusterCreateForm(data), HostRowFormSet(data, prefix="hosts")
-    initial = [{"port": 22}] * 3
-    return ClusterCreateForm(), HostRowFormSet(prefix="hosts", initial=initial)
+        return form_class(data), HostRowFormSet(data, prefix="hosts")
+    initial = [{"port": 22}] * (3 if form_class is ClusterCreateForm else 1)
+    return form_class(), HostRowFormSet(prefix="hosts", initial=initial)
 
 
 @sensitive_post_parameters()
@@ -207,6 +211,36 @@ def create(request: HttpRequest) -> HttpResponse:
         request,
         "clusters/create.html",
         {"form": form, "rows": rows, "scanned": scanned, "title": "Create a cluster"},
+    )
+
+
+@sensitive_post_parameters()
+@role_required(read="admin")
+def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
+    """The wizard's steps for an existing cluster: hosts, their keys, their root passwords;
+    then the same SSH bootstrap (console/runtime/membership.py ``add_hosts``)."""
+    cluster = get_object_or_404(Cluster, pk=pk)
+    form, rows = _wizard_forms(request, HostsAddForm)
+    step = request.POST.get("step", "")
+    scanned = False
+    valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
+    if valid and step == "scan":
+        scanned = _scan(form, rows)
+    elif valid and step == "create":
+        job = _start(request, form, rows, cluster=cluster)
+        if job is not None:
+            return redirect("jobs:detail", job.pk)
+        scanned = True
+    return render(
+        request,
+        "clusters/create.html",
+        {
+            "form": form,
+            "rows": rows,
+            "scanned": scanned,
+            "cluster": cluster,
+            "title": f"Add hosts to {cluster.name}",
+        },
     )
 
 
@@ -239,7 +273,9 @@ def _scan(form: ClusterCreateForm, rows: Any) -> bool:
     return ok
 
 
-def _start(request: HttpRequest, form: ClusterCreateForm, rows: Any) -> Job | None:
+def _start(
+    request: HttpRequest, form: ClusterCreateForm, rows: Any, cluster: Cluster | None = None
+) -> Job | None:
     data = form.cleaned_data
     hosts = rows.rows()
     if not data.get("confirm"):
@@ -270,6 +306,14 @@ def _start(request: HttpRequest, form: ClusterCreateForm, rows: Any) -> Job | No
         )
         for h in hosts
     ]
+    if cluster is not None:
+        from console.runtime import membership
+
+        try:
+            return membership.add_hosts(cluster, specs, actor=request.user)
+        except Refused as exc:
+            form.add_error(None, exc.message)
+            return None
     try:
         job: Job = bootstrap.start_bootstrap(
             data["name"], specs, actor=request.user, shared_storage=data["shared_storage"]
@@ -319,7 +363,9 @@ def _any_online_host(cluster: Cluster) -> Host | None:
 def fence_list(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster, pk=pk)
     devices = FenceDevice.objects.filter(cluster=cluster).select_related("host")
-    hosts = Host.objects.filter(cluster=cluster).annotate(devices=Count("fence_devices"))
+    hosts = Host.objects.filter(cluster=cluster).prefetch_related(
+        Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order", "name"))
+    )
     return render(
         request,
         "clusters/fence_list.html",

@@ -71,6 +71,10 @@ class HostObservation:
     shutting_down: bool = False
     #: a fence device is configured for the host
     fence_device: bool = True
+    #: the host is in the cluster's shared storage (dlm lockspaces of a clustered VG, GFS2):
+    #: once silent it is fenced even with no guests, since dlm blocks the other hosts' file
+    #: system until it is
+    shared_storage: bool = False
     #: when a person acknowledged that the host is down; honoured only if later than the
     #: last heartbeat, so an old acknowledgement never covers a newer silence
     acknowledged_down_at: float | None = None

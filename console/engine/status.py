@@ -79,6 +79,10 @@ class ServiceStatus:
     #: its state was saved on this host (managed save) when it was stopped to make room; its
     #: next start there resumes it
     saved_on: str | None = None
+    #: no host of the cluster reported while it should run (a full power loss, or the console
+    #: cut off from every host): with autostart off, the cluster does not start it again on
+    #: its own (it stays stopped until a person starts it); cleared once it runs or stops
+    outage: bool = False
 
 
 class PendingKind(StrEnum):
@@ -228,6 +232,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "hung": s.hung,
         "hung_reason": s.hung_reason,
         "saved_on": s.saved_on,
+        "outage": s.outage,
     }
 
 
@@ -261,4 +266,5 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         hung=str(v.get("hung", "")),
         hung_reason=str(v.get("hung_reason", "")),
         saved_on=_opt(v.get("saved_on")),
+        outage=bool(v.get("outage", False)),
     )

@@ -187,6 +187,8 @@ class _Tick:
             self._record(Subject.SERVICE, name, old.state, state, reason, cause)
             changes["since"] = self.now
             changes.setdefault("lost_at", None)
+            if state in (S.STARTED, S.STOPPED, S.DISABLED, S.FAILED):
+                changes.setdefault("outage", False)  # the outage is over for it
             if state is S.STARTED:
                 changes["last_node"] = changes.get("node", old.node)
         elif changes.get("node", old.node) != old.node:
@@ -687,6 +689,26 @@ class _Tick:
             for name in went_silent:
                 self._host_silent(name)
         self._fencing()
+        self._outage()
+
+    def _outage(self) -> None:
+        """No host reports (each one the cluster heard from is silent, fenced or off): the whole
+        cluster lost power, or the console is cut off from every host. Guests with autostart
+        off that should run are marked: if the cluster must start one again when the hosts
+        return (it is not found running), it stays stopped until a person starts it."""
+        if any(h.state in REPORTING for h in self.hosts.values()):
+            return
+        if not any(h.heard for h in self.hosts.values()):
+            return
+        for name in sorted(self.svcs):
+            s = self.svcs[name]
+            c = self.conf.get(name)
+            if c is None or c.autostart or s.outage or s.desired is not Desired.STARTED:
+                continue
+            if s.state in (S.STOPPED, S.DISABLED, S.FAILED):
+                continue
+            self.log.append(f"{name}: no host of the cluster reports (autostart off)")
+            self._put(name, replace(s, outage=True))
 
     def _host_silent(self, name: str) -> None:
         """A reporting host stopped heartbeating: its guests may still run there."""
@@ -724,7 +746,12 @@ class _Tick:
             self._host_to(name, H.OFFLINE, why, shut_down=shut)
 
     def _needs_fence(self, host: str) -> bool:
-        """Some guest that should run may still be running on the silent `host`."""
+        """Some guest that should run may still be running on the silent `host`, or the host
+        is in the shared storage (the others' dlm waits for it to be fenced; a clean shutdown
+        leaves the lockspaces first)."""
+        o = self.obs[host]
+        if o.shared_storage and not o.shutting_down:
+            return True
         for n in self.active:
             s = self.svcs[n]
             if host in s.suspects and (s.state is S.FENCE or s.desired is Desired.STARTED):
@@ -1178,7 +1205,18 @@ class _Tick:
             if s.desired is Desired.STARTED:
                 if state not in NEEDS_HOST:
                     continue
-                if self._may_start(s):
+                if self._may_start(s) and s.outage and not self.conf[name].autostart:
+                    self._service_to(
+                        name,
+                        S.STOPPED,
+                        "the whole cluster was down and autostart is off: it stays stopped "
+                        "until a person starts it",
+                        desired=Desired.STOPPED,
+                        restart_on=None,
+                        action=None,
+                        target=None,
+                    )
+                elif self._may_start(s):
                     queue.append(name)
                 elif state is not S.RECOVERING:
                     silent = ", ".join(h for h in s.suspects if not self.fresh.get(h))

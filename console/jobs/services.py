@@ -3,6 +3,12 @@
 A job's steps are grouped in stages: every step of a stage is sent at once, the next stage
 when all of them succeeded. The first failure fails the job (its explanation says which step,
 on which host, and the agent's own error) and skips what had not been sent yet.
+
+A job whose ``params["alternatives"]`` lists one label per stage (a fence job's devices, level
+by level) reads its stages the other way round: they are alternatives tried in order. A failed
+stage sends the next one; the first stage that succeeds ends the job (what had not been sent
+is skipped), and the job fails only when every stage failed. Its explanation says what each
+stage did ("level 1 ipmi5 failed: ...; level 2 pdu5 ok").
 """
 
 from __future__ import annotations
@@ -335,9 +341,58 @@ def mark_host_lost(host: Host, reason: str) -> list[Job]:
     return lost_jobs
 
 
+def alternatives(job: Job) -> list[str]:
+    """The labels of a job whose stages are alternatives (module docstring), else []."""
+    labels = job.params.get("alternatives") if isinstance(job.params, dict) else None
+    return [str(label) for label in labels] if isinstance(labels, list) else []
+
+
+def alternatives_summary(job: Job, steps: list[JobStep]) -> str:
+    """What each stage of an alternatives job did, in order ("level 1 ipmi5 failed: ...")."""
+    labels = alternatives(job)
+    parts = []
+    for step in sorted(steps, key=lambda s: (s.stage, s.seq)):
+        label = labels[step.stage] if step.stage < len(labels) else f"stage {step.stage + 1}"
+        what = f"level {step.stage + 1} {label}"
+        if step.status == StepStatus.SUCCEEDED:
+            parts.append(f"{what} ok")
+        elif step.status in (StepStatus.FAILED, StepStatus.LOST):
+            parts.append(f"{what} {step.status}: {step.error}")
+        elif step.status == StepStatus.SKIPPED:
+            parts.append(f"{what} not needed")
+    return "; ".join(parts)
+
+
+def _advance_alternatives(job: Job, steps: list[JobStep], failed_step: JobStep | None) -> None:
+    open_steps = [s for s in steps if s.status not in FINISHED_STEP_STATUSES]
+    if failed_step is None and any(s.status == StepStatus.SUCCEEDED for s in steps):
+        # a stage succeeded (a stage of alternatives is one step): the rest is not needed
+        job.steps.filter(status=StepStatus.PENDING).update(status=StepStatus.SKIPPED)
+        for s in open_steps:
+            if s.status == StepStatus.PENDING:
+                s.status = StepStatus.SKIPPED
+        _finish(job, JobStatus.SUCCEEDED, alternatives_summary(job, steps))
+        return
+    if not open_steps:
+        _finish(job, JobStatus.FAILED, "every level failed: " + alternatives_summary(job, steps))
+        return
+    if any(s.status == StepStatus.DISPATCHED for s in open_steps):
+        return  # the current stage is still running
+    done = len(steps) - len(open_steps)
+    job.progress = min(100, done * 100 // max(1, len(steps)))
+    if job.status in (JobStatus.PENDING, JobStatus.DISPATCHED):
+        job.status = JobStatus.RUNNING
+    job.save(update_fields=["progress", "status"])
+    job_id = job.pk
+    transaction.on_commit(lambda: dispatch(job_id))
+
+
 def _advance(job: Job, failed_step: JobStep | None) -> None:
     job = Job.objects.select_for_update().get(pk=job.pk)
     steps = list(job.steps.all())
+    if alternatives(job):
+        _advance_alternatives(job, steps, failed_step)
+        return
     done = sum(1 for s in steps if s.status in FINISHED_STEP_STATUSES)
     if failed_step is not None:
         host = failed_step.host.name if failed_step.host else "the console"

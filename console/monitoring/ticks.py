@@ -1,32 +1,28 @@
-"""The runner's recent tick durations, kept in Redis beside its lock (a bounded list)."""
+"""The runner's recent tick durations, kept in the store beside its lock (a bounded list)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-KEEP = 300  # the last five minutes at one tick a second
+from console.runtime.store import TICKS_KEPT as KEEP
 
+if TYPE_CHECKING:
+    from console.runtime.store import Store
 
-def record_tick(store: Any, cluster_id: int, seconds: float) -> None:
-    key = f"{store.p}ticks:{cluster_id}"
-    pipe = store.r.pipeline()
-    pipe.lpush(key, f"{seconds:.6f}")
-    pipe.ltrim(key, 0, KEEP - 1)
-    pipe.set(f"{store.p}ticked:{cluster_id}", f"{time.time():.3f}", ex=3600)
-    pipe.execute()
+__all__ = ["KEEP", "last_tick", "quantile", "recent_ticks", "record_tick"]
 
 
-def last_tick(store: Any, cluster_ids: list[int]) -> dict[int, float | None]:
+def record_tick(store: Store, cluster_id: int, seconds: float) -> None:
+    store.record_tick(cluster_id, seconds, store.clock())
+
+
+def last_tick(store: Store, cluster_ids: list[int]) -> dict[int, float | None]:
     """When each cluster's runner last finished a tick (console clock), None if not lately."""
-    if not cluster_ids:
-        return {}
-    values = store.r.mget([f"{store.p}ticked:{c}" for c in cluster_ids])
-    return {c: float(v) if v else None for c, v in zip(cluster_ids, values, strict=True)}
+    return store.last_ticks(cluster_ids)
 
 
-def recent_ticks(store: Any, cluster_id: int) -> list[float]:
-    return [float(v) for v in store.r.lrange(f"{store.p}ticks:{cluster_id}", 0, KEEP - 1)]
+def recent_ticks(store: Store, cluster_id: int) -> list[float]:
+    return store.recent_ticks(cluster_id)
 
 
 def quantile(values: list[float], q: float) -> float:

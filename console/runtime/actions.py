@@ -9,7 +9,11 @@ from django.conf import settings
 from console import engine
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.jobs.services import StepSpec
+from console.runtime.snapshot import engine_settings
 from console.services.models import VmService
+
+#: the shortest time a fence level is given when several share the engine's wait
+FENCE_LEVEL_MIN_TIMEOUT_S = 5.0
 
 
 def libvirt_uri(host: Host) -> str:
@@ -48,21 +52,50 @@ def fence_runner(cluster: Cluster, target: str, online: set[str]) -> Host | None
     return Host.objects.get(cluster=cluster, name=candidates[0])
 
 
-def fence_steps(device: FenceDevice, runner: Host | None, *, query: bool = False) -> list[StepSpec]:
-    """Fence with the device; `query`: ask its power state instead, and succeed only if the
-    host is off (the engine's FenceStatus after a lost fence result)."""
+def fence_levels(host: Host) -> list[FenceDevice]:
+    """The host's fence devices, level by level: tried in ``order`` (then name)."""
+    return list(FenceDevice.objects.filter(host=host).order_by("order", "name"))
+
+
+def fence_step(
+    device: FenceDevice, runner: Host | None, action: str, *, stage: int = 0, timeout_s: float = 60
+) -> StepSpec:
+    """One run of the device's agent (its secrets are read when the step is sent)."""
     params: dict[str, Any] = dict(device.parameters)
     if device.plug:
         params["plug"] = device.plug
     args: dict[str, Any] = {
         "agent": device.agent,
-        "action": "status" if query else settings.HAVEN_FENCE_ACTION,
+        "action": action,
         "params": params,
-        "timeout_s": 60,
+        "timeout_s": timeout_s,
     }
-    if query:
-        args["require_power"] = "off"
-    return [StepSpec(runner, "fence", args, secret_ref={"fence_device": device.pk})]
+    return StepSpec(runner, "fence", args, stage=stage, secret_ref={"fence_device": device.pk})
+
+
+def fence_steps(
+    devices: list[FenceDevice], runner: Host | None, *, query: bool = False
+) -> list[StepSpec]:
+    """Fence with the devices level by level, one stage each (the job's stages are
+    alternatives: the first level that works ends it); `query`: ask each device's power state
+    instead, and succeed only if the host is off (the engine's FenceStatus after a lost fence
+    result). Every level gets an equal share of the engine's wait for the fence's result, so a
+    level that hangs leaves time for the next."""
+    share = engine_settings().fence_timeout_s / max(1, len(devices))
+    timeout_s = max(FENCE_LEVEL_MIN_TIMEOUT_S, min(60.0, share)) if len(devices) > 1 else 60
+    steps = []
+    for stage, device in enumerate(devices):
+        step = fence_step(
+            device,
+            runner,
+            "status" if query else settings.HAVEN_FENCE_ACTION,
+            stage=stage,
+            timeout_s=timeout_s,
+        )
+        if query:
+            step.args["require_power"] = "off"
+        steps.append(step)
+    return steps
 
 
 def steps_for(
@@ -76,16 +109,18 @@ def steps_for(
     """(job kind, steps, params) for one action."""
     if isinstance(action, engine.Fence | engine.FenceStatus):
         query = isinstance(action, engine.FenceStatus)
-        device = FenceDevice.objects.filter(host=hosts[action.host]).order_by("order").first()
-        if device is None:  # the engine only fences hosts that have a device
+        devices = fence_levels(hosts[action.host])
+        if not devices:  # the engine only fences hosts that have a device
             return "fence", [], {"host": action.host}
         runner = fence_runner(cluster, action.host, online)
         return (
             "fence",
-            fence_steps(device, runner, query=query),
+            fence_steps(devices, runner, query=query),
             {
                 "host": action.host,
-                "device": device.name,
+                "device": ", ".join(d.name for d in devices),
+                # several levels: tried in order, the first that works ends the job
+                **({"alternatives": [d.name for d in devices]} if len(devices) > 1 else {}),
                 "runner": runner.name if runner else settings.HAVEN_CONSOLE_AGENT,
                 **({"query": "status"} if query else {}),
             },

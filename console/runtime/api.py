@@ -40,7 +40,7 @@ class GuestFateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     before = serializers.CharField(allow_null=True, help_text="where it runs now")
     after = serializers.CharField(allow_null=True, help_text="where it would run afterwards")
     outcome = serializers.ChoiceField(
-        choices=["stays", "restarts", "migrates", "waits", "preempted", "stopped"]
+        choices=["stays", "starts", "restarts", "migrates", "waits", "preempted", "stopped"]
     )
     seconds = serializers.FloatField(
         allow_null=True, help_text="predicted time from the event until it runs again"
@@ -58,6 +58,63 @@ class PredictionSerializer(serializers.Serializer):  # type: ignore[type-arg]
     timings = serializers.DictField(child=serializers.FloatField())
     guests = GuestFateSerializer(many=True)
     notes = serializers.ListField(child=serializers.CharField())
+
+
+class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    password = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=4096,
+        trim_whitespace=False,
+        write_only=True,
+        style={"input_type": "password"},
+        help_text="The host's root password: its agent is then stopped and uninstalled over "
+        "SSH (used once, never stored). Without it the agent stays, unable to log in.",
+    )
+
+
+class RepairHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    password = serializers.CharField(
+        max_length=4096,
+        trim_whitespace=False,
+        write_only=True,
+        style={"input_type": "password"},
+        help_text="The host's root password, used once for the SSH bootstrap, never stored.",
+    )
+    fingerprint = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=50,
+        help_text="SSH host key fingerprint to pin (default: the one pinned before).",
+    )
+    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+
+
+class NewHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    name = serializers.CharField(max_length=253)
+    address = serializers.CharField(max_length=253, required=False, allow_blank=True)
+    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+    password = serializers.CharField(
+        max_length=4096, trim_whitespace=False, write_only=True, style={"input_type": "password"}
+    )
+    fingerprint = serializers.CharField(
+        max_length=50,
+        help_text="The SSH host key fingerprint you checked (POST scan-host-key/ shows it).",
+    )
+
+
+class AddHostsSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    hosts = NewHostSerializer(many=True, allow_empty=False)
+
+
+class ScanKeySerializer(serializers.Serializer):  # type: ignore[type-arg]
+    address = serializers.CharField(max_length=253)
+    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+
+
+class FingerprintSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    address = serializers.CharField()
+    fingerprint = serializers.CharField()
 
 
 def job_response(job: Job) -> Response:

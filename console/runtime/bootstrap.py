@@ -71,7 +71,6 @@ from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
 from console.runtime import cluster_stack, credentials
-from console.runtime.store import Store
 
 log = logging.getLogger("haven.bootstrap")
 
@@ -768,7 +767,9 @@ def _register(run: _HostRun) -> dict[str, Any]:
 
 
 def _wait_heartbeat(run: _HostRun, since: float) -> dict[str, Any]:
-    store = Store()
+    from console.runtime.tasks import store as shared_store
+
+    store = shared_store()
     wait_s = float(getattr(settings, "HAVEN_BOOTSTRAP_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -34,7 +34,7 @@ from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
 from console.runtime import ingest, runner
-from console.runtime.store import DRAIN_WAIT_S, Store
+from console.runtime.store import DRAIN_WAIT_S, RedisStore, Store
 
 log = logging.getLogger("haven.drain")
 BATCH = 500  # per list and round
@@ -62,13 +62,13 @@ class Totals:
 class Drainer:
     def __init__(
         self,
-        store: Store | None = None,
+        store: RedisStore | None = None,
         *,
         workers: int = 4,
         run_cluster: Callable[[int, Store], object] | None = None,
         keep_users: bool = True,
     ) -> None:
-        self.store = store or Store()
+        self.store = store or RedisStore()  # the inbound lists are Redis lists
         self.r: Any = self.store.r  # redis-py's stubs type blocking replies as awaitables
         self.directory = ingest.Directory()
         self.refusals = ingest.Refusals()

@@ -28,7 +28,7 @@ from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, JobStatus
-from console.runtime.store import Store, now
+from console.runtime.store import Store
 
 log = logging.getLogger("haven.ingest")
 WAKING_STATES = frozenset({"stopped", "crashed", "started", "migrated", "undefined", "panicked"})
@@ -134,7 +134,7 @@ def sort(
     received: float | None = None,
 ) -> Sorted:
     """File a batch of (sender, raw JSON or dict); heartbeats and events written in one pipeline."""
-    received = now() if received is None else received
+    received = store.clock() if received is None else received
     out = Sorted()
     heartbeats: dict[str, dict[str, Any]] = {}
     lifecycle: list[tuple[str, str, str]] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -15,6 +14,7 @@ from console.jobs.services import pending_engine_results
 from console.runtime.models import EngineState, PendingCommand
 from console.runtime.store import HostReport, Store
 from console.services.models import FailoverDomain, VmService
+from console.storage.models import VolumeGroup
 
 
 def engine_settings() -> engine.Settings:
@@ -40,7 +40,7 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int]
+    host: Host, report: HostReport | None, fence_hosts: set[int], shared_storage: bool = False
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -53,6 +53,7 @@ def _observation(
         cpus=int(hb.get("cpus") or host.cpus or 1),
         maintenance=host.maintenance,
         fence_device=host.pk in fence_hosts,
+        shared_storage=shared_storage,
         acknowledged_down_at=ack,
         unhealthy=MappingProxyType(_unhealthy(report)),
     )
@@ -125,7 +126,10 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     load (database locks, a busy worker) never makes hosts look older than they are."""
     hosts = {h.name: h for h in Host.objects.filter(cluster=cluster)}
     fence_hosts = set(cluster.fence_devices.values_list("host_id", flat=True))
-    now = time.time() if now is None else now
+    # A clustered VG: every host joined its dlm lockspace (vg_lockstart on each), so a silent
+    # host blocks the others' GFS2 until it is fenced.
+    shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
+    now = store.clock() if now is None else now
     reports = store.reports(sorted(hosts))
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
     # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
@@ -146,7 +150,10 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     commands = list(PendingCommand.objects.filter(cluster=cluster, delivered=False))
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
-            {n: _observation(h, reports.get(n), fence_hosts) for n, h in sorted(hosts.items())}
+            {
+                n: _observation(h, reports.get(n), fence_hosts, shared_storage)
+                for n, h in sorted(hosts.items())
+            }
         ),
         services=MappingProxyType({n: service_config(s) for n, s in sorted(services.items())}),
         domains=MappingProxyType(domains),

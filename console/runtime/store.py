@@ -1,8 +1,19 @@
-"""Fast, non-durable runtime state in Redis: latest heartbeats, lifecycle events, locks, wakes.
+"""Fast, non-durable runtime state: latest heartbeats, lifecycle events, locks, wakes.
 
 Heartbeats arrive every second from every host; writing each to the database would hold it.
-They go to Redis instead, and the runner reads them all in one round trip per tick and writes
-only what changed to the database, in one batch.
+They go to the store instead, and the runner reads them all in one round trip per tick and
+writes only what changed to the database, in one batch.
+
+``Store`` is the port (a Protocol): what the ingest, the runner, the snapshot, the rulebook and
+the pages need of it. Two implementations ship:
+
+- ``RedisStore``: production, on the console's Redis (one round trip per call);
+- ``MemoryStore``: in one process, on a clock it is given (the scenarios' virtual time, the
+  UI simulator); it can also play the faults a Redis suffers (``restart``: data lost).
+
+Both read time only from the ``clock`` they were made with (``store.clock()``): the runtime
+asks the store for "now" when nobody passed a time, so a whole console runs on virtual time
+by giving it a ``MemoryStore(clock=...)``.
 """
 
 from __future__ import annotations
@@ -14,10 +25,10 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from django.conf import settings
@@ -69,10 +80,155 @@ class IngestStatus:
     reported_at: float | None
 
 
-class Store:
-    def __init__(self, r: redis.Redis | None = None, prefix: str = PREFIX) -> None:
+#: lifecycle states that mean a copy of the guest now runs on the host, and that none does
+STARTED_EVENTS = frozenset({"started", "resumed"})
+GONE_EVENTS = frozenset({"stopped", "crashed", "migrated", "undefined"})
+#: how many tick durations are kept per cluster (the last five minutes at one tick a second)
+TICKS_KEPT = 300
+
+
+def overlay(
+    host: str,
+    received: float,
+    hb: dict[str, Any],
+    events: dict[str, tuple[str, float]],
+    health: dict[str, tuple[str, str, float]] | None = None,
+) -> HostReport:
+    """A host's report: its heartbeat's guests, with the lifecycle events newer than it
+    ``{guest: (state, received)}`` applied on top (an older event is outdated by the beat);
+    its failed health checks: the heartbeat's ``unhealthy``, with the health events
+    ``{guest: (check, detail, received)}`` newer than it added, and dropped for a guest that
+    started since (a fresh run)."""
+    # every active guest (running, paused, ...) has a QEMU process: a copy exists
+    running = {g["name"] for g in hb.get("guests") or []}
+    started: dict[str, float] = {}
+    for guest, (state, at) in events.items():
+        if state == "started":
+            started[guest] = at
+        if at <= received:
+            continue  # the heartbeat is newer than the event
+        if state in STARTED_EVENTS:
+            running.add(guest)
+        elif state in GONE_EVENTS:
+            running.discard(guest)
+    unhealthy = _unhealthy(hb.get("unhealthy"))
+    for guest, (check, detail, at) in (health or {}).items():
+        if at > received and at >= started.get(guest, 0.0):
+            unhealthy[guest] = (check, detail)
+    for guest, at in started.items():
+        if at > received:
+            unhealthy.pop(guest, None)
+    return HostReport(host, received, hb, frozenset(running), unhealthy)
+
+
+def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
+    """A heartbeat's ``unhealthy`` (guest -> {check, detail}); anything malformed is dropped."""
+    out: dict[str, tuple[str, str]] = {}
+    if isinstance(raw, dict):
+        for guest, v in raw.items():
+            if isinstance(guest, str) and isinstance(v, dict) and isinstance(v.get("check"), str):
+                out[guest] = (v["check"], str(v.get("detail", "")))
+    return out
+
+
+def heartbeat_lag(beats: Iterator[tuple[float, dict[str, Any]]]) -> float:
+    """Median over hosts of receive time - the agent's ``sent_at`` (0.0 without any)."""
+    lags = []
+    for received, hb in beats:
+        sent = hb.get("sent_at")
+        if isinstance(sent, int | float) and sent > 0:
+            lags.append(received - sent)
+    return max(0.0, statistics.median(lags)) if lags else 0.0
+
+
+def ingest_status_of(
+    progress: tuple[float, float, int] | None, hb_lag: float, now: float
+) -> IngestStatus:
+    """``IngestStatus`` from the drainer's last report (at, caught_up_at, backlog)."""
+    if progress is None:
+        return IngestStatus(0.0, 0, hb_lag, None)
+    at, caught_up, backlog = progress
+    behind = now - caught_up if backlog else now - at - DRAIN_WAIT_S
+    return IngestStatus(max(0.0, behind, hb_lag), backlog, hb_lag, at)
+
+
+class Lease(Protocol):
+    """A lock while it is held (true if it was taken); see ``RedisLease``."""
+
+    taken: bool
+
+    def __bool__(self) -> bool: ...
+
+    @property
+    def held(self) -> bool: ...
+
+    def check(self) -> None:
+        """Raise `LockLost` unless this holder still holds the lock."""
+
+    def release(self) -> None: ...
+
+
+class Store(Protocol):
+    """The runtime's fast state (see the module's docstring). Times are the console's clock."""
+
+    #: the store's clock: the runtime's "now" wherever no time was passed in
+    clock: Callable[[], float]
+
+    # heartbeats and lifecycle events
+    def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None: ...
+    def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None: ...
+    def put_batch(
+        self,
+        heartbeats: dict[str, dict[str, Any]],
+        lifecycle: list[tuple[str, str, str]],
+        received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
+    ) -> None:
+        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
+        events (host, guest, check, detail)."""
+
+    def reports(self, hosts: list[str]) -> dict[str, HostReport]:
+        """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
+
+    def forget_host(self, host: str) -> None: ...
+
+    # how far behind the console's view is
+    def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None: ...
+    def ingest_status(self, now: float | None = None) -> IngestStatus: ...
+    def ingest_lag(self, now: float | None = None) -> float: ...
+    def view_since(self, now: float) -> float:
+        """Since when the view of heartbeats has been kept without a break."""
+
+    # one runner at a time, and wakes that are never lost
+    def lock(
+        self, name: str, ttl_s: float = LOCK_TTL_S, max_hold_s: float = LOCK_MAX_HOLD_S
+    ) -> contextlib.AbstractContextManager[Lease]: ...
+    def lock_left_s(self, name: str) -> float | None: ...
+    def request(self, name: str) -> None: ...
+    def take_request(self, name: str) -> bool: ...
+    def drop_commands(self, host: str) -> None:
+        """Throw away the commands still queued for a host being fenced."""
+
+    # the runner's tick times and the pages' change signal
+    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None: ...
+    def last_ticks(self, cluster_ids: list[int]) -> dict[int, float | None]: ...
+    def recent_ticks(self, cluster_id: int) -> list[float]: ...
+    def publish_change(self, cluster_id: int) -> None:
+        """Tell the open pages of a cluster that it changed (best effort)."""
+
+
+class RedisStore:
+    """``Store`` on Redis: every call one round trip; shared by every console process."""
+
+    def __init__(
+        self,
+        r: redis.Redis | None = None,
+        prefix: str = PREFIX,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.r = r or client()
         self.p = prefix
+        self.clock = clock
         self._first_look: float | None = None  # the first view_since() of this process
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
@@ -126,31 +282,15 @@ class Store:
             if raw is None:
                 continue
             data = json.loads(raw)
-            hb, received = data["hb"], float(data["received"])
-            guests = hb.get("guests")
-            # every active guest (running, paused, ...) has a QEMU process: a copy exists
-            running = {g["name"] for g in guests or []}
-            started: dict[str, float] = {}
-            for guest, ev_raw in events.items():
-                ev = json.loads(ev_raw)
-                if ev["state"] == "started":
-                    started[guest] = ev["at"]
-                if ev["at"] <= received:
-                    continue  # the heartbeat is newer than the event
-                if ev["state"] in ("started", "resumed"):
-                    running.add(guest)
-                elif ev["state"] in ("stopped", "crashed", "migrated", "undefined"):
-                    running.discard(guest)
-            unhealthy = _unhealthy(hb.get("unhealthy"))
-            for guest, hl_raw in health.items():
-                hl = json.loads(hl_raw)
-                # newer than the heartbeat, and than the guest's last start (a fresh run)
-                if hl["at"] > received and hl["at"] >= started.get(guest, 0.0):
-                    unhealthy[guest] = (str(hl["check"]), str(hl["detail"]))
-            for guest, at in started.items():  # a start after the heartbeat: a fresh run
-                if at > received:
-                    unhealthy.pop(guest, None)
-            out[host] = HostReport(host, received, hb, frozenset(running), unhealthy)
+            parsed = {g: json.loads(e) for g, e in events.items()}
+            failed = {g: json.loads(e) for g, e in health.items()}
+            out[host] = overlay(
+                host,
+                float(data["received"]),
+                data["hb"],
+                {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
+                {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
+            )
         return out
 
     def forget_host(self, host: str) -> None:
@@ -169,24 +309,19 @@ class Store:
 
     def ingest_status(self, now: float | None = None) -> IngestStatus:
         """See ``IngestStatus``; one round trip."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(f"{self.p}ingest")
         pipe.hvals(f"{self.p}hb")
         progress, heartbeats = pipe.execute()
-        lags = []
-        for raw in heartbeats:
-            data = json.loads(raw)
-            sent = data["hb"].get("sent_at")
-            if isinstance(sent, int | float) and sent > 0:
-                lags.append(float(data["received"]) - sent)
-        hb_lag = statistics.median(lags) if lags else 0.0
-        if not progress:
-            return IngestStatus(0.0, 0, max(0.0, hb_lag), None)
-        at, caught_up = float(progress["at"]), float(progress["caught_up_at"])
-        backlog = int(progress["backlog"])
-        behind = now - caught_up if backlog else now - at - DRAIN_WAIT_S
-        return IngestStatus(max(0.0, behind, hb_lag), backlog, max(0.0, hb_lag), at)
+        beats = (json.loads(raw) for raw in heartbeats)
+        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in beats)
+        report = (
+            (float(progress["at"]), float(progress["caught_up_at"]), int(progress["backlog"]))
+            if progress
+            else None
+        )
+        return ingest_status_of(report, hb_lag, now)
 
     def ingest_lag(self, now: float | None = None) -> float:
         """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
@@ -197,13 +332,13 @@ class Store:
     @contextmanager
     def lock(
         self, name: str, ttl_s: float = LOCK_TTL_S, max_hold_s: float = LOCK_MAX_HOLD_S
-    ) -> Iterator[Lease]:
+    ) -> Iterator[RedisLease]:
         """Try to take the lock; yields a `Lease`, true if it was taken. Released only by its
         holder. The lock lives `ttl_s` and is renewed in the background while the holder works,
         so a holder that dies (or hangs, process and all) blocks others for at most `ttl_s`."""
         key, token, sent = f"{self.p}lock:{name}", uuid.uuid4().hex, time.monotonic()
         taken = bool(self.r.set(key, token, nx=True, px=int(ttl_s * 1000)))
-        lease = Lease(self.r, key, token, ttl_s, max_hold_s, taken, sent)
+        lease = RedisLease(self.r, key, token, ttl_s, max_hold_s, taken, sent)
         try:
             yield lease
         finally:
@@ -252,26 +387,42 @@ class Store:
             self._first_look = now
         return max(since, self._first_look)
 
+    # --- the runner's tick times, the pages' change signal ---------------------------------
+    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None:
+        key = f"{self.p}ticks:{cluster_id}"
+        pipe = self.r.pipeline()
+        pipe.lpush(key, f"{seconds:.6f}")
+        pipe.ltrim(key, 0, TICKS_KEPT - 1)
+        pipe.set(f"{self.p}ticked:{cluster_id}", f"{at:.3f}", ex=3600)
+        pipe.execute()
+
+    def last_ticks(self, cluster_ids: list[int]) -> dict[int, float | None]:
+        if not cluster_ids:
+            return {}
+        values: Any = self.r.mget([f"{self.p}ticked:{c}" for c in cluster_ids])
+        return {c: float(v) if v else None for c, v in zip(cluster_ids, values, strict=True)}
+
+    def recent_ticks(self, cluster_id: int) -> list[float]:
+        values: Any = self.r.lrange(f"{self.p}ticks:{cluster_id}", 0, TICKS_KEPT - 1)
+        return [float(v) for v in values]
+
+    def change_channel(self, cluster_id: int) -> str:
+        return f"{self.p}changed:{cluster_id}"
+
+    def publish_change(self, cluster_id: int) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.r.publish(self.change_channel(cluster_id), "1")
+
 
 def now() -> float:
     return time.time()
-
-
-def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
-    """A heartbeat's ``unhealthy`` (guest -> {check, detail}); anything malformed is dropped."""
-    out: dict[str, tuple[str, str]] = {}
-    if isinstance(raw, dict):
-        for guest, v in raw.items():
-            if isinstance(guest, str) and isinstance(v, dict) and isinstance(v.get("check"), str):
-                out[guest] = (v["check"], str(v.get("detail", "")))
-    return out
 
 
 class LockLost(RuntimeError):
     """The holder's lock expired or was taken over: what it was about to commit is void."""
 
 
-class Lease:
+class RedisLease:
     """A runner lock while it is held: renewed every third of its ttl by a thread of its own,
     by compare-and-pexpire (only while the key still holds this holder's token).
 
@@ -364,3 +515,221 @@ class Lease:
             with contextlib.suppress(redis.RedisError):
                 self.r.eval(self._RELEASE, 1, self.key, self.token)
             self._lost.set()
+
+
+class MemoryLease:
+    """A lock of a `MemoryStore` while it is held, on the store's clock. While its holder
+    works it counts as renewed (as `RedisLease`'s thread renews it), up to ``max_hold_s``;
+    ``stop_renewing()`` plays a holder that died or hung: the lock expires ``ttl_s`` later."""
+
+    def __init__(
+        self, store: MemoryStore, name: str, taken: bool, ttl_s: float, max_hold_s: float
+    ) -> None:
+        self.store, self.name, self.taken, self.ttl_s = store, name, taken, ttl_s
+        t = store.clock()
+        self.expires, self.deadline = t + ttl_s, t + max_hold_s
+        self.renewing = taken
+        self._lost = not taken
+
+    def __bool__(self) -> bool:
+        return self.taken
+
+    def _renewed(self, t: float) -> bool:
+        """Whether the lock is still this lease's at ``t`` (renewing it if its holder works)."""
+        if self._lost or self.store._locks.get(self.name) is not self:
+            self._lost = True
+            return False
+        if self.renewing and t < self.deadline:
+            self.expires = max(self.expires, min(t + self.ttl_s, self.deadline))
+        if t >= self.expires:
+            self._lost = True
+            return False
+        return True
+
+    @property
+    def held(self) -> bool:
+        with self.store._mutex:
+            return self.taken and self._renewed(self.store.clock())
+
+    def stop_renewing(self) -> None:
+        self.renewing = False
+
+    def check(self) -> None:
+        if not self.held:
+            raise LockLost(f"lock:{self.name} is no longer held by this runner")
+
+    def release(self) -> None:
+        with self.store._mutex:
+            if self.taken and self.store._locks.get(self.name) is self:
+                del self.store._locks[self.name]
+            self._lost = True
+            self.renewing = False
+
+
+class MemoryStore:
+    """``Store`` in this process, on the clock it is given: for the scenarios through the
+    runtime (virtual time), the UI simulator and tests. Thread-safe; what it holds is lost with
+    the process. ``restart()`` plays a Redis that lost its data (the view starts afresh)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._mutex = threading.RLock()
+        self._hb: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._events: dict[str, dict[str, tuple[str, float]]] = {}
+        self._health: dict[str, dict[str, tuple[str, str, float]]] = {}
+        self._ingest: tuple[float, float, int] | None = None
+        self._locks: dict[str, MemoryLease] = {}
+        self._requests: set[str] = set()
+        self._ticks: dict[int, list[float]] = {}
+        self._ticked: dict[int, float] = {}
+        self._view: float | None = None
+        self._first_look: float | None = None
+        #: hosts whose queued commands were thrown away (``drop_commands``), in order
+        self.dropped: list[str] = []
+        #: called with the host by ``drop_commands`` (a fake transport empties its queue)
+        self.on_drop: Callable[[str], None] | None = None
+        #: cluster ids as their changes were published
+        self.changes: list[int] = []
+
+    # --- heartbeats and lifecycle events ---------------------------------------------------
+    def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
+        self.put_batch({host: message}, [], received)
+
+    def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
+        self.put_batch({}, [(host, guest, state)], received)
+
+    def put_batch(
+        self,
+        heartbeats: dict[str, dict[str, Any]],
+        lifecycle: list[tuple[str, str, str]],
+        received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
+    ) -> None:
+        with self._mutex:
+            for host, hb in heartbeats.items():
+                self._hb[host] = (received, json.loads(json.dumps(hb)))  # a copy, as Redis keeps
+            for host, guest, state in lifecycle:
+                self._events.setdefault(host, {})[guest] = (state, received)
+            for host, guest, check, detail in health:
+                self._health.setdefault(host, {})[guest] = (check, detail, received)
+
+    def reports(self, hosts: list[str]) -> dict[str, HostReport]:
+        with self._mutex:
+            return {
+                host: overlay(
+                    host,
+                    *self._hb[host],
+                    dict(self._events.get(host, {})),
+                    dict(self._health.get(host, {})),
+                )
+                for host in hosts
+                if host in self._hb
+            }
+
+    def forget_host(self, host: str) -> None:
+        with self._mutex:
+            self._hb.pop(host, None)
+            self._events.pop(host, None)
+            self._health.pop(host, None)
+
+    # --- how far behind the console's view is -----------------------------------------------
+    def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
+        with self._mutex:
+            self._ingest = (at, caught_up_at, backlog)
+
+    def ingest_status(self, now: float | None = None) -> IngestStatus:
+        now = self.clock() if now is None else now
+        with self._mutex:
+            hb_lag = heartbeat_lag(iter(list(self._hb.values())))
+            return ingest_status_of(self._ingest, hb_lag, now)
+
+    def ingest_lag(self, now: float | None = None) -> float:
+        return self.ingest_status(now).lag_s
+
+    def view_since(self, now: float) -> float:
+        with self._mutex:
+            if self._view is None:
+                self._view = now
+            if self._first_look is None:
+                self._first_look = now
+            return max(self._view, self._first_look)
+
+    def restart(self) -> None:
+        """Lose everything, as a Redis restarted without its data: heartbeats, events, locks,
+        wakes; the view of heartbeats starts afresh at the next look."""
+        with self._mutex:
+            self._hb.clear()
+            self._events.clear()
+            self._health.clear()
+            self._ingest = None
+            self._locks.clear()
+            self._requests.clear()
+            self._view = None
+
+    # --- one runner at a time, and wakes that are never lost -------------------------------
+    def _holder(self, name: str) -> MemoryLease | None:
+        lease = self._locks.get(name)
+        if lease is not None and not lease._renewed(self.clock()):
+            del self._locks[name]
+            return None
+        return lease
+
+    @contextmanager
+    def lock(
+        self, name: str, ttl_s: float = LOCK_TTL_S, max_hold_s: float = LOCK_MAX_HOLD_S
+    ) -> Iterator[MemoryLease]:
+        """As `RedisStore.lock`, on the store's clock."""
+        with self._mutex:
+            taken = self._holder(name) is None
+            lease = MemoryLease(self, name, taken, ttl_s, max_hold_s)
+            if taken:
+                self._locks[name] = lease
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    def lock_left_s(self, name: str) -> float | None:
+        with self._mutex:
+            lease = self._holder(name)
+            return 0.0 if lease is None else max(0.0, lease.expires - self.clock())
+
+    def request(self, name: str) -> None:
+        with self._mutex:
+            self._requests.add(name)
+
+    def take_request(self, name: str) -> bool:
+        with self._mutex:
+            if name in self._requests:
+                self._requests.discard(name)
+                return True
+            return False
+
+    def drop_commands(self, host: str) -> None:
+        self.dropped.append(host)
+        if self.on_drop is not None:
+            self.on_drop(host)
+
+    # --- the runner's tick times, the pages' change signal ---------------------------------
+    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None:
+        with self._mutex:
+            kept = self._ticks.setdefault(cluster_id, [])
+            kept.insert(0, seconds)
+            del kept[TICKS_KEPT:]
+            self._ticked[cluster_id] = at
+
+    def last_ticks(self, cluster_ids: list[int]) -> dict[int, float | None]:
+        with self._mutex:
+            return {c: self._ticked.get(c) for c in cluster_ids}
+
+    def recent_ticks(self, cluster_id: int) -> list[float]:
+        with self._mutex:
+            return list(self._ticks.get(cluster_id, []))
+
+    def publish_change(self, cluster_id: int) -> None:
+        self.changes.append(cluster_id)
+
+
+def _implementations(redis_store: RedisStore, memory_store: MemoryStore) -> tuple[Store, ...]:
+    """Both implementations are a ``Store`` (mypy --strict checks it here)."""
+    return redis_store, memory_store

@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from console.runtime import runner
-from console.runtime.store import Store
+from console.runtime.store import RedisStore, Store
 
 _store: Store | None = None
 #: each store this module made, with the broker URL it was made for (kept, so no id is reused);
@@ -26,7 +26,7 @@ def store() -> Store:
 
     made = _made.get(id(_store)) if _store is not None else None
     if _store is None or (made is not None and made[1] != settings.REDIS_URL):
-        _store = Store()
+        _store = RedisStore()
         _made[id(_store)] = (_store, settings.REDIS_URL)
     return _store
 

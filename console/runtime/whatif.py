@@ -44,7 +44,7 @@ class GuestFate:
     service: str
     before: str | None  # where it runs now
     after: str | None  # where it runs at the end of the simulation
-    outcome: str  # stays | restarts | migrates | waits | preempted | stopped
+    outcome: str  # stays | starts | restarts | migrates | waits | preempted | stopped
     seconds: float | None = None  # from the event until it runs again (moved guests)
     reason: str = ""
 
@@ -91,15 +91,15 @@ def _timings(cluster: Cluster) -> SimSettings:
 
 
 def scenario(
-    cluster: Cluster, host: str, event: str
+    cluster: Cluster, host: str | None, event: str | None
 ) -> tuple[Scenario, dict[str, str | None], engine.Status]:
-    """The live cluster as a scenario, with `event` on `host` after the warm-up, and the
-    engine's live status on the scenario's clock."""
+    """The live cluster as a scenario, with `event` on `host` after the warm-up (none when
+    both are None), and the engine's live status on the scenario's clock."""
     loaded = load(cluster, rules.store(), rules._clock())
     snap = loaded.snapshot
-    if host not in snap.hosts:
+    if host is not None and host not in snap.hosts:
         raise WhatIfError("host", f"There is no host {host!r} in cluster {cluster.name}.")
-    if event not in EVENTS:
+    if host is not None and event not in EVENTS:
         raise WhatIfError("event", f"{event!r} is not one of {', '.join(EVENTS)}.")
     live = {n: h.state for n, h in snap.status.hosts.items()}
     up = {engine.HostState.ONLINE, engine.HostState.MAINTENANCE}
@@ -130,10 +130,11 @@ def scenario(
     events = [
         Event(0.0, "maintenance_on", node=o.name) for o in snap.hosts.values() if o.maintenance
     ]
-    do = "power_off" if event == "power_off" else "maintenance_on"
-    events.append(Event(WARM_UP_S, do, node=host))
+    if host is not None:
+        do = "power_off" if event == "power_off" else "maintenance_on"
+        events.append(Event(WARM_UP_S, do, node=host))
     sc = Scenario(
-        name=f"what-if {event} {host}",
+        name=f"what-if {event} {host}" if host else "dry run",
         description="simulated on the live cluster",
         settings=snap.settings,
         sim=_timings(cluster),
@@ -177,57 +178,62 @@ def shifted(status: engine.Status, now: float) -> engine.Status:
     return engine.Status.from_json(json.dumps(raw))
 
 
-def predict(cluster: Cluster, host: str, event: str = "power_off") -> Prediction:
-    sc, before, live = scenario(cluster, host, event)
+@dataclass
+class _Trace:
+    """What a simulated run did after the warm-up, read from its trace."""
+
+    at_event: dict[str, str | None]  # where each guest ran when the warm-up ended
+    running_at: dict[str, tuple[float, str]] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)  # a Start was sent (after a fence, a crash)
+    migrated: set[str] = field(default_factory=set)  # a live migration was sent
+    stopped_for_room: set[str] = field(default_factory=set)
+    fenced: list[str] = field(default_factory=list)
+
+
+def _simulate(
+    sc: Scenario, before: dict[str, str | None], live: engine.Status, warm_up: float = WARM_UP_S
+) -> tuple[Any, _Trace]:
     world = World(sc)
     world.status = live
     run = world.run()
-    at_event: dict[str, str | None] = dict(before)
-    running_at: dict[str, tuple[float, str]] = {}
-    started_after: set[str] = set()  # a Start was sent: restarted (after a fence, a crash)
-    migrated_after: set[str] = set()  # a live migration was sent
-    stopped_for_room: set[str] = set()
-    fenced: list[str] = []
+    seen = _Trace(dict(before))
     for t, label in run.trace:
         kind, _, rest = label.partition(":")
-        if t < WARM_UP_S:  # the warm-up settles the engine's first view
+        if t < warm_up:  # the warm-up settles the engine's first view
             if kind == "running":
                 service, _, node = rest.partition("@")
-                at_event[service] = node
+                seen.at_event[service] = node
             elif kind == "down":
                 service, _, node = rest.partition("@")
-                if at_event.get(service) == node:
-                    at_event[service] = None
+                if seen.at_event.get(service) == node:
+                    seen.at_event[service] = None
             continue
         if kind == "running":
             service, _, node = rest.partition("@")
-            running_at.setdefault(service, (t - WARM_UP_S, node))
+            seen.running_at.setdefault(service, (t - warm_up, node))
         elif kind == "start":
-            started_after.add(rest.partition("@")[0])
+            seen.started.add(rest.partition("@")[0])
         elif kind == "migrate":
-            migrated_after.add(rest.partition(":")[0])
+            seen.migrated.add(rest.partition(":")[0])
         elif kind == "fence" and rest.endswith(":ok"):
-            fenced.append(rest.rsplit(":", 1)[0])
+            seen.fenced.append(rest.rsplit(":", 1)[0])
         elif kind == "stop":
             service = rest.partition("@")[0]
             status = run.status.services.get(service)
             if status is not None and status.desired is engine.Desired.STARTED:
-                stopped_for_room.add(service)
-    out = Prediction(cluster.name, host, event, fenced=sorted(set(fenced)))
-    out.timings = {
-        "fence_s": sc.sim.fence_s,
-        "start_s": sc.sim.start_s,
-        "migrate_s": sc.sim.migrate_s,
-        "silent_after_s": sc.settings.silent_after_s(),
-    }
+                seen.stopped_for_room.add(service)
+    return run, seen
+
+
+def _fates(sc: Scenario, run: Any, seen: _Trace) -> list[GuestFate]:
+    out: list[GuestFate] = []
     for name in sorted(sc.services):
         status = run.status.services.get(name)
-        now_on = at_event.get(name)
-        end_on = status.node if status and status.state in OCCUPYING else None
-        reason = status.reason if status else ""
         if status is None:
             continue
-        if name in stopped_for_room and status.state is not engine.ServiceState.STARTED:
+        now_on = seen.at_event.get(name)
+        end_on = status.node if status.state in OCCUPYING else None
+        if name in seen.stopped_for_room and status.state is not engine.ServiceState.STARTED:
             outcome = "preempted"
         elif now_on is None and end_on is None:
             outcome = "stopped" if status.desired is not engine.Desired.STARTED else "waits"
@@ -235,27 +241,92 @@ def predict(cluster: Cluster, host: str, event: str = "power_off") -> Prediction
                 continue  # not running now, not wanted: nothing to say
         elif end_on is None:
             outcome = "waits"
-        elif name in started_after:
-            outcome = "restarts"
-        elif name in migrated_after and end_on != now_on:
+        elif name in seen.started:
+            outcome = "starts" if now_on is None else "restarts"
+        elif name in seen.migrated and end_on != now_on:
             outcome = "migrates"
         else:
             outcome = "stays"
         seconds = None
-        if outcome in ("restarts", "migrates") and name in running_at:
-            seconds = round(running_at[name][0], 1)
-        out.guests.append(GuestFate(name, now_on, end_on, outcome, seconds, reason))
+        if outcome in ("starts", "restarts", "migrates") and name in seen.running_at:
+            seconds = round(seen.running_at[name][0], 1)
+        out.append(GuestFate(name, now_on, end_on, outcome, seconds, status.reason))
+    return out
+
+
+def _simulated_note(sc: Scenario) -> str:
+    return (
+        "Simulated: the engine's own rules in virtual time, with this cluster's recent job "
+        f"times (fence {sc.sim.fence_s:g} s, start {sc.sim.start_s:g} s, migration "
+        f"{sc.sim.migrate_s:g} s). Nothing was sent to any host."
+    )
+
+
+def predict(cluster: Cluster, host: str, event: str = "power_off") -> Prediction:
+    sc, before, live = scenario(cluster, host, event)
+    run, seen = _simulate(sc, before, live)
+    out = Prediction(cluster.name, host, event, fenced=sorted(set(seen.fenced)))
+    out.timings = {
+        "fence_s": sc.sim.fence_s,
+        "start_s": sc.sim.start_s,
+        "migrate_s": sc.sim.migrate_s,
+        "silent_after_s": sc.settings.silent_after_s(),
+    }
+    out.guests = _fates(sc, run, seen)
     if (
         event == "power_off"
         and host not in out.fenced
         and any(g.before == host for g in out.guests)
     ):
         out.notes.append(f"{host} would not be fenced: its guests wait (see their reasons).")
-    out.notes.append(
-        "Simulated: the engine's own rules in virtual time, with this cluster's recent job "
-        f"times (fence {sc.sim.fence_s:g} s, start {sc.sim.start_s:g} s, migration "
-        f"{sc.sim.migrate_s:g} s). Nothing was sent to any host."
-    )
+    out.notes.append(_simulated_note(sc))
+    return out
+
+
+def dry_run(
+    cluster: Cluster,
+    *,
+    domains: dict[str, engine.Domain | None] | None = None,
+    services: dict[str, engine.ServiceConfig] | None = None,
+    renamed_domains: dict[str, str] | None = None,
+) -> Prediction:
+    """The moves a configuration change would cause, before it is saved: the live cluster
+    simulated twice from the engine's own status, as it is and with the change (`domains`:
+    name -> new definition, None to remove; `services`: name -> new configuration;
+    `renamed_domains`: old name -> new name, followed by the services that use it). Only the
+    guests whose fate differs are listed: a move the cluster would make anyway is not the
+    change's doing."""
+    sc, before, live = scenario(cluster, None, None)
+    base_run, base = _simulate(sc, before, live, warm_up=0.0)
+    new_domains = dict(sc.domains)
+    renames = renamed_domains or {}
+    for old in renames:
+        new_domains.pop(old, None)
+    for name, definition in (domains or {}).items():
+        if definition is None:
+            new_domains.pop(name, None)
+        else:
+            new_domains[name] = definition
+    new_services = dict(sc.services)
+    for name, cfg in new_services.items():
+        if cfg.domain is not None and cfg.domain in renames:
+            new_services[name] = dataclasses.replace(cfg, domain=renames[cfg.domain])
+    for name, cfg in (services or {}).items():
+        current = new_services.get(name)
+        if current is not None:  # where it runs and what is wanted stay the engine's
+            cfg = dataclasses.replace(cfg, name=name, node=current.node, desired=current.desired)
+        new_services[name] = cfg
+    changed = dataclasses.replace(sc, domains=new_domains, services=new_services)
+    run, seen = _simulate(changed, before, live, warm_up=0.0)
+    unchanged = {(g.service, g.after, g.outcome) for g in _fates(sc, base_run, base)}
+    out = Prediction(cluster.name, "", "dry_run", fenced=sorted(set(seen.fenced)))
+    out.timings = {"start_s": sc.sim.start_s, "migrate_s": sc.sim.migrate_s}
+    out.guests = [
+        g for g in _fates(changed, run, seen) if (g.service, g.after, g.outcome) not in unchanged
+    ]
+    if not out.guests:
+        out.notes.append("No guest would move, start or stop because of this change.")
+    out.notes.append(_simulated_note(sc))
     return out
 
 

@@ -96,7 +96,9 @@ SERVICE_HELP = {
     "failover_domain": "Where the guest may run and which hosts it prefers; none = any host.",
     "migratable": "Move it by live migration (no restart) for migrate, failback and "
     "maintenance. Untick for guests with local disks.",
-    "autostart": "Start it when the cluster starts.",
+    "autostart": "Off: the cluster never starts it on its own (not when it is new, not after a "
+    "full power cycle of the cluster); only a person does. Failover after a host failure still "
+    "applies while the cluster runs.",
 }
 
 

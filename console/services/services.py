@@ -88,3 +88,49 @@ def delete_service(service: VmService, *, actor: Any) -> None:
             )
         raise Refused(f"{service.name} is {service.state}: disable it first, then remove it.")
     delete_object(service, actor=actor)
+
+
+# --- dry runs: the moves an edit would cause, before it is saved ----------------------------
+def preview_domain(domain: FailoverDomain, members: list[dict[str, Any]] | None) -> Any:
+    """What saving `domain` (unsaved, with the edit applied) and `members` (None: unchanged)
+    would make the cluster do now: ``whatif.dry_run`` on the live cluster. Nothing is saved."""
+    from console import engine
+    from console.runtime import whatif
+
+    original = (
+        FailoverDomain.objects.filter(pk=domain.pk).values_list("name", flat=True).first()
+        if domain.pk
+        else None
+    )
+    if members is None:
+        current = FailoverDomainMember.objects.filter(domain_id=domain.pk).select_related("host")
+        rows = [(m.host.name, m.priority) for m in current]
+    else:
+        rows = [(m["host"].name, m["priority"]) for m in members]
+    definition = engine.Domain(
+        name=domain.name,
+        members=tuple(engine.DomainMember(host, priority) for host, priority in rows),
+        ordered=domain.ordered,
+        restricted=domain.restricted,
+        nofailback=domain.nofailback,
+    )
+    renamed = {original: domain.name} if original and original != domain.name else {}
+    return whatif.dry_run(
+        domain.cluster, domains={domain.name: definition}, renamed_domains=renamed
+    )
+
+
+def preview_service(service: VmService) -> Any:
+    """What saving `service` (unsaved, with the edit applied) would make the cluster do now:
+    where a new guest would start and what it would preempt, or the moves a changed priority,
+    domain or size causes. Nothing is saved."""
+    from console.runtime import whatif
+    from console.runtime.snapshot import service_config
+
+    original = (
+        VmService.objects.filter(pk=service.pk).values_list("name", flat=True).first()
+        if service.pk
+        else None
+    )
+    cfg = service_config(service)
+    return whatif.dry_run(service.cluster, services={original or service.name: cfg})

@@ -46,15 +46,19 @@ def domain_edit(request: HttpRequest, pk: int, domain_pk: int | None = None) -> 
     form = FailoverDomainForm(
         request.POST if request.method == "POST" else None, instance=domain, cluster=cluster
     )
+    preview = None
     if form.is_bound and form.is_valid():
-        saved = domain_services.save_domain(
-            form.save(commit=False),
-            form.members(),
-            actor=request.user,
-            verb="update" if domain else "create",
-        )
-        messages.success(request, f"Failover domain {saved.name} saved.")
-        return redirect("services:domains", cluster.pk)
+        if "dry_run" in request.POST:  # show the moves it would cause; save nothing
+            preview = domain_services.preview_domain(form.save(commit=False), form.members())
+        else:
+            saved = domain_services.save_domain(
+                form.save(commit=False),
+                form.members(),
+                actor=request.user,
+                verb="update" if domain else "create",
+            )
+            messages.success(request, f"Failover domain {saved.name} saved.")
+            return redirect("services:domains", cluster.pk)
     return render(
         request,
         "services/domain_form.html",
@@ -62,6 +66,7 @@ def domain_edit(request: HttpRequest, pk: int, domain_pk: int | None = None) -> 
             "cluster": cluster,
             "form": form,
             "domain": domain,
+            "preview": preview,
             "title": f"Edit failover domain {domain.name}" if domain else "New failover domain",
         },
     )
@@ -111,16 +116,20 @@ def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -
         instance=service,
         cluster=cluster,
     )
+    preview = None
     if form.is_bound and form.is_valid():
-        core_services.save_serializer(
-            form, actor=request.user, verb="update" if service else "create"
-        )
-        messages.success(
-            request,
-            f"Service {form.instance.name} saved."
-            + ("" if service else " The cluster starts it on the best allowed host."),
-        )
-        return redirect("clusters:detail", cluster.pk)
+        if "dry_run" in request.POST:  # show the moves it would cause; save nothing
+            preview = domain_services.preview_service(form.instance)
+        else:
+            core_services.save_serializer(
+                form, actor=request.user, verb="update" if service else "create"
+            )
+            messages.success(
+                request,
+                f"Service {form.instance.name} saved."
+                + ("" if service else " The cluster starts it on the best allowed host."),
+            )
+            return redirect("clusters:detail", cluster.pk)
     return render(
         request,
         "services/service_form.html",
@@ -128,6 +137,7 @@ def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -
             "cluster": cluster,
             "form": form,
             "service": service,
+            "preview": preview,
             "title": f"Edit service {service.name}" if service else "New VM service",
         },
     )

@@ -192,9 +192,10 @@ def create_gfs2_volume(
             stage=base,
         )
     )
-    fstab = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
+    fstab: dict[str, Any] = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
     if vg.clustered:
-        fstab["options"] = GFS2_FSTAB_OPTIONS
+        # nothing activates a shared VG's LV at boot: the agent adds a unit that does
+        fstab.update(options=GFS2_FSTAB_OPTIONS, activate_shared=True)
     steps += [jobs.StepSpec(h, "fstab_entry", fstab, stage=base + 1) for h in hosts]
     steps += [
         jobs.StepSpec(
@@ -294,6 +295,7 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
             "mount_point": fs.mount_point,
             "fstype": "gfs2",
             "present": False,
+            "activate_shared": vg.clustered,
         }
         steps += [jobs.StepSpec(h, "fstab_entry", fstab, 1) for h in hosts]
         stage = 2
@@ -358,7 +360,13 @@ def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
 
 @jobs.on_step_success("fence")
 def fenced(step: JobStep, data: dict[str, Any]) -> None:
-    """A fence agent powered a host off: the survivors' dlm may recover its journals."""
+    """A fence agent powered a host off: the survivors' dlm may recover its journals. Only the
+    engine's fences count (a person's "test" of a device asks its status, nothing more), and a
+    status query only when it found the host off (after a lost fence result)."""
+    if step.job.kind != "fence":
+        return
+    if step.args.get("action") in ("status", "monitor") and data.get("power") != "off":
+        return
     target = Host.objects.filter(name=step.job.params.get("host")).first()
     if target is not None and str(data.get("outcome", "ok")) in ("ok", "off"):
         transaction.on_commit(lambda: dlm_fence_ack(target))

@@ -82,11 +82,11 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
     from agent.protocol import inbound_key
     from console.clusters.models import Cluster, Host
     from console.runtime.drain import Drainer
-    from console.runtime.store import Store
+    from console.runtime.store import RedisStore
 
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     prefix = f"haven-bench-{os.getpid()}:"
-    store = Store(r, prefix=prefix)
+    store = RedisStore(r, prefix=prefix)
     cluster = Cluster.objects.create(name="bench")
     names = [f"b{uuid.uuid4().hex[:6]}-{i:03d}" for i in range(n_hosts)]
     Host.objects.bulk_create(

@@ -68,12 +68,12 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
     from console.clusters.models import Cluster, FenceDevice, Host
     from console.jobs.transport import use_transport
     from console.runtime import ingest, runner
-    from console.runtime.store import Store
+    from console.runtime.store import RedisStore
     from console.services.models import VmService
 
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     prefix = f"haven-bench-{os.getpid()}:"
-    store = Store(r, prefix=prefix)
+    store = RedisStore(r, prefix=prefix)
 
     def receive(message: dict[str, Any]) -> None:
         """What the drainer does with one message from the host named by its inbound list."""

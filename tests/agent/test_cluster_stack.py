@@ -58,12 +58,27 @@ def test_dlm_status_parsed() -> None:
 
 
 def test_fence_ack_resolves_the_node_id_from_corosyncs_nodelist(tmp_path: Path) -> None:
-    runner = Scripted({"corosync-cmapctl": (0, CMAP, "")})
+    runner = Scripted({"corosync-cmapctl": (0, CMAP, ""), "dlm_tool": (0, DLM_STATUS, "")})
     storage = LinuxStorage(runner, proc=tmp_path)
-    assert storage.dlm_fence_ack("sv3") == {"node": "sv3", "nodeid": 3}
-    assert runner.ran[-1] == ["dlm_tool", "fence_ack", "3"]
+    assert storage.dlm_fence_ack("sv3") == {"node": "sv3", "nodeid": 3, "dlm_state": "X"}
+    assert runner.ran[-2:] == [["dlm_tool", "status"], ["dlm_tool", "fence_ack", "3"]]
     with pytest.raises(AgentError, match="sv9 is not in this host's corosync nodelist"):
         storage.dlm_fence_ack("sv9")
+
+
+def test_fence_ack_waits_for_dlm_to_lose_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fenced before corosync here saw it go: no acknowledgement while dlm has it as M."""
+    import agent.storage
+
+    monkeypatch.setattr(agent.storage, "DLM_LOSS_WAIT_S", 0.0)
+    still = DLM_STATUS.replace("node 3 X", "node 3 M")
+    runner = Scripted({"corosync-cmapctl": (0, CMAP, ""), "dlm_tool": (0, still, "")})
+    storage = LinuxStorage(runner, proc=tmp_path)
+    with pytest.raises(AgentError, match=r"still has sv3 \(node 3\) as a member"):
+        storage.dlm_fence_ack("sv3")
+    assert ["dlm_tool", "fence_ack", "3"] not in runner.ran
 
 
 def test_lv_usage_refuses_while_mounted(tmp_path: Path) -> None:

@@ -117,6 +117,32 @@ def test_fstab_entry_is_idempotent(harness: Harness, tmp_path: Path) -> None:
     assert "/srv/gfs" not in fstab.read_text()
 
 
+def test_a_shared_lv_gets_a_boot_activation_unit_the_mount_requires(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Nothing activates a shared VG's LV at boot: a oneshot unit does, the mount waits for it;
+    dropping the fstab line drops the unit."""
+    args = {"device": "/dev/vg_shared/guest-roots", "mount_point": "/guest_roots"}
+    added = harness.run(
+        "fstab_entry", **args, fstype="gfs2", options="noatime,_netdev", activate_shared=True
+    )
+    assert added.ok, added.error
+    unit = added.data["unit"]
+    assert unit == "haven-activate-vg_shared-guest--roots.service"
+    line = (tmp_path / "fstab").read_text()
+    assert f"x-systemd.requires={unit}" in line and "x-systemd.device-timeout=" in line
+    text = (tmp_path / "systemd" / "system" / unit).read_text()
+    assert "After=dlm.service lvmlockd.service lvmlocks.service" in text
+    assert "/sbin/lvchange -asy vg_shared/guest-roots" in text
+    assert "/sbin/vgchange --lock-start vg_shared &&" in text and "$$n" in text
+    removed = harness.run("fstab_entry", **args, fstype="gfs2", present=False, activate_shared=True)
+    assert removed.ok and removed.data["changed"]
+    assert not (tmp_path / "systemd" / "system" / unit).exists()
+    bad = harness.run("fstab_entry", device="/dev/sdb", mount_point="/x", fstype="gfs2",
+                      activate_shared=True)  # fmt: skip
+    assert bad.error is not None and "not an LV path" in bad.error.message
+
+
 def test_unmount_of_unmounted_is_a_no_op(harness: Harness, tmp_path: Path) -> None:
     result = harness.run("unmount", mount_point=str(tmp_path / "nothing"))
     assert result.ok and result.data["changed"] is False

@@ -87,22 +87,8 @@ class LiveView:
 
 @pytest.fixture
 def live_view() -> Any:
-    import uuid
-
-    import redis
-    from django.conf import settings
-
     from console.runtime import rules
-    from console.runtime.store import Store
+    from tests.stores import redis_store
 
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
-    store = Store(r, prefix=prefix)
-    with rules.use(store=store):
+    with redis_store() as store, rules.use(store=store):
         yield LiveView(store)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)

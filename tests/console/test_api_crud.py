@@ -116,7 +116,9 @@ def test_crud(admin_api: APIClient, case: Case) -> None:
     for key, value in case.patch.items():
         assert updated.json()[key] == value
 
-    assert admin_api.delete(detail).status_code == 204
+    # a host is removed by a job (console/runtime/membership.py): a new one at once
+    removed = admin_api.delete(detail)
+    assert removed.status_code == (202 if case.endpoint == "hosts" else 204), removed.content
     assert admin_api.get(detail).status_code == 404
     verbs = set(
         Event.objects.filter(
@@ -133,7 +135,7 @@ def test_crud(admin_api: APIClient, case: Case) -> None:
             ]
         ).values_list("verb", flat=True)
     )
-    assert verbs == {"create", "update", "delete"}
+    assert verbs == {"create", "update", "remove-host" if case.endpoint == "hosts" else "delete"}
 
 
 def test_filters_select_and_reject_bad_values(admin_api: APIClient) -> None:

@@ -214,7 +214,7 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
         ps = lab.run_in(name, ["ps", "-ww", "-eo", "args"]).stdout
         assert "-m agent --broker-file" in ps and secrets[-1] not in ps
 
-    # no root password (nor an agent's Redis password) in the database, events or logs
+    # no root password (nor an agent's Redis password) in the database, events, logs or broker
     from django.db import connection
 
     connection.close()
@@ -226,6 +226,7 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
         "console logs": console.log_text(),
         "agent logs": harness.agent_logs(),
         "test log": caplog.text,
+        "the broker": _broker_text(lab_redis.url),
     }
     assert texts["agent logs"].count("agent@") >= 3  # the agents did log
     for where, text in texts.items():
@@ -234,6 +235,29 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
         for secret in secrets:
             assert secret not in text, f"an agent's Redis password in {where}"
     assert os.environ.get("HAVEN_AGENT_BROKER") is None
+
+
+def _broker_text(url: str) -> str:
+    """Every key and value the console's Redis holds, as text (the broker at rest)."""
+    r = redis.Redis.from_url(url)
+    out: list[str] = []
+    for key in r.scan_iter("*"):
+        kind = r.type(key).decode()
+        value: object
+        if kind == "string":
+            value = r.get(key)
+        elif kind == "list":
+            value = r.lrange(key, 0, -1)
+        elif kind == "hash":
+            value = r.hgetall(key)
+        elif kind == "set":
+            value = r.smembers(key)
+        elif kind == "zset":
+            value = r.zrange(key, 0, -1)
+        else:
+            value = ""
+        out.append(f"{key!r} {value!r}")
+    return "\n".join(out)
 
 
 # --- extra agent environment (HAVEN_AGENT_ENV); no lab needed ---------------------------------

@@ -106,3 +106,62 @@ def test_what_if_prints_where_each_guest_would_go(logged_in: str, live_view: Any
     assert row.split()[:4] == ["guest1", "et-virt05", "et-virt06", "restarts"]
     code, _, err = haven("what-if", "et-virt99")
     assert code == 1 and "no host named 'et-virt99'" in err
+
+
+def test_remove_repair_and_add_hosts(
+    logged_in: str, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from console import engine
+    from console.clusters.models import Host
+    from console.runtime import bootstrap
+    from console.runtime.models import EngineState
+
+    host = f.HostFactory(name="et-virt05", state="online", ssh_fingerprint="SHA256:" + "B" * 43)
+    status = engine.Status(
+        services={
+            "guest1": engine.ServiceStatus(
+                engine.ServiceState.STARTED, engine.Desired.STARTED, node="et-virt05"
+            )
+        }
+    )
+    EngineState.objects.create(cluster=host.cluster, status_json=status.to_json())
+    code, _, err = haven("remove-host", "et-virt05")
+    assert code == 1 and err.startswith("haven: error: 409: Guests run on et-virt05 (guest1): ")
+    assert "put it in maintenance first" in err
+    started: list[Any] = []
+
+    def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False) -> Any:
+        from console.jobs.models import Job
+
+        started.append((cluster, specs))
+        return Job.objects.create(kind="bootstrap", status="pending")
+
+    monkeypatch.setattr(bootstrap, "start_bootstrap", start)
+    monkeypatch.setattr(bootstrap, "scan_host_key", lambda address, port=22: "SHA256:" + "C" * 43)
+    monkeypatch.setattr("sys.stdin", io.StringIO("root-pw\nroot-pw\n"))
+    code, out, err = haven("repair-host", "et-virt05", "--password-stdin")
+    assert code == 0, err
+    assert "bootstrap: pending" in out and started[-1][1][0].password == "root-pw"
+    code, out, err = haven(
+        "add-host",
+        host.cluster.name,
+        "et-virt08",
+        "--address",
+        "10.88.0.8",
+        "--yes",
+        "--password-stdin",
+    )
+    assert code == 0, err
+    assert f"et-virt08 (10.88.0.8:22) host key SHA256:{'C' * 43}" in out
+    assert (started[-1][1][0].name, started[-1][1][0].fingerprint) == (
+        "et-virt08",
+        "SHA256:" + "C" * 43,
+    )
+    code, _, err = haven(
+        "add-host", host.cluster.name, "et-virt09", "--fingerprint", "SHA256:" + "D" * 43
+    )
+    assert code == 1 and "host key mismatch" in err and len(started) == 2
+    EngineState.objects.filter(cluster=host.cluster).update(status_json=engine.Status().to_json())
+    code, out, err = haven("remove-host", "et-virt05", "--wait")
+    assert code == 0, err
+    assert "remove-host: succeeded" in out and not Host.objects.filter(name="et-virt05").exists()

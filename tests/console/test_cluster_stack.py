@@ -79,14 +79,14 @@ def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
     import time
 
     from agent.cluster_stack import parse_quorumtool
-    from console.runtime.store import Store
+    from console.runtime.store import RedisStore
     from tests.console import factories as f
     from tests.console.views_support import login, text
 
     cluster = f.ClusterFactory(name="sv")
     for n in ("svq1", "svq2"):
         f.HostFactory(cluster=cluster, name=n, state="online")
-    store = Store()
+    store = RedisStore()
     state = {"running": True, **parse_quorumtool(QUORUMTOOL_3)}
     try:
         store.put_heartbeat("svq1", {"cluster": state}, time.time())
@@ -156,6 +156,20 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
     c = f.HostFactory(cluster=cluster, name="svc", state="unreachable")
     assert storage.dlm_fence_ack(c) is None  # no shared storage: nothing to tell
     f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    # a person's test of the device (status: on) tells dlm nothing
+    with django_capture_on_commit_callbacks(execute=True):
+        probe = jobs.create_job(
+            "fence-test", [jobs.StepSpec(a, "fence", {"agent": "fence_x", "action": "status"})],
+            cluster=cluster, params={"host": "svc"},
+        )  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.apply_result(
+            {"id": probe.steps.get().command_id, "ok": True,
+             "data": {"outcome": "ok", "power": "on"}, "error": None},
+            sender="sva",
+        )  # fmt: skip
+    assert probe.steps.get().status == "succeeded"
+    assert not Job.objects.filter(kind="dlm-fence-ack").exists()
     with django_capture_on_commit_callbacks(execute=True):
         fence = jobs.create_job(
             "fence", [jobs.StepSpec(a, "fence", {"agent": "fence_x"})], cluster=cluster,

@@ -10,28 +10,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 
 from agent.protocol import inbound_key
 from console.runtime.drain import Drainer
-from console.runtime.store import DRAIN_WAIT_S, Store
+from console.runtime.store import DRAIN_WAIT_S, RedisStore
 from tests.console import factories as f
+from tests.stores import redis_store
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+def store() -> Iterator[RedisStore]:
+    with redis_store() as s:
+        yield s
 
 
 def beat(host: str, seq: int, sent_at: float | None = None) -> str:
@@ -52,7 +44,7 @@ def beat(host: str, seq: int, sent_at: float | None = None) -> str:
 
 
 def test_batches_without_a_query_per_heartbeat(
-    store: Store, django_assert_num_queries: Any
+    store: RedisStore, django_assert_num_queries: Any
 ) -> None:
     cluster = f.ClusterFactory()
     names = [f"d{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
@@ -79,7 +71,7 @@ def test_batches_without_a_query_per_heartbeat(
 
 
 def test_a_body_for_another_host_is_refused_and_logged_once(
-    store: Store, caplog: pytest.LogCaptureFixture
+    store: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster = f.ClusterFactory()
     h1, h2 = (f.HostFactory(cluster=cluster, name=f"r{uuid.uuid4().hex[:6]}") for _ in "12")
@@ -105,7 +97,7 @@ def test_a_body_for_another_host_is_refused_and_logged_once(
             store.r.delete(key)
 
 
-def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: Store) -> None:
+def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: RedisStore) -> None:
     now = time.time()
     store.record_ingest(at=now, caught_up_at=now - 7.0, backlog=300)
     assert store.ingest_lag(now) == pytest.approx(7.0)
@@ -118,7 +110,7 @@ def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: Store) -> None:
     assert store.ingest_status(now).heartbeat_lag_s == pytest.approx(2.0)
 
 
-def test_the_drainer_ticks_runners_that_beat_left_alone(store: Store) -> None:
+def test_the_drainer_ticks_runners_that_beat_left_alone(store: RedisStore) -> None:
     """Celery beat dead or restarting: the drainer ticks a runner whose last tick is stale."""
     from console.monitoring import ticks
 

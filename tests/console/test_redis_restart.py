@@ -30,7 +30,7 @@ from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import CeleryTransport
 from console.runtime.models import EngineState
-from console.runtime.store import Store
+from console.runtime.store import RedisStore
 from tests.console import factories as f
 from tests.console.test_live import FIXTURES, HOSTS, Live, placement, using_broker, wait_for
 
@@ -179,7 +179,7 @@ def test_redis_restarts_lock_nobody_out_and_fence_nobody(
     record = tmp_path / "fence-calls.txt"
     cluster = make_cluster(record)
     start_all(live)
-    store = Store(redis.Redis.from_url(own_redis.url, socket_timeout=2, decode_responses=True))
+    store = RedisStore(redis.Redis.from_url(own_redis.url, socket_timeout=2, decode_responses=True))
 
     # A command that has outlived its ttl (here: sent already expired) is dropped by the agent.
     settings.HAVEN_COMMAND_TTL_S = -5

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from console.jobs.models import Job
 from console.jobs.services import pending_engine_results
 from console.runtime import runner, snapshot
 from console.runtime.models import EngineState
-from console.runtime.store import LOCK_TTL_S, LockLost, Store
+from console.runtime.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from tests.console.test_runtime import (  # noqa: F401
     Agents,
     cluster3,
@@ -39,9 +38,9 @@ pytestmark = pytest.mark.redis
 
 HOLDER = """
 import sys, time, redis
-from console.runtime.store import Store
+from console.runtime.store import RedisStore
 url, prefix, name = sys.argv[1:4]
-s = Store(redis.Redis.from_url(url, decode_responses=True), prefix=prefix)
+s = RedisStore(redis.Redis.from_url(url, decode_responses=True), prefix=prefix)
 with s.lock(name) as lease:
     print("taken" if lease else "busy", flush=True)
     time.sleep(600)
@@ -138,7 +137,7 @@ def test_a_tick_that_lost_its_lock_writes_nothing(
         return decision
 
     monkeypatch.setattr(engine, "tick", tick_then_lose_the_lock)
-    monkeypatch.setattr(snapshot, "time", types.SimpleNamespace(time=lambda: t + 8))
+    monkeypatch.setattr(store, "clock", lambda: t + 8)  # the runner reads the store's clock
     agents.heartbeat(t + 8)  # the two others are alive
     state = EngineState.objects.get(cluster=cluster)
     jobs = Job.objects.count()
@@ -183,7 +182,7 @@ def test_view_of_heartbeats_starts_afresh_on_a_new_process_and_an_emptied_redis(
     assert store.view_since(100.0) == 100.0
     assert store.view_since(160.0) == 100.0  # continuous
     # another runner process (a new Store) sees its own start, not the store's older one
-    other = Store(store.r, prefix=store.p)
+    other = RedisStore(store.r, prefix=store.p)
     assert other.view_since(170.0) == 170.0
     assert store.view_since(171.0) == 100.0
     # Redis emptied (restart without persistence, FLUSHALL, a replacement): afresh

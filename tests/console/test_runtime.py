@@ -6,13 +6,10 @@ time is explicit and every step can be checked; real agent processes are in test
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
@@ -22,27 +19,16 @@ from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import RecordingTransport, use_transport
 from console.runtime import credentials, ingest, rules, runner
-from console.runtime.store import Store
+from console.runtime.store import RedisStore, Store
 from console.services.models import VmService
 from tests.console import factories as f
-
-
-def _redis() -> redis.Redis:
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    return r
+from tests.stores import redis_store
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    r = _redis()
-    prefix = f"haven-test-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+def store() -> Iterator[RedisStore]:
+    with redis_store() as s:
+        yield s
 
 
 class Agents:
@@ -58,6 +44,8 @@ class Agents:
         #: command kinds whose next result never reaches the console (a worker died with it)
         self.lose_next: set[str] = set()
         self.queries: list[tuple[str, dict[str, Any]]] = []
+        #: fence devices (their `ip` parameter) that fail whatever they are asked
+        self.dead_devices: set[str] = set()
 
     def heartbeat(self, t: float) -> None:
         for host, guests in self.running.items():
@@ -114,6 +102,8 @@ class Agents:
         kind, args = command["kind"], command["args"]
         if kind in self.fail_kinds:
             return False, {}, f"{kind} failed (test)"
+        if kind == "fence" and args["params"].get("ip") in self.dead_devices:
+            return False, {}, f"{args['params']['ip']} does not answer (test)"
         if kind == "start":
             self.running[host].add(args["guest"])
         elif kind in ("shutdown", "destroy"):
@@ -253,6 +243,34 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("clustered_vg", [True, False])
+def test_a_host_in_the_shared_storage_is_fenced_without_guests(
+    cluster3: Any, store: Store, clustered_vg: bool
+) -> None:
+    """With a clustered VG every host is in its dlm lockspace: a silent one blocks the others'
+    GFS2 until it is fenced, guests or not; then the survivors' dlm is told. Without one, a
+    host with no guests just goes offline."""
+    from console.storage.models import VolumeGroup
+
+    cluster, agents, _ = cluster3
+    VmService.objects.all().delete()
+    if clustered_vg:
+        VolumeGroup.objects.create(cluster=cluster, name="vg_shared", clustered=True)
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False
+    run(cluster, agents, store, t, t + 10)
+    acks = Job.objects.filter(kind="dlm-fence-ack")
+    if clustered_vg:
+        assert agents.fenced == ["et-virt05"]
+        ack = acks.get()
+        assert sorted(s.host.name for s in ack.steps.all()) == ["et-virt06", "et-virt07"]
+        assert all(s.args == {"node": "et-virt05"} for s in ack.steps.all())
+    else:
+        assert agents.fenced == [] and not acks.exists()
+        assert Host.objects.get(name="et-virt05").state == "offline"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store: Store) -> None:
     cluster, agents, _transport = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
@@ -268,6 +286,110 @@ def test_a_lost_fence_result_is_followed_by_a_status_query(cluster3: Any, store:
     assert state == "started" and host in ("et-virt06", "et-virt07")
     query = Job.objects.filter(kind="fence", params__query="status").get()
     assert query.status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_host_whose_first_fence_device_fails_is_fenced_by_its_second(
+    cluster3: Any, store: Store
+) -> None:
+    cluster, agents, transport = cluster3
+    host = Host.objects.get(name="et-virt05")
+    pdu = f.FenceDeviceFactory(
+        host=host, cluster=cluster, name="pdu-05", agent="fence_apc", plug="et-virt05", order=2
+    )
+    pdu.parameters = {"ip": "10.88.0.250", "username": "apc"}
+    pdu.secret_parameters = {"password": "pdu-secret"}
+    pdu.save()
+    agents.dead_devices.add("10.88.0.254")  # every BMC is dead: the IPMI level always fails
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False
+    agents.running["et-virt05"].clear()
+    run(cluster, agents, store, t, t + 10)
+    assert agents.fenced == ["et-virt05"]
+    fences = [(h, c["args"]) for h, c in transport.sent if c["kind"] == "fence"]
+    assert [a["agent"] for _h, a in fences] == ["fence_ipmilan", "fence_apc"]  # in order
+    pdu_host, pdu_cmd = next(
+        (h, c) for h, c in transport.sent if c["args"].get("agent") == "fence_apc"
+    )
+    opened = open_sealed(credentials.seal_key(pdu_host), pdu_host, Command.from_dict(pdu_cmd))
+    assert opened.args["params"]["password"] == "pdu-secret"  # each level its own secrets
+    job = Job.objects.get(kind="fence")
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.params["alternatives"] == ["ipmi-et-virt05", "pdu-05"]
+    assert [(s.stage, s.status) for s in job.steps.order_by("seq")] == [
+        (0, "failed"),
+        (1, "succeeded"),
+    ]
+    assert job.explanation == (
+        "level 1 ipmi-et-virt05 failed: 10.88.0.254 does not answer (test); level 2 pdu-05 ok"
+    )
+    # the engine's reason (the host's state) and the event log say which level did it
+    host.refresh_from_db()
+    assert host.state == "fenced" and "level 2 pdu-05 ok" in host.state_reason
+    state, where = placement()["guest1"]
+    assert state == "started" and where in ("et-virt06", "et-virt07")
+    start = Job.objects.filter(kind="start", params__service="guest1").latest("pk")
+    assert start.created >= job.finished  # no start before the confirmed fence
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fence_fails_only_when_every_level_failed(cluster3: Any, store: Store) -> None:
+    cluster, agents, _transport = cluster3
+    host = Host.objects.get(name="et-virt05")
+    f.FenceDeviceFactory(
+        host=host,
+        cluster=cluster,
+        name="pdu-05",
+        plug="et-virt05",
+        order=2,
+        parameters={"ip": "10.88.0.250"},
+    )
+    agents.dead_devices |= {"10.88.0.254", "10.88.0.250"}
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.alive["et-virt05"] = False
+    agents.running["et-virt05"].clear()
+    run(cluster, agents, store, t, t + 8)
+    assert agents.fenced == []
+    job = Job.objects.filter(kind="fence").earliest("pk")
+    assert job.status == JobStatus.FAILED
+    assert job.explanation.startswith("every level failed: level 1 ipmi-et-virt05 failed: ")
+    assert "; level 2 pdu-05 failed: 10.88.0.250 does not answer" in job.explanation
+    assert placement()["guest1"][0] == "fence"  # it waits: never started without a fence
+    assert Host.objects.get(name="et-virt05").state in ("unreachable", "fencing")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_autostart_off_stays_stopped_after_a_full_power_cycle_until_a_person_starts_it(
+    cluster3: Any, store: Store
+) -> None:
+    from console.runtime import operations
+
+    cluster, agents, transport = cluster3
+    VmService.objects.filter(name="guest1").update(autostart=False)
+    t = run(cluster, agents, store, 1000.0, 1003.0)
+    assert placement()["guest1"] == ("stopped", None)  # new, autostart off: not started
+    admin = User.objects.create_superuser("ada", password="pw")
+    operations.service_command(VmService.objects.get(name="guest1"), "start", actor=admin)
+    t = run(cluster, agents, store, t, t + 4)
+    assert placement()["guest1"] == ("started", "et-virt05")  # a person started it
+    for host in agents.alive:  # every host loses power at once
+        agents.alive[host] = False
+        agents.running[host].clear()
+    t = run(cluster, agents, store, t, t + 8)
+    sent = len(transport.sent)
+    for host in agents.alive:  # and comes back, empty
+        agents.alive[host] = True
+    t = run(cluster, agents, store, t, t + 10)
+    starts = {c["args"]["guest"] for _h, c in transport.sent[sent:] if c["kind"] == "start"}
+    assert starts == {"guest2", "guest3"}  # autostart on: started again; guest1 not
+    service = VmService.objects.get(name="guest1")
+    assert (service.state, service.desired_state) == ("stopped", "stopped")
+    assert "autostart is off" in service.state_reason
+    run(cluster, agents, store, t, t + 5)
+    assert placement()["guest1"] == ("stopped", None)  # and it stays so
+    operations.service_command(service, "start", actor=admin)
+    run(cluster, agents, store, t + 6, t + 10)
+    assert placement()["guest1"][0] == "started"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from console.clusters.stream import publish_change
 from console.runtime import tasks
-from console.runtime.store import Store
+from console.runtime.store import RedisStore
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text
+from tests.stores import redis_store
 
 
 @pytest.fixture
@@ -156,12 +154,11 @@ def test_the_cluster_page_costs_the_same_queries_at_any_size(world: dict[str, An
 
 @pytest.mark.django_db(transaction=True)
 def test_a_change_is_pushed_to_open_pages() -> None:
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    store = Store(r, prefix=f"haven-test-{uuid.uuid4().hex[:8]}:")
+    with redis_store() as store:
+        _push_to_open_pages(store)
+
+
+def _push_to_open_pages(store: RedisStore) -> None:
     cluster = f.ClusterFactory(name="et")
     previous, tasks._store = tasks._store, store
     try:

@@ -154,3 +154,23 @@ def test_test_button_runs_status_from_another_host(hosts: list[Any]) -> None:
         .status_code
         == 403
     )
+
+
+def test_fence_levels_are_listed_per_host_in_order_each_with_its_test_button(
+    hosts: list[Any],
+) -> None:
+    cluster = hosts[0].cluster
+    pdu = f.FenceDeviceFactory(cluster=cluster, host=hosts[0], name="pdu5", order=2, plug="4")
+    ipmi = f.FenceDeviceFactory(cluster=cluster, host=hosts[0], name="ipmi5", order=1)
+    client = login("admin")
+    page = client.get(f"/clusters/{cluster.pk}/fence/").content.decode()
+    levels = page.split('id="fence-levels-et-virt05"', 1)[1].split("</li>", 1)[0]
+    assert "level 1 ipmi5" in levels and "level 2 pdu5" in levels
+    assert levels.index("ipmi5") < levels.index("pdu5")
+    assert "no fence device" in page.split('id="fence-levels-et-virt06"', 1)[1].split("</li>")[0]
+    for device in (ipmi, pdu):  # each level has its own Test button
+        assert f"/clusters/{cluster.pk}/fence/{device.pk}/test/" in page
+        client.post(f"/clusters/{cluster.pk}/fence/{device.pk}/test/")
+    tests = Job.objects.filter(kind="fence-test").order_by("pk")
+    assert [j.params["device"] for j in tests] == ["ipmi5", "pdu5"]
+    assert [j.steps.get().args["params"].get("plug") for j in tests] == [None, "4"]

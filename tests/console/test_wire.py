@@ -28,7 +28,7 @@ from console.clusters.models import Host
 from console.jobs.models import Job, JobStep, StepStatus
 from console.runtime import broker, credentials
 from console.runtime.models import AgentCredential
-from console.runtime.store import Store
+from console.runtime.store import RedisStore
 from tests.console import factories as f
 from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
 
@@ -148,7 +148,7 @@ def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) ->
     expected = {f"vm-{n}": ("started", n) for n in HOSTS}
     wait_for("services started on their own hosts", lambda: placement() == expected, wire)
     admin = redis.Redis.from_url(wire.broker, decode_responses=True)
-    store = Store(admin)
+    store = RedisStore(admin)
     h1 = wire.as_agent("h1")
     jobs_before = Job.objects.count()
 
@@ -348,7 +348,7 @@ def test_no_fence_secret_at_rest_in_the_broker(wire: Wire, tmp_path: Path) -> No
     for name in HOSTS:
         wire.agent(name)
     admin = redis.Redis.from_url(wire.broker, decode_responses=True)
-    store = Store(admin)
+    store = RedisStore(admin)
     wait_for("both hosts online", lambda: len(store.reports(list(HOSTS))) == 2, wire)
     wait_for(
         "the engine seeing them",
@@ -399,7 +399,7 @@ def test_rotated_credentials_reach_the_agent_over_its_own_channel(
     for name in HOSTS:
         wire.agent(name)
     admin = redis.Redis.from_url(wire.broker, decode_responses=True)
-    store = Store(admin)
+    store = RedisStore(admin)
     wait_for(
         "both hosts online",
         lambda: Host.objects.filter(state="online").count() == 2,

@@ -92,9 +92,9 @@ class StorageCluster:
         ]
 
     def membership(self, name: str) -> dict[str, Any] | None:
-        from console.runtime.store import Store
+        from console.runtime.store import RedisStore
 
-        report = Store().reports([name]).get(name)
+        report = RedisStore().reports([name]).get(name)
         return None if report is None else report.heartbeat.get("cluster")
 
 

@@ -7,13 +7,11 @@ Screenshots of every page go to var/screenshots/ (git-ignored).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,17 +74,10 @@ def shot() -> Any:
 
 @pytest.fixture
 def store() -> Iterator[Any]:
-    from console.runtime.store import Store
+    from tests.stores import redis_store
 
-    r = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {settings.REDIS_URL}: {exc}")
-    prefix = f"haven-ui-{uuid.uuid4().hex[:8]}:"
-    yield Store(r, prefix=prefix)
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+    with redis_store("ui") as s:
+        yield s
 
 
 @pytest.fixture

@@ -94,13 +94,44 @@ def test_the_console_explains_a_real_failure(
         # --- the real power-off, watched without a reload ----------------------------------
         page.goto(f"{live_server.url}/clusters/{cluster}/")
         page.evaluate("window.__notReloaded = true")
+        # every state and reason the row shows, as it shows them (the page is refreshed by push,
+        # so a short phase may be on screen for less than an assertion's poll interval)
+        page.evaluate(
+            """() => {
+                window.__seen = [];
+                const note = () => {
+                    const row = document.querySelector('#service-guest2');
+                    if (!row) return;
+                    const reason = row.querySelector('.reason');
+                    const entry = [row.dataset.state, row.dataset.host || '',
+                                   reason ? reason.textContent.trim() : ''];
+                    const last = window.__seen[window.__seen.length - 1];
+                    if (!last || last.join('|') !== entry.join('|')) window.__seen.push(entry);
+                };
+                note();
+                new MutationObserver(note).observe(document.body, {subtree: true,
+                    childList: true, attributes: true, characterData: true});
+            }"""
+        )
         row = page.locator("#service-guest2")
         lab.power_off("et-virt06")
         off_at = time.time()
-        # while it waits for the fence, the engine's reason stands beside the badge
-        expect(row.locator(".reason")).to_contain_text("et-virt06", timeout=30_000)
+        page.wait_for_function(
+            "() => window.__seen.some(e => e[0] !== 'started' && e[2].includes('et-virt06'))",
+            timeout=60_000,
+        )
         shot(page, "explain-02-waiting-for-fence")
-        expect(row).to_have_attribute("data-state", "started", timeout=60_000)
+        page.wait_for_function(
+            """() => { const row = document.querySelector('#service-guest2');
+                       return row && row.dataset.state === 'started'
+                           && row.dataset.host !== 'et-virt06'; }""",
+            timeout=90_000,
+        )
+        seen = page.evaluate("window.__seen")
+        # while it waited for the fence, the engine's reason stood beside the badge
+        waiting = [e for e in seen if e[0] != "started" and "et-virt06" in e[2]]
+        assert waiting, seen
+        assert any("fence" in e[2] for e in waiting), seen
         expect(row).to_have_attribute("data-host", predicted)  # where the what-if said
         assert page.evaluate("window.__notReloaded") is True
         recovered_s = time.time() - off_at

@@ -13,9 +13,14 @@ from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
 from console.runtime import operations, whatif
 from console.runtime.api import (
+    AddHostsSerializer,
+    FingerprintSerializer,
     ImportSerializer,
     MaintenanceSerializer,
     PredictionSerializer,
+    RemoveHostSerializer,
+    RepairHostSerializer,
+    ScanKeySerializer,
     WhatIfSerializer,
     job_response,
 )
@@ -45,12 +50,90 @@ class ClusterViewSet(HavenViewSet):
             raise ValidationError({exc.field: [exc.message]}) from exc
         return Response(whatif.as_dict(prediction))
 
+    @extend_schema(request=ScanKeySerializer, responses={200: FingerprintSerializer})
+    @action(detail=True, methods=["post"], url_path="scan-host-key")
+    def scan_host_key(self, request: Request, pk: str | None = None) -> Response:
+        """Read a new host's SSH host key fingerprint, to check and pin it (admin)."""
+        from console.runtime import bootstrap
+
+        self.get_object()
+        body = ScanKeySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        address = body.validated_data["address"]
+        try:
+            fingerprint = bootstrap.scan_host_key(address, port=body.validated_data["port"])
+        except bootstrap.BootstrapError as exc:
+            raise ValidationError({"address": [str(exc)]}) from exc
+        return Response({"address": address, "fingerprint": fingerprint})
+
+    @extend_schema(request=AddHostsSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="add-hosts")
+    def add_hosts(self, request: Request, pk: str | None = None) -> Response:
+        """Bootstrap new hosts into this cluster over SSH (admin); the bootstrap job."""
+        from console.runtime import bootstrap, membership
+
+        body = AddHostsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        specs = [
+            bootstrap.HostSpec(
+                name=h["name"],
+                address=h.get("address") or h["name"],
+                password=h["password"],
+                fingerprint=h["fingerprint"],
+                port=h["port"],
+            )
+            for h in body.validated_data["hosts"]
+        ]
+        return job_response(membership.add_hosts(self.get_object(), specs, actor=request.user))
+
 
 class HostViewSet(HavenViewSet):
+    """Hosts. ``DELETE`` removes a host from its cluster (console/runtime/membership.py):
+    refused while guests run there or while it is silent and not confirmed down; with the
+    root password (``{"password": ...}``, or ``POST remove/``) its agent is uninstalled over
+    SSH first. ``repair/`` runs the SSH bootstrap again, keeping its guests and history."""
+
     queryset = Host.objects.select_related("cluster")
     serializer_class = serializers.HostSerializer
     filterset_fields = ("cluster", "cluster__name", "name", "state", "maintenance")
     operator_actions = ("maintenance", "acknowledge_down")
+
+    def _remove(self, request: Request) -> Response:
+        from console.runtime import membership
+
+        body = RemoveHostSerializer(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        job = membership.remove_host(
+            self.get_object(), actor=request.user, password=body.validated_data.get("password", "")
+        )
+        return job_response(job)
+
+    @extend_schema(request=RemoveHostSerializer, responses={202: JobSerializer})
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._remove(request)
+
+    @extend_schema(request=RemoveHostSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def remove(self, request: Request, pk: str | None = None) -> Response:
+        """The same as DELETE, for clients that send no body with DELETE."""
+        return self._remove(request)
+
+    @extend_schema(request=RepairHostSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def repair(self, request: Request, pk: str | None = None) -> Response:
+        """Run the SSH bootstrap again on this host (admin); its guests and history stay."""
+        from console.runtime import membership
+
+        body = RepairHostSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job = membership.repair_host(
+            self.get_object(),
+            body.validated_data["password"],
+            actor=request.user,
+            fingerprint=body.validated_data.get("fingerprint", ""),
+            port=body.validated_data["port"],
+        )
+        return job_response(job)
 
     @extend_schema(request=MaintenanceSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])

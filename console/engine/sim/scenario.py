@@ -42,6 +42,7 @@ class NodeSpec:
     cpus: int
     power: bool = True
     fence: str = "ok"  # ok | fails | none
+    shared_storage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +264,7 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
     out: list[NodeSpec] = []
     seen: set[str] = set()
     for item in r.items():
-        item.obj({"name", "memory_mb", "cpus", "power", "fence"})
+        item.obj({"name", "memory_mb", "cpus", "power", "fence", "shared_storage"})
         name = item.get("name").string()
         if name in seen:
             raise item.get("name").fail(f"duplicate node {name!r}")
@@ -275,6 +276,7 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
                 cpus=item.get("cpus").integer(default=1, minimum=1),
                 power=item.get("power").choice({"on", "off"}, "on") == "on",
                 fence=item.get("fence").choice({"ok", "fails", "none"}, "ok"),
+                shared_storage=item.get("shared_storage").boolean(default=False),
             )
         )
     if not out:

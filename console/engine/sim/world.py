@@ -309,6 +309,7 @@ class World:
                 maintenance=h.maintenance,
                 shutting_down=h.shutting_down,
                 fence_device=h.spec.fence != "none",
+                shared_storage=h.spec.shared_storage,
                 acknowledged_down_at=h.acknowledged_at,
                 unhealthy=h.reported_unhealthy,
             )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -9,8 +10,8 @@ from rest_framework.response import Response
 
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations
-from console.runtime.api import MoveSerializer, job_response
+from console.runtime import operations, whatif
+from console.runtime.api import MoveSerializer, PredictionSerializer, job_response
 from console.services import services
 from console.services.api import serializers
 from console.services.models import FailoverDomain, VmService
@@ -43,6 +44,22 @@ class FailoverDomainViewSet(HavenViewSet):
     def perform_destroy(self, instance: Any) -> None:
         services.delete_domain(instance, actor=self.request.user)
 
+    @extend_schema(
+        request=serializers.FailoverDomainSerializer, responses={200: PredictionSerializer}
+    )
+    @action(detail=True, methods=["post"], url_path="dry-run")
+    def dry_run(self, request: Request, pk: str | None = None) -> Response:
+        """The moves this edit (the body of a PATCH) would cause now; nothing is saved."""
+        current: FailoverDomain = self.get_object()
+        body = self.get_serializer(current, data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        members = data.pop("members", None)
+        edited = copy.copy(current)
+        for key, value in data.items():
+            setattr(edited, key, value)
+        return Response(whatif.as_dict(services.preview_domain(edited, members)))
+
 
 class VmServiceViewSet(HavenViewSet):
     """VM services; ``start``/``stop``/``enable``/``disable``/``migrate``/``relocate`` are
@@ -63,6 +80,34 @@ class VmServiceViewSet(HavenViewSet):
 
     def perform_destroy(self, instance: Any) -> None:
         services.delete_service(instance, actor=self.request.user)
+
+    def _preview(self, service: VmService) -> Response:
+        return Response(whatif.as_dict(services.preview_service(service)))
+
+    @extend_schema(request=serializers.VmServiceSerializer, responses={200: PredictionSerializer})
+    @action(detail=True, methods=["post"], url_path="dry-run")
+    def dry_run(self, request: Request, pk: str | None = None) -> Response:
+        """The moves this edit (the body of a PATCH) would cause now; nothing is saved."""
+        current: VmService = self.get_object()
+        body = self.get_serializer(current, data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        edited = copy.copy(current)
+        for key, value in body.validated_data.items():
+            setattr(edited, key, value)
+        return self._preview(edited)
+
+    @extend_schema(
+        request=serializers.VmServiceSerializer,
+        responses={200: PredictionSerializer},
+        operation_id="services_dry_run_new",
+    )
+    @action(detail=False, methods=["post"], url_path="dry-run")
+    def dry_run_new(self, request: Request) -> Response:
+        """Where this new service (the body of a POST) would start and what it would preempt;
+        nothing is saved."""
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._preview(VmService(**body.validated_data))
 
     def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
         job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)

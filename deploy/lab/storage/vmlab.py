@@ -51,6 +51,11 @@ VM_MEMORY_MIB = 768
 BASE_SIZE = "3G"
 BOOT_TIMEOUT = 600.0
 STOP_TIMEOUT = 10.0
+# One OpenIPMI BMC per VM (ipmi_sim) in the machine's namespace, so it survives the VM's power
+# loss, on the console's address in the lab network: the VMs reach it, so Haven's fence step on
+# a healthy VM runs the real fence_ipmilan (lanplus, cipher 3) against a lost one.
+BMC_PORT_BASE = 6230
+BMC_USER = "admin"
 
 # Everything the hosts run: the cluster stack, the storage tools, and what the console's SSH
 # bootstrap needs (python3-venv for the agent's venv, libvirt for the agent's hypervisor).
@@ -76,6 +81,9 @@ PACKAGES = (
     "qemu-system-x86",  # libvirt's host facts need an emulator (the agent's heartbeat)
     "libpam-systemd",  # polkitd (for libvirt) needs a logind; debootstrap takes no alternative
     "util-linux",
+    # Haven fences a lost VM from a healthy one: the real fence_ipmilan against the lab's BMCs
+    "fence-agents",
+    "ipmitool",
 )
 # Increase when the customisation below changes: the cache key includes it.
 IMAGE_REVISION = 3
@@ -534,6 +542,21 @@ class VM:
     def host_key(self) -> Path:
         return self.dir / "ssh_host_ed25519_key"
 
+    @property
+    def bmc_port(self) -> int:
+        return BMC_PORT_BASE + self.index
+
+    def fence_ipmilan_options(self, bmc_password: str) -> dict[str, str]:
+        """stdin options of the real fence_ipmilan for this VM's BMC (add ``action``)."""
+        return {
+            "ip": CONSOLE_ADDRESS,
+            "ipport": str(self.bmc_port),
+            "username": BMC_USER,
+            "password": bmc_password,
+            "lanplus": "1",
+            "cipher": "3",
+        }
+
     def ssh_host_key(self) -> tuple[str, str]:
         """(key type, base64 key) of the VM's sshd, to pin instead of auto-accepting."""
         kind, blob = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
@@ -581,6 +604,9 @@ class StorageLab:
     def vms(self) -> list[VM]:
         return [self.vm(n) for n in self.names()]
 
+    def bmc_password(self) -> str:
+        return root_password(self.root, "bmc-password", nbytes=12)
+
     def luns(self) -> list[tuple[str, Path, int]]:
         """(serial, image file, size) of each shared disk."""
         return [(serial, self.root / f"{serial}.img", size) for serial, size in LUNS]
@@ -623,6 +649,7 @@ class StorageLab:
                     f.truncate(size)
         for vm in self.vms():
             self._ensure_vm_files(vm)
+            self.ensure_bmc(vm.name)
         started = time.monotonic()
         for vm in self.vms():
             self.power_on(vm.name, wait=False)
@@ -685,6 +712,92 @@ class StorageLab:
                 _run([*inside, "tuntap", "add", "dev", vm.tap, "mode", "tap"])
                 _run([*inside, "link", "set", vm.tap, "master", BRIDGE])
             _run([*inside, "link", "set", vm.tap, "up"])
+
+    # -- BMC ---------------------------------------------------------------------------------
+    def ensure_bmc(self, name: str) -> ProcRef:
+        """Start the VM's ipmi_sim unless it runs (listening on CONSOLE_ADDRESS:bmc_port)."""
+        vm = self.vm(name)
+        bdir = vm.dir / "bmc"
+        ref = _load_ref(bdir / "ipmi_sim.json")
+        if ref is not None and ref.alive():
+            return ref
+        if shutil.which("ipmi_sim", path=_env()["PATH"]) is None:
+            raise VMLabError("ipmi_sim not installed: apt-get install -y openipmi")
+        self._ensure_network()
+        bdir.mkdir(parents=True, exist_ok=True)
+        chassis = [sys.executable, str(Path(__file__).resolve()), "--root", str(self.root)]
+        for part in chassis:
+            if not re.fullmatch(r"[A-Za-z0-9_./+-]+", part):
+                raise VMLabError(f"path {part!r} is unsafe in the BMC's chassis_control line")
+        program = " ".join([*chassis, "chassis", name])
+        guid = hashlib.sha256(f"{self.root}:{name}".encode()).hexdigest()[:32]
+        auths = "none md2 md5 straight"
+        conf = (
+            f'name "haven-{name}"\n'
+            "set_working_mc 0x20\n"
+            "  startlan 1\n"
+            f"    addr {CONSOLE_ADDRESS} {vm.bmc_port}\n"
+            "    priv_limit admin\n"
+            + "".join(f"    allowed_auths_{who} {auths}\n" for who in
+                      ("callback", "user", "operator", "admin"))
+            + f"    guid {guid}\n"
+            "  endlan\n"
+            f'  chassis_control "{program}"\n'
+            f'  user 1 true "" "" user 10 {auths}\n'
+            f'  user 2 true "{BMC_USER}" "{self.bmc_password()}" admin 10 {auths}\n'
+        )  # fmt: skip
+        fd = os.open(bdir / "lan.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
+        (bdir / "emu.cmds").write_text(
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n"
+            "mc_enable 0x20\n"
+        )
+        (bdir / "state").mkdir(exist_ok=True)
+        with open(bdir / "ipmi_sim.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["ipmi_sim", "-c", str(bdir / "lan.conf"), "-f", str(bdir / "emu.cmds"),
+                 "-s", str(bdir / "state"), "-n"],
+                cwd=bdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=_env(),
+            )  # fmt: skip
+        self._children[f"bmc:{name}"] = proc
+        time.sleep(0.2)
+        new = ProcRef.of(proc.pid)
+        if new is None:
+            raise VMLabError(f"ipmi_sim of {name} exited at once: see {bdir}/ipmi_sim.log")
+        (bdir / "ipmi_sim.json").write_text(json.dumps({"pid": new.pid, "start": new.start}))
+        return new
+
+    def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
+        """The BMC's chassis_control program: ``get power ...`` / ``set power 0|1 ...``."""
+        vm = self.vm(name)
+        if op == "get":
+            out = []
+            for parm in args:
+                if parm == "power":
+                    out.append(f"power:{1 if vm.powered_on() else 0}")
+                elif parm == "boot":
+                    out.append("boot:default")
+                else:
+                    raise VMLabError(f"Invalid parameter: {parm}")
+            return "\n".join(out)
+        if op == "set":
+            if len(args) % 2:
+                raise VMLabError(f"No value present for parameter {args[-1]}")
+            for parm, value in zip(args[::2], args[1::2], strict=True):
+                if parm == "power":
+                    if value == "1":
+                        self.power_on(name, wait=False)
+                    else:
+                        self.power_off(name)
+                elif parm == "reset" and value == "1":
+                    self.power_off(name)
+                    self.power_on(name, wait=False)
+                elif parm not in ("boot", "identify", "reset"):
+                    raise VMLabError(f"Invalid parameter: {parm}")
+            return ""
+        raise VMLabError(f"Unknown operation: {op}")
 
     # -- power ---------------------------------------------------------------------------------
     def qemu_argv(self, vm: VM) -> list[str]:
@@ -799,6 +912,13 @@ class StorageLab:
         """No QEMU, no namespace, no overlays or LUNs left (the cached image stays)."""
         for vm in self.vms():
             self.power_off(vm.name)
+            bmc = _load_ref(vm.dir / "bmc" / "ipmi_sim.json")
+            if bmc is not None:
+                bmc.kill()
+                child = self._children.pop(f"bmc:{vm.name}", None)
+                if child is not None:
+                    child.wait(timeout=STOP_TIMEOUT)
+                (vm.dir / "bmc" / "ipmi_sim.json").unlink(missing_ok=True)
             for leftover in ("disk.qcow2", "qmp.sock", "console.log", "qemu.log"):
                 (vm.dir / leftover).unlink(missing_ok=True)
         for _, path, _ in self.luns():
@@ -858,13 +978,14 @@ def _netns_list() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def root_password(root: Path) -> str:
-    """The lab's root password (made once, kept in ROOT/root-password, mode 0600)."""
-    path = root / "root-password"
+def root_password(root: Path, file: str = "root-password", nbytes: int = 18) -> str:
+    """The lab's root password (made once, kept in ROOT/root-password, mode 0600); ``file``:
+    another secret of the lab made the same way (the BMCs' password: at most 20 bytes)."""
+    path = root / file
     if path.exists():
         return path.read_text().strip()
     root.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(18)
+    password = secrets.token_urlsafe(nbytes)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
@@ -896,6 +1017,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("name")
     show.add_argument("--secrets", action="store_true")
     sub.add_parser("teardown", help="no QEMU, no namespace, no overlays (image cache kept)")
+    chassis = sub.add_parser("chassis", help="the BMC's chassis_control program (ipmi_sim)")
+    chassis.add_argument("name")
+    chassis.add_argument("op")
+    chassis.add_argument("args", nargs="*")
     ssh = sub.add_parser("ssh", help="run a command in a VM: labctl ssh NAME -- CMD...")
     ssh.add_argument("name")
     ssh.add_argument("argv", nargs=argparse.REMAINDER)
@@ -938,6 +1063,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{key:<14} {value}")
         elif args.command == "teardown":
             lab.teardown()
+        elif args.command == "chassis":
+            out = lab.chassis(args.name, args.op, args.args)
+            if out:
+                print(out)
         elif args.command == "ssh":
             cmd = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
             proc = lab.ssh(args.name, cmd, timeout=3600)
@@ -945,7 +1074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(proc.stderr)
             return proc.returncode
     except VMLabError as exc:
-        print(f"labctl: {exc}", file=sys.stderr)
+        # ipmi_sim reads errors of its chassis program from stdout.
+        stream = sys.stdout if args.command == "chassis" else sys.stderr
+        print(f"labctl: {exc}", file=stream)
         return 1
     return 0
 

@@ -1,0 +1,421 @@
+"""Day two: a cluster's hosts change. Add hosts, repair one, remove one.
+
+The pages, the API and the CLI call these, so all three refuse the same things.
+
+- ``add_hosts(cluster, specs)``: the SSH bootstrap (console/runtime/bootstrap.py) of new hosts
+  into an existing cluster, with the same per-host progress as the create-cluster wizard.
+  A name that is already a host is refused (repair it instead). Where the cluster's GFS2 file
+  systems have fewer journals than it now has hosts, the storage service's ``add_journals``
+  is asked for the missing ones once the bootstrap succeeded. A cluster formed with shared
+  storage is refused for now: extending corosync's membership on the running hosts is not
+  built yet (it needs a new corosync.conf on every member, not only the new one).
+- ``repair_host(host, password)``: the same bootstrap again on one host of the cluster (a new
+  agent version, lost credentials, an agent deleted): the host row stays, so its guests,
+  fence devices, jobs and events stay; the agent is installed where missing and gets new
+  broker credentials and a new sealing key.
+- ``remove_host(host, password="")``: refused while guests run there, are on their way there
+  or may still run there (put it in maintenance first: its guests move away live), and
+  refused while it is silent but not confirmed down (wait for its fence, or acknowledge it is
+  down). A reachable host is put in maintenance (nothing new lands on it meanwhile), then,
+  given the root password, its agent is stopped and uninstalled over SSH (its unit or boot
+  hook and its configuration with the broker credentials; the installed versions under
+  /opt/haven-agent are left: on the lab, whose hosts share one file system, other agents run
+  from them). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
+  console/runtime/credentials.py) and the row goes, with its fence devices and domain
+  memberships. Without a password the agent is left on the host, unable to log in. A host
+  that is down (fenced, offline, acknowledged) is removed without SSH.
+
+Every removal and addition is a job (kind ``remove-host`` / ``bootstrap``) with its steps and
+events, and an event in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from console import engine
+from console.clusters.choices import HostState
+from console.clusters.models import Cluster, Host
+from console.core.errors import Refused
+from console.core.services import actor_name
+from console.events.services import record
+from console.jobs import services as jobs
+from console.jobs.models import Job, JobStatus, JobStep, StepStatus
+from console.runtime import bootstrap
+from console.runtime.models import EngineState
+
+log = logging.getLogger("haven.membership")
+
+REMOVE_STEPS = ("remove.agent", "remove.forget")
+#: host states in which the host is known to be down: removable without reaching it
+DOWN_STATES = frozenset({HostState.FENCED, HostState.OFFLINE, HostState.NEW})
+
+
+# --- add and repair ---------------------------------------------------------------------------
+
+
+def shared_storage(cluster: Cluster) -> bool:
+    """The cluster was formed with the cluster stack (corosync, dlm, lvmlockd)."""
+    return Job.objects.filter(
+        cluster=cluster, kind="bootstrap", params__shared_storage=True
+    ).exists()
+
+
+def add_hosts(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:
+    """Bootstrap new hosts into ``cluster``; the job at once (it runs after the commit)."""
+    if not specs:
+        raise Refused("Name at least one host to add.", status=400, field="hosts")
+    for spec in specs:
+        existing = Host.objects.filter(name=spec.name).select_related("cluster").first()
+        if existing is not None and existing.cluster_id == cluster.pk:
+            raise Refused(
+                f"{spec.name} is already a host of cluster {cluster.name}: repair it instead "
+                "(the bootstrap again, keeping its guests and history).",
+                field="hosts",
+            )
+        if existing is not None:
+            raise Refused(
+                f"{spec.name} is a host of cluster {existing.cluster.name}: remove it there first.",
+                field="hosts",
+            )
+    if shared_storage(cluster):
+        raise Refused(
+            f"Cluster {cluster.name} has shared storage: adding hosts to its corosync "
+            "membership is not supported yet (every member needs the new corosync.conf)."
+        )
+    job = _start(cluster, specs, actor=actor)
+    job_id, cluster_id = job.pk, cluster.pk
+    transaction.on_commit(lambda: _after_bootstrap(job_id, cluster_id, actor))
+    return job
+
+
+def repair_host(
+    host: Host, password: str, *, actor: Any, fingerprint: str = "", port: int = 22
+) -> Job:
+    """Run the SSH bootstrap again on ``host`` (its row, guests and history stay)."""
+    spec = bootstrap.HostSpec(
+        name=host.name,
+        address=host.address,
+        password=password,
+        fingerprint=fingerprint or host.ssh_fingerprint,
+        port=port,
+    )
+    if not spec.fingerprint:
+        raise Refused(
+            f"{host.name} has no pinned host key: give its fingerprint (scan it first).",
+            status=400,
+            field="fingerprint",
+        )
+    return _start(host.cluster, [spec], actor=actor)
+
+
+def _start(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:
+    try:
+        return bootstrap.start_bootstrap(cluster.name, specs, actor=actor)
+    except bootstrap.BootstrapError as exc:
+        raise Refused(str(exc), status=400, field="hosts") from None
+
+
+def _after_bootstrap(job_id: int, cluster_id: int, actor: Any) -> None:
+    """Once the hosts are in: journals for GFS2 file systems that have fewer than hosts."""
+    from concurrent.futures import Future
+
+    def then(_done: Future[Any]) -> None:
+        try:
+            add_missing_journals(job_id, cluster_id, actor=actor)
+        except Exception:
+            log.exception("journals after bootstrap job %s", job_id)
+
+    # the bootstrap runs in its own pool: wait for it there, never in the request
+    bootstrap._pool.submit(_wait_job, job_id).add_done_callback(then)
+
+
+def _wait_job(job_id: int, timeout_s: float = 900.0) -> None:
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if Job.objects.filter(pk=job_id, finished__isnull=False).exists():
+                return
+            time.sleep(0.5)
+    finally:
+        connection.close()
+
+
+def add_missing_journals(job_id: int, cluster_id: int, *, actor: Any) -> list[Job]:
+    """After a successful add: one ``add_journals`` job per GFS2 file system of the cluster
+    with fewer journals than hosts (run on a host where it is mounted: the oldest host)."""
+    from console.storage import services as storage
+    from console.storage.models import Filesystem
+
+    job = Job.objects.get(pk=job_id)
+    if job.status != JobStatus.SUCCEEDED:
+        return []
+    hosts = list(Host.objects.filter(cluster_id=cluster_id).order_by("pk"))
+    out = []
+    for fs in Filesystem.objects.filter(logical_volume__volume_group__cluster_id=cluster_id):
+        missing = len(hosts) - fs.journals
+        if missing > 0 and hosts:
+            out.append(storage.add_journals(hosts[0], fs, missing, actor=actor))
+    return out
+
+
+# --- remove -----------------------------------------------------------------------------------
+
+
+def guests_bound_to(host: Host) -> list[str]:
+    """Guests the HA engine has running, starting, moving or possibly still running on
+    ``host`` (its own status, not the rows it copies to)."""
+    state = EngineState.objects.filter(cluster_id=host.cluster_id).first()
+    if state is None or not state.status_json:
+        return []
+    status = engine.Status.from_json(state.status_json)
+    from console.engine.tick import OCCUPYING
+
+    bound = []
+    for name, s in sorted(status.services.items()):
+        if (
+            (s.state in OCCUPYING and s.node == host.name)
+            or s.target == host.name
+            or host.name in s.suspects
+        ):
+            bound.append(name)
+    return bound
+
+
+def _confirmed_down(host: Host) -> bool:
+    if host.state in DOWN_STATES:
+        return True
+    ack, beat = host.acknowledged_down_at, host.last_heartbeat
+    return ack is not None and (beat is None or ack > beat)
+
+
+def _why_not_removable(host: Host) -> str:
+    """'' when ``host`` may be removed now, else why not (what to do first)."""
+    bound = guests_bound_to(host)
+    if bound:
+        return (
+            f"guests run on {host.name} ({', '.join(bound)}): put it in maintenance first "
+            "(its guests move away live), then remove it"
+        )
+    reachable = host.state in (HostState.ONLINE, HostState.MAINTENANCE)
+    if not reachable and not _confirmed_down(host):
+        return (
+            f"{host.name} is silent but not confirmed down: wait for its fence to succeed, "
+            "or acknowledge it is down, then remove it"
+        )
+    return ""
+
+
+def remove_host(host: Host, *, actor: Any, password: str = "") -> Job:
+    """Remove ``host`` from its cluster (module docstring); the job (finished at once when no
+    SSH is needed, else it runs after the commit)."""
+    who = actor_name(actor)
+    cluster = host.cluster
+    why = _why_not_removable(host)
+    if why:
+        record(
+            actor=who, verb="remove-host", obj=host, cluster=cluster, result="refused", message=why
+        )
+        raise Refused(why[0].upper() + why[1:] + ".")
+    with transaction.atomic():
+        host = Host.objects.select_for_update().get(pk=host.pk)
+        if why := _why_not_removable(host):  # changed since: nothing was done
+            raise Refused(why[0].upper() + why[1:] + ".")
+        reachable = host.state in (HostState.ONLINE, HostState.MAINTENANCE)
+        if reachable and not host.maintenance:
+            host.maintenance = True  # nothing new lands on it while it is taken apart
+            host.save(update_fields=["maintenance"])
+        job = jobs.create_job(
+            "remove-host",
+            [],
+            cluster=cluster,
+            created_by=actor,
+            params={"host": host.name, "uninstall": bool(reachable and password)},
+            message=f"{who} removes {host.name} from cluster {cluster.name}",
+        )
+        job.hosts.add(host)
+        kinds = REMOVE_STEPS if reachable and password else REMOVE_STEPS[1:]
+        JobStep.objects.bulk_create(
+            JobStep(
+                job=job,
+                seq=i + 1,
+                stage=i,
+                host=host,
+                kind=kind,
+                command_id=jobs.new_command_id("remove"),
+                # taken now: the dispatcher never sends a console-side step to an agent
+                status=StepStatus.DISPATCHED,
+                dispatched=timezone.now(),
+                args={"address": host.address, "fingerprint": host.ssh_fingerprint},
+            )
+            for i, kind in enumerate(kinds)
+        )
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started=timezone.now())
+        record(
+            actor=who,
+            verb="remove-host",
+            obj=host,
+            cluster=cluster,
+            result="info",
+            message=f"job {job.pk}: "
+            + ("agent uninstalled over SSH, then " if reachable and password else "")
+            + "credentials revoked and the host forgotten",
+        )
+    job_id = job.pk
+    if reachable and password:
+        secret = {"password": password}
+        transaction.on_commit(lambda: bootstrap._pool.submit(_run_remove, job_id, secret))
+    else:
+        run_remove(job_id, {})
+    job.refresh_from_db()
+    return job
+
+
+def _run_remove(job_id: int, secret: dict[str, str]) -> None:
+    from django.db import connection
+
+    try:
+        run_remove(job_id, secret)
+    except Exception:
+        log.exception("remove-host job %s crashed", job_id)
+    finally:
+        secret.clear()
+        connection.close()
+
+
+_UNINSTALL = r"""
+set -u
+unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8
+if [ "$(cat /proc/1/comm)" = systemd ] && [ -f "$unit_file" ]; then
+    systemctl disable --now "$unit" || true
+    rm -f "$unit_file"
+    systemctl daemon-reload || true
+    echo "unit $unit stopped and removed"
+fi
+if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
+    kill -TERM -- "-$(cat "$pid")" 2>/dev/null || true
+    sleep 1
+    kill -KILL -- "-$(cat "$pid")" 2>/dev/null || true
+    echo "supervised agent stopped"
+fi
+rm -f "$pid" "$env" "$sup" "$boot"
+echo "configuration removed from $confdir; $agents (the installed agent versions) is left"
+"""
+
+
+def _uninstall(run: Any) -> dict[str, Any]:
+    paths = bootstrap.config_paths(run.name)
+    _, out, _ = run.run(
+        [
+            "sh",
+            "-c",
+            _UNINSTALL,
+            "haven-uninstall",
+            f"haven-agent-{run.name}",
+            paths["unit"],
+            paths["pid"],
+            paths["env"],
+            paths["supervisor"],
+            paths["boot"],
+            bootstrap.AGENT_ROOT,
+            bootstrap.CONFIG_DIR,
+        ],
+        what="stopping and uninstalling the agent",
+        timeout=60,
+    )
+    _, ps, _ = run.run(["ps", "-eo", "args"], check=False, what="ps")
+    still = [
+        line for line in ps.splitlines() if "-m agent" in line and f"--host {run.name}" in line
+    ]
+    if still:
+        raise bootstrap.BootstrapError(
+            f"the agent of {run.name} still runs after the uninstall: {shlex.quote(still[0])}"
+        )
+    return {"said": [line for line in out.splitlines() if line.strip()]}
+
+
+def run_remove(job_id: int, secret: dict[str, str]) -> Job:
+    """The job's steps, in order: SSH uninstall (when it has that step), then forget."""
+    job = Job.objects.get(pk=job_id)
+    for step in list(job.steps.select_related("host").order_by("seq")):
+        step.refresh_from_db()
+        if step.status != StepStatus.DISPATCHED:
+            break
+        data: dict[str, Any] = {}
+        try:
+            if step.kind == "remove.agent":
+                data = _ssh_uninstall(job, step, secret.pop("password", ""))
+            else:
+                data = _forget(job, step)
+            ok, message = True, ""
+        except (bootstrap.BootstrapError, Refused) as exc:
+            ok, message = False, str(exc)
+        with transaction.atomic():
+            later = job.steps.filter(seq__gt=step.seq)
+            if not ok:
+                later.update(status=StepStatus.SKIPPED)
+            jobs.finish_console_step(step, ok=ok, message=message, data=data)
+        if not ok:
+            break
+    job.refresh_from_db()
+    return job
+
+
+def _ssh_uninstall(job: Job, step: JobStep, password: str) -> dict[str, Any]:
+    host = step.host
+    assert host is not None
+    run = bootstrap._HostRun(
+        job=job,
+        host=host,
+        address=str(step.args["address"]),
+        port=22,
+        fingerprint=str(step.args["fingerprint"]),
+        password=password,
+    )
+    try:
+        bootstrap._connect(run)
+        return _uninstall(run)
+    finally:
+        run.close()
+
+
+def _forget(job: Job, step: JobStep) -> dict[str, Any]:
+    """Under the host's lock: no guest arrived meanwhile; then the row goes (its credentials
+    are revoked by the post_delete signal, console/runtime/apps.py)."""
+    with transaction.atomic():
+        host = (
+            Host.objects.select_for_update().filter(pk=step.host_id).first()
+            if step.host_id is not None
+            else None
+        )
+        if host is None:
+            return {"removed": False, "why": "already gone"}
+        bound = guests_bound_to(host)
+        if bound:
+            raise Refused(
+                f"guests came to {host.name} meanwhile ({', '.join(bound)}): it stays; "
+                "they move away in maintenance, then remove it again"
+            )
+        name, cluster = host.name, host.cluster
+        devices = sorted(host.fence_devices.values_list("name", flat=True))
+        host.delete()
+        record(
+            actor=job.by,
+            verb="remove-host",
+            object_type="host",
+            object_name=name,
+            cluster=cluster,
+            result="ok",
+            message="removed: broker credentials revoked"
+            + (f", fence devices {', '.join(devices)} deleted" if devices else ""),
+        )
+    return {"removed": True, "fence_devices": devices}

@@ -1,0 +1,229 @@
+"""Removing, adding and repairing hosts through the services layer (API and pages alike):
+the rules, the job, what is revoked and what stays. The SSH parts run on the lab
+(tests/lab/test_day_two.py); here the bootstrap is not started (its entry is recorded)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from console import engine
+from console.clusters.models import FenceDevice, Host
+from console.events.models import Event
+from console.jobs.models import Job, JobStatus
+from console.runtime import bootstrap
+from console.runtime.models import AgentCredential, EngineState
+from console.services.models import VmService
+from tests.console import factories as f
+
+S, D = engine.ServiceState, engine.Desired
+
+
+@pytest.fixture
+def two(db: None) -> list[Host]:
+    cluster = f.ClusterFactory(name="et")
+    hosts = [
+        f.HostFactory(cluster=cluster, name=f"et-virt0{i}", state="online", ssh_fingerprint="")
+        for i in (5, 6)
+    ]
+    for h in hosts:
+        f.sealing_key(h.name)
+        f.FenceDeviceFactory(cluster=cluster, host=h, name=f"ipmi-{h.name}")
+    return hosts
+
+
+def engine_has(cluster: Any, **services: engine.ServiceStatus) -> None:
+    status = engine.Status(services=services)
+    EngineState.objects.update_or_create(
+        cluster=cluster, defaults={"status_json": status.to_json()}
+    )
+
+
+def test_remove_is_refused_while_a_guest_runs_there(two: list[Host], admin_api: APIClient) -> None:
+    host = two[0]
+    engine_has(host.cluster, guest1=engine.ServiceStatus(S.STARTED, D.STARTED, node=host.name))
+    r = admin_api.delete(f"/api/hosts/{host.pk}/")
+    assert r.status_code == 409
+    assert r.json()["detail"] == (
+        "Guests run on et-virt05 (guest1): put it in maintenance first (its guests move away "
+        "live), then remove it."
+    )
+    assert Host.objects.filter(pk=host.pk).exists() and not Job.objects.exists()
+    assert Event.objects.get(verb="remove-host").result == "refused"
+    # on its way there, or possibly still there (a silent suspect), counts the same
+    engine_has(
+        host.cluster,
+        guest2=engine.ServiceStatus(S.MIGRATING, D.STARTED, node="et-virt06", target=host.name),
+        guest3=engine.ServiceStatus(S.FENCE, D.STARTED, suspects=(host.name,)),
+    )
+    r = admin_api.post(f"/api/hosts/{host.pk}/remove/", {}, format="json")
+    assert r.status_code == 409 and "(guest2, guest3)" in r.json()["detail"]
+
+
+def test_remove_of_an_empty_host_revokes_its_credentials_and_keeps_the_rest(
+    two: list[Host], admin_api: APIClient
+) -> None:
+    host, other = two
+    engine_has(host.cluster, guest1=engine.ServiceStatus(S.STARTED, D.STARTED, node=other.name))
+    service = f.VmServiceFactory(cluster=host.cluster, name="guest1", host=other)
+    r = admin_api.delete(f"/api/hosts/{host.pk}/")
+    assert r.status_code == 202, r.content
+    job = Job.objects.get(pk=r.json()["id"])
+    assert job.kind == "remove-host" and job.status == JobStatus.SUCCEEDED, job.explanation
+    assert [s.kind for s in job.steps.order_by("seq")] == ["remove.forget"]  # no password
+    assert not Host.objects.filter(name="et-virt05").exists()
+    assert not AgentCredential.objects.filter(name="et-virt05").exists()  # revoked
+    assert not FenceDevice.objects.filter(name="ipmi-et-virt05").exists()
+    assert AgentCredential.objects.filter(name="et-virt06").exists()  # the others keep theirs
+    assert VmService.objects.get(pk=service.pk).host == other
+    done = Event.objects.filter(verb="remove-host", result="ok").get()
+    assert done.object_name == "et-virt05" and "ipmi-et-virt05" in done.message
+
+
+def test_a_silent_host_is_removable_only_once_confirmed_down(
+    two: list[Host], admin_api: APIClient
+) -> None:
+    host = two[0]
+    Host.objects.filter(pk=host.pk).update(
+        state="unreachable", last_heartbeat=timezone.now() - dt.timedelta(seconds=30)
+    )
+    r = admin_api.delete(f"/api/hosts/{host.pk}/")
+    assert r.status_code == 409
+    assert "silent but not confirmed down: wait for its fence" in r.json()["detail"]
+    Host.objects.filter(pk=host.pk).update(acknowledged_down_at=timezone.now())
+    assert admin_api.delete(f"/api/hosts/{host.pk}/").status_code == 202
+    assert not Host.objects.filter(pk=host.pk).exists()
+    fenced = two[1]
+    Host.objects.filter(pk=fenced.pk).update(state="fenced")
+    assert admin_api.delete(f"/api/hosts/{fenced.pk}/").status_code == 202
+
+
+def test_only_an_admin_removes_adds_or_repairs(two: list[Host], make_client: Any) -> None:
+    host = two[0]
+    for role in ("operator", "viewer"):
+        api = make_client(role)
+        assert api.delete(f"/api/hosts/{host.pk}/").status_code == 403
+        assert api.post(f"/api/hosts/{host.pk}/repair/", {"password": "x"}).status_code == 403
+        r = api.post(f"/api/clusters/{host.cluster_id}/add-hosts/", {"hosts": []}, format="json")
+        assert r.status_code == 403
+        api.logout()
+    assert Host.objects.filter(pk=host.pk).exists()
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
+    """The bootstrap's entry, recorded instead of run (its rules are tested on the lab)."""
+    calls: list[tuple[str, list[Any]]] = []
+
+    def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False) -> Job:
+        assert not shared_storage
+        calls.append((cluster, specs))
+        return Job.objects.create(kind="bootstrap", params={"hosts": [s.name for s in specs]})
+
+    monkeypatch.setattr(bootstrap, "start_bootstrap", start)
+    return calls
+
+
+FP = "SHA256:" + "A" * 43
+
+
+def test_add_hosts_bootstraps_new_names_and_refuses_known_ones(
+    two: list[Host], admin_api: APIClient, started: list[Any]
+) -> None:
+    cluster = two[0].cluster
+    url = f"/api/clusters/{cluster.pk}/add-hosts/"
+    new = {"name": "et-virt08", "address": "10.88.0.8", "password": "pw", "fingerprint": FP}
+    r = admin_api.post(url, {"hosts": [new]}, format="json")
+    assert r.status_code == 202, r.content
+    [(name, [spec])] = started
+    assert name == "et" and (spec.name, spec.address, spec.fingerprint) == (
+        "et-virt08",
+        "10.88.0.8",
+        FP,
+    )
+    r = admin_api.post(url, {"hosts": [{**new, "name": "et-virt05"}]}, format="json")
+    assert r.status_code == 409
+    assert "already a host of cluster et: repair it instead" in r.json()["hosts"][0]
+    other = f.HostFactory(name="elsewhere")
+    r = admin_api.post(url, {"hosts": [{**new, "name": other.name}]}, format="json")
+    assert (
+        r.status_code == 409
+        and f"cluster {other.cluster.name}: remove it there" in r.json()["hosts"][0]
+    )
+    r = admin_api.post(url, {"hosts": [{"name": "et-virt09"}]}, format="json")
+    assert r.status_code == 400 and set(r.json()["hosts"]["0"]) == {"password", "fingerprint"}
+    Job.objects.create(kind="bootstrap", cluster=cluster, params={"shared_storage": True})
+    r = admin_api.post(url, {"hosts": [new]}, format="json")
+    assert r.status_code == 409 and "shared storage" in r.json()["detail"]
+    assert len(started) == 1
+
+
+def test_repair_runs_the_bootstrap_again_on_the_same_row(
+    two: list[Host], admin_api: APIClient, started: list[Any]
+) -> None:
+    host = two[0]
+    r = admin_api.post(f"/api/hosts/{host.pk}/repair/", {"password": "pw"}, format="json")
+    assert r.status_code == 400 and "no pinned host key" in r.json()["fingerprint"][0]
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    r = admin_api.post(f"/api/hosts/{host.pk}/repair/", {"password": "pw"}, format="json")
+    assert r.status_code == 202, r.content
+    [(cluster, [spec])] = started
+    assert (cluster, spec.name, spec.address, spec.fingerprint) == (
+        "et",
+        host.name,
+        host.address,
+        FP,
+    )
+    assert Host.objects.filter(pk=host.pk).exists()
+
+
+def test_the_pages_add_remove_and_repair_by_the_same_rules(
+    two: list[Host], started: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.clusters import views as cluster_views
+    from tests.console.fake_bootstrap import FakeBootstrap
+    from tests.console.test_views_wizard import rows
+    from tests.console.views_support import login, text
+
+    monkeypatch.setattr(cluster_views, "_bootstrap", lambda: FakeBootstrap({"10.88.0.8": FP}))
+    host, other = two
+    cluster = host.cluster
+    client = login("admin")
+    assert f"/clusters/{cluster.pk}/hosts/add/" in text(client.get(f"/clusters/{cluster.pk}/"))
+    url = f"/clusters/{cluster.pk}/hosts/add/"
+    page = text(client.get(url))
+    assert "Add hosts to et" in page and 'name="name"' not in page  # no cluster name asked
+    scan = text(
+        client.post(url, rows(("et-virt08", "10.88.0.8"), step="scan", password_mode="same"))
+    )
+    assert FP in scan
+    data = rows(("et-virt08", "10.88.0.8"), step="create", password_mode="same", password="pw")
+    data.update({"hosts-0-fingerprint": FP, "confirm": "on"})
+    response = client.post(url, data)
+    assert response.status_code == 302 and response["Location"].startswith("/jobs/")
+    [(name, [spec])] = started
+    assert (name, spec.name, spec.password) == ("et", "et-virt08", "pw")
+    # the host page: removal refused while a guest runs there, with maintenance offered
+    engine_has(cluster, guest1=engine.ServiceStatus(S.STARTED, D.STARTED, node=host.name))
+    hp = f"/clusters/{cluster.pk}/hosts/{host.pk}/"
+    assert 'id="remove-maintenance"' in text(client.get(hp))
+    refused = client.post(f"{hp}remove/", {"password": ""}, follow=True)
+    assert "put it in maintenance first" in text(refused)
+    assert Host.objects.filter(pk=host.pk).exists()
+    engine_has(cluster)
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    repaired = client.post(f"{hp}repair/", {"password": "pw2"})
+    assert repaired.status_code == 302 and started[-1][1][0].password == "pw2"
+    removed = client.post(f"{hp}remove/", {"password": ""})
+    assert removed.status_code == 302 and removed["Location"].startswith("/jobs/")
+    assert not Host.objects.filter(pk=host.pk).exists()
+    assert (
+        login("operator", "op2")
+        .post(f"/clusters/{cluster.pk}/hosts/{other.pk}/remove/")
+        .status_code
+        == 403
+    )
