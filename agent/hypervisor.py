@@ -238,9 +238,13 @@ class LibvirtHypervisor:
         *,
         backoff_max_s: float = 30.0,
         on_watchdog: Callable[[str, str], None] | None = None,
+        memory_mib: int | None = None,
     ) -> None:
+        """`memory_mib`: report this much memory instead of the machine's (*simulated*: the
+        lab's hosts share one machine), free = that minus the active guests' memory."""
         start_event_loop()
         self.uri = uri
+        self._memory_mib = memory_mib
         self._on_event = on_event
         self._on_watchdog = on_watchdog
         self._lock = threading.Lock()
@@ -533,6 +537,16 @@ class LibvirtHypervisor:
         try:
             if self._static is None:
                 self._static = self._static_facts(conn)
+            if self._memory_mib is not None:
+                active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                used = sum(d.info()[1] for d in active) // 1024
+                return HostFacts(
+                    **{
+                        **self._static.__dict__,
+                        "memory_total_mib": self._memory_mib,
+                        "memory_free_mib": max(0, self._memory_mib - used),
+                    }
+                )
             free = conn.getFreeMemory() // (1024 * 1024)
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc

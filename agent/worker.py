@@ -60,6 +60,9 @@ class Settings:
     log_level: str = "INFO"
     seal_key: str | None = field(default=None, repr=False)  # opens sealed arguments
     broker_file: Path | None = None  # where the broker URL and the sealing key came from
+    #: report this much memory instead of the machine's (simulated; the lab's hosts share one
+    #: machine): $HAVEN_SIMULATED_MEMORY_MIB
+    memory_mib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,7 +122,10 @@ class Agent:
         self.publisher = Publisher(sender or RedisSender(settings.broker, settings.host))
         self._event_seq = itertools.count(1)
         self.hypervisor = LibvirtHypervisor(
-            settings.libvirt_uri, self._on_lifecycle, on_watchdog=self._on_watchdog
+            settings.libvirt_uri,
+            self._on_lifecycle,
+            on_watchdog=self._on_watchdog,
+            memory_mib=settings.memory_mib,
         )
         self.health = HealthMonitor(self.hypervisor, self._on_health)
         runner = SubprocessRunner()

@@ -252,3 +252,28 @@ def test_save_refused_falls_back_to_a_shutdown_with_the_reason(
     assert result.ok, result.error
     assert result.data["how"] in ("shutdown", "destroyed")
     assert result.data["save_error"]
+
+
+def test_simulated_memory_is_reported_instead_of_the_machines(events: object) -> None:
+    """HAVEN_SIMULATED_MEMORY_MIB (a lab's hosts share one machine): total = N, free = N minus
+    the active guests' memory."""
+    from agent.__main__ import settings_from_args
+
+    hv = LibvirtHypervisor("test:///default", events, memory_mib=65536)  # type: ignore[arg-type]
+    try:
+        facts = hv.host_facts()
+        conn = libvirt.open("test:///default")
+        active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        used = sum(d.info()[1] for d in active) // 1024
+        conn.close()
+        assert facts.memory_total_mib == 65536 and facts.memory_free_mib == 65536 - used
+    finally:
+        hv.close()
+    env = {"HAVEN_AGENT_BROKER": "redis://h:6379/0", "HAVEN_SIMULATED_MEMORY_MIB": "4096"}
+    assert settings_from_args(["--host", "h1"], env).memory_mib == 4096
+    assert (
+        settings_from_args(["--host", "h1"], {"HAVEN_AGENT_BROKER": "redis://h/0"}).memory_mib
+        is None
+    )
+    with pytest.raises(SystemExit):
+        settings_from_args(["--host", "h1"], {**env, "HAVEN_SIMULATED_MEMORY_MIB": "lots"})
