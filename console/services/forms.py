@@ -102,6 +102,15 @@ SERVICE_HELP = {
 }
 
 
+#: health and probe settings with a default: optional in the form
+DEFAULTED = (
+    "health_agent_interval_s",
+    "health_agent_misses",
+    "probe_interval_s",
+    "probe_misses",
+)
+
+
 class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
     xml_file = forms.FileField(
         label="…or import a libvirt XML file",
@@ -171,10 +180,15 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
         if self.instance.pk:
             self.fields["name"].disabled = True
             self.fields["name"].help_text = "A service's name cannot change."
+        for name in DEFAULTED:  # left empty (or sent by an older page): the field's default
+            self.fields[name].required = False
 
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
+        for name in DEFAULTED:
+            if name in data and data[name] is None:
+                data[name] = VmService._meta.get_field(name).get_default()
         upload = data.get("xml_file")
         if upload is not None:
             if upload.size > 256 * 1024:

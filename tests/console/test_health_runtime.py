@@ -154,3 +154,23 @@ def test_health_fields_shape_the_defined_xml_and_saveability() -> None:
     assert "host device" in service.save_refusal()
     plain = f.VmServiceFactory(name="plain")
     assert plain.defined_xml() == plain.domain_xml  # no checks: the person's XML as it is
+
+
+@pytest.mark.django_db
+def test_the_service_form_takes_the_health_fields_with_the_same_rules() -> None:
+    from console.services.forms import VmServiceForm
+
+    cluster = f.ClusterFactory()
+    base = {"domain_xml": f.domain_xml("web"), "recovery": "restart", "max_restarts": 0}
+    base |= {"restart_window_s": 0, "max_relocations": 1, "priority": 0}
+    bad = VmServiceForm(
+        {**base, "probe": "http", "probe_host": "a;b", "probe_port": 80}, cluster=cluster
+    )
+    assert not bad.is_valid() and "probe_host" in bad.errors
+    good = VmServiceForm(
+        {**base, "probe": "http", "probe_host": "10.0.0.5", "probe_port": 80, "health_panic": "on"},
+        cluster=cluster,
+    )
+    assert good.is_valid(), good.errors
+    service = good.save()
+    assert service.health_panic and service.probe_misses == 3 and service.probe_path == "/"
