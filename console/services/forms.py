@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from console.clusters.models import Cluster, Host
 from console.services.domainxml import parse_domain_xml
@@ -180,15 +181,16 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
         if self.instance.pk:
             self.fields["name"].disabled = True
             self.fields["name"].help_text = "A service's name cannot change."
-        for name in DEFAULTED:  # left empty (or sent by an older page): the field's default
-            self.fields[name].required = False
+        for key in DEFAULTED:  # left empty (or sent by an older page): the field's default
+            self.fields[key].required = False
 
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
-        for name in DEFAULTED:
-            if name in data and data[name] is None:
-                data[name] = VmService._meta.get_field(name).get_default()
+        for key in DEFAULTED:
+            model_field = VmService._meta.get_field(key)
+            if key in data and data[key] is None and isinstance(model_field, models.Field):
+                data[key] = model_field.get_default()
         upload = data.get("xml_file")
         if upload is not None:
             if upload.size > 256 * 1024:
