@@ -43,7 +43,9 @@ Agent -> console
                 e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``; or
                 ``event`` = ``health``: the guest failed one of its health checks (``state`` is
                 the check, one of ``HEALTH_CHECKS``; ``detail`` the agent's words), sent once
-                per failure, and reported in every heartbeat until the guest starts again.
+                per failure, and reported in every heartbeat until the guest starts again; or
+                ``event`` = ``shutdown`` (guest, uuid, state empty): the host's shutdown hook
+                (agent/shutdown.py) asks the console to drain it before it goes down.
     heartbeat   every second by default: ``agent_version``, ``boot`` (random id of this agent
                 process), ``seq`` (1, 2, ... within ``boot``), ``interval_s``,
                 ``libvirt_connected``, ``host_uuid`` (from libvirt capabilities), ``cpus``,

@@ -318,6 +318,24 @@ def cmd_what_if(args: argparse.Namespace, out: TextIO) -> None:
         out.write(f"  {note}\n")
 
 
+def cmd_policy(args: argparse.Namespace, out: TextIO) -> None:
+    api = api_from_config()
+    cluster = _one(api, "clusters/", args.cluster, "cluster")
+    p = api.call("GET", f"clusters/{cluster['id']}/policy/")
+    f = p["failover"]
+    out.write(f"failover capacity: {f['summary']}\n")
+    if f["worst_hosts"]:
+        out.write(f"  worst case: losing {', '.join(f['worst_hosts'])}\n")
+    r = p["rebalance"]
+    if r is not None:
+        out.write(f"rebalancer: {r['stance']}: {r['reason']}\n")
+        for m in r["moves"]:
+            out.write(
+                f"  {m['service']}: {m['from_host']} -> {m['to_host']} "
+                f"(memory use {m['source_use']:.0%} -> {m['target_use']:.0%})\n"
+            )
+
+
 def cmd_jobs(args: argparse.Namespace, out: TextIO) -> None:
     api = api_from_config()
     page = api.call("GET", "jobs/", query={"limit": args.limit, "status": args.status})
@@ -415,6 +433,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--maintenance", action="store_true", help="maintenance instead of power loss")
     s.add_argument("--all", action="store_true", help="list the guests that stay, too")
     s.set_defaults(fn=cmd_what_if)
+    s = sub.add_parser("policy", help="failover capacity (N+1) and the rebalancer's plan")
+    s.add_argument("cluster")
+    s.set_defaults(fn=cmd_policy)
     s = sub.add_parser("jobs", help="recent jobs")
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=20)

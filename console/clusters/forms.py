@@ -269,3 +269,16 @@ class FenceAgentForm(forms.Form):
         help_text="The fence_* program that powers the host off, e.g. fence_ipmilan for a BMC.",
         widget=forms.TextInput(attrs={"list": "fence-agents", "placeholder": "fence_ipmilan"}),
     )
+
+
+class ClusterPolicyForm(forms.ModelForm):  # type: ignore[type-arg]
+    """The cluster's placement policy: vCPU overcommit, admission control, the rebalancer."""
+
+    class Meta:
+        model = Cluster
+        fields = ["cpu_overcommit", "host_failures_to_tolerate", "rebalance"]
+        labels = {
+            "cpu_overcommit": "vCPU overcommit (vCPUs per CPU)",
+            "host_failures_to_tolerate": "Host failures to tolerate (admission control)",
+            "rebalance": "Live rebalancer",
+        }

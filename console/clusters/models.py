@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from agent import names
@@ -20,6 +20,23 @@ class Cluster(models.Model):
         max_length=15, unique=True, validators=[validators.validate_cluster_name]
     )
     description = models.CharField(max_length=200, blank=True)
+    cpu_overcommit = models.FloatField(
+        default=4.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(64.0)],
+        help_text="vCPUs a host may run per CPU, a hard limit beside memory "
+        "(a host's own ratio wins); 0 = no limit.",
+    )
+    host_failures_to_tolerate = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(64)],
+        help_text="Admission control: starting a protected guest is refused when the cluster "
+        "could not restart every protected guest after losing this many hosts (the worst "
+        "ones); 0 = off.",
+    )
+    rebalance = models.BooleanField(
+        default=False,
+        help_text="Live rebalancer: even out memory use across hosts by live migration.",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -43,6 +60,12 @@ class Host(models.Model):
     memory_total_mb = models.PositiveIntegerField(default=0)
     memory_free_mb = models.PositiveIntegerField(default=0)
     cpus = models.PositiveIntegerField(default=0)
+    cpu_overcommit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(64.0)],
+        help_text="vCPUs this host may run per CPU (empty: the cluster's ratio; 0 = no limit).",
+    )
     libvirt_uri = models.CharField(
         max_length=255,
         blank=True,

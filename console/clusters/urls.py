@@ -7,6 +7,7 @@ urlpatterns = [
     path("new/", views.create, name="create"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/live/", views.live, name="live"),
+    path("<int:pk>/policy/", views.policy_edit, name="policy"),
     path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
     path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/what-if/", hostpage.host_what_if, name="what-if"),

@@ -23,6 +23,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from console.clusters import services as cluster_services
 from console.clusters.forms import (
     ClusterCreateForm,
+    ClusterPolicyForm,
     FenceAgentForm,
     FenceDeviceForm,
     HostRowFormSet,
@@ -34,7 +35,7 @@ from console.core.errors import Refused
 from console.core.views import role_required
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import operations
+from console.runtime import operations, rules
 from console.runtime.models import PendingCommand
 from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
@@ -120,7 +121,11 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster.objects.select_related("engine"), pk=pk)
     context = live_context(cluster, request.GET)
-    return render(request, "clusters/detail.html", {**context, "tab": "overview"})
+    return render(
+        request,
+        "clusters/detail.html",
+        {**context, "tab": "overview", "policy": rules.policy(cluster)},
+    )
 
 
 @role_required()
@@ -128,6 +133,33 @@ def live(request: HttpRequest, pk: int) -> HttpResponse:
     """The hosts and services tables alone; the cluster page refreshes it (same query)."""
     cluster = get_object_or_404(Cluster.objects.select_related("engine"), pk=pk)
     return render(request, "clusters/_live.html", live_context(cluster, request.GET))
+
+
+@role_required(read="admin")
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """The cluster's policy (vCPU overcommit, admission control, the live rebalancer): the
+    same fields as ``PATCH /api/clusters/{id}/``, saved through the same services layer."""
+    cluster = get_object_or_404(Cluster, pk=pk)
+    form = ClusterPolicyForm(request.POST if request.method == "POST" else None, instance=cluster)
+    if form.is_bound and form.is_valid():
+        core_services.save_serializer(form, actor=request.user, verb="update")
+        messages.success(request, f"Policy of {cluster.name} saved.")
+        return redirect("clusters:detail", cluster.pk)
+    return render(
+        request,
+        "generic/form_page.html",
+        {
+            "cluster": cluster,
+            "form": form,
+            "title": f"Policy of {cluster.name}",
+            "intro": "A host runs at most its CPUs times the overcommit ratio of vCPUs (a "
+            "host's own ratio, set through the API, wins). Admission control refuses to "
+            "start a protected guest when the cluster could not restart every protected "
+            "guest after losing this many hosts (0 = off). The live rebalancer evens out "
+            "memory use by live migration.",
+            "cancel": reverse("clusters:detail", args=[cluster.pk]),
+        },
+    )
 
 
 def _operation(request: HttpRequest, cluster: Cluster, call: Any, done: str) -> HttpResponse:

@@ -17,6 +17,7 @@ reason); `decision.log` and `decision.transitions` say what changed and why.
 See README.md beside this file for the states and how the console runtime drives `tick`.
 """
 
+from console.engine.admission import Capacity
 from console.engine.commands import Command, CommandKind
 from console.engine.model import (
     HEALTH_LABELS,
@@ -44,6 +45,8 @@ from console.engine.model import (
     Subject,
     Transition,
 )
+from console.engine.rebalance import Outlook as RebalanceOutlook
+from console.engine.rebalance import Stance as RebalanceStance
 from console.engine.settings import Settings
 from console.engine.states import (
     HOST_STATES,
@@ -62,6 +65,7 @@ __all__ = [
     "SERVICE_STATES",
     "Action",
     "ActionResult",
+    "Capacity",
     "Command",
     "CommandKind",
     "Decision",
@@ -77,6 +81,8 @@ __all__ = [
     "HostStatus",
     "Migrate",
     "PendingKind",
+    "RebalanceOutlook",
+    "RebalanceStance",
     "Recovery",
     "Refusal",
     "RefusalCode",

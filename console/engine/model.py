@@ -65,6 +65,8 @@ class HostObservation:
     #: (the hypervisor's own) is kept out of placement
     memory_free_mb: int = 0
     cpus: int = 1
+    #: this host's vCPUs per CPU (None: the cluster's `Settings.cpu_overcommit`; 0 = no limit)
+    cpu_overcommit: float | None = None
     #: a person put the host in maintenance: drain it, place nothing new on it
     maintenance: bool = False
     #: the host announced a clean shutdown: drain it, and do not fence it once it goes quiet
@@ -131,6 +133,9 @@ class ServiceConfig:
     #: resumed from that state on the same host when room returns; the runtime sets it when
     #: the guest's storage allows it
     saveable: bool = False
+    #: counted by admission control: its start is refused when the cluster could not restart
+    #: it after losing `Settings.host_failures_to_tolerate` hosts (False: opted out)
+    protected: bool = True
     #: for a service the engine has not seen yet: where it runs now (adopted as started) when
     #: `desired` is started, else where it last ran (a person's start prefers it)
     node: str | None = None
@@ -275,6 +280,8 @@ class RefusalCode(StrEnum):
     OFFLINE = "offline"
     NOT_ALLOWED = "not-allowed"
     NO_ROOM = "no-room"
+    #: admission control: the cluster could not restart its protected guests after a failure
+    ADMISSION = "admission"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@
    domain's members as one tier, then, unless the domain is restricted, every other host as a
    last tier. No domain: all hosts are one tier. A tier is used only when none before it has a
    usable host with room.
-2. Within a tier, among hosts with room for the service's memory: the lowest memory fraction
+2. Within a tier, among hosts with room for the service's memory and vCPUs (a host takes at
+   most its CPUs times the vCPU overcommit ratio, `vcpu_cap`): the lowest memory fraction
    after placing it (compared exactly, by cross-multiplying), then most free memory left, then
    lowest CPU fraction, then fewest services, then name.
 3. When no host has room: stop running services of lower priority (see `preemption_plan`).
@@ -62,19 +63,33 @@ def allowed(domain: Domain | None, node: str) -> bool:
     return domain is None or not domain.restricted or any(m.node == node for m in domain.members)
 
 
+def vcpu_limit(cpus: int, overcommit: float) -> int | None:
+    """How many vCPUs a host with `cpus` CPUs may run at `overcommit` vCPUs per CPU (None:
+    no limit, overcommit 0)."""
+    if overcommit <= 0:
+        return None
+    return int(max(1, cpus) * overcommit)
+
+
 @dataclass(slots=True)
 class Usage:
     """Memory, CPUs and services counted on each host, updated as the engine places things."""
 
     mem_cap: dict[str, int]
     cpu_cap: dict[str, int]
+    #: the most vCPUs each host may run (CPUs x overcommit); a host not named has no limit
+    vcpu_cap: dict[str, int] = field(default_factory=dict)
     mem: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, int] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
     #: memory that stops in flight will free
     stopping: dict[str, int] = field(default_factory=dict)
+    #: vCPUs that stops in flight will free
+    stopping_cpu: dict[str, int] = field(default_factory=dict)
     #: memory promised this tick to a service waiting for those stops
     claimed: dict[str, int] = field(default_factory=dict)
+    #: vCPUs promised this tick to a service waiting for those stops
+    claimed_cpu: dict[str, int] = field(default_factory=dict)
 
     def add(self, host: str, cfg: ServiceConfig, sign: int = 1, *, stopping: bool = False) -> None:
         self.mem[host] = self.mem.get(host, 0) + sign * cfg.memory_mb
@@ -82,12 +97,36 @@ class Usage:
         self.count[host] = self.count.get(host, 0) + sign
         if stopping:
             self.stopping[host] = self.stopping.get(host, 0) + sign * cfg.memory_mb
+            self.stopping_cpu[host] = self.stopping_cpu.get(host, 0) + sign * cfg.cpus
 
     def free(self, host: str) -> int:
         return self.mem_cap.get(host, 0) - self.mem.get(host, 0)
 
+    def free_vcpus(self, host: str) -> int | None:
+        """vCPUs the host may still take (None: no limit)."""
+        cap = self.vcpu_cap.get(host)
+        return None if cap is None else cap - self.cpu.get(host, 0)
+
     def fits(self, host: str, cfg: ServiceConfig) -> bool:
-        return host in self.mem_cap and cfg.memory_mb <= self.free(host)
+        if host not in self.mem_cap or cfg.memory_mb > self.free(host):
+            return False
+        cap = self.vcpu_cap.get(host)
+        return cap is None or self.cpu.get(host, 0) + cfg.cpus <= cap
+
+    def no_room(self, host: str, cfg: ServiceConfig) -> str:
+        """Why `cfg` does not fit on `host`, with the numbers ('' when it fits)."""
+        if host not in self.mem_cap:
+            return f"{host} is not usable"
+        if cfg.memory_mb > self.free(host):
+            return f"needs {cfg.memory_mb} MB, {host} has {self.free(host)} MB free"
+        cap = self.vcpu_cap.get(host)
+        used = self.cpu.get(host, 0)
+        if cap is not None and used + cfg.cpus > cap:
+            return (
+                f"needs {cfg.cpus} vCPUs, {host} runs {used} of at most {cap} "
+                f"({self.cpu_cap.get(host, 1)} CPUs x the overcommit ratio)"
+            )
+        return ""
 
 
 def _better(u: Usage, cfg: ServiceConfig, a: str, b: str) -> bool:
@@ -161,17 +200,23 @@ def preemption_plan(
                 continue
             room = usage.free(host) + usage.stopping.get(host, 0) - usage.claimed.get(host, 0)
             need = cfg.memory_mb - room
+            free_cpu = usage.free_vcpus(host)
+            need_cpu = 0
+            if free_cpu is not None:
+                cpu_room = free_cpu + usage.stopping_cpu.get(host, 0)
+                need_cpu = cfg.cpus - cpu_room + usage.claimed_cpu.get(host, 0)
             chosen: list[ServiceConfig] = []
-            for v in victims_on.get(host, ()) if need > 0 else ():
+            for v in victims_on.get(host, ()) if need > 0 or need_cpu > 0 else ():
                 if v.priority >= cfg.priority:
                     break
                 if v.name in taken:
                     continue
                 chosen.append(v)
                 need -= v.memory_mb
-                if need <= 0:
+                need_cpu -= v.cpus
+                if need <= 0 and need_cpu <= 0:
                     break
-            if need > 0:
+            if need > 0 or need_cpu > 0:
                 continue
             top = max((v.priority for v in chosen), default=-(2**31))
             key = (len(chosen), top, host)

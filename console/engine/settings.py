@@ -36,6 +36,26 @@ class Settings:
     #: the first restart in place is immediate; each further one in a streak waits twice as
     #: long as the one before, from 1 s up to this (a start that always fails must not spin)
     restart_backoff_max_s: float = 30.0
+    #: a host runs at most its CPUs times this many vCPUs (a hard limit beside memory);
+    #: a host's own `HostObservation.cpu_overcommit` wins; 0 = no limit
+    cpu_overcommit: float = 4.0
+    #: admission control: a person's start or enable of a protected guest is refused when the
+    #: cluster could not restart every protected guest after losing this many hosts (the
+    #: worst ones; console/engine/admission.py); 0 = no admission control
+    host_failures_to_tolerate: int = 1
+    #: the live rebalancer (console/engine/rebalance.py): evens out memory use across the
+    #: online hosts by live migration, opt-in per cluster
+    rebalance: bool = False
+    #: it acts only while the memory-use fractions of the hosts differ by more than this ...
+    rebalance_spread: float = 0.2
+    #: ... for this long in a row (hysteresis: a passing peak moves nothing)
+    rebalance_hold_s: float = 60.0
+    #: a move must narrow the gap between its source and target by at least this fraction
+    rebalance_min_gain: float = 0.01
+    #: at most this many moves (any migration or relocation) in flight at once
+    rebalance_max_moves: int = 2
+    #: no guest is moved by the rebalancer twice within this
+    rebalance_cooldown_s: float = 600.0
 
     def silent_after_s(self) -> float:
         """How long without a heartbeat makes a host unreachable (the liveness window)."""

@@ -79,6 +79,8 @@ class ServiceStatus:
     #: its state was saved on this host (managed save) when it was stopped to make room; its
     #: next start there resumes it
     saved_on: str | None = None
+    #: when the live rebalancer last moved it (none before the cool-down has passed)
+    rebalanced_at: float | None = None
     #: no host of the cluster reported while it should run (a full power loss, or the console
     #: cut off from every host): with autostart off, the cluster does not start it again on
     #: its own (it stays stopped until a person starts it); cleared once it runs or stops
@@ -134,6 +136,9 @@ class Status:
     storm: bool = False
     #: no host is fenced before this time (a fencing storm cleared a moment ago)
     fence_hold_until: float = 0.0
+    #: since when the hosts' memory-use spread has been above the rebalancer's threshold
+    #: (None: it is not, or the rebalancer is off or paused)
+    rebalance_since: float | None = None
     #: services that are not settled (derived; rebuilt from `services` when None)
     active: frozenset[str] | None = None
 
@@ -152,6 +157,7 @@ class Status:
                 "alarm": self.alarm,
                 "fence_hold_until": self.fence_hold_until,
                 "storm": self.storm,
+                "rebalance_since": self.rebalance_since,
                 "hosts": {n: _host_out(h) for n, h in sorted(self.hosts.items())},
                 "services": {n: _svc_out(s) for n, s in sorted(self.services.items())},
                 "pending": {
@@ -180,6 +186,9 @@ class Status:
             alarm=str(raw["alarm"]),
             fence_hold_until=float(raw.get("fence_hold_until", 0.0)),
             storm=bool(raw.get("storm", False)),
+            rebalance_since=None
+            if raw.get("rebalance_since") is None
+            else float(raw["rebalance_since"]),
             active=frozenset(n for n, s in services.items() if _is_active(s)),
         )
 
@@ -232,6 +241,7 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "hung": s.hung,
         "hung_reason": s.hung_reason,
         "saved_on": s.saved_on,
+        "rebalanced_at": s.rebalanced_at,
         "outage": s.outage,
     }
 
@@ -266,5 +276,6 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         hung=str(v.get("hung", "")),
         hung_reason=str(v.get("hung_reason", "")),
         saved_on=_opt(v.get("saved_on")),
+        rebalanced_at=None if v.get("rebalanced_at") is None else float(v["rebalanced_at"]),
         outage=bool(v.get("outage", False)),
     )

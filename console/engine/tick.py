@@ -9,7 +9,8 @@ A tick runs these phases in order, each over sorted names so runs are determinis
 5. commands: a person's requests (applied, queued while the service is busy, or refused);
 6. desired state: stop what should not run, collect what must be placed;
 7. placement: highest priority first, preempting less important guests when nothing fits;
-8. moves: drain hosts in maintenance, return drained guests, fail back to better tiers.
+8. moves: drain hosts in maintenance, return drained guests, fail back to better tiers;
+9. rebalance (opt-in): even out memory use by live migration (`rebalance.py`).
 
 Every state change goes through `_Tick._service_to` / `_Tick._host_to`, which check the tables
 in `states.py` and log the change.
@@ -22,6 +23,8 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from console.engine import rebalance
+from console.engine.admission import Capacity, Load, capacity, tolerated
 from console.engine.commands import Command, CommandKind
 from console.engine.model import (
     Action,
@@ -54,8 +57,10 @@ from console.engine.placement import (
     preemption_plan,
     rank,
     tiers,
+    vcpu_limit,
     victim_order,
 )
+from console.engine.rebalance import Outlook, Stance
 from console.engine.states import (
     HOST_TRANSITIONS,
     NEW_HOST_STATES,
@@ -123,6 +128,7 @@ class _Tick:
         self.alarm = prev.alarm
         self.storm = prev.storm
         self.fence_hold_until = prev.fence_hold_until
+        self.rebalance_since = prev.rebalance_since
         self.actions: list[Action] = []
         self.log: list[str] = []
         self.replies: list[Reply] = []
@@ -155,6 +161,7 @@ class _Tick:
         queue = self._desired()
         self._place(queue)
         self._moves()
+        self._rebalance()
         status = Status(
             hosts=self.hosts,
             services=self.svcs,
@@ -163,6 +170,7 @@ class _Tick:
             alarm=self.alarm,
             storm=self.storm,
             fence_hold_until=self.fence_hold_until,
+            rebalance_since=self.rebalance_since,
             active=frozenset(self.active),
         )
         return Decision(
@@ -279,17 +287,54 @@ class _Tick:
         if self._usage is None:
             caps: dict[str, int] = {}
             cpus: dict[str, int] = {}
+            vcpus: dict[str, int] = {}
             conf = self.conf
             for name, o in self.obs.items():
                 known = sum(conf[g].memory_mb for g in o.running if g in conf)
                 overhead = max(0, o.memory_total_mb - o.memory_free_mb - known)
                 caps[name] = o.memory_total_mb - overhead
                 cpus[name] = o.cpus
-            usage = Usage(mem_cap=caps, cpu_cap=cpus)
-            self._usage = usage
+                ratio = self.cfg.cpu_overcommit if o.cpu_overcommit is None else o.cpu_overcommit
+                limit = vcpu_limit(o.cpus, ratio)
+                if limit is not None:
+                    vcpus[name] = limit
+            # one pass with local sums (as `_count` would add them one by one: 10,000
+            # guests are counted every tick the rebalancer or a placement looks)
+            mem: dict[str, int] = {}
+            cpu: dict[str, int] = {}
+            count: dict[str, int] = {}
+            stopping: dict[str, int] = {}
+            stopping_cpu: dict[str, int] = {}
+            moving = (S.MIGRATING, S.RELOCATING)
             for name, s in self.svcs.items():
-                if s.state in OCCUPYING:
-                    self._count(name, s, 1)
+                state, node = s.state, s.node
+                if state not in OCCUPYING or node is None:
+                    continue
+                c = conf.get(name)
+                if c is None:
+                    continue
+                m, n = c.memory_mb, c.cpus
+                mem[node] = mem.get(node, 0) + m
+                cpu[node] = cpu.get(node, 0) + n
+                count[node] = count.get(node, 0) + 1
+                if state is S.STOPPING:
+                    stopping[node] = stopping.get(node, 0) + m
+                    stopping_cpu[node] = stopping_cpu.get(node, 0) + n
+                target = s.target
+                if target is not None and state in moving:
+                    mem[target] = mem.get(target, 0) + m
+                    cpu[target] = cpu.get(target, 0) + n
+                    count[target] = count.get(target, 0) + 1
+            self._usage = Usage(
+                mem_cap=caps,
+                cpu_cap=cpus,
+                vcpu_cap=vcpus,
+                mem=mem,
+                cpu=cpu,
+                count=count,
+                stopping=stopping,
+                stopping_cpu=stopping_cpu,
+            )
         return self._usage
 
     def _on_hosts(self, hosts: set[str]) -> dict[str, list[str]]:
@@ -1103,6 +1148,13 @@ class _Tick:
             return
         # sticky start: a guest a person starts again prefers the host where it last ran
         prefer = s.last_node if s.state in NEEDS_HOST else None
+        if kind in (CommandKind.START, CommandKind.ENABLE) and not (
+            kind is CommandKind.START and s.desired is Desired.DISABLED
+        ):
+            refusal = self._admission_refusal(self.conf[name])
+            if refusal is not None:
+                self._reply(cmd, refused, refusal.code, refusal.reason)
+                return
         if kind is CommandKind.START:
             if s.desired is Desired.DISABLED:
                 self._reply(cmd, refused, R.DISABLED, "disabled: enable it first")
@@ -1126,6 +1178,60 @@ class _Tick:
                 self._service_to(name, S.DISABLED, "disabled by a person")
             self._put(name, replace(self.svcs[name], desired=Desired.DISABLED, prefer=None))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
+
+    # --- admission control (console/engine/admission.py) -----------------------------------
+
+    def _counted(self, s: ServiceStatus) -> bool:
+        """Does the guest already count as one the cluster must keep running?"""
+        return s.desired is Desired.STARTED and s.state is not S.FAILED
+
+    def capacity(self, extra: ServiceConfig | None = None, tolerate: int | None = None) -> Capacity:
+        """The failover capacity now (online hosts, the guests that should run), with `extra`
+        counted as a guest waiting for a host when it is not counted already."""
+        caps, used, loads = self.capacity_inputs(extra)
+        k = self.cfg.host_failures_to_tolerate if tolerate is None else tolerate
+        return capacity(caps, used, loads, k)
+
+    def capacity_inputs(
+        self, extra: ServiceConfig | None = None
+    ) -> tuple[dict[str, int], dict[str, int], list[Load]]:
+        """What admission control looks at: the online hosts' memory for guests, what guests
+        hold there, and the guests that should run (see `capacity`)."""
+        usage = self.usage()
+        caps = {
+            h: usage.mem_cap[h]
+            for h, hs in self.hosts.items()
+            if hs.state is H.ONLINE and h in usage.mem_cap
+        }
+        loads: list[Load] = []
+        conf, started, failed = self.conf, Desired.STARTED, S.FAILED
+        for name, s in self.svcs.items():
+            if s.desired is not started or s.state is failed:  # not `_counted`
+                continue
+            cfg = conf.get(name)
+            if cfg is None:
+                continue
+            host = s.node if s.state in OCCUPYING and s.node in caps else None
+            loads.append(Load(name, cfg.memory_mb, cfg.priority, cfg.protected, host))
+        if extra is not None:
+            known = self.svcs.get(extra.name)
+            if known is None or not self._counted(known):
+                loads.append(Load(extra.name, extra.memory_mb, extra.priority, True, None))
+        return caps, {h: usage.mem.get(h, 0) for h in caps}, loads
+
+    def _admission_refusal(self, cfg: ServiceConfig) -> Refusal | None:
+        """Why starting (or enabling) `cfg` breaks admission control, or None."""
+        if self.cfg.host_failures_to_tolerate <= 0 or not cfg.protected:
+            return None
+        known = self.svcs.get(cfg.name)
+        if known is not None and self._counted(known):
+            return None  # already counted: starting it again changes nothing
+        if not any(hs.state is H.ONLINE for hs in self.hosts.values()):
+            return None  # no picture yet (a cluster being set up): the guest waits anyway
+        found = self.capacity(extra=cfg)
+        if found.ok:
+            return None
+        return Refusal(R.ADMISSION, f"admission control: {found.refusal()}")
 
     def _move_command(self, cmd: Command, s: ServiceStatus) -> None:
         name, node = cmd.service, cmd.node or ""
@@ -1164,9 +1270,7 @@ class _Tick:
             )
         usage = self.usage()
         if not usage.fits(node, cfg):
-            return Refusal(
-                R.NO_ROOM, f"needs {cfg.memory_mb} MB, {node} has {usage.free(node)} MB free"
-            )
+            return Refusal(R.NO_ROOM, usage.no_room(node, cfg))
         return None
 
     def _move(self, name: str, node: str, live: bool, why: str, *, failback: bool = False) -> None:
@@ -1293,6 +1397,7 @@ class _Tick:
                     )
                     taken.add(v)
                 usage.claimed[plan.host] = usage.claimed.get(plan.host, 0) + cfg.memory_mb
+                usage.claimed_cpu[plan.host] = usage.claimed_cpu.get(plan.host, 0) + cfg.cpus
                 why = f"waiting for room on {plan.host}"
                 if plan.victims:
                     why += f" (stopping {', '.join(plan.victims)})"
@@ -1355,6 +1460,15 @@ class _Tick:
             return "no host is online"
         if exclude:
             return f"no host with room except those it failed on ({', '.join(sorted(exclude))})"
+        usage = self.usage()
+        hosts = [h for tier in self._candidate_tiers(cfg) for h in tier]
+        roomy = [h for h in hosts if cfg.memory_mb <= usage.free(h)]
+        if roomy:  # memory is there: the vCPU limit is what stops it (on the emptiest)
+            emptiest = max(roomy, key=lambda h: (usage.free_vcpus(h) or 0, h))
+            return (
+                f"no allowed host has {cfg.memory_mb} MB and {cfg.cpus} vCPUs free "
+                f"({usage.no_room(emptiest, cfg)})"
+            )
         return f"no allowed host has {cfg.memory_mb} MB free"
 
     def _start(self, name: str, host: str) -> None:
@@ -1455,6 +1569,135 @@ class _Tick:
         if target is not None:
             self._move(name, target, cfg.migratable, "failback to a better host", failback=True)
 
+    # --- 9. the live rebalancer (rebalance.py) ------------------------------------------
+
+    def _rebalance(self) -> None:
+        """Send the first moves of the rebalancer's plan, as many as may be in flight."""
+        if not self.cfg.rebalance:
+            self.rebalance_since = None
+            return
+        outlook = self.rebalance_outlook(limit=self._moves_left())
+        if outlook.stance in (Stance.OFF, Stance.PAUSED, Stance.BALANCED):
+            self.rebalance_since = None
+        elif self.rebalance_since is None:
+            self.rebalance_since = self.now
+        if outlook.stance is not Stance.MOVING:
+            return
+        for move in outlook.moves:
+            a, b = move.before
+            self._move(
+                move.service,
+                move.target,
+                True,
+                f"rebalancing memory use ({move.source} {a:.0%}, {move.target} {b:.0%})",
+            )
+            self._put(move.service, replace(self.svcs[move.service], rebalanced_at=self.now))
+
+    def _moves_left(self) -> int:
+        moving = sum(1 for s in self.svcs.values() if s.state in (S.MIGRATING, S.RELOCATING))
+        return max(0, self.cfg.rebalance_max_moves - moving)
+
+    def rebalance_outlook(self, limit: int | None = None) -> Outlook:
+        """The rebalancer's plan now and why (at most `limit` moves; None: the whole plan)."""
+        cfg = self.cfg
+        if not cfg.rebalance:
+            return Outlook(Stance.OFF, "the live rebalancer is off for this cluster")
+        paused = self._rebalance_paused()
+        if paused:
+            return Outlook(Stance.PAUSED, paused)
+        usage = self.usage()
+        loads = {
+            h: rebalance.HostLoad(
+                h, usage.mem_cap[h], usage.mem.get(h, 0), usage.vcpu_cap.get(h), usage.cpu.get(h, 0)
+            )
+            for h in sorted(self.hosts)
+            if h in usage.mem_cap and usage.mem_cap[h] > 0
+        }
+        spread = rebalance.spread(loads)
+        if spread <= cfg.rebalance_spread:
+            return Outlook(
+                Stance.BALANCED,
+                f"memory use differs by {spread:.0%}, within {cfg.rebalance_spread:.0%}",
+                spread,
+            )
+        above = f"memory use differs by {spread:.0%}, more than {cfg.rebalance_spread:.0%}"
+        since = self.rebalance_since if self.rebalance_since is not None else self.now
+        if self.now < since + cfg.rebalance_hold_s:
+            return Outlook(
+                Stance.HOLDING,
+                f"{above}: acting if it lasts {cfg.rebalance_hold_s:g}s "
+                f"({since + cfg.rebalance_hold_s - self.now:.0f}s to go)",
+                spread,
+            )
+        left = self._moves_left()
+        if left == 0:
+            return Outlook(
+                Stance.HOLDING, f"{above}: {cfg.rebalance_max_moves} moves in flight", spread
+            )
+        moves = rebalance.plan(
+            loads,
+            self._movable_guests(),
+            spread_limit=cfg.rebalance_spread,
+            min_gain=cfg.rebalance_min_gain,
+            limit=limit,
+        )
+        if not moves:
+            return Outlook(
+                Stance.STUCK,
+                f"{above}, but no guest can move to narrow a gap by "
+                f"{cfg.rebalance_min_gain:.0%} (room, vCPUs, domains, cool-down)",
+                spread,
+            )
+        return Outlook(Stance.MOVING, above, spread, tuple(moves))
+
+    def _rebalance_paused(self) -> str:
+        """Why the rebalancer must not act now ('' when it may)."""
+        if self.alarm or self.blind:
+            return f"paused: {self.alarm or self.blind}"
+        down = sorted(h for h, hs in self.hosts.items() if hs.state is not H.ONLINE)
+        if down:
+            hs = self.hosts[down[0]]
+            more = f" (and {len(down) - 1} more)" if len(down) > 1 else ""
+            return f"paused: host {down[0]} is {hs.state.value}{more}"
+        for name in sorted(self.active):
+            s = self.svcs[name]
+            if s.state in (S.FENCE, S.RECOVERING):
+                return f"paused: {name} is {s.state.value}"
+        return ""
+
+    def _movable_guests(self) -> list[rebalance.Movable]:
+        """Running guests the rebalancer may move now: settled, live-migratable, nothing owed,
+        outside their cool-down; each with the hosts of its current tier."""
+        cooldown = self.cfg.rebalance_cooldown_s
+        out: list[rebalance.Movable] = []
+        tier_of: dict[str | None, dict[str, frozenset[str]]] = {}
+        for name, s in self.svcs.items():
+            if s.state is not S.STARTED or s.desired is not Desired.STARTED or s.node is None:
+                continue
+            if s.failback or s.home is not None or s.queued is not None:
+                continue
+            if self.now < s.retry_at:
+                continue
+            if s.rebalanced_at is not None and self.now - s.rebalanced_at < cooldown:
+                continue
+            cfg = self.conf.get(name)
+            if cfg is None or not cfg.migratable:
+                continue
+            tiers_by_host = tier_of.get(cfg.domain)
+            if tiers_by_host is None:
+                tiers_by_host = {
+                    h: members
+                    for t in self._candidate_tiers(cfg)
+                    for members in (frozenset(t),)
+                    for h in t
+                }
+                tier_of[cfg.domain] = tiers_by_host
+            tier = tiers_by_host.get(s.node)
+            if tier is None or len(tier) < 2:
+                continue
+            out.append(rebalance.Movable(name, s.node, cfg.memory_mb, cfg.cpus, cfg.priority, tier))
+        return out
+
 
 # --- the rulebook: the same answers tick gives, for pages and the API ----------------------
 
@@ -1480,6 +1723,30 @@ class Rulebook:
         if s.state in BUSY:
             return _busy(s)
         return t._move_refusal(service, s, host, live)
+
+    def start_refusal(self, service: str | ServiceConfig) -> Refusal | None:
+        """Admission control: why a person's start or enable of `service` (a name, or the
+        configuration of a service about to be created) would be refused now, or None."""
+        t = self._t
+        cfg = t.conf.get(service) if isinstance(service, str) else service
+        if cfg is None:
+            return Refusal(R.UNKNOWN_SERVICE, "no such service")
+        return t._admission_refusal(cfg)
+
+    def capacity(self, tolerate: int | None = None) -> Capacity:
+        """The cluster's failover capacity after losing `tolerate` hosts (default: the
+        setting), e.g. `.describe()` -> "survives 1 host failure; 3.2 GiB spare"."""
+        return self._t.capacity(tolerate=tolerate)
+
+    def tolerated(self) -> int:
+        """How many host failures (the worst ones) the cluster survives now."""
+        caps, used, loads = self._t.capacity_inputs()
+        return tolerated(lambda k: capacity(caps, used, loads, k).ok, len(caps))
+
+    def rebalance(self) -> Outlook:
+        """The live rebalancer's whole plan now and why (as the next tick sees it before
+        people's commands; the tick sends only as many moves as may be in flight)."""
+        return self._t.rebalance_outlook()
 
     def move_targets(self, service: str, live: bool) -> dict[str, Refusal | None]:
         """`move_refusal` for every host, by name."""

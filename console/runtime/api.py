@@ -60,6 +60,43 @@ class PredictionSerializer(serializers.Serializer):  # type: ignore[type-arg]
     notes = serializers.ListField(child=serializers.CharField())
 
 
+class FailoverSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Admission control's view: can the cluster restart every protected guest after losing
+    its worst hosts?"""
+
+    host_failures_to_tolerate = serializers.IntegerField()
+    survives = serializers.IntegerField(help_text="host failures (the worst ones) it survives")
+    summary = serializers.CharField(help_text='e.g. "survives 1 host failure; 3.2 GiB spare"')
+    ok = serializers.BooleanField(allow_null=True)
+    spare_mb = serializers.IntegerField(allow_null=True)
+    needed_mb = serializers.IntegerField(allow_null=True)
+    free_mb = serializers.IntegerField(allow_null=True)
+    worst_hosts = serializers.ListField(child=serializers.CharField())
+
+
+class RebalanceMoveSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    service = serializers.CharField()
+    from_host = serializers.CharField()
+    to_host = serializers.CharField()
+    gain = serializers.FloatField(help_text="how much the gap between the two narrows")
+    source_use = serializers.FloatField(help_text="memory-use fraction of the source")
+    target_use = serializers.FloatField(help_text="memory-use fraction of the target")
+
+
+class RebalanceSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    stance = serializers.ChoiceField(
+        choices=["off", "paused", "balanced", "holding", "moving", "stuck"]
+    )
+    reason = serializers.CharField()
+    spread = serializers.FloatField(help_text="most minus least used host (memory fraction)")
+    moves = RebalanceMoveSerializer(many=True)
+
+
+class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
+    failover = FailoverSerializer()
+    rebalance = RebalanceSerializer(allow_null=True)
+
+
 class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
     password = serializers.CharField(
         required=False,

@@ -14,7 +14,11 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
                          first heartbeat, then apply libvirt's migration settings through a
-                         normal ``configure_migration`` job step.
+                         normal ``configure_migration`` job step. With systemd also
+                         ``haven-drain-<name>.service``, whose stop (every poweroff and
+                         reboot) runs ``/etc/haven/shutdown-<name>.sh`` before libvirt stops
+                         any guest: the console drains the host live, the hook waits for it
+                         (bounded by ``HAVEN_SHUTDOWN_DRAIN_S``, 300 s; agent/shutdown.py).
 
 Why in-process and not a Celery task: the root passwords must never be stored or logged. A
 Celery task's arguments travel through Redis (and Celery logs them), so the bootstrap runs in
@@ -85,6 +89,7 @@ HEARTBEAT_TIMEOUT_S = 30.0
 INSTALL_TIMEOUT_S = 300.0  # both overridable in settings: hosts under QEMU TCG (the storage
 # lab) need minutes for venv + pip and ~1 min for the agent's first heartbeat
 MIGRATION_TIMEOUT_S = 30.0
+SHUTDOWN_DRAIN_S = 300.0  # a clean shutdown waits this long at most for its guests to move
 AGENT_ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 RESERVED_ENV_PREFIX = "HAVEN_AGENT_"  # the bootstrap's own lines of the env file
 
@@ -638,6 +643,8 @@ def config_paths(host: str) -> dict[str, str]:
         "log": f"/var/log/haven-agent-{host}.log",
         "pid": f"/run/haven-agent-{host}.pid",
         "unit": f"/etc/systemd/system/haven-agent-{host}.service",
+        "shutdown": f"{CONFIG_DIR}/shutdown-{host}.sh",
+        "drain_unit": f"/etc/systemd/system/haven-drain-{host}.service",
     }
 
 
@@ -683,12 +690,65 @@ def _boot_script(host: str) -> str:
         "# `restart` from the bootstrap; detached from the caller in its own session.\n"
         f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then\n'
         '    [ "${1:-}" = restart ] || exit 0\n'
-        f'    kill -TERM -- "-$(cat {pid})" 2>/dev/null || true\n'
+        f'    kill -s TERM -- "-$(cat {pid})" 2>/dev/null || true\n'
         "    sleep 1\n"
-        f'    kill -KILL -- "-$(cat {pid})" 2>/dev/null || true\n'
+        f'    kill -s KILL -- "-$(cat {pid})" 2>/dev/null || true\n'
         "fi\n"
         f"setsid {sup} >>{log_file} 2>&1 </dev/null &\n"
         f"echo $! >{pid}\n"
+    )
+
+
+def _shutdown_hook(host: str, agent_dir: str) -> str:
+    """``shutdown-NAME.sh``: a clean shutdown asks the console to drain the host first and
+    waits for it, bounded (agent/shutdown.py); the systemd drain unit runs it, and so may any
+    other init's shutdown path."""
+    p = config_paths(host)
+    argv = [
+        f"{agent_dir}/bin/python",
+        "-m",
+        "agent.shutdown",
+        "--broker-file",
+        p["env"],
+        "--host",
+        host,
+        "--libvirt-uri",
+        LIBVIRT_URI,
+        "--timeout",
+        f"{shutdown_drain_s():g}",
+    ]
+    return (
+        "#!/bin/sh\n"
+        f"# Before {host} shuts down: the console live-migrates its guests away; this waits\n"
+        "# for it (bounded), then the shutdown goes on. Written by the console's bootstrap.\n"
+        f"exec {shlex.join(argv)} >>{shlex.quote(p['log'])} 2>&1\n"
+    )
+
+
+def shutdown_drain_s() -> float:
+    """How long a clean shutdown waits for its guests to move away (``HAVEN_SHUTDOWN_DRAIN_S``)."""
+    return float(getattr(settings, "HAVEN_SHUTDOWN_DRAIN_S", SHUTDOWN_DRAIN_S))
+
+
+def drain_unit(host: str, hook: str = "") -> str:
+    """``haven-drain-NAME.service``: started at boot doing nothing; stopping it (every
+    poweroff and reboot) runs the drain hook. Ordered after libvirtd, libvirt-guests and the
+    agent, so at shutdown it stops before them: the guests move away live before libvirt
+    stops any, and the agent still runs the migrations."""
+    hook = hook or config_paths(host)["shutdown"]
+    return (
+        "[Unit]\n"
+        f"Description=Haven: drain {host} by live migration before a shutdown\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target libvirtd.service libvirt-guests.service "
+        f"haven-agent-{host}.service\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        "ExecStart=/bin/true\n"
+        f"ExecStop={hook}\n"
+        f"TimeoutStopSec={int(shutdown_drain_s()) + 30}\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
     )
 
 
@@ -723,6 +783,7 @@ def _configure(run: _HostRun) -> dict[str, Any]:
     del issued
     run.write_file(paths["supervisor"], _supervisor_script(run.name, agent_dir), 0o700)
     run.write_file(paths["boot"], _boot_script(run.name), 0o700)
+    run.write_file(paths["shutdown"], _shutdown_hook(run.name, agent_dir), 0o700)
     return {
         "config": paths["env"],
         "redis_user": user,
@@ -742,6 +803,10 @@ def _register(run: _HostRun) -> dict[str, Any]:
         run.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
         run.run(["systemctl", "enable", f"haven-agent-{run.name}"], what="systemctl enable")
         run.run(["systemctl", "restart", f"haven-agent-{run.name}"], what="systemctl restart")
+        run.write_file(paths["drain_unit"], drain_unit(run.name), 0o644)
+        run.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
+        drain = f"haven-drain-{run.name}"
+        run.run(["systemctl", "enable", "--now", drain], what="systemctl enable the drain unit")
         how = "systemd"
     else:
         run.run([paths["boot"], "restart"], what="starting the agent", timeout=30)

@@ -139,6 +139,7 @@ def sort(
     heartbeats: dict[str, dict[str, Any]] = {}
     lifecycle: list[tuple[str, str, str]] = []
     health: list[tuple[str, str, str, str]] = []
+    shutdowns: list[str] = []
     console_agent = settings.HAVEN_CONSOLE_AGENT
     for sender, raw in batch:
         try:
@@ -172,6 +173,10 @@ def sort(
             health.append((sender, guest, failed, str(message.get("detail", ""))[:500]))
             out.events += 1
             out.wakes.add(cluster_id)
+        elif message.get("event") == "shutdown":
+            shutdowns.append(sender)  # a clean shutdown: the engine drains it, never fences it
+            out.wakes.add(cluster_id)
+            out.events += 1
         elif message.get("event") == "lifecycle":
             guest, state = str(message.get("guest", "")), str(message.get("state", ""))
             lifecycle.append((sender, guest, state))
@@ -182,6 +187,9 @@ def sort(
             out.ignored += 1
     if heartbeats or lifecycle or health:
         store.put_batch(heartbeats, lifecycle, received, health)
+    for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
+        store.mark_shutdown(host, received)
+        log.info("%s announced a clean shutdown: it is drained by live migration", host)
     return out
 
 

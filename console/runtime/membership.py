@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from typing import Any
 
 from django.db import transaction
@@ -136,8 +137,6 @@ def _after_bootstrap(job_id: int, cluster_id: int, actor: Any) -> None:
 
 
 def _wait_job(job_id: int, timeout_s: float = 900.0) -> None:
-    import time
-
     from django.db import connection
 
     deadline = time.monotonic() + timeout_s
@@ -302,9 +301,9 @@ if [ "$(cat /proc/1/comm)" = systemd ] && [ -f "$unit_file" ]; then
     echo "unit $unit stopped and removed"
 fi
 if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
-    kill -TERM -- "-$(cat "$pid")" 2>/dev/null || true
+    kill -s TERM -- "-$(cat "$pid")" 2>/dev/null || true
     sleep 1
-    kill -KILL -- "-$(cat "$pid")" 2>/dev/null || true
+    kill -s KILL -- "-$(cat "$pid")" 2>/dev/null || true
     echo "supervised agent stopped"
 fi
 rm -f "$pid" "$env" "$sup" "$boot"
@@ -332,10 +331,15 @@ def _uninstall(run: Any) -> dict[str, Any]:
         what="stopping and uninstalling the agent",
         timeout=60,
     )
-    _, ps, _ = run.run(["ps", "-eo", "args"], check=False, what="ps")
-    still = [
-        line for line in ps.splitlines() if "-m agent" in line and f"--host {run.name}" in line
-    ]
+    still: list[str] = []
+    for _ in range(20):  # SIGKILLed processes are gone within moments
+        _, ps, _ = run.run(["ps", "-eo", "args"], check=False, what="ps")
+        still = [
+            line for line in ps.splitlines() if "-m agent" in line and f"--host {run.name}" in line
+        ]
+        if not still:
+            break
+        time.sleep(0.25)
     if still:
         raise bootstrap.BootstrapError(
             f"the agent of {run.name} still runs after the uninstall: {shlex.quote(still[0])}"

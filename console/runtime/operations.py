@@ -68,6 +68,8 @@ def service_command(service: VmService, kind: str, *, actor: Any, host: str | No
     elif kind == "stop" and service.desired_state == "disabled":
         raise OperationError(f"{service.name} is disabled, so it is already stopped.")
     who = actor_name(actor)
+    if kind in ("start", "enable"):
+        refuse_admission(service, actor=who, verb=kind)
     with transaction.atomic():
         command_id = f"cmd-{uuid.uuid4().hex[:16]}"
         job = jobs.create_job(
@@ -97,6 +99,29 @@ def service_command(service: VmService, kind: str, *, actor: Any, host: str | No
         )
         _wake(service.cluster_id)
     return job
+
+
+def refuse_admission(service: VmService, *, actor: str, verb: str) -> None:
+    """Admission control (N+1): refused (409), in the event log with code ``admission``
+    (an alert topic), when starting ``service`` would leave the cluster unable to restart its
+    protected guests after losing its worst hosts; the engine's own words and numbers."""
+    refusal = rules.start_refusal(service.cluster, service)
+    if refusal is None:
+        return
+    message = f"{service.name} cannot start: {refusal.reason}."
+    with transaction.atomic():
+        record(
+            actor=actor,
+            verb=verb,
+            obj=service if service.pk else None,
+            object_type="vmservice",
+            object_name=service.name,
+            cluster=service.cluster,
+            result="refused",
+            message=refusal.reason,
+            data={"code": refusal.code.value},
+        )
+    raise OperationError(message, field=None if service.pk else "protected", status=409)
 
 
 def _check_move(service: VmService, host: str | None, *, live: bool) -> str:

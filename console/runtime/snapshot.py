@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from django.conf import settings
@@ -17,10 +17,20 @@ from console.services.models import FailoverDomain, VmService
 from console.storage.models import VolumeGroup
 
 
-def engine_settings() -> engine.Settings:
-    return engine.Settings(
+def engine_settings(cluster: Cluster | None = None) -> engine.Settings:
+    """The engine's settings: the console's timers, and the cluster's own policy (vCPU
+    overcommit, admission control, the live rebalancer)."""
+    base = engine.Settings(
         heartbeat_interval_s=settings.HAVEN_HEARTBEAT_INTERVAL_S,
         missed_heartbeats=settings.HAVEN_MISSED_HEARTBEATS,
+    )
+    if cluster is None:
+        return base
+    return replace(
+        base,
+        cpu_overcommit=float(cluster.cpu_overcommit),
+        host_failures_to_tolerate=int(cluster.host_failures_to_tolerate),
+        rebalance=bool(cluster.rebalance),
     )
 
 
@@ -40,7 +50,11 @@ class Loaded:
 
 
 def _observation(
-    host: Host, report: HostReport | None, fence_hosts: set[int], shared_storage: bool = False
+    host: Host,
+    report: HostReport | None,
+    fence_hosts: set[int],
+    shared_storage: bool = False,
+    shutting_down: bool = False,
 ) -> engine.HostObservation:
     hb = report.heartbeat if report else {}
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
@@ -51,7 +65,9 @@ def _observation(
         memory_total_mb=int(hb.get("memory_total_mib") or host.memory_total_mb),
         memory_free_mb=int(hb.get("memory_free_mib") or host.memory_free_mb),
         cpus=int(hb.get("cpus") or host.cpus or 1),
+        cpu_overcommit=host.cpu_overcommit,
         maintenance=host.maintenance,
+        shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
         shared_storage=shared_storage,
         acknowledged_down_at=ack,
@@ -88,6 +104,7 @@ def service_config(service: VmService) -> engine.ServiceConfig:
         migratable=service.migratable,
         autostart=service.autostart,
         saveable=not service.save_refusal(),
+        protected=service.protected,
         node=service.host.name if service.host and service.state == "started" else None,
     )
 
@@ -131,6 +148,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
     now = store.clock() if now is None else now
     reports = store.reports(sorted(hosts))
+    shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     # The "no data" signal, read after the heartbeats (a Redis restarted between the two reads
     # is seen as a restart): since when the view of heartbeats is continuous (afresh in a new
     # runner process and after Redis restarted or lost its data), and how far behind the
@@ -151,7 +169,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
     snapshot = engine.Snapshot(
         hosts=MappingProxyType(
             {
-                n: _observation(h, reports.get(n), fence_hosts, shared_storage)
+                n: _observation(h, reports.get(n), fence_hosts, shared_storage, n in shutdowns)
                 for n, h in sorted(hosts.items())
             }
         ),
@@ -163,7 +181,7 @@ def load(cluster: Cluster, store: Store, now: float | None = None) -> Loaded:
             for c in commands
         ),
         status=status,
-        settings=engine_settings(),
+        settings=engine_settings(cluster),
         id_prefix=f"c{cluster.pk}-",
         view_since=view_since,
         ingest_lag_s=ingest_lag_s,

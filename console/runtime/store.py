@@ -87,6 +87,19 @@ GONE_EVENTS = frozenset({"stopped", "crashed", "migrated", "undefined"})
 TICKS_KEPT = 300
 
 
+#: a shutdown mark of an agent that reports no boot id lapses after this long
+SHUTDOWN_MARK_MAX_AGE_S = 3600.0
+
+
+def shutdown_holds(mark: dict[str, Any], report: HostReport, now: float) -> bool:
+    """A shutdown mark ``{"at", "boot"}`` still holds while the host reports the boot it was
+    made for: once the host comes back (a new agent process, a new boot id) it lapses by
+    itself. For an agent that reports no boot id, it holds ``SHUTDOWN_MARK_MAX_AGE_S``."""
+    if mark.get("boot"):
+        return bool(mark["boot"] == str(report.heartbeat.get("boot") or ""))
+    return now - float(mark.get("at", 0.0)) < SHUTDOWN_MARK_MAX_AGE_S
+
+
 def overlay(
     host: str,
     received: float,
@@ -192,6 +205,13 @@ class Store(Protocol):
 
     def forget_host(self, host: str) -> None: ...
 
+    # clean shutdowns (agent/shutdown.py)
+    def mark_shutdown(self, host: str, received: float) -> None:
+        """``host`` announced a clean shutdown, for the boot its last heartbeat came from."""
+
+    def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
+        """The hosts whose shutdown mark still holds (``shutdown_holds``)."""
+
     # how far behind the console's view is
     def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None: ...
     def ingest_status(self, now: float | None = None) -> IngestStatus: ...
@@ -295,8 +315,28 @@ class RedisStore:
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
+        self.r.hdel(f"{self.p}shutdown", host)
         self.r.delete(f"{self.p}ev:{host}")
         self.r.delete(f"{self.p}hl:{host}")
+
+    # --- clean shutdowns (agent/shutdown.py) -----------------------------------------------
+    def mark_shutdown(self, host: str, received: float) -> None:
+        """``host`` announced a clean shutdown. The mark holds the agent's boot id of its last
+        heartbeat: it lapses by itself when the host comes back (a new agent, a new boot)."""
+        raw: Any = self.r.hget(f"{self.p}hb", host)
+        boot = str(json.loads(raw)["hb"].get("boot") or "") if raw else ""
+        self.r.hset(f"{self.p}shutdown", host, json.dumps({"at": received, "boot": boot}))
+
+    def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
+        if not reports:
+            return set()
+        names = sorted(reports)
+        marks: list[Any] = self.r.hmget(f"{self.p}shutdown", names)  # type: ignore[assignment]
+        return {
+            host
+            for host, raw in zip(names, marks, strict=True)
+            if raw is not None and shutdown_holds(json.loads(raw), reports[host], now)
+        }
 
     # --- how far behind the console's view is -----------------------------------------------
     def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
@@ -577,6 +617,7 @@ class MemoryStore:
         self._hb: dict[str, tuple[float, dict[str, Any]]] = {}
         self._events: dict[str, dict[str, tuple[str, float]]] = {}
         self._health: dict[str, dict[str, tuple[str, str, float]]] = {}
+        self._shutdowns: dict[str, dict[str, Any]] = {}
         self._ingest: tuple[float, float, int] | None = None
         self._locks: dict[str, MemoryLease] = {}
         self._requests: set[str] = set()
@@ -631,6 +672,17 @@ class MemoryStore:
             self._hb.pop(host, None)
             self._events.pop(host, None)
             self._health.pop(host, None)
+            self._shutdowns.pop(host, None)
+
+    def mark_shutdown(self, host: str, received: float) -> None:
+        with self._mutex:
+            hb = self._hb.get(host, (0.0, {}))[1]
+            self._shutdowns[host] = {"at": received, "boot": str(hb.get("boot") or "")}
+
+    def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
+        with self._mutex:
+            marks = dict(self._shutdowns)
+        return {h for h, r in reports.items() if h in marks and shutdown_holds(marks[h], r, now)}
 
     # --- how far behind the console's view is -----------------------------------------------
     def record_ingest(self, at: float, caught_up_at: float, backlog: int) -> None:
@@ -661,6 +713,7 @@ class MemoryStore:
             self._hb.clear()
             self._events.clear()
             self._health.clear()
+            self._shutdowns.clear()
             self._ingest = None
             self._locks.clear()
             self._requests.clear()

@@ -110,6 +110,7 @@ def scenario(
             cpus=o.cpus or 1,
             power=live.get(o.name, engine.HostState.OFFLINE) in up or o.last_heartbeat is not None,
             fence="ok" if o.fence_device else "none",
+            cpu_overcommit=o.cpu_overcommit,
         )
         for o in sorted(snap.hosts.values(), key=lambda o: o.name)
     )
@@ -170,9 +171,13 @@ def shifted(status: engine.Status, now: float) -> engine.Status:
         v["restarts"] = [min(0.0, float(t) - now) for t in v["restarts"]]
         if v.get("lost_at") is not None:
             v["lost_at"] = min(0.0, float(v["lost_at"]) - now)
+        if v.get("rebalanced_at") is not None:  # the rebalancer's cool-down goes on
+            v["rebalanced_at"] = min(0.0, float(v["rebalanced_at"]) - now)
         if v["state"] in BUSY_TO_STARTED:
             v["state"], v["action"], v["target"] = "started", None, None
     raw["pending"] = {}
+    if raw.get("rebalance_since") is not None:
+        raw["rebalance_since"] = min(0.0, float(raw["rebalance_since"]) - now)
     if raw.get("fence_hold_until"):
         raw["fence_hold_until"] = max(0.0, float(raw["fence_hold_until"]) - now)
     return engine.Status.from_json(json.dumps(raw))

@@ -100,6 +100,8 @@ SERVICE_HELP = {
     "autostart": "Off: the cluster never starts it on its own (not when it is new, not after a "
     "full power cycle of the cluster); only a person does. Failover after a host failure still "
     "applies while the cluster runs.",
+    "protected": "Admission control counts it: starting it is refused when the cluster could "
+    "not restart it after losing its worst host(s). Untick for guests that may wait (a lab).",
 }
 
 
@@ -131,6 +133,7 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
             "max_relocations",
             "priority",
             "migratable",
+            "protected",
             "autostart",
             "save_on_preempt",
             "health_watchdog",

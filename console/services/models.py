@@ -81,6 +81,11 @@ class VmService(models.Model):
         help_text="Higher is more important: started first, and may stop less important guests.",
     )
     migratable = models.BooleanField(default=True)
+    protected = models.BooleanField(
+        default=True,
+        help_text="Admission control counts it: starting it is refused when the cluster could "
+        "not restart it after losing its worst hosts. Off: it starts whatever the spare room.",
+    )
     desired_state = models.CharField(
         max_length=8, choices=DesiredState.choices, default=DesiredState.STARTED
     )

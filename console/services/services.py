@@ -7,7 +7,7 @@ from typing import Any
 from django.db import transaction
 
 from console.core.errors import Conflict, Refused
-from console.core.services import actor_name, delete_object
+from console.core.services import actor_name, delete_object, save_serializer
 from console.events.services import record
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
@@ -88,6 +88,26 @@ def delete_service(service: VmService, *, actor: Any) -> None:
             )
         raise Refused(f"{service.name} is {service.state}: disable it first, then remove it.")
     delete_object(service, actor=actor)
+
+
+def save_service(writer: Any, *, actor: Any, verb: str) -> VmService:
+    """Create or update a service from a validated serializer or form (the API and the page).
+
+    A new service that the cluster would start (desired started, autostart, protected) is
+    refused (409, about ``protected``) when starting it would break admission control, with
+    the engine's numbers; nothing is saved then."""
+    if verb == "create":
+        candidate = writer.instance if hasattr(writer, "cleaned_data") else None
+        if candidate is None:
+            candidate = VmService(**writer.validated_data)
+            candidate.clean()  # memory and vCPUs from the XML
+        if candidate.desired_state == "started" and candidate.autostart:
+            from console.runtime.operations import refuse_admission
+
+            refuse_admission(candidate, actor=actor_name(actor), verb="create")
+    saved = save_serializer(writer, actor=actor, verb=verb)
+    assert isinstance(saved, VmService)
+    return saved
 
 
 # --- dry runs: the moves an edit would cause, before it is saved ----------------------------

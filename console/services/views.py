@@ -12,7 +12,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from console.clusters.models import Cluster, Host
-from console.core import services as core_services
 from console.core.errors import Conflict, Refused
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
@@ -121,15 +120,19 @@ def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -
         if "dry_run" in request.POST:  # show the moves it would cause; save nothing
             preview = domain_services.preview_service(form.instance)
         else:
-            core_services.save_serializer(
-                form, actor=request.user, verb="update" if service else "create"
-            )
-            messages.success(
-                request,
-                f"Service {form.instance.name} saved."
-                + ("" if service else " The cluster starts it on the best allowed host."),
-            )
-            return redirect("clusters:detail", cluster.pk)
+            try:
+                domain_services.save_service(
+                    form, actor=request.user, verb="update" if service else "create"
+                )
+            except Refused as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                messages.success(
+                    request,
+                    f"Service {form.instance.name} saved."
+                    + ("" if service else " The cluster starts it on the best allowed host."),
+                )
+                return redirect("clusters:detail", cluster.pk)
     return render(
         request,
         "services/service_form.html",

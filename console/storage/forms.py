@@ -108,3 +108,23 @@ class Gfs2VolumeForm(forms.Form):
 
 class ExtendForm(forms.Form):
     size_mib = forms.IntegerField(label="New size (MiB)", min_value=1)
+
+
+class JournalsForm(forms.Form):
+    journals = forms.IntegerField(
+        label="Journals to add",
+        min_value=1,
+        max_value=16,
+        initial=1,
+        help_text="One per host that will mount it; runs gfs2_jadd on this host, where it must "
+        "be mounted.",
+    )
+
+
+class RemoveForm(forms.Form):
+    unmount = forms.BooleanField(
+        label="Unmount it on every host first (and drop its fstab lines)",
+        required=False,
+        help_text="Without this, a host where it is mounted refuses the removal and nothing "
+        "changes.",
+    )

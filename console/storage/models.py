@@ -109,6 +109,12 @@ class Filesystem(models.Model):
     )
     mount_point = models.CharField(max_length=255, validators=[validators.validate_mount_point])
     in_fstab = models.BooleanField(default=True)
+    mounted_on = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The hosts where it is mounted, as their last mount, unmount or probe said.",
+    )
 
     class Meta:
         ordering = ["name"]

@@ -9,6 +9,7 @@ and logical volumes; ``vgcreate``/``lvcreate``/``mkfs_gfs2`` record what they ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from console.core.errors import Refused
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
-from console.jobs.models import Job, JobStatus, JobStep, StepStatus
+from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep, StepStatus
 from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 DEFAULT_EXTENT = 4 * MIB
@@ -281,6 +282,8 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
     before anything changed. With ``unmount``: unmount and drop the fstab line everywhere,
     deactivate it everywhere (a shared VG's LV), then lvremove."""
     vg = lv.volume_group
+    if reason := holds_guest_disks(lv):
+        raise StorageError(f"{lv} cannot be removed: {reason}.", "lv")
     # A host that is down cannot answer; it remounts from fstab when it returns, so a removal
     # with it still listed there is refused by the hosts that are up (they see its fstab).
     hosts = [h for h in _cluster_hosts(vg.cluster) if h.state == HostState.ONLINE]
@@ -318,10 +321,40 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
     return job
 
 
+def holds_guest_disks(lv: LogicalVolume) -> str:
+    """Why the LV must stay: the guests whose disks are on it (the LV itself, or files on its
+    file system), in plain words; "" when none."""
+    from console.services.models import VmService
+
+    fs = Filesystem.objects.filter(logical_volume=lv).first()
+    vg = lv.volume_group
+    mapper = f"/dev/mapper/{vg.name.replace('-', '--')}-{lv.name.replace('-', '--')}"
+    quoted = [rf"""['"]{re.escape(p)}['"]""" for p in (f"/dev/{vg.name}/{lv.name}", mapper)]
+    if fs is not None:  # a file on the file system: an attribute starting with the mount point
+        quoted.append(rf"""['"]{re.escape(fs.mount_point.rstrip("/"))}/""")
+    pattern = re.compile("|".join(quoted))
+    guests = sorted(
+        s.name
+        for s in VmService.objects.filter(cluster=vg.cluster).only("name", "domain_xml")
+        if pattern.search(s.domain_xml)
+    )
+    if not guests:
+        return ""
+    return f"it holds the disks of {', '.join(guests)} (remove or move those guests first)"
+
+
 def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
     """gfs2_jadd on a host where the file system is mounted (a new host needs a journal)."""
     if not 1 <= count <= 16:
         raise StorageError("Add between 1 and 16 journals.", "journals")
+    if host.cluster_id != fs.logical_volume.volume_group.cluster_id:
+        raise StorageError(f"{host.name} is not a host of {fs.name}'s cluster.", "host")
+    if host.state != HostState.ONLINE:
+        raise StorageError(
+            f"{host.name} is {host.state}: add journals on a host that is online and has "
+            f"{fs.mount_point} mounted.",
+            "host",
+        )
     steps = [jobs.StepSpec(host, "gfs2_jadd", {"mount_point": fs.mount_point, "journals": count})]
     with transaction.atomic():
         job = jobs.create_job(
@@ -332,7 +365,36 @@ def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
             params={"host": host.name, "fs": fs.name, "journals": count},
             message=f"{actor_name(actor)}: add {count} journal(s) to {fs.name}",
         )
+        _record(actor, "gfs2-jadd", host.cluster, fs.name, job)
     return job
+
+
+@jobs.on_step_success("lvremove")
+def forget_lv(step: JobStep, data: dict[str, Any]) -> None:
+    """The LV is gone, its file system with it (the probe after it updates the VG's space)."""
+    host = step.host
+    if host is not None:
+        LogicalVolume.objects.filter(
+            volume_group__cluster=host.cluster,
+            volume_group__name=step.args.get("vg"),
+            name=step.args.get("lv"),
+        ).delete()
+
+
+@jobs.on_step_success("gfs2_jadd")
+def store_journals(step: JobStep, data: dict[str, Any]) -> None:
+    """Count the added journals on the file system mounted there."""
+    host = step.host
+    added = int(data.get("journals_added") or step.args.get("journals") or 0)
+    if host is None or not added:
+        return
+    fs = Filesystem.objects.filter(
+        logical_volume__volume_group__cluster=host.cluster,
+        mount_point=step.args.get("mount_point"),
+    ).first()
+    if fs is not None:
+        fs.journals += added
+        fs.save(update_fields=["journals"])
 
 
 def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
@@ -387,6 +449,54 @@ def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> Non
         message=f"requested (job {job.pk})",
         data={"job": job.pk},
     )
+
+
+def fence_waits(cluster: Cluster) -> list[str]:
+    """What blocks the cluster's GFS2 right now, in plain words: dlm on every host stops the
+    file system's I/O while a host that had it is lost and not yet fenced, and until the
+    survivors' dlm has been told of the fence. [] when nothing does (or no clustered storage)."""
+    names_ = list(
+        Filesystem.objects.filter(
+            logical_volume__volume_group__cluster=cluster,
+            logical_volume__volume_group__clustered=True,
+        ).values_list("name", flat=True)
+    )
+    if not names_:
+        return []
+    what = "GFS2 " + ", ".join(sorted(names_))
+    out = []
+    waiting = (HostState.UNREACHABLE, HostState.FENCING)
+    for host in Host.objects.filter(cluster=cluster, state__in=waiting).order_by("name"):
+        reason = f" ({host.state_reason})" if host.state_reason else ""
+        out.append(
+            f"{what} blocked waiting for fence: dlm holds I/O on every host until {host.name} "
+            f"is fenced or acknowledged down — {host.get_state_display().lower()}{reason}"
+        )
+    unfinished = Job.objects.filter(cluster=cluster, kind="dlm-fence-ack").exclude(
+        status__in=FINISHED_STATUSES
+    )
+    for job in unfinished.order_by("pk"):
+        out.append(
+            f"{what} blocked waiting for fence: {job.params.get('host')} is fenced; telling dlm "
+            f"on {', '.join(job.params.get('survivors') or [])} (job {job.pk}), then GFS2 "
+            "recovers its journal"
+        )
+    failed = Job.objects.filter(
+        cluster=cluster, kind="dlm-fence-ack", status__in=(JobStatus.FAILED, JobStatus.LOST)
+    )
+    last = failed.order_by("-pk").first()
+    if (
+        last is not None
+        and not Job.objects.filter(
+            cluster=cluster, kind="dlm-fence-ack", pk__gt=last.pk, status=JobStatus.SUCCEEDED
+        ).exists()
+    ):
+        out.append(
+            f"{what} may be blocked: telling dlm that {last.params.get('host')} is fenced "
+            f"failed (job {last.pk}: {last.explanation[:200]}); acknowledge the host down again "
+            "or run `dlm_tool fence_ack` on the survivors"
+        )
+    return out
 
 
 # --- how a storage job ended, in plain words -------------------------------------------------
@@ -510,6 +620,14 @@ def store_probe(step: JobStep, data: dict[str, Any]) -> None:
         vg.free_bytes = int(raw_vg.get("vg_free") or 0)
         vg.save(update_fields=["size_bytes", "free_bytes"])
         vg.physical_volumes.add(*[d for p, d in seen.items() if vg_of.get(p) == name])
+    # where the cluster's file systems are mounted on this host, as lsblk saw it
+    mounted = {
+        str(d["mountpoint"])
+        for d in _flatten(data.get("blockdevices") or [])
+        if d.get("mountpoint") and d.get("type") == "lvm"
+    }
+    for fs in Filesystem.objects.filter(logical_volume__volume_group__cluster=host.cluster):
+        _set_mounted(host, fs.mount_point, fs.mount_point in mounted)
     vgs = {vg.name: vg for vg in VolumeGroup.objects.filter(cluster=host.cluster)}
     for raw_lv in data.get("lvs", []):
         owner = vgs.get(str(raw_lv.get("vg_name") or ""))
@@ -520,6 +638,28 @@ def store_probe(step: JobStep, data: dict[str, Any]) -> None:
             name=str(raw_lv["lv_name"]),
             defaults={"size_bytes": max(1, int(raw_lv.get("lv_size") or 1))},
         )
+
+
+def _set_mounted(host: Host, mount_point: str, mounted: bool) -> None:
+    for fs in Filesystem.objects.filter(
+        logical_volume__volume_group__cluster=host.cluster, mount_point=mount_point
+    ):
+        hosts = set(fs.mounted_on) - {host.name} | ({host.name} if mounted else set())
+        if sorted(hosts) != fs.mounted_on:
+            fs.mounted_on = sorted(hosts)
+            fs.save(update_fields=["mounted_on"])
+
+
+@jobs.on_step_success("mount")
+def store_mounted(step: JobStep, data: dict[str, Any]) -> None:
+    if step.host is not None:
+        _set_mounted(step.host, str(data.get("mount_point") or step.args.get("mount_point")), True)
+
+
+@jobs.on_step_success("unmount")
+def store_unmounted(step: JobStep, data: dict[str, Any]) -> None:
+    if step.host is not None:
+        _set_mounted(step.host, str(data.get("mount_point") or step.args.get("mount_point")), False)
 
 
 @jobs.on_step_success("vgcreate")

@@ -15,4 +15,14 @@ urlpatterns = [
         views.lv_extend,
         name="lv-extend",
     ),
+    path(
+        "<int:pk>/hosts/<int:host_pk>/storage/lv/<int:lv_pk>/journals/",
+        views.lv_journals,
+        name="lv-journals",
+    ),
+    path(
+        "<int:pk>/hosts/<int:host_pk>/storage/lv/<int:lv_pk>/remove/",
+        views.lv_remove,
+        name="lv-remove",
+    ),
 ]

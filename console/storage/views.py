@@ -9,19 +9,28 @@ from django.contrib import messages
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
 from console.clusters.models import Host
 from console.core.views import role_required
 from console.jobs.models import FINISHED_STATUSES, Job
 from console.storage import services
-from console.storage.forms import ExtendForm, Gfs2VolumeForm, VolumeGroupForm
-from console.storage.models import MIB, BlockDevice, LogicalVolume, VolumeGroup
+from console.storage.forms import (
+    ExtendForm,
+    Gfs2VolumeForm,
+    JournalsForm,
+    RemoveForm,
+    VolumeGroupForm,
+)
+from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 STORAGE_JOBS = (
     "storage-probe",
     "storage-vg-create",
     "storage-gfs2-create",
     "storage-lv-extend",
+    "storage-gfs2-jadd",
+    "storage-lv-remove",
 )
 
 
@@ -49,6 +58,7 @@ def _context(host: Host, **forms: Any) -> dict[str, Any]:
         "probing": probe_job is not None and probe_job.status not in FINISHED_STATUSES,
         "running": any(j.status not in FINISHED_STATUSES for j in recent),
         "probe_job": probe_job,
+        "fence_waits": services.fence_waits(host.cluster),
         "vg_form": forms.get("vg_form") or VolumeGroupForm(host=host),
         "lv_form": forms.get("lv_form") or Gfs2VolumeForm(host=host),
         "tab": "storage",
@@ -147,6 +157,82 @@ def lv_create(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
             )
             return redirect("storage:host", pk, host_pk)
     return render(request, "storage/host_storage.html", _context(host, lv_form=form), status=400)
+
+
+def _lv(pk: int, lv_pk: int) -> LogicalVolume:
+    return get_object_or_404(
+        LogicalVolume.objects.select_related("volume_group__cluster"),
+        pk=lv_pk,
+        volume_group__cluster_id=pk,
+    )
+
+
+@role_required(read="admin")
+def lv_journals(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
+    host, lv = _host(pk, host_pk), _lv(pk, lv_pk)
+    fs = get_object_or_404(Filesystem, logical_volume=lv)
+    form = JournalsForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        count = form.cleaned_data["journals"]
+        try:
+            job = services.add_journals(host, fs, count, actor=request.user)
+        except services.StorageError as exc:
+            form.add_error("journals" if exc.field == "journals" else None, exc.message)
+        else:
+            messages.success(request, f"Adding {count} journal(s) to {fs.name} (job {job.pk}).")
+            return redirect("storage:host", pk, host_pk)
+    return render(
+        request,
+        "generic/form_page.html",
+        {
+            "cluster": host.cluster,
+            "form": form,
+            "title": f"Add journals to {fs.name}",
+            "intro": f"{fs.name} ({lv}) has {fs.journals} journal(s) and is mounted at "
+            f"{fs.mount_point}; the cluster has {host.cluster.hosts.count()} host(s). "
+            f"gfs2_jadd runs on {host.name}.",
+            "submit": "Add journals",
+            "cancel": reverse("storage:host", args=[pk, host_pk]),
+        },
+        status=400 if form.is_bound else 200,
+    )
+
+
+@role_required(read="admin")
+def lv_remove(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
+    host, lv = _host(pk, host_pk), _lv(pk, lv_pk)
+    fs = Filesystem.objects.filter(logical_volume=lv).first()
+    form = RemoveForm(request.POST if request.method == "POST" else None)
+    refusal = services.holds_guest_disks(lv)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.remove_volume(
+                host, lv, actor=request.user, unmount=form.cleaned_data["unmount"]
+            )
+        except services.StorageError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Removing {lv} (job {job.pk}).")
+            return redirect("storage:host", pk, host_pk)
+    intro = f"{lv} ({lv.size_bytes // MIB} MiB)"
+    if fs is not None:
+        intro += f" holds the GFS2 {fs.name}, in the fstab of every host at {fs.mount_point}"
+    intro += ". Removing it destroys its data."
+    if refusal:
+        intro += f" Refused now: {refusal}."
+    return render(
+        request,
+        "generic/form_page.html",
+        {
+            "cluster": host.cluster,
+            "form": form,
+            "title": f"Remove {lv}",
+            "intro": intro,
+            "submit": "Remove",
+            "cancel": reverse("storage:host", args=[pk, host_pk]),
+        },
+        status=400 if form.is_bound else 200,
+    )
 
 
 @role_required(read="admin")

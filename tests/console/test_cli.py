@@ -165,3 +165,44 @@ def test_remove_repair_and_add_hosts(
     code, out, err = haven("remove-host", "et-virt05", "--wait")
     assert code == 0, err
     assert "remove-host: succeeded" in out and not Host.objects.filter(name="et-virt05").exists()
+
+
+def test_admission_refusal_is_one_clear_line_and_policy_prints_the_capacity(
+    logged_in: str, live_view: Any
+) -> None:
+    cluster = f.ClusterFactory(name="tight")
+    hosts = [
+        f.HostFactory(cluster=cluster, name=n, state="online", memory_total_mb=8192)
+        for n in ("h1", "h2")
+    ]
+    for name, host in (("big1", hosts[0]), ("big2", hosts[1])):
+        f.VmServiceFactory(
+            cluster=cluster,
+            name=name,
+            state="started",
+            host=host,
+            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
+        )
+    f.VmServiceFactory(
+        cluster=cluster,
+        name="extra",
+        state="stopped",
+        desired_state="stopped",
+        domain_xml=f.domain_xml("extra", memory_kib=2048 * 1024),
+    )
+    live_view.beat(*hosts)
+    code, out, err = haven("start", "extra")
+    assert (code, out) == (1, "")
+    assert err == (
+        "haven: error: 409: extra cannot start: admission control: the cluster would not "
+        "survive 1 host failure: after losing h2, guests of priority 0 and above need 6144 MB "
+        "and 4096 MB would be free (2048 MB short).\n"
+    )
+    assert not PendingCommand.objects.exists()
+    code, out, _ = haven("policy", "tight")
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "failover capacity: survives 1 host failure; 0.0 GiB spare",
+        "  worst case: losing h2",
+        "rebalancer: off: the live rebalancer is off for this cluster",
+    ]

@@ -46,6 +46,8 @@ class Agents:
         self.queries: list[tuple[str, dict[str, Any]]] = []
         #: fence devices (their `ip` parameter) that fail whatever they are asked
         self.dead_devices: set[str] = set()
+        #: each agent's boot id (a new one when the host comes back after a shutdown)
+        self.boots = {h.name: f"{h.name}-boot1" for h in hosts}
 
     def heartbeat(self, t: float) -> None:
         for host, guests in self.running.items():
@@ -61,6 +63,7 @@ class Agents:
                         "cpus": 8,
                         "host_uuid": f"uuid-{host}",
                         "agent_version": "t",
+                        "boot": self.boots[host],
                         "guests": [
                             {"name": g, "uuid": "", "state": "running"} for g in sorted(guests)
                         ],
@@ -390,6 +393,49 @@ def test_autostart_off_stays_stopped_after_a_full_power_cycle_until_a_person_sta
     operations.service_command(service, "start", actor=admin)
     run(cluster, agents, store, t + 6, t + 10)
     assert placement()["guest1"][0] == "started"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_clean_shutdown_drains_live_is_never_fenced_and_the_guests_return(
+    cluster3: Any, store: Store
+) -> None:
+    cluster, agents, transport = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    sent = len(transport.sent)
+    # the shutdown hook of et-virt05 (agent/shutdown.py) announces it on its own list
+    woke = ingest.handle(
+        {
+            "v": 2,
+            "kind": "event",
+            "event": "shutdown",
+            "host": "et-virt05",
+            "guest": "",
+            "uuid": "",
+            "state": "",
+            "detail": "clean shutdown",
+            "ts": t,
+        },
+        store,
+        received=t,
+        sender="et-virt05",
+    )
+    assert woke == cluster.pk  # the runner decides at once
+    t = run(cluster, agents, store, t, t + 4)
+    assert Host.objects.get(name="et-virt05").state_reason == "shutting down"
+    assert "guest1" not in agents.running["et-virt05"]  # drained: the hook may go on
+    moves = [(h, c["kind"]) for h, c in transport.sent[sent:] if c["kind"] != "define"]
+    assert moves == [("et-virt05", "migrate")]  # live, never stop/start
+    agents.alive["et-virt05"] = False  # powered off after the hook returned
+    t = run(cluster, agents, store, t, t + 8)
+    host = Host.objects.get(name="et-virt05")
+    assert (host.state, host.state_reason) == ("offline", "shut down cleanly")
+    assert not Job.objects.filter(kind="fence").exists()
+    agents.alive["et-virt05"] = True  # back: a new boot, so no longer shutting down
+    agents.boots["et-virt05"] = "et-virt05-boot2"
+    run(cluster, agents, store, t, t + 8)
+    assert Host.objects.get(name="et-virt05").state == "online"
+    assert placement()["guest1"] == ("started", "et-virt05")  # returned home
+    assert [c["kind"] for _h, c in transport.sent[sent:]].count("start") == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -371,3 +371,176 @@ def test_devices_in_use_are_not_offered_for_a_volume_group() -> None:
     assert in_use({"path": "/dev/zram0", "size": 0}) == "empty (0 bytes)"
     assert in_use({"path": "/dev/sdc", "size": MIB, "fstype": "LVM2_member"}) == ""
     assert in_use({"path": "/dev/loop3", "size": 64 * MIB}) == ""
+
+
+def _mounted_gfs2(hosts: list[Any]) -> tuple[Any, Any]:
+    vg = f.VolumeGroupFactory(cluster=hosts[0].cluster, name="vg_shared", clustered=True)
+    lv = f.LogicalVolumeFactory(volume_group=vg, name="guest_roots", size_bytes=1024 * MIB)
+    fs = f.FilesystemFactory(logical_volume=lv, name="guest_roots", mount_point="/guest_roots")
+    return lv, fs
+
+
+def test_add_journals_from_the_tab_and_the_api(hosts: list[Any], admin_api: APIClient) -> None:
+    client = login("admin")
+    host = hosts[0]
+    lv, fs = _mounted_gfs2(hosts)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert f"lv/{lv.pk}/journals/" in text(client.get(url))
+    page = text(client.get(url + f"lv/{lv.pk}/journals/"))
+    assert "has 3 journal(s) and is mounted at /guest_roots" in page
+    assert "between" not in page
+    too_many = client.post(url + f"lv/{lv.pk}/journals/", {"journals": "17"})
+    assert too_many.status_code == 400 and "less than or equal to 16" in text(too_many)
+    assert client.post(url + f"lv/{lv.pk}/journals/", {"journals": "1"}).status_code == 302
+    job = Job.objects.get(kind="storage-gfs2-jadd")
+    step = job.steps.get()
+    assert (step.kind, step.host.name, step.args) == (
+        "gfs2_jadd",
+        "et-virt05",
+        {"mount_point": "/guest_roots", "journals": 1},
+    )
+    run_job(job, {"gfs2_jadd": {"mount_point": "/guest_roots", "journals_added": 1}})
+    fs.refresh_from_db()
+    assert fs.journals == 4
+    assert f"storage-gfs2-jadd #{job.pk}" in text(client.get(url))  # a recent storage job
+    api = admin_api.post(
+        f"/api/filesystems/{fs.pk}/add-journals/", {"host": "et-virt06"}, format="json"
+    )
+    assert api.status_code == 202 and api.json()["steps"][0]["kind"] == "gfs2_jadd"
+    hosts[2].state = "unreachable"
+    hosts[2].save()
+    down = admin_api.post(
+        f"/api/filesystems/{fs.pk}/add-journals/", {"host": "et-virt07"}, format="json"
+    )
+    assert down.status_code == 400 and "et-virt07 is unreachable" in down.json()["host"][0]
+
+
+def test_remove_is_refused_with_the_reason_then_works_with_unmount(
+    hosts: list[Any], admin_api: APIClient
+) -> None:
+    client = login("admin")
+    host = hosts[0]
+    lv, _fs = _mounted_gfs2(hosts)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert f"lv/{lv.pk}/remove/" in text(client.get(url))
+    assert client.post(url + f"lv/{lv.pk}/remove/", {}).status_code == 302
+    job = Job.objects.get(kind="storage-lv-remove")
+    assert {s.kind for s in job.steps.all()} == {
+        "lv_usage",
+        "lv_activate",
+        "lvremove",
+        "storage_probe",
+    }  # no unmount asked: the hosts check first, nothing changes where it is mounted
+    run_job(job, fail={"lv_usage": "vg_shared/guest_roots is mounted at /guest_roots: "
+                                   "unmount it first"})  # fmt: skip
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert not job.steps.filter(kind="lvremove", status="succeeded").exists()
+    page = text(client.get(url))
+    assert "is mounted at /guest_roots: unmount it first" in page
+    assert LogicalVolume.objects.filter(pk=lv.pk).exists()
+
+    # the API, with unmount: unmount + fstab line (and its boot unit) dropped everywhere first
+    removed = admin_api.post(
+        f"/api/logical-volumes/{lv.pk}/remove/",
+        {"host": "et-virt05", "unmount": True},
+        format="json",
+    )
+    assert removed.status_code == 202
+    job = Job.objects.get(pk=removed.json()["id"])
+    stages = sorted({(s.stage, s.kind) for s in job.steps.all()})
+    assert stages[:2] == [(0, "unmount"), (1, "fstab_entry")]
+    fstab = job.steps.filter(kind="fstab_entry").first()
+    assert fstab is not None and fstab.args["present"] is False
+    assert fstab.args["activate_shared"] is True
+    run_job(job)
+    assert not LogicalVolume.objects.filter(pk=lv.pk).exists()
+    assert not Filesystem.objects.exists()
+
+
+def test_remove_is_refused_while_guests_have_disks_on_it(
+    hosts: list[Any], admin_api: APIClient
+) -> None:
+    lv, _fs = _mounted_gfs2(hosts)
+    xml = f.domain_xml("web1").replace(
+        "</domain>",
+        "<devices><disk type='file' device='disk'><source file='/guest_roots/web1.qcow2'/>"
+        "<target dev='vda'/></disk></devices></domain>",
+    )
+    f.VmServiceFactory(cluster=hosts[0].cluster, name="web1", domain_xml=xml)
+    refused = admin_api.post(
+        f"/api/logical-volumes/{lv.pk}/remove/", {"host": "et-virt05"}, format="json"
+    )
+    assert refused.status_code == 400
+    assert "it holds the disks of web1" in refused.json()["lv"][0]
+    client = login("admin")
+    url = f"/clusters/{hosts[0].cluster_id}/hosts/{hosts[0].pk}/storage/lv/{lv.pk}/remove/"
+    assert "Refused now: it holds the disks of web1" in text(client.get(url))
+    assert not Job.objects.filter(kind="storage-lv-remove").exists()
+
+
+def test_gfs2_blocked_waiting_for_fence_is_shown(hosts: list[Any]) -> None:
+    from console.storage import services
+
+    client = login("admin")
+    host = hosts[0]
+    _mounted_gfs2(hosts)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert "blocked waiting for fence" not in text(client.get(url))
+    hosts[2].state, hosts[2].state_reason = "fencing", "fence attempt 1"
+    hosts[2].save()
+    page = text(client.get(url))
+    assert "GFS2 guest_roots blocked waiting for fence" in page
+    assert "until et-virt07 is fenced or acknowledged down" in page and "fence attempt 1" in page
+    hosts[2].state = "fenced"
+    hosts[2].save()
+    ack = services.dlm_fence_ack(hosts[2])
+    assert ack is not None
+    page = text(client.get(url))
+    assert f"et-virt07 is fenced; telling dlm on et-virt05, et-virt06 (job {ack.pk})" in page
+    run_job(ack)
+    assert "blocked waiting for fence" not in text(client.get(url))
+
+
+def test_where_a_gfs2_is_mounted_follows_mounts_unmounts_and_probes(hosts: list[Any]) -> None:
+    client = login("admin")
+    host = hosts[0]
+    _lv, fs = _mounted_gfs2(hosts)
+    url = f"/clusters/{host.cluster_id}/hosts/{host.pk}/storage/"
+    assert "not mounted" in text(client.get(url))
+    for h in hosts:
+        job = jobs.create_job(
+            "storage-gfs2-create",
+            [jobs.StepSpec(h, "mount", {"mount_point": "/guest_roots"})],
+            cluster=h.cluster,
+        )
+        run_job(job, {"mount": {"mount_point": "/guest_roots", "changed": True}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06", "et-virt07"]
+    assert 'data-hosts="et-virt05,et-virt06,et-virt07"' in text(client.get(url))
+    # a probe of et-virt06 that no longer lists the mount (lsblk: the LV under the LUN)
+    child = {"name": "vg_shared-guest_roots", "type": "lvm", "size": 1024 * MIB,
+             "path": "/dev/mapper/vg_shared-guest_roots", "mountpoint": None}  # fmt: skip
+    lun = {"name": "vdb", "path": "/dev/vdb", "size": 2048 * MIB, "type": "disk",
+           "serial": "shared0", "children": [child]}  # fmt: skip
+    probe = jobs.create_job(
+        "storage-probe", [jobs.StepSpec(hosts[1], "storage_probe", {})], cluster=host.cluster
+    )
+    run_job(probe, {"storage_probe": {**PROBE, "blockdevices": [lun]}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt07"]
+    child["mountpoint"] = "/guest_roots"
+    probe = jobs.create_job(
+        "storage-probe", [jobs.StepSpec(hosts[1], "storage_probe", {})], cluster=host.cluster
+    )
+    run_job(probe, {"storage_probe": {**PROBE, "blockdevices": [lun]}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06", "et-virt07"]
+    unmount = jobs.create_job(
+        "storage-lv-remove",
+        [jobs.StepSpec(hosts[2], "unmount", {"mount_point": "/guest_roots"})],
+        cluster=host.cluster,
+    )
+    run_job(unmount, {"unmount": {"mount_point": "/guest_roots", "changed": True}})
+    fs.refresh_from_db()
+    assert fs.mounted_on == ["et-virt05", "et-virt06"]

@@ -123,3 +123,29 @@ def test_preemption_prefers_host_needing_fewest_stops_and_waits_for_stops_in_fli
     u.claimed["a"] = 200
     plan = preemption_plan((("a", "b"),), svc("p", 250, priority=1), u, victims, taken={"b1"})
     assert plan is not None and plan.host == "a" and len(plan.victims) == 2
+
+
+def test_vcpu_limit_is_a_hard_limit_beside_memory() -> None:
+    u = usage({}, cap=1000, cpus=2)
+    u.vcpu_cap = {"a": 8, "b": 8}  # c and d: no limit
+    u.cpu["a"] = 6
+    s4 = svc(memory=100, cpus=4)
+    assert not u.fits("a", s4) and u.fits("b", s4) and u.fits("c", s4)
+    assert u.no_room("a", s4) == (
+        "needs 4 vCPUs, a runs 6 of at most 8 (2 CPUs x the overcommit ratio)"
+    )
+    assert choose((("a",),), s4, u) is None
+
+
+def test_preemption_frees_vcpus_too() -> None:
+    """Memory is free on a but its vCPUs are taken: stopping a less important guest there
+    (its vCPUs) makes room."""
+    u = usage({"a": 200}, cap=1000, cpus=1)
+    u.vcpu_cap = {"a": 4}
+    u.cpu["a"] = 4
+    low = svc("low", memory=100, priority=0, cpus=2)
+    big = svc("big", memory=100, priority=5, cpus=2)
+    plan = preemption_plan((("a",),), big, u, {"a": [low]})
+    assert plan is not None and plan.victims == ("low",)
+    too_big = svc("wide", memory=100, priority=5, cpus=7)
+    assert preemption_plan((("a",),), too_big, u, {"a": [low]}) is None

@@ -35,14 +35,18 @@ HOSTS = ["n1", "n2", "n3", "n4"]
 NOW = 10.0
 
 
-def _obs(name: str, heartbeat: float | None, running: set[str], mem: int, **kw: Any) -> Any:
-    return HostObservation(name, heartbeat, frozenset(running), mem, mem, 8, **kw)
+def _obs(
+    name: str, heartbeat: float | None, running: set[str], mem: int, cpus: int = 8, **kw: Any
+) -> Any:
+    return HostObservation(name, heartbeat, frozenset(running), mem, mem, cpus, **kw)
 
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
     hosts = HOSTS[: draw(st.integers(2, 4))]
     mem = {h: draw(st.sampled_from([2048, 4096, 8192])) for h in hosts}
+    # few CPUs on some hosts: the vCPU overcommit limit (4 per CPU) refuses moves too
+    cpus = {h: draw(st.sampled_from([1, 2, 8])) for h in hosts}
     domain = Domain(
         "dom",
         (DomainMember(hosts[0], 1), DomainMember(hosts[1], 2)),
@@ -63,12 +67,15 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
             migratable=draw(st.booleans()),
             domain=draw(st.sampled_from([None, "dom"])),
             priority=draw(st.integers(0, 2)),
+            cpus=draw(st.sampled_from([1, 2, 4])),
         )
         if node is not None and desired is Desired.STARTED:
             running[node].add(name)
     domains = {"dom": domain}
     # first tick: everything heard from, guests adopted where they run
-    first = Snapshot({h: _obs(h, 0.0, running[h], mem[h]) for h in hosts}, services, domains)
+    first = Snapshot(
+        {h: _obs(h, 0.0, running[h], mem[h], cpus[h]) for h in hosts}, services, domains
+    )
     status = tick(first, 0.0).status
     # some of people's commands in between, so that some guests are busy
     commands = tuple(
@@ -78,7 +85,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         for i, name in enumerate(draw(st.lists(st.sampled_from(sorted(services)), max_size=3)))
     )
     second = Snapshot(
-        {h: _obs(h, 1.0, running[h], mem[h]) for h in hosts},
+        {h: _obs(h, 1.0, running[h], mem[h], cpus[h]) for h in hosts},
         services,
         domains,
         commands=commands,
@@ -89,7 +96,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     obs = {}
     for h in hosts:
         beat = draw(st.sampled_from([NOW - 0.5, NOW - 2.0, NOW - 6.0, 1.0]))
-        obs[h] = _obs(h, beat, running[h], mem[h], maintenance=draw(st.booleans()))
+        obs[h] = _obs(h, beat, running[h], mem[h], cpus[h], maintenance=draw(st.booleans()))
     return Snapshot(obs, services, domains, status=status)
 
 
@@ -148,6 +155,8 @@ def test_best_host_is_where_tick_sends_a_guest(snap: Snapshot) -> None:
             d = tick(replace(snap, commands=(cmd,)), NOW + 0.1)
             starts = [a.host for a in d.actions if isinstance(a, Start)]
             expected = best_host(snap, NOW + 0.1, name)
+            if Rulebook(snap, NOW + 0.1).start_refusal(name) is not None:
+                expected = None  # admission control refuses the start (the rulebook says so)
             assert starts == ([] if expected is None else [expected])
 
 
@@ -171,3 +180,49 @@ def test_rulebook_refusals_name_the_reason() -> None:
         RefusalCode.UNKNOWN_SERVICE, "no such service"
     )
     assert book.best_host("g") == "n2"
+
+
+def test_vcpu_refusals_name_the_numbers() -> None:
+    """The vCPU limit (CPUs x overcommit, the host's own ratio first) refuses like memory."""
+    services = {
+        "a": ServiceConfig("a", node="n1", cpus=4),
+        "b": ServiceConfig("b", node="n1", cpus=4),
+        "c": ServiceConfig("c", node="n2", cpus=4),
+    }
+    hosts = {
+        "n1": _obs("n1", 0.0, {"a", "b"}, 65536, cpus=2),
+        "n2": _obs("n2", 0.0, {"c"}, 4096, cpus=8),
+        "n3": _obs("n3", 0.0, set(), 65536, cpus=3, cpu_overcommit=1.0),
+        "n4": _obs("n4", 0.0, set(), 4096, cpus=1, cpu_overcommit=0.0),
+    }
+    status = tick(Snapshot(hosts, services), 0.0).status
+    book = Rulebook(Snapshot(hosts, services, status=status), 0.5)
+    assert book.move_refusal("c", "n1", True) == Refusal(
+        RefusalCode.NO_ROOM,
+        "needs 4 vCPUs, n1 runs 8 of at most 8 (2 CPUs x the overcommit ratio)",
+    )
+    assert book.move_refusal("c", "n3", True) == Refusal(
+        RefusalCode.NO_ROOM,
+        "needs 4 vCPUs, n3 runs 0 of at most 3 (3 CPUs x the overcommit ratio)",
+    )
+    assert book.move_refusal("c", "n4", True) is None  # ratio 0: no limit
+    # the memory-emptiest host n1 is full by vCPUs: a drain of n2 picks n4
+    assert book.best_host("c") == "n4"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(snapshots(), st.sampled_from([CommandKind.START, CommandKind.ENABLE]))
+def test_start_refusal_is_what_tick_answers(snap: Snapshot, kind: CommandKind) -> None:
+    """Admission control: the rulebook refuses a start or enable exactly when tick does
+    (before people's commands: a queued command applied first may change the answer)."""
+    if any(s.queued is not None for s in snap.status.services.values()):
+        return
+    book = Rulebook(snap, NOW)
+    for service in sorted(snap.services):
+        refusal = book.start_refusal(service)
+        d = tick(replace(snap, commands=(Command("q", kind, service),)), NOW)
+        (reply,) = [r for r in d.replies if r.command_id == "q"]
+        if reply.code == RefusalCode.ADMISSION:
+            assert refusal is not None and reply.reason == refusal.reason
+        elif reply.outcome is ReplyOutcome.ACCEPTED:
+            assert refusal is None, (service, refusal)

@@ -11,6 +11,7 @@ order. A watcher fails any test during which a guest runs on two hosts.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -366,7 +367,7 @@ def test_6_a_host_whose_agent_was_deleted_is_repaired_keeping_its_guests_and_his
         [
             "sh",
             "-c",
-            'kill -KILL -- "-$(cat /run/haven-agent-$1.pid)"; rm -f /etc/haven/*',
+            'kill -s KILL -- "-$(cat /run/haven-agent-$1.pid)"; rm -f /etc/haven/*',
             "x",
             name,
         ],
@@ -393,3 +394,34 @@ def test_6_a_host_whose_agent_was_deleted_is_repaired_keeping_its_guests_and_his
     assert repaired.fence_devices.count() == 1
     cluster.ok(api.post(f"/api/hosts/{host.pk}/maintenance/", {"on": False}, format="json"))
     cluster.wait("every guest home", lambda: cluster.services() == cluster.home(), 60)
+
+
+def test_7_a_clean_shutdown_drains_live_before_the_power_goes(cluster: Cluster) -> None:
+    lab = cluster.lab
+    name = "et-virt05"
+    fences = Job.objects.filter(kind="fence").count()
+    starts = Job.objects.filter(kind="start", params__service="guest1").count()
+    source_log = cluster.serial(name, "guest1")
+    started = time.monotonic()
+    # what systemd's haven-drain unit runs at poweroff/reboot, called directly (no systemd here)
+    hook = lab.run_in(name, [f"/etc/haven/shutdown-{name}.sh"], timeout=120)
+    took = time.monotonic() - started
+    assert hook.returncode == 0, hook.stderr
+    assert "guest1" not in cluster.running_on(name)  # drained before the hook returned
+    drain = Job.objects.filter(kind="migrate", params__service="guest1").latest("pk")
+    assert drain.status == JobStatus.SUCCEEDED and drain.params["source"] == name
+    assert cluster.hosts()[name] == "maintenance"
+    assert Host.objects.get(name=name).state_reason == "shutting down"
+    away = cluster.services()["guest1"][1]
+    assert away in ("et-virt06", "et-virt07")
+    last = max(int(n) for n in re.findall(r"tick (\d+)", source_log.read_text()))
+    lab.power_off(name)  # the rest of the shutdown: the host goes quiet
+    cluster.wait(f"{name} shut down", lambda: cluster.hosts()[name] == "offline", 20)
+    assert Host.objects.get(name=name).state_reason == "shut down cleanly"
+    assert Job.objects.filter(kind="fence").count() == fences  # never fenced
+    after = re.findall(r"tick (\d+)", cluster.serial(away, "guest1").read_text())
+    assert after and max(int(n) for n in after) > last  # the same guest, not rebooted
+    lab.power_on(name)
+    cluster.wait("every guest home", lambda: cluster.services() == cluster.home(), 60)
+    assert Job.objects.filter(kind="start", params__service="guest1").count() == starts
+    print(f"shutdown hook: drained {name} in {took:.1f} s")

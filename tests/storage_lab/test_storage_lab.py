@@ -3,8 +3,11 @@
 The console's SSH bootstrap with "Enable shared storage" forms corosync + dlm + lvmlockd on
 sv1..sv3 (deploy/lab/storage), then the storage services make a shared VG on the LUN
 ``shared0`` (matched by serial), an LV + GFS2 ``guest_roots`` with 3 journals mounted on every
-host, extend + grow it, and after one VM loses power (its QEMU SIGKILLed) a person acknowledges
-it down, Haven tells the survivors' dlm (``dlm_tool fence_ack``) and GFS2 is writable again.
+host, extend + grow it, add a journal; after one VM loses power (its QEMU SIGKILLed) Haven
+fences it (the real ``fence_ipmilan``, run on a healthy VM, against the lost VM's BMC: an
+``ipmi_sim`` on the machine), tells the survivors' dlm (``dlm_tool fence_ack``) and GFS2 is
+writable again; the VM powered on through its BMC remounts GFS2 at boot; the LV's removal is
+refused while mounted and works with "unmount first".
 
 Slow (TCG: booting three VMs takes ~2.5 min of both cores), so it runs only when asked:
 ``HAVEN_STORAGE_LAB=1`` (``deploy/test-storage``). ``HAVEN_STORAGE_LAB_REUSE=1`` keeps VMs that
@@ -137,6 +140,8 @@ def slab(django_db_setup: None, django_db_blocker: Any) -> Iterator[StorageClust
         _reset_cluster_state(lab)
     else:
         TIMINGS.update(lab.create(fresh=True))
+    for name in NAMES:  # the BMCs (ipmi_sim on the machine), also for reused VMs
+        lab.ensure_bmc(name)
     redis_srv = harness.LabRedis(lab.root, REDIS_PORT, bind=vmlab.CONSOLE_ADDRESS)
     redis_srv.start()
     keys = ("REDIS_URL", "CELERY_BROKER_URL", "HAVEN_AGENT_BROKER_URL", "HAVEN_WAKE_ON_COMMAND")
@@ -153,9 +158,11 @@ def slab(django_db_setup: None, django_db_blocker: Any) -> Iterator[StorageClust
     use_broker(redis_srv.url)
     with django_db_blocker.unblock():
         own_db = harness.ensure_test_database()
+        # Haven's fences power off (the test powers the VM on again through its BMC)
         console = harness.Console(
-            redis_srv.url, harness.db_url(settings), lab.root / "console-logs"
-        )
+            redis_srv.url, harness.db_url(settings), lab.root / "console-logs",
+            HAVEN_FENCE_ACTION="off",
+        )  # fmt: skip
         console.start()
         from django.contrib.auth.models import User
 
@@ -260,6 +267,32 @@ def test_2_shared_vg_and_gfs2_mounted_on_every_host(slab: StorageCluster) -> Non
         assert slab.ssh(name, "sha256sum", f"{MOUNT}/from-sv1").split()[0] == want
 
 
+def test_2b_storage_tab_shows_gfs2_mounted_on_three_hosts(
+    slab: StorageCluster, live_server: Any, page: Any, shot: Any
+) -> None:
+    """Screenshots (var/screenshots/storage-lab-*.png) of the storage tab of each VM."""
+    from playwright.sync_api import expect
+
+    from console.storage.models import Filesystem
+
+    fs = Filesystem.objects.get(logical_volume__name=LV)
+    assert fs.mounted_on == list(NAMES)  # from the mount steps' results
+    base = live_server.url
+    page.goto(f"{base}/login/")
+    page.fill("input[name=username]", slab.admin.username)
+    page.fill("input[name=password]", "pw-for-tests-only")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    for name in NAMES:
+        host = slab.host(name)
+        page.goto(f"{base}/clusters/{host.cluster_id}/hosts/{host.pk}/storage/")
+        badge = page.locator(f"#lv-{LV} .mounted-on")
+        expect(badge).to_have_attribute("data-hosts", ",".join(NAMES))
+        expect(page.locator(f"#vg-{VG}")).to_contain_text("clustered")
+        expect(page.locator("#devices")).to_contain_text("/dev/vdb")
+        shot(page, f"storage-lab-{name}-gfs2-mounted")
+
+
 def test_3_extend_refreshes_the_other_hosts_and_grows_gfs2(slab: StorageCluster) -> None:
     from console.storage import services
     from console.storage.models import LogicalVolume
@@ -282,31 +315,70 @@ def test_3_extend_refreshes_the_other_hosts_and_grows_gfs2(slab: StorageCluster)
     )
 
 
-def test_4_power_loss_acknowledged_dlm_told_gfs2_writable_on_survivors(
+def test_4_add_a_journal_to_the_mounted_gfs2(slab: StorageCluster) -> None:
+    """A fourth host needs a journal: gfs2_jadd on a host where it is mounted."""
+    from console.storage import services
+    from console.storage.models import Filesystem
+
+    fs = Filesystem.objects.get(logical_volume__name=LV)
+    started = time.monotonic()
+    slab.succeeded(services.add_journals(slab.host("sv2"), fs, 1, actor=slab.admin))
+    TIMINGS["gfs2_jadd_s"] = round(time.monotonic() - started, 1)
+    fs.refresh_from_db()
+    assert fs.journals == 4
+    jindex = slab.ssh("sv1", "gfs2_edit", "-p", "jindex", f"/dev/{VG}/{LV}")
+    assert all(f"journal{n}" in jindex for n in range(4)), jindex
+
+
+def _fence_devices(slab: StorageCluster) -> None:
+    """fence_ipmilan against each VM's BMC, through the API (the password sealed at rest)."""
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(slab.admin)
+    cluster = slab.host("sv1").cluster
+    for name in NAMES:
+        options = slab.lab.vm(name).fence_ipmilan_options(slab.lab.bmc_password())
+        password = options.pop("password")
+        response = api.post(
+            "/api/fence-devices/",
+            {"cluster": cluster.pk, "name": f"ipmi-{name}", "agent": "fence_ipmilan",
+             "host": slab.host(name).pk, "parameters": options,
+             "secret_parameters": {"password": password}},
+            format="json",
+        )  # fmt: skip
+        assert response.status_code == 201, response.content
+
+
+def test_5_power_loss_fenced_by_haven_dlm_told_gfs2_writable_on_survivors(
     slab: StorageCluster,
 ) -> None:
-    from console.runtime import operations
+    from console.clusters import services as cluster_services
+    from console.clusters.models import FenceDevice
 
+    _fence_devices(slab)
+    # the path first: a healthy VM asks sv3's BMC for its power state (nothing powered)
+    device = FenceDevice.objects.get(name="ipmi-sv3")
+    probe = slab.succeeded(
+        cluster_services.fence_test(device.cluster, device, actor=slab.admin), 120
+    )
+    step = probe.steps.get()
+    assert step.host is not None and step.host.name != "sv3" and step.result["power"] == "on"
+    assert not Job.objects.filter(kind="dlm-fence-ack").exists()  # a test fences nobody
     lost = time.monotonic()
-    slab.lab.power_off("sv3")
-    slab.wait(
-        "sv3 no longer online",
-        lambda: slab.host("sv3").state != "online",
-        120,
-    )
-    slab.wait(
-        "survivors see sv3 gone from corosync",
-        lambda: all(
-            (m := slab.membership(n)) and len(m.get("nodes", [])) == 2 and m.get("quorate")
-            for n in ("sv1", "sv2")
-        ),
-        120,
-    )
-    acks = Job.objects.filter(kind="dlm-fence-ack").count()
-    operations.acknowledge_down(slab.host("sv3"), actor=slab.admin)
-    slab.wait("the dlm-fence-ack job", lambda: Job.objects.filter(kind="dlm-fence-ack").count()
-              > acks, 30)  # fmt: skip
-    ack = slab.succeeded(Job.objects.filter(kind="dlm-fence-ack").latest("pk"), 120)
+    slab.lab.power_off("sv3")  # the plug pulled: its QEMU SIGKILLed
+    slab.wait("Haven's fence of sv3", lambda: Job.objects.filter(kind="fence").exists(), 120)
+    fence = slab.succeeded(Job.objects.filter(kind="fence").latest("pk"), 180)
+    TIMINGS["power_off_to_fenced_s"] = round(time.monotonic() - lost, 1)
+    step = fence.steps.get()
+    assert step.host is not None and step.host.name in ("sv1", "sv2")  # run on a healthy VM
+    assert step.args["agent"] == "fence_ipmilan" and step.args["action"] == "off"
+    assert "password" not in str(step.args)
+    assert slab.host("sv3").state == "fenced"
+    slab.wait("the dlm-fence-ack job", lambda: Job.objects.filter(kind="dlm-fence-ack").exists(),
+              60)  # fmt: skip
+    ack = slab.succeeded(Job.objects.get(kind="dlm-fence-ack"), 300)
+    TIMINGS["power_off_to_dlm_acknowledged_s"] = round(time.monotonic() - lost, 1)
     assert sorted(s.host.name for s in ack.steps.all() if s.host) == ["sv1", "sv2"]
     assert all(s.result["nodeid"] == 3 for s in ack.steps.all())
     for name in ("sv1", "sv2"):
@@ -318,7 +390,7 @@ def test_4_power_loss_acknowledged_dlm_told_gfs2_writable_on_survivors(
     print(f"sv1 kernel: {log.strip()[-300:]}")
 
 
-def test_5_remove_is_refused_while_mounted(slab: StorageCluster) -> None:
+def test_6_remove_is_refused_while_mounted(slab: StorageCluster) -> None:
     from console.storage import services
     from console.storage.models import LogicalVolume
 
@@ -332,27 +404,51 @@ def test_5_remove_is_refused_while_mounted(slab: StorageCluster) -> None:
     assert "gfs2" in slab.ssh("sv1", "sh", "-c", f"grep ' {MOUNT} ' /proc/mounts")
 
 
-def test_6_fence_agent_reports_off_then_powers_the_host_back(slab: StorageCluster) -> None:
+def test_7_host_powered_on_through_its_bmc_remounts_gfs2_at_boot(slab: StorageCluster) -> None:
     import subprocess
 
-    agent = str(ROOT / "deploy" / "lab" / "storage" / "fence_haven_vm")
+    options = slab.lab.vm("sv3").fence_ipmilan_options(slab.lab.bmc_password())
 
     def fence(action: str) -> int:
+        stdin = "".join(f"{k}={v}\n" for k, v in {**options, "action": action}.items())
         return subprocess.run(
-            [agent], input=f"action={action}\nplug=sv3\n", text=True, capture_output=True
+            ["/usr/sbin/fence_ipmilan"], input=stdin, text=True, capture_output=True
         ).returncode
 
-    meta = subprocess.run([agent, "-o", "metadata"], capture_output=True, text=True)
-    assert meta.returncode == 0 and 'name="lab_root"' in meta.stdout
     assert fence("status") == 2  # off: its QEMU is gone
     started = time.monotonic()
     assert fence("on") == 0 and slab.lab.vm("sv3").powered_on()
     slab.lab.wait_ready("sv3")
     TIMINGS["power_on_to_sshd_s"] = round(time.monotonic() - started, 1)
-    assert fence("status") == 0
     slab.wait(
         "sv3 back in corosync: 3 members on sv1",
         lambda: (m := slab.membership("sv1")) is not None and len(m.get("nodes", [])) == 3,
         600,
     )
     TIMINGS["power_on_to_rejoined_s"] = round(time.monotonic() - started, 1)
+
+    def mounted() -> bool:
+        proc = slab.lab.ssh("sv3", ["grep", f" {MOUNT} gfs2 ", "/proc/mounts"], timeout=60)
+        return proc.returncode == 0
+
+    slab.wait("sv3 to mount GFS2 at boot (systemd, after dlm)", mounted, 900)
+    TIMINGS["power_on_to_gfs2_mounted_s"] = round(time.monotonic() - started, 1)
+    assert slab.ssh("sv3", "cat", f"{MOUNT}/after-sv1").strip() == "after-fence"
+    slab.wait("sv3 online again", lambda: slab.host("sv3").state == "online", 120)
+
+
+def test_8_remove_after_unmount_works(slab: StorageCluster) -> None:
+    from console.storage import services
+    from console.storage.models import Filesystem, LogicalVolume
+
+    lv = LogicalVolume.objects.get(volume_group__name=VG, name=LV)
+    job = slab.succeeded(
+        services.remove_volume(slab.host("sv1"), lv, actor=slab.admin, unmount=True), 900
+    )
+    assert {s.host.name for s in job.steps.filter(kind="unmount") if s.host} == set(NAMES)
+    assert not LogicalVolume.objects.filter(pk=lv.pk).exists()
+    assert not Filesystem.objects.filter(logical_volume_id=lv.pk).exists()
+    for name in NAMES:
+        assert f" {MOUNT} " not in slab.ssh(name, "cat", "/proc/mounts")
+        assert MOUNT not in slab.ssh(name, "cat", "/etc/fstab")
+    assert LV not in slab.ssh("sv2", "lvs", "--noheadings", "-o", "lv_name", VG)

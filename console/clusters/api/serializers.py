@@ -11,7 +11,15 @@ from console.core.api import HavenModelSerializer
 class ClusterSerializer(HavenModelSerializer):
     class Meta:
         model = Cluster
-        fields = ["id", "name", "description", "created"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "cpu_overcommit",
+            "host_failures_to_tolerate",
+            "rebalance",
+            "created",
+        ]
         read_only_fields = ["created"]
 
 
@@ -29,6 +37,7 @@ class HostSerializer(HavenModelSerializer):
             "memory_total_mb",
             "memory_free_mb",
             "cpus",
+            "cpu_overcommit",
             "libvirt_uri",
             "host_uuid",
             "agent_version",

@@ -11,12 +11,13 @@ from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations, whatif
+from console.runtime import operations, rules, whatif
 from console.runtime.api import (
     AddHostsSerializer,
     FingerprintSerializer,
     ImportSerializer,
     MaintenanceSerializer,
+    PolicySerializer,
     PredictionSerializer,
     RemoveHostSerializer,
     RepairHostSerializer,
@@ -36,6 +37,13 @@ class ClusterViewSet(HavenViewSet):
 
     def perform_destroy(self, instance: Any) -> None:
         cluster_services.delete_cluster(instance, actor=self.request.user)
+
+    @extend_schema(responses={200: PolicySerializer})
+    @action(detail=True, methods=["get"])
+    def policy(self, request: Request, pk: str | None = None) -> Response:
+        """The failover capacity (admission control: "survives 1 host failure; 3.2 GiB
+        spare") and the live rebalancer's plan and why, from the engine on the live cluster."""
+        return Response(rules.policy(self.get_object()).as_dict())
 
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
     @action(detail=True, methods=["post"], url_path="what-if")

@@ -42,6 +42,8 @@ class NodeSpec:
     cpus: int
     power: bool = True
     fence: str = "ok"  # ok | fails | none
+    #: vCPUs per CPU on this node (None: the settings' cpu_overcommit)
+    cpu_overcommit: float | None = None
     shared_storage: bool = False
 
 
@@ -249,6 +251,10 @@ def _settings(r: _R) -> tuple[Settings, SimSettings]:
         item = r.get(key)
         if key == "missed_heartbeats":
             engine[key] = item.integer(minimum=1)
+        elif key in engine_fields and engine_fields[key].type in ("int", int):
+            engine[key] = item.integer()
+        elif key in engine_fields and engine_fields[key].type in ("bool", bool):
+            engine[key] = item.boolean(False)
         elif key in engine_fields:
             engine[key] = item.number()
         elif key in sim_fields:
@@ -264,7 +270,9 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
     out: list[NodeSpec] = []
     seen: set[str] = set()
     for item in r.items():
-        item.obj({"name", "memory_mb", "cpus", "power", "fence", "shared_storage"})
+        item.obj(
+            {"name", "memory_mb", "cpus", "power", "fence", "cpu_overcommit", "shared_storage"}
+        )
         name = item.get("name").string()
         if name in seen:
             raise item.get("name").fail(f"duplicate node {name!r}")
@@ -276,6 +284,9 @@ def _nodes(r: _R) -> tuple[NodeSpec, ...]:
                 cpus=item.get("cpus").integer(default=1, minimum=1),
                 power=item.get("power").choice({"on", "off"}, "on") == "on",
                 fence=item.get("fence").choice({"ok", "fails", "none"}, "ok"),
+                cpu_overcommit=(
+                    item.get("cpu_overcommit").number() if item.has("cpu_overcommit") else None
+                ),
                 shared_storage=item.get("shared_storage").boolean(default=False),
             )
         )
@@ -332,6 +343,7 @@ def _services(r: _R, nodes: set[str], domains: Mapping[str, Domain]) -> dict[str
                 "migratable",
                 "autostart",
                 "saveable",
+                "protected",
             }
         )
         name = item.get("name").string()
@@ -362,6 +374,7 @@ def _services(r: _R, nodes: set[str], domains: Mapping[str, Domain]) -> dict[str
             migratable=item.get("migratable").boolean(True),
             autostart=item.get("autostart").boolean(True),
             saveable=item.get("saveable").boolean(False),
+            protected=item.get("protected").boolean(True),
             node=node,
         )
     return out

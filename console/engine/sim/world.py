@@ -306,6 +306,7 @@ class World:
                 memory_total_mb=h.spec.memory_mb,
                 memory_free_mb=h.reported_free,
                 cpus=h.spec.cpus,
+                cpu_overcommit=h.spec.cpu_overcommit,
                 maintenance=h.maintenance,
                 shutting_down=h.shutting_down,
                 fence_device=h.spec.fence != "none",

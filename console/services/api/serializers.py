@@ -93,6 +93,7 @@ class VmServiceSerializer(HavenModelSerializer):
             "max_relocations",
             "priority",
             "migratable",
+            "protected",
             "desired_state",
             "state",
             "host",

@@ -78,6 +78,9 @@ class VmServiceViewSet(HavenViewSet):
     )
     operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
 
+    def perform_create(self, serializer: Any) -> None:
+        services.save_service(serializer, actor=self.request.user, verb="create")
+
     def perform_destroy(self, instance: Any) -> None:
         services.delete_service(instance, actor=self.request.user)
 

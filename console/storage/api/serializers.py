@@ -70,5 +70,6 @@ class FilesystemSerializer(HavenModelSerializer):
             "journals",
             "mount_point",
             "in_fstab",
+            "mounted_on",
         ]
         read_only_fields = ["lock_protocol"]

@@ -89,6 +89,20 @@ class ExtendSerializer(drf.Serializer):  # type: ignore[type-arg]
     size_bytes = drf.IntegerField(min_value=1, help_text="The new total size.")
 
 
+class RemoveSerializer(drf.Serializer):  # type: ignore[type-arg]
+    host = HostField()
+    unmount = drf.BooleanField(
+        default=False,
+        help_text="Unmount it and drop its fstab line on every host first; without it a host "
+        "where it is mounted refuses, and nothing changes.",
+    )
+
+
+class JournalsSerializer(drf.Serializer):  # type: ignore[type-arg]
+    host = HostField()  # where it is mounted: gfs2_jadd runs there
+    journals = drf.IntegerField(min_value=1, max_value=16, default=1)
+
+
 def _same_cluster(host: Host, cluster_id: int, field: str) -> Response | None:
     if host.cluster_id != cluster_id:
         return Response(
@@ -186,8 +200,38 @@ class LogicalVolumeViewSet(HavenViewSet):
         )
         return job_response(job)
 
+    @extend_schema(request=RemoveSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def remove(self, request: Request, pk: str | None = None) -> Response:
+        """Remove the LV and its GFS2: refused (400) while guests' disks are on it; the job
+        fails on every host where it is mounted unless ``unmount``."""
+        body = RemoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        lv: LogicalVolume = self.get_object()
+        host: Host = body.validated_data["host"]
+        if (refused := _same_cluster(host, lv.volume_group.cluster_id, "host")) is not None:
+            return refused
+        job = services.remove_volume(
+            host, lv, actor=request.user, unmount=body.validated_data["unmount"]
+        )
+        return job_response(job)
+
 
 class FilesystemViewSet(HavenViewSet):
     queryset = Filesystem.objects.select_related("logical_volume__volume_group__cluster")
     serializer_class = serializers.FilesystemSerializer
     filterset_fields = ("logical_volume", "name")
+
+    @extend_schema(request=JournalsSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="add-journals")
+    def add_journals(self, request: Request, pk: str | None = None) -> Response:
+        """gfs2_jadd on a host where it is mounted (each host that mounts it needs one)."""
+        body = JournalsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        fs: Filesystem = self.get_object()
+        host: Host = body.validated_data["host"]
+        cluster_id = fs.logical_volume.volume_group.cluster_id
+        if (refused := _same_cluster(host, cluster_id, "host")) is not None:
+            return refused
+        job = services.add_journals(host, fs, body.validated_data["journals"], actor=request.user)
+        return job_response(job)

@@ -8,7 +8,7 @@ import console.core.validators
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("services", "0004_state_reason_target"),
+        ("services", "0005_policy"),
     ]
 
     operations = [

@@ -1,0 +1,108 @@
+"""`python -m agent.shutdown --broker-file FILE --host NAME`: a clean shutdown drains first.
+
+The host's shutdown hook runs this (``/etc/haven/shutdown-NAME.sh``, written by the console's
+SSH bootstrap; on systemd hosts the ``ExecStop=`` of ``haven-drain-NAME.service``, which stops
+before libvirtd and libvirt-guests, so before anything stops a guest). It tells the console
+that the host is shutting down (an ``event`` of kind ``shutdown`` on the host's own inbound
+list, the one key its Redis user may write), then waits until no guest runs here any more —
+the HA engine live-migrates them away, as for maintenance, and will not fence the host once
+it goes quiet — or until ``--timeout`` passes, and returns so the shutdown goes on.
+
+Exit status: 0 drained (no guest left), 1 guests still running at the timeout (libvirt stops
+them as it always did), 2 the console could not be told (nothing was waited for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from agent.protocol import Event
+from agent.publisher import RedisSender, Sender
+
+log = logging.getLogger("agent.shutdown")
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def announce(sender: Sender, host: str) -> None:
+    """The console's word for "drain me": one ``shutdown`` event from this host."""
+    sender.send(
+        Event(
+            host=host,
+            event="shutdown",
+            guest="",
+            uuid="",
+            state="",
+            detail="clean shutdown: drain this host by live migration",
+        ).to_dict()
+    )
+
+
+def running_guests(uri: str) -> list[str]:
+    """The guests active here now (libvirt)."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        return sorted(
+            d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        )
+    finally:
+        conn.close()
+
+
+def drain(
+    host: str,
+    sender: Sender,
+    guests: Callable[[], list[str]],
+    timeout_s: float,
+    *,
+    interval_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Announce, then wait (bounded) until ``guests()`` is empty; the exit status."""
+    try:
+        announce(sender, host)
+    except Exception as exc:  # no broker: shut down as before, at once
+        log.error("could not tell the console that %s shuts down: %s", host, exc)
+        return 2
+    deadline = clock() + timeout_s
+    left = guests()
+    while left:
+        if clock() >= deadline:
+            log.warning("%s: still running after %.0f s: %s", host, timeout_s, ", ".join(left))
+            return 1
+        log.info("%s: waiting for %s to move away", host, ", ".join(left))
+        sleep(interval_s)
+        left = guests()
+    log.info("%s: no guest left; the shutdown goes on", host)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agent.__main__ import _broker, _broker_from_file, _host, _uri
+
+    p = argparse.ArgumentParser(prog="python -m agent.shutdown", description=__doc__)
+    p.add_argument("--host", type=_host, required=True)
+    p.add_argument("--broker-file", type=_broker_from_file, dest="broker", help="the env file")
+    p.add_argument("--broker", type=_broker, dest="broker", help="or the URL itself")
+    p.add_argument("--libvirt-uri", type=_uri, default="qemu:///system")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+    args = p.parse_args(argv)
+    if not args.broker:
+        p.error("give --broker-file (or --broker)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sender = RedisSender(args.broker, args.host)
+    try:
+        return drain(args.host, sender, lambda: running_guests(args.libvirt_uri), args.timeout)
+    finally:
+        sender.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
