@@ -246,7 +246,13 @@ def test_3_a_preempted_tick_guest_is_saved_and_resumed(cluster: Cluster) -> None
     xml = article._render_guest("lab", cluster.kernel, memory_mib=HOST_MIB // 2)  # type: ignore[attr-defined]
     r = api.post(
         "/api/services/",
-        {"cluster": cid, "name": "lab", "domain_xml": xml, "failover_domain": domain["id"]},
+        {
+            "cluster": cid,
+            "name": "lab",
+            "domain_xml": xml,
+            "failover_domain": domain["id"],
+            "protected": False,  # out of admission control: it cannot outlive et-virt05 anyway
+        },
         format="json",
     )
     assert r.status_code == 201, r.content
@@ -264,6 +270,7 @@ def test_3_a_preempted_tick_guest_is_saved_and_resumed(cluster: Cluster) -> None
             "failover_domain": domain["id"],
             "priority": 10,
             "desired_state": "stopped",
+            "protected": False,
         },
         format="json",
     )
