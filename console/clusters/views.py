@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Prefetch, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -33,6 +33,7 @@ from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import services as core_services
 from console.core.errors import Refused
 from console.core.views import role_required
+from console.engine.placement import vcpu_limit
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
 from console.runtime import operations, rules
@@ -63,7 +64,10 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     queries whatever the cluster's size (no N+1; pinned by a test)."""
     hosts = list(
         Host.objects.filter(cluster=cluster)
-        .annotate(guests=Count("services", filter=Q(services__state__in=OCCUPYING_STATES)))
+        .annotate(
+            guests=Count("services", filter=Q(services__state__in=OCCUPYING_STATES)),
+            vcpus_used=Sum("services__vcpus", filter=Q(services__state__in=OCCUPYING_STATES)),
+        )
         .prefetch_related(Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order")))
         .order_by("name")
     )
@@ -86,6 +90,8 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
     membership = _membership([h.name for h in hosts])
     for h in hosts:
         h.membership = membership.get(h.name)  # type: ignore[attr-defined]
+        ratio = cluster.cpu_overcommit if h.cpu_overcommit is None else h.cpu_overcommit
+        h.vcpu_limit = vcpu_limit(h.cpus, ratio) if h.cpus else None  # type: ignore[attr-defined]
     return {
         "refusals": refusals,
         "cluster": cluster,

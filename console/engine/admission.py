@@ -22,7 +22,7 @@ domains are not looked at (a restricted guest may find less room than this says)
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -81,30 +81,34 @@ class Capacity:
         )
 
 
-def capacity(
-    mem_cap: Mapping[str, int],
-    mem_used: Mapping[str, int],
-    loads: Iterable[Load],
-    tolerate: int,
-) -> Capacity:
-    """Failover capacity of the usable hosts `mem_cap` (memory they may give guests; `mem_used`
-    what guests hold there now, including `loads` on them) after losing `tolerate` of them."""
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """At one protected priority `q`: per host, the memory needed if it fails (`need`) and
+    what it offers if it survives (`avail`: free plus preemptible), and the memory of the
+    guests >= `q` waiting for a host anyway."""
+
+    priority: int | None
+    need: dict[str, int]
+    avail: dict[str, int]
+    waiting: int
+
+
+def _levels(
+    mem_cap: Mapping[str, int], mem_used: Mapping[str, int], loads: Iterable[Load]
+) -> Iterator[_Level]:
     hosts = sorted(mem_cap)
     free = {h: mem_cap[h] - mem_used.get(h, 0) for h in hosts}
     guests = sorted(loads, key=lambda g: (-g.priority, g.name))
     levels = sorted({g.priority for g in guests if g.protected}, reverse=True)
-    # per host: memory of guests at or above the level (needed if it fails) and below it
-    # (preemptible if it survives); the level walks down, moving guests from low to need
+    # the level walks down, moving guests from preemptible (`low`) to needed
     need = dict.fromkeys(hosts, 0)
     low = dict.fromkeys(hosts, 0)
     for g in guests:
         if g.host in low:
             low[g.host] += g.memory_mb
     waiting = 0
-    k = max(0, min(tolerate, len(hosts)))
-    best: Capacity | None = None
     i = 0
-    everyone: list[int | None] = [None]
+    everyone: list[int | None] = [None]  # nothing protected: everything counts, for show
     for q in levels or everyone:
         while i < len(guests) and (q is None or guests[i].priority >= q):
             g = guests[i]
@@ -114,20 +118,35 @@ def capacity(
             else:
                 waiting += g.memory_mb
             i += 1
-        avail = {h: free[h] + low[h] for h in hosts}
+        yield _Level(q, dict(need), {h: free[h] + low[h] for h in hosts}, waiting)
+
+
+def capacity(
+    mem_cap: Mapping[str, int],
+    mem_used: Mapping[str, int],
+    loads: Iterable[Load],
+    tolerate: int,
+) -> Capacity:
+    """Failover capacity of the usable hosts `mem_cap` (memory they may give guests; `mem_used`
+    what guests hold there now, including `loads` on them) after losing `tolerate` of them."""
+    hosts = sorted(mem_cap)
+    k = max(0, min(tolerate, len(hosts)))
+    best: Capacity | None = None
+    for level in _levels(mem_cap, mem_used, loads):
+        need, avail = level.need, level.avail
         worst = heapq.nlargest(k, hosts, key=lambda h: (need[h] + avail[h], h))
         lost = set(worst)
-        needed = waiting + sum(need[h] for h in worst)
+        needed = level.waiting + sum(need[h] for h in worst)
         spare_free = sum(avail[h] for h in hosts if h not in lost)
         spare = spare_free - needed
         if best is None or spare < best.spare_mb:
             best = Capacity(
                 tolerate=tolerate,
-                ok=not levels or spare >= 0,
+                ok=level.priority is None or spare >= 0,
                 spare_mb=spare,
                 needed_mb=needed,
                 free_mb=spare_free,
-                priority=q,
+                priority=level.priority,
                 worst=tuple(sorted(worst)),
                 hosts=len(hosts),
             )
@@ -135,14 +154,24 @@ def capacity(
     return best
 
 
-def tolerated(survives: Callable[[int], bool], hosts: int) -> int:
-    """How many host failures (the worst ones) the cluster survives: the largest `k` in
-    0..`hosts` with `survives(k)` (losing more hosts never leaves more room, so a bisection)."""
-    lo, hi = 0, hosts
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if survives(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def tolerated(
+    mem_cap: Mapping[str, int], mem_used: Mapping[str, int], loads: Iterable[Load]
+) -> int:
+    """How many host failures (the worst ones) the cluster survives, restarting every
+    protected guest: the largest `k` whose margin is not negative at any level (all hosts
+    when nothing is protected). One pass: at each level the margin after losing the `k`
+    worst hosts is the total offered minus the `k` largest per-host scores."""
+    most = len(mem_cap)
+    for level in _levels(mem_cap, mem_used, loads):
+        if level.priority is None:
+            return most
+        scores = sorted((level.need[h] + level.avail[h] for h in mem_cap), reverse=True)
+        margin = sum(level.avail.values()) - level.waiting
+        k = 0
+        while k < most and margin - scores[k] >= 0:
+            margin -= scores[k]
+            k += 1
+        if margin < 0:  # short even before losing a host
+            return 0
+        most = min(most, k)
+    return most

@@ -79,7 +79,8 @@ class ServiceStatus:
     #: its state was saved on this host (managed save) when it was stopped to make room; its
     #: next start there resumes it
     saved_on: str | None = None
-    #: when the live rebalancer last moved it (none before the cool-down has passed)
+    #: when the live rebalancer (or a person) last moved it: the rebalancer moves it again
+    #: only after its cool-down
     rebalanced_at: float | None = None
     #: no host of the cluster reported while it should run (a full power loss, or the console
     #: cut off from every host): with autostart off, the cluster does not start it again on

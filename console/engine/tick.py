@@ -1213,11 +1213,20 @@ class _Tick:
                 continue
             host = s.node if s.state in OCCUPYING and s.node in caps else None
             loads.append(Load(name, cfg.memory_mb, cfg.priority, cfg.protected, host))
+        used = {h: usage.mem.get(h, 0) for h in caps}
         if extra is not None:
             known = self.svcs.get(extra.name)
             if known is None or not self._counted(known):
                 loads.append(Load(extra.name, extra.memory_mb, extra.priority, True, None))
-        return caps, {h: usage.mem.get(h, 0) for h in caps}, loads
+            else:  # a changed configuration of a guest that is counted: in place of the old
+                i = next(i for i, g in enumerate(loads) if g.name == extra.name)
+                was = loads[i]
+                loads[i] = Load(
+                    extra.name, extra.memory_mb, extra.priority, extra.protected, was.host
+                )
+                if was.host is not None:
+                    used[was.host] += extra.memory_mb - was.memory_mb
+        return caps, used, loads
 
     def _admission_refusal(self, cfg: ServiceConfig) -> Refusal | None:
         """Why starting (or enabling) `cfg` breaks admission control, or None."""
@@ -1233,6 +1242,27 @@ class _Tick:
             return None
         return Refusal(R.ADMISSION, f"admission control: {found.refusal()}")
 
+    def _change_refusal(self, cfg: ServiceConfig) -> Refusal | None:
+        """Why changing a counted guest's configuration to `cfg` (more memory, a higher
+        priority, protected again) breaks admission control, or None."""
+        old = self.conf.get(cfg.name)
+        known = self.svcs.get(cfg.name)
+        if old is None or known is None or not self._counted(known):
+            return None  # not meant to run: an edit starts nothing (a start is checked)
+        more = (
+            cfg.memory_mb > old.memory_mb
+            or cfg.priority > old.priority
+            or (cfg.protected and not old.protected)
+        )
+        if self.cfg.host_failures_to_tolerate <= 0 or not more:
+            return None
+        if not any(hs.state is H.ONLINE for hs in self.hosts.values()):
+            return None
+        found = self.capacity(extra=cfg)
+        if found.ok:
+            return None
+        return Refusal(R.ADMISSION, f"admission control: {found.refusal()}")
+
     def _move_command(self, cmd: Command, s: ServiceStatus) -> None:
         name, node = cmd.service, cmd.node or ""
         live = cmd.kind is CommandKind.MIGRATE
@@ -1241,7 +1271,8 @@ class _Tick:
             self._reply(cmd, ReplyOutcome.REFUSED, refusal.code, refusal.reason)
             return
         self._move(name, node, live, f"asked by a person (command {cmd.id})")
-        self._put(name, replace(self.svcs[name], home=None))
+        # where a person put it stays for the rebalancer's cool-down too
+        self._put(name, replace(self.svcs[name], home=None, rebalanced_at=self.now))
         self._reply(cmd, ReplyOutcome.ACCEPTED)
 
     def _move_refusal(self, name: str, s: ServiceStatus, node: str, live: bool) -> Refusal | None:
@@ -1733,6 +1764,12 @@ class Rulebook:
             return Refusal(R.UNKNOWN_SERVICE, "no such service")
         return t._admission_refusal(cfg)
 
+    def change_refusal(self, cfg: ServiceConfig) -> Refusal | None:
+        """Admission control: why saving `cfg` as the new configuration of a guest that
+        should run (more memory, a higher priority, protected again) would break it, or None
+        (also for a guest that is not meant to run: its start is checked then)."""
+        return self._t._change_refusal(cfg)
+
     def capacity(self, tolerate: int | None = None) -> Capacity:
         """The cluster's failover capacity after losing `tolerate` hosts (default: the
         setting), e.g. `.describe()` -> "survives 1 host failure; 3.2 GiB spare"."""
@@ -1740,8 +1777,7 @@ class Rulebook:
 
     def tolerated(self) -> int:
         """How many host failures (the worst ones) the cluster survives now."""
-        caps, used, loads = self._t.capacity_inputs()
-        return tolerated(lambda k: capacity(caps, used, loads, k).ok, len(caps))
+        return tolerated(*self._t.capacity_inputs())
 
     def rebalance(self) -> Outlook:
         """The live rebalancer's whole plan now and why (as the next tick sees it before

@@ -101,14 +101,20 @@ def service_command(service: VmService, kind: str, *, actor: Any, host: str | No
     return job
 
 
-def refuse_admission(service: VmService, *, actor: str, verb: str) -> None:
+def refuse_admission(
+    service: VmService, *, actor: str, verb: str, field: str | None = None
+) -> None:
     """Admission control (N+1): refused (409), in the event log with code ``admission``
     (an alert topic), when starting ``service`` would leave the cluster unable to restart its
     protected guests after losing its worst hosts; the engine's own words and numbers."""
-    refusal = rules.start_refusal(service.cluster, service)
+    if verb == "update":
+        refusal = rules.change_refusal(service.cluster, service)
+    else:
+        refusal = rules.start_refusal(service.cluster, service)
     if refusal is None:
         return
-    message = f"{service.name} cannot start: {refusal.reason}."
+    what = "cannot grow" if verb == "update" else "cannot start"
+    message = f"{service.name} {what}: {refusal.reason}."
     with transaction.atomic():
         record(
             actor=actor,
@@ -121,7 +127,9 @@ def refuse_admission(service: VmService, *, actor: str, verb: str) -> None:
             message=refusal.reason,
             data={"code": refusal.code.value},
         )
-    raise OperationError(message, field=None if service.pk else "protected", status=409)
+    if field is None and verb == "create":
+        field = "protected"
+    raise OperationError(message, field=field, status=409)
 
 
 def _check_move(service: VmService, host: str | None, *, live: bool) -> str:

@@ -99,6 +99,18 @@ def start_refusal(cluster: Cluster, service: VmService) -> engine.Refusal | None
     return book.start_refusal(service.name if known else service_config(service))
 
 
+def change_refusal(cluster: Cluster, service: VmService) -> engine.Refusal | None:
+    """Admission control's answer to saving ``service`` (edited, not yet saved) when its guest
+    should run: more memory, a higher priority or protected again must still fit. None when
+    the live picture cannot be read (as for `start_refusal`)."""
+    try:
+        book, _snapshot = rulebook(cluster)
+    except (RedisError, OSError) as exc:
+        log.warning("admission control not checked for %s: %s", service.name, exc)
+        return None
+    return book.change_refusal(service_config(service))
+
+
 @dataclass(frozen=True)
 class Failover:
     """The cluster's failover capacity for its page and API."""

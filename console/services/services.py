@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.db import transaction
@@ -96,15 +97,33 @@ def save_service(writer: Any, *, actor: Any, verb: str) -> VmService:
     A new service that the cluster would start (desired started, autostart, protected) is
     refused (409, about ``protected``) when starting it would break admission control, with
     the engine's numbers; nothing is saved then."""
+    from console.runtime.operations import refuse_admission
+
+    form = hasattr(writer, "cleaned_data")
     if verb == "create":
-        candidate = writer.instance if hasattr(writer, "cleaned_data") else None
-        if candidate is None:
-            candidate = VmService(**writer.validated_data)
+        candidate = writer.instance if form else VmService(**writer.validated_data)
+        if not form:
             candidate.clean()  # memory and vCPUs from the XML
         if candidate.desired_state == "started" and candidate.autostart:
-            from console.runtime.operations import refuse_admission
-
             refuse_admission(candidate, actor=actor_name(actor), verb="create")
+    elif verb == "update" and writer.instance.desired_state == "started":
+        old = VmService.objects.get(pk=writer.instance.pk)
+        candidate = writer.instance if form else copy.copy(writer.instance)
+        if not form:
+            for key, value in writer.validated_data.items():
+                setattr(candidate, key, value)
+        candidate.clean()
+        grew = [
+            f
+            for f, more in (
+                ("domain_xml", candidate.memory_mb > old.memory_mb),
+                ("priority", candidate.priority > old.priority),
+                ("protected", candidate.protected and not old.protected),
+            )
+            if more
+        ]
+        if grew:
+            refuse_admission(candidate, actor=actor_name(actor), verb="update", field=grew[0])
     saved = save_serializer(writer, actor=actor, verb=verb)
     assert isinstance(saved, VmService)
     return saved

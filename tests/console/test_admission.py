@@ -22,7 +22,7 @@ SHORT = "need 6144 MB and 4096 MB would be free (2048 MB short)"
 def tight(db: None, live_view: Any) -> dict[str, Any]:
     """Two 8 GiB hosts half full: one more 2 GiB protected guest breaks N+1."""
     cluster = f.ClusterFactory(name="tight")
-    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192)
+    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, cpus=2)
     b = f.HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
     for name, host in (("big1", a), ("big2", b)):
         f.VmServiceFactory(
@@ -104,6 +104,8 @@ def test_accepted_after_a_host_joins_and_the_page_shows_the_capacity(
     cluster, extra = tight["cluster"], tight["extra"]
     page = login("viewer", "page-viewer").get(f"/clusters/{cluster.pk}/")
     assert "survives 1 host failure; 0.0 GiB spare" in text(page)
+    # the hosts table shows each host's vCPUs against its limit (CPUs x overcommit)
+    assert '<td class="num vcpus">1 / 8</td>' in text(page)
     policy = admin_api.get(f"/api/clusters/{cluster.pk}/policy/").json()["failover"]
     assert policy["summary"] == "survives 1 host failure; 0.0 GiB spare"
     assert (policy["ok"], policy["spare_mb"], policy["survives"]) == (True, 0, 1)
@@ -141,7 +143,14 @@ def test_the_policy_is_edited_on_the_page_as_through_the_api(
     assert admin_api.post(f"/api/services/{extra.pk}/start/").status_code == 202
     policy = admin_api.get(f"/api/clusters/{cluster.pk}/policy/").json()
     assert policy["failover"]["summary"].startswith("admission control off; ")
-    assert policy["rebalance"]["stance"] in ("balanced", "holding", "moving", "paused")
+    # big1 and big2 each fill half of their host: balanced (or paused while the console's
+    # fresh view of heartbeats has less than a liveness window of data)
+    r = policy["rebalance"]
+    assert (r["stance"], r["reason"]) == ("balanced", "memory use differs by 0%, within 20%") or (
+        r["stance"] == "paused" and "started afresh" in r["reason"]
+    ), r
+    page = text(client.get(f"/clusters/{cluster.pk}/"))
+    assert f"Live rebalancer:</strong> {r['stance']} — {r['reason']}</p>" in page
     # the API refuses bad values naming the field; a host's own ratio too
     response = admin_api.patch(
         f"/api/clusters/{cluster.pk}/", {"host_failures_to_tolerate": -1}, format="json"
@@ -154,3 +163,39 @@ def test_the_policy_is_edited_on_the_page_as_through_the_api(
     assert host.cpu_overcommit == 1.5
     # viewers cannot edit it
     assert login("viewer", "v").post(f"/clusters/{cluster.pk}/policy/", {}).status_code == 403
+
+
+def test_growing_a_running_protected_guest_is_refused_like_a_start(
+    admin_api: APIClient, tight: dict[str, Any]
+) -> None:
+    big1 = VmService.objects.get(name="big1")
+    grown = f.domain_xml("big1", memory_kib=6144 * 1024).replace(
+        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
+    )
+    response = admin_api.patch(f"/api/services/{big1.pk}/", {"domain_xml": grown}, format="json")
+    assert response.status_code == 409, response.content
+    (message,) = response.json()["domain_xml"]
+    assert message.startswith("big1 cannot grow: admission control: the cluster would not")
+    assert "need 4096 MB and 2048 MB would be free (2048 MB short)" in message
+    big1.refresh_from_db()
+    assert big1.memory_mb == 4096  # nothing saved
+    # smaller is fine, and so is growing a guest that is not meant to run
+    smaller = f.domain_xml("big1", memory_kib=2048 * 1024).replace(
+        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
+    )
+    assert (
+        admin_api.patch(
+            f"/api/services/{big1.pk}/", {"domain_xml": smaller}, format="json"
+        ).status_code
+        == 200
+    )
+    extra = tight["extra"]
+    bigger = f.domain_xml("extra", memory_kib=8192 * 1024).replace(
+        "<name>", f"<uuid>{extra.uuid}</uuid><name>"
+    )
+    assert (
+        admin_api.patch(
+            f"/api/services/{extra.pk}/", {"domain_xml": bigger}, format="json"
+        ).status_code
+        == 200
+    )

@@ -584,3 +584,38 @@ def test_heartbeats_never_write_to_the_database(cluster3: Any, store: Store) -> 
     sql = [q["sql"].split()[0].upper() for q in queries.captured_queries]
     assert sql and set(sql) == {"SELECT"}  # one lookup of the host's cluster each, no writes
     assert store.reports(["et-virt05"])["et-virt05"].received == 2049.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rebalancer_moves_guests_by_live_migration_once_each(
+    cluster3: Any, store: Store
+) -> None:
+    """Opt-in per cluster: four 4 GiB guests on et-virt05 are spread by live migrations once
+    the spread has lasted the hold time (60 s), each guest moved once, and the cluster page's
+    plan is then empty."""
+    from console.jobs.models import JobStep
+
+    cluster, agents, _ = cluster3
+    cluster.rebalance = True
+    cluster.save()
+    home = Host.objects.get(name="et-virt05")
+    for i in range(4):
+        name = f"big{i}"
+        f.VmServiceFactory(
+            cluster=cluster,
+            name=name,
+            state="started",
+            host=home,
+            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
+        )
+        agents.running["et-virt05"].add(name)
+    t = run(cluster, agents, store, 1000.0, 1050.0)
+    assert not JobStep.objects.filter(kind="migrate").exists()  # holding: 60 s not over
+    t = run(cluster, agents, store, t, 1100.0)
+    moved = [s.args["guest"] for s in JobStep.objects.filter(kind="migrate")]
+    assert moved and len(moved) == len(set(moved)) and set(moved) <= {f"big{i}" for i in range(4)}
+    where = placement()
+    assert sum(1 for i in range(4) if where[f"big{i}"][1] == "et-virt05") == 4 - len(moved)
+    with rules.use(store=store, clock=lambda: t):
+        outlook = rules.policy(cluster).rebalance
+    assert outlook is not None and outlook.moves == (), outlook

@@ -20,7 +20,7 @@ from console.engine import (
     Snapshot,
     tick,
 )
-from console.engine.admission import Load, capacity
+from console.engine.admission import Load, capacity, tolerated
 
 
 def _brute_spare(caps: dict[str, int], loads: list[Load], k: int) -> int:
@@ -74,6 +74,10 @@ def test_worst_hosts_are_the_worst_of_every_choice(
     assert found.ok == (found.spare_mb >= 0)
     assert found.spare_mb == found.free_mb - found.needed_mb
     assert len(found.worst) == min(k, len(caps))
+    # how many failures it survives: the largest k that is ok (0 if even 0 is not)
+    oks = [capacity(caps, used, loads, j).ok for j in range(len(caps) + 1)]
+    assert oks == sorted(oks, reverse=True)  # losing more hosts never helps
+    assert tolerated(caps, used, loads) == max((j for j, ok in enumerate(oks) if ok), default=0)
 
 
 def test_preemptible_guests_count_as_free() -> None:

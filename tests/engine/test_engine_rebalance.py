@@ -199,3 +199,43 @@ def test_paused_in_maintenance_and_incidents_off_unless_enabled() -> None:
     assert len(d.actions) == 2
     after = Rulebook(replace(snap, status=d.status), 1.5).rebalance()
     assert after.stance is Stance.HOLDING and after.reason.endswith("2 moves in flight")
+
+
+def test_a_guest_a_person_moved_cools_down_too() -> None:
+    from dataclasses import replace
+
+    from console.engine import Command, CommandKind, ServiceConfig, Settings, tick
+
+    on = Settings(rebalance=True, rebalance_hold_s=0.0, rebalance_min_gain=0.01)
+    services = {g: ServiceConfig(g, node="n1", memory_mb=2048) for g in ("a", "b", "c", "d")}
+    hosts = {
+        n: HostObservation(n, 0.0, frozenset(services if n == "n1" else ()), 16384, 8192, 8)
+        for n in ("n1", "n2", "n3")
+    }
+    status = tick(Snapshot(hosts, services), 0.0).status
+    moved = tick(
+        Snapshot(
+            hosts, services, status=status, commands=(Command("p", CommandKind.MIGRATE, "a", "n2"),)
+        ),
+        0.5,
+    )
+    done = moved.status.services["a"]
+    assert done.rebalanced_at == 0.5
+    # once it runs on n2, the rebalancer may move others, never "a" back before the cool-down
+    from console.engine.states import ServiceState
+
+    settled = replace(
+        moved.status,
+        services={
+            **moved.status.services,
+            "a": replace(done, state=ServiceState.STARTED, node="n2", target=None, action=None),
+        },
+        pending={},
+    )
+    later = {
+        "n1": replace(hosts["n1"], last_heartbeat=1.0, running=frozenset({"b", "c", "d"})),
+        "n2": replace(hosts["n2"], last_heartbeat=1.0, running=frozenset({"a"})),
+        "n3": replace(hosts["n3"], last_heartbeat=1.0),
+    }
+    outlook = Rulebook(Snapshot(later, services, status=settled, settings=on), 1.0).rebalance()
+    assert outlook.moves and all(m.service != "a" for m in outlook.moves)

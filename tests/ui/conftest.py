@@ -83,13 +83,19 @@ def store() -> Iterator[Any]:
 @pytest.fixture
 def sim(store: Any) -> Iterator[Any]:
     from console.jobs.transport import use_transport
+    from console.runtime import rules, tasks
     from tests.ui.sim import SimAgents
 
     agents = SimAgents(store)
-    with use_transport(agents):
-        agents.start()
-        yield agents
-        agents.stop()
+    # the pages (the rulebook's live view, the push stream) read the store the agents write
+    previous, tasks._store = tasks._store, store
+    try:
+        with use_transport(agents), rules.use(store):
+            agents.start()
+            yield agents
+            agents.stop()
+    finally:
+        tasks._store = previous
     assert not agents.errors, agents.errors[0]
 
 

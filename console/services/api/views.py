@@ -81,6 +81,9 @@ class VmServiceViewSet(HavenViewSet):
     def perform_create(self, serializer: Any) -> None:
         services.save_service(serializer, actor=self.request.user, verb="create")
 
+    def perform_update(self, serializer: Any) -> None:
+        services.save_service(serializer, actor=self.request.user, verb="update")
+
     def perform_destroy(self, instance: Any) -> None:
         services.delete_service(instance, actor=self.request.user)
 

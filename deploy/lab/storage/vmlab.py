@@ -84,6 +84,9 @@ PACKAGES = (
     # Haven fences a lost VM from a healthy one: the real fence_ipmilan against the lab's BMCs
     "fence-agents",
     "ipmitool",
+    # debootstrap does not resolve virtual packages: python3-cryptography (fence-agents) needs
+    # python3-cffi-backend-api-*, provided by this one
+    "python3-cffi-backend",
 )
 # Increase when the customisation below changes: the cache key includes it.
 IMAGE_REVISION = 3
