@@ -72,6 +72,13 @@ class ServiceStatus:
     #: a failback or a return home is under way or owed: a failed one is tried again after
     #: `retry_at` (a host that just came back may not take a migration yet)
     failback: bool = False
+    #: STOPPING a guest that failed a health check (destroyed, then its recovery policy):
+    #: the check (a `HealthCheck` value) and the reason given to the recovery policy
+    hung: str = ""
+    hung_reason: str = ""
+    #: its state was saved on this host (managed save) when it was stopped to make room; its
+    #: next start there resumes it
+    saved_on: str | None = None
     #: when the live rebalancer (or a person) last moved it: the rebalancer moves it again
     #: only after its cool-down
     rebalanced_at: float | None = None
@@ -250,6 +257,9 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "last_node": s.last_node,
         "prefer": s.prefer,
         "failback": s.failback,
+        "hung": s.hung,
+        "hung_reason": s.hung_reason,
+        "saved_on": s.saved_on,
         "rebalanced_at": s.rebalanced_at,
         "outage": s.outage,
     }
@@ -282,6 +292,9 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         last_node=_opt(v.get("last_node")),
         prefer=_opt(v.get("prefer")),
         failback=bool(v.get("failback", False)),
+        hung=str(v.get("hung", "")),
+        hung_reason=str(v.get("hung_reason", "")),
+        saved_on=_opt(v.get("saved_on")),
         rebalanced_at=None if v.get("rebalanced_at") is None else float(v["rebalanced_at"]),
         outage=bool(v.get("outage", False)),
     )

@@ -283,6 +283,9 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
         "new": t.new.value,
         "reason": t.reason,
     }
+    cause = getattr(t, "cause", "")
+    if cause:  # a health check that failed ("watchdog", "panic", ...), or "saved"
+        data["cause"] = cause
     if kind == "host":
         data["host"] = t.name
     else:

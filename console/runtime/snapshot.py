@@ -98,7 +98,22 @@ def _observation(
         fence_device=host.pk in fence_hosts,
         shared_storage=shared_storage,
         acknowledged_down_at=ack,
+        unhealthy=MappingProxyType(_unhealthy(report)),
     )
+
+
+_CHECKS = {c.value: c for c in engine.HealthCheck}
+
+
+def _unhealthy(report: HostReport | None) -> dict[str, engine.HealthFailure]:
+    """The host's failed health checks, as the engine reads them (unknown checks dropped)."""
+    if report is None:
+        return {}
+    return {
+        guest: engine.HealthFailure(_CHECKS[check], detail)
+        for guest, (check, detail) in report.unhealthy.items()
+        if check in _CHECKS
+    }
 
 
 def service_config(service: VmService) -> engine.ServiceConfig:
@@ -115,6 +130,7 @@ def service_config(service: VmService) -> engine.ServiceConfig:
         priority=service.priority,
         migratable=service.migratable,
         autostart=service.autostart,
+        saveable=not service.save_refusal(),
         protected=service.protected,
         node=service.host.name if service.host and service.state == "started" else None,
     )
@@ -128,6 +144,25 @@ def domain_of(domain: FailoverDomain) -> engine.Domain:
         restricted=domain.restricted,
         nofailback=domain.nofailback,
     )
+
+
+def action_result(job: Job) -> engine.ActionResult:
+    """A finished engine job as the engine reads it; a stop to make room says whether the
+    guest was saved (managed save) or, when libvirt refused, shut down and why."""
+    ok = job.status == JobStatus.SUCCEEDED
+    result = engine.ActionResult(job.action_id, ok, job.explanation)
+    if not ok or job.kind != "stop" or job.params.get("reason") != "preempt":
+        return result
+    step = job.steps.filter(kind="shutdown").order_by("-seq").first()
+    data = step.result if step is not None else {}
+    if data.get("how") == "saved":
+        return engine.ActionResult(job.action_id, True, job.explanation, saved=True)
+    if data.get("save_error"):
+        why = f"managed save failed ({data['save_error']}): shut down instead"
+        return engine.ActionResult(job.action_id, True, why)
+    if job.params.get("not_saved"):
+        return engine.ActionResult(job.action_id, True, f"not saved: {job.params['not_saved']}")
+    return result
 
 
 #: the configuration kept between ticks is read again at least this often, whatever its version
@@ -226,10 +261,7 @@ def load(
         ),
         services=MappingProxyType(kept.configs),
         domains=MappingProxyType(kept.domains),
-        results=tuple(
-            engine.ActionResult(j.action_id, j.status == JobStatus.SUCCEEDED, j.explanation)
-            for j in result_jobs
-        ),
+        results=tuple(action_result(j) for j in result_jobs),
         commands=tuple(
             engine.Command(c.command_id, engine.CommandKind(c.kind), c.service, c.node or None)
             for c in commands
