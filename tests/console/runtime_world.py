@@ -114,16 +114,18 @@ class WorldAgents(FakeAgents):
         if command.kind == "define":
             return {"name": "", "uuid": "", "state": "shutoff"}
         if command.kind == "start":
-            result = w.start(engine.Start(sid, a["guest"], host))
+            result = w.start(engine.Start(sid, a["guest"], host, resume=bool(a.get("resume"))))
             if result.ok:
                 self.lifecycle(host, a["guest"], "started", "booted")
             return self.outcome(result)
         if command.kind in ("shutdown", "destroy"):
             running = a["guest"] in w.hosts[host].guests
-            result = w.stop(engine.Stop(sid, a["guest"], host))
+            save = command.kind == "shutdown" and bool(a.get("save"))
+            result = w.stop(engine.Stop(sid, a["guest"], host, save=save))
             if running:
-                self.lifecycle(host, a["guest"], "stopped", command.kind)
-            return self.outcome(result)
+                self.lifecycle(host, a["guest"], "stopped", "saved" if save else command.kind)
+            data = self.outcome(result)
+            return {**data, "how": "saved"} if result.saved else data
         if command.kind == "migrate":
             target = urllib.parse.urlparse(a["dest_uri"]).hostname or ""
             result = w.migrate(engine.Migrate(sid, a["guest"], host, target))
@@ -241,10 +243,17 @@ class RuntimeWorld(World):
         return cluster
 
     # --- heartbeats through the ingest ---------------------------------------------------------
-    def deliver(self, host: SimHost, sent: float, guests: frozenset[str], free: int) -> None:
+    def deliver(
+        self,
+        host: SimHost,
+        sent: float,
+        guests: frozenset[str],
+        free: int,
+        unhealthy: dict[str, Any] | None = None,
+    ) -> None:
         if host.last_heartbeat is not None and sent <= host.last_heartbeat:
             return
-        super().deliver(host, sent, guests, free)
+        super().deliver(host, sent, guests, free, unhealthy)
         beat = Heartbeat(
             host=host.spec.name,
             agent_version="scenario",
@@ -257,6 +266,10 @@ class RuntimeWorld(World):
             memory_free_mib=free,
             guests=[GuestState(g, "", "running") for g in sorted(guests)],
             boot=f"{host.spec.name}-boot{host.epoch}",  # a new agent process after a reboot
+            unhealthy={
+                g: {"check": str(getattr(f.check, "value", f.check)), "detail": f.detail}
+                for g, f in sorted((unhealthy or {}).items())
+            },
             ts=sent,
             sent_at=sent,
         )
