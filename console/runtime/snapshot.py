@@ -305,3 +305,10 @@ def _status(
         if count != len(services):  # some were removed since: read them all
             return _status(state, None)
     return assemble(header, dict(sorted(services.items()))), True
+
+
+def stored_status(cluster_id: int) -> engine.Status:
+    """The engine's status as the last tick committed it (whole, whichever way it is stored):
+    for readers outside the runner, e.g. "does any guest run on this host?"."""
+    state = EngineState.objects.filter(cluster_id=cluster_id).first()
+    return engine.Status() if state is None else _status(state, None)[0]
