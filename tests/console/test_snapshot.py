@@ -17,7 +17,6 @@ from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.test_runtime import (  # noqa: F401
-    Agents,
     cluster3,
     run,
     store,
@@ -32,7 +31,7 @@ def _status(cluster: Any, store: Store, now: float) -> Any:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_status_is_stored_in_pieces_and_read_back_the_same(cluster3: Any, store: Store) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1006.0)
     state = EngineState.objects.get(cluster=cluster)
     assert json.loads(state.status_json)["services"] == {}  # the header holds no service
@@ -64,7 +63,7 @@ def test_the_status_is_stored_in_pieces_and_read_back_the_same(cluster3: Any, st
 
 @pytest.mark.django_db(transaction=True)
 def test_a_configuration_change_reaches_the_next_tick(cluster3: Any, store: Store) -> None:
-    cluster, agents, _ = cluster3
+    cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1003.0)
     version = EngineState.objects.get(cluster=cluster).config_version
     service = VmService.objects.get(name="guest1")
