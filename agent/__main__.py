@@ -5,6 +5,10 @@ The broker URL holds this agent's own Redis password, so it need not be on the c
 file (`--broker-file /etc/haven/agent-NAME.env`, a `HAVEN_AGENT_BROKER=...` line), which is what
 the console's SSH bootstrap writes. The same file (or `HAVEN_AGENT_SEAL_KEY`) holds the key
 that opens the secret arguments the console seals for this host alone (agent/sealing.py).
+
+`HAVEN_SIMULATED_MEMORY_MIB=N` (environment; the bootstrap's `HAVEN_AGENT_ENV` puts it there)
+makes the agent report a host of N MiB, free = N minus its active guests' memory, instead of
+the machine's: *simulated* capacity, for a lab whose hosts share one machine's memory.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from agent import __version__, names
 from agent.errors import AgentError
 from agent.worker import BROKER_ENV, SEAL_KEY_ENV, Agent, Settings
 
+SIMULATED_MEMORY_ENV = "HAVEN_SIMULATED_MEMORY_MIB"
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BROKER_SCHEMES = ("redis", "rediss")
 
@@ -190,7 +195,14 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
             broker = _broker(env[BROKER_ENV])
         except argparse.ArgumentTypeError as exc:
             p.error(f"${BROKER_ENV}: {exc}")
+    memory: int | None = None
+    raw_memory = env.get(SIMULATED_MEMORY_ENV)
+    if raw_memory:
+        if not raw_memory.isdigit() or not 64 <= int(raw_memory) <= 2**24:
+            p.error(f"${SIMULATED_MEMORY_ENV}: {raw_memory!r} is not a MiB count in [64, 2^24]")
+        memory = int(raw_memory)
     return Settings(
+        memory_mib=memory,
         broker=broker,
         host=args.host,
         libvirt_uri=args.libvirt_uri,

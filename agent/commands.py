@@ -215,16 +215,26 @@ class Dispatcher:
         return _guest(self.hypervisor.define(xml))
 
     def _do_start(self, a: Args) -> dict[str, Any]:
-        guest = names.guest(a.text("guest"))
+        guest, resume = names.guest(a.text("guest")), a.flag("resume", False)
         a.done()
-        state, changed = self.hypervisor.start(guest)
-        return _guest(state, changed=changed)
+        state, changed, resumed = self.hypervisor.start(guest, resume)
+        return _guest(state, changed=changed, resumed=resumed)
 
     def _do_shutdown(self, a: Args) -> dict[str, Any]:
         guest, timeout = names.guest(a.text("guest")), a.number("timeout_s", 60.0)
+        save = a.flag("save", False)
         a.done()
+        save_error: dict[str, Any] = {}
+        if save:
+            try:
+                return _guest(self.hypervisor.managed_save(guest), how="saved")
+            except AgentError as exc:
+                if exc.code == "not_found":
+                    raise
+                log.warning("managed save of %s refused (%s): shutting it down", guest, exc)
+                save_error = {"save_error": exc.message}
         state, how = self.hypervisor.shutdown(guest, timeout)
-        return _guest(state, how=how)
+        return _guest(state, how=how, **save_error)
 
     def _do_destroy(self, a: Args) -> dict[str, Any]:
         guest = names.guest(a.text("guest"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from agent import __version__
 from agent.cluster_stack import ClusterStack
 from agent.errors import AgentError
+from agent.health import HealthMonitor
 from agent.hypervisor import Hypervisor
 from agent.protocol import Heartbeat
 
@@ -31,6 +32,7 @@ def build_heartbeat(
     interval_s: float,
     boot: str = BOOT_ID,
     cluster_stack: ClusterStack | None = None,
+    health: HealthMonitor | None = None,
 ) -> Heartbeat:
     cluster = cluster_stack.membership() if cluster_stack is not None else None
     try:
@@ -64,6 +66,7 @@ def build_heartbeat(
         guests=guests,
         boot=boot,
         cluster=cluster,
+        unhealthy=health.unhealthy({g.name for g in guests}) if health is not None else {},
     )
 
 
@@ -75,8 +78,10 @@ class HeartbeatThread:
         publish: Callable[[Heartbeat], None],
         interval_s: float = 1.0,
         cluster_stack: ClusterStack | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         self._cluster_stack = cluster_stack
+        self._health = health
         self._host = host
         self._hypervisor = hypervisor
         self._publish = publish
@@ -104,6 +109,7 @@ class HeartbeatThread:
                         seq,
                         self._interval_s,
                         cluster_stack=self._cluster_stack,
+                        health=self._health,
                     )
                 )
             except Exception:  # a heartbeat bug must not stop the heartbeats

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import libvirt
+import libvirt_qemu
 
 from agent import names
 from agent.errors import AgentError
-from agent.protocol import GuestState
+from agent.protocol import GuestState, HealthSpec, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,20 @@ _LIFECYCLE: dict[int, tuple[str, dict[int, str]]] = {
     ),
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: ("shutdown", {0: "finished", 1: "guest", 2: "host"}),
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: ("pmsuspended", {0: "memory", 1: "disk"}),
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: ("crashed", {0: "panicked", 1: "crashloaded"}),
+    # the guest OS panicked (pvpanic): QEMU may still run (on_crash preserve); a destroy that
+    # follows (on_crash destroy) is a STOPPED/CRASHED event of its own
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: ("panicked", {0: "panicked", 1: "crashloaded"}),
+}
+
+# libvirt watchdog event action -> name (virDomainEventWatchdogAction)
+WATCHDOG_ACTIONS = {
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_NONE: "none",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_PAUSE: "pause",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_RESET: "reset",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF: "poweroff",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_DEBUG: "debug",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_INJECTNMI: "inject-nmi",
 }
 
 
@@ -125,8 +139,9 @@ class Hypervisor(Protocol):
     """What the agent needs from a hypervisor."""
 
     def define(self, xml: str) -> GuestState: ...
-    def start(self, name: str) -> tuple[GuestState, bool]: ...
+    def start(self, name: str, resume: bool = False) -> tuple[GuestState, bool, bool]: ...
     def shutdown(self, name: str, timeout_s: float) -> tuple[GuestState, str]: ...
+    def managed_save(self, name: str) -> GuestState: ...
     def destroy(self, name: str) -> tuple[GuestState, bool]: ...
     def undefine(self, name: str) -> bool: ...
     def migrate(
@@ -222,10 +237,16 @@ class LibvirtHypervisor:
         on_event: Callable[[LifecycleEvent], None],
         *,
         backoff_max_s: float = 30.0,
+        on_watchdog: Callable[[str, str], None] | None = None,
+        memory_mib: int | None = None,
     ) -> None:
+        """`memory_mib`: report this much memory instead of the machine's (*simulated*: the
+        lab's hosts share one machine), free = that minus the active guests' memory."""
         start_event_loop()
         self.uri = uri
+        self._memory_mib = memory_mib
         self._on_event = on_event
+        self._on_watchdog = on_watchdog
         self._lock = threading.Lock()
         self._conn: Any = None
         self._backoff_s = 0.0
@@ -274,6 +295,9 @@ class LibvirtHypervisor:
         conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
         )
+        conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, self._watchdog, None
+        )
         return conn
 
     def _closed(self, conn: Any, reason: int, _opaque: object) -> None:
@@ -289,6 +313,16 @@ class LibvirtHypervisor:
             self._on_event(LifecycleEvent(dom.name(), dom.UUIDString(), state, detail_name))
         except Exception:  # an event callback must never kill libvirt's event thread
             log.exception("lifecycle event handler failed")
+
+    def _watchdog(self, _conn: Any, dom: Any, action: int, _opaque: object) -> None:
+        name = WATCHDOG_ACTIONS.get(action, str(action))
+        try:
+            trace("watchdog", dom.name(), action=name)
+            log.warning("watchdog of %s fired (action %s)", dom.name(), name)
+            if self._on_watchdog is not None:
+                self._on_watchdog(dom.name(), name)
+        except Exception:  # an event callback must never kill libvirt's event thread
+            log.exception("watchdog event handler failed")
 
     def close(self) -> None:
         with self._lock:
@@ -316,38 +350,96 @@ class LibvirtHypervisor:
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
 
-    def start(self, name: str) -> tuple[GuestState, bool]:
+    def start(self, name: str, resume: bool = False) -> tuple[GuestState, bool, bool]:
+        """Start the guest -> (state, changed, resumed). With `resume`, libvirt resumes its
+        managed-save image if it has one; without, such an image is removed first (it may be
+        older than the guest's disks) and the guest boots afresh."""
         dom = self._domain(name)
         try:
             if dom.isActive():
-                return self._state(dom), False
+                return self._state(dom), False, False
+            saved = bool(dom.hasManagedSaveImage(0))
+            if saved and not resume:
+                log.info("%s: dropping its managed-save image for a fresh boot", name)
+                dom.managedSaveRemove(0)
             began = time.time()
             dom.create()
-            trace("start", name, began)
-            return self._state(dom), True
+            trace("start", name, began, resumed=saved and resume)
+            return self._state(dom), True, saved and resume
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
+
+    def managed_save(self, name: str) -> GuestState:
+        """Save the running guest's state to the host's disk and stop it
+        (virDomainManagedSave); its next create() resumes from there."""
+        dom = self._domain(name)
+        try:
+            dom.managedSave(0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt_failure(exc) from exc
+        trace("save", name)
+        return self._state(dom)
+
+    # health checks (agent/health.py) --------------------------------------------------
+    def active_guests(self) -> list[str]:
+        return [g.name for g in self.list_guests(active_only=True)]
+
+    def health_spec(self, name: str) -> HealthSpec | None:
+        """The guest's health checks, from the metadata of its running definition."""
+        dom = self._domain(name)
+        try:
+            xml: str = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt_failure(exc) from exc
+        try:
+            return HealthSpec.from_domain_xml(xml)
+        except ProtocolError as exc:
+            raise AgentError("bad_request", f"{name}: {exc.message}") from exc
+
+    def guest_ping(self, name: str, timeout_s: float) -> str | None:
+        """None if the guest's qemu-guest-agent answers `guest-ping` in time, else why not."""
+        try:
+            dom = self._domain(name)
+            libvirt_qemu.qemuAgentCommand(
+                dom, '{"execute": "guest-ping"}', max(1, round(timeout_s)), 0
+            )
+        except AgentError as exc:
+            return exc.message
+        except libvirt.libvirtError as exc:
+            return f"guest-ping: {exc.get_error_message() or exc}"
+        return None
 
     def shutdown(self, name: str, timeout_s: float) -> tuple[GuestState, str]:
         dom = self._domain(name)
         try:
             if not dom.isActive():
                 return self._state(dom), "already_off"
+            uuid = dom.UUIDString()
             dom.shutdown()
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if not dom.isActive():
-                    trace("shutdown", name)
-                    return self._state(dom), "shutdown"
-                time.sleep(0.1)
-            if dom.isActive():
-                dom.destroy()
-                trace("destroy", name)
-                return self._state(dom), "destroyed"
-            trace("shutdown", name)
-            return self._state(dom), "shutdown"
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
+        try:
+            return self._wait_off(dom, name, timeout_s)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # a transient guest: gone
+                trace("shutdown", name)
+                return GuestState(name, uuid, "shutoff"), "shutdown"
+            raise _libvirt_failure(exc) from exc
+
+    def _wait_off(self, dom: Any, name: str, timeout_s: float) -> tuple[GuestState, str]:
+        """Wait for a shutdown to finish; destroy the guest after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                trace("shutdown", name)
+                return self._state(dom), "shutdown"
+            time.sleep(0.1)
+        if dom.isActive():
+            dom.destroy()
+            trace("destroy", name)
+            return self._state(dom), "destroyed"
+        trace("shutdown", name)
+        return self._state(dom), "shutdown"
 
     def destroy(self, name: str) -> tuple[GuestState, bool]:
         dom = self._domain(name)
@@ -445,6 +537,16 @@ class LibvirtHypervisor:
         try:
             if self._static is None:
                 self._static = self._static_facts(conn)
+            if self._memory_mib is not None:
+                active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                used = sum(d.info()[1] for d in active) // 1024
+                return HostFacts(
+                    **{
+                        **self._static.__dict__,
+                        "memory_total_mib": self._memory_mib,
+                        "memory_free_mib": max(0, self._memory_mib - used),
+                    }
+                )
             free = conn.getFreeMemory() // (1024 * 1024)
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc

@@ -239,6 +239,24 @@ def address(value: object) -> str:
     return value
 
 
+_URL_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,255}")
+
+
+def port(value: object, what: str = "port") -> int:
+    """A TCP port, 1-65535."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidName(what, value, "give a TCP port from 1 to 65535")
+    return value
+
+
+def url_path(value: object) -> str:
+    """The path (and query) of an HTTP GET: starts with '/', printable URL characters only
+    (no spaces, no '#'), at most 256 characters."""
+    return _check(
+        _URL_PATH_RE, "URL path", value, "start with '/', use URL characters, no spaces or '#'"
+    )
+
+
 def config_value(value: str) -> str:
     """A value written into a libvirt config file: a number or a quoted string without quotes,
     backslashes or control characters (a newline would start a setting of its own)."""

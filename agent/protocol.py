@@ -41,6 +41,9 @@ Agent -> console
     event       sent at once, never behind commands: ``event`` = ``lifecycle``, ``guest``,
                 ``uuid``, ``state`` (one of ``LIFECYCLE_STATES``), ``detail`` (libvirt's reason,
                 e.g. ``failed`` for a killed QEMU, ``destroyed``, ``migrated``), ``seq``; or
+                ``event`` = ``health``: the guest failed one of its health checks (``state`` is
+                the check, one of ``HEALTH_CHECKS``; ``detail`` the agent's words), sent once
+                per failure, and reported in every heartbeat until the guest starts again; or
                 ``event`` = ``shutdown`` (guest, uuid, state empty): the host's shutdown hook
                 (agent/shutdown.py) asks the console to drain it before it goes down.
     heartbeat   every second by default: ``agent_version``, ``boot`` (random id of this agent
@@ -51,14 +54,33 @@ Agent -> console
                 (unknown, which is not the same as "none running"); ``cluster`` (optional,
                 null where corosync is not installed): ``running``, ``quorate``, ``node_id``,
                 ``nodes`` (members: ``{"nodeid", "votes", "name"}``), ``nodes_count``,
-                ``expected_votes``, ``total_votes``, ``quorum``, or ``error`` (the tool's words).
+                ``expected_votes``, ``total_votes``, ``quorum``, or ``error`` (the tool's words);
+                ``unhealthy`` (optional, default ``{}``): guest -> ``{"check", "detail"}`` for
+                guests that failed a health check (running and hung, or gone, and this says
+                why) since they last started.
+
+Health checks (per guest, opt-in): the console writes them into the domain XML as
+``<metadata><haven:health xmlns:haven="urn:haven:health:1" .../></metadata>`` (``HealthSpec``),
+so they travel with the guest when it migrates; the agent of the host running it reads them.
+``watchdog="1"``: libvirt's watchdog event (set the device's action to ``none``, Haven's
+recovery policy acts); ``panic="1"``: the guest-panicked event (pvpanic); ``agent_interval``,
+``agent_misses``: qemu-guest-agent ``guest-ping`` every N s, failed after M misses in a row;
+``probe`` (``tcp`` | ``http``), ``probe_host``, ``probe_port``, ``probe_path``,
+``probe_interval``, ``probe_misses``: a TCP connect or an HTTP GET (status < 400) to the guest's
+service address, from the agent of the host running it.
 
 Commands (``kind``: ``args`` -> ``data``); names are validated before anything runs:
 
     define            xml                                  -> name, uuid, state
-    start             guest                                -> name, uuid, state, changed
-    shutdown          guest, timeout_s=60                  -> name, uuid, state, how
-                      (``how``: shutdown | destroyed (after the timeout) | already_off)
+    start             guest, resume=false                  -> name, uuid, state, changed,
+                                                              resumed
+                      (``resume``: resume its managed-save image; without it a saved image is
+                      removed first and the guest boots afresh)
+    shutdown          guest, timeout_s=60, save=false      -> name, uuid, state, how,
+                                                              save_error?
+                      (``how``: shutdown | destroyed (after the timeout) | already_off | saved;
+                      ``save``: a managed save (virDomainManagedSave) first; when libvirt
+                      refuses it, a shutdown, and ``save_error`` says why)
     destroy           guest                                -> name, uuid, state, changed
     undefine          guest                                -> name, changed
     migrate           guest, dest_uri, migrate_uri?, timeout_s?
@@ -119,8 +141,10 @@ from __future__ import annotations
 import json
 import re
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from xml.sax.saxutils import quoteattr
 
 PROTOCOL_VERSION = 2
 EXECUTE_TASK = "haven.agent.execute"
@@ -171,11 +195,96 @@ LIFECYCLE_STATES = (
     "resumed",  # unpaused
     "stopped",  # shut off cleanly: shutdown, destroy, saved
     "crashed",  # shut off unexpectedly: QEMU died or the guest crashed
+    "panicked",  # the guest OS panicked (pvpanic); QEMU may still run (on_crash preserve)
     "migrated",  # left this host by migration
     "shutdown",  # the guest OS began shutting down
     "pmsuspended",  # suspended by guest power management
     "unknown",  # an event libvirt added after this agent was written
 )
+
+HEALTH_CHECKS = ("watchdog", "panic", "guest-agent", "probe")
+HEALTH_NS = "urn:haven:health:1"
+PROBE_KINDS = ("tcp", "http")
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """A guest's health checks, as the console writes them into its domain XML's metadata.
+
+    Parsing checks types and ranges only; the agent checks the probe's address, port and path
+    with agent/names.py before it probes anything."""
+
+    watchdog: bool = False
+    panic: bool = False
+    #: qemu-guest-agent guest-ping every this many seconds (0 = off), failed after `misses`
+    agent_interval_s: float = 0.0
+    agent_misses: int = 3
+    #: "" (off), "tcp" or "http"
+    probe: str = ""
+    probe_host: str = ""
+    probe_port: int = 0
+    probe_path: str = "/"
+    probe_interval_s: float = 5.0
+    probe_misses: int = 3
+
+    def enabled(self) -> bool:
+        return self.watchdog or self.panic or self.agent_interval_s > 0 or bool(self.probe)
+
+    def to_xml(self) -> str:
+        """The `<haven:health>` element (the console puts it into `<metadata>`)."""
+        attrs = {
+            "watchdog": "1" if self.watchdog else "0",
+            "panic": "1" if self.panic else "0",
+            "agent_interval": f"{self.agent_interval_s:g}",
+            "agent_misses": str(self.agent_misses),
+            "probe": self.probe,
+            "probe_host": self.probe_host,
+            "probe_port": str(self.probe_port),
+            "probe_path": self.probe_path,
+            "probe_interval": f"{self.probe_interval_s:g}",
+            "probe_misses": str(self.probe_misses),
+        }
+        body = " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items())
+        return f'<haven:health xmlns:haven="{HEALTH_NS}" {body}/>'
+
+    @classmethod
+    def from_domain_xml(cls, xml: str) -> HealthSpec | None:
+        """The spec in a domain XML document, None if it has none; ProtocolError if bad."""
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            raise ProtocolError("bad_request", f"domain XML does not parse: {exc}") from exc
+        el = root.find(f"metadata/{{{HEALTH_NS}}}health")
+        if el is None:
+            return None
+        a = el.attrib
+
+        def number(key: str, default: float, lo: float, hi: float) -> float:
+            try:
+                value = float(a.get(key, default))
+            except ValueError:
+                value = float("nan")
+            if not lo <= value <= hi:
+                raise ProtocolError("bad_request", f"health {key}: a number in [{lo:g}, {hi:g}]")
+            return value
+
+        probe = a.get("probe", "")
+        if probe not in ("", *PROBE_KINDS):
+            raise ProtocolError("bad_request", f"health probe: one of {', '.join(PROBE_KINDS)}")
+        agent_interval = number("agent_interval", 0, 0, 3600)
+        return cls(
+            watchdog=a.get("watchdog") == "1",
+            panic=a.get("panic") == "1",
+            agent_interval_s=agent_interval if agent_interval == 0 else max(agent_interval, 0.1),
+            agent_misses=int(number("agent_misses", 3, 1, 100)),
+            probe=probe,
+            probe_host=a.get("probe_host", ""),
+            probe_port=int(number("probe_port", 0, 0, 65535)),
+            probe_path=a.get("probe_path", "/"),
+            probe_interval_s=number("probe_interval", 5, 0.1, 3600),
+            probe_misses=int(number("probe_misses", 3, 1, 100)),
+        )
+
 
 ERROR_CODES = {
     "bad_request": "the command is malformed: missing or wrongly typed field",
@@ -373,6 +482,8 @@ class Heartbeat:
     boot: str = ""
     # corosync membership and quorum (agent/cluster_stack.py); None where corosync is absent
     cluster: dict[str, Any] | None = None
+    # guest -> {"check", "detail"}: failed health checks since the guest last started
+    unhealthy: dict[str, dict[str, str]] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
     sent_at: float = 0.0
     v: int = PROTOCOL_VERSION

@@ -31,6 +31,7 @@ from agent.cluster_stack import ClusterStack
 from agent.commands import Dispatcher, ordering_key
 from agent.executor import Executor
 from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
+from agent.health import HealthMonitor
 from agent.heartbeat import HeartbeatThread
 from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
 from agent.protocol import EXECUTE_TASK, Command, Event, ProtocolError, agent_queue, broker_keys
@@ -59,6 +60,9 @@ class Settings:
     log_level: str = "INFO"
     seal_key: str | None = field(default=None, repr=False)  # opens sealed arguments
     broker_file: Path | None = None  # where the broker URL and the sealing key came from
+    #: report this much memory instead of the machine's (simulated; the lab's hosts share one
+    #: machine): $HAVEN_SIMULATED_MEMORY_MIB
+    memory_mib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,7 +121,13 @@ class Agent:
         self.app = app or make_celery(settings)
         self.publisher = Publisher(sender or RedisSender(settings.broker, settings.host))
         self._event_seq = itertools.count(1)
-        self.hypervisor = LibvirtHypervisor(settings.libvirt_uri, self._on_lifecycle)
+        self.hypervisor = LibvirtHypervisor(
+            settings.libvirt_uri,
+            self._on_lifecycle,
+            on_watchdog=self._on_watchdog,
+            memory_mib=settings.memory_mib,
+        )
+        self.health = HealthMonitor(self.hypervisor, self._on_health)
         runner = SubprocessRunner()
         self.dispatcher = Dispatcher(
             host=settings.host,
@@ -141,6 +151,7 @@ class Agent:
             self.publisher.publish,
             settings.heartbeat_interval_s,
             cluster_stack=ClusterStack(runner),
+            health=self.health,
         )
         self._register_task()
 
@@ -203,12 +214,35 @@ class Agent:
         )
         log.info("event %s: %s (%s)", ev.guest, ev.state, ev.detail)
         self.publisher.publish(event)
+        if ev.state == "started":
+            self.health.on_started(ev.guest)
+        elif ev.state == "panicked":
+            self.health.on_panic(ev.guest, ev.detail)
+
+    def _on_watchdog(self, guest: str, action: str) -> None:
+        self.health.on_watchdog(guest, action)
+
+    def _on_health(self, guest: str, check: str, detail: str) -> None:
+        """A guest failed a health check: tell the console at once (the heartbeats repeat
+        it until the guest starts again)."""
+        self.publisher.publish(
+            Event(
+                host=self.settings.host,
+                event="health",
+                guest=guest,
+                uuid="",
+                state=check,
+                detail=detail,
+                seq=next(self._event_seq),
+            )
+        )
 
     def start_background(self) -> None:
         """Start everything but the Celery consumer."""
         self.publisher.start()
         self.hypervisor.connected()  # first connection now, so events flow from the start
         self.heartbeat.start()
+        self.health.start()
 
     def run(self) -> None:
         """Run until stopped (SIGTERM/SIGINT): background threads, then the consumer."""
@@ -233,6 +267,7 @@ class Agent:
             self.stop()
 
     def stop(self) -> None:
+        self.health.stop()
         self.heartbeat.stop()
         self.executor.wait_idle(5.0)
         self.executor.shutdown()

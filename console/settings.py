@@ -7,6 +7,8 @@ on first run and kept in ``var/``. Every default can be overridden by an environ
 - ``REDIS_URL``     — Celery broker (default ``redis://127.0.0.1:6379/0``)
 - ``HAVEN_VAR_DIR`` — where state lives (default ``<repo>/var``)
 - ``HAVEN_DEBUG``, ``HAVEN_ALLOWED_HOSTS`` (comma separated), ``HAVEN_SECRET_KEY``
+- ``HAVEN_TLS=1``   — served over HTTPS only (deploy/install): redirect to HTTPS, secure session
+  and CSRF cookies, HSTS for a year with subdomains (``HAVEN_HSTS_SECONDS``)
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ DEBUG = os.environ.get("HAVEN_DEBUG", "0") == "1"
 ALLOWED_HOSTS = os.environ.get("HAVEN_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(
     ","
 )
+if os.environ.get("HAVEN_TLS") == "1":  # deploy/install: gunicorn serves HTTPS itself
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("HAVEN_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",

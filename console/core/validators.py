@@ -58,6 +58,11 @@ def validate_address(value: str) -> None:
     _delegate(names.address, value)
 
 
+def validate_url_path(value: str) -> None:
+    """The path (and query) of an HTTP probe: starts with '/', URL characters only."""
+    _delegate(names.url_path, value)
+
+
 def validate_libvirt_uri(value: str) -> None:
     _delegate(names.libvirt_uri, value)
 

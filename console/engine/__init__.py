@@ -20,6 +20,7 @@ See README.md beside this file for the states and how the console runtime drives
 from console.engine.admission import Capacity
 from console.engine.commands import Command, CommandKind
 from console.engine.model import (
+    HEALTH_LABELS,
     Action,
     ActionResult,
     Decision,
@@ -27,6 +28,8 @@ from console.engine.model import (
     DomainMember,
     Fence,
     FenceStatus,
+    HealthCheck,
+    HealthFailure,
     HostObservation,
     Migrate,
     Refusal,
@@ -57,6 +60,7 @@ from console.engine.status import HostStatus, PendingKind, ServiceStatus, Status
 from console.engine.tick import Rulebook, best_host, move_refusal, tick
 
 __all__ = [
+    "HEALTH_LABELS",
     "HOST_STATES",
     "SERVICE_STATES",
     "Action",
@@ -70,6 +74,8 @@ __all__ = [
     "DomainMember",
     "Fence",
     "FenceStatus",
+    "HealthCheck",
+    "HealthFailure",
     "HostObservation",
     "HostState",
     "HostStatus",

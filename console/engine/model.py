@@ -19,6 +19,38 @@ from console.engine.status import Status
 # --- inputs -------------------------------------------------------------------------------
 
 
+class HealthCheck(StrEnum):
+    """A per-service health check beyond "QEMU is alive"; a failure counts as a crash."""
+
+    WATCHDOG = "watchdog"  # the guest's watchdog device fired (libvirt's watchdog event)
+    PANIC = "panic"  # the guest OS panicked (pvpanic: libvirt's guest-panicked event)
+    GUEST_AGENT = "guest-agent"  # qemu-guest-agent missed `guest-ping` M times in a row
+    PROBE = "probe"  # the application probe (TCP connect, HTTP GET) failed M times in a row
+
+
+#: how each check's failure reads in reasons and the event log
+HEALTH_LABELS: Mapping[HealthCheck, str] = {
+    HealthCheck.WATCHDOG: "watchdog fired",
+    HealthCheck.PANIC: "guest panicked",
+    HealthCheck.GUEST_AGENT: "guest agent not answering",
+    HealthCheck.PROBE: "application probe failing",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFailure:
+    """A host's report that one of its guests failed a health check (the guest may still be
+    running: QEMU alive, the guest or its application dead)."""
+
+    check: HealthCheck
+    #: the agent's words, e.g. "watchdog action none" or "tcp 10.0.0.5:80: refused (3/3)"
+    detail: str = ""
+
+    def describe(self) -> str:
+        label = HEALTH_LABELS[self.check]
+        return f"{label} ({self.detail})" if self.detail else label
+
+
 @dataclass(frozen=True, slots=True)
 class HostObservation:
     """What the console knows about one host right now."""
@@ -48,6 +80,10 @@ class HostObservation:
     #: when a person acknowledged that the host is down; honoured only if later than the
     #: last heartbeat, so an old acknowledgement never covers a newer silence
     acknowledged_down_at: float | None = None
+    #: guests of this host that failed a health check, as of the last report (a running guest
+    #: here is hung: it is destroyed and recovered; a guest gone from `running` crashed, and
+    #: this says why)
+    unhealthy: Mapping[str, HealthFailure] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +129,10 @@ class ServiceConfig:
     migratable: bool = True
     #: when the engine first sees a service that is not running, start it (else leave stopped)
     autostart: bool = True
+    #: a guest stopped to make room is saved (libvirt managed save) instead of shut down, and
+    #: resumed from that state on the same host when room returns; the runtime sets it when
+    #: the guest's storage allows it
+    saveable: bool = False
     #: counted by admission control: its start is refused when the cluster could not restart
     #: it after losing `Settings.host_failures_to_tolerate` hosts (False: opted out)
     protected: bool = True
@@ -108,6 +148,8 @@ class ActionResult:
     action_id: str
     ok: bool
     message: str = ""
+    #: a Stop with `save`: the guest's state was saved (managed save), not shut down
+    saved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +205,9 @@ class Start:
     id: str
     service: str
     host: str
+    #: resume the state saved on this host (managed save); otherwise a fresh boot, and any
+    #: saved state there is discarded first (it may be older than the guest's disks)
+    resume: bool = False
 
 
 class StopReason(StrEnum):
@@ -171,6 +216,7 @@ class StopReason(StrEnum):
     PERSON = "person"  # a person stopped or disabled it
     PREEMPT = "preempt"  # to make room for a more important guest; it waits afterwards
     STRAY = "stray"  # a copy running where it should not (a duplicate): destroyed at once
+    HUNG = "hung"  # it failed a health check: destroyed at once, then the recovery policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +225,14 @@ class Stop:
     service: str
     host: str
     reason: StopReason = StopReason.PERSON
+    #: save the guest's state (managed save) instead of shutting it down; falls back to a
+    #: shutdown (the result says which: `ActionResult.saved`)
+    save: bool = False
 
     @property
     def force(self) -> bool:
         """Destroy at once instead of a clean shutdown."""
-        return self.reason is StopReason.STRAY
+        return self.reason in (StopReason.STRAY, StopReason.HUNG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +318,9 @@ class Transition:
     old: HostState | ServiceState | None
     new: HostState | ServiceState
     reason: str
+    #: what caused it when a person may want to filter by it: a `HealthCheck` value for a
+    #: health failure ("watchdog", "panic", ...), "saved" for a guest saved to make room
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,8 +83,9 @@ SERVICE_STATES: Mapping[ServiceState, str] = {
     ServiceState.STARTING: "A Start on `node` is in flight.",
     ServiceState.STARTED: "Running on `node`.",
     ServiceState.STOPPING: (
-        "A Stop on `node` is in flight (asked by a person, or to make room for a more "
-        "important guest, in which case it waits afterwards)."
+        "A Stop on `node` is in flight (asked by a person; or to make room for a more "
+        "important guest, in which case it waits afterwards, saved when it can be; or a "
+        "destroy of a guest that failed a health check, which its recovery policy follows)."
     ),
     ServiceState.MIGRATING: (
         "A live migration from `node` to `target` is in flight; if it fails the guest keeps "
@@ -145,7 +146,10 @@ SERVICE_TRANSITIONS: Mapping[ServiceState, frozenset[ServiceState]] = {
             _S.STOPPED,
         }
     ),
-    _S.STOPPING: frozenset({_S.STOPPED, _S.DISABLED, _S.WAITING, _S.STARTED, _S.FENCE}),
+    # recovering / failed: a guest destroyed because it failed a health check
+    _S.STOPPING: frozenset(
+        {_S.STOPPED, _S.DISABLED, _S.WAITING, _S.STARTED, _S.FENCE, _S.RECOVERING, _S.FAILED}
+    ),
     # recovering / failed: the result of a migration was lost and neither host runs it
     _S.MIGRATING: frozenset(
         {_S.STARTED, _S.FENCE, _S.STOPPED, _S.DISABLED, _S.RECOVERING, _S.FAILED}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -72,6 +72,13 @@ class ServiceStatus:
     #: a failback or a return home is under way or owed: a failed one is tried again after
     #: `retry_at` (a host that just came back may not take a migration yet)
     failback: bool = False
+    #: STOPPING a guest that failed a health check (destroyed, then its recovery policy):
+    #: the check (a `HealthCheck` value) and the reason given to the recovery policy
+    hung: str = ""
+    hung_reason: str = ""
+    #: its state was saved on this host (managed save) when it was stopped to make room; its
+    #: next start there resumes it
+    saved_on: str | None = None
     #: when the live rebalancer (or a person) last moved it: the rebalancer moves it again
     #: only after its cool-down
     rebalanced_at: float | None = None
@@ -187,6 +194,24 @@ class Status:
         )
 
 
+def service_to_json(s: ServiceStatus) -> str:
+    """One service's status alone (the console stores the status in pieces)."""
+    return json.dumps(_svc_out(s), sort_keys=True, separators=(",", ":"))
+
+
+def service_from_json(text: str) -> ServiceStatus:
+    return _svc_in(json.loads(text))
+
+
+def assemble(header: Status, services: Mapping[str, ServiceStatus]) -> Status:
+    """`header` (a status stored without its services) with `services` put back."""
+    return replace(
+        header,
+        services=services,
+        active=frozenset(n for n, s in services.items() if _is_active(s)),
+    )
+
+
 def _host_out(h: HostStatus) -> dict[str, Any]:
     return {
         "state": h.state.value,
@@ -232,6 +257,9 @@ def _svc_out(s: ServiceStatus) -> dict[str, Any]:
         "last_node": s.last_node,
         "prefer": s.prefer,
         "failback": s.failback,
+        "hung": s.hung,
+        "hung_reason": s.hung_reason,
+        "saved_on": s.saved_on,
         "rebalanced_at": s.rebalanced_at,
         "outage": s.outage,
     }
@@ -264,6 +292,9 @@ def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
         last_node=_opt(v.get("last_node")),
         prefer=_opt(v.get("prefer")),
         failback=bool(v.get("failback", False)),
+        hung=str(v.get("hung", "")),
+        hung_reason=str(v.get("hung_reason", "")),
+        saved_on=_opt(v.get("saved_on")),
         rebalanced_at=None if v.get("rebalanced_at") is None else float(v["rebalanced_at"]),
         outage=bool(v.get("outage", False)),
     )

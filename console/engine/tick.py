@@ -33,6 +33,7 @@ from console.engine.model import (
     Domain,
     Fence,
     FenceStatus,
+    HealthFailure,
     HostObservation,
     Migrate,
     Refusal,
@@ -182,13 +183,16 @@ class _Tick:
 
     # --- the transition functions ----------------------------------------------------------
 
-    def _service_to(self, name: str, state: ServiceState, reason: str, **changes: Any) -> None:
-        """The one place a service changes: validated against the table, logged."""
+    def _service_to(
+        self, name: str, state: ServiceState, reason: str, *, cause: str = "", **changes: Any
+    ) -> None:
+        """The one place a service changes: validated against the table, logged. `cause`:
+        the typed label of what caused it (a health check, a save), for the event log."""
         old = self.svcs[name]
         if state is not old.state:
             if state not in SERVICE_TRANSITIONS[old.state]:
                 raise IllegalTransition(f"{name}: {old.state} -> {state} ({reason})")
-            self._record(Subject.SERVICE, name, old.state, state, reason)
+            self._record(Subject.SERVICE, name, old.state, state, reason, cause)
             changes["since"] = self.now
             changes.setdefault("lost_at", None)
             if state in (S.STARTED, S.STOPPED, S.DISABLED, S.FAILED):
@@ -232,8 +236,9 @@ class _Tick:
         old: HostState | ServiceState | None,
         new: HostState | ServiceState,
         reason: str,
+        cause: str = "",
     ) -> None:
-        self.transitions.append(Transition(kind, name, old, new, reason))
+        self.transitions.append(Transition(kind, name, old, new, reason, cause))
         label = f"host {name}" if kind is Subject.HOST else name
         self.log.append(f"{label}: {old.value if old else 'new'} -> {new.value} ({reason})")
 
@@ -398,13 +403,13 @@ class _Tick:
     # --- 2. results ------------------------------------------------------------------------
 
     def _results(self) -> None:
-        results: list[tuple[str, Pending, bool, str]] = []
+        results: list[tuple[str, Pending, ActionResult]] = []
         for r in self.snap.results:
             p = self.pending.pop(r.action_id, None)
             if p is None:
                 self.log.append(f"ignored result of unknown or stale action {r.action_id}")
                 continue
-            results.append((r.action_id, p, r.ok, r.message))
+            results.append((r.action_id, p, r))
         for action_id in sorted(a for a, p in self.pending.items() if p.deadline <= self.now):
             p = self.pending.pop(action_id)
             if p.kind is K.FENCE:
@@ -412,9 +417,9 @@ class _Tick:
             elif p.kind in (K.START, K.STOP, K.MIGRATE, K.RELOCATE):
                 self._result_lost(action_id, p)
             else:
-                results.append((action_id, p, False, "no result in time"))
-        for action_id, p, ok, message in results:
-            self._result(action_id, p, ActionResult(action_id, ok, message))
+                results.append((action_id, p, ActionResult(action_id, False, "no result in time")))
+        for action_id, p, r in results:
+            self._result(action_id, p, r)
 
     def _fence_lost(self, p: Pending) -> None:
         """No result of a fence in time: ask the same device whether the host is off."""
@@ -485,11 +490,25 @@ class _Tick:
             else:
                 self._failure(name, p.host, f"start on {p.host} failed: {msg}")
         elif p.kind is K.STOP:
-            if r.ok:
-                if s.desired is Desired.STARTED:
+            if s.hung:
+                self._hung_stopped(name, s, p.host, r, msg)
+            elif r.ok:
+                if s.desired is Desired.STARTED and r.saved:
                     self._service_to(
-                        name, S.WAITING, f"stopped on {s.node} to make room", node=None, **done
+                        name,
+                        S.WAITING,
+                        f"saved on {s.node} {s.reason.removeprefix('saving it ')}; resumes "
+                        "there when room returns",
+                        node=None,
+                        saved_on=s.node,
+                        cause="saved",
+                        **done,
                     )
+                elif s.desired is Desired.STARTED:
+                    why = f"stopped on {s.node} to make room"
+                    if r.message:
+                        why += f" ({r.message})"
+                    self._service_to(name, S.WAITING, why, node=None, **done)
                 else:
                     self._settle_stopped(name, f"stopped on {s.node}", node=None, **done)
             else:
@@ -538,6 +557,47 @@ class _Tick:
                 suspects = tuple(sorted({h for h in (source, target) if h is not None}))
                 self._failure(name, target, f"relocation failed: {msg}", suspects)
 
+    def _hung_stopped(
+        self, name: str, s: ServiceStatus, host: str, r: ActionResult, msg: str
+    ) -> None:
+        """The destroy of a guest that failed a health check finished: on success its
+        recovery policy follows (restart in place first), as for a crash."""
+        if r.ok:
+            self._failure(name, host, s.hung_reason, cause=s.hung)
+            return
+        self._service_to(
+            name,
+            S.STARTED,
+            f"{s.hung_reason}; destroying it failed ({msg}), tried again in {self.cfg.retry_s:g}s",
+            action=None,
+            hung="",
+            hung_reason="",
+            retry_at=self.now + self.cfg.retry_s,
+        )
+
+    def _hung(self, name: str, s: ServiceStatus, failure: HealthFailure) -> None:
+        """A running guest failed a health check (QEMU alive, the guest or its application
+        not): destroy it at once; its recovery policy follows when it is down."""
+        node = s.node
+        assert node is not None
+        why = f"{failure.describe()} on {node}"
+        streak: dict[str, Any] = {}
+        if self.now - s.since >= self.cfg.stable_after_s:  # it ran long enough: a new streak
+            streak = {"restarts": (), "failed_nodes": ()}
+        aid = self._emit(
+            K.STOP, name, node, partial(Stop, service=name, host=node, reason=StopReason.HUNG)
+        )
+        self._service_to(
+            name,
+            S.STOPPING,
+            f"{why}: destroying it for its recovery policy",
+            cause=failure.check.value,
+            action=aid,
+            hung=failure.check.value,
+            hung_reason=why,
+            **streak,
+        )
+
     @staticmethod
     def _arrived(s: ServiceStatus) -> dict[str, Any]:
         """A move that succeeded: a return or failback is done (a drain keeps its home)."""
@@ -546,13 +606,30 @@ class _Tick:
     def _settle_stopped(self, name: str, reason: str, **changes: Any) -> None:
         s = self.svcs[name]
         state = S.DISABLED if s.desired is Desired.DISABLED else S.STOPPED
-        self._service_to(name, state, reason, **changes)
+        # a person stopped it: its next start is a fresh boot, not a resume of a saved state
+        self._service_to(name, state, reason, **{"saved_on": None, **changes})
 
-    def _failure(self, name: str, node: str, reason: str, suspects: tuple[str, ...] = ()) -> None:
-        """The guest stopped without being asked on `node`: apply its recovery policy."""
+    def _failure(
+        self,
+        name: str,
+        node: str,
+        reason: str,
+        suspects: tuple[str, ...] = (),
+        *,
+        cause: str = "",
+    ) -> None:
+        """The guest stopped without being asked on `node` (`cause`: the health check that
+        failed, if one did): apply its recovery policy."""
         s = self.svcs[name]
         c = self.conf[name]
-        clear: dict[str, Any] = {"action": None, "target": None, "node": node}
+        clear: dict[str, Any] = {
+            "action": None,
+            "target": None,
+            "node": node,
+            "hung": "",
+            "hung_reason": "",
+            "cause": cause,
+        }
         if s.desired is not Desired.STARTED:
             self._settle_stopped(name, reason, **clear)
             return
@@ -860,20 +937,34 @@ class _Tick:
                 self._unknown(name, s, s.lost_at)
         obs, fresh = self.obs, self.fresh
         crashed: list[str] = []
+        hung: list[str] = []
         for name, s in self.svcs.items():
             if s.state is not S.STARTED:
                 continue
             node = s.node
             o = obs.get(node) if node is not None else None
-            if o is None or not fresh[o.name] or name in o.running:
+            if o is None or not fresh[o.name]:
                 continue
-            if o.last_heartbeat is not None and o.last_heartbeat > s.since:
+            if o.last_heartbeat is None or o.last_heartbeat <= s.since:
+                continue
+            if name not in o.running:
                 crashed.append(name)
+            elif name in o.unhealthy and self.now >= s.retry_at:
+                hung.append(name)
         for name in sorted(crashed):
-            node = self.svcs[name].node
-            assert node is not None
             s = self.svcs[name]
-            self._failure(name, node, f"crashed on {node} (no longer in its report)", s.suspects)
+            node = s.node
+            assert node is not None
+            failure = obs[node].unhealthy.get(name)
+            if failure is None:
+                why, cause = f"crashed on {node} (no longer in its report)", ""
+            else:
+                why, cause = f"{failure.describe()} on {node}; gone", failure.check.value
+            self._failure(name, node, why, s.suspects, cause=cause)
+        for name in sorted(hung):
+            s = self.svcs[name]
+            assert s.node is not None
+            self._hung(name, s, obs[s.node].unhealthy[name])
 
         anomalies: list[tuple[str, str]] = []
         svcs = self.svcs
@@ -916,7 +1007,9 @@ class _Tick:
         lost = "result lost"
         if s.state is S.STOPPING:
             now_seen = self._report(node, sent)
-            if now_seen is not None and name not in now_seen:
+            if now_seen is not None and name not in now_seen and s.hung and node is not None:
+                self._failure(name, node, f"{s.hung_reason} ({lost})", cause=s.hung)
+            elif now_seen is not None and name not in now_seen:
                 if s.desired is Desired.STARTED:
                     self._service_to(
                         name, S.WAITING, f"{node} reports it stopped ({lost})", node=None
@@ -929,6 +1022,8 @@ class _Tick:
                     S.STARTED,
                     f"{node} still reports it running after a stop ({lost})",
                     retry_at=self.now + self.cfg.retry_s,
+                    hung="",
+                    hung_reason="",
                 )
             return
         for host in (target, node):
@@ -1317,17 +1412,18 @@ class _Tick:
                     vs = self.svcs[v]
                     assert vs.node is not None
                     node = vs.node
+                    save = conf[v].saveable
                     aid = self._emit(
                         K.STOP,
                         v,
                         node,
-                        partial(Stop, service=v, host=node, reason=StopReason.PREEMPT),
+                        partial(Stop, service=v, host=node, reason=StopReason.PREEMPT, save=save),
                     )
                     self._service_to(
                         v,
                         S.STOPPING,
-                        f"stopped to make room for {name} (priority "
-                        f"{cfg.priority} > {conf[v].priority})",
+                        f"{'saving it' if save else 'stopped'} to make room for {name} "
+                        f"(priority {cfg.priority} > {conf[v].priority})",
                         action=aid,
                     )
                     taken.add(v)
@@ -1338,6 +1434,8 @@ class _Tick:
                     why += f" (stopping {', '.join(plan.victims)})"
             else:
                 why = self._why_no_host(cfg, exclude)
+            if s.saved_on is not None:
+                why = f"saved on {s.saved_on}: resumes there when room returns ({why})"
             if s.state is not S.WAITING or s.reason != why:
                 self._service_to(name, S.WAITING, why, restart_on=None)
 
@@ -1352,6 +1450,15 @@ class _Tick:
             and usage.fits(s.restart_on, cfg)
         ):
             return s.restart_on
+        saved = s.saved_on
+        if (
+            saved is not None
+            and saved not in exclude
+            and self._usable(saved)
+            and allowed(self._domain(cfg), saved)
+            and usage.fits(saved, cfg)
+        ):
+            return saved  # resume its saved state there
         candidate_tiers = self._candidate_tiers(cfg)
         prefer = s.prefer
         if prefer is not None and prefer not in exclude and usage.fits(prefer, cfg):
@@ -1397,12 +1504,19 @@ class _Tick:
 
     def _start(self, name: str, host: str) -> None:
         s = self.svcs[name]
-        aid = self._emit(K.START, name, host, lambda i: Start(i, name, host))
+        resume = s.saved_on == host
+        aid = self._emit(K.START, name, host, lambda i: Start(i, name, host, resume=resume))
         why = "restart in place" if s.restart_on == host else "placed"
+        where = f"{why} on {host}"
+        if resume:
+            where = f"resuming its saved state on {host}"
+        elif s.saved_on is not None:
+            where += f" (a fresh boot: its state saved on {s.saved_on} is dropped)"
         self._service_to(
             name,
             S.STARTING,
-            f"{why} on {host}",
+            where,
+            saved_on=None,
             node=host,
             action=aid,
             restart_on=None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from console.jobs.models import Job
 
@@ -134,6 +134,20 @@ def _hosts_of(ev: Any) -> set[str]:
 
 
 INCIDENT_VERBS = ("host-state", "service-state", "fence", "start")
+
+
+class _Row(NamedTuple):
+    """An engine event as incidents read it."""
+
+    time: dt.datetime
+    verb: str
+    object_type: str
+    object_name: str
+    message: str
+    data: Any
+    cluster_name: str | None
+
+
 WINDOW = 20_000
 
 
@@ -141,14 +155,15 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
     """Incidents from engine events (oldest first in, newest incident first out)."""
     # the newest engine events that incidents are made of, oldest first (bounded: the page and
     # the metrics cost the same whatever the log's length)
-    rows = list(
-        events.filter(actor="engine", verb__in=INCIDENT_VERBS)
-        .select_related("cluster")
+    # plain rows, not model instances: half the cost at thousands of events
+    rows = [
+        _Row(*values)
+        for values in events.filter(actor="engine", verb__in=INCIDENT_VERBS)
         .order_by("-id")
-        .only("time", "verb", "object_type", "object_name", "message", "data", "cluster__name")[
-            :window
-        ]
-    )
+        .values_list(
+            "time", "verb", "object_type", "object_name", "message", "data", "cluster__name"
+        )[:window]
+    ]
     rows.reverse()
     fence_jobs = {
         j.pk: j
@@ -183,7 +198,7 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
             g.steps[-1].ended = at
 
     for ev in rows:
-        cluster = ev.cluster.name if ev.cluster else ""
+        cluster = ev.cluster_name or ""
         if ev.verb == "host-state":
             old, new, reason = change(ev)
             name = ev.object_name

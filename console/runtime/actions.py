@@ -20,20 +20,28 @@ def libvirt_uri(host: Host) -> str:
     return host.libvirt_uri or f"qemu+tcp://{host.address}/system"
 
 
-def _start(service: VmService, host: Host, stage: int = 0) -> list[StepSpec]:
-    """Define the console's copy of the XML, then start it: nobody copies config files."""
+def _start(
+    service: VmService, host: Host, stage: int = 0, *, resume: bool = False
+) -> list[StepSpec]:
+    """Define the console's copy of the XML (with the health checks in its metadata), then
+    start it: nobody copies config files. `resume`: resume the state saved on that host;
+    otherwise a saved state there is dropped and the guest boots afresh."""
+    start: dict[str, Any] = {"guest": service.name}
+    if resume:
+        start["resume"] = True
     return [
-        StepSpec(host, "define", {"xml": service.domain_xml}, stage=stage),
-        StepSpec(host, "start", {"guest": service.name}, stage=stage + 1),
+        StepSpec(host, "define", {"xml": service.defined_xml()}, stage=stage),
+        StepSpec(host, "start", start, stage=stage + 1),
     ]
 
 
-def _stop(service: str, host: Host, *, force: bool) -> StepSpec:
+def _stop(service: str, host: Host, *, force: bool, save: bool = False) -> StepSpec:
     if force:
         return StepSpec(host, "destroy", {"guest": service})
-    return StepSpec(
-        host, "shutdown", {"guest": service, "timeout_s": settings.HAVEN_STOP_TIMEOUT_S}
-    )
+    args: dict[str, Any] = {"guest": service, "timeout_s": settings.HAVEN_STOP_TIMEOUT_S}
+    if save:
+        args["save"] = True
+    return StepSpec(host, "shutdown", args)
 
 
 def fence_runner(cluster: Cluster, target: str, online: set[str]) -> Host | None:
@@ -121,13 +129,24 @@ def steps_for(
     if isinstance(action, engine.Start):
         return (
             "start",
-            _start(service, hosts[action.host]),
-            {"service": action.service, "host": action.host},
+            _start(service, hosts[action.host], resume=action.resume),
+            {
+                "service": action.service,
+                "host": action.host,
+                **({"resume": True} if action.resume else {}),
+            },
         )
     if isinstance(action, engine.Stop):
-        # A stray copy (running where it must not) is destroyed at once; others shut down.
-        steps = [_stop(action.service, hosts[action.host], force=action.force)]
-        return "stop", steps, {"service": action.service, "host": action.host}
+        # A stray copy or a hung guest is destroyed at once; others shut down (or are saved).
+        steps = [_stop(action.service, hosts[action.host], force=action.force, save=action.save)]
+        params: dict[str, Any] = {
+            "service": action.service,
+            "host": action.host,
+            "reason": action.reason.value,
+        }
+        if action.reason is engine.StopReason.PREEMPT and not action.save:
+            params["not_saved"] = service.save_refusal()
+        return "stop", steps, params
     if isinstance(action, engine.Migrate):
         target = hosts[action.target]
         return (

@@ -31,7 +31,7 @@ from console.jobs.models import FINISHED_STATUSES, JobStatus
 from console.runtime.store import Store
 
 log = logging.getLogger("haven.ingest")
-WAKING_STATES = frozenset({"stopped", "crashed", "started", "migrated", "undefined"})
+WAKING_STATES = frozenset({"stopped", "crashed", "started", "migrated", "undefined", "panicked"})
 KINDS = frozenset({"heartbeat", "event", "result"})
 REFUSAL_LOG_INTERVAL_S = 60.0
 
@@ -138,6 +138,7 @@ def sort(
     out = Sorted()
     heartbeats: dict[str, dict[str, Any]] = {}
     lifecycle: list[tuple[str, str, str]] = []
+    health: list[tuple[str, str, str, str]] = []
     shutdowns: list[str] = []
     console_agent = settings.HAVEN_CONSOLE_AGENT
     for sender, raw in batch:
@@ -166,6 +167,12 @@ def sort(
                 continue
             heartbeats[sender] = message  # in order: the newest wins
             out.heartbeats += 1
+        elif message.get("event") == "health":
+            # a guest failed a health check: recovery may be needed at once
+            guest, failed = str(message.get("guest", "")), str(message.get("state", ""))
+            health.append((sender, guest, failed, str(message.get("detail", ""))[:500]))
+            out.events += 1
+            out.wakes.add(cluster_id)
         elif message.get("event") == "shutdown":
             shutdowns.append(sender)  # a clean shutdown: the engine drains it, never fences it
             out.wakes.add(cluster_id)
@@ -178,8 +185,8 @@ def sort(
                 out.wakes.add(cluster_id)
         else:
             out.ignored += 1
-    if heartbeats or lifecycle:
-        store.put_batch(heartbeats, lifecycle, received)
+    if heartbeats or lifecycle or health:
+        store.put_batch(heartbeats, lifecycle, received, health)
     for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
         store.mark_shutdown(host, received)
         log.info("%s announced a clean shutdown: it is drained by live migration", host)
@@ -196,10 +203,15 @@ def apply_result(sender: str, message: dict[str, Any]) -> int | None:
     job.refresh_from_db(fields=["status", "action_id"])
     # The engine hears of every finished action at its next tick (≤ 1 s). It is woken at
     # once only where recovery waits on the outcome: a fence, or an action that failed.
+    # A hung guest's destroy wakes it too: its restart waits on it (the crash budget).
     if (
         job.action_id
         and job.status in FINISHED_STATUSES
-        and (job.kind == "fence" or job.status != JobStatus.SUCCEEDED)
+        and (
+            job.kind == "fence"
+            or job.status != JobStatus.SUCCEEDED
+            or job.params.get("reason") == "hung"
+        )
     ):
         return job.cluster_id
     return None

@@ -39,7 +39,6 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from console import engine
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
 from console.core.errors import Refused
@@ -48,7 +47,6 @@ from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStatus, JobStep, StepStatus
 from console.runtime import bootstrap
-from console.runtime.models import EngineState
 
 log = logging.getLogger("haven.membership")
 
@@ -173,11 +171,10 @@ def add_missing_journals(job_id: int, cluster_id: int, *, actor: Any) -> list[Jo
 def guests_bound_to(host: Host) -> list[str]:
     """Guests the HA engine has running, starting, moving or possibly still running on
     ``host`` (its own status, not the rows it copies to)."""
-    state = EngineState.objects.filter(cluster_id=host.cluster_id).first()
-    if state is None or not state.status_json:
-        return []
-    status = engine.Status.from_json(state.status_json)
     from console.engine.tick import OCCUPYING
+    from console.runtime.snapshot import stored_status
+
+    status = stored_status(host.cluster_id)
 
     bound = []
     for name, s in sorted(status.services.items()):

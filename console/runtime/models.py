@@ -16,9 +16,33 @@ class EngineState(models.Model):
     alarm = models.TextField(blank=True)
     ticks = models.PositiveBigIntegerField(default=0)
     updated = models.DateTimeField(auto_now=True)
+    #: bumped in the writer's transaction by every save or delete of the cluster's hosts, fence
+    #: devices, services, failover domains and members (console/runtime/apps.py): the runner
+    #: reads its configuration again only when this moved (console/runtime/snapshot.py)
+    config_version = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"engine of {self.cluster_id and self.cluster.name}"
+
+
+class EngineServiceStatus(models.Model):
+    """One service's part of the engine's status (``ServiceStatus`` as JSON), written only when
+    it changed: ``EngineState.status_json`` holds the rest (hosts, pending actions, counters).
+    ``tick``: the tick that last wrote it, so a runner process that holds an earlier status
+    reads only what changed since (console/runtime/snapshot.py)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=64)
+    status_json = models.TextField()
+    tick = models.PositiveBigIntegerField(default=0, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="one_status_per_service")
+        ]
+
+    def __str__(self) -> str:
+        return f"engine status of {self.name}"
 
 
 class PendingCommand(models.Model):

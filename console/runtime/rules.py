@@ -63,7 +63,7 @@ def use(store: Any = None, clock: Callable[[], float] | None = None) -> Iterator
 
 
 def rulebook(cluster: Cluster) -> tuple[engine.Rulebook, engine.Snapshot]:
-    loaded = load(cluster, store(), _clock())
+    loaded = load(cluster, store(), _clock(), cached=True)  # the config kept per process
     return engine.Rulebook(loaded.snapshot, loaded.now), loaded.snapshot
 
 

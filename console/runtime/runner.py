@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis
 from django.db import transaction
@@ -27,14 +28,16 @@ from django.utils import timezone
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
+from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record
+from console.events.services import record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
 from console.runtime import actions as action_steps
-from console.runtime.models import EngineState, PendingCommand
+from console.runtime import snapshot
+from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
 from console.runtime.snapshot import Loaded, load
 from console.runtime.store import LOCK_TTL_S, Lease, LockLost, Store
 from console.services.models import VmService
@@ -120,13 +123,18 @@ def tick_once(
     not make hosts look silent). With a `lease`, the transaction commits only if the lock is
     still held at the end (else `LockLost` and nothing is written)."""
     started = time.perf_counter()
-    with transaction.atomic():
-        cluster = Cluster.objects.get(pk=cluster_id)
-        loaded = load(cluster, store, now)
-        decision = engine.tick(loaded.snapshot, loaded.now)
-        report = _apply(cluster, loaded, decision, loaded.now)
-        if lease is not None:
-            lease.check()
+    try:
+        with transaction.atomic():
+            cluster = Cluster.objects.get(pk=cluster_id)
+            loaded = load(cluster, store, now, cached=True)
+            decision = engine.tick(loaded.snapshot, loaded.now)
+            report = _apply(cluster, loaded, decision, loaded.now)
+            if lease is not None:
+                lease.check()
+    except BaseException:
+        snapshot.forget(cluster_id)  # rows kept in memory may hold what was rolled back
+        raise
+    snapshot.remember_status(cluster_id, loaded.state.ticks, decision.status)
     for action in report.actions:  # committed: what was queued for a fenced host never runs
         if isinstance(action, engine.Fence):
             try:
@@ -162,7 +170,7 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
     # Compare-and-set on the tick counter: the state row is the lock's fencing token. A runner
     # whose snapshot another runner's tick has overtaken (its lock expired under it) writes
     # nothing; under PostgreSQL the second UPDATE waits for the first commit, then matches 0.
-    status_json = status.to_json()
+    status_json = replace(status, services={}, active=frozenset()).to_json()
     written = EngineState.objects.filter(pk=state.pk, ticks=state.ticks).update(
         status_json=status_json,
         alarm=status.alarm,
@@ -172,23 +180,29 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
     if written != 1:
         raise LockLost(f"cluster {cluster.name}: another runner decided since this snapshot")
     state.status_json, state.alarm, state.ticks = status_json, status.alarm, state.ticks + 1
+    _write_status_pieces(cluster, loaded, status, state.ticks)
     jobs.mark_engine_notified([j.pk for j in loaded.result_jobs])
     PendingCommand.objects.filter(pk__in=[c.pk for c in loaded.commands]).update(delivered=True)
 
     _write_hosts(loaded, status, now)
     _write_services(loaded, status, now)
+    record_many(
+        [
+            {
+                "actor": "engine",
+                "verb": f"{t.kind}-state",
+                "object_type": t.kind,
+                "object_name": t.name,
+                "cluster": cluster,
+                "result": "info",
+                "severity": transition_severity(t),
+                "message": f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
+                "data": transition_data(t, status),
+            }
+            for t in decision.transitions
+        ]
+    )
     for t in decision.transitions:
-        record(
-            actor="engine",
-            verb=f"{t.kind}-state",
-            object_type=t.kind,
-            object_name=t.name,
-            cluster=cluster,
-            result="info",
-            severity=transition_severity(t),
-            message=f"{t.old.value if t.old else 'new'} -> {t.new.value}: {t.reason}",
-            data=transition_data(t, status),
-        )
         if t.kind == "host" and t.new is engine.HostState.UNREACHABLE:
             jobs.mark_host_lost(loaded.hosts[t.name], "stopped heartbeating")
     bound = _replies(cluster, decision)
@@ -198,41 +212,42 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         for n, h in status.hosts.items()
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
-    for action in decision.actions:
-        kind, steps, params = action_steps.steps_for(
-            action,
-            cluster=cluster,
-            hosts=loaded.hosts,
-            services=loaded.services,
-            online=online,
-        )
-        service = getattr(action, "service", None)
-        job = bound.pop(service, None) if service else None
-        params = {**params, "action": action.id}
-        if job is None:
-            job = jobs.create_job(
-                kind,
-                steps,
+    with jobs.batched_dispatch():  # the jobs of one tick leave together
+        for action in decision.actions:
+            kind, steps, params = action_steps.steps_for(
+                action,
                 cluster=cluster,
-                params=params,
-                action_id=action.id,
-                message=_describe(action),
+                hosts=loaded.hosts,
+                services=loaded.services,
+                online=online,
             )
-        else:
-            job.params = {**job.params, **params}
-            job.save(update_fields=["params"])
-            jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
-        report.jobs.append(job.pk)
-        record(
-            actor="engine",
-            verb=kind,
-            object_type="action",
-            object_name=action.id,
-            cluster=cluster,
-            result="info",
-            message=_describe(action),
-            data={"job": job.pk, **params},
-        )
+            service = getattr(action, "service", None)
+            job = bound.pop(service, None) if service else None
+            params = {**params, "action": action.id}
+            if job is None:
+                job = jobs.create_job(
+                    kind,
+                    steps,
+                    cluster=cluster,
+                    params=params,
+                    action_id=action.id,
+                    message=_describe(action),
+                )
+            else:
+                job.params = {**job.params, **params}
+                job.save(update_fields=["params"])
+                jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
+            report.jobs.append(job.pk)
+            record(
+                actor="engine",
+                verb=kind,
+                object_type="action",
+                object_name=action.id,
+                cluster=cluster,
+                result="info",
+                message=_describe(action),
+                data={"job": job.pk, **params},
+            )
     for job in bound.values():  # accepted, and nothing to do
         jobs.finish_job(job, ok=True, explanation="")
     return report
@@ -268,6 +283,9 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
         "new": t.new.value,
         "reason": t.reason,
     }
+    cause = getattr(t, "cause", "")
+    if cause:  # a health check that failed ("watchdog", "panic", ...), or "saved"
+        data["cause"] = cause
     if kind == "host":
         data["host"] = t.name
     else:
@@ -326,74 +344,128 @@ def _replies(cluster: Cluster, decision: engine.Decision) -> dict[str, Job]:
     return bound
 
 
-def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
-    changed: list[Host] = []
-    fields = [
-        "state",
-        "state_reason",
-        "last_heartbeat",
-        "memory_total_mb",
-        "memory_free_mb",
-        "cpus",
-        "host_uuid",
-        "agent_version",
+def write_changes(model: Any, changes: dict[int, dict[str, Any]]) -> int:
+    """Write only what changed: `changes` maps a row's pk to its changed fields and new values.
+    Rows with the same new values share one ``UPDATE ... WHERE id IN (...)`` (a mass failure
+    moves thousands of services to the same state and reason), so the cost follows the number
+    of distinct changes, not the cluster's size (Django's bulk_update builds a CASE per field
+    and row: seconds for a few hundred rows). Returns the number of UPDATE statements."""
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for pk, values in changes.items():
+        if values:
+            groups.setdefault(tuple(sorted(values.items())), []).append(pk)
+    for key, pks in groups.items():
+        for i in range(0, len(pks), 500):  # SQLite's bound-parameter limit, with room
+            model.objects.filter(pk__in=pks[i : i + 500]).update(**dict(key))
+    return len(groups)
+
+
+#: a host's last heartbeat time is written to the database at most this often (the engine reads
+#: Redis; the database copy is for pages and for a console started afresh)
+HEARTBEAT_WRITE_S = 5.0
+
+
+def _write_status_pieces(
+    cluster: Cluster, loaded: Loaded, status: engine.Status, tick: int
+) -> None:
+    """The services whose engine status changed since the previous one, one row each (all of
+    them when it was stored whole); rows of services the engine forgot, deleted."""
+    before = loaded.snapshot.status.services if loaded.pieces else {}
+    changed = [
+        n for n, s in status.services.items() if (old := before.get(n)) is not s and old != s
     ]
+    gone = [n for n in before if n not in status.services]
+    rows = EngineServiceStatus.objects.filter(cluster=cluster)
+    if not loaded.pieces:
+        rows.delete()
+    for i in range(0, max(len(changed), len(gone)), 500):
+        names = changed[i : i + 500] + gone[i : i + 500]
+        rows.filter(name__in=names).delete()
+        EngineServiceStatus.objects.bulk_create(
+            EngineServiceStatus(
+                cluster=cluster,
+                name=n,
+                status_json=service_to_json(status.services[n]),
+                tick=tick,
+            )
+            for n in changed[i : i + 500]
+        )
+
+
+def _write_hosts(loaded: Loaded, status: engine.Status, now: float) -> None:
+    changes: dict[int, dict[str, Any]] = {}
     for name, host in loaded.hosts.items():
-        before = [getattr(host, f) for f in fields]
+        new: dict[str, Any] = {}
         hs = status.hosts.get(name)
         if hs is not None:
-            host.state = (
+            new["state"] = (
                 engine.HostState.MAINTENANCE.value
                 if (host.maintenance and hs.state is engine.HostState.ONLINE)
                 else hs.state.value
             )
-            host.state_reason = hs.reason
+            new["state_reason"] = hs.reason
         rep = loaded.reports.get(name)
         if rep is not None:
             hb = rep.heartbeat
-            # Only write a new heartbeat time every few seconds: the engine reads Redis.
-            if host.last_heartbeat is None or rep.received - host.last_heartbeat.timestamp() > 5:
-                host.last_heartbeat = _ts(rep.received)
-            host.memory_total_mb = int(hb.get("memory_total_mib") or 0)
-            host.memory_free_mb = int(hb.get("memory_free_mib") or 0)
-            host.cpus = int(hb.get("cpus") or 0)
-            host.host_uuid = str(hb.get("host_uuid") or host.host_uuid)
-            host.agent_version = str(hb.get("agent_version") or host.agent_version)
-        if [getattr(host, f) for f in fields] != before:
-            changed.append(host)
-    if changed:
-        Host.objects.bulk_update(changed, fields)
+            last = host.last_heartbeat
+            if last is None or rep.received - last.timestamp() > HEARTBEAT_WRITE_S:
+                new["last_heartbeat"] = _ts(rep.received)
+            new["memory_total_mb"] = int(hb.get("memory_total_mib") or 0)
+            new["memory_free_mb"] = int(hb.get("memory_free_mib") or 0)
+            new["cpus"] = int(hb.get("cpus") or 0)
+            new["host_uuid"] = str(hb.get("host_uuid") or host.host_uuid)
+            new["agent_version"] = str(hb.get("agent_version") or host.agent_version)
+        changed = {f: v for f, v in new.items() if getattr(host, f) != v}
+        for f, v in changed.items():
+            setattr(host, f, v)
+        if changed:
+            changes[host.pk] = changed
+    write_changes(Host, changes)
+
+
+def _row(ss: engine.ServiceStatus) -> tuple[object, ...]:
+    """What a service's database row shows of its engine status."""
+    node = ss.node if ss.state in OCCUPYING else None
+    return (ss.state, node, ss.desired, ss.reason, ss.target if node else None)
 
 
 def _write_services(loaded: Loaded, status: engine.Status, now: float) -> None:
-    changed: list[VmService] = []
-    for name, service in loaded.services.items():
-        ss = status.services.get(name)
-        if ss is None:
+    """Write back the services whose row changed. With rows read afresh for this tick, by
+    comparing with them; with rows kept from earlier ticks (which another process's runner
+    may have written since), by what changed since the previous status (committed with the
+    rows it shows, in one transaction), written whole."""
+    changes: dict[int, dict[str, Any]] = {}
+    since = timezone.now()
+    before = loaded.snapshot.status.services
+    for name, ss in status.services.items():
+        service = loaded.services.get(name)
+        if service is None:
+            continue
+        old = before.get(name)
+        if not loaded.fresh and old is not None and (old is ss or _row(old) == _row(ss)):
             continue
         node = ss.node if ss.state in OCCUPYING else None
         host = loaded.hosts.get(node) if node else None
         target = loaded.hosts.get(ss.target) if ss.target and node else None
-        new = (
-            ss.state.value,
-            host.pk if host else None,
-            ss.desired.value,
-            ss.reason,
-            target.pk if target else None,
-        )
-        if new != (
-            service.state,
-            service.host_id,
-            service.desired_state,
-            service.state_reason,
-            service.target_id,
-        ):
-            if (service.state, service.host_id) != new[:2]:
-                service.state_since = timezone.now()
-            service.state, service.host, service.desired_state = ss.state.value, host, new[2]
-            service.state_reason, service.target = ss.reason, target
-            changed.append(service)
-    if changed:
-        VmService.objects.bulk_update(
-            changed, ["state", "host", "desired_state", "state_since", "state_reason", "target"]
-        )
+        new: dict[str, Any] = {
+            "state": ss.state.value,
+            "host_id": host.pk if host else None,
+            "desired_state": ss.desired.value,
+            "state_reason": ss.reason,
+            "target_id": target.pk if target else None,
+        }
+        if loaded.fresh:
+            changed = {f: v for f, v in new.items() if getattr(service, f) != v}
+            moved = "state" in changed or "host_id" in changed
+        else:
+            changed = new
+            moved = old is None or (old.state, old.node) != (ss.state, ss.node)
+        if not changed:
+            continue
+        if moved:
+            changed["state_since"] = since
+        for f, v in changed.items():
+            setattr(service, f, v)
+        service.host, service.target = host, target  # the rows, not a query when next read
+        changes[service.pk] = changed
+    write_changes(VmService, changes)

@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,6 +57,8 @@ class HostReport:
     received: float  # console clock
     heartbeat: dict[str, Any]
     running: frozenset[str] = field(default_factory=frozenset)
+    #: guest -> (check, detail): failed health checks (the heartbeat's, and newer events)
+    unhealthy: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,20 +101,47 @@ def shutdown_holds(mark: dict[str, Any], report: HostReport, now: float) -> bool
 
 
 def overlay(
-    host: str, received: float, hb: dict[str, Any], events: dict[str, tuple[str, float]]
+    host: str,
+    received: float,
+    hb: dict[str, Any],
+    events: dict[str, tuple[str, float]],
+    health: dict[str, tuple[str, str, float]] | None = None,
 ) -> HostReport:
     """A host's report: its heartbeat's guests, with the lifecycle events newer than it
-    ``{guest: (state, received)}`` applied on top (an older event is outdated by the beat)."""
+    ``{guest: (state, received)}`` applied on top (an older event is outdated by the beat);
+    its failed health checks: the heartbeat's ``unhealthy``, with the health events
+    ``{guest: (check, detail, received)}`` newer than it added, and dropped for a guest that
+    started since (a fresh run)."""
     # every active guest (running, paused, ...) has a QEMU process: a copy exists
     running = {g["name"] for g in hb.get("guests") or []}
+    started: dict[str, float] = {}
     for guest, (state, at) in events.items():
+        if state == "started":
+            started[guest] = at
         if at <= received:
             continue  # the heartbeat is newer than the event
         if state in STARTED_EVENTS:
             running.add(guest)
         elif state in GONE_EVENTS:
             running.discard(guest)
-    return HostReport(host, received, hb, frozenset(running))
+    unhealthy = _unhealthy(hb.get("unhealthy"))
+    for guest, (check, detail, at) in (health or {}).items():
+        if at > received and at >= started.get(guest, 0.0):
+            unhealthy[guest] = (check, detail)
+    for guest, at in started.items():
+        if at > received:
+            unhealthy.pop(guest, None)
+    return HostReport(host, received, hb, frozenset(running), unhealthy)
+
+
+def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
+    """A heartbeat's ``unhealthy`` (guest -> {check, detail}); anything malformed is dropped."""
+    out: dict[str, tuple[str, str]] = {}
+    if isinstance(raw, dict):
+        for guest, v in raw.items():
+            if isinstance(guest, str) and isinstance(v, dict) and isinstance(v.get("check"), str):
+                out[guest] = (v["check"], str(v.get("detail", "")))
+    return out
 
 
 def heartbeat_lag(beats: Iterator[tuple[float, dict[str, Any]]]) -> float:
@@ -166,11 +195,18 @@ class Store(Protocol):
         heartbeats: dict[str, dict[str, Any]],
         lifecycle: list[tuple[str, str, str]],
         received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
     ) -> None:
-        """The newest heartbeat per host and lifecycle events (host, guest, state)."""
+        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
+        events (host, guest, check, detail)."""
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """``reports(hosts)`` and ``ingest_status(now)`` at once (the runner's read of a tick)."""
 
     def forget_host(self, host: str) -> None: ...
 
@@ -232,9 +268,10 @@ class RedisStore:
         heartbeats: dict[str, dict[str, Any]],
         lifecycle: list[tuple[str, str, str]],
         received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
     ) -> None:
-        """The newest heartbeat per host and lifecycle events (host, guest, state), in one
-        round trip."""
+        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
+        events (host, guest, check, detail), in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         if heartbeats:
             pipe.hset(
@@ -246,6 +283,12 @@ class RedisStore:
             )
         for host, guest, state in lifecycle:
             pipe.hset(f"{self.p}ev:{host}", guest, json.dumps({"state": state, "at": received}))
+        for host, guest, check, detail in health:
+            pipe.hset(
+                f"{self.p}hl:{host}",
+                guest,
+                json.dumps({"check": check, "detail": detail, "at": received}),
+            )
         pipe.execute()
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
@@ -256,25 +299,67 @@ class RedisStore:
         pipe.hmget(f"{self.p}hb", hosts)
         for host in hosts:
             pipe.hgetall(f"{self.p}ev:{host}")
+            pipe.hgetall(f"{self.p}hl:{host}")
         answers = pipe.execute()
         out: dict[str, HostReport] = {}
-        for host, raw, events in zip(hosts, answers[0], answers[1:], strict=True):
+        pairs = zip(answers[1::2], answers[2::2], strict=True)
+        for host, raw, (events, health) in zip(hosts, answers[0], pairs, strict=True):
             if raw is None:
                 continue
             data = json.loads(raw)
             parsed = {g: json.loads(e) for g, e in events.items()}
+            failed = {g: json.loads(e) for g, e in health.items()}
             out[host] = overlay(
                 host,
                 float(data["received"]),
                 data["hb"],
                 {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
+                {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
             )
         return out
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """``reports`` and ``ingest_status`` in one round trip, each heartbeat parsed once."""
+        now = self.clock() if now is None else now
+        pipe = self.r.pipeline()  # MULTI: heartbeats and events as of one moment
+        pipe.hgetall(f"{self.p}ingest")
+        pipe.hgetall(f"{self.p}hb")
+        for host in hosts:
+            pipe.hgetall(f"{self.p}ev:{host}")
+            pipe.hgetall(f"{self.p}hl:{host}")
+        answers = pipe.execute()
+        progress, beats = answers[0], answers[1]
+        heartbeats = {h: json.loads(raw) for h, raw in beats.items()}
+        out: dict[str, HostReport] = {}
+        pairs = zip(answers[2::2], answers[3::2], strict=True)
+        for host, (events, health) in zip(hosts, pairs, strict=True):
+            data = heartbeats.get(host)
+            if data is None:
+                continue
+            parsed = {g: json.loads(e) for g, e in events.items()}
+            failed = {g: json.loads(e) for g, e in health.items()}
+            out[host] = overlay(
+                host,
+                float(data["received"]),
+                data["hb"],
+                {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
+                {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
+            )
+        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in heartbeats.values())
+        report = (
+            (float(progress["at"]), float(progress["caught_up_at"]), int(progress["backlog"]))
+            if progress
+            else None
+        )
+        return out, ingest_status_of(report, hb_lag, now)
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
         self.r.hdel(f"{self.p}shutdown", host)
         self.r.delete(f"{self.p}ev:{host}")
+        self.r.delete(f"{self.p}hl:{host}")
 
     # --- clean shutdowns (agent/shutdown.py) -----------------------------------------------
     def mark_shutdown(self, host: str, received: float) -> None:
@@ -573,6 +658,7 @@ class MemoryStore:
         self._mutex = threading.RLock()
         self._hb: dict[str, tuple[float, dict[str, Any]]] = {}
         self._events: dict[str, dict[str, tuple[str, float]]] = {}
+        self._health: dict[str, dict[str, tuple[str, str, float]]] = {}
         self._shutdowns: dict[str, dict[str, Any]] = {}
         self._ingest: tuple[float, float, int] | None = None
         self._locks: dict[str, MemoryLease] = {}
@@ -600,25 +686,39 @@ class MemoryStore:
         heartbeats: dict[str, dict[str, Any]],
         lifecycle: list[tuple[str, str, str]],
         received: float,
+        health: Sequence[tuple[str, str, str, str]] = (),
     ) -> None:
         with self._mutex:
             for host, hb in heartbeats.items():
                 self._hb[host] = (received, json.loads(json.dumps(hb)))  # a copy, as Redis keeps
             for host, guest, state in lifecycle:
                 self._events.setdefault(host, {})[guest] = (state, received)
+            for host, guest, check, detail in health:
+                self._health.setdefault(host, {})[guest] = (check, detail, received)
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         with self._mutex:
             return {
-                host: overlay(host, *self._hb[host], dict(self._events.get(host, {})))
+                host: overlay(
+                    host,
+                    *self._hb[host],
+                    dict(self._events.get(host, {})),
+                    dict(self._health.get(host, {})),
+                )
                 for host in hosts
                 if host in self._hb
             }
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        return self.reports(hosts), self.ingest_status(now)
 
     def forget_host(self, host: str) -> None:
         with self._mutex:
             self._hb.pop(host, None)
             self._events.pop(host, None)
+            self._health.pop(host, None)
             self._shutdowns.pop(host, None)
 
     def mark_shutdown(self, host: str, received: float) -> None:
@@ -659,6 +759,7 @@ class MemoryStore:
         with self._mutex:
             self._hb.clear()
             self._events.clear()
+            self._health.clear()
             self._shutdowns.clear()
             self._ingest = None
             self._locks.clear()

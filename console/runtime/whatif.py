@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +91,22 @@ def _timings(cluster: Cluster) -> SimSettings:
     )
 
 
+def _capacity_mb(o: engine.HostObservation, services: Mapping[str, engine.ServiceConfig]) -> int:
+    """The memory the engine counts the host as having for guests now (as `Tick.usage`: what
+    it reports free plus what its known guests hold; hypervisor and other overhead excluded),
+    so that the simulated host is no roomier than the live one."""
+    if o.last_heartbeat is None:
+        return o.memory_total_mb
+    known = sum(services[g].memory_mb for g in o.running if g in services)
+    return o.memory_total_mb - max(0, o.memory_total_mb - o.memory_free_mb - known)
+
+
 def scenario(
     cluster: Cluster, host: str | None, event: str | None
 ) -> tuple[Scenario, dict[str, str | None], engine.Status]:
     """The live cluster as a scenario, with `event` on `host` after the warm-up (none when
     both are None), and the engine's live status on the scenario's clock."""
-    loaded = load(cluster, rules.store(), rules._clock())
+    loaded = load(cluster, rules.store(), rules._clock(), cached=True)
     snap = loaded.snapshot
     if host is not None and host not in snap.hosts:
         raise WhatIfError("host", f"There is no host {host!r} in cluster {cluster.name}.")
@@ -106,7 +117,7 @@ def scenario(
     nodes = tuple(
         NodeSpec(
             name=o.name,
-            memory_mb=o.memory_total_mb or 1,
+            memory_mb=_capacity_mb(o, snap.services) or 1,
             cpus=o.cpus or 1,
             power=live.get(o.name, engine.HostState.OFFLINE) in up or o.last_heartbeat is not None,
             fence="ok" if o.fence_device else "none",

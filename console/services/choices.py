@@ -57,3 +57,11 @@ SERVICE_STATE_COLOURS = {
 #: states in which a guest holds memory on its host (and on its target while it moves): the
 #: engine's own set, the one source for "occupies a host" (tests/console/test_choices.py)
 OCCUPYING_STATES = frozenset(s.value for s in OCCUPYING)
+
+
+class ProbeKind(models.TextChoices):
+    """An application probe of a guest, run by the agent of the host it runs on."""
+
+    NONE = "", "none"
+    TCP = "tcp", "TCP connect"
+    HTTP = "http", "HTTP GET (status below 400)"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 
+from agent.protocol import HEALTH_NS, HealthSpec
+
 # libvirt's scaled-integer units (docs: formatdomain "memory" element), as bytes.
 _UNITS = {
     "b": 1,
@@ -128,3 +130,50 @@ def _vcpus(root: ET.Element) -> int:
             code="invalid",
         )
     return vcpus
+
+
+def with_health(text: str, spec: HealthSpec) -> str:
+    """The XML the agents define: `text` with the guest's health checks in its
+    ``<metadata>`` (replacing an older ``<haven:health>``), and, when those checks need them
+    and the XML has none, an i6300esb watchdog with action none (Haven's recovery policy acts,
+    not the watchdog) and a pvpanic device. Without checks, `text` unchanged."""
+    root = ET.fromstring(text)
+    metadata = root.find("metadata")
+    old = metadata.find(f"{{{HEALTH_NS}}}health") if metadata is not None else None
+    if not spec.enabled() and old is None:
+        return text
+    ET.register_namespace("haven", HEALTH_NS)
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    if old is not None:
+        metadata.remove(old)
+    if spec.enabled():
+        metadata.append(ET.fromstring(spec.to_xml()))
+    devices = root.find("devices")
+    if devices is None and (spec.watchdog or spec.panic):
+        devices = ET.SubElement(root, "devices")
+    if devices is not None and spec.watchdog and devices.find("watchdog") is None:
+        ET.SubElement(devices, "watchdog", {"model": "i6300esb", "action": "none"})
+    if devices is not None and spec.panic and devices.find("panic") is None:
+        ET.SubElement(devices, "panic", {"model": "isa"})
+    return ET.tostring(root, encoding="unicode")
+
+
+def save_refusal(text: str) -> str:
+    """Why libvirt's managed save cannot keep this guest's state safely ("" = it can): host
+    devices and host file systems cannot be saved; a transient disk loses what the saved memory
+    still refers to."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return "its XML does not parse"
+    devices = root.find("devices")
+    if devices is None:
+        return ""
+    if devices.find("hostdev") is not None:
+        return "it has a host device (<hostdev>)"
+    if devices.find("filesystem") is not None:
+        return "it shares a host file system (<filesystem>)"
+    if any(d.find("transient") is not None for d in devices.findall("disk")):
+        return "it has a transient disk"
+    return ""

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from console.clusters.models import Cluster, Host
 from console.services.domainxml import parse_domain_xml
@@ -104,6 +105,15 @@ SERVICE_HELP = {
 }
 
 
+#: health and probe settings with a default: optional in the form
+DEFAULTED = (
+    "health_agent_interval_s",
+    "health_agent_misses",
+    "probe_interval_s",
+    "probe_misses",
+)
+
+
 class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
     xml_file = forms.FileField(
         label="…or import a libvirt XML file",
@@ -125,11 +135,33 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
             "migratable",
             "protected",
             "autostart",
+            "save_on_preempt",
+            "health_watchdog",
+            "health_panic",
+            "health_agent_interval_s",
+            "health_agent_misses",
+            "probe",
+            "probe_host",
+            "probe_port",
+            "probe_path",
+            "probe_interval_s",
+            "probe_misses",
         ]
         help_texts = SERVICE_HELP
         labels = {
             "domain_xml": "Libvirt domain XML",
             "restart_window_s": "Restart window (seconds)",
+            "save_on_preempt": "Save (not shut down) when stopped to make room",
+            "health_watchdog": "Watchdog fired = crash",
+            "health_panic": "Guest panic (pvpanic) = crash",
+            "health_agent_interval_s": "Guest agent ping every (seconds, 0 = off)",
+            "health_agent_misses": "Guest agent misses before a crash",
+            "probe": "Application probe",
+            "probe_host": "Probe address",
+            "probe_port": "Probe port",
+            "probe_path": "Probe path (HTTP)",
+            "probe_interval_s": "Probe every (seconds)",
+            "probe_misses": "Probe misses before a crash",
         }
         widgets = {"domain_xml": forms.Textarea(attrs={"rows": 12, "spellcheck": "false"})}
 
@@ -152,10 +184,16 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
         if self.instance.pk:
             self.fields["name"].disabled = True
             self.fields["name"].help_text = "A service's name cannot change."
+        for key in DEFAULTED:  # left empty (or sent by an older page): the field's default
+            self.fields[key].required = False
 
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
+        for key in DEFAULTED:
+            model_field = VmService._meta.get_field(key)
+            if key in data and data[key] is None and isinstance(model_field, models.Field):
+                data[key] = model_field.get_default()
         upload = data.get("xml_file")
         if upload is not None:
             if upload.size > 256 * 1024:

@@ -9,10 +9,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from agent.protocol import HealthSpec
 from console.clusters.models import Cluster, Host
 from console.core import validators
-from console.services.choices import DesiredState, Recovery, ServiceState
-from console.services.domainxml import parse_domain_xml, with_uuid
+from console.services.choices import DesiredState, ProbeKind, Recovery, ServiceState
+from console.services.domainxml import parse_domain_xml, save_refusal, with_health, with_uuid
 
 
 class FailoverDomain(models.Model):
@@ -108,12 +109,99 @@ class VmService(models.Model):
         help_text="Where a migrating or relocating guest is going.",
     )
     uuid = models.CharField(max_length=36, blank=True, editable=False)
+    # --- health checks beyond "QEMU is alive" (each failure is a crash for the recovery policy)
+    health_watchdog = models.BooleanField(
+        default=False,
+        help_text="Treat the guest's watchdog firing as a crash (an i6300esb watchdog with "
+        "action none is added to the XML if it has none).",
+    )
+    health_panic = models.BooleanField(
+        default=False,
+        help_text="Treat a guest kernel panic (pvpanic) as a crash, even when QEMU keeps running "
+        "(a pvpanic device is added to the XML if it has none).",
+    )
+    health_agent_interval_s = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(3600)],
+        help_text="Ping the guest's qemu-guest-agent (guest-ping) every this many seconds; "
+        "0 = off.",
+    )
+    health_agent_misses = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Missed guest-pings in a row that count as a crash.",
+    )
+    probe = models.CharField(
+        max_length=4,
+        choices=ProbeKind.choices,
+        default=ProbeKind.NONE,
+        blank=True,
+        help_text="Probe the guest's application from the host it runs on: a TCP connect or "
+        "an HTTP GET; failures go through the recovery policy (restart in place first).",
+    )
+    probe_host = models.CharField(
+        max_length=253,
+        blank=True,
+        validators=[validators.validate_address],
+        help_text="The guest's service address (IP address or host name).",
+    )
+    probe_port = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+    )
+    probe_path = models.CharField(
+        max_length=256,
+        default="/",
+        blank=True,
+        validators=[validators.validate_url_path],
+        help_text="HTTP probes: the path to GET (e.g. /health).",
+    )
+    probe_interval_s = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(3600)]
+    )
+    probe_misses = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Failed probes in a row that count as a crash.",
+    )
+    save_on_preempt = models.BooleanField(
+        default=True,
+        help_text="When it is stopped to make room for a more important guest, save its state "
+        "(libvirt managed save) if its storage allows, and resume it there when room returns.",
+    )
 
     class Meta:
         ordering = ["cluster__name", "name"]
         constraints = [
             models.UniqueConstraint(fields=["cluster", "name"], name="service_unique_name"),
         ]
+
+    def health_spec(self) -> HealthSpec:
+        """The health checks as the agent reads them from the domain's metadata."""
+        return HealthSpec(
+            watchdog=self.health_watchdog,
+            panic=self.health_panic,
+            agent_interval_s=float(self.health_agent_interval_s),
+            agent_misses=self.health_agent_misses,
+            probe=self.probe,
+            probe_host=self.probe_host,
+            probe_port=self.probe_port or 0,
+            probe_path=self.probe_path or "/",
+            probe_interval_s=float(self.probe_interval_s),
+            probe_misses=self.probe_misses,
+        )
+
+    def defined_xml(self) -> str:
+        """The XML the agents define: the person's, with the health checks in its metadata
+        (and the watchdog and panic devices those checks need)."""
+        return with_health(self.domain_xml, self.health_spec())
+
+    def save_refusal(self) -> str:
+        """Why a preempted guest is shut down instead of saved ("" = it is saved)."""
+        if not self.save_on_preempt:
+            return "saving is turned off for it"
+        return save_refusal(self.domain_xml)
 
     def __str__(self) -> str:
         return self.name
@@ -147,5 +235,12 @@ class VmService(models.Model):
             errors["failover_domain"] = f"Failover domain {domain.name} belongs to another cluster."
         if host is not None and self.cluster_id and host.cluster_id != self.cluster_id:
             errors["host"] = f"Host {host.name} is not in this service's cluster."
+        if self.probe:
+            if not self.probe_host:
+                errors["probe_host"] = "A probe needs the guest's service address."
+            if not self.probe_port:
+                errors["probe_port"] = "A probe needs the port of the guest's service."
+            if self.probe == ProbeKind.HTTP and not self.probe_path:
+                errors["probe_path"] = "An HTTP probe needs a path, e.g. /."
         if errors:
             raise ValidationError(errors)

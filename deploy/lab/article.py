@@ -29,8 +29,9 @@ HOSTS = haven_lab.DEFAULT_HOSTS
 GUESTS = {"guest1": "et-virt05", "guest2": "et-virt06", "guest3": "et-virt07"}
 
 
-def _render_guest(name: str, kernel: Path) -> str:
-    """The tick guest's XML, from deploy/lab/guest/domain-xml (a script, loaded as a module)."""
+def _render_guest(name: str, kernel: Path, **options: Any) -> str:
+    """The tick guest's XML, from deploy/lab/guest/domain-xml (a script, loaded as a module);
+    `options`: render()'s (memory_mib, watchdog, panic, on_crash)."""
     import importlib.util
     from importlib.machinery import SourceFileLoader
 
@@ -39,7 +40,7 @@ def _render_guest(name: str, kernel: Path) -> str:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
-    return str(module.render(name, kernel=str(kernel)))
+    return str(module.render(name, kernel=str(kernel), **options))
 
 
 def host_specs(lab: haven_lab.Lab, names: tuple[str, ...] = HOSTS) -> list[bootstrap.HostSpec]:
@@ -130,10 +131,11 @@ def define_fencing_and_guests(api: Any, lab: haven_lab.Lab, kernel: Path) -> Non
 
 
 def build_guest_kernel(root: Path) -> Path:
-    """The tick guest's kernel under `root` (built once)."""
+    """The tick guest's kernel under `root` (built again when its source is newer)."""
     import subprocess
 
     kernel = root / "tick.elf"
-    if not kernel.exists():
+    source = HERE / "guest" / "tick.S"
+    if not kernel.exists() or kernel.stat().st_mtime < source.stat().st_mtime:
         subprocess.run([str(HERE / "guest" / "build"), str(root)], check=True, capture_output=True)
     return kernel

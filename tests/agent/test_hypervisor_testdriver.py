@@ -115,7 +115,7 @@ def test_crash_event_mapping() -> None:
         "migrated",
         "migrated",
     )
-    assert lifecycle_state(libvirt.VIR_DOMAIN_EVENT_CRASHED, 0) == ("crashed", "panicked")
+    assert lifecycle_state(libvirt.VIR_DOMAIN_EVENT_CRASHED, 0) == ("panicked", "panicked")
     assert lifecycle_state(99, 0)[0] == "unknown"
 
 

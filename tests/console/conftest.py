@@ -47,6 +47,15 @@ def fast_passwords(settings: Any) -> None:
     settings.HAVEN_WAKE_ON_COMMAND = False
 
 
+@pytest.fixture(autouse=True)
+def fresh_runner_memory() -> None:
+    """The runner keeps a cluster's configuration between ticks (console/runtime/snapshot.py):
+    each test starts without what an earlier one left."""
+    from console.runtime import snapshot
+
+    snapshot.forget()
+
+
 class LiveView:
     """The live picture the engine's rulebook reads (heartbeats in a Redis store of the test's
     own), written from the database rows a test made: each beating host reports the services

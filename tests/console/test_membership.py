@@ -13,10 +13,11 @@ from rest_framework.test import APIClient
 
 from console import engine
 from console.clusters.models import FenceDevice, Host
+from console.engine.status import service_to_json
 from console.events.models import Event
 from console.jobs.models import Job, JobStatus
 from console.runtime import bootstrap
-from console.runtime.models import AgentCredential, EngineState
+from console.runtime.models import AgentCredential, EngineServiceStatus, EngineState
 from console.services.models import VmService
 from tests.console import factories as f
 
@@ -37,9 +38,14 @@ def two(db: None) -> list[Host]:
 
 
 def engine_has(cluster: Any, **services: engine.ServiceStatus) -> None:
-    status = engine.Status(services=services)
+    """The engine's status as the runner stores it: a header, one row per service."""
     EngineState.objects.update_or_create(
-        cluster=cluster, defaults={"status_json": status.to_json()}
+        cluster=cluster, defaults={"status_json": engine.Status().to_json(), "ticks": 1}
+    )
+    EngineServiceStatus.objects.filter(cluster=cluster).delete()
+    EngineServiceStatus.objects.bulk_create(
+        EngineServiceStatus(cluster=cluster, name=n, status_json=service_to_json(s), tick=1)
+        for n, s in services.items()
     )
 
 

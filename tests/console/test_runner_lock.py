@@ -202,17 +202,17 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
     """A slow load (here: 1.5 s after the heartbeats were read) must not age the heartbeats."""
     cluster, agents, _ = cluster3
     read_at: list[float] = []
-    real_reports, real_results = store.reports, pending_engine_results
+    real_view, real_results = store.view, pending_engine_results
 
-    def reports(hosts: list[str]) -> Any:
+    def view(hosts: list[str], now: float | None = None) -> Any:
         read_at.append(time.time())
-        return real_reports(hosts)
+        return real_view(hosts, now)
 
     def slow_results(c: Any) -> Any:
         time.sleep(1.5)
         return real_results(c)
 
-    monkeypatch.setattr(store, "reports", reports)
+    monkeypatch.setattr(store, "view", view)
     monkeypatch.setattr("console.runtime.snapshot.pending_engine_results", slow_results)
     agents.heartbeat(time.time())
     loaded = snapshot.load(cluster, store)

@@ -59,6 +59,26 @@ def test_newer_lifecycle_events_are_applied_on_top_of_the_heartbeat(
     assert store.reports(["h1"]) == {}
 
 
+def test_health_failures_from_heartbeats_and_newer_events_until_a_fresh_start(
+    clocked: tuple[Store, Clock],
+) -> None:
+    store, _ = clocked
+    hb = {**beat("h1", "a", "b"), "unhealthy": {"a": {"check": "probe", "detail": "refused"}}}
+    store.put_batch({"h1": hb}, [], 100.0)
+    store.put_batch({}, [], 100.5, [("h1", "b", "watchdog", "action none")])
+    store.put_batch({}, [], 99.0, [("h1", "c", "panic", "old")])  # older than the beat
+    report = store.reports(["h1"])["h1"]
+    assert report.unhealthy == {"a": ("probe", "refused"), "b": ("watchdog", "action none")}
+    viewed, _ = store.view(["h1"])  # the runner's one round trip reads the same
+    assert viewed["h1"].unhealthy == report.unhealthy and viewed["h1"].running == report.running
+    store.put_lifecycle("h1", "b", "started", 101.0)  # restarted after the event: a fresh run
+    assert "b" not in store.reports(["h1"])["h1"].unhealthy
+    store.put_heartbeat("h1", beat("h1", "a", "b"), 102.0)  # the agent no longer reports any
+    assert store.reports(["h1"])["h1"].unhealthy == {}
+    store.forget_host("h1")
+    assert store.reports(["h1"]) == {}
+
+
 def test_ingest_status_on_the_stores_clock(clocked: tuple[Store, Clock]) -> None:
     store, clock = clocked
     assert store.ingest_status().reported_at is None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.engine.model import Domain, DomainMember, ServiceConfig
+from console.engine.model import Domain, DomainMember, HealthCheck, ServiceConfig
 from console.engine.settings import Settings
 from console.engine.states import Desired, Recovery, ServiceState
 
@@ -58,6 +58,8 @@ class Event:
     s: float | None = None
     #: console_lag, console_restart: for how long, in seconds
     duration: float | None = None
+    #: hang, crash: the health check the guest's host reports failed (a `HealthCheck` value)
+    check: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ EVENTS: Mapping[str, tuple[str, ...]] = {
     "power_on": ("node",),
     "network_off": ("node",),
     "network_on": ("node",),
-    "crash": ("service",),
+    "crash": ("service", "check?"),
     "fail_starts": ("service", "node?", "count?"),
     "fail_migrations": ("service", "count?"),
     "fail_fence": ("node", "count?"),
@@ -116,6 +118,7 @@ EVENTS: Mapping[str, tuple[str, ...]] = {
     "appear": ("service", "node"),
     "console_restart": ("node?", "for?"),
     "console_lag": ("s", "for", "node?"),
+    "hang": ("service", "check", "count?"),
 }
 
 #: events that name a service or a node (exactly one of them)
@@ -339,6 +342,7 @@ def _services(r: _R, nodes: set[str], domains: Mapping[str, Domain]) -> dict[str
                 "priority",
                 "migratable",
                 "autostart",
+                "saveable",
                 "protected",
             }
         )
@@ -369,6 +373,7 @@ def _services(r: _R, nodes: set[str], domains: Mapping[str, Domain]) -> dict[str
             priority=item.get("priority").integer(default=0, minimum=-(2**31)),
             migratable=item.get("migratable").boolean(True),
             autostart=item.get("autostart").boolean(True),
+            saveable=item.get("saveable").boolean(False),
             protected=item.get("protected").boolean(True),
             node=node,
         )
@@ -380,13 +385,13 @@ def _events(r: _R, nodes: set[str], services: set[str]) -> tuple[Event, ...]:
     if r.value is None:
         return ()
     for item in r.items():
-        raw = item.obj({"t", "do", "node", "service", "count", "s", "for"})
+        raw = item.obj({"t", "do", "node", "service", "count", "s", "for", "check"})
         do = item.get("do").choice(set(EVENTS), "")
         if not do:
             raise item.get("do").fail("is required")
         spec = EVENTS[do]
         fields = {f.rstrip("?"): f.endswith("?") for f in spec}
-        for key in ("node", "service", "count", "s", "for"):
+        for key in ("node", "service", "count", "s", "for", "check"):
             if key in raw and key not in fields:
                 raise item.get(key).fail(f"not a field of {do!r}")
             if key not in raw and key in fields and not fields[key]:
@@ -402,7 +407,10 @@ def _events(r: _R, nodes: set[str], services: set[str]) -> tuple[Event, ...]:
         count = item.get("count").integer(minimum=1) if "count" in raw else None
         lag = item.get("s").number() if "s" in raw else None
         duration = item.get("for").number() if "for" in raw else None
-        out.append(Event(item.get("t").number(), do, node, service, count, lag, duration))
+        check = None
+        if "check" in raw:
+            check = item.get("check").choice({c.value for c in HealthCheck}, "")
+        out.append(Event(item.get("t").number(), do, node, service, count, lag, duration, check))
     return tuple(sorted(out, key=lambda e: e.t))
 
 

@@ -22,6 +22,8 @@ from console.engine.model import (
     Decision,
     Fence,
     FenceStatus,
+    HealthCheck,
+    HealthFailure,
     HostObservation,
     Migrate,
     Relocate,
@@ -42,12 +44,17 @@ class SimHost:
     power: bool
     network: bool = True
     guests: set[str] = field(default_factory=set)
+    #: guests whose health check fails on this host (running and hung, or gone and why)
+    unhealthy: dict[str, HealthFailure] = field(default_factory=dict)
+    #: guests whose state was saved here (managed save)
+    saved: set[str] = field(default_factory=set)
     #: bumped at every power change, so work in flight across a reboot is lost
     epoch: int = 0
     fence_failures_left: int | None = 0  # None: fail always
     #: the console's view of the host's heartbeats (what reached it)
     last_heartbeat: float | None = None
     reported: frozenset[str] = frozenset()
+    reported_unhealthy: dict[str, HealthFailure] = field(default_factory=dict)
     reported_free: int = 0
     #: heartbeats sent before this time never reach the console (console_restart's backlog)
     unseen_until: float = 0.0
@@ -100,6 +107,8 @@ class World:
         self.commands: list[Command] = []
         self.fail_starts: dict[str, list[FailRule]] = {}
         self.fail_migrations: dict[str, int | None] = {}
+        #: service -> (check, how many more of its runs fail that check at once)
+        self.hangs: dict[str, tuple[HealthCheck, int]] = {}
         #: "service:S" / "node:N" -> how many more results of its actions are lost
         self.lose: dict[str, int] = {}
         #: console_restart: since when the console's view of heartbeats is continuous
@@ -179,6 +188,15 @@ class World:
                 if svc in h.guests:
                     h.guests.discard(svc)
                     self.label(f"down:{svc}@{h.spec.name}")
+                    if e.check is not None:  # e.g. a panic with on_crash destroy
+                        h.unhealthy[svc] = HealthFailure(HealthCheck(e.check), "scenario")
+        elif do == "hang" and e.check is not None:
+            check = HealthCheck(e.check)
+            for h in self.hosts.values():
+                if svc in h.guests:
+                    h.unhealthy[svc] = HealthFailure(check, "scenario")
+            if e.count is not None and e.count > 1:
+                self.hangs[svc] = (check, e.count - 1)
         elif do == "fail_starts":
             self.fail_starts.setdefault(svc, []).append(FailRule(e.node, e.count))
         elif do == "fail_migrations":
@@ -222,6 +240,7 @@ class World:
                 self.maybe.setdefault(g, set()).add(name)
             self.label(f"down:{g}@{name}")
         host.guests.clear()
+        host.unhealthy.clear()
         host.power, host.epoch = False, host.epoch + 1
         host.outbox.clear()
 
@@ -249,17 +268,26 @@ class World:
                 self.t,
                 frozenset(host.guests),
                 host.spec.memory_mb - self.used(host),
+                dict(host.unhealthy),
             )
             if self.t < host.lag_until:
                 self.at(self.t + host.lag_s, 2, beat)
             else:
                 beat()
 
-    def deliver(self, host: SimHost, sent: float, guests: frozenset[str], free: int) -> None:
+    def deliver(
+        self,
+        host: SimHost,
+        sent: float,
+        guests: frozenset[str],
+        free: int,
+        unhealthy: dict[str, HealthFailure] | None = None,
+    ) -> None:
         """A heartbeat reaches the console (at once, or late while it lags)."""
         if host.last_heartbeat is not None and sent <= host.last_heartbeat:
             return
         host.last_heartbeat, host.reported, host.reported_free = sent, guests, free
+        host.reported_unhealthy = dict(unhealthy or {})
         for hosts in self.maybe.values():
             hosts.discard(host.spec.name)
 
@@ -284,6 +312,7 @@ class World:
                 fence_device=h.spec.fence != "none",
                 shared_storage=h.spec.shared_storage,
                 acknowledged_down_at=h.acknowledged_at,
+                unhealthy=h.reported_unhealthy,
             )
             for name, h in self.hosts.items()
         }
@@ -436,24 +465,40 @@ class World:
 
     def _run_on(self, service: str, host: str, allowed: set[str]) -> None:
         self.check_copies(service, host, allowed)
-        self.hosts[host].guests.add(service)
+        h = self.hosts[host]
+        h.guests.add(service)
+        h.unhealthy.pop(service, None)  # a fresh run
         self.label(f"running:{service}@{host}")
+        check, left = self.hangs.get(service, (HealthCheck.PROBE, 0))
+        if left > 0:  # this run fails its check at once too (`hang` with a count)
+            self.hangs[service] = (check, left - 1)
+            h.unhealthy[service] = HealthFailure(check, "scenario")
 
     def start(self, a: Start) -> ActionResult:
-        if a.service in self.hosts[a.host].guests:
+        h = self.hosts[a.host]
+        if a.service in h.guests:
             return ActionResult(a.id, True, "already running")
         why = self._start_fails(a.service, a.host)
         if why:
             return ActionResult(a.id, False, why)
+        if a.resume and a.service in h.saved:
+            self.label(f"resumed:{a.service}@{a.host}")
+        h.saved.discard(a.service)  # resumed, or a fresh boot that drops the saved state
         self._run_on(a.service, a.host, {a.host})
         return ActionResult(a.id, True)
 
     def stop(self, a: Stop) -> ActionResult:
         host = self.hosts[a.host]
+        saved = False
         if a.service in host.guests:
             host.guests.discard(a.service)
+            host.unhealthy.pop(a.service, None)
             self.label(f"down:{a.service}@{a.host}")
-        return ActionResult(a.id, True)
+            if a.save:
+                host.saved.add(a.service)
+                self.label(f"saved:{a.service}@{a.host}")
+                saved = True
+        return ActionResult(a.id, True, saved=saved)
 
     def migrate(self, a: Migrate) -> ActionResult:
         source, target = self.hosts[a.source], self.hosts[a.target]

@@ -101,6 +101,17 @@ class VmServiceSerializer(HavenModelSerializer):
             "state_since",
             "state_reason",
             "uuid",
+            "save_on_preempt",
+            "health_watchdog",
+            "health_panic",
+            "health_agent_interval_s",
+            "health_agent_misses",
+            "probe",
+            "probe_host",
+            "probe_port",
+            "probe_path",
+            "probe_interval_s",
+            "probe_misses",
         ]
         read_only_fields = [
             "memory_mb",

@@ -6,6 +6,16 @@
  * "tick N" to COM1. The counter proves liveness, and that a live-migrated guest was not rebooted
  * (N continues instead of restarting at 1). No disk, no NIC; runs in 32 MiB under TCG.
  *
+ * Health faults on request, for Haven's hung-guest checks: the timer handler polls the PS/2
+ * keyboard (`virsh send-key GUEST KEY_P` / `KEY_W`, libvirt's sendKey):
+ *   p  the kernel "panics": writes 1 (PANICKED) to the pvpanic port 0x505, prints
+ *      "tick: panic", and stops with interrupts off (QEMU still runs unless on_crash destroys)
+ *   w  stops feeding the watchdog (prints "tick: watchdog feeding stopped"); the guest keeps
+ *      ticking, so only the watchdog tells that it is "hung"
+ * The watchdog: an i6300esb PCI device (vendor 8086, device 25ab), if present, found by a scan
+ * of bus 0, armed at boot with both stages ~0.5 s (the action fires ~1 s after the last feed)
+ * and fed ten times a second. "tick: watchdog armed" says it was found.
+ *
  * Build: deploy/lab/guest/build [OUTDIR]  (as --32, ld -m elf_i386 -Ttext=0x100000)
  */
         .set MB_MAGIC, 0x1BADB002
@@ -13,6 +23,9 @@
         .set COM1, 0x3F8
         .set HZ, 100
         .set PIT_DIVISOR, 11932         /* 1193182 Hz / 11932 = 100 Hz */
+        .set PVPANIC, 0x505             /* ISA pvpanic: bit 0 = guest panicked */
+        .set ESB_ID, 0x25AB8086         /* i6300esb: device << 16 | vendor */
+        .set ESB_PRELOAD, 500           /* x 32768 x 30 ns = 0.49 s per stage (1 kHz scale) */
 
         .text
         .globl _start
@@ -39,6 +52,7 @@ reload_segments:
         call pic_remap
         call idt_init
         call pit_init
+        call esb_init
 
         movl $hello, %esi
         call serial_puts
@@ -157,7 +171,21 @@ ignore_isr:
 
 timer_isr:
         pusha
-        incl jiffies
+        call keyboard_poll
+        cmpl $0, dead
+        jne 9f
+        cmpl $0, esb_base
+        je 1f
+        cmpl $0, starve
+        jne 1f
+        movl jiffies, %eax
+        xorl %edx, %edx
+        movl $10, %ebx
+        divl %ebx
+        testl %edx, %edx
+        jnz 1f
+        call esb_feed
+1:      incl jiffies
         cmpl $HZ, jiffies
         jb 9f
         movl $0, jiffies
@@ -172,6 +200,119 @@ timer_isr:
         outb %al, $0x20
         popa
         iret
+
+/* A key pressed? (PS/2 output buffer full.) 'p' panics, 'w' stops feeding the watchdog.
+ * Scancode set 1 (translated, SeaBIOS's default) or set 2, make codes only. */
+keyboard_poll:
+        inb $0x64, %al
+        testb $0x01, %al
+        jz 9f
+        inb $0x60, %al
+        cmpb $0x19, %al                 /* 'p', set 1 */
+        je panic
+        cmpb $0x4D, %al                 /* 'p', set 2 */
+        je panic
+        cmpb $0x11, %al                 /* 'w', set 1 */
+        je starve_watchdog
+        cmpb $0x1D, %al                 /* 'w', set 2 */
+        je starve_watchdog
+9:      ret
+starve_watchdog:
+        cmpl $0, starve
+        jne 9b
+        movl $1, starve
+        movl $starve_msg, %esi
+        call serial_puts
+        ret
+panic:
+        movl $panic_msg, %esi
+        call serial_puts
+        movw $PVPANIC, %dx
+        movb $0x01, %al
+        outb %al, %dx                   /* pvpanic: PANICKED */
+        movl $1, dead
+        cli
+1:      hlt                             /* dead: no more ticks, interrupts off */
+        jmp 1b
+
+/* PCI config address for bus 0, device %ebx (0-31), register %ecx -> %eax. */
+pci_addr:
+        movl %ebx, %eax
+        shll $11, %eax
+        orl %ecx, %eax
+        orl $0x80000000, %eax
+        ret
+
+/* Find the i6300esb on bus 0, read BAR0, enable memory decoding, set both timers, arm it. */
+esb_init:
+        xorl %ebx, %ebx
+1:      xorl %ecx, %ecx
+        call pci_addr
+        movw $0xCF8, %dx
+        outl %eax, %dx
+        movw $0xCFC, %dx
+        inl %dx, %eax
+        cmpl $ESB_ID, %eax
+        je 2f
+        incl %ebx
+        cmpl $32, %ebx
+        jb 1b
+        ret                             /* no watchdog device: nothing to feed */
+2:      movl $0x10, %ecx                /* BAR0 */
+        call pci_addr
+        movw $0xCF8, %dx
+        outl %eax, %dx
+        movw $0xCFC, %dx
+        inl %dx, %eax
+        andl $0xFFFFFFF0, %eax
+        jz 9f                           /* not mapped by the firmware */
+        movl %eax, esb_base
+        movl $0x04, %ecx                /* command: memory space on */
+        call pci_addr
+        movw $0xCF8, %dx
+        outl %eax, %dx
+        movw $0xCFC, %dx
+        inw %dx, %ax
+        orw $0x0002, %ax
+        outw %ax, %dx
+        movl $0x60, %ecx                /* config: reboot enabled, 1 kHz, no interrupt (3) */
+        call pci_addr
+        movw $0xCF8, %dx
+        outl %eax, %dx
+        movw $0xCFC, %dx
+        movw $0x0003, %ax
+        outw %ax, %dx
+        movl esb_base, %edi
+        call esb_unlock
+        movl $ESB_PRELOAD, 0x00(%edi)   /* timer 1 */
+        call esb_unlock
+        movl $ESB_PRELOAD, 0x04(%edi)   /* timer 2 */
+        movl $0x68, %ecx                /* lock register: enable */
+        call pci_addr
+        movw $0xCF8, %dx
+        outl %eax, %dx
+        movw $0xCFC, %dx
+        movb $0x02, %al
+        outb %al, %dx
+        call esb_feed
+        movl $armed_msg, %esi
+        call serial_puts
+9:      ret
+
+/* The unlock sequence before writing a reload or timer register (base in %edi). */
+esb_unlock:
+        movw $0x80, 0x0C(%edi)
+        movw $0x86, 0x0C(%edi)
+        ret
+
+/* Reload the watchdog: timer back to stage 1. */
+esb_feed:
+        pushl %edi
+        movl esb_base, %edi
+        call esb_unlock
+        movw $0x100, 0x0C(%edi)
+        popl %edi
+        ret
 
 /* Print %eax in decimal. */
 print_decimal:
@@ -208,6 +349,18 @@ hello:
         .asciz "tick: booted\n"
 tick_prefix:
         .asciz "tick "
+panic_msg:
+        .asciz "tick: panic\n"
+starve_msg:
+        .asciz "tick: watchdog feeding stopped\n"
+armed_msg:
+        .asciz "tick: watchdog armed\n"
+esb_base:
+        .long 0
+starve:
+        .long 0
+dead:
+        .long 0
 jiffies:
         .long 0
 ticks:

@@ -1,0 +1,86 @@
+"""What the runner keeps between ticks (console/runtime/snapshot.py): the configuration, read
+again only when it changed, and the engine's status, stored in pieces and read back the same
+whichever process reads it."""
+
+# ruff: noqa: F811  (the fixtures of test_runtime.py, imported, are parameters here)
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from console.runtime import snapshot
+from console.runtime.models import EngineServiceStatus, EngineState
+from console.runtime.store import Store
+from console.services.models import VmService
+from tests.console import factories as f
+from tests.console.test_runtime import (  # noqa: F401
+    Agents,
+    cluster3,
+    run,
+    store,
+)
+
+pytestmark = pytest.mark.redis
+
+
+def _status(cluster: Any, store: Store, now: float) -> Any:
+    return snapshot.load(cluster, store, now).snapshot.status
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_status_is_stored_in_pieces_and_read_back_the_same(cluster3: Any, store: Store) -> None:
+    cluster, agents, _ = cluster3
+    t = run(cluster, agents, store, 1000.0, 1006.0)
+    state = EngineState.objects.get(cluster=cluster)
+    assert json.loads(state.status_json)["services"] == {}  # the header holds no service
+    rows = dict(EngineServiceStatus.objects.values_list("name", "tick"))
+    assert set(rows) == set(VmService.objects.values_list("name", flat=True))
+    kept = snapshot._statuses[cluster.pk]
+    assert kept[0] == state.ticks
+    snapshot.forget()  # another process: everything from the database
+    assert _status(cluster, store, t) == kept[1]
+    # a settled tick rewrites no piece
+    before = dict(EngineServiceStatus.objects.values_list("name", "tick"))
+    t = run(cluster, agents, store, t, t)
+    assert dict(EngineServiceStatus.objects.values_list("name", "tick")) == before
+    # a guest crashes: only its piece is rewritten, and a process that held the status of an
+    # earlier tick reads the rows written since and sees what one reading everything sees
+    older = snapshot._statuses[cluster.pk]
+    victim = sorted(agents.running["et-virt05"])[0]
+    agents.running["et-virt05"].discard(victim)
+    t = run(cluster, agents, store, t, t + 1)
+    after = dict(EngineServiceStatus.objects.values_list("name", "tick"))
+    assert {n for n in after if after[n] != before[n]} == {victim}
+    newest = snapshot._statuses[cluster.pk][1]
+    snapshot.forget()
+    snapshot._statuses[cluster.pk] = older
+    assert snapshot._status(EngineState.objects.get(cluster=cluster), older)[0] == newest
+    snapshot.forget()
+    assert _status(cluster, store, t) == newest
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_configuration_change_reaches_the_next_tick(cluster3: Any, store: Store) -> None:
+    cluster, agents, _ = cluster3
+    t = run(cluster, agents, store, 1000.0, 1003.0)
+    version = EngineState.objects.get(cluster=cluster).config_version
+    service = VmService.objects.get(name="guest1")
+    service.priority = 7
+    service.save()  # through a signal, in the writer's transaction
+    assert EngineState.objects.get(cluster=cluster).config_version == version + 1
+    assert snapshot.load(cluster, store, t, cached=True).snapshot.services["guest1"].priority == 7
+    # a bulk create sends no signal: the services' count tells
+    VmService.objects.bulk_create(
+        [VmService(cluster=cluster, name="bulk1", domain_xml="<domain/>", memory_mb=64)]
+    )
+    assert "bulk1" in snapshot.load(cluster, store, t, cached=True).snapshot.services
+    # kept as it is while nothing changed: the same objects
+    first = snapshot.load(cluster, store, t, cached=True)
+    again = snapshot.load(cluster, store, t, cached=True)
+    assert first.services["guest1"] is again.services["guest1"] and not again.fresh
+    # a new failover domain member is configuration too
+    domain = f.FailoverDomainFactory(cluster=cluster)
+    assert domain.name in snapshot.load(cluster, store, t, cached=True).snapshot.domains
