@@ -44,7 +44,8 @@ def test_a_failing_probe_destroys_and_restarts_the_guest_in_place(
     cluster3: Any,  # noqa: F811
     store: Store,  # noqa: F811
 ) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
+    transport = agents  # the fleet is the transport: what was sent
     VmService.objects.filter(name="guest2").update(
         probe="http", probe_host="10.88.0.6", probe_port=8080, probe_path="/health"
     )
@@ -92,7 +93,8 @@ def test_a_heartbeat_carries_the_failure_when_the_event_was_lost(
     cluster3: Any,  # noqa: F811
     store: Store,  # noqa: F811
 ) -> None:
-    cluster, agents, transport = cluster3
+    cluster, agents = cluster3
+    transport = agents  # the fleet is the transport: what was sent
     t = run(cluster, agents, store, 1000.0, 1005.0)
     beat = {
         "v": 2,

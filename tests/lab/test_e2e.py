@@ -236,6 +236,8 @@ def test_5_host_powered_back_guests_fail_back_by_live_migration(cluster: Cluster
     assert away is not None
     starts = Job.objects.filter(kind="start", params__service="guest3").count()
     source_log = cluster.serial(away, "guest3")
+    cluster.wait("guest3 ticking on " + away, lambda: _ticks(source_log.read_text()), 20)
+    seen_on_source = _ticks(source_log.read_text())  # read before it leaves, and after
     lab.power_on("et-virt07")  # its boot hook starts the agent the bootstrap installed
     cluster.wait("et-virt07 online", lambda: cluster.hosts()["et-virt07"] == "online")
     cluster.wait(
@@ -245,7 +247,7 @@ def test_5_host_powered_back_guests_fail_back_by_live_migration(cluster: Cluster
     assert migrate.status == JobStatus.SUCCEEDED
     assert migrate.params["target"] == "et-virt07"
     assert Job.objects.filter(kind="start", params__service="guest3").count() == starts, "restarted"
-    last_on_source = max(_ticks(source_log.read_text()))
+    last_on_source = max(seen_on_source + _ticks(source_log.read_text()))
     dest_log = cluster.serial("et-virt07", "guest3")
     time.sleep(1.5)
     after = _ticks(dest_log.read_text())

@@ -88,7 +88,7 @@ def sim(store: Any) -> Iterator[Any]:
 
     # small hosts; a live migration takes long enough to be seen
     agents = FakeAgents(store, memory_total_mib=4096, cpus=2)
-    agents.delays["migrate"] = 2.5
+    agents.delays["migrate"] = 5.0
     # the pages (the rulebook's live view, the push stream) read the store the agents write
     previous, tasks._store = tasks._store, store
     try:

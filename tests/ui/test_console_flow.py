@@ -157,7 +157,21 @@ def test_console_flow(
     page.click("#migrate-form button[type=submit]")
     expect(page.locator(".messages")).to_contain_text("Live-migrating web1 to et-virt06")
     page.evaluate("window.__notReloaded = true")
-    expect(row).to_have_attribute("data-state", "migrating")
+    # every state the row shows, as the page updates it in place (a poll could miss one)
+    page.evaluate(
+        """() => {
+            window.__states = [];
+            const note = () => {
+                const r = document.querySelector('#service-web1');
+                if (r && window.__states[window.__states.length - 1] !== r.dataset.state)
+                    window.__states.push(r.dataset.state);
+            };
+            note();
+            new MutationObserver(note).observe(document.body,
+                {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    page.wait_for_function("() => window.__states.includes('migrating')", timeout=20_000)
     shot(page, "15-migrating")
     expect(row).to_have_attribute("data-host", "et-virt06", timeout=20_000)
     expect(row).to_have_attribute("data-state", "started")
