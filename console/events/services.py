@@ -80,21 +80,21 @@ def record(
 
     ``severity`` defaults from the result: failed is an error, refused a warning, else info.
     """
-    if severity is None:
-        severity = DEFAULT_SEVERITY.get(result, Severity.INFO)
-    if obj is not None:
-        object_type = object_type or (obj._meta.model_name or "")
-        object_name = object_name or str(obj)
-    event = Event.objects.create(
-        actor=actor[:150],
+    event = _event(
+        actor=actor,
         verb=verb,
+        obj=obj,
         object_type=object_type,
-        object_name=object_name[:255],
+        object_name=object_name,
         cluster=cluster,
         result=result,
-        severity=severity,
         message=message,
-        data=data or {},
+        data=data,
+        severity=severity,
     )
-    log.info("%s %s %s %s: %s %s", actor, verb, object_type, object_name, result, message)
+    event.save()
+    log.info(
+        "%s %s %s %s: %s %s", event.actor, event.verb, event.object_type, event.object_name,
+        event.result, event.message,
+    )  # fmt: skip
     return event

@@ -10,7 +10,7 @@ from django.db import models
 
 from console.clusters.models import Cluster, Host
 from console.services.domainxml import parse_domain_xml
-from console.services.models import FailoverDomain, VmService
+from console.services.models import HEALTH_FIELDS, FailoverDomain, VmService
 
 DOMAIN_HELP = {
     "ordered": "Prefer members with the best priority (1 is best): a guest runs on the "
@@ -135,17 +135,7 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
             "migratable",
             "protected",
             "autostart",
-            "save_on_preempt",
-            "health_watchdog",
-            "health_panic",
-            "health_agent_interval_s",
-            "health_agent_misses",
-            "probe",
-            "probe_host",
-            "probe_port",
-            "probe_path",
-            "probe_interval_s",
-            "probe_misses",
+            *HEALTH_FIELDS,
         ]
         help_texts = SERVICE_HELP
         labels = {

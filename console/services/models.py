@@ -59,6 +59,22 @@ class FailoverDomainMember(models.Model):
         return f"{self.host_id and self.host.name} ({self.priority})"
 
 
+#: a service's save-on-preempt, health-check and probe settings (form and API alike)
+HEALTH_FIELDS = (
+    "save_on_preempt",
+    "health_watchdog",
+    "health_panic",
+    "health_agent_interval_s",
+    "health_agent_misses",
+    "probe",
+    "probe_host",
+    "probe_port",
+    "probe_path",
+    "probe_interval_s",
+    "probe_misses",
+)
+
+
 class VmService(models.Model):
     """A guest under cluster control; the console keeps its libvirt definition."""
 

@@ -5,7 +5,12 @@ from typing import Any
 from rest_framework import serializers
 
 from console.core.api import HavenModelSerializer
-from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+from console.services.models import (
+    HEALTH_FIELDS,
+    FailoverDomain,
+    FailoverDomainMember,
+    VmService,
+)
 
 
 class FailoverDomainMemberSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -101,17 +106,7 @@ class VmServiceSerializer(HavenModelSerializer):
             "state_since",
             "state_reason",
             "uuid",
-            "save_on_preempt",
-            "health_watchdog",
-            "health_panic",
-            "health_agent_interval_s",
-            "health_agent_misses",
-            "probe",
-            "probe_host",
-            "probe_port",
-            "probe_path",
-            "probe_interval_s",
-            "probe_misses",
+            *HEALTH_FIELDS,
         ]
         read_only_fields = [
             "memory_mb",
