@@ -19,14 +19,12 @@ from typing import Any
 import article
 import pytest
 import redis
-from django.conf import settings
-from rest_framework.test import APIClient
 
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.runtime import broker
 from tests.lab import harness
-from tests.lab.harness import HOSTS, haven_lab
+from tests.lab.harness import HOSTS
 from tests.lab.test_e2e import OVERRIDES
 from tests.lab.test_e2e import Cluster as LabCluster
 
@@ -57,65 +55,14 @@ class Cluster(LabCluster):
 
 @pytest.fixture(scope="module")
 def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
-    reason = haven_lab.namespace_support()
-    if reason is not None:
-        pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(harness.TEST_ROOT)
-    lab.destroy()
-    try:
-        lab.create((*HOSTS, FOURTH))
-    except haven_lab.LabError as exc:
-        lab.destroy()
-        pytest.fail(f"lab could not be created: {exc}")
-    harness.reset_agent_logs((*HOSTS, FOURTH))
+    lab = harness.fresh_lab((*HOSTS, FOURTH))
     kernel = article.build_guest_kernel(lab.root)
-    lab_redis = harness.LabRedis(lab.root)
-    lab_redis.start()
-    saved = {
-        k: getattr(settings, k, None)
-        for k in (
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "HAVEN_AGENT_BROKER_URL",
-            "HAVEN_WAKE_ON_COMMAND",
-        )
-    }
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
-    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
-    settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import use_broker
-
-    use_broker(lab_redis.url)
-    with django_db_blocker.unblock():
-        own_db = harness.ensure_test_database()
-        console = harness.Console(
-            lab_redis.url, harness.db_url(settings), lab.root / "console-logs", **OVERRIDES
-        )
-        console.start()
-        from django.contrib.auth.models import User
-
-        admin = User.objects.create_superuser("day2-admin", password="pw-for-tests-only")
-        api = APIClient()
-        api.force_authenticate(admin)
+    with harness.console_on_lab(lab, django_db_blocker, "day2-admin", OVERRIDES) as on_lab:
+        lab_redis, console, api = on_lab
         c = Cluster(lab, api, console)
         c.kernel = kernel  # type: ignore[attr-defined]
         c.redis = lab_redis  # type: ignore[attr-defined]
-        try:
-            yield c
-        finally:
-            console.stop()
-            lab.destroy()
-            lab_redis.stop()
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            use_broker(settings.REDIS_URL)
-            from django.core.management import call_command
-
-            call_command("flush", interactive=False, verbosity=0)
-            if own_db is not None:
-                from django.test.utils import teardown_databases
-
-                teardown_databases(own_db, verbosity=0)
+        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,6 @@ from typing import Any
 
 import article
 import pytest
-from django.conf import settings
 from rest_framework.test import APIClient
 
 from console.jobs.models import Job, JobStatus
@@ -94,52 +93,11 @@ def _ticks(text: str) -> list[int]:
 def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
     lab = harness.fresh_lab()
     kernel = article.build_guest_kernel(lab.root)
-    lab_redis = harness.LabRedis(lab.root)
-    lab_redis.start()
-    saved = {
-        k: getattr(settings, k, None)
-        for k in (
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "HAVEN_AGENT_BROKER_URL",
-            "HAVEN_WAKE_ON_COMMAND",
-        )
-    }
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
-    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
-    settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import use_broker
-
-    use_broker(lab_redis.url)
-    with django_db_blocker.unblock():
-        own_db = harness.ensure_test_database()
-        console = harness.Console(
-            lab_redis.url, harness.db_url(settings), lab.root / "console-logs", **OVERRIDES
-        )
-        console.start()
-        from django.contrib.auth.models import User
-
-        admin = User.objects.create_superuser("e2e-admin", password="pw-for-tests-only")
-        api = APIClient()
-        api.force_authenticate(admin)
+    with harness.console_on_lab(lab, django_db_blocker, "e2e-admin", OVERRIDES) as on_lab:
+        _, console, api = on_lab
         c = Cluster(lab, api, console)
         c.kernel = kernel  # type: ignore[attr-defined]
-        try:
-            yield c
-        finally:
-            console.stop()
-            lab.destroy()
-            lab_redis.stop()
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            use_broker(settings.REDIS_URL)
-            from django.core.management import call_command
-
-            call_command("flush", interactive=False, verbosity=0)
-            if own_db is not None:
-                from django.test.utils import teardown_databases
-
-                teardown_databases(own_db, verbosity=0)
+        yield c
 
 
 @pytest.fixture(autouse=True)
