@@ -154,7 +154,29 @@ EXECUTE_TASK = "haven.agent.execute"
 INBOUND_PREFIX = "haven:in:"
 SEALED_ARG = "sealed"
 
-COMMAND_KINDS = frozenset(
+#: the commands that change a host's storage (LVM, GFS2, mounts, fstab, dlm): the agent runs
+#: them one at a time
+STORAGE_COMMANDS = frozenset(
+    {
+        "pvcreate",
+        "vgcreate",
+        "lvcreate",
+        "lvextend",
+        "lvremove",
+        "mkfs_gfs2",
+        "gfs2_jadd",
+        "fstab_entry",
+        "mount",
+        "unmount",
+        "vg_lockstart",
+        "lv_activate",
+        "lv_refresh",
+        "lv_usage",
+        "gfs2_grow",
+        "dlm_fence_ack",
+    }
+)
+COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
     {
         "define",
         "start",
@@ -167,23 +189,7 @@ COMMAND_KINDS = frozenset(
         "host_facts",
         "configure_migration",
         "storage_probe",
-        "pvcreate",
-        "vgcreate",
-        "lvcreate",
-        "lvextend",
-        "lvremove",
-        "mkfs_gfs2",
         "gfs2_inspect",
-        "gfs2_jadd",
-        "fstab_entry",
-        "mount",
-        "unmount",
-        "vg_lockstart",
-        "lv_activate",
-        "lv_refresh",
-        "lv_usage",
-        "gfs2_grow",
-        "dlm_fence_ack",
         "fence",
         "fence_metadata",
         "rotate_credentials",
