@@ -59,6 +59,17 @@ class FailoverDomainMember(models.Model):
         return f"{self.host_id and self.host.name} ({self.priority})"
 
 
+#: how the HA engine treats a service: recovery, limits, priority, moves (form and API alike)
+POLICY_FIELDS = (
+    "failover_domain",
+    "recovery",
+    "max_restarts",
+    "restart_window_s",
+    "max_relocations",
+    "priority",
+    "migratable",
+    "protected",
+)
 #: a service's save-on-preempt, health-check and probe settings (form and API alike)
 HEALTH_FIELDS = (
     "save_on_preempt",

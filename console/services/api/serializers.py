@@ -7,6 +7,7 @@ from rest_framework import serializers
 from console.core.api import HavenModelSerializer
 from console.services.models import (
     HEALTH_FIELDS,
+    POLICY_FIELDS,
     FailoverDomain,
     FailoverDomainMember,
     VmService,
@@ -91,14 +92,7 @@ class VmServiceSerializer(HavenModelSerializer):
             "memory_mb",
             "vcpus",
             "autostart",
-            "failover_domain",
-            "recovery",
-            "max_restarts",
-            "restart_window_s",
-            "max_relocations",
-            "priority",
-            "migratable",
-            "protected",
+            *POLICY_FIELDS,
             "desired_state",
             "state",
             "host",
