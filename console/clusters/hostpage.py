@@ -54,7 +54,7 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
             "guests": guests,
             "devices": [(d, tests.get(d.name)) for d in devices],
             "events": events,
-            "guest_memory_mb": memory_used,
+            "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
             "tab": "overview",
         },

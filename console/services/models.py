@@ -240,7 +240,7 @@ class VmService(models.Model):
         one on every host and refuse to redefine the guest where it was defined before.
         """
         info = parse_domain_xml(self.domain_xml, expected_name=self.name)
-        self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+        self.memory_mb, self.vcpus = info.memory_mib, info.vcpus
         if info.uuid:
             self.uuid = info.uuid
         else:
@@ -256,7 +256,7 @@ class VmService(models.Model):
             except ValidationError as exc:
                 errors["domain_xml"] = exc.messages
             else:
-                self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+                self.memory_mb, self.vcpus = info.memory_mib, info.vcpus
         domain, host = self.failover_domain, self.host
         if domain is not None and self.cluster_id and domain.cluster_id != self.cluster_id:
             errors["failover_domain"] = f"Failover domain {domain.name} belongs to another cluster."

@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from console.core.api import HavenModelSerializer
+from console.core.units import mib
 from console.services.models import (
     HEALTH_FIELDS,
     POLICY_FIELDS,
@@ -112,3 +113,4 @@ class VmServiceSerializer(HavenModelSerializer):
             "state_reason",
             "uuid",
         ]
+        extra_kwargs = {"memory_mb": mib("The guest's memory, from its domain XML")}
