@@ -46,7 +46,7 @@ class Capacity:
     tolerate: int
     #: every protected guest can restart after the worst `tolerate` host failures
     ok: bool
-    #: the smallest margin over the priorities checked, in MB (negative: short by that much)
+    #: the smallest margin over the priorities checked, in MiB (negative: short by that much)
     spare_mb: int
     #: at that priority: memory needed after the worst failure, and memory free for it
     needed_mb: int
@@ -76,8 +76,8 @@ class Capacity:
         return (
             f"the cluster would not survive {self.tolerate} host "
             f"failure{'s' if self.tolerate != 1 else ''}: after losing {hosts}, guests{level} "
-            f"need {self.needed_mb} MB and {self.free_mb} MB would be free "
-            f"({self.needed_mb - self.free_mb} MB short)"
+            f"need {self.needed_mb} MiB and {self.free_mb} MiB would be free "
+            f"({self.needed_mb - self.free_mb} MiB short)"
         )
 
 

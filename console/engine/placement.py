@@ -118,7 +118,7 @@ class Usage:
         if host not in self.mem_cap:
             return f"{host} is not usable"
         if cfg.memory_mb > self.free(host):
-            return f"needs {cfg.memory_mb} MB, {host} has {self.free(host)} MB free"
+            return f"needs {cfg.memory_mb} MiB, {host} has {self.free(host)} MiB free"
         cap = self.vcpu_cap.get(host)
         used = self.cpu.get(host, 0)
         if cap is not None and used + cfg.cpus > cap:

@@ -1497,10 +1497,10 @@ class _Tick:
         if roomy:  # memory is there: the vCPU limit is what stops it (on the emptiest)
             emptiest = max(roomy, key=lambda h: (usage.free_vcpus(h) or 0, h))
             return (
-                f"no allowed host has {cfg.memory_mb} MB and {cfg.cpus} vCPUs free "
+                f"no allowed host has {cfg.memory_mb} MiB and {cfg.cpus} vCPUs free "
                 f"({usage.no_room(emptiest, cfg)})"
             )
-        return f"no allowed host has {cfg.memory_mb} MB free"
+        return f"no allowed host has {cfg.memory_mb} MiB free"
 
     def _start(self, name: str, host: str) -> None:
         s = self.svcs[name]

@@ -15,7 +15,7 @@ from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text
 
-SHORT = "need 6144 MB and 4096 MB would be free (2048 MB short)"
+SHORT = "need 6144 MiB and 4096 MiB would be free (2048 MiB short)"
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_growing_a_running_protected_guest_is_refused_like_a_start(
     assert response.status_code == 409, response.content
     (message,) = response.json()["domain_xml"]
     assert message.startswith("big1 cannot grow: admission control: the cluster would not")
-    assert "need 4096 MB and 2048 MB would be free (2048 MB short)" in message
+    assert "need 4096 MiB and 2048 MiB would be free (2048 MiB short)" in message
     big1.refresh_from_db()
     assert big1.memory_mb == 4096  # nothing saved
     # smaller is fine, and so is growing a guest that is not meant to run

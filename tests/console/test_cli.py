@@ -197,8 +197,8 @@ def test_admission_refusal_is_one_clear_line_and_policy_prints_the_capacity(
     assert (code, out) == (1, "")
     assert err == (
         "haven: error: 409: extra cannot start: admission control: the cluster would not "
-        "survive 1 host failure: after losing h2, guests of priority 0 and above need 6144 MB "
-        "and 4096 MB would be free (2048 MB short).\n"
+        "survive 1 host failure: after losing h2, guests of priority 0 and above need 6144 MiB "
+        "and 4096 MiB would be free (2048 MiB short).\n"
     )
     assert not PendingCommand.objects.exists()
     code, out, _ = haven("policy", "tight")

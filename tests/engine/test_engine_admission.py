@@ -100,7 +100,7 @@ def test_preemptible_guests_count_as_free() -> None:
     assert found.describe() == "does not survive 1 host failure: 4.0 GiB short"
     assert found.refusal() == (
         "the cluster would not survive 1 host failure: after losing h2, guests of priority 5 "
-        "and above need 8192 MB and 4096 MB would be free (4096 MB short)"
+        "and above need 8192 MiB and 4096 MiB would be free (4096 MiB short)"
     )
 
 
@@ -121,7 +121,7 @@ def test_the_engine_refuses_a_start_that_breaks_n_plus_1_and_the_rulebook_says_s
     book = Rulebook(snap, 0.5)
     refusal = book.start_refusal("c")
     assert refusal is not None and refusal.code.value == "admission"
-    assert "need 6144 MB and 4096 MB would be free (2048 MB short)" in refusal.reason
+    assert "need 6144 MiB and 4096 MiB would be free (2048 MiB short)" in refusal.reason
     assert book.start_refusal("lab") is None  # opted out: never refused
     assert book.capacity().describe() == "survives 1 host failure; 0.0 GiB spare"
     assert book.tolerated() == 1
