@@ -100,11 +100,19 @@ def create_job(
     return job
 
 
+def _lock(job: Job) -> None:
+    """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
+    threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
+    written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
+    list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
+
+
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
     """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
     with transaction.atomic():
         hosts = {s.host.pk: s.host for s in steps if s.host is not None}
         job.hosts.add(*hosts.values())
+        _lock(job)
         first = (job.steps.aggregate(m=Max("seq"))["m"] or 0) + 1
         JobStep.objects.bulk_create(
             JobStep(
@@ -185,6 +193,7 @@ def add_event(
 ) -> JobEvent:
     """Append to the job's log; ``seq`` is the next number within the job."""
     with transaction.atomic():
+        _lock(job)
         last = JobEvent.objects.filter(job=job).aggregate(m=Max("seq"))["m"] or 0
         return JobEvent.objects.create(
             job=job,
