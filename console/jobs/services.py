@@ -30,6 +30,7 @@ from django.utils import timezone
 from agent import names
 from agent.protocol import PROTOCOL_VERSION, SEALED_ARG
 from console.clusters.models import Cluster, Host
+from console.core import broker
 from console.jobs.models import (
     FINISHED_STEP_STATUSES,
     Job,
@@ -294,8 +295,8 @@ def _send_all(sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
     for host, command, redacted in sends:
         try:
             transport().send(host, command, redacted)
-        except Exception:  # the broker is away: the step stays dispatched and times out
-            log.exception("could not send %s to %s", command["kind"], host)
+        except Exception as exc:  # the broker is away: the step stays dispatched, times out
+            broker.log_failure(log, f"could not send {command['kind']} to {host}", exc)
 
 
 def apply_result(message: dict[str, Any], *, sender: str | None) -> JobStep | None:
