@@ -60,6 +60,17 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _time(value: object) -> float:
+    """A time from the wire (seconds), else 0.0."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def sent_at(data: dict[str, Any]) -> float:
+    """A stored heartbeat's ``sent_at`` (0.0 when missing): all the lag needs, read without
+    decoding the rest (its guests are thousands of entries at size)."""
+    return _time(data.get("sent_at"))
+
+
 def decode_heartbeat(host: str, data: dict[str, Any]) -> Heartbeat:
     """A stored heartbeat as ``agent.protocol.Heartbeat``: the one place the console reads a
     heartbeat's fields. A missing or malformed value (a negative memory, a count that is not a
@@ -84,15 +95,16 @@ def decode_heartbeat(host: str, data: dict[str, Any]) -> Heartbeat:
         ],
         boot=_text(data.get("boot")) or "",
         cluster=cluster if isinstance(cluster, dict) else None,
-        ts=float(data["ts"]) if isinstance(data.get("ts"), int | float) else 0.0,
-        sent_at=float(data["sent_at"]) if isinstance(data.get("sent_at"), int | float) else 0.0,
+        ts=_time(data.get("ts")),
+        sent_at=sent_at(data),
     )
 
 
 @dataclass(frozen=True)
 class HostReport:
     """The latest word from one host's agent, as the runner needs it: ``beat`` decoded
-    (``decode_heartbeat``), ``heartbeat`` the message as it came."""
+    (``decode_heartbeat``, once: `overlay` hands its decoding in), ``heartbeat`` the message as
+    it came."""
 
     host: str
     received: float  # console clock
@@ -100,10 +112,14 @@ class HostReport:
     running: frozenset[str] = field(default_factory=frozenset)
     #: guest -> (check, detail): failed health checks (the heartbeat's, and newer events)
     unhealthy: dict[str, tuple[str, str]] = field(default_factory=dict)
+    decoded: Heartbeat | None = field(default=None, compare=False, repr=False)
 
     @property
     def beat(self) -> Heartbeat:
-        return decode_heartbeat(self.host, self.heartbeat)
+        if self.decoded is None:  # frozen: kept in the instance's dict, decoded once
+            object.__setattr__(self, "decoded", decode_heartbeat(self.host, self.heartbeat))
+        assert self.decoded is not None
+        return self.decoded
 
 
 @dataclass(frozen=True)
@@ -158,7 +174,8 @@ def overlay(
     ``{guest: (check, detail, received)}`` newer than it added, and dropped for a guest that
     started since (a fresh run)."""
     # every active guest (running, paused, ...) has a QEMU process: a copy exists
-    running = {g.name for g in decode_heartbeat(host, hb).guests or []}
+    beat = decode_heartbeat(host, hb)
+    running = {g.name for g in beat.guests or []}
     started: dict[str, float] = {}
     for guest, (state, at) in events.items():
         if state == "started":
@@ -176,7 +193,7 @@ def overlay(
     for guest, at in started.items():
         if at > received:
             unhealthy.pop(guest, None)
-    return HostReport(host, received, hb, frozenset(running), unhealthy)
+    return HostReport(host, received, hb, frozenset(running), unhealthy, beat)
 
 
 def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
@@ -193,7 +210,7 @@ def heartbeat_lag(beats: Iterator[tuple[float, dict[str, Any]]]) -> float:
     """Median over hosts of receive time - the agent's ``sent_at`` (0.0 without any)."""
     lags = []
     for received, hb in beats:
-        sent = decode_heartbeat("", hb).sent_at
+        sent = sent_at(hb)
         if sent > 0:
             lags.append(received - sent)
     return max(0.0, statistics.median(lags)) if lags else 0.0
