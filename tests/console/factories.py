@@ -123,6 +123,23 @@ class JobEventFactory(factory.django.DjangoModelFactory):
     message = "step done"
 
 
+def half_full_hosts(cluster: Cluster, cpus: int | None = None) -> tuple[Host, Host]:
+    """Hosts h1 and h2 of ``cluster`` (online, 8 GiB; h1 with ``cpus``), each running a 4 GiB
+    guest (big1, big2): admission control's tight case, one more 2 GiB guest breaks N+1."""
+    first = {} if cpus is None else {"cpus": cpus}
+    a = HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, **first)
+    b = HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
+    for name, host in (("big1", a), ("big2", b)):
+        VmServiceFactory(
+            cluster=cluster,
+            name=name,
+            state="started",
+            host=host,
+            domain_xml=domain_xml(name, memory_kib=4096 * 1024),
+        )
+    return a, b
+
+
 def sealing_key(name: str) -> str:
     """Give agent ``name`` a sealing key as the bootstrap does (without a Redis user); the key."""
     from cryptography.fernet import Fernet
