@@ -186,8 +186,14 @@ def start_event_loop() -> None:
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
+            # The one thread that delivers every lifecycle event of this process: if it died,
+            # the agent would never hear of a crash again. An iteration that fails is logged.
             while True:
-                libvirt.virEventRunDefaultImpl()
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except Exception as exc:
+                    log.warning("libvirt event loop: %r; going on", exc)
+                    time.sleep(0.1)
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _loop_started = True

@@ -30,6 +30,7 @@ from django.utils import timezone
 from agent import names
 from agent.protocol import PROTOCOL_VERSION, SEALED_ARG
 from console.clusters.models import Cluster, Host
+from console.core import broker
 from console.jobs.models import (
     FINISHED_STEP_STATUSES,
     Job,
@@ -100,11 +101,19 @@ def create_job(
     return job
 
 
+def _lock(job: Job) -> None:
+    """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
+    threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
+    written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
+    list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
+
+
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
     """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
     with transaction.atomic():
         hosts = {s.host.pk: s.host for s in steps if s.host is not None}
         job.hosts.add(*hosts.values())
+        _lock(job)
         first = (job.steps.aggregate(m=Max("seq"))["m"] or 0) + 1
         JobStep.objects.bulk_create(
             JobStep(
@@ -185,6 +194,7 @@ def add_event(
 ) -> JobEvent:
     """Append to the job's log; ``seq`` is the next number within the job."""
     with transaction.atomic():
+        _lock(job)
         last = JobEvent.objects.filter(job=job).aggregate(m=Max("seq"))["m"] or 0
         return JobEvent.objects.create(
             job=job,
@@ -285,8 +295,8 @@ def _send_all(sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
     for host, command, redacted in sends:
         try:
             transport().send(host, command, redacted)
-        except Exception:  # the broker is away: the step stays dispatched and times out
-            log.exception("could not send %s to %s", command["kind"], host)
+        except Exception as exc:  # the broker is away: the step stays dispatched, times out
+            broker.log_failure(log, f"could not send {command['kind']} to {host}", exc)
 
 
 def apply_result(message: dict[str, Any], *, sender: str | None) -> JobStep | None:

@@ -410,17 +410,20 @@ class FakeAgents:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        from django.db import close_old_connections
+        from django.db import close_old_connections, connection
 
-        while not self._stop.is_set():
-            try:
-                self.round()
-            except Exception:  # keep playing; the test sees the error list
-                self.errors.append(traceback.format_exc())
-                log.exception("simulated agents")
-            finally:
-                close_old_connections()
-            self._stop.wait(self.period_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.round()
+                except Exception:  # keep playing; the test sees the error list
+                    self.errors.append(traceback.format_exc())
+                    log.exception("simulated agents")
+                finally:
+                    close_old_connections()
+                self._stop.wait(self.period_s)
+        finally:
+            connection.close()  # this thread's own connection (a test database is dropped after)
 
 
 FENCE_METADATA: dict[str, Any] = {
