@@ -43,6 +43,8 @@ LOCK_TTL_S = 3.0
 LOCK_MAX_HOLD_S = 60.0
 # The drainer blocks at most this long on empty inbound lists before it reports again.
 DRAIN_WAIT_S = 1.0
+#: a page's kept answer outlives a console that stopped refreshing it by this much at most
+PANEL_KEPT_S = 3600
 
 
 def client() -> redis.Redis:
@@ -302,6 +304,14 @@ class Store(Protocol):
     def recent_ticks(self, cluster_id: int) -> list[float]: ...
     def publish_change(self, cluster_id: int) -> None:
         """Tell the open pages of a cluster that it changed (best effort)."""
+
+    # the pages' answers kept between ticks (the cluster page's policy panel: panel.py)
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        """The cluster's kept panel (its text), marking it watched for ``watch_s``."""
+
+    def put_panel(self, cluster_id: int, text: str) -> None: ...
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        """The clusters whose panel was read within its ``watch_s``."""
 
 
 class _Shortcuts:
@@ -572,6 +582,24 @@ class RedisStore(_Shortcuts):
         with contextlib.suppress(redis.RedisError):
             self.r.publish(self.change_channel(cluster_id), "1")
 
+    # --- the pages' kept answers -----------------------------------------------------------
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        pipe = self.r.pipeline()
+        pipe.get(f"{self.p}panel:{cluster_id}")
+        if watch_s > 0:
+            pipe.set(f"{self.p}panel-watched:{cluster_id}", "1", px=int(watch_s * 1000))
+        value: Any = pipe.execute()[0]
+        return None if value is None else str(value)
+
+    def put_panel(self, cluster_id: int, text: str) -> None:
+        self.r.set(f"{self.p}panel:{cluster_id}", text, ex=PANEL_KEPT_S)
+
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        if not cluster_ids:
+            return []
+        values: Any = self.r.mget([f"{self.p}panel-watched:{c}" for c in cluster_ids])
+        return [c for c, v in zip(cluster_ids, values, strict=True) if v]
+
 
 def now() -> float:
     return time.time()
@@ -742,6 +770,8 @@ class MemoryStore(_Shortcuts):
         self._requests: set[str] = set()
         self._ticks: dict[int, list[float]] = {}
         self._ticked: dict[int, float] = {}
+        self._panels: dict[int, str] = {}
+        self._watched: dict[int, float] = {}
         self._view: float | None = None
         self._first_look: float | None = None
         #: hosts whose queued commands were thrown away (``drop_commands``), in order
@@ -832,6 +862,8 @@ class MemoryStore(_Shortcuts):
             self._ingest = None
             self._locks.clear()
             self._requests.clear()
+            self._panels.clear()
+            self._watched.clear()
             self._view = None
 
     # --- one runner at a time, and wakes that are never lost -------------------------------
@@ -896,6 +928,22 @@ class MemoryStore(_Shortcuts):
 
     def publish_change(self, cluster_id: int) -> None:
         self.changes.append(cluster_id)
+
+    # --- the pages' kept answers -----------------------------------------------------------
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        with self._mutex:
+            if watch_s > 0:
+                self._watched[cluster_id] = self.clock() + watch_s
+            return self._panels.get(cluster_id)
+
+    def put_panel(self, cluster_id: int, text: str) -> None:
+        with self._mutex:
+            self._panels[cluster_id] = text
+
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        with self._mutex:
+            now = self.clock()
+            return [c for c in cluster_ids if self._watched.get(c, -1.0) > now]
 
 
 def _implementations(redis_store: RedisStore, memory_store: MemoryStore) -> tuple[Store, ...]:
