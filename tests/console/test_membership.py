@@ -116,6 +116,25 @@ def test_removing_a_host_of_a_shared_storage_cluster_drops_it_from_corosync_ever
     assert Job.objects.filter(kind="corosync-remove-node").count() == 1
 
 
+def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
+    two: list[Host],
+) -> None:
+    """While its agent is uninstalled (and, with shared storage, its cluster stack stopped)
+    the host is silent: the engine is told it shuts down cleanly, so it is not fenced."""
+    from console.runtime.snapshot import load
+    from tests.stores import redis_store
+
+    host = two[0]
+    Job.objects.create(kind="bootstrap", cluster=host.cluster, params={"shared_storage": True})
+    job = Job.objects.create(kind="remove-host", cluster=host.cluster, status=JobStatus.RUNNING,
+                             params={"host": host.name, "uninstall": True})  # fmt: skip
+    with redis_store() as store:
+        hosts = load(host.cluster, store).snapshot.hosts
+        assert hosts[host.name].shutting_down and not hosts[two[1].name].shutting_down
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)
+        assert not load(host.cluster, store).snapshot.hosts[host.name].shutting_down
+
+
 def test_a_silent_host_is_removable_only_once_confirmed_down(
     two: list[Host], admin_api: APIClient
 ) -> None:
