@@ -41,6 +41,7 @@ STORAGE_KINDS = {
     "lv_usage",
     "gfs2_grow",
     "dlm_fence_ack",
+    "corosync_remove_node",
 }
 MAX_TIMEOUT_S = 24 * 3600
 
@@ -386,6 +387,11 @@ class Dispatcher:
         node = names.guest(a.text("node"))
         a.done()
         return self.storage.dlm_fence_ack(node)
+
+    def _do_corosync_remove_node(self, a: Args) -> dict[str, Any]:
+        node = names.guest(a.text("node"))
+        a.done()
+        return self.storage.corosync_remove_node(node)
 
     # fencing ------------------------------------------------------------------------
     def _do_fence(self, a: Args) -> dict[str, Any]:

@@ -120,6 +120,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               size_bytes_before
     dlm_fence_ack     node (corosync node name)            -> node, nodeid, dlm_state (waits for
                       dlm here to lose the node first)
+    corosync_remove_node  node (a host removed from the cluster)
+                                                           -> node, changed, nodes (corosync.conf
+                                                              without it, corosync-cfgtool -R)
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output
@@ -181,6 +184,7 @@ COMMAND_KINDS = frozenset(
         "lv_usage",
         "gfs2_grow",
         "dlm_fence_ack",
+        "corosync_remove_node",
         "fence",
         "fence_metadata",
         "rotate_credentials",

@@ -331,6 +331,8 @@ class FakeAgents:
             return dict(FENCE_METADATA)
         if kind == "dlm_fence_ack":
             return {"node": a["node"], "nodeid": 0}
+        if kind == "corosync_remove_node":
+            return {"node": a["node"], "changed": True, "nodes": []}
         if kind == "configure_migration":
             return {"files": [], "changed": True, "restart_required": False}
         return self.storage(host, kind, a)

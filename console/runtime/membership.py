@@ -23,7 +23,15 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   from them). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
   console/runtime/credentials.py) and the row goes, with its fence devices and domain
   memberships. Without a password the agent is left on the host, unable to log in. A host
-  that is down (fenced, offline, acknowledged) is removed without SSH.
+  that is down (fenced, offline, acknowledged) is removed without SSH. In a cluster formed
+  with shared storage the SSH step also takes the host out of the cluster stack first
+  (unmounts its GFS2, deactivates and lock-stops the shared VGs, stops and disables
+  lvmlocks, lvmlockd, dlm and corosync, drops the GFS2 fstab lines, activation units and
+  its corosync.conf and authkey: it leaves dlm and corosync cleanly, so nobody needs to fence
+  it), and once the row is gone a ``corosync-remove-node`` job asks every online remaining
+  host to drop it from its corosync.conf and reload (``corosync-cfgtool -R``): membership
+  and expected votes no longer count it. (Going from three hosts to two leaves
+  ``two_node`` off: both remaining hosts are then needed for quorum.)
 
 Every removal and addition is a job (kind ``remove-host`` / ``bootstrap``) with its steps and
 events, and an event in the log.
@@ -290,7 +298,7 @@ def _run_remove(job_id: int, secret: dict[str, str]) -> None:
 
 _UNINSTALL = r"""
 set -u
-unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8
+unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8; stack=$9
 if [ "$(cat /proc/1/comm)" = systemd ] && [ -f "$unit_file" ]; then
     systemctl disable --now "$unit" || true
     rm -f "$unit_file"
@@ -305,6 +313,21 @@ if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
 fi
 rm -f "$pid" "$env" "$sup" "$boot"
 echo "configuration removed from $confdir; $agents (the installed agent versions) is left"
+if [ "$stack" = 1 ] && [ "$(cat /proc/1/comm)" = systemd ]; then
+    # leave the cluster stack cleanly: GFS2, the shared VGs' lockspaces, dlm, corosync
+    umount -a -t gfs2 && echo "gfs2 unmounted" || echo "umount -a -t gfs2 failed"
+    vgchange -an -S 'locktype=dlm' >/dev/null 2>&1 || true
+    vgchange --lockstop >/dev/null 2>&1 && echo "shared VGs lock-stopped" || true
+    systemctl disable --now lvmlocks lvmlockd dlm corosync >/dev/null 2>&1 || true
+    sed -i '/[[:space:]]gfs2[[:space:]]/d' /etc/fstab
+    rm -f /etc/systemd/system/haven-activate-*.service /etc/corosync/corosync.conf \
+        /etc/corosync/authkey
+    systemctl daemon-reload || true
+    for u in corosync dlm lvmlockd; do
+        if systemctl is-active --quiet "$u"; then echo "STILL ACTIVE: $u"; fi
+    done
+    echo "cluster stack stopped and disabled; corosync.conf and authkey removed"
+fi
 """
 
 
@@ -324,10 +347,17 @@ def _uninstall(run: Any) -> dict[str, Any]:
             paths["boot"],
             bootstrap.AGENT_ROOT,
             bootstrap.CONFIG_DIR,
+            "1" if shared_storage(run.host.cluster) else "0",
         ],
         what="stopping and uninstalling the agent",
-        timeout=60,
+        timeout=600,  # with the cluster stack: umount and dlm's leave take a while (TCG)
     )
+    stuck = [line[len("STILL ACTIVE: ") :] for line in out.splitlines()
+             if line.startswith("STILL ACTIVE: ")]  # fmt: skip
+    if stuck:
+        raise bootstrap.BootstrapError(
+            f"{run.name} still runs {', '.join(stuck)} after leaving the cluster stack"
+        )
     still: list[str] = []
     for _ in range(20):  # SIGKILLed processes are gone within moments
         _, ps, _ = run.run(["ps", "-eo", "args"], check=False, what="ps")
@@ -409,6 +439,7 @@ def _forget(job: Job, step: JobStep) -> dict[str, Any]:
         name, cluster = host.name, host.cluster
         devices = sorted(host.fence_devices.values_list("name", flat=True))
         host.delete()
+        followup = corosync_remove_node(cluster, name, actor=job.created_by)
         record(
             actor=job.by,
             verb="remove-host",
@@ -419,4 +450,30 @@ def _forget(job: Job, step: JobStep) -> dict[str, Any]:
             message="removed: broker credentials revoked"
             + (f", fence devices {', '.join(devices)} deleted" if devices else ""),
         )
-    return {"removed": True, "fence_devices": devices}
+    return {
+        "removed": True,
+        "fence_devices": devices,
+        **({"corosync_job": followup.pk} if followup is not None else {}),
+    }
+
+
+def corosync_remove_node(cluster: Cluster, name: str, *, actor: Any = None) -> Job | None:
+    """A cluster with shared storage: every online host drops ``name`` from its corosync
+    membership (corosync.conf without it, then a reload). None without shared storage or
+    when no host is online to tell."""
+    if not shared_storage(cluster):
+        return None
+    hosts = list(
+        Host.objects.filter(cluster=cluster, state=HostState.ONLINE).exclude(name=name)
+        .order_by("name")
+    )  # fmt: skip
+    if not hosts:
+        return None
+    return jobs.create_job(
+        "corosync-remove-node",
+        [jobs.StepSpec(h, "corosync_remove_node", {"node": name}) for h in hosts],
+        cluster=cluster,
+        created_by=actor,
+        params={"host": name, "members": [h.name for h in hosts]},
+        message=f"drop {name} from the corosync membership of {', '.join(h.name for h in hosts)}",
+    )

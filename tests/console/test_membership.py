@@ -90,6 +90,51 @@ def test_remove_of_an_empty_host_revokes_its_credentials_and_keeps_the_rest(
     assert done.object_name == "et-virt05" and "ipmi-et-virt05" in done.message
 
 
+def test_removing_a_host_of_a_shared_storage_cluster_drops_it_from_corosync_everywhere(
+    two: list[Host], admin_api: APIClient
+) -> None:
+    """With the cluster stack, the remaining online hosts are asked to drop the removed host
+    from their corosync membership (the real reload runs in tests/storage_lab)."""
+    host, other = two
+    third = f.HostFactory(cluster=host.cluster, name="et-virt07", state="fenced")
+    Job.objects.create(kind="bootstrap", cluster=host.cluster, params={"shared_storage": True})
+    r = admin_api.delete(f"/api/hosts/{host.pk}/")
+    assert r.status_code == 202, r.content
+    removal = Job.objects.get(pk=r.json()["id"])
+    assert removal.status == JobStatus.SUCCEEDED, removal.explanation
+    followup = Job.objects.get(kind="corosync-remove-node")
+    assert removal.steps.get(kind="remove.forget").result["corosync_job"] == followup.pk
+    # only the online ones: the fenced et-virt07 reads its corosync.conf when it is repaired
+    assert [(s.host.name, s.kind, s.args) for s in followup.steps.all() if s.host] == [
+        (other.name, "corosync_remove_node", {"node": host.name})
+    ]
+    assert followup.params == {"host": host.name, "members": [other.name]}
+    assert third.name not in followup.explanation
+    # without shared storage: no such job
+    Job.objects.filter(kind="bootstrap").delete()
+    assert admin_api.delete(f"/api/hosts/{other.pk}/").status_code == 202
+    assert Job.objects.filter(kind="corosync-remove-node").count() == 1
+
+
+def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
+    two: list[Host],
+) -> None:
+    """While its agent is uninstalled (and, with shared storage, its cluster stack stopped)
+    the host is silent: the engine is told it shuts down cleanly, so it is not fenced."""
+    from console.runtime.snapshot import load
+    from tests.stores import redis_store
+
+    host = two[0]
+    Job.objects.create(kind="bootstrap", cluster=host.cluster, params={"shared_storage": True})
+    job = Job.objects.create(kind="remove-host", cluster=host.cluster, status=JobStatus.RUNNING,
+                             params={"host": host.name, "uninstall": True})  # fmt: skip
+    with redis_store() as store:
+        hosts = load(host.cluster, store).snapshot.hosts
+        assert hosts[host.name].shutting_down and not hosts[two[1].name].shutting_down
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)
+        assert not load(host.cluster, store).snapshot.hosts[host.name].shutting_down
+
+
 def test_a_silent_host_is_removable_only_once_confirmed_down(
     two: list[Host], admin_api: APIClient
 ) -> None:
