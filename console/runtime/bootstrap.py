@@ -13,8 +13,13 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
-                         first heartbeat, then apply libvirt's migration settings through a
-                         normal ``configure_migration`` job step. With systemd also
+                         first heartbeat, then apply libvirt's migration settings through
+                         normal job steps: over TLS (``HAVEN_MIGRATION_TRANSPORT``, default
+                         ``tls``) ``tls_request`` (the agent's key stays on the host; the
+                         cluster CA signs its request, console/runtime/pki.py), then
+                         ``configure_migration`` installs the certificates and switches
+                         libvirtd to TLS only; libvirtd is restarted over SSH when anything
+                         changed (guests keep running). With systemd also
                          ``haven-drain-<name>.service``, whose stop (every poweroff and
                          reboot) runs ``/etc/haven/shutdown-<name>.sh`` before libvirt stops
                          any guest: the console drains the host live, the hook waits for it
@@ -79,7 +84,7 @@ from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
-from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
+from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep, StepStatus
 from console.runtime import cluster_stack, credentials
 
 log = logging.getLogger("haven.bootstrap")
@@ -885,21 +890,11 @@ def _register(run: _HostRun) -> dict[str, Any]:
         how = "supervised process"
     beat = _wait_heartbeat(run, since)
     migration = _configure_migration(run)
-    restart = bool(migration.get("restart_required"))
-    if restart:
-        jobs.add_event(
-            run.job,
-            f"{run.name}: libvirtd must be restarted to apply the migration settings",
-            level=JobEvent.Level.WARNING,
-            host=run.host,
-            step="bootstrap.register",
-        )
     return {
         "started_by": how,
         "agent_version": beat.agent_version or None,
         "host_uuid": beat.host_uuid,
         "migration": migration,
-        "restart_required": restart,
     }
 
 
@@ -922,18 +917,22 @@ def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
     )
 
 
-def _configure_migration(run: _HostRun) -> dict[str, Any]:
+def migration_transport() -> str:
+    """How hosts migrate to each other (``HAVEN_MIGRATION_TRANSPORT``): ``tls`` (default;
+    the cluster CA's certificates, console/runtime/pki.py) or ``tcp`` (unauthenticated)."""
+    transport = str(getattr(settings, "HAVEN_MIGRATION_TRANSPORT", "tls") or "tls")
+    if transport not in ("tls", "tcp"):
+        raise BootstrapError(f"HAVEN_MIGRATION_TRANSPORT must be tls or tcp, not {transport!r}")
+    return transport
+
+
+def _agent_step(run: _HostRun, kind: str, args: dict[str, Any], what: str) -> dict[str, Any]:
+    """One command to the host's agent as a normal job step; its result (or BootstrapError)."""
     job = jobs.create_job(
-        "configure-migration",
-        [
-            jobs.StepSpec(
-                run.host,
-                "configure_migration",
-                {"listen_address": run.address, "migration_address": run.address},
-            )
-        ],
+        kind.replace("_", "-"),
+        [jobs.StepSpec(run.host, kind, args)],
         cluster=run.host.cluster,
-        message=f"libvirt migration settings of {run.name} (bootstrap job {run.job.pk})",
+        message=f"{what} of {run.name} (bootstrap job {run.job.pk})",
     )
     deadline = time.monotonic() + MIGRATION_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -942,11 +941,93 @@ def _configure_migration(run: _HostRun) -> dict[str, Any]:
             break
         time.sleep(0.2)
     else:
-        raise BootstrapError(f"configure_migration on {run.name} got no answer (job {job.pk})")
+        raise BootstrapError(f"{kind} on {run.name} got no answer (job {job.pk})")
     if job.status != JobStatus.SUCCEEDED:
-        raise BootstrapError(f"configure_migration on {run.name} failed: {job.explanation}")
-    step = job.steps.get()
-    return {"job": job.pk, **step.result}
+        raise BootstrapError(f"{kind} on {run.name} failed: {job.explanation}")
+    return {"job": job.pk, **job.steps.get().result}
+
+
+# Positional arguments only: $1 "systemd" or not, $2 tls|tcp. Restarts libvirtd so it reads
+# the migration settings (and certificates), then waits until it answers again. Guests keep
+# running across a libvirtd restart. Under systemd the listener is a socket unit.
+_RESTART_LIBVIRTD = r"""
+set -eu
+init=$1; transport=$2
+if [ "$init" = systemd ]; then
+    systemctl stop libvirtd.service
+    if [ "$transport" = tls ]; then
+        systemctl disable --now libvirtd-tcp.socket >/dev/null 2>&1 || true
+        systemctl enable --now libvirtd-tls.socket
+    else
+        systemctl enable --now libvirtd-tcp.socket
+    fi
+    systemctl start libvirtd.service
+else
+    pidf=/run/libvirt/libvirtd.pid
+    if [ -s "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+        pid=$(cat "$pidf")
+        kill -s TERM "$pid"
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    libvirtd --listen --daemon --pid-file "$pidf"
+fi
+i=0
+until virsh -c qemu:///system version >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ "$i" -lt 100 ] || { echo "libvirtd does not answer after its restart" >&2; exit 1; }
+    sleep 0.1
+done
+echo restarted
+"""
+
+
+def _restart_libvirtd(run: _HostRun, transport: str) -> None:
+    _, init, _ = run.run(["cat", "/proc/1/comm"], check=False, what="init check")
+    run.run(
+        ["sh", "-c", _RESTART_LIBVIRTD, "haven-libvirtd", init.strip(), transport],
+        what="restarting libvirtd",
+        timeout=60,
+    )
+
+
+def _configure_migration(run: _HostRun) -> dict[str, Any]:
+    """libvirt's migration settings through the agent; over TLS first the host's certificate:
+    the agent makes its key and a request, the cluster CA signs it (console/runtime/pki.py),
+    the agent installs both certificates. libvirtd is restarted when anything changed."""
+    from console.runtime import pki
+
+    transport = migration_transport()
+    args: dict[str, Any] = {"listen_address": run.address, "migration_address": run.address}
+    cert = ""
+    if transport == "tls":
+        request = _agent_step(run, "tls_request", {}, "the libvirt TLS key")
+        try:
+            cert = pki.issue_host_certificate(
+                run.host.cluster, run.name, run.address, str(request.get("csr", ""))
+            )
+        except pki.CertificateError as exc:
+            raise BootstrapError(str(exc)) from None
+        args.update(
+            transport="tls",
+            ca_certificate=pki.ca_certificate(run.host.cluster),
+            certificate=cert,
+        )
+    result = _agent_step(run, "configure_migration", args, "libvirt migration settings")
+    restarted = bool(result.get("restart_required"))
+    if restarted:
+        _restart_libvirtd(run, transport)
+    Host.objects.filter(pk=run.host.pk).update(tls_certificate=cert)
+    run.host.tls_certificate = cert
+    out: dict[str, Any] = {
+        "job": result["job"],
+        "transport": transport,
+        "changed": result.get("changed"),
+        "libvirtd_restarted": restarted,
+    }
+    if cert:
+        out["certificate"] = pki.describe(cert)
+    return out
 
 
 STEPS: dict[str, Callable[[_HostRun], dict[str, Any]]] = {
