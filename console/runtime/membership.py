@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
@@ -93,10 +94,41 @@ def add_hosts(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) 
     return job
 
 
+@dataclass(frozen=True)
+class HostKeyCheck:
+    """The host key a host presents now, beside the one pinned at its bootstrap."""
+
+    pinned: str
+    presented: str
+
+    @property
+    def changed(self) -> bool:
+        return self.presented != self.pinned
+
+
+def check_host_key(host: Host, port: int = 22) -> HostKeyCheck:
+    """Scan the key ``host`` presents now (to show; a repair pins a new one only when a person
+    passes it back as ``fingerprint``)."""
+    try:
+        presented = bootstrap.scan_host_key(host.address, port=port)
+    except bootstrap.BootstrapError as exc:
+        raise Refused(str(exc), status=400, field="address") from None
+    return HostKeyCheck(host.ssh_fingerprint, presented)
+
+
 def repair_host(
     host: Host, password: str, *, actor: Any, fingerprint: str = "", port: int = 22
 ) -> Job:
-    """Run the SSH bootstrap again on ``host`` (its row, guests and history stay)."""
+    """Run the SSH bootstrap again on ``host`` (its row, guests and history stay). The pinned
+    host key is used unless ``fingerprint`` is given: then that key, and only it, is accepted
+    and pinned from now on (the API's ``fingerprint``, the page's "accept the new host key"
+    after a check; an event records the change)."""
+    if fingerprint and not (fingerprint.startswith("SHA256:") and len(fingerprint) == 50):
+        raise Refused(
+            "The host key fingerprint must look like SHA256:<43 characters>.",
+            status=400,
+            field="fingerprint",
+        )
     spec = bootstrap.HostSpec(
         name=host.name,
         address=host.address,
@@ -110,7 +142,19 @@ def repair_host(
             status=400,
             field="fingerprint",
         )
-    return _start(host.cluster, [spec], actor=actor)
+    previous = host.ssh_fingerprint
+    job = _start(host.cluster, [spec], actor=actor)
+    if previous and spec.fingerprint != previous:
+        record(
+            actor=actor_name(actor),
+            verb="host-key",
+            obj=host,
+            cluster=host.cluster,
+            result="info",
+            message=f"accepted a new SSH host key {spec.fingerprint} (was {previous}) "
+            f"for the repair, job {job.pk}",
+        )
+    return job
 
 
 def _start(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:

@@ -233,3 +233,52 @@ def test_the_pages_add_remove_and_repair_by_the_same_rules(
         .status_code
         == 403
     )
+
+
+NEW_FP = "SHA256:" + "N" * 43
+
+
+def test_the_page_offers_a_changed_host_key_and_repairs_with_it_only_when_accepted(
+    two: list[Host], started: list[Any], admin_api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.console.views_support import login, text
+
+    host = two[0]
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    presented = {"key": NEW_FP}
+    monkeypatch.setattr(bootstrap, "scan_host_key", lambda address, port=22: presented["key"])
+    client = login("admin")
+    hp = f"/clusters/{host.cluster.pk}/hosts/{host.pk}/"
+    assert 'id="check-host-key"' in text(client.get(hp))
+    page = text(client.post(f"{hp}check-key/"))
+    assert NEW_FP in page and FP in page  # both shown: what it presents, what is pinned
+    assert f'name="fingerprint" value="{NEW_FP}"' in page and 'id="accept-host-key"' in page
+    # not ticked: the pinned key, as before
+    client.post(f"{hp}repair/", {"password": "pw"})
+    assert started[-1][1][0].fingerprint == FP
+    # ticked: the new key, pinned for this repair, and the change is in the event log
+    client.post(f"{hp}repair/", {"password": "pw", "fingerprint": NEW_FP})
+    assert started[-1][1][0].fingerprint == NEW_FP
+    event = Event.objects.filter(verb="host-key", object_name=host.name).latest("id")
+    assert NEW_FP in event.message and FP in event.message
+    # the API: the same rule, in the services layer
+    r = admin_api.post(
+        f"/api/hosts/{host.pk}/repair/", {"password": "pw", "fingerprint": "SHA256:short"}
+    )
+    assert r.status_code == 400 and "SHA256:<43 characters>" in str(r.json())
+    refused = client.post(f"{hp}repair/", {"password": "pw", "fingerprint": "SHA256:short"})
+    assert refused.status_code == 302 and len(started) == 2
+    # the same key presented: nothing to accept
+    presented["key"] = FP
+    same = text(client.post(f"{hp}check-key/"))
+    assert 'id="host-key-same"' in same and 'id="accept-host-key"' not in same
+    # a host that does not answer: the reason, no traceback
+    monkeypatch.setattr(
+        bootstrap,
+        "scan_host_key",
+        lambda address, port=22: (_ for _ in ()).throw(
+            bootstrap.BootstrapError("host unreachable: 10.88.0.5:22: connection refused")
+        ),
+    )
+    gone = text(client.post(f"{hp}check-key/", follow=True))
+    assert "host unreachable" in gone
