@@ -550,11 +550,25 @@ _CHECK_LIBVIRT = (
     "sys.exit(0 if shutil.which('libvirtd', path='/usr/sbin:/usr/bin:/sbin:/bin') "
     "and ctypes.util.find_library('virt') else 1)"
 )
-# Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement. Runs under flock.
+# Which hosts use an installed version: one empty file per host in <version>/.users/, made
+# under the install lock (hosts may share /opt, as the lab's do); the uninstall
+# (console/runtime/membership.py) removes its own and the version once nobody is left.
+USERS_DIR = ".users"
+# Positional arguments only: $1 target dir, $2 host name. Runs under flock.
+_MARK_USER = r"""
+set -eu
+[ -f "$1/.haven-complete" ] || exit 1
+mkdir -p "$1/.users"
+: >"$1/.users/$2"
+"""
+# Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement, $4 host name.
+# Runs under flock.
 _INSTALL = r"""
 set -eu
-target=$1; wheels=$2; spec=$3
-if [ -f "$target/.haven-complete" ]; then echo present; exit 0; fi
+target=$1; wheels=$2; spec=$3; user=$4
+if [ -f "$target/.haven-complete" ]; then
+    mkdir -p "$target/.users"; : >"$target/.users/$user"; echo present; exit 0
+fi
 rm -rf "$target"
 build=$(mktemp -d "$(dirname "$target")/.build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
@@ -563,6 +577,7 @@ python3 -m venv "$build"
     --find-links "$wheels" "$spec"
 "$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
 touch "$build/.haven-complete"
+mkdir -p "$build/.users"; : >"$build/.users/$user"
 mv -T "$build" "$target"
 trap - EXIT
 echo installed
@@ -621,8 +636,13 @@ def _install(run: _HostRun) -> dict[str, Any]:
     version, wheels = agent_wheel()
     target = install_dir(version)
     run.facts.update(python=out.strip(), agent_version=version, agent_dir=target)
-    code, _, _ = run.run(["test", "-f", f"{target}/.haven-complete"], check=False, what="test")
-    if code == 0:
+    lock = f"{AGENT_ROOT}/.install.lock"
+    code, _, _ = run.run(
+        ["flock", lock, "sh", "-c", _MARK_USER, "haven-mark", target, run.name],
+        check=False,
+        what="marking the installed agent used",
+    )
+    if code == 0:  # installed already (by this host or another on the same file system)
         return {"version": version, "path": target, "installed": False}
     run.run(["mkdir", "-p", AGENT_ROOT], what="mkdir")
     _, tmp, _ = run.run(["mktemp", "-d", "/tmp/haven-wheels.XXXXXX"], what="mktemp")
@@ -642,6 +662,7 @@ def _install(run: _HostRun) -> dict[str, Any]:
                 target,
                 tmp,
                 f"haven-agent=={version}",
+                run.name,
             ],
             what="installing the agent",
             timeout=float(

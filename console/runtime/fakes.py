@@ -510,6 +510,8 @@ class FakeRemoteHost:
             return (0 if argv[-1] in self.files else 1), "", ""
         if cmd == "mktemp":
             return 0, "/tmp/haven-wheels.fake\n", ""
+        if cmd == "flock" and argv[5] == "haven-mark":  # installed already?
+            return (0 if f"{argv[6]}/.haven-complete" in self.files else 1), "", ""
         if cmd == "flock":  # the install script, under its lock
             self.files[f"{argv[6]}/.haven-complete"] = ("", 0o644)
             return 0, "installed\n", ""

@@ -18,12 +18,14 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   refused while it is silent but not confirmed down (wait for its fence, or acknowledge it is
   down). A reachable host is put in maintenance (nothing new lands on it meanwhile), then,
   given the root password, its agent is stopped and uninstalled over SSH (its unit or boot
-  hook and its configuration with the broker credentials; the installed versions under
-  /opt/haven-agent are left: on the lab, whose hosts share one file system, other agents run
-  from them). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
-  console/runtime/credentials.py) and the row goes, with its fence devices and domain
-  memberships. Without a password the agent is left on the host, unable to log in. A host
-  that is down (fenced, offline, acknowledged) is removed without SSH.
+  hook and its configuration with the broker credentials, and every installed version under
+  /opt/haven-agent it used that no other host uses: each bootstrap marks the version it runs
+  from with the host's name in ``<version>/.users/``, so on the lab, whose hosts share one
+  file system, the others' version stays). Last, in one transaction: the broker credentials
+  are revoked (its Redis user and keys, console/runtime/credentials.py) and the row goes,
+  with its fence devices and domain memberships. Without a password the agent is left on the
+  host, unable to log in. A host that is down (fenced, offline, acknowledged) is removed
+  without SSH.
 
 Every removal and addition is a job (kind ``remove-host`` / ``bootstrap``) with its steps and
 events, and an event in the log.
@@ -334,7 +336,7 @@ def _run_remove(job_id: int, secret: dict[str, str]) -> None:
 
 _UNINSTALL = r"""
 set -u
-unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8
+unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8; name=$9
 if [ "$(cat /proc/1/comm)" = systemd ] && [ -f "$unit_file" ]; then
     systemctl disable --now "$unit" || true
     rm -f "$unit_file"
@@ -348,7 +350,25 @@ if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
     echo "supervised agent stopped"
 fi
 rm -f "$pid" "$env" "$sup" "$boot"
-echo "configuration removed from $confdir; $agents (the installed agent versions) is left"
+echo "configuration removed from $confdir"
+[ -d "$agents" ] || exit 0
+# The installed versions this host used: its mark goes; a version nobody else uses goes too
+# (hosts sharing /opt, as the lab's do, keep theirs). Under the install lock: no bootstrap
+# marks or installs a version while it is being removed.
+flock "$agents/.install.lock" sh -c '
+    agents=$1; name=$2
+    for dir in "$agents"/*/; do
+        dir=${dir%/}
+        [ -e "$dir/.users/$name" ] || continue
+        rm -f "$dir/.users/$name"
+        left=$(ls -A "$dir/.users")
+        if [ -z "$left" ]; then
+            rm -rf "$dir"
+            echo "removed $dir (no other host uses it)"
+        else
+            echo "kept $dir: used by" $left
+        fi
+    done' haven-uninstall-agents "$agents" "$name"
 """
 
 
@@ -368,6 +388,7 @@ def _uninstall(run: Any) -> dict[str, Any]:
             paths["boot"],
             bootstrap.AGENT_ROOT,
             bootstrap.CONFIG_DIR,
+            run.name,
         ],
         what="stopping and uninstalling the agent",
         timeout=60,

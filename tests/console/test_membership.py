@@ -282,3 +282,47 @@ def test_the_page_offers_a_changed_host_key_and_repairs_with_it_only_when_accept
     )
     gone = text(client.post(f"{hp}check-key/", follow=True))
     assert "host unreachable" in gone
+
+
+def test_the_uninstall_removes_an_installed_version_only_when_no_other_host_uses_it(
+    tmp_path: Any,
+) -> None:
+    """The scripts themselves (real sh and flock, on a scratch /opt and /etc): the bootstrap's
+    mark, then the removal of one host's agent beside others sharing the file system."""
+    import subprocess
+
+    from console.runtime import membership
+
+    opt, etc = tmp_path / "opt", tmp_path / "etc"
+    etc.mkdir()
+    for version, users in (("v1", ["et-virt08"]), ("v2", ["et-virt05"]), ("v3", None)):
+        (opt / version).mkdir(parents=True)
+        (opt / version / ".haven-complete").touch()
+        if users is not None:
+            (opt / version / ".users").mkdir()
+    (opt / "v4").mkdir()  # being installed: not complete, never marked
+
+    def mark(version: str, host: str) -> int:
+        argv = ["sh", "-c", bootstrap._MARK_USER, "haven-mark", str(opt / version), host]
+        return subprocess.run(argv, check=False).returncode
+
+    assert mark("v1", "et-virt08") == 0 and mark("v2", "et-virt05") == 0
+    assert mark("v2", "et-virt08") == 0  # et-virt08 used v2 too (before an upgrade)
+    assert mark("v4", "et-virt08") == 1 and not (opt / "v4" / ".users").exists()
+    files = [etc / n for n in ("agent.env", "agent.sh", "boot.sh")]
+    for path in files:
+        path.write_text("x")
+    args = [str(etc / "unit"), str(etc / "pid"), *map(str, files), str(opt), str(etc), "et-virt08"]
+    done = subprocess.run(
+        ["sh", "-c", membership._UNINSTALL, "haven-uninstall", "haven-agent-et-virt08", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert not any(path.exists() for path in files)
+    assert not (opt / "v1").exists()  # only et-virt08 used it
+    assert f"removed {opt}/v1 (no other host uses it)" in done.stdout
+    assert (opt / "v2" / ".haven-complete").exists()  # et-virt05 still runs from it
+    assert sorted(p.name for p in (opt / "v2" / ".users").iterdir()) == ["et-virt05"]
+    assert f"kept {opt}/v2: used by et-virt05" in done.stdout
+    assert (opt / "v3").exists() and (opt / "v4").exists()  # not et-virt08's: untouched
