@@ -19,7 +19,8 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          cluster CA signs its request, console/runtime/pki.py), then
                          ``configure_migration`` installs the certificates and switches
                          libvirtd to TLS only; libvirtd is restarted over SSH when anything
-                         changed (guests keep running). With systemd also
+                         changed (guests keep running; with plain TCP, as before, a warning
+                         says it must be restarted). With systemd also
                          ``haven-drain-<name>.service``, whose stop (every poweroff and
                          reboot) runs ``/etc/haven/shutdown-<name>.sh`` before libvirt stops
                          any guest: the console drains the host live, the hook waits for it
@@ -84,7 +85,7 @@ from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
-from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep, StepStatus
+from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
 from console.runtime import cluster_stack, credentials
 
 log = logging.getLogger("haven.bootstrap")
@@ -968,21 +969,26 @@ def _agent_step(run: _HostRun, kind: str, args: dict[str, Any], what: str) -> di
     return {"job": job.pk, **job.steps.get().result}
 
 
-# Positional arguments only: $1 "systemd" or not, $2 tls|tcp. Restarts libvirtd so it reads
-# the migration settings (and certificates), then waits until it answers again. Guests keep
-# running across a libvirtd restart. Under systemd the listener is a socket unit.
+# Positional argument only: $1 "systemd" or not. Restarts libvirtd so it reads the TLS
+# settings and certificates, then waits until it answers again (guests keep running across a
+# libvirtd restart). Under systemd with socket activation (Debian's default) the listener is
+# libvirtd-tls.socket, and libvirtd-tcp.socket goes; without it (legacy --listen) a restart.
 _RESTART_LIBVIRTD = r"""
 set -eu
-init=$1; transport=$2
-if [ "$init" = systemd ]; then
-    systemctl stop libvirtd.service
-    if [ "$transport" = tls ]; then
-        systemctl disable --now libvirtd-tcp.socket >/dev/null 2>&1 || true
-        systemctl enable --now libvirtd-tls.socket
+if [ "$1" = systemd ]; then
+    if [ "$(systemctl is-enabled libvirtd.socket 2>/dev/null || true)" = enabled ]; then
+        for unit in libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+                    libvirtd-tcp.socket; do
+            systemctl stop "$unit" 2>/dev/null || true
+        done
+        systemctl disable libvirtd-tcp.socket >/dev/null 2>&1 || true
+        systemctl enable libvirtd-tls.socket
+        systemctl start libvirtd.socket libvirtd-tls.socket
+        systemctl start libvirtd-ro.socket libvirtd-admin.socket 2>/dev/null || true
+        systemctl start libvirtd.service
     else
-        systemctl enable --now libvirtd-tcp.socket
+        systemctl restart libvirtd.service
     fi
-    systemctl start libvirtd.service
 else
     pidf=/run/libvirt/libvirtd.pid
     if [ -s "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
@@ -1003,10 +1009,10 @@ echo restarted
 """
 
 
-def _restart_libvirtd(run: _HostRun, transport: str) -> None:
+def _restart_libvirtd(run: _HostRun) -> None:
     _, init, _ = run.run(["cat", "/proc/1/comm"], check=False, what="init check")
     run.run(
-        ["sh", "-c", _RESTART_LIBVIRTD, "haven-libvirtd", init.strip(), transport],
+        ["sh", "-c", _RESTART_LIBVIRTD, "haven-libvirtd", init.strip()],
         what="restarting libvirtd",
         timeout=60,
     )
@@ -1035,9 +1041,17 @@ def _configure_migration(run: _HostRun) -> dict[str, Any]:
             certificate=cert,
         )
     result = _agent_step(run, "configure_migration", args, "libvirt migration settings")
-    restarted = bool(result.get("restart_required"))
-    if restarted:
-        _restart_libvirtd(run, transport)
+    restarted = bool(result.get("restart_required")) and transport == "tls"
+    if restarted:  # TLS only works once libvirtd has read its certificates
+        _restart_libvirtd(run)
+    elif result.get("restart_required"):  # plain TCP: as before, a person restarts it
+        jobs.add_event(
+            run.job,
+            f"{run.name}: libvirtd must be restarted to apply the migration settings",
+            level=JobEvent.Level.WARNING,
+            host=run.host,
+            step="bootstrap.register",
+        )
     Host.objects.filter(pk=run.host.pk).update(tls_certificate=cert)
     run.host.tls_certificate = cert
     out: dict[str, Any] = {
