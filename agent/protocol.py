@@ -95,7 +95,10 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               libvirt_version, hypervisor,
                                                               hypervisor_version
     configure_migration  listen_address, migration_address, port_min=49152, port_max=49215,
-                      transport=tcp|tls|ssh                -> files, changed, restart_required
+                      transport=tcp|tls|ssh, ca_certificate?, certificate? (PEM; tls only,
+                      required there: agent/hvconfig.py)   -> files, changed, restart_required
+    tls_request       (none): the host's libvirt TLS key (made when missing; it stays on the
+                      host)                                -> csr (PEM), key (path), new_key
     storage_probe     (none)                               -> blockdevices, pvs, vgs, lvs
     pvcreate          device                               -> device
     vgcreate          vg, devices, local=false, extent_size_bytes?
@@ -166,6 +169,7 @@ COMMAND_KINDS = frozenset(
         "dumpxml",
         "host_facts",
         "configure_migration",
+        "tls_request",
         "storage_probe",
         "pvcreate",
         "vgcreate",

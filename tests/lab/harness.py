@@ -1,8 +1,9 @@
 """A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
 on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
-Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
-tests/console/test_live.py.
+Shared by tests/console/test_bootstrap.py and tests/lab/ (``lab_cluster``: the module-wide
+cluster of test_e2e.py, test_day_two.py and test_health_lab.py; ``watch_split_brain``: their
+per-test watcher); the pattern is the one of tests/console/test_live.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import libvirt
 import redis
@@ -312,9 +313,10 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
-def fresh_lab() -> haven_lab.Lab:
-    """The article's three hosts built anew under TEST_ROOT (whatever an interrupted run left
-    is destroyed first); skips the test where this machine cannot create namespaces."""
+def fresh_lab(names: tuple[str, ...] = HOSTS) -> haven_lab.Lab:
+    """The article's three hosts (or ``names``) built anew under TEST_ROOT (whatever an
+    interrupted run left is destroyed first); skips the test where this machine cannot create
+    namespaces."""
     import pytest
 
     reason = haven_lab.namespace_support()
@@ -323,12 +325,107 @@ def fresh_lab() -> haven_lab.Lab:
     lab = haven_lab.Lab(TEST_ROOT)
     lab.destroy()
     try:
-        lab.create(HOSTS)
+        lab.create(names)
     except haven_lab.LabError as exc:
         lab.destroy()
         pytest.fail(f"lab could not be created: {exc}")
-    reset_agent_logs()
+    reset_agent_logs(names)
     return lab
+
+
+class _Watched(Protocol):
+    lab: haven_lab.Lab
+    watcher: SplitBrainWatcher | None
+
+
+C = TypeVar("C")
+W = TypeVar("W", bound=_Watched)
+
+#: what the console processes of the lab tests run with
+LAB_OVERRIDES = {
+    "HAVEN_FENCE_ACTION": "off",  # the tests power hosts back on themselves
+    "HAVEN_STOP_TIMEOUT_S": "3",  # the tick guest ignores ACPI
+}
+_BROKER_SETTINGS = (
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "HAVEN_AGENT_BROKER_URL",
+    "HAVEN_WAKE_ON_COMMAND",
+)
+
+
+def lab_cluster(
+    django_db_blocker: Any,
+    make: Callable[[haven_lab.Lab, Any, Console], C],
+    *,
+    names: tuple[str, ...] = HOSTS,
+    admin: str = "lab-admin",
+) -> Iterator[C]:
+    """The body of a module-wide ``cluster`` fixture: lab hosts ``names`` built anew, the tick
+    guest's kernel, a password-protected Redis on the bridge, the console's processes on the
+    test database, an admin's API client; ``make(lab, api, console)`` is what the tests get
+    (with ``kernel`` and ``redis`` set on it). Nothing is bootstrapped yet. Afterwards
+    everything is stopped, the lab destroyed, the settings restored and the database
+    flushed."""
+    import article
+    from django.conf import settings
+    from rest_framework.test import APIClient
+
+    from console.celery import use_broker
+
+    lab = fresh_lab(names)
+    kernel = article.build_guest_kernel(lab.root)
+    lab_redis = LabRedis(lab.root)
+    lab_redis.start()
+    saved = {k: getattr(settings, k, None) for k in _BROKER_SETTINGS}
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
+    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
+    settings.HAVEN_WAKE_ON_COMMAND = True
+    use_broker(lab_redis.url)
+    with django_db_blocker.unblock():
+        own_db = ensure_test_database()
+        console = Console(
+            lab_redis.url, db_url(settings), lab.root / "console-logs", **LAB_OVERRIDES
+        )
+        console.start()
+        from django.contrib.auth.models import User
+
+        user = User.objects.create_superuser(admin, password="pw-for-tests-only")
+        api = APIClient()
+        api.force_authenticate(user)
+        cluster = make(lab, api, console)
+        cluster.kernel = kernel  # type: ignore[attr-defined]
+        cluster.redis = lab_redis  # type: ignore[attr-defined]
+        try:
+            yield cluster
+        finally:
+            console.stop()
+            lab.destroy()
+            lab_redis.stop()
+            for key, value in saved.items():
+                setattr(settings, key, value)
+            use_broker(settings.REDIS_URL)
+            from django.core.management import call_command
+
+            call_command("flush", interactive=False, verbosity=0)
+            if own_db is not None:
+                from django.test.utils import teardown_databases
+
+                teardown_databases(own_db, verbosity=0)
+
+
+def watch_split_brain(cluster: W, django_db_blocker: Any) -> Iterator[None]:
+    """The body of the lab tests' autouse fixture: database access, and a watcher that fails
+    the test if a guest ran on two hosts during it."""
+    with django_db_blocker.unblock():
+        watcher = SplitBrainWatcher(cluster.lab).start()
+        cluster.watcher = watcher
+        try:
+            yield
+        finally:
+            watcher.stop()
+        assert watcher.polls > 0
+        assert not watcher.violations, f"a guest ran on two hosts: {watcher.violations[:5]}"
 
 
 def ensure_test_database() -> Any:
