@@ -58,7 +58,7 @@ def _host_page(request: HttpRequest, cluster: Cluster, host: Host, **extra: obje
             "guests": guests,
             "devices": [(d, tests.get(d.name)) for d in devices],
             "events": events,
-            "guest_memory_mb": memory_used,
+            "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
             "tab": "overview",
             **extra,
