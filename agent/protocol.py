@@ -98,7 +98,10 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               libvirt_version, hypervisor,
                                                               hypervisor_version
     configure_migration  listen_address, migration_address, port_min=49152, port_max=49215,
-                      transport=tcp|tls|ssh                -> files, changed, restart_required
+                      transport=tcp|tls|ssh, ca_certificate?, certificate? (PEM; tls only,
+                      required there: agent/hvconfig.py)   -> files, changed, restart_required
+    tls_request       (none): the host's libvirt TLS key (made when missing; it stays on the
+                      host)                                -> csr (PEM), key (path), new_key
     storage_probe     (none)                               -> blockdevices, pvs, vgs, lvs
     pvcreate          device                               -> device
     vgcreate          vg, devices, local=false, extent_size_bytes?
@@ -123,6 +126,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               size_bytes_before
     dlm_fence_ack     node (corosync node name)            -> node, nodeid, dlm_state (waits for
                       dlm here to lose the node first)
+    corosync_remove_node  node (a host removed from the cluster)
+                                                           -> node, changed, nodes (corosync.conf
+                                                              without it, corosync-cfgtool -R)
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output
@@ -174,6 +180,7 @@ STORAGE_COMMANDS = frozenset(
         "lv_usage",
         "gfs2_grow",
         "dlm_fence_ack",
+        "corosync_remove_node",
     }
 )
 COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
@@ -188,6 +195,7 @@ COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
         "dumpxml",
         "host_facts",
         "configure_migration",
+        "tls_request",
         "storage_probe",
         "gfs2_inspect",
         "fence",

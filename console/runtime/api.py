@@ -104,6 +104,13 @@ class RebalanceSerializer(serializers.Serializer):  # type: ignore[type-arg]
 class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
     failover = FailoverSerializer()
     rebalance = RebalanceSerializer(allow_null=True)
+    tick = serializers.IntegerField(help_text="The engine's tick the answer was computed at.")
+    computed_at = serializers.FloatField(help_text="When it was computed (Unix time).")
+    age_s = serializers.FloatField(help_text="Seconds since it was computed.")
+    ticks_behind = serializers.IntegerField(help_text="Ticks the engine made since.")
+    stale = serializers.BooleanField(
+        help_text="Behind the engine and older than a few seconds (nobody refreshed it)."
+    )
 
 
 class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -173,18 +173,7 @@ def test_admission_refusal_is_one_clear_line_and_policy_prints_the_capacity(
     logged_in: str, live_view: Any
 ) -> None:
     cluster = f.ClusterFactory(name="tight")
-    hosts = [
-        f.HostFactory(cluster=cluster, name=n, state="online", memory_total_mb=8192)
-        for n in ("h1", "h2")
-    ]
-    for name, host in (("big1", hosts[0]), ("big2", hosts[1])):
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=name,
-            state="started",
-            host=host,
-            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
-        )
+    hosts = f.half_full_hosts(cluster)
     f.VmServiceFactory(
         cluster=cluster,
         name="extra",

@@ -1,8 +1,9 @@
 """A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
 on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
-Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
-tests/console/test_live.py.
+Shared by tests/console/test_bootstrap.py and tests/lab/ (``lab_cluster``: the module-wide
+cluster of test_e2e.py, test_day_two.py and test_health_lab.py; ``watch_split_brain``: their
+per-test watcher); the pattern is the one of tests/console/test_live.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import libvirt
 import redis
@@ -331,6 +332,59 @@ def fresh_lab(names: tuple[str, ...] = HOSTS) -> haven_lab.Lab:
         pytest.fail(f"lab could not be created: {exc}")
     reset_agent_logs(names)
     return lab
+
+
+class _Watched(Protocol):
+    lab: haven_lab.Lab
+    watcher: SplitBrainWatcher | None
+
+
+C = TypeVar("C")
+W = TypeVar("W", bound=_Watched)
+
+#: what the console processes of the lab tests run with
+LAB_OVERRIDES = {
+    "HAVEN_FENCE_ACTION": "off",  # the tests power hosts back on themselves
+    "HAVEN_STOP_TIMEOUT_S": "3",  # the tick guest ignores ACPI
+}
+
+
+def lab_cluster(
+    django_db_blocker: Any,
+    make: Callable[[haven_lab.Lab, Any, Console], C],
+    *,
+    names: tuple[str, ...] = HOSTS,
+    admin: str = "lab-admin",
+) -> Iterator[C]:
+    """The body of a module-wide ``cluster`` fixture: lab hosts ``names`` built anew, the tick
+    guest's kernel, a password-protected Redis on the bridge, the console's processes on the
+    test database, an admin's API client; ``make(lab, api, console)`` is what the tests get
+    (with ``kernel`` and ``redis`` set on it). Nothing is bootstrapped yet. Afterwards
+    everything is stopped, the lab destroyed, the settings restored and the database
+    flushed."""
+    import article
+
+    lab = fresh_lab(names)
+    kernel = article.build_guest_kernel(lab.root)
+    with console_on_lab(lab, django_db_blocker, admin, LAB_OVERRIDES) as (lab_redis, console, api):
+        cluster = make(lab, api, console)
+        cluster.kernel = kernel  # type: ignore[attr-defined]
+        cluster.redis = lab_redis  # type: ignore[attr-defined]
+        yield cluster
+
+
+def watch_split_brain(cluster: W, django_db_blocker: Any) -> Iterator[None]:
+    """The body of the lab tests' autouse fixture: database access, and a watcher that fails
+    the test if a guest ran on two hosts during it."""
+    with django_db_blocker.unblock():
+        watcher = SplitBrainWatcher(cluster.lab).start()
+        cluster.watcher = watcher
+        try:
+            yield
+        finally:
+            watcher.stop()
+        assert watcher.polls > 0
+        assert not watcher.violations, f"a guest ran on two hosts: {watcher.violations[:5]}"
 
 
 def ensure_test_database() -> Any:
