@@ -7,6 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from console.clusters import home
 from console.clusters.api.views import ClusterViewSet, FenceDeviceViewSet, HostViewSet
 from console.core import views as core_views
 from console.core.api import TokenView
@@ -39,7 +40,7 @@ router.register("events", EventViewSet)
 router.register("alert-hooks", AlertHookViewSet)
 
 urlpatterns = [
-    path("", core_views.home, name="home"),
+    path("", home.home, name="home"),
     path("clusters/", include("console.clusters.urls")),
     path("clusters/", include("console.services.urls")),
     path("clusters/", include("console.storage.urls")),

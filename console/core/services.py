@@ -12,9 +12,7 @@ from console.events.services import record
 
 def cluster_of(obj: models.Model) -> Any:
     """The cluster an object belongs to, following the usual relations, or None."""
-    from console.clusters.models import Cluster
-
-    if isinstance(obj, Cluster):
+    if obj._meta.label_lower == "clusters.cluster":
         return obj
     for path in ("cluster", "host", "domain", "volume_group", "logical_volume", "job"):
         related = getattr(obj, path, None) if hasattr(obj, f"{path}_id") else None

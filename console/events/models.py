@@ -23,6 +23,10 @@ class Severity(models.TextChoices):
     CRITICAL = "critical", "Critical"  # availability at stake: a host lost, a storm, a guest failed
 
 
+EVENT_RESULT_COLOURS = {"ok": "green", "failed": "red", "refused": "amber", "info": "grey"}
+SEVERITY_COLOURS = {"info": "grey", "warning": "amber", "error": "red", "critical": "red strong"}
+
+
 SEVERITY_RANK = {s: i for i, s in enumerate(Severity.values)}
 
 

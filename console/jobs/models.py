@@ -106,6 +106,14 @@ class StepStatus(models.TextChoices):
     SKIPPED = "skipped", "Skipped (an earlier step failed)"
 
 
+STEP_COLOURS = {
+    "pending": "grey",
+    "dispatched": "amber",
+    "succeeded": "green",
+    "failed": "red",
+    "lost": "red",
+    "skipped": "grey",
+}
 FINISHED_STEP_STATUSES = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.LOST, StepStatus.SKIPPED}
 )

@@ -8,23 +8,9 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
-from console.clusters.choices import HOST_STATE_COLOURS
-from console.core import roles
-from console.jobs.models import JOB_STATUS_COLOURS
-from console.services.choices import SERVICE_STATE_COLOURS
+from console.core import colours, roles
 
 register = template.Library()
-
-STEP_COLOURS = {
-    "pending": "grey",
-    "dispatched": "amber",
-    "succeeded": "green",
-    "failed": "red",
-    "lost": "red",
-    "skipped": "grey",
-}
-EVENT_RESULT_COLOURS = {"ok": "green", "failed": "red", "refused": "amber", "info": "grey"}
-SEVERITY_COLOURS = {"info": "grey", "warning": "amber", "error": "red", "critical": "red strong"}
 
 
 def user_roles(user: Any) -> frozenset[str]:
@@ -49,16 +35,9 @@ def can_admin(user: Any) -> bool:
 
 @register.filter
 def colour(value: str, kind: str) -> str:
-    """The badge colour of a status; ``kind`` is host, service, job, step, event or severity."""
-    table = {
-        "host": HOST_STATE_COLOURS,
-        "service": SERVICE_STATE_COLOURS,
-        "job": JOB_STATUS_COLOURS,
-        "step": STEP_COLOURS,
-        "event": EVENT_RESULT_COLOURS,
-        "severity": SEVERITY_COLOURS,
-    }[kind]
-    return table.get(value, "grey")
+    """The badge colour of a status; ``kind`` is host, service, job, step, event or severity
+    (each registered by its app, console/core/colours.py)."""
+    return colours.of(kind, value)
 
 
 @register.filter
