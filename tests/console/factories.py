@@ -226,3 +226,17 @@ def service_preferring(host: Host) -> VmService:
     return VmServiceFactory(
         cluster=cluster, name=name, failover_domain=domain, domain_xml=test_driver_xml(name)
     )
+
+
+def article_hosts(cluster: Cluster) -> list[Host]:
+    """et-virt05..07 of the article, online, 4096 MiB each with 3000 free."""
+    return [
+        HostFactory(
+            cluster=cluster,
+            name=f"et-virt0{i}",
+            state="online",
+            memory_total_mb=4096,
+            memory_free_mb=3000,
+        )
+        for i in (5, 6, 7)
+    ]

@@ -19,16 +19,7 @@ from tests.console.views_support import login, text
 @pytest.fixture
 def world(db: None) -> dict[str, Any]:
     cluster = f.ClusterFactory(name="et")
-    hosts = [
-        f.HostFactory(
-            cluster=cluster,
-            name=f"et-virt0{i}",
-            state="online",
-            memory_total_mb=4096,
-            memory_free_mb=3000,
-        )
-        for i in (5, 6, 7)
-    ]
+    hosts = f.article_hosts(cluster)
     domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5", restricted=True)
     f.FailoverDomainMemberFactory(domain=domain, host=hosts[0], priority=1)
     f.FailoverDomainMemberFactory(domain=domain, host=hosts[1], priority=2)
