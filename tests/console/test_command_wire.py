@@ -1,6 +1,6 @@
 """The console's commands meet the agent's parser: what ``jobs.command_for`` builds, the agent
-takes (``Command.from_dict``, its sealed arguments opened, each handler's typed args), and
-what breaks the protocol is refused on both sides, naming what is wrong."""
+takes (``Command.from_dict``, then each handler's typed args), and what breaks the protocol is
+refused on both sides, naming what is wrong. (Sealed secrets: tests/console/test_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from agent.fencing import FenceAgents
 from agent.hypervisor import LibvirtHypervisor
 from agent.protocol import Command, ProtocolError, Result
 from agent.runner import SubprocessRunner
-from agent.sealing import open_sealed
 from agent.storage import LinuxStorage
 from console import engine
 from console.jobs import services as jobs
@@ -90,25 +89,6 @@ def test_the_engines_actions_become_commands_the_agent_carries_out(
     assert kinds == ["define", "start", "shutdown", "define", "start", "destroy"]
     after = agent.handle(Command("c-9", "dumpxml", {"guest": service.name}))
     assert after.data["state"] == "shutoff" and f"<name>{service.name}</name>" in after.data["xml"]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_fence_commands_sealed_secrets_are_opened_by_its_agent_only(
-    sent: RecordingTransport,
-) -> None:
-    host, runner = f.HostFactory(), f.HostFactory()
-    device = f.FenceDeviceFactory(host=host)
-    device.secret_parameters = {"password": "s3cret-ipmi"}
-    device.save()
-    key = f.sealing_key(runner.name)
-    jobs.create_job("fence", [actions.fence_step(device, runner, "off")], cluster=host.cluster)
-    [(target, raw)] = sent.sent
-    assert target == runner.name and "s3cret-ipmi" not in json.dumps(raw)
-    command = open_sealed(key, runner.name, over_the_wire(raw))
-    assert command.kind == "fence"
-    assert command.args["params"] == {**device.parameters, "password": "s3cret-ipmi"}
-    with pytest.raises(ProtocolError, match="for another command"):
-        open_sealed(key, host.name, over_the_wire(raw))
 
 
 @pytest.mark.django_db(transaction=True)

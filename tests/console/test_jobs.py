@@ -13,6 +13,7 @@ from agent.sealing import open_sealed
 from console.jobs import services as jobs
 from console.jobs.models import JobStatus, StepStatus
 from console.jobs.transport import RecordingTransport, use_transport
+from console.runtime.actions import fence_step
 from tests.console import factories as f
 
 
@@ -117,18 +118,7 @@ def test_fence_secrets_sent_but_never_stored_or_logged(
     device.save()
     helper = f.HostFactory(cluster=device.cluster)
     key = f.sealing_key(helper.name)
-    job = jobs.create_job(
-        "fence",
-        [
-            jobs.StepSpec(
-                helper,
-                "fence",
-                {"agent": device.agent, "action": "off", "params": device.parameters},
-                secret_ref={"fence_device": device.pk},
-            )
-        ],
-        cluster=device.cluster,
-    )
+    job = jobs.create_job("fence", [fence_step(device, helper, "off")], cluster=device.cluster)
     host, command = sent.sent[0]
     assert host == helper.name
     # sealed for the helper alone: nothing secret in clear in what goes to the broker
@@ -158,18 +148,7 @@ def test_secrets_are_never_sent_to_an_agent_without_a_sealing_key(
     device.secret_parameters = {"password": "hunter2"}
     device.save()
     helper = f.HostFactory(cluster=device.cluster)
-    job = jobs.create_job(
-        "fence",
-        [
-            jobs.StepSpec(
-                helper,
-                "fence",
-                {"agent": device.agent, "action": "off", "params": device.parameters},
-                secret_ref={"fence_device": device.pk},
-            )
-        ],
-        cluster=device.cluster,
-    )
+    job = jobs.create_job("fence", [fence_step(device, helper, "off")], cluster=device.cluster)
     assert sent.sent == []
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
