@@ -14,7 +14,7 @@ import pytest
 from agent.commands import Dispatcher
 from agent.fencing import FenceAgents
 from agent.hypervisor import LibvirtHypervisor
-from agent.protocol import Command, ProtocolError, Result
+from agent.protocol import COMMAND_KINDS, Command, ProtocolError, Result
 from agent.runner import SubprocessRunner
 from agent.storage import LinuxStorage
 from console import engine
@@ -129,3 +129,8 @@ def test_the_agent_refuses_args_of_the_wrong_type(agent: Dispatcher) -> None:
         "bad_request",
         "field 'guest' must be a string",
     )
+
+
+def test_the_console_checks_the_kinds_the_agent_handles(agent: Dispatcher) -> None:
+    """``Command.check`` (the console's side) and the agent's handlers name the same kinds."""
+    assert agent.kinds() == COMMAND_KINDS
