@@ -9,6 +9,7 @@ Tests swap the transport with ``use_transport`` (a recorder or a real broker), t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from agent.protocol import EXECUTE_TASK, agent_queue
+
+log = logging.getLogger("haven.jobs")
 
 # How long the console waits for an action (the engine's action_timeout_s), and for a fence.
 COMMAND_EXPIRES_S = 300.0
@@ -40,6 +43,24 @@ class Transport(Protocol):
 
 class CeleryTransport:
     def send(self, host: str, command: dict[str, Any], redacted: dict[str, Any]) -> None:
+        self._publish(host, command, redacted, None)
+
+    def send_many(self, sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Several commands through one producer (one broker connection taken from the pool,
+        not one each); a command that cannot be sent is logged, the others still go."""
+        from console.celery import app
+
+        pool: Any = app.producer_or_acquire()  # a context manager (celery stubs say otherwise)
+        with pool as producer:
+            for host, command, redacted in sends:
+                try:
+                    self._publish(host, command, redacted, producer)
+                except Exception:  # the broker is away: the step stays dispatched, times out
+                    log.exception("could not send %s to %s", command.get("kind"), host)
+
+    def _publish(
+        self, host: str, command: dict[str, Any], redacted: dict[str, Any], producer: Any
+    ) -> None:
         from console.celery import app
 
         app.send_task(
@@ -49,6 +70,7 @@ class CeleryTransport:
             argsrepr=repr([redacted]),
             # never run late: a command not taken by then is dropped (console/settings.py)
             expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
+            producer=producer,
         )
 
 
