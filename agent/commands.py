@@ -18,31 +18,12 @@ from agent import hvconfig, names
 from agent.errors import AgentError
 from agent.fencing import Fencing
 from agent.hypervisor import Hypervisor, guest_name_from_xml
-from agent.protocol import Command, GuestState, Result
+from agent.protocol import STORAGE_COMMANDS, Command, GuestState, Result
 from agent.storage import Storage
 
 log = logging.getLogger(__name__)
 
 GUEST_KINDS = {"start", "shutdown", "destroy", "undefine", "migrate"}
-STORAGE_KINDS = {
-    "pvcreate",
-    "vgcreate",
-    "lvcreate",
-    "lvextend",
-    "lvremove",
-    "mkfs_gfs2",
-    "gfs2_jadd",
-    "fstab_entry",
-    "mount",
-    "unmount",
-    "vg_lockstart",
-    "lv_activate",
-    "lv_refresh",
-    "lv_usage",
-    "gfs2_grow",
-    "dlm_fence_ack",
-    "corosync_remove_node",
-}
 MAX_TIMEOUT_S = 24 * 3600
 
 
@@ -126,7 +107,7 @@ def ordering_key(cmd: Command) -> str | None:
             return f"guest:{guest_name_from_xml(str(cmd.args.get('xml', '')))}"
         except AgentError:
             return None
-    if cmd.kind in STORAGE_KINDS:
+    if cmd.kind in STORAGE_COMMANDS:
         return "storage"  # LVM and fstab edits are host-global
     if cmd.kind in ("configure_migration", "tls_request"):
         return "config"

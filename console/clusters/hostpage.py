@@ -60,7 +60,7 @@ def _host_page(request: HttpRequest, cluster: Cluster, host: Host, **extra: obje
             "guests": guests,
             "devices": [(d, tests.get(d.name)) for d in devices],
             "events": events,
-            "guest_memory_mb": memory_used,
+            "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
             "migration_uri": libvirt_uri(host),
             "tls": describe(host.tls_certificate) if host.tls_certificate else None,

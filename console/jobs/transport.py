@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from agent.protocol import EXECUTE_TASK, agent_queue
+from console.core import broker
 
 log = logging.getLogger("haven.jobs")
 
@@ -55,8 +56,8 @@ class CeleryTransport:
             for host, command, redacted in sends:
                 try:
                     self._publish(host, command, redacted, producer)
-                except Exception:  # the broker is away: the step stays dispatched, times out
-                    log.exception("could not send %s to %s", command.get("kind"), host)
+                except Exception as exc:  # the broker is away: the step stays dispatched
+                    broker.log_failure(log, f"could not send {command.get('kind')} to {host}", exc)
 
     def _publish(
         self, host: str, command: dict[str, Any], redacted: dict[str, Any], producer: Any

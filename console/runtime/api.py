@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from console.core.units import mib
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
 from console.services.models import FailoverDomain
@@ -68,9 +69,17 @@ class FailoverSerializer(serializers.Serializer):  # type: ignore[type-arg]
     survives = serializers.IntegerField(help_text="host failures (the worst ones) it survives")
     summary = serializers.CharField(help_text='e.g. "survives 1 host failure; 3.2 GiB spare"')
     ok = serializers.BooleanField(allow_null=True)
-    spare_mb = serializers.IntegerField(allow_null=True)
-    needed_mb = serializers.IntegerField(allow_null=True)
-    free_mb = serializers.IntegerField(allow_null=True)
+    spare_mb = serializers.IntegerField(
+        allow_null=True,
+        **mib("The smallest margin over the priorities checked (negative: short by that much)"),
+    )
+    needed_mb = serializers.IntegerField(
+        allow_null=True,
+        **mib("At the deciding priority: the memory needed after the worst failures"),
+    )
+    free_mb = serializers.IntegerField(
+        allow_null=True, **mib("At the deciding priority: the memory free for it")
+    )
     worst_hosts = serializers.ListField(child=serializers.CharField())
 
 

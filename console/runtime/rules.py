@@ -29,7 +29,7 @@ class Target:
 
     host: str
     refusal: engine.Refusal | None
-    free_mb: int | None
+    free_mib: int | None
     best: bool = False
 
     @property

@@ -32,7 +32,7 @@ from console.core import broker
 from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record, record_many
+from console.events.services import EventFields, record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
@@ -245,7 +245,7 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
                 jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
             planned.append((action, kind, params, job))
         created = iter(jobs.create_jobs(fresh, cluster=cluster))  # in a few INSERTs
-        entries = []
+        entries: list[EventFields] = []
         for action, kind, params, bound_job in planned:
             job = bound_job or next(created)
             report.jobs.append(job.pk)

@@ -19,6 +19,14 @@ def domain_xml(name: str, memory_kib: int = 32768, vcpus: int = 1) -> str:
     )
 
 
+def test_driver_xml(name: str) -> str:
+    """A domain that libvirt's test driver (test:///default: the live suites' agents) runs."""
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='KiB'>1024</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>"
+    )
+
+
 class ClusterFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Cluster
@@ -193,3 +201,28 @@ def sealing_key(name: str) -> str:
         },
     )
     return key
+
+
+def recording_fence(host: Host, record: object) -> FenceDevice:
+    """``rec-<host>``: the test fence agent ``fence_haven_record``, which appends each call to
+    the file ``record`` (the live suites read who was fenced from it)."""
+    return FenceDeviceFactory(
+        host=host,
+        cluster=host.cluster,
+        name=f"rec-{host.name}",
+        agent="fence_haven_record",
+        plug=host.name,
+        parameters={"record": str(record)},
+    )
+
+
+def service_preferring(host: Host) -> VmService:
+    """``vm-<host>``, preferring ``host`` (an ordered failover domain ``prefer-<host>`` of its
+    own), with a definition libvirt's test driver runs."""
+    cluster = host.cluster
+    domain = FailoverDomainFactory(cluster=cluster, name=f"prefer-{host.name}", ordered=True)
+    FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
+    name = f"vm-{host.name}"
+    return VmServiceFactory(
+        cluster=cluster, name=name, failover_domain=domain, domain_xml=test_driver_xml(name)
+    )

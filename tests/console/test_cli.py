@@ -55,6 +55,8 @@ def test_lists_and_operations(logged_in: str, live_view: Any) -> None:
     assert out.splitlines()[1].split()[:4] == ["guest1", "started", "et-virt05", "started"]
     code, out, _ = haven("hosts")
     assert code == 0 and "et-virt06" in out
+    row = next(line for line in out.splitlines() if line.startswith("et-virt05"))
+    assert f"/{host.memory_total_mb} MiB" in row  # the unit the fields hold
     code, out, err = haven("migrate", "guest1", "et-virt06")
     assert code == 0, err
     assert out.startswith("job ") and "migrate: pending" in out

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -346,12 +347,6 @@ LAB_OVERRIDES = {
     "HAVEN_FENCE_ACTION": "off",  # the tests power hosts back on themselves
     "HAVEN_STOP_TIMEOUT_S": "3",  # the tick guest ignores ACPI
 }
-_BROKER_SETTINGS = (
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "HAVEN_AGENT_BROKER_URL",
-    "HAVEN_WAKE_ON_COMMAND",
-)
 
 
 def lab_cluster(
@@ -368,50 +363,14 @@ def lab_cluster(
     everything is stopped, the lab destroyed, the settings restored and the database
     flushed."""
     import article
-    from django.conf import settings
-    from rest_framework.test import APIClient
-
-    from console.celery import use_broker
 
     lab = fresh_lab(names)
     kernel = article.build_guest_kernel(lab.root)
-    lab_redis = LabRedis(lab.root)
-    lab_redis.start()
-    saved = {k: getattr(settings, k, None) for k in _BROKER_SETTINGS}
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
-    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
-    settings.HAVEN_WAKE_ON_COMMAND = True
-    use_broker(lab_redis.url)
-    with django_db_blocker.unblock():
-        own_db = ensure_test_database()
-        console = Console(
-            lab_redis.url, db_url(settings), lab.root / "console-logs", **LAB_OVERRIDES
-        )
-        console.start()
-        from django.contrib.auth.models import User
-
-        user = User.objects.create_superuser(admin, password="pw-for-tests-only")
-        api = APIClient()
-        api.force_authenticate(user)
+    with console_on_lab(lab, django_db_blocker, admin, LAB_OVERRIDES) as (lab_redis, console, api):
         cluster = make(lab, api, console)
         cluster.kernel = kernel  # type: ignore[attr-defined]
         cluster.redis = lab_redis  # type: ignore[attr-defined]
-        try:
-            yield cluster
-        finally:
-            console.stop()
-            lab.destroy()
-            lab_redis.stop()
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            use_broker(settings.REDIS_URL)
-            from django.core.management import call_command
-
-            call_command("flush", interactive=False, verbosity=0)
-            if own_db is not None:
-                from django.test.utils import teardown_databases
-
-                teardown_databases(own_db, verbosity=0)
+        yield cluster
 
 
 def watch_split_brain(cluster: W, django_db_blocker: Any) -> Iterator[None]:
@@ -444,3 +403,54 @@ def ensure_test_database() -> Any:
     config = setup_databases(verbosity=0, interactive=False, aliases={"default"})  # type: ignore[arg-type]
     assert "test" in str(connection.settings_dict["NAME"]), "refusing the real database"
     return config
+
+
+#: the settings a console on the lab's Redis changes in this process, put back afterwards
+LAB_SETTINGS = ("REDIS_URL", "CELERY_BROKER_URL", "HAVEN_AGENT_BROKER_URL", "HAVEN_WAKE_ON_COMMAND")
+
+
+@contextmanager
+def console_on_lab(
+    lab: haven_lab.Lab, django_db_blocker: Any, admin: str, overrides: dict[str, str]
+) -> Iterator[tuple[LabRedis, Console, Any]]:
+    """A real console (``Console``, with ``overrides`` in its environment) on a Redis of the lab
+    (``LabRedis``), this process's settings pointed at that Redis meanwhile, and an API client
+    logged in as a new superuser ``admin``; yields (redis, console, api) with database access.
+    Afterwards the console stops, the lab is destroyed, the Redis stops, the settings come
+    back and the database is emptied (the test database is removed if this made it)."""
+    from django.conf import settings
+    from rest_framework.test import APIClient
+
+    from console.celery import use_broker
+
+    lab_redis = LabRedis(lab.root)
+    lab_redis.start()
+    saved = {k: getattr(settings, k, None) for k in LAB_SETTINGS}
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
+    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
+    settings.HAVEN_WAKE_ON_COMMAND = True
+    use_broker(lab_redis.url)
+    with django_db_blocker.unblock():
+        own_db = ensure_test_database()
+        console = Console(lab_redis.url, db_url(settings), lab.root / "console-logs", **overrides)
+        console.start()
+        from django.contrib.auth.models import User
+
+        api = APIClient()
+        api.force_authenticate(User.objects.create_superuser(admin, password="pw-for-tests-only"))
+        try:
+            yield lab_redis, console, api
+        finally:
+            console.stop()
+            lab.destroy()
+            lab_redis.stop()
+            for key, value in saved.items():
+                setattr(settings, key, value)
+            use_broker(settings.REDIS_URL)
+            from django.core.management import call_command
+
+            call_command("flush", interactive=False, verbosity=0)
+            if own_db is not None:
+                from django.test.utils import teardown_databases
+
+                teardown_databases(own_db, verbosity=0)
