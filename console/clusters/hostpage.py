@@ -15,6 +15,8 @@ from console.core.errors import Refused
 from console.core.views import role_required
 from console.events.models import Event
 from console.jobs.models import Job
+from console.runtime.actions import libvirt_uri
+from console.runtime.pki import describe
 from console.services.models import VmService
 
 RECENT_EVENTS = 30
@@ -87,6 +89,8 @@ def _host_page(
             "events": events,
             "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
+            "migration_uri": libvirt_uri(host),
+            "tls": describe(host.tls_certificate) if host.tls_certificate else None,
             "tab": "overview",
             "settings_form": settings_form or HostSettingsForm(instance=host),
             "cluster_overcommit": cluster.cpu_overcommit,
