@@ -20,6 +20,12 @@ from agent.protocol import EXECUTE_TASK, agent_queue
 # How long the console waits for an action (the engine's action_timeout_s), and for a fence.
 COMMAND_EXPIRES_S = 300.0
 FENCE_EXPIRES_S = 60.0
+#: A command that cannot be sent because Redis is away or restarting is tried again for about
+#: 8 s (kombu's publish retry: after 0.2 s, then 0.3 s longer each time, at most 1 s apart), so
+#: a Redis restart does not leave its step waiting out the action timeout (a start not sent
+#: was a guest down for 300 s in the chaos runs). A retry after an ambiguous failure may send
+#: a command twice: an agent runs a command id once (agent/executor.py).
+SEND_RETRY = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 1.0}
 
 
 def expires_s(command: dict[str, Any]) -> float:
@@ -49,6 +55,8 @@ class CeleryTransport:
             argsrepr=repr([redacted]),
             # never run late: a command not taken by then is dropped (console/settings.py)
             expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
+            retry=True,
+            retry_policy=SEND_RETRY,
         )
 
 
