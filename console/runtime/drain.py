@@ -186,31 +186,28 @@ class Drainer:
             close_old_connections()
 
     def _results(self, results: list[tuple[str, dict[str, Any]]]) -> None:
-        """A batch's results in one transaction (each in a savepoint of its own), the next
-        stages they release dispatched together after it (a mass start's 80 define results,
-        one transaction each, took seconds on SQLite)."""
+        """A batch's results in one transaction, applied together (jobs.apply_results: a
+        mass start's 80 define results, one by one, took seconds on SQLite), the next stages
+        they release dispatched together after it. A batch that fails for another reason
+        than the database is applied again one result at a time (a savepoint each), so one
+        bad result never holds up the others."""
         from django.db import transaction
 
         from console.jobs import services as jobs
 
         wakes: set[int] = set()
         for attempt in range(RESULT_ATTEMPTS):  # a locked database is worth waiting for
-            wakes = set()
             try:
-                with transaction.atomic(), jobs.batched_dispatch():
-                    for sender, message in results:
-                        try:
-                            with transaction.atomic():
-                                cluster_id = ingest.apply_result(sender, message)
-                        except DatabaseError:
-                            raise  # the whole batch again
-                        except Exception:
-                            log.exception(
-                                "result %s from %s could not be applied", message.get("id"), sender
-                            )
-                            continue
-                        if cluster_id is not None:
-                            wakes.add(cluster_id)
+                try:
+                    with transaction.atomic(), jobs.batched_dispatch():
+                        wakes = ingest.apply_results(results)
+                except DatabaseError:
+                    raise  # the whole batch again
+                except Exception:
+                    # one bad result must not hold up the others: each on its own savepoint
+                    log.exception("%d results could not be applied together", len(results))
+                    with transaction.atomic(), jobs.batched_dispatch():
+                        wakes = self._one_by_one(results)
                 break
             except DatabaseError as exc:
                 log.warning("%d results: %s; again", len(results), exc)
@@ -219,6 +216,23 @@ class Drainer:
                 close_old_connections()
         for cluster_id in wakes:
             self.wake(cluster_id)
+
+    def _one_by_one(self, results: list[tuple[str, dict[str, Any]]]) -> set[int]:
+        from django.db import transaction
+
+        wakes: set[int] = set()
+        for sender, message in results:
+            try:
+                with transaction.atomic():
+                    cluster_id = ingest.apply_result(sender, message)
+            except DatabaseError:
+                raise  # the whole batch again
+            except Exception:
+                log.exception("result %s from %s could not be applied", message.get("id"), sender)
+                continue
+            if cluster_id is not None:
+                wakes.add(cluster_id)
+        return wakes
 
     # --- the agents' Redis users ------------------------------------------------------------
     def _maybe_keep_users(self) -> None:

@@ -32,7 +32,7 @@ from console.core import broker
 from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record, record_many
+from console.events.services import EventFields, record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
@@ -224,6 +224,8 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
     with jobs.batched_dispatch():  # the jobs of one tick leave together
+        planned: list[tuple[engine.Action, str, dict[str, Any], Job | None]] = []
+        fresh: list[jobs.NewJob] = []
         for action in decision.actions:
             kind, steps, params = action_steps.steps_for(
                 action,
@@ -236,29 +238,30 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
             job = bound.pop(service, None) if service else None
             params = {**params, "action": action.id}
             if job is None:
-                job = jobs.create_job(
-                    kind,
-                    steps,
-                    cluster=cluster,
-                    params=params,
-                    action_id=action.id,
-                    message=_describe(action),
-                )
+                fresh.append(jobs.NewJob(kind, steps, params, _describe(action), action.id))
             else:
                 job.params = {**job.params, **params}
                 job.save(update_fields=["params"])
                 jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
+            planned.append((action, kind, params, job))
+        created = iter(jobs.create_jobs(fresh, cluster=cluster))  # in a few INSERTs
+        entries: list[EventFields] = []
+        for action, kind, params, bound_job in planned:
+            job = bound_job or next(created)
             report.jobs.append(job.pk)
-            record(
-                actor="engine",
-                verb=kind,
-                object_type="action",
-                object_name=action.id,
-                cluster=cluster,
-                result="info",
-                message=_describe(action),
-                data={"job": job.pk, **params},
+            entries.append(
+                {
+                    "actor": "engine",
+                    "verb": kind,
+                    "object_type": "action",
+                    "object_name": action.id,
+                    "cluster": cluster,
+                    "result": "info",
+                    "message": _describe(action),
+                    "data": {"job": job.pk, **params},
+                }
             )
+        record_many(entries)
     for job in bound.values():  # accepted, and nothing to do
         jobs.finish_job(job, ok=True, explanation="")
     return report

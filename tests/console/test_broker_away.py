@@ -204,3 +204,30 @@ def test_a_command_rides_through_a_redis_restart(tmp_path: Any) -> None:
             proc.wait()
     assert procs, "the command was sent before Redis was there"
     assert queued == 1
+
+
+def test_a_batch_waits_for_redis_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass start while Redis stays away: the first command waits out the retry, the
+    others fail at once (one line each), not the retry's length each."""
+    import time
+
+    policy = {"max_retries": 3, "interval_start": 0.5, "interval_step": 0, "interval_max": 0.5}
+    monkeypatch.setattr(transport_module, "SEND_RETRY", policy)
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
+    sends = [(f"h{i}", {"kind": "start", "id": f"s{i}", "args": {}}, {}) for i in range(4)]
+    began = time.monotonic()
+    try:
+        with use_transport(CeleryTransport()), caplog.at_level(logging.WARNING):
+            jobs._send_all([(h, c, c) for h, c, _ in sends])
+    finally:
+        use_broker(previous)
+    took = time.monotonic() - began
+    lines = [r for r in caplog.records if r.name == "haven.jobs"]
+    assert [r.getMessage().split(":")[0] for r in lines] == [
+        f"could not send start to h{i}" for i in range(4)
+    ]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert 1.4 <= took < 1.5 * 3, took  # one retry run (3 x 0.5 s), not four
