@@ -943,8 +943,11 @@ class _Tick:
     def _silent_elsewhere(self, s: ServiceStatus) -> tuple[str, ...]:
         """Silent, unfenced suspects of a running guest other than its own host: a copy may
         still run there, so the guest must not start anywhere else (a move is a start on the
-        target) until each is fenced, acknowledged down, or reports again."""
-        return tuple(h for h in s.suspects if h != s.node and not self._reporting(h))
+        target) until each is fenced, acknowledged down, or reports again (a host no longer
+        in the cluster is not one, as in `_may_start`)."""
+        return tuple(
+            h for h in s.suspects if h != s.node and h in self.hosts and not self._reporting(h)
+        )
 
     def _held_by_suspects(self, s: ServiceStatus) -> Refusal | None:
         silent = self._silent_elsewhere(s)
