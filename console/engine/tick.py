@@ -826,6 +826,7 @@ class _Tick:
             if (lh := self.obs[n].last_heartbeat) is None or self.now - lh > late_after
             if self.hosts[n].state is not H.FENCED
             and not self.hosts[n].shut_down
+            and not self.obs[n].shutting_down  # announced: it leaves on purpose
             and not self._acknowledged(self.obs[n])
         )
         silent = {n for n in late if not self.fresh.get(n)}
