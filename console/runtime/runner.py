@@ -1,5 +1,12 @@
 """The HA runner: one at a time per cluster, it builds the snapshot, calls the engine's
-``tick``, stores the status and turns actions into jobs, all in one transaction.
+``tick``, then stores the status and turns actions into jobs in one transaction.
+
+The snapshot is read and the engine decides before that write transaction opens (reads only:
+under SQLite's IMMEDIATE transactions a tick held the database's one write lock for its whole
+length, and the drainer's results and the pages' writes waited behind it). Nothing is lost by
+it: the write commits only if the engine state row still has the tick counter the snapshot
+read (below), so a snapshot that another tick overtook writes nothing; what was written
+meanwhile (a job's result, a person's command) is in the next snapshot.
 
 It runs every second (Celery beat) and at once when a lifecycle event or a job result comes
 in. A wake that arrives while another runner holds the lock is not lost: the holder runs
@@ -124,10 +131,10 @@ def tick_once(
     still held at the end (else `LockLost` and nothing is written)."""
     started = time.perf_counter()
     try:
+        cluster = Cluster.objects.get(pk=cluster_id)
+        loaded = load(cluster, store, now, cached=True)  # reads: no write lock held yet
+        decision = engine.tick(loaded.snapshot, loaded.now)
         with transaction.atomic():
-            cluster = Cluster.objects.get(pk=cluster_id)
-            loaded = load(cluster, store, now, cached=True)
-            decision = engine.tick(loaded.snapshot, loaded.now)
             report = _apply(cluster, loaded, decision, loaded.now)
             if lease is not None:
                 lease.check()
