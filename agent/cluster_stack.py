@@ -55,6 +55,43 @@ def parse_dlm_status(stdout: str) -> dict[int, str]:
     return nodes
 
 
+def without_node(conf: str, name: str) -> str | None:
+    """corosync.conf (as Haven's bootstrap writes it: every ``{`` ends its line) without the
+    ``node { ... }`` block of the nodelist whose ``name:`` is ``name``; None when there is no
+    such node. Everything else stays as it was, byte for byte."""
+    lines = conf.splitlines(keepends=True)
+    out: list[str] = []
+    depth, in_nodelist, block, found = 0, False, [], False  # type: int, bool, list[str], bool
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        opens, closes = text.endswith("{"), text == "}"
+        if block:  # inside a node block of the nodelist
+            block.append(line)
+            depth += 1 if opens else -1 if closes else 0
+            if depth == 1:  # the node block closed
+                names_in = [b.split(":", 1)[1].strip() for b in block
+                            if b.strip().startswith("name:")]  # fmt: skip
+                if names_in == [name]:
+                    found = True
+                else:
+                    out.extend(block)
+                block = []
+            continue
+        if opens:
+            depth += 1
+            if depth == 1 and text.split()[0] == "nodelist":
+                in_nodelist = True
+            elif depth == 2 and in_nodelist and text.split()[0] == "node":
+                block = [line]
+                continue
+        elif closes:
+            depth -= 1
+            if depth == 0:
+                in_nodelist = False
+        out.append(line)
+    return "".join(out) if found else None
+
+
 class ClusterStack:
     """Membership and quorum for the heartbeat, read at most every ``min_interval_s``."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import names
-from agent.cluster_stack import parse_dlm_status
+from agent.cluster_stack import parse_dlm_status, without_node
 from agent.errors import AgentError
 from agent.runner import Runner
 
@@ -98,6 +98,7 @@ class Storage(Protocol):
     def lv_usage(self, vg: str, lv: str, refuse_mounted: bool) -> dict[str, Any]: ...
     def gfs2_grow(self, mount_point: str) -> dict[str, Any]: ...
     def dlm_fence_ack(self, node: str) -> dict[str, Any]: ...
+    def corosync_remove_node(self, node: str) -> dict[str, Any]: ...
 
 
 def parse_lvm_report(stdout: str, section: str) -> list[dict[str, Any]]:
@@ -437,14 +438,44 @@ class LinuxStorage:
         self._run(["dlm_tool", "fence_ack", str(nodeid)], timeout_s=60.0)
         return {"node": node, "nodeid": nodeid, "dlm_state": state}
 
-    def _nodeid(self, node: str) -> int:
+    def corosync_remove_node(self, node: str) -> dict[str, Any]:
+        """Drop ``node`` (a host removed from the cluster) from this host's corosync.conf and
+        make the running corosync read it (``corosync-cfgtool -R``): the membership and the
+        expected votes no longer count it. Idempotent: a node already gone changes nothing."""
+        name = names.guest(node)
+        conf = self._fstab.parent / "corosync" / "corosync.conf"
+        if not conf.exists():
+            raise AgentError("not_found", f"{conf} does not exist: no corosync cluster here")
+        new = without_node(conf.read_text(), name)
+        if new is not None:
+            tmp = conf.with_name(conf.name + ".haven-tmp")
+            tmp.write_text(new)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, conf)
+            self._run(["corosync-cfgtool", "-R"], timeout_s=60.0)
+        left = self._nodelist()
+        if any(name in (e.get("name"), e.get("ring0_addr")) for e in left.values()):
+            raise AgentError(
+                "command_failed",
+                f"corosync here still lists {name} in its nodelist after the reload",
+            )
+        return {
+            "node": name,
+            "changed": new is not None,
+            "nodes": sorted(e.get("name", "") for e in left.values()),
+        }
+
+    def _nodelist(self) -> dict[str, dict[str, str]]:
         out = self._run(["corosync-cmapctl", "-b", "nodelist.node"], timeout_s=30.0).stdout
         entries: dict[str, dict[str, str]] = {}
         for line in out.splitlines():
             m = _CMAP_NODE_RE.match(line.strip())
             if m:
                 entries.setdefault(m.group(1), {})[m.group(2)] = m.group(3).strip()
-        for entry in entries.values():
+        return entries
+
+    def _nodeid(self, node: str) -> int:
+        for entry in self._nodelist().values():
             if node in (entry.get("name"), entry.get("ring0_addr")) and entry.get("nodeid"):
                 return int(entry["nodeid"])
         raise AgentError("not_found", f"{node} is not in this host's corosync nodelist")

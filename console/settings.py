@@ -215,6 +215,8 @@ CELERY_WORKER_CONSUMER = "agent.reconnect:FastReconnectConsumer"
 HAVEN_COMMAND_TTL_S = int(os.environ.get("HAVEN_COMMAND_TTL_S", "60"))
 # No result backend, so no daily `celery.backend_cleanup` (the worker runs Haven's tasks only).
 CELERY_RESULT_EXPIRES = None
+# celery's PersistentScheduler, with Redis restarts as one warning line (console/beat.py)
+CELERY_BEAT_SCHEDULER = "console.beat:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "ha-runner": {"task": "haven.console.tick", "schedule": 1.0, "options": {"expires": 2}},
 }

@@ -22,6 +22,10 @@ RECENT_EVENTS = 30
 def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    return _host_page(request, cluster, host)
+
+
+def _host_page(request: HttpRequest, cluster: Cluster, host: Host, **extra: object) -> HttpResponse:
     guests = list(
         VmService.objects.filter(Q(host=host) | Q(target=host))
         .select_related("host", "target", "failover_domain")
@@ -54,9 +58,10 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
             "guests": guests,
             "devices": [(d, tests.get(d.name)) for d in devices],
             "events": events,
-            "guest_memory_mb": memory_used,
+            "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
             "tab": "overview",
+            **extra,
         },
     )
 
@@ -149,8 +154,32 @@ def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
         messages.error(request, f"Give the root password of {host.name} to repair it.")
         return redirect("clusters:host", cluster.pk, host.pk)
     try:
-        job = membership.repair_host(host, password, actor=request.user)
+        job = membership.repair_host(
+            host,
+            password,
+            actor=request.user,
+            # set only when the person ticked "accept the new host key" after a scan
+            fingerprint=str(request.POST.get("fingerprint") or ""),
+        )
     except Refused as exc:
         messages.error(request, exc.message)
         return redirect("clusters:host", cluster.pk, host.pk)
     return redirect("jobs:detail", job.pk)
+
+
+@role_required(read="admin", write="admin")
+def host_check_key(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """Read the host key the host presents now, beside the pinned one: the host page then
+    offers to accept a changed key for the repair (the fingerprint shown, ticked by a person)."""
+    from console.runtime import membership
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    try:
+        check = membership.check_host_key(host)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("clusters:host", cluster.pk, host.pk)
+    return _host_page(request, cluster, host, key_check=check)

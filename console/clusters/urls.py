@@ -19,6 +19,7 @@ urlpatterns = [
     path("<int:pk>/hosts/add/", views.add_hosts, name="add-hosts"),
     path("<int:pk>/hosts/<int:host_pk>/remove/", hostpage.host_remove, name="remove-host"),
     path("<int:pk>/hosts/<int:host_pk>/repair/", hostpage.host_repair, name="repair-host"),
+    path("<int:pk>/hosts/<int:host_pk>/check-key/", hostpage.host_check_key, name="check-host-key"),
     path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
     path(
         "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",

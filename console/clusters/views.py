@@ -36,7 +36,7 @@ from console.core.views import role_required
 from console.engine.placement import vcpu_limit
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import operations, rules
+from console.runtime import operations, panel
 from console.runtime.models import PendingCommand
 from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
@@ -130,7 +130,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "clusters/detail.html",
-        {**context, "tab": "overview", "policy": rules.policy(cluster)},
+        {**context, "tab": "overview", "panel": panel.get(cluster)},
     )
 
 

@@ -797,8 +797,8 @@ class _Tick:
         o = self.obs[host]
         if o.shared_storage and not o.shutting_down:
             return True
-        for n in self.active:
-            s = self.svcs[n]
+        # every guest, settled ones too: one running elsewhere may have a copy left here
+        for s in self.svcs.values():
             if host in s.suspects and (s.state is S.FENCE or s.desired is Desired.STARTED):
                 return True
         return False
@@ -927,6 +927,23 @@ class _Tick:
         """The guest's suspects other than `host` that are silent and not fenced: a copy may
         still run there, so they stay suspects wherever the guest runs now."""
         return tuple(h for h in s.suspects if h != host and not self._reporting(h))
+
+    def _silent_elsewhere(self, s: ServiceStatus) -> tuple[str, ...]:
+        """Silent, unfenced suspects of a running guest other than its own host: a copy may
+        still run there, so the guest must not start anywhere else (a move is a start on the
+        target) until each is fenced, acknowledged down, or reports again."""
+        return tuple(h for h in s.suspects if h != s.node and not self._reporting(h))
+
+    def _held_by_suspects(self, s: ServiceStatus) -> Refusal | None:
+        silent = self._silent_elsewhere(s)
+        if not silent:
+            return None
+        return Refusal(
+            R.RECOVERING,
+            f"may still run on silent {', '.join(silent)} (not fenced): it moves once "
+            f"{'they are' if len(silent) > 1 else 'that host is'} fenced, acknowledged down "
+            "or reporting again",
+        )
 
     # --- 4. reports ------------------------------------------------------------------------
 
@@ -1282,6 +1299,9 @@ class _Tick:
             return Refusal(R.RECOVERING, f"{s.state.value}: {s.reason}")
         if s.state is not S.STARTED:
             return Refusal(R.NOT_RUNNING, f"not running ({s.state.value})")
+        held = self._held_by_suspects(s)
+        if held is not None:
+            return held
         if node not in self.hosts:
             return Refusal(R.UNKNOWN_NODE, f"no host named {node!r}")
         if node == s.node:
@@ -1551,14 +1571,21 @@ class _Tick:
                 # failback failed: every online host counts as joined for it
                 joined = online if name in self.started_now or name in owed else self.joined
                 self._return_or_failback(name, s, joined)
-                if name in owed and self.svcs[name].state is S.STARTED:
+                cur = self.svcs[name]
+                if name in owed and cur.state is S.STARTED and not self._silent_elsewhere(cur):
                     # nothing better any more (host gone, no room): the debt is settled
                     self._put(name, replace(self.svcs[name], failback=False))
 
     def _movable(self, name: str, s: ServiceStatus) -> bool:
-        return self.now >= s.retry_at
+        return self.now >= s.retry_at and not self._silent_elsewhere(s)
 
     def _drain(self, name: str, s: ServiceStatus) -> None:
+        held = self._held_by_suspects(s)
+        if held is not None:
+            why = f"cannot leave {s.node}: {held.reason}"
+            if s.reason != why:
+                self._service_to(name, S.STARTED, why)
+            return
         if not self._movable(name, s):
             return
         cfg = self.conf[name]
@@ -1707,7 +1734,7 @@ class _Tick:
                 continue
             if s.failback or s.home is not None or s.queued is not None:
                 continue
-            if self.now < s.retry_at:
+            if not self._movable(name, s):
                 continue
             if s.rebalanced_at is not None and self.now - s.rebalanced_at < cooldown:
                 continue

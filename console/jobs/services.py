@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -28,8 +28,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agent import names
-from agent.protocol import PROTOCOL_VERSION, SEALED_ARG
+from agent.protocol import SEALED_ARG, Command, ProtocolError
 from console.clusters.models import Cluster, Host
+from console.core import broker
 from console.jobs.models import (
     FINISHED_STEP_STATUSES,
     Job,
@@ -158,11 +159,19 @@ def _step_rows(job: Job, steps: list[StepSpec], *, first: int) -> list[JobStep]:
     ]
 
 
+def _lock(job: Job) -> None:
+    """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
+    threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
+    written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
+    list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
+
+
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
     """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
     with transaction.atomic():
         hosts = {s.host.pk: s.host for s in steps if s.host is not None}
         job.hosts.add(*hosts.values())
+        _lock(job)
         first = (job.steps.aggregate(m=Max("seq"))["m"] or 0) + 1
         JobStep.objects.bulk_create(_step_rows(job, steps, first=first))
         if action_id:
@@ -263,6 +272,7 @@ def add_event(
 ) -> JobEvent:
     """Append to the job's log; ``seq`` is the next number within the job."""
     with transaction.atomic():
+        _lock(job)
         last = JobEvent.objects.filter(job=job).aggregate(m=Max("seq"))["m"] or 0
         return JobEvent.objects.create(
             job=job,
@@ -275,8 +285,9 @@ def add_event(
         )
 
 
-class NoSealingKey(Exception):
-    """A step has secret arguments, but its agent has no sealing key."""
+class Unsendable(Exception):
+    """A step cannot become a command: its agent has no sealing key for its secrets, or what it
+    would send does not follow the protocol (agent/protocol.py ``Command.check``)."""
 
 
 def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -306,7 +317,7 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
         return args, redacted
     key = credentials.seal_key(target)
     if key is None:
-        raise NoSealingKey(
+        raise Unsendable(
             f"{step.kind} on {target} needs secrets, and {target} has no sealing key: "
             "bootstrap the host again (or rotate its credentials)"
         )
@@ -316,6 +327,25 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
 
 #: one command to send: (host, command, the same with its secrets redacted)
 Send = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+#: the console's own steps (the SSH bootstrap's): not agent commands. The bootstrap takes each
+#: before the dispatcher sees it; only the simulated fleet of the UI tests is sent them.
+CONSOLE_STEP_PREFIXES = ("bootstrap.", "cluster.")
+
+
+def command_for(step: JobStep, target: str) -> tuple[Command, Command]:
+    """The one place a step becomes the command sent to ``target``'s agent, checked by the rules
+    the agent parses it with (``Command.check``), and its copy for logs (secrets redacted).
+    Raises ``Unsendable`` saying why a step cannot be sent."""
+    args, redacted = _resolve_secrets(step, target)
+    command = Command(id=step.command_id, kind=step.kind, args=args)
+    try:
+        if not step.kind.startswith(CONSOLE_STEP_PREFIXES):
+            command.check()
+    except ProtocolError as exc:
+        raise Unsendable(f"{step.kind} on {target} cannot be sent: {exc}") from exc
+    return command, replace(command, args=redacted)
 
 
 def dispatch(job_id: int) -> None:
@@ -340,14 +370,13 @@ def _stage_sends(job: Job, steps: list[JobStep], now: Any) -> list[tuple[JobStep
         # Steps without a host go to the agent that runs beside the console.
         target = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
         try:
-            args, redacted = _resolve_secrets(step, target)
-        except NoSealingKey as exc:
+            command, redacted = command_for(step, target)
+        except Unsendable as exc:
             step.status, step.error, step.finished = StepStatus.FAILED, str(exc), now
             step.save(update_fields=["status", "error", "finished"])
             unsent = unsent or step
             continue
-        command = {"v": PROTOCOL_VERSION, "id": step.command_id, "kind": step.kind, "args": args}
-        out.append((step, (target, command, {**command, "args": redacted})))
+        out.append((step, (target, command.to_dict(), redacted.to_dict())))
         step.status, step.dispatched = StepStatus.DISPATCHED, now
     if unsent is not None:
         if out and job.status == JobStatus.PENDING:
@@ -371,8 +400,8 @@ def _send_all(sends: list[Send]) -> None:
     for host, command, redacted in sends:
         try:
             t.send(host, command, redacted)
-        except Exception:  # the broker is away: the step stays dispatched and times out
-            log.exception("could not send %s to %s", command["kind"], host)
+        except Exception as exc:  # the broker is away: the step stays dispatched, times out
+            broker.log_failure(log, f"could not send {command['kind']} to {host}", exc)
 
 
 def apply_result(message: dict[str, Any], *, sender: str | None) -> JobStep | None:

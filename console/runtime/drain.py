@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
+from console.core import broker
 from console.runtime import ingest, runner
 from console.runtime.store import DRAIN_WAIT_S, RedisStore, Store
 
@@ -179,8 +180,8 @@ class Drainer:
             self._queued.discard(cluster_id)
         try:
             self._run_cluster(cluster_id, self.store)
-        except Exception:
-            log.exception("runner of cluster %s failed", cluster_id)
+        except Exception as exc:
+            broker.log_failure(log, f"runner of cluster {cluster_id} failed", exc)
         finally:
             close_old_connections()
 
@@ -245,8 +246,9 @@ class Drainer:
 
         try:
             created = credentials.ensure_users(self.r)
-        except Exception:
-            log.exception("could not check the agents' Redis users")
+        except Exception as exc:
+            what = f"could not check the agents' Redis users (again in {USERS_CHECK_S:g} s)"
+            broker.log_failure(log, what, exc)
             return
         finally:
             close_old_connections()
@@ -276,8 +278,8 @@ class Drainer:
                 if at is None or now - at > BACKUP_AFTER_S:
                     self.totals.backup_ticks += 1
                     self.wake(cluster_id)
-        except Exception:
-            log.exception("backup tick check failed")
+        except Exception as exc:
+            broker.log_failure(log, "backup tick check failed", exc)
         finally:
             close_old_connections()
 

@@ -35,10 +35,11 @@ from django.utils import timezone
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
+from console.core import broker
 from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record, record_many
+from console.events.services import EventFields, record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
@@ -63,8 +64,18 @@ class TickReport:
 
 
 def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
-    """Run the engine for one cluster unless another runner does; returns what it did."""
+    """Run the engine for one cluster unless another runner does; returns what it did.
+    Redis away or restarting: nothing is written (the tick's transaction rolls back), one
+    warning says why, and the next tick (beat's, the drainer's backup) tries again."""
     store = store or _shared()
+    try:
+        return _run(cluster_id, store)
+    except broker.UNAVAILABLE as exc:
+        log.warning("tick of cluster %s not made: %s", cluster_id, broker.unavailable(exc))
+        return []
+
+
+def _run(cluster_id: int, store: Store) -> list[TickReport]:
     name = f"runner:{cluster_id}"
     reports: list[TickReport] = []
     for attempt in (1, 2):
@@ -241,7 +252,7 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
                 jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
             planned.append((action, kind, params, job))
         created = iter(jobs.create_jobs(fresh, cluster=cluster))  # in a few INSERTs
-        entries = []
+        entries: list[EventFields] = []
         for action, kind, params, bound_job in planned:
             job = bound_job or next(created)
             report.jobs.append(job.pk)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cluster_stack import ClusterStack, parse_dlm_status, parse_quorumtool
+from agent.cluster_stack import ClusterStack, parse_dlm_status, parse_quorumtool, without_node
 from agent.errors import AgentError
 from agent.runner import Completed
 from agent.storage import LinuxStorage
@@ -79,6 +79,61 @@ def test_fence_ack_waits_for_dlm_to_lose_the_node(
     with pytest.raises(AgentError, match=r"still has sv3 \(node 3\) as a member"):
         storage.dlm_fence_ack("sv3")
     assert ["dlm_tool", "fence_ack", "3"] not in runner.ran
+
+
+CONF = """totem {
+    version: 2
+    cluster_name: havensv
+}
+
+nodelist {
+    node {
+        ring0_addr: 10.89.0.11
+        name: sv1
+        nodeid: 1
+    }
+    node {
+        ring0_addr: 10.89.0.13
+        name: sv3
+        nodeid: 3
+    }
+}
+
+logging {
+    to_syslog: yes
+}
+"""
+
+
+def test_without_node_drops_only_that_nodes_block() -> None:
+    out = without_node(CONF, "sv3")
+    assert out is not None and "sv3" not in out and "10.89.0.13" not in out
+    assert out == CONF.replace(
+        "    node {\n        ring0_addr: 10.89.0.13\n        name: sv3\n        nodeid: 3\n    }\n",
+        "",
+    )
+    assert without_node(CONF, "sv9") is None  # nothing to drop
+    assert without_node(CONF, "sv") is None  # whole names only
+    assert without_node(out, "sv1") is not None and "nodeid: 1" not in without_node(out, "sv1")
+
+
+def test_corosync_remove_node_rewrites_the_conf_and_reloads(tmp_path: Path) -> None:
+    (tmp_path / "corosync").mkdir()
+    conf = tmp_path / "corosync" / "corosync.conf"
+    conf.write_text(CONF)
+    left = "\n".join(ln for ln in CMAP.splitlines() if ".2." not in ln and ".1." not in ln)
+    runner = Scripted({"corosync-cmapctl": (0, left, "")})
+    storage = LinuxStorage(runner, fstab=tmp_path / "fstab", proc=tmp_path)
+    assert storage.corosync_remove_node("sv3") == {"node": "sv3", "changed": True,
+                                                   "nodes": ["sv1"]}  # fmt: skip
+    assert "sv3" not in conf.read_text() and ["corosync-cfgtool", "-R"] in runner.ran
+    runner.ran.clear()
+    assert storage.corosync_remove_node("sv3")["changed"] is False  # idempotent, no reload
+    assert ["corosync-cfgtool", "-R"] not in runner.ran
+    runner.answers["corosync-cmapctl"] = (0, CMAP, "")  # the reload did not take
+    conf.write_text(CONF)
+    with pytest.raises(AgentError, match="still lists sv3 in its nodelist after the reload"):
+        storage.corosync_remove_node("sv3")
 
 
 def test_lv_usage_refuses_while_mounted(tmp_path: Path) -> None:

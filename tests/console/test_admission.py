@@ -22,16 +22,7 @@ SHORT = "need 6144 MB and 4096 MB would be free (2048 MB short)"
 def tight(db: None, live_view: Any) -> dict[str, Any]:
     """Two 8 GiB hosts half full: one more 2 GiB protected guest breaks N+1."""
     cluster = f.ClusterFactory(name="tight")
-    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, cpus=2)
-    b = f.HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
-    for name, host in (("big1", a), ("big2", b)):
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=name,
-            state="started",
-            host=host,
-            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
-        )
+    a, b = f.half_full_hosts(cluster, cpus=2)
     extra = f.VmServiceFactory(
         cluster=cluster,
         name="extra",

@@ -125,6 +125,13 @@ def test_cluster_page_shows_health_state_and_host(world: dict[str, Any]) -> None
     assert "3/3" in home and "1/1" in home
 
 
+def test_host_page_shows_memory_in_mib(world: dict[str, Any]) -> None:
+    c, h = world["cluster"].pk, world["hosts"][0].pk
+    body = login("viewer").get(f"/clusters/{c}/hosts/{h}/").content.decode()
+    # 4096 MiB total, 3000 free; guest1's XML has 32768 KiB = 32 MiB
+    assert "1.1 GiB / 4.0 GiB used (32.0 MiB by its guests)" in body
+
+
 def test_missing_object_is_a_plain_404(world: dict[str, Any]) -> None:
     response = login("viewer").get("/clusters/999/")
     assert response.status_code == 404

@@ -60,7 +60,7 @@ class Listener:
         self._lock = threading.Lock()
         self.conns = []
         for name in harness.HOSTS:
-            conn = libvirt.open(lab.host(name).libvirt_uri)
+            conn = libvirt.open(harness.unix_uri(lab.host(name)))
             conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._life, name
             )
@@ -104,7 +104,7 @@ def listener(cluster: Cluster) -> Iterator[Listener]:  # noqa: F811
 
 
 def _domain(cluster: Cluster, host: str, guest: str) -> Any:  # noqa: F811
-    return libvirt.open(cluster.lab.host(host).libvirt_uri).lookupByName(guest)
+    return libvirt.open(harness.unix_uri(cluster.lab.host(host))).lookupByName(guest)
 
 
 def _service(cluster: Cluster, name: str) -> dict[str, Any]:  # noqa: F811
