@@ -38,7 +38,8 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
 - the console queue's depth (Celery ``console``) p95/max, CPU of each console process
   (% of one core over the measured window, children included) and its largest RSS;
 - the 1-minute load average at the window's start and end (the machine may be shared: compare
-  the numbers with it).
+  the numbers with it), and how late the simulated agents themselves sent their heartbeats
+  (p95/max after they were due: a starved bench process shows here, not as the console's lag).
 
 ``--pages`` also starts the web process as deploy/quickstart does (``manage.py runserver
 --noreload``) and, for the whole window, a simulated person (`PageLoop`, a thread of this
@@ -110,6 +111,9 @@ class FleetAgents:
         self.boot = {h: uuid.uuid4().hex[:8] for h in hosts}
         self.seq = dict.fromkeys(hosts, 0)
         self.sent = 0
+        #: the simulated agents' own lateness: how long after it was due each heartbeat went
+        #: out (this process starved of CPU shows here, not as the console's fault)
+        self.late: list[float] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet", daemon=True)
@@ -133,6 +137,7 @@ class FleetAgents:
             pipe = self.r.pipeline(transaction=False)
             with self.lock:
                 for h in beating:
+                    self.late.append(now - due[h])
                     due[h] += self.interval_s * max(1, int((now - due[h]) / self.interval_s) + 1)
                     if h in self.up:
                         pipe.rpush(inbound_key(h), self._heartbeat(h))
@@ -539,6 +544,7 @@ def run_one(
                 stop.wait(0.25)
 
         r.delete(f"haven:ticks:{cluster_id}", f"haven:ticks:{cluster_id}:cpu")
+        fleet.late.clear()
         cpu0 = {name: cpu_seconds(p.pid) for name, p in console.procs.items()}
         t0 = time.monotonic()
         load_before = os.getloadavg()
@@ -646,6 +652,8 @@ def run_one(
             console_queue_max=max(queue or [0]),
             cpu_pct=cpu,
             heartbeats_sent=fleet.sent,
+            fleet_late_ms_p95=round(pct(fleet.late, 0.95) * 1000, 1) if fleet.late else None,
+            fleet_late_ms_max=round(max(fleet.late) * 1000, 1) if fleet.late else None,
             rss_mib={name: round(v, 1) for name, v in rss.items()},
             load_avg_1m=[round(load_before[0], 2), round(load_after[0], 2)],
             pages=page_loop.summary() if page_loop is not None else {},
@@ -721,6 +729,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         ("RSS web (MiB)", lambda o: o["rss_mib"].get("web", "-")),
         ("load average 1 min (start / end)", lambda o: " / ".join(map(str, o["load_avg_1m"]))),
+        (
+            "simulated agents late p95 / max (ms)",
+            lambda o: f"{o.get('fleet_late_ms_p95')} / {o.get('fleet_late_ms_max')}",
+        ),
         ("settle (s)", lambda o: o["settle_s"]),
     ]
     heads = [f"{o['hosts']} x {o['guests'] // o['hosts']}" for o in results]
