@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from agent.protocol import EXECUTE_TASK, agent_queue
+from console.core import broker
 
 log = logging.getLogger("haven.jobs")
 
@@ -50,13 +51,17 @@ class CeleryTransport:
         not one each); a command that cannot be sent is logged, the others still go."""
         from console.celery import app
 
-        pool: Any = app.producer_or_acquire()  # a context manager (celery stubs say otherwise)
-        with pool as producer:
-            for host, command, redacted in sends:
-                try:
-                    self._publish(host, command, redacted, producer)
-                except Exception:  # the broker is away: the step stays dispatched, times out
-                    log.exception("could not send %s to %s", command.get("kind"), host)
+        try:
+            pool: Any = app.producer_or_acquire()  # a context manager (celery's stubs: no)
+            with pool as producer:
+                for host, command, redacted in sends:
+                    try:
+                        self._publish(host, command, redacted, producer)
+                    except Exception as exc:  # the step stays dispatched and times out
+                        what = f"could not send {command.get('kind')} to {host}"
+                        broker.log_failure(log, what, exc)
+        except Exception as exc:  # no connection to the broker at all
+            broker.log_failure(log, f"could not send {len(sends)} command(s)", exc)
 
     def _publish(
         self, host: str, command: dict[str, Any], redacted: dict[str, Any], producer: Any
