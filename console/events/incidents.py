@@ -201,11 +201,12 @@ KEPT_FILTERS = 32
 
 def _folded(qs: Any, window: int) -> list[Incident]:
     """The incidents of ``qs``'s newest ``window`` events, folded again only when its newest
-    event or its count moved (the log is append-only; a test database reuses ids, so the
-    newest event's time is in the key too)."""
+    event or the number of events in the window moved (the log is append-only — Haven deletes
+    no event; a test database reuses ids, so the newest event's time is in the key too). Both
+    reads are bounded by the window, whatever the log's length."""
     where = f"{qs.query}|{window}"
     newest = qs.order_by("-id").values_list("id", "time").first()
-    key = (newest, qs.count() if newest else 0)
+    key = (newest, qs.order_by("-id")[:window].count() if newest else 0)
     kept = _kept.get(where)
     if kept is not None and kept[0] == key:
         return kept[1]

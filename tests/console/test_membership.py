@@ -357,7 +357,8 @@ def test_the_uninstall_removes_an_installed_version_only_when_no_other_host_uses
     files = [etc / n for n in ("agent.env", "agent.sh", "boot.sh")]
     for path in files:
         path.write_text("x")
-    args = [str(etc / "unit"), str(etc / "pid"), *map(str, files), str(opt), str(etc), "et-virt08"]
+    paths = [str(etc / "unit"), str(etc / "pid"), *map(str, files), str(opt), str(etc)]
+    args = [*paths, "0", "et-virt08"]  # no shared storage (the cluster stack stays as it is)
     done = subprocess.run(
         ["sh", "-c", membership._UNINSTALL, "haven-uninstall", "haven-agent-et-virt08", *args],
         capture_output=True,

@@ -135,3 +135,19 @@ def test_a_changed_policy_or_configuration_is_computed_at_once(
     f.VmServiceFactory(cluster=cluster, name="new", state="stopped", desired_state="stopped")
     client.get(f"/clusters/{cluster.pk}/")
     assert computed == [cluster.pk] * 3
+
+
+def test_the_beat_refreshes_the_watched_panel_after_its_ticks(
+    world: dict[str, Any], computed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.runtime import tasks
+
+    cluster, clock, store = world["cluster"], world["clock"], world["store"]
+    monkeypatch.setattr(tasks, "_store", store)
+    client = login("viewer", "page-viewer")
+    client.get(f"/clusters/{cluster.pk}/")
+    clock.t += 1.0
+    tasks.tick()  # the beat's task: the runner ticks, then the watched panel is computed again
+    assert computed == [cluster.pk, cluster.pk]
+    page = text(client.get(f"/clusters/{cluster.pk}/"))
+    assert "As of the engine's tick 1, computed 0.0 s ago." in page

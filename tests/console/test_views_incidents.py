@@ -4,6 +4,7 @@ fence result, where each guest went and how long it took."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.utils import timezone
 
@@ -88,3 +89,37 @@ def test_a_host_failure_reads_as_one_incident(db: None) -> None:
 
 def test_no_incidents_is_said_plainly(db: None) -> None:
     assert "No incidents recorded." in text(login("viewer").get("/events/incidents/"))
+
+
+def test_a_new_event_shows_at_the_next_view_and_none_is_read_again_without_one(
+    db: None, monkeypatch: Any
+) -> None:
+    """Incidents are folded once per new engine event (kept per process)."""
+    from console.events import incidents
+
+    cluster = f.ClusterFactory(name="et")
+    folds: list[int] = []
+    real = incidents._fold
+    monkeypatch.setattr(incidents, "_fold", lambda rows: folds.append(len(rows)) or real(rows))
+
+    def state(old: str, new: str, reason: str) -> None:
+        record(
+            actor="engine",
+            verb="service-state",
+            object_type="service",
+            object_name="g1",
+            cluster=cluster,
+            result="info",
+            message=f"{old} -> {new}: {reason}",
+            data={"kind": "service", "old": old, "new": new, "reason": reason},
+        )
+
+    state("started", "recovering", "crashed")
+    client = login("viewer")
+    assert "recovery open" in text(client.get("/events/incidents/"))
+    assert "recovery open" in text(client.get("/events/incidents/"))
+    assert folds == [1]  # the second view read no event again
+    state("starting", "started", "running")
+    page = text(client.get("/events/incidents/"))
+    assert "g1 crashed" in page and "recovered in" in page and "recovery open" not in page
+    assert folds == [1, 2]

@@ -175,3 +175,17 @@ def test_cluster_page_query_count(
     client = login("admin")
     with django_assert_max_num_queries(12):
         client.get(f"/clusters/{world['cluster'].pk}/live/")
+
+
+def test_a_domain_lists_its_first_guests_and_links_to_the_rest(db: None) -> None:
+    cluster = f.ClusterFactory(name="et")
+    domain = f.FailoverDomainFactory(cluster=cluster, name="big-domain")
+    for i in range(12):
+        f.VmServiceFactory(cluster=cluster, name=f"g{i:02d}", failover_domain=domain)
+    f.FailoverDomainFactory(cluster=cluster, name="empty")
+    body = login("viewer").get(f"/clusters/{cluster.pk}/domains/").content.decode()
+    row = body[body.index('id="domain-big-domain"') :].split("</tr>")[0]
+    assert "g00, g01, g02, g03, g04, g05, g06, g07, g08, g09" in row and "g10" not in row
+    assert f'<a class="more" href="/clusters/{cluster.pk}/?domain=big-domain">and 2 more</a>' in row
+    empty = body[body.index('id="domain-empty"') :].split("</tr>")[0]
+    assert '<span class="muted">—</span>' in empty and "more" not in empty
