@@ -584,6 +584,18 @@ def run_one(
         firsts = sorted(min(t for t in starts[g] if t > t_fenced) for g in victim_guests)
         t_all = firsts[-1]
         after_fence = [t for t in defines if t > t_fenced]
+        # when the console committed each stage (the step rows' dispatch time), against when
+        # the simulated agents took the commands off their queues (above)
+        from console.jobs.models import JobStep
+
+        def committed(kind: str) -> list[float]:
+            rows = JobStep.objects.filter(kind=kind, args__guest__in=victim_guests)
+            if kind == "define":
+                rows = JobStep.objects.filter(kind=kind, job__params__service__in=victim_guests)
+            at = [d.timestamp() for d in rows.values_list("dispatched", flat=True) if d]
+            return sorted(t - t_fenced for t in at if t > t_fenced)
+
+        define_at, start_at = committed("define"), committed("start")
         wall = time.monotonic() - t0
         load_after = os.getloadavg()
         stop.set()
@@ -645,6 +657,13 @@ def run_one(
             fence_to_first_define_s=round(after_fence[0] - t_fenced, 2) if after_fence else None,
             fence_to_last_define_s=round(after_fence[-1] - t_fenced, 2) if after_fence else None,
             fence_to_first_start_s=round(firsts[0] - t_fenced, 2),
+            # the console's side: when the defines' and the starts' dispatch was committed
+            fence_to_defines_committed_s=[round(define_at[0], 2), round(define_at[-1], 2)]
+            if define_at
+            else None,
+            fence_to_starts_committed_s=[round(start_at[0], 2), round(start_at[-1], 2)]
+            if start_at
+            else None,
             lost_guests=len(victim_guests),
             healthy_unreachable=sorted(unreachable - lost),
             healthy_fenced=sorted({v for _, _, v in fences} - lost),
@@ -663,6 +682,10 @@ def run_one(
         fleet.stop()
         console.stop()
         redis_server.kill()
+
+
+def _span(pair: list[float] | None) -> str:
+    return "-" if not pair else f"{pair[0]}-{pair[1]}"
 
 
 def _answers(requests: Any, url: str) -> bool:
@@ -703,6 +726,11 @@ def table(results: list[dict[str, Any]]) -> str:
             lambda o: f"{o['fence_to_first_define_s']} / {o['fence_to_last_define_s']}",
         ),
         ("fence ok -> first start (s)", lambda o: o["fence_to_first_start_s"]),
+        (
+            "  committed: defines / starts (s)",
+            lambda o: f"{_span(o.get('fence_to_defines_committed_s'))} / "
+            f"{_span(o.get('fence_to_starts_committed_s'))}",
+        ),
         ("healthy hosts unreachable", lambda o: len(o["healthy_unreachable"])),
         ("healthy hosts fenced", lambda o: len(o["healthy_fenced"])),
         ("alarms raised", lambda o: len(o["alarms"])),
