@@ -231,6 +231,9 @@ HAVEN_CONSOLE_AGENT = os.environ.get("HAVEN_CONSOLE_AGENT", "haven-console")
 HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 # What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
+# How the bootstrap sets up live migration: "tls" (a CA per cluster, console/runtime/pki.py)
+# or "tcp" (unauthenticated libvirtd, as before).
+HAVEN_MIGRATION_TRANSPORT = os.environ.get("HAVEN_MIGRATION_TRANSPORT", "tls")
 # A graceful guest shutdown waits this long before the guest is destroyed.
 # Who may scrape /metrics without logging in: addresses or networks, comma separated.
 HAVEN_METRICS_ALLOW = os.environ.get("HAVEN_METRICS_ALLOW", "")

@@ -345,8 +345,19 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
         "reason": t.reason,
     }
     cause = getattr(t, "cause", "")
-    if cause:  # a health check that failed ("watchdog", "panic", ...), or "saved"
+    if cause:  # a health check that failed ("watchdog", "panic", ...), "saved", "resume"
         data["cause"] = cause
+    room = getattr(t, "room", None)
+    if room is not None:  # stopped to make room: for whom, then saved or shut down (and why)
+        data["room"] = {
+            "host": room.host,
+            "for": room.for_service,
+            "priority": room.priority,
+            "own_priority": room.own_priority,
+            "save": room.save,
+            "saved": room.saved,
+            "not_saved": room.not_saved,
+        }
     if kind == "host":
         data["host"] = t.name
     else:

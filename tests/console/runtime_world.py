@@ -236,6 +236,8 @@ class RuntimeWorld(World):
                 priority=s.priority,
                 migratable=s.migratable,
                 protected=s.protected,
+                # the world's XML has no disks, so a save is refused only when it is turned off
+                save_on_preempt=s.saveable,
                 desired_state=s.desired.value,
                 state="started" if runs else "stopped",
                 host=hosts[s.node] if s.node else None,

@@ -71,6 +71,12 @@ def test_migrations_go_over_tls_to_a_host_with_a_certificate() -> None:
         cluster, host.name, host.address, fake_csr("x")
     )
     assert actions.libvirt_uri(host) == "qemu+tls://10.88.0.6/system"
+    host.save()
+    from tests.console.views_support import login, text
+
+    page = text(login("admin").get(f"/clusters/{cluster.pk}/hosts/{host.pk}/"))
+    assert '<code id="migration-uri">qemu+tls://10.88.0.6/system</code>' in page
+    assert "certificate CN=et-virt06,OU=lab,O=Haven of CN=Haven cluster lab CA,O=Haven" in page
     host.libvirt_uri = "qemu+ssh://root@10.88.0.6/system"  # a person's choice wins
     assert actions.libvirt_uri(host) == "qemu+ssh://root@10.88.0.6/system"
 

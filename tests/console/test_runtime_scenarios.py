@@ -20,11 +20,6 @@ OWN = ROOT / "tests" / "engine" / "scenarios"
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
 CANNOT = {
-    "preempt-unsaveable-shuts-down": (
-        "the console derives `saveable` from the guest's disks (VmService.save_refusal); the "
-        "world writes libvirt XML without disks, so every guest reads as saveable (a gap of "
-        "tests/console/runtime_world.py, not of the console)"
-    ),
     "shared-storage-host-fenced-without-guests": (
         "the console knows shared storage per cluster (a clustered VG: every host is in the "
         "dlm lockspace), the scenario per node: its n4 outside the storage would be fenced too"

@@ -286,8 +286,14 @@ class SplitBrainWatcher:
                 for guest in self._list(name):
                     seen.setdefault(guest, []).append(name)
             for guest, hosts in seen.items():
-                if len(hosts) > 1:
-                    self.violations.append(f"{time.strftime('%T')} {guest} runs on {hosts}")
+                if len(hosts) < 2:
+                    continue
+                # The hosts are read one after another: a live migration's switch-over between
+                # two reads shows the guest on both. Read them again, the last first: a second
+                # copy still runs on each; a migrated guest is gone from (paused on) its source.
+                still = [h for h in reversed(hosts) if guest in self._list(h)]
+                if len(still) > 1:
+                    self.violations.append(f"{time.strftime('%T')} {guest} runs on {still}")
             self.polls += 1
             self._stop.wait(self.interval)
 
