@@ -68,16 +68,20 @@ class CeleryTransport:
         not one each); a command that cannot be sent is logged, the others still go."""
         from console.celery import app
 
-        pool: Any = app.producer_or_acquire()  # a context manager (celery stubs say otherwise)
         retry = SEND_RETRY
-        with pool as producer:
-            for host, command, redacted in sends:
-                try:
-                    self._publish(host, command, redacted, producer, retry)
-                except Exception as exc:  # the broker is away: the step stays dispatched
-                    broker.log_failure(log, f"could not send {command.get('kind')} to {host}", exc)
-                    if broker.unavailable(exc):
-                        retry = NO_RETRY  # waited once already: the rest are not held ~8 s each
+        try:
+            pool: Any = app.producer_or_acquire()  # a context manager (celery's stubs: no)
+            with pool as producer:
+                for host, command, redacted in sends:
+                    try:
+                        self._publish(host, command, redacted, producer, retry)
+                    except Exception as exc:  # the step stays dispatched and times out
+                        what = f"could not send {command.get('kind')} to {host}"
+                        broker.log_failure(log, what, exc)
+                        if broker.unavailable(exc):
+                            retry = NO_RETRY  # waited once already: the rest are not held
+        except Exception as exc:  # no connection to the broker at all
+            broker.log_failure(log, f"could not send {len(sends)} command(s)", exc)
 
     def _publish(
         self,
