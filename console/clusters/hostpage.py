@@ -8,7 +8,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 
+from console.clusters.forms import HostSettingsForm
 from console.clusters.models import Cluster, FenceDevice, Host
+from console.core import services as core_services
 from console.core.errors import Refused
 from console.core.views import role_required
 from console.events.models import Event
@@ -27,7 +29,32 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     return _host_page(request, cluster, host)
 
 
-def _host_page(request: HttpRequest, cluster: Cluster, host: Host, **extra: object) -> HttpResponse:
+@role_required(read="admin", write="admin")
+def host_settings(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """The host's own settings (its vCPU overcommit ratio): a bad value shows the host page
+    again with the form's error on the field; nothing is saved."""
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    form = HostSettingsForm(request.POST, instance=host)
+    if form.is_valid():
+        core_services.save_serializer(form, actor=request.user, verb="update")
+        messages.success(request, f"Settings of {host.name} saved.")
+        return redirect("clusters:host", cluster.pk, host.pk)
+    fresh = Host.objects.get(pk=host.pk)  # the page shows what is stored, the form the input
+    return _host_page(request, cluster, fresh, settings_form=form, status=400)
+
+
+def _host_page(
+    request: HttpRequest,
+    cluster: Cluster,
+    host: Host,
+    *,
+    settings_form: HostSettingsForm | None = None,
+    status: int = 200,
+    **extra: object,
+) -> HttpResponse:
     guests = list(
         VmService.objects.filter(Q(host=host) | Q(target=host))
         .select_related("host", "target", "failover_domain")
@@ -65,8 +92,11 @@ def _host_page(request: HttpRequest, cluster: Cluster, host: Host, **extra: obje
             "migration_uri": libvirt_uri(host),
             "tls": describe(host.tls_certificate) if host.tls_certificate else None,
             "tab": "overview",
+            "settings_form": settings_form or HostSettingsForm(instance=host),
+            "cluster_overcommit": cluster.cpu_overcommit,
             **extra,
         },
+        status=status,
     )
 
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
     path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/what-if/", hostpage.host_what_if, name="what-if"),
+    path("<int:pk>/hosts/<int:host_pk>/settings/", hostpage.host_settings, name="host-settings"),
     path(
         "<int:pk>/hosts/<int:host_pk>/rotate-credentials/",
         hostpage.host_rotate_credentials,

@@ -159,8 +159,8 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
             "form": form,
             "title": f"Policy of {cluster.name}",
             "intro": "A host runs at most its CPUs times the overcommit ratio of vCPUs (a "
-            "host's own ratio, set through the API, wins). Admission control refuses to "
-            "start a protected guest when the cluster could not restart every protected "
+            "host's own ratio, set on its page or through the API, wins). Admission control "
+            "refuses to start a protected guest when the cluster could not restart every protected "
             "guest after losing this many hosts (0 = off). The live rebalancer evens out "
             "memory use by live migration.",
             "cancel": reverse("clusters:detail", args=[cluster.pk]),

@@ -41,3 +41,32 @@ def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
         logger.warning("%s: %s", what, cause)
     else:
         logger.error("%s", what, exc_info=exc)
+
+
+class OneLineWhenAway(logging.Filter):
+    """On a library's logger that logs a lost broker connection with its traceback (kombu's
+    "Couldn't ack ..., reason:..." at CRITICAL on the worker's ``celery.worker.request`` when
+    Redis goes away between a task's delivery and its ack; the message stays in Redis's unacked
+    set): one warning line with the cause instead. Any other error passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        why = unavailable(exc) if exc is not None else ""
+        if why:
+            what = record.getMessage().split(", reason:")[0]
+            record.msg, record.args = "%s: %s", (what, why)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+#: libraries' loggers that log a Redis restart with a traceback (see OneLineWhenAway)
+QUIETED = ("celery.worker.request",)
+
+
+def quiet_libraries() -> None:
+    """Install `OneLineWhenAway` on `QUIETED` (once; the console's Celery app calls it)."""
+    for name in QUIETED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineWhenAway) for f in logger.filters):
+            logger.addFilter(OneLineWhenAway())

@@ -35,6 +35,7 @@ from console.engine.model import (
     FenceStatus,
     HealthFailure,
     HostObservation,
+    MadeRoom,
     Migrate,
     Refusal,
     RefusalCode,
@@ -184,15 +185,23 @@ class _Tick:
     # --- the transition functions ----------------------------------------------------------
 
     def _service_to(
-        self, name: str, state: ServiceState, reason: str, *, cause: str = "", **changes: Any
+        self,
+        name: str,
+        state: ServiceState,
+        reason: str,
+        *,
+        cause: str = "",
+        room: MadeRoom | None = None,
+        **changes: Any,
     ) -> None:
         """The one place a service changes: validated against the table, logged. `cause`:
-        the typed label of what caused it (a health check, a save), for the event log."""
+        the typed label of what caused it (a health check, a save), and `room` (a stop to make
+        room, and its result), for the event log."""
         old = self.svcs[name]
         if state is not old.state:
             if state not in SERVICE_TRANSITIONS[old.state]:
                 raise IllegalTransition(f"{name}: {old.state} -> {state} ({reason})")
-            self._record(Subject.SERVICE, name, old.state, state, reason, cause)
+            self._record(Subject.SERVICE, name, old.state, state, reason, cause, room)
             changes["since"] = self.now
             changes.setdefault("lost_at", None)
             if state in (S.STARTED, S.STOPPED, S.DISABLED, S.FAILED):
@@ -237,8 +246,9 @@ class _Tick:
         new: HostState | ServiceState,
         reason: str,
         cause: str = "",
+        room: MadeRoom | None = None,
     ) -> None:
-        self.transitions.append(Transition(kind, name, old, new, reason, cause))
+        self.transitions.append(Transition(kind, name, old, new, reason, cause, room))
         label = f"host {name}" if kind is Subject.HOST else name
         self.log.append(f"{label}: {old.value if old else 'new'} -> {new.value} ({reason})")
 
@@ -502,13 +512,15 @@ class _Tick:
                         node=None,
                         saved_on=s.node,
                         cause="saved",
+                        room=MadeRoom(p.host, saved=True),
                         **done,
                     )
                 elif s.desired is Desired.STARTED:
                     why = f"stopped on {s.node} to make room"
                     if r.message:
                         why += f" ({r.message})"
-                    self._service_to(name, S.WAITING, why, node=None, **done)
+                    room = MadeRoom(p.host, saved=False, not_saved=r.message)
+                    self._service_to(name, S.WAITING, why, node=None, room=room, **done)
                 else:
                     self._settle_stopped(name, f"stopped on {s.node}", node=None, **done)
             else:
@@ -814,6 +826,7 @@ class _Tick:
             if (lh := self.obs[n].last_heartbeat) is None or self.now - lh > late_after
             if self.hosts[n].state is not H.FENCED
             and not self.hosts[n].shut_down
+            and not self.obs[n].shutting_down  # announced: it leaves on purpose
             and not self._acknowledged(self.obs[n])
         )
         silent = {n for n in late if not self.fresh.get(n)}
@@ -931,8 +944,11 @@ class _Tick:
     def _silent_elsewhere(self, s: ServiceStatus) -> tuple[str, ...]:
         """Silent, unfenced suspects of a running guest other than its own host: a copy may
         still run there, so the guest must not start anywhere else (a move is a start on the
-        target) until each is fenced, acknowledged down, or reports again."""
-        return tuple(h for h in s.suspects if h != s.node and not self._reporting(h))
+        target) until each is fenced, acknowledged down, or reports again (a host no longer
+        in the cluster is not one, as in `_may_start`)."""
+        return tuple(
+            h for h in s.suspects if h != s.node and h in self.hosts and not self._reporting(h)
+        )
 
     def _held_by_suspects(self, s: ServiceStatus) -> Refusal | None:
         silent = self._silent_elsewhere(s)
@@ -1445,6 +1461,7 @@ class _Tick:
                         f"{'saving it' if save else 'stopped'} to make room for {name} "
                         f"(priority {cfg.priority} > {conf[v].priority})",
                         action=aid,
+                        room=MadeRoom(node, name, cfg.priority, conf[v].priority, save),
                     )
                     taken.add(v)
                 usage.claimed[plan.host] = usage.claimed.get(plan.host, 0) + cfg.memory_mb
@@ -1536,6 +1553,7 @@ class _Tick:
             name,
             S.STARTING,
             where,
+            cause="resume" if resume else "",
             saved_on=None,
             node=host,
             action=aid,

@@ -17,6 +17,11 @@ acknowledging the fence (``dlm_tool fence_ack``, the ``dlm-fence-ack`` job that
 console/storage/services.py starts when a fence succeeds or a person acknowledges the host
 down), then back online; the dlm acknowledgement is a row of the timeline strip too.
 
+An incident also lists the guests stopped during it to make room for one of its guests
+(``made_room``), from the typed ``room`` of their ``service-state`` events: on which host,
+for whom (both priorities), saved or shut down (and why saving was refused), and when it ran
+again — resumed from its saved state or booted afresh — even after the incident is over.
+
 Events written before the engine's events carried typed data are read from their message
 ("old -> new: reason"), so older logs still show their incidents.
 
@@ -62,6 +67,27 @@ class GuestRecovery:
     steps: list[Step] = field(default_factory=list)
 
 
+@dataclass
+class MadeRoom:
+    """A guest stopped during the incident to make room for one of its guests, read from the
+    typed ``room`` of its ``service-state`` events (console/runtime/runner.py)."""
+
+    name: str
+    host: str  # where it was stopped
+    for_guest: str
+    priority: int  # the guest room was made for
+    own_priority: int
+    stopped: dt.datetime
+    save: bool  # a managed save was asked
+    how: str = "saving"  # "saving" / "stopping" while the stop runs, then "saved" / "shut down"
+    why: str = ""  # why it was shut down instead of saved
+    done: dt.datetime | None = None  # saved or shut down at
+    back: dt.datetime | None = None  # running again
+    back_on: str = ""
+    resumed: bool = False  # from its saved state (not a fresh boot)
+    end: str = ""  # it did not come back: the engine's last word (a person stopped it, ...)
+
+
 @dataclass(frozen=True)
 class Milestone:
     """One row of a host incident's own timeline."""
@@ -92,6 +118,8 @@ class Incident:
     #: the dlm acknowledgement of the fence (shared storage): started, and done (None: not yet)
     dlm_started: dt.datetime | None = None
     dlm_done: dt.datetime | None = None
+    #: guests stopped to make room for its guests: saved or shut down, for whom, back when
+    made_room: list[MadeRoom] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -334,6 +362,48 @@ def _fold(rows: list[_Row]) -> list[Incident]:
         if g.steps and g.steps[-1].ended is None:
             g.steps[-1].ended = at
 
+    rooms: dict[str, MadeRoom] = {}  # guests stopped to make room, until they run again
+
+    def room_event(ev: _Row, new: str | None) -> None:
+        """The typed ``room`` of a guest's state change: stopped for whom, saved or not,
+        then its way back (its own events, after the incident too)."""
+        data = ev.data if isinstance(ev.data, dict) else {}
+        room = data.get("room") if isinstance(data.get("room"), dict) else None
+        name = ev.object_name
+        if room is not None and room.get("for"):  # the stop
+            owner = by_guest.get(str(room["for"]))
+            if owner is None:
+                return
+            save = bool(room.get("save"))
+            stopped = MadeRoom(
+                name,
+                str(room.get("host") or ""),
+                str(room["for"]),
+                int(room.get("priority") or 0),
+                int(room.get("own_priority") or 0),
+                ev.time,
+                save,
+                how="saving" if save else "stopping",
+            )
+            owner.made_room.append(stopped)
+            rooms[name] = stopped
+            return
+        row = rooms.get(name)
+        if row is None:
+            return
+        if room is not None and room.get("saved") is not None:  # its result
+            row.done = ev.time
+            row.how = "saved" if room["saved"] else "shut down"
+            row.why = str(room.get("not_saved") or "")
+        elif new == "starting":
+            row.resumed = data.get("cause") == "resume"
+        elif new == "started":
+            row.back, row.back_on = ev.time, str(data.get("host") or "")
+            del rooms[name]
+        elif new in ("stopped", "disabled", "failed"):
+            row.end = f"{new}: {data.get('reason', '')}"
+            del rooms[name]
+
     for ev in rows:
         cluster = ev.cluster_name or ""
         if ev.verb == "host-state":
@@ -378,6 +448,7 @@ def _fold(rows: list[_Row]) -> list[Incident]:
         if ev.verb != "service-state":
             continue
         old, new, reason = change(ev)
+        room_event(ev, new)
         name = ev.object_name
         owner = by_guest.get(name)
         if new == "fence":

@@ -166,6 +166,13 @@ def _lock(job: Job) -> None:
     list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
 
 
+def _lock_all(job_ids: list[int]) -> dict[int, Job]:
+    """`_lock` for many jobs, in one query and in id order (two writers locking the same jobs
+    never wait for each other crosswise); the rows, by id."""
+    rows = Job.objects.select_for_update().filter(pk__in=sorted(set(job_ids))).order_by("pk")
+    return {job.pk: job for job in rows}
+
+
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
     """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
     with transaction.atomic():
@@ -220,7 +227,7 @@ def dispatch_all(job_ids: list[int]) -> None:
         return
     sends: list[Send] = []
     with transaction.atomic():
-        jobs = Job.objects.select_for_update().in_bulk(ids)
+        jobs = _lock_all(ids)
         steps: dict[int, list[JobStep]] = {}
         for step in (
             JobStep.objects.filter(job_id__in=list(jobs))
@@ -470,13 +477,13 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
                 JobEvent(job=step.job, message=text, level=level, host=step.host, step=step.kind,
                          data=data)
             )  # fmt: skip
-        _append_events(events)
-        # each job moved on once, with every result of this batch filed (the first failure
-        # fails it, as one result at a time would)
         by_job: dict[int, list[JobStep]] = {}
         for step, _ in applied:
             by_job.setdefault(step.job_id, []).append(step)
-        locked = Job.objects.select_for_update().in_bulk(list(by_job))
+        locked = _lock_all(list(by_job))  # before the events are numbered (`_lock`)
+        _append_events(events)
+        # each job moved on once, with every result of this batch filed (the first failure
+        # fails it, as one result at a time would)
         all_steps: dict[int, list[JobStep]] = {}
         for row in JobStep.objects.filter(job_id__in=list(by_job)):
             all_steps.setdefault(row.job_id, []).append(row)
@@ -490,7 +497,8 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
 
 
 def _append_events(events: list[JobEvent]) -> None:
-    """Append job log lines in one INSERT, each numbered after its job's last one."""
+    """Append job log lines in one INSERT, each numbered after its job's last one (the
+    caller holds the jobs' locks, `_lock_all`)."""
     if not events:
         return
     last = dict(

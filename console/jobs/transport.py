@@ -24,6 +24,23 @@ log = logging.getLogger("haven.jobs")
 # How long the console waits for an action (the engine's action_timeout_s), and for a fence.
 COMMAND_EXPIRES_S = 300.0
 FENCE_EXPIRES_S = 60.0
+#: A command that cannot be sent because Redis is away or restarting is tried again for about
+#: 8 s (kombu's publish retry: after 0.2 s, then 0.3 s longer each time, at most 1 s apart), so
+#: a Redis restart does not leave its step waiting out the action timeout (a start not sent
+#: was a guest down for 300 s in the chaos runs). A retry after an ambiguous failure may send
+#: a command twice: an agent runs a command id once (agent/executor.py).
+SEND_RETRY: dict[str, float] = {
+    "max_retries": 10,
+    "interval_start": 0.2,
+    "interval_step": 0.3,
+    "interval_max": 1.0,
+}
+NO_RETRY: dict[str, float] = {
+    "max_retries": 0,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 
 
 def expires_s(command: dict[str, Any]) -> float:
@@ -51,16 +68,28 @@ class CeleryTransport:
         not one each); a command that cannot be sent is logged, the others still go."""
         from console.celery import app
 
-        pool: Any = app.producer_or_acquire()  # a context manager (celery stubs say otherwise)
-        with pool as producer:
-            for host, command, redacted in sends:
-                try:
-                    self._publish(host, command, redacted, producer)
-                except Exception as exc:  # the broker is away: the step stays dispatched
-                    broker.log_failure(log, f"could not send {command.get('kind')} to {host}", exc)
+        retry = SEND_RETRY
+        try:
+            pool: Any = app.producer_or_acquire()  # a context manager (celery's stubs: no)
+            with pool as producer:
+                for host, command, redacted in sends:
+                    try:
+                        self._publish(host, command, redacted, producer, retry)
+                    except Exception as exc:  # the step stays dispatched and times out
+                        what = f"could not send {command.get('kind')} to {host}"
+                        broker.log_failure(log, what, exc)
+                        if broker.unavailable(exc):
+                            retry = NO_RETRY  # waited once already: the rest are not held
+        except Exception as exc:  # no connection to the broker at all
+            broker.log_failure(log, f"could not send {len(sends)} command(s)", exc)
 
     def _publish(
-        self, host: str, command: dict[str, Any], redacted: dict[str, Any], producer: Any
+        self,
+        host: str,
+        command: dict[str, Any],
+        redacted: dict[str, Any],
+        producer: Any,
+        retry: dict[str, float] | None = None,
     ) -> None:
         from console.celery import app
 
@@ -72,6 +101,8 @@ class CeleryTransport:
             # never run late: a command not taken by then is dropped (console/settings.py)
             expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
             producer=producer,
+            retry=True,
+            retry_policy=SEND_RETRY if retry is None else retry,
         )
 
 

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 __all__ = ["KEEP", "last_tick", "quantile", "recent_ticks", "record_tick"]
 
 
-def record_tick(store: Store, cluster_id: int, seconds: float) -> None:
-    store.record_tick(cluster_id, seconds, store.clock())
+def record_tick(store: Store, cluster_id: int, seconds: float, cpu_s: float | None = None) -> None:
+    store.record_tick(cluster_id, seconds, store.clock(), cpu_s)
 
 
 def last_tick(store: Store, cluster_ids: list[int]) -> dict[int, float | None]:

@@ -78,6 +78,9 @@ class Drainer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-fast")
         self._queued: set[int] = set()  # clusters with a runner wake waiting in the pool
         self._queued_lock = threading.Lock()
+        self._results_lock = threading.Lock()
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._applying = False
         self._stray: set[str] = set()
         self._scanned = -float("inf")
         self._users_checked = -float("inf")
@@ -151,7 +154,7 @@ class Drainer:
         for cluster_id in filed.wakes:
             self.wake(cluster_id)
         if filed.results:
-            self._pool.submit(self._results, filed.results)
+            self._queue_results(filed.results)
         self._forget_strays(batch)
 
     def _forget_strays(self, batch: list[tuple[str, Any]]) -> None:
@@ -184,6 +187,29 @@ class Drainer:
             broker.log_failure(log, f"runner of cluster {cluster_id} failed", exc)
         finally:
             close_old_connections()
+
+    def _queue_results(self, results: list[tuple[str, dict[str, Any]]]) -> None:
+        """Results go to one applier at a time, which takes everything that came in meanwhile
+        as one batch: a mass start's define results, taken in a dozen rounds, are a few
+        transactions in order, not a dozen writers waiting on SQLite's one write lock."""
+        with self._results_lock:
+            self._pending.extend(results)
+            if self._applying:
+                return
+            self._applying = True
+        self._pool.submit(self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        while True:
+            with self._results_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._applying = False
+                    return
+            try:
+                self._results(batch)
+            except Exception:  # never leave the applier marked busy
+                log.exception("%d results could not be applied", len(batch))
 
     def _results(self, results: list[tuple[str, dict[str, Any]]]) -> None:
         """A batch's results in one transaction, applied together (jobs.apply_results: a

@@ -6,9 +6,9 @@ host is refused (logged once per sender and minute). The drainer (console/runtim
 takes messages in batches; ``sort`` files a batch: heartbeats (the newest per host) and
 lifecycle events go to the Redis store in one pipeline, without a database query (host ->
 cluster comes from ``Directory``, an in-process cache); results are handed back to be applied
-to their job (``apply_result``, a database transaction). A lifecycle event that may need
-recovery, a fence result and a failed action wake the runner at once; other results wait for
-its next tick. ``handle`` does all of it for one message (tests, the UI simulator).
+to their jobs (``apply_results``: a batch in one database transaction). A lifecycle event
+that may need recovery, a fence result and a failed action wake the runner at once; other
+results wait for its next tick. ``handle`` does all of it for one message (tests, the UI simulator).
 """
 
 from __future__ import annotations

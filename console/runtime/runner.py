@@ -1,5 +1,14 @@
 """The HA runner: one at a time per cluster, it builds the snapshot, calls the engine's
-``tick``, stores the status and turns actions into jobs, all in one transaction.
+``tick``, then stores the status and turns actions into jobs in one transaction.
+
+The snapshot is read and the engine decides before that write transaction opens (reads only:
+under SQLite's IMMEDIATE transactions a tick held the database's one write lock for its whole
+length, and the drainer's results and the pages' writes waited behind it). Nothing is lost by
+it: the write commits only if the engine state row still has the tick counter the snapshot
+read (below), so a snapshot that another tick overtook writes nothing; what was written
+meanwhile (a job's result, a person's command) is in the next snapshot. A decision is never
+written late: when the write lock took longer than `DECIDED_MAX_WAIT_S` to come, the tick
+decides again inside the transaction, on a fresh snapshot.
 
 It runs every second (Celery beat) and at once when a lifecycle event or a job result comes
 in. A wake that arrives while another runner holds the lock is not lost: the holder runs
@@ -54,6 +63,8 @@ class TickReport:
     jobs: list[int] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    #: the ticking thread's CPU time (on a loaded machine, far below the wall time)
+    cpu_s: float = 0.0
 
 
 def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
@@ -133,15 +144,13 @@ def tick_once(
     """One decision. `now` defaults to the moment the heartbeats are read (a slow load must
     not make hosts look silent). With a `lease`, the transaction commits only if the lock is
     still held at the end (else `LockLost` and nothing is written)."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     try:
-        with transaction.atomic():
-            cluster = Cluster.objects.get(pk=cluster_id)
-            loaded = load(cluster, store, now, cached=True)
-            decision = engine.tick(loaded.snapshot, loaded.now)
-            report = _apply(cluster, loaded, decision, loaded.now)
-            if lease is not None:
-                lease.check()
+        cluster = Cluster.objects.get(pk=cluster_id)
+        try:
+            loaded, decision, report = _decide(cluster, store, now, lease, before_lock=True)
+        except _Stale:  # the write lock came late: decide again, holding it
+            loaded, decision, report = _decide(cluster, store, now, lease, before_lock=False)
     except BaseException:
         snapshot.forget(cluster_id)  # rows kept in memory may hold what was rolled back
         raise
@@ -155,8 +164,46 @@ def tick_once(
     if decision.transitions or decision.actions:
         publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started
-    ticks.record_tick(store, cluster_id, report.duration_s)
+    report.cpu_s = time.thread_time() - cpu
+    ticks.record_tick(store, cluster_id, report.duration_s, report.cpu_s)
     return report
+
+
+#: a decision made before the write transaction opened is written only if the transaction's
+#: lock came within this long; else the tick decides again inside it (as fresh as ever)
+DECIDED_MAX_WAIT_S = 0.5
+
+
+class _Stale(Exception):
+    """The write lock came too late for a decision made before it."""
+
+
+def _decide(
+    cluster: Cluster, store: Store, now: float | None, lease: Lease | None, *, before_lock: bool
+) -> tuple[Loaded, engine.Decision, TickReport]:
+    """Snapshot, engine, write. `before_lock`: the snapshot is read and the engine decides
+    before the write transaction opens (SQLite's IMMEDIATE transaction takes the database's one
+    write lock at its start: a whole tick under it held up the drainer's results and the pages'
+    writes); the decision is written only if the lock came within `DECIDED_MAX_WAIT_S`
+    (`_Stale` otherwise, nothing written). Else all of it inside the transaction."""
+    if before_lock:
+        loaded = load(cluster, store, now, cached=True)  # reads: no write lock held yet
+        decision = engine.tick(loaded.snapshot, loaded.now)
+        decided = time.monotonic()
+        with transaction.atomic():
+            if time.monotonic() - decided > DECIDED_MAX_WAIT_S:
+                raise _Stale
+            report = _apply(cluster, loaded, decision, loaded.now)
+            if lease is not None:
+                lease.check()
+        return loaded, decision, report
+    with transaction.atomic():
+        loaded = load(cluster, store, now, cached=True)
+        decision = engine.tick(loaded.snapshot, loaded.now)
+        report = _apply(cluster, loaded, decision, loaded.now)
+        if lease is not None:
+            lease.check()
+    return loaded, decision, report
 
 
 def _ts(value: float) -> dt.datetime:
@@ -298,8 +345,19 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
         "reason": t.reason,
     }
     cause = getattr(t, "cause", "")
-    if cause:  # a health check that failed ("watchdog", "panic", ...), or "saved"
+    if cause:  # a health check that failed ("watchdog", "panic", ...), "saved", "resume"
         data["cause"] = cause
+    room = getattr(t, "room", None)
+    if room is not None:  # stopped to make room: for whom, then saved or shut down (and why)
+        data["room"] = {
+            "host": room.host,
+            "for": room.for_service,
+            "priority": room.priority,
+            "own_priority": room.own_priority,
+            "save": room.save,
+            "saved": room.saved,
+            "not_saved": room.not_saved,
+        }
     if kind == "host":
         data["host"] = t.name
     else:

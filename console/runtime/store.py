@@ -299,9 +299,15 @@ class Store(Protocol):
         """Throw away the commands still queued for a host being fenced."""
 
     # the runner's tick times and the pages' change signal
-    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None: ...
+    def record_tick(
+        self, cluster_id: int, seconds: float, at: float, cpu_s: float | None = None
+    ) -> None: ...
     def last_ticks(self, cluster_ids: list[int]) -> dict[int, float | None]: ...
     def recent_ticks(self, cluster_id: int) -> list[float]: ...
+    def recent_tick_cpu(self, cluster_id: int) -> list[float]:
+        """The recent ticks' CPU time (s, the ticking thread's), where it was recorded: on a
+        shared machine the wall time mostly measures waiting for a CPU."""
+
     def publish_change(self, cluster_id: int) -> None:
         """Tell the open pages of a cluster that it changed (best effort)."""
 
@@ -553,11 +559,16 @@ class RedisStore(_Shortcuts):
         return max(since, self._first_look)
 
     # --- the runner's tick times, the pages' change signal ---------------------------------
-    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None:
+    def record_tick(
+        self, cluster_id: int, seconds: float, at: float, cpu_s: float | None = None
+    ) -> None:
         key = f"{self.p}ticks:{cluster_id}"
         pipe = self.r.pipeline()
         pipe.lpush(key, f"{seconds:.6f}")
         pipe.ltrim(key, 0, TICKS_KEPT - 1)
+        if cpu_s is not None:
+            pipe.lpush(f"{key}:cpu", f"{cpu_s:.6f}")
+            pipe.ltrim(f"{key}:cpu", 0, TICKS_KEPT - 1)
         pipe.set(f"{self.p}ticked:{cluster_id}", f"{at:.3f}", ex=3600)
         pipe.execute()
 
@@ -569,6 +580,10 @@ class RedisStore(_Shortcuts):
 
     def recent_ticks(self, cluster_id: int) -> list[float]:
         values: Any = self.r.lrange(f"{self.p}ticks:{cluster_id}", 0, TICKS_KEPT - 1)
+        return [float(v) for v in values]
+
+    def recent_tick_cpu(self, cluster_id: int) -> list[float]:
+        values: Any = self.r.lrange(f"{self.p}ticks:{cluster_id}:cpu", 0, TICKS_KEPT - 1)
         return [float(v) for v in values]
 
     def change_channel(self, cluster_id: int) -> str:
@@ -765,6 +780,7 @@ class MemoryStore(_Shortcuts):
         self._locks: dict[str, MemoryLease] = {}
         self._requests: set[str] = set()
         self._ticks: dict[int, list[float]] = {}
+        self._tick_cpu: dict[int, list[float]] = {}
         self._ticked: dict[int, float] = {}
         self._panels: dict[int, str] = {}
         self._watched: dict[int, float] = {}
@@ -907,11 +923,15 @@ class MemoryStore(_Shortcuts):
             self.on_drop(host)
 
     # --- the runner's tick times, the pages' change signal ---------------------------------
-    def record_tick(self, cluster_id: int, seconds: float, at: float) -> None:
+    def record_tick(
+        self, cluster_id: int, seconds: float, at: float, cpu_s: float | None = None
+    ) -> None:
         with self._mutex:
-            kept = self._ticks.setdefault(cluster_id, [])
-            kept.insert(0, seconds)
-            del kept[TICKS_KEPT:]
+            for kept, value in ((self._ticks, seconds), (self._tick_cpu, cpu_s)):
+                if value is not None:
+                    row = kept.setdefault(cluster_id, [])
+                    row.insert(0, value)
+                    del row[TICKS_KEPT:]
             self._ticked[cluster_id] = at
 
     def last_ticks(self, cluster_ids: list[int]) -> dict[int, float | None]:
@@ -921,6 +941,10 @@ class MemoryStore(_Shortcuts):
     def recent_ticks(self, cluster_id: int) -> list[float]:
         with self._mutex:
             return list(self._ticks.get(cluster_id, []))
+
+    def recent_tick_cpu(self, cluster_id: int) -> list[float]:
+        with self._mutex:
+            return list(self._tick_cpu.get(cluster_id, []))
 
     def publish_change(self, cluster_id: int) -> None:
         self.changes.append(cluster_id)

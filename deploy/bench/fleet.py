@@ -27,7 +27,9 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
 
 - ingest lag (console receive - agent ``sent_at`` of every heartbeat seen in the store) p50/p95,
   and the largest inbound backlog;
-- runner tick p50/p95 (the runner's own durations) and ticks per second;
+- runner tick p50/p95 (the runner's own durations), the same of its CPU time (the ticking
+  thread's: on a loaded machine the wall time mostly measures waiting for a CPU) and ticks per
+  second;
 - crash -> start dispatched (the crashed event pushed -> its guest's ``start`` in an agent's
   queue) p50/max, and how many crashes got no start within 30 s;
 - host lost -> fence dispatched, and fence succeeded -> every one of its guests' starts
@@ -36,7 +38,8 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
 - the console queue's depth (Celery ``console``) p95/max, CPU of each console process
   (% of one core over the measured window, children included) and its largest RSS;
 - the 1-minute load average at the window's start and end (the machine may be shared: compare
-  the numbers with it).
+  the numbers with it), and how late the simulated agents themselves sent their heartbeats
+  (p95/max after they were due: a starved bench process shows here, not as the console's lag).
 
 ``--pages`` also starts the web process as deploy/quickstart does (``manage.py runserver
 --noreload``) and, for the whole window, a simulated person (`PageLoop`, a thread of this
@@ -108,6 +111,9 @@ class FleetAgents:
         self.boot = {h: uuid.uuid4().hex[:8] for h in hosts}
         self.seq = dict.fromkeys(hosts, 0)
         self.sent = 0
+        #: the simulated agents' own lateness: how long after it was due each heartbeat went
+        #: out (this process starved of CPU shows here, not as the console's fault)
+        self.late: list[float] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleet", daemon=True)
@@ -131,6 +137,7 @@ class FleetAgents:
             pipe = self.r.pipeline(transaction=False)
             with self.lock:
                 for h in beating:
+                    self.late.append(now - due[h])
                     due[h] += self.interval_s * max(1, int((now - due[h]) / self.interval_s) + 1)
                     if h in self.up:
                         pipe.rpush(inbound_key(h), self._heartbeat(h))
@@ -536,7 +543,8 @@ def run_one(
                 queue.append(int(r.llen("console")))
                 stop.wait(0.25)
 
-        r.delete(f"haven:ticks:{cluster_id}")
+        r.delete(f"haven:ticks:{cluster_id}", f"haven:ticks:{cluster_id}:cpu")
+        fleet.late.clear()
         cpu0 = {name: cpu_seconds(p.pid) for name, p in console.procs.items()}
         t0 = time.monotonic()
         load_before = os.getloadavg()
@@ -576,6 +584,18 @@ def run_one(
         firsts = sorted(min(t for t in starts[g] if t > t_fenced) for g in victim_guests)
         t_all = firsts[-1]
         after_fence = [t for t in defines if t > t_fenced]
+        # when the console committed each stage (the step rows' dispatch time), against when
+        # the simulated agents took the commands off their queues (above)
+        from console.jobs.models import JobStep
+
+        def committed(kind: str) -> list[float]:
+            rows = JobStep.objects.filter(kind=kind, args__guest__in=victim_guests)
+            if kind == "define":
+                rows = JobStep.objects.filter(kind=kind, job__params__service__in=victim_guests)
+            at = [d.timestamp() for d in rows.values_list("dispatched", flat=True) if d]
+            return sorted(t - t_fenced for t in at if t > t_fenced)
+
+        define_at, start_at = committed("define"), committed("start")
         wall = time.monotonic() - t0
         load_after = os.getloadavg()
         stop.set()
@@ -599,6 +619,7 @@ def run_one(
             else:
                 never += 1
         tick_s = ticks.recent_ticks(store, cluster_id)
+        tick_cpu = store.recent_tick_cpu(cluster_id)
         unreachable = set(
             LogEvent.objects.filter(verb="host-state", data__new="unreachable").values_list(
                 "object_name", flat=True
@@ -620,6 +641,8 @@ def run_one(
             ticks_per_s=round(len(tick_s) / wall, 2),
             tick_ms_p50=round(pct(tick_s, 0.5) * 1000, 1) if tick_s else None,
             tick_ms_p95=round(pct(tick_s, 0.95) * 1000, 1) if tick_s else None,
+            tick_cpu_ms_p50=round(pct(tick_cpu, 0.5) * 1000, 1) if tick_cpu else None,
+            tick_cpu_ms_p95=round(pct(tick_cpu, 0.95) * 1000, 1) if tick_cpu else None,
             crashes=len(crashes),
             crash_to_start_ms_p50=round(statistics.median(crash_lat) * 1000, 1)
             if crash_lat
@@ -634,6 +657,13 @@ def run_one(
             fence_to_first_define_s=round(after_fence[0] - t_fenced, 2) if after_fence else None,
             fence_to_last_define_s=round(after_fence[-1] - t_fenced, 2) if after_fence else None,
             fence_to_first_start_s=round(firsts[0] - t_fenced, 2),
+            # the console's side: when the defines' and the starts' dispatch was committed
+            fence_to_defines_committed_s=[round(define_at[0], 2), round(define_at[-1], 2)]
+            if define_at
+            else None,
+            fence_to_starts_committed_s=[round(start_at[0], 2), round(start_at[-1], 2)]
+            if start_at
+            else None,
             lost_guests=len(victim_guests),
             healthy_unreachable=sorted(unreachable - lost),
             healthy_fenced=sorted({v for _, _, v in fences} - lost),
@@ -641,6 +671,8 @@ def run_one(
             console_queue_max=max(queue or [0]),
             cpu_pct=cpu,
             heartbeats_sent=fleet.sent,
+            fleet_late_ms_p95=round(pct(fleet.late, 0.95) * 1000, 1) if fleet.late else None,
+            fleet_late_ms_max=round(max(fleet.late) * 1000, 1) if fleet.late else None,
             rss_mib={name: round(v, 1) for name, v in rss.items()},
             load_avg_1m=[round(load_before[0], 2), round(load_after[0], 2)],
             pages=page_loop.summary() if page_loop is not None else {},
@@ -650,6 +682,10 @@ def run_one(
         fleet.stop()
         console.stop()
         redis_server.kill()
+
+
+def _span(pair: list[float] | None) -> str:
+    return "-" if not pair else f"{pair[0]}-{pair[1]}"
 
 
 def _answers(requests: Any, url: str) -> bool:
@@ -667,6 +703,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         ("inbound backlog max", lambda o: o["backlog_max"]),
         ("runner tick p50 / p95 (ms)", lambda o: f"{o['tick_ms_p50']} / {o['tick_ms_p95']}"),
+        (
+            "runner tick CPU p50 / p95 (ms)",
+            lambda o: f"{o.get('tick_cpu_ms_p50')} / {o.get('tick_cpu_ms_p95')}",
+        ),
         ("ticks per second", lambda o: o["ticks_per_s"]),
         (
             "crash -> start p50 / max (ms)",
@@ -686,6 +726,11 @@ def table(results: list[dict[str, Any]]) -> str:
             lambda o: f"{o['fence_to_first_define_s']} / {o['fence_to_last_define_s']}",
         ),
         ("fence ok -> first start (s)", lambda o: o["fence_to_first_start_s"]),
+        (
+            "  committed: defines / starts (s)",
+            lambda o: f"{_span(o.get('fence_to_defines_committed_s'))} / "
+            f"{_span(o.get('fence_to_starts_committed_s'))}",
+        ),
         ("healthy hosts unreachable", lambda o: len(o["healthy_unreachable"])),
         ("healthy hosts fenced", lambda o: len(o["healthy_fenced"])),
         ("alarms raised", lambda o: len(o["alarms"])),
@@ -712,6 +757,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         ("RSS web (MiB)", lambda o: o["rss_mib"].get("web", "-")),
         ("load average 1 min (start / end)", lambda o: " / ".join(map(str, o["load_avg_1m"]))),
+        (
+            "simulated agents late p95 / max (ms)",
+            lambda o: f"{o.get('fleet_late_ms_p95')} / {o.get('fleet_late_ms_max')}",
+        ),
         ("settle (s)", lambda o: o["settle_s"]),
     ]
     heads = [f"{o['hosts']} x {o['guests'] // o['hosts']}" for o in results]

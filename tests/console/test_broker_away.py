@@ -17,6 +17,7 @@ from console.beat import Scheduler
 from console.celery import app, use_broker
 from console.core import broker
 from console.jobs import services as jobs
+from console.jobs import transport as transport_module
 from console.jobs.transport import CeleryTransport, use_transport
 from console.runtime import runner
 from console.runtime.models import EngineState
@@ -87,7 +88,10 @@ def test_a_tick_with_redis_away_warns_and_the_next_one_runs(
     assert EngineState.objects.get(cluster=cluster).ticks == 1
 
 
-def test_a_command_not_sent_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_command_not_sent_is_one_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "SEND_RETRY", {"max_retries": 1, "interval_start": 0})
     previous = app.conf.broker_url
     use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
     try:
@@ -130,3 +134,100 @@ def test_beat_cannot_send_a_tick_one_line(
     monkeypatch.setattr(PersistentScheduler, "apply_async", _failing(KeyError("task")))
     with pytest.raises(SchedulingError):
         beat.apply_async(Entry(), advance=False)
+
+
+class Channel:
+    """A channel whose broker went away: kombu's ack raises what redis-py raises."""
+
+    no_ack_consumers = None
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def basic_ack(self, tag: str, multiple: bool = False) -> None:
+        raise self.exc
+
+
+def test_worker_ack_lost_with_redis_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """kombu's Message.ack_log_error, as the worker calls it, on celery's request logger."""
+    from kombu.message import Message
+
+    from console import celery as _console_celery  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("celery.worker.request")
+    gone = redis.ConnectionError("Connection closed by server.")
+    with caplog.at_level(logging.WARNING):
+        Message(channel=Channel(gone), delivery_tag="t1").ack_log_error(
+            logger, (redis.ConnectionError,)
+        )
+    record = _one_line(caplog, "celery.worker.request")
+    assert record.getMessage() == (
+        "Couldn't ack 't1': Redis unavailable (Connection closed by server.)"
+    )
+    caplog.clear()
+    # another error keeps kombu's report
+    with caplog.at_level(logging.WARNING):
+        Message(channel=Channel(KeyError("x")), delivery_tag="t2").ack_log_error(
+            logger, (KeyError,)
+        )
+    (record,) = caplog.records
+    assert record.levelno == logging.CRITICAL and record.exc_info is not None
+
+
+def test_a_command_rides_through_a_redis_restart(tmp_path: Any) -> None:
+    """Redis comes back 1.5 s after the send began: the command is in the host's queue."""
+    import shutil
+    import subprocess
+    import threading
+
+    from agent.protocol import agent_queue
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _closed_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--dir", str(tmp_path)]
+    procs: list[subprocess.Popen[bytes]] = []
+    timer = threading.Timer(1.5, lambda: procs.append(subprocess.Popen(argv)))
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{port}/0")
+    try:
+        timer.start()
+        command = {"kind": "define", "id": "x2", "args": {}}
+        CeleryTransport().send("h1", command, command)
+        queued = redis.Redis(port=port).llen(agent_queue("h1"))
+    finally:
+        timer.cancel()
+        use_broker(previous)
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert procs, "the command was sent before Redis was there"
+    assert queued == 1
+
+
+def test_a_batch_waits_for_redis_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass start while Redis stays away: the first command waits out the retry, the
+    others fail at once (one line each), not the retry's length each."""
+    import time
+
+    policy = {"max_retries": 3, "interval_start": 0.5, "interval_step": 0, "interval_max": 0.5}
+    monkeypatch.setattr(transport_module, "SEND_RETRY", policy)
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{_closed_port()}/0")
+    sends = [(f"h{i}", {"kind": "start", "id": f"s{i}", "args": {}}, {}) for i in range(4)]
+    began = time.monotonic()
+    try:
+        with use_transport(CeleryTransport()), caplog.at_level(logging.WARNING):
+            jobs._send_all([(h, c, c) for h, c, _ in sends])
+    finally:
+        use_broker(previous)
+    took = time.monotonic() - began
+    lines = [r for r in caplog.records if r.name == "haven.jobs"]
+    assert [r.getMessage().split(":")[0] for r in lines] == [
+        f"could not send start to h{i}" for i in range(4)
+    ]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert 1.4 <= took < 1.5 * 3, took  # one retry run (3 x 0.5 s), not four

@@ -153,3 +153,62 @@ def test_secrets_are_never_sent_to_an_agent_without_a_sealing_key(
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     assert f"{helper.name} has no sealing key" in job.explanation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mass_start_is_created_dispatched_and_moved_on_together(
+    sent: RecordingTransport,
+) -> None:
+    """create_jobs, dispatch_all and apply_results (the runner's and the drainer's batches) do
+    what one job at a time does: every define sent after the commit, each job's start only
+    after its own define succeeded, a failed define fails its job and skips its start, a
+    result from another host is ignored, and every job's log is numbered 1, 2, 3, ..."""
+    from django.db import transaction
+
+    a, b = f.HostFactory(), f.HostFactory()
+    specs = [
+        jobs.NewJob(
+            "start",
+            [
+                jobs.StepSpec(a, "define", {"xml": f"<domain><name>g{i}</name></domain>"}),
+                jobs.StepSpec(a, "start", {"guest": f"g{i}"}, stage=1),
+            ],
+            {"service": f"g{i}"},
+            f"start g{i} on {a.name}",
+            f"act-{i}",
+        )
+        for i in range(5)
+    ]
+    with transaction.atomic(), jobs.batched_dispatch():
+        made = jobs.create_jobs(specs, cluster=a.cluster)
+        assert sent.sent == []  # nothing leaves before the commit
+    assert [c["kind"] for _, c in sent.sent] == ["define"] * 5
+    defines = [c for _, c in sent.sent]
+    batch: list[tuple[str | None, dict]] = [  # type: ignore[type-arg]
+        (a.name, result(defines[0])),
+        (a.name, result(defines[1], ok=False, message="no such pool")),
+        (b.name, result(defines[2])),  # not the host it was sent to: ignored
+        (a.name, result(defines[3])),
+        (a.name, {"id": "c-unknown", "ok": True}),
+    ]
+    with transaction.atomic(), jobs.batched_dispatch():
+        steps = jobs.apply_results(batch)
+    assert [s is not None for s in steps] == [True, True, False, True, False]
+    starts = [c["args"]["guest"] for _, c in sent.sent[5:]]
+    assert starts == ["g0", "g3"] and all(c["kind"] == "start" for _, c in sent.sent[5:])
+    for job in made:
+        job.refresh_from_db()
+    assert [j.status for j in made] == [
+        JobStatus.RUNNING,
+        JobStatus.FAILED,
+        JobStatus.DISPATCHED,
+        JobStatus.RUNNING,
+        JobStatus.DISPATCHED,
+    ]
+    assert "define" in made[1].explanation and "no such pool" in made[1].explanation
+    assert made[1].steps.get(kind="start").status == StepStatus.SKIPPED
+    assert {j.action_id for j in made} == {f"act-{i}" for i in range(5)}
+    assert all(not j.engine_notified for j in made if j.status == JobStatus.FAILED)
+    for job in made:
+        seqs = list(job.events.values_list("seq", flat=True))
+        assert seqs == list(range(1, len(seqs) + 1))

@@ -268,3 +268,49 @@ def test_a_runner_waits_out_the_lock_of_a_holder_that_missed_its_renewals(
     store.r.set(key, "a-live-holder", px=int(LOCK_TTL_S * 1000))
     assert runner.run(cluster.pk, store) == []  # a live one is left alone: a wake instead
     assert store.take_request(f"runner:{cluster.pk}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_whose_write_lock_came_late_is_made_again_under_it(
+    cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine decides before the write transaction opens; when SQLite's write lock is held
+    elsewhere for longer than DECIDED_MAX_WAIT_S, that decision is not written: the tick
+    decides again inside the transaction, and commits once."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the write lock taken at BEGIN is SQLite's (PostgreSQL locks rows)")
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    decided: list[float] = []
+    real_tick = engine.tick
+
+    def counted(snap: engine.Snapshot, now: float) -> engine.Decision:
+        decided.append(time.monotonic())
+        return real_tick(snap, now)
+
+    monkeypatch.setattr(engine, "tick", counted)
+    holding, release = threading.Event(), threading.Event()
+
+    def writer_elsewhere() -> None:
+        from django.db import connection as own
+
+        try:
+            with transaction.atomic():  # BEGIN IMMEDIATE: the write lock, held
+                Job.objects.filter(pk=-1).update(kind="x")
+                holding.set()
+                release.wait(10)
+        finally:
+            own.close()
+
+    other = threading.Thread(target=writer_elsewhere)
+    other.start()
+    assert holding.wait(10)
+    threading.Timer(runner.DECIDED_MAX_WAIT_S + 0.7, release.set).start()
+    ticks_before = EngineState.objects.get(cluster=cluster).ticks
+    report = runner.tick_once(cluster.pk, store, now=t + 8)
+    other.join(10)
+    assert len(decided) == 2  # decided before the lock, then again under it
+    assert EngineState.objects.get(cluster=cluster).ticks == ticks_before + 1
+    assert report.duration_s >= runner.DECIDED_MAX_WAIT_S  # it did wait for the lock

@@ -122,7 +122,8 @@ def test_fence_device_from_metadata_and_test(
     sim.delays["fence_metadata"] = 1.0
     page.click("button:has-text('Read the parameters of fence_haven_lab')")
     expect(page.locator("#metadata-wait .spinner")).to_be_visible()
-    expect(page.locator("input[name=p_lab_root]")).to_be_visible()  # the form, once read
+    # the form, once read: a job to the host's (simulated) agent and back, slow on a busy machine
+    expect(page.locator("input[name=p_lab_root]")).to_be_visible(timeout=20_000)
     expect(page.locator("#field-p_lab_root")).to_contain_text("State directory of the lab")
     shot(page, "35-fence-form-from-metadata")
     page.fill("input[name=name]", "lab5")
