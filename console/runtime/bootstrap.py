@@ -546,17 +546,31 @@ _CHECK_LIBVIRT = (
     "and ctypes.util.find_library('virt') else 1)"
 )
 # Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement. Runs under flock.
+# A newer agent version starts from a copy of the newest complete install (its dependencies
+# are then already there: pip installs only what changed) instead of a new venv, whose
+# ensurepip alone takes minutes on a slow host; a fresh venv when that copy does not work.
 _INSTALL = r"""
 set -eu
 target=$1; wheels=$2; spec=$3
 if [ -f "$target/.haven-complete" ]; then echo present; exit 0; fi
 rm -rf "$target"
-build=$(mktemp -d "$(dirname "$target")/.build.XXXXXX")
+root=$(dirname "$target")
+build=$(mktemp -d "$root/.build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
-python3 -m venv "$build"
-"$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
-    --find-links "$wheels" "$spec"
-"$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
+install() {
+    "$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+        --find-links "$wheels" "$spec" &&
+    "$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
+}
+prev=$(ls -td "$root"/*/.haven-complete 2>/dev/null | head -n 1 || true)
+if [ -n "$prev" ] && cp -a "$(dirname "$prev")/." "$build/" && rm -f "$build/.haven-complete" \
+        && install; then
+    echo "upgraded a copy of $(dirname "$prev")"
+else
+    rm -rf "$build" && mkdir "$build"
+    python3 -m venv "$build"
+    install
+fi
 touch "$build/.haven-complete"
 mv -T "$build" "$target"
 trap - EXIT
