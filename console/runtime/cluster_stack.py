@@ -369,9 +369,12 @@ def _lvmlockd(run: HostSession) -> dict[str, Any]:
     # the boot path: only haven-cluster-join starts dlm and lvmlockd, in order (module doc)
     run.write_file(JOIN_SCRIPT_PATH, JOIN_SCRIPT, 0o755)
     run.write_file(f"/etc/systemd/system/{JOIN_UNIT_NAME}", JOIN_UNIT, 0o644)
-    run.run(["systemctl", "disable", "dlm", "lvmlockd", "lvmlocks"], what="systemctl disable",
-            timeout=120)  # fmt: skip
-    run.run(["systemctl", "enable", JOIN_UNIT_NAME], what="systemctl enable", timeout=120)
+    # --no-reload: only the symlinks, read at the next boot (a daemon-reload per call took
+    # over 120 s under TCG on a loaded machine, and the bootstrap's step timed out)
+    run.run(["systemctl", "--no-reload", "disable", "dlm", "lvmlockd", "lvmlocks"],
+            what="systemctl disable", timeout=300)  # fmt: skip
+    run.run(["systemctl", "--no-reload", "enable", JOIN_UNIT_NAME], what="systemctl enable",
+            timeout=300)  # fmt: skip
     return {"state": state, "boot": JOIN_UNIT_NAME}
 
 

@@ -6,8 +6,13 @@ sv1..sv3 (deploy/lab/storage), then the storage services make a shared VG on the
 host, extend + grow it, add a journal; after one VM loses power (its QEMU SIGKILLed) Haven
 fences it (the real ``fence_ipmilan``, run on a healthy VM, against the lost VM's BMC: an
 ``ipmi_sim`` on the machine), tells the survivors' dlm (``dlm_tool fence_ack``) and GFS2 is
-writable again; the VM powered on through its BMC remounts GFS2 at boot; the LV's removal is
-refused while mounted and works with "unmount first".
+writable again; a guest with its kernel and disk on the GFS2 (the tick guest, TCG inside the
+TCG VMs) starts on sv3, migrates live sv3 -> sv2 -> sv3, restarts on a survivor after the
+fence and migrates back once sv3 returned; the VM powered on through its BMC remounts GFS2 at
+boot (haven-cluster-join: corosync quorate, then dlm, then lvmlockd); the LV's removal is
+refused while the guest's disk is on it and while mounted, and works with "unmount first";
+last, sv3 is removed from the cluster: it leaves the cluster stack, sv1 and sv2 drop it from
+corosync and stay quorate.
 
 Slow (TCG: booting three VMs takes ~2.5 min of both cores), so it runs only when asked:
 ``HAVEN_STORAGE_LAB=1`` (``deploy/test-storage``). ``HAVEN_STORAGE_LAB_REUSE=1`` keeps VMs that
@@ -117,7 +122,7 @@ def _reset_cluster_state(lab: vmlab.StorageLab) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(NAMES)) as pool:
-        list(pool.map(lambda n: lab.ssh(n, ["sh", "-c", script], timeout=300), NAMES))
+        list(pool.map(lambda n: lab.ssh(n, ["sh", "-c", script], timeout=900), NAMES))
     for _, path, size in lab.luns():
         with open(path, "r+b") as f:
             f.write(b"\0" * (16 * 1024 * 1024))
