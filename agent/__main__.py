@@ -168,6 +168,14 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--pki-dir",
+        default=Path("/etc/pki"),
+        type=Path,
+        help="libvirt's TLS files for migration over qemu+tls: CA/cacert.pem, "
+        "libvirt/{server,client}cert.pem, libvirt/private/ (default: %(default)s, where "
+        "libvirt's client side looks)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -211,6 +219,7 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         fence_path=args.fence_path,
         fstab=args.fstab,
         libvirt_config_dir=args.libvirt_config_dir,
+        pki_dir=args.pki_dir,
         log_level=args.log_level,
         seal_key=seal_key,
         broker_file=Path(args.broker_file) if args.broker_file else None,

@@ -18,31 +18,12 @@ from agent import hvconfig, names
 from agent.errors import AgentError
 from agent.fencing import Fencing
 from agent.hypervisor import Hypervisor, guest_name_from_xml
-from agent.protocol import Command, GuestState, Result
+from agent.protocol import STORAGE_COMMANDS, Command, GuestState, Result
 from agent.storage import Storage
 
 log = logging.getLogger(__name__)
 
 GUEST_KINDS = {"start", "shutdown", "destroy", "undefine", "migrate"}
-STORAGE_KINDS = {
-    "pvcreate",
-    "vgcreate",
-    "lvcreate",
-    "lvextend",
-    "lvremove",
-    "mkfs_gfs2",
-    "gfs2_jadd",
-    "fstab_entry",
-    "mount",
-    "unmount",
-    "vg_lockstart",
-    "lv_activate",
-    "lv_refresh",
-    "lv_usage",
-    "gfs2_grow",
-    "dlm_fence_ack",
-    "corosync_remove_node",
-}
 MAX_TIMEOUT_S = 24 * 3600
 
 
@@ -126,9 +107,9 @@ def ordering_key(cmd: Command) -> str | None:
             return f"guest:{guest_name_from_xml(str(cmd.args.get('xml', '')))}"
         except AgentError:
             return None
-    if cmd.kind in STORAGE_KINDS:
+    if cmd.kind in STORAGE_COMMANDS:
         return "storage"  # LVM and fstab edits are host-global
-    if cmd.kind == "configure_migration":
+    if cmd.kind in ("configure_migration", "tls_request"):
         return "config"
     return None
 
@@ -146,6 +127,7 @@ class Dispatcher:
     storage: Storage
     fencing: Fencing
     libvirt_config_dir: Path = Path("/etc/libvirt")
+    pki_dir: Path = Path("/etc/pki")  # libvirt's TLS files (agent/hvconfig.py)
     # writes new broker credentials where this agent reads them, then restarts it (worker.py)
     rotate: Callable[[str, str], dict[str, Any]] | None = None
     _table: dict[str, Callable[[Args], dict[str, Any]]] = field(init=False)
@@ -280,8 +262,19 @@ class Dispatcher:
             port_max=a.integer("port_max", 49215, lo=1, hi=65535),
             transport=a.text("transport", "tcp"),
         )
+        ca, cert = a.text("ca_certificate", ""), a.text("certificate", "")
         a.done()
-        return hvconfig.apply(self.libvirt_config_dir, settings)
+        return hvconfig.apply(
+            self.libvirt_config_dir,
+            settings,
+            pki=self.pki_dir,
+            ca_certificate=ca,
+            certificate=cert,
+        )
+
+    def _do_tls_request(self, a: Args) -> dict[str, Any]:
+        a.done()
+        return hvconfig.certificate_request(self.pki_dir, self.host)
 
     # storage ------------------------------------------------------------------------
     def _do_storage_probe(self, a: Args) -> dict[str, Any]:

@@ -40,6 +40,18 @@ MIGRATE_FLAGS = (
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 )
+
+
+def migrate_flags(dest_uri: str, migrate_uri: str | None = None) -> int:
+    """Over ``qemu+tls`` the guest's memory goes through the TLS connection of the two
+    libvirtds too (tunnelled), so nothing of the migration crosses the network in clear;
+    a separate migration URI (QEMU's own stream) is never tunnelled."""
+    flags = int(MIGRATE_FLAGS)
+    if dest_uri.startswith("qemu+tls://") and not migrate_uri:
+        flags |= int(libvirt.VIR_MIGRATE_TUNNELLED)
+    return flags
+
+
 _DEFAULT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 
 STATE_NAMES = {
@@ -186,8 +198,14 @@ def start_event_loop() -> None:
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
+            # The one thread that delivers every lifecycle event of this process: if it died,
+            # the agent would never hear of a crash again. An iteration that fails is logged.
             while True:
-                libvirt.virEventRunDefaultImpl()
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except Exception as exc:
+                    log.warning("libvirt event loop: %r; going on", exc)
+                    time.sleep(0.1)
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _loop_started = True
@@ -479,7 +497,7 @@ class LibvirtHypervisor:
         try:
             if timer:
                 timer.start()
-            dom.migrateToURI3(dest_uri, params, MIGRATE_FLAGS)
+            dom.migrateToURI3(dest_uri, params, migrate_flags(dest_uri, migrate_uri))
             trace("migrate-out", name, dest=dest_uri)
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc

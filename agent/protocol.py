@@ -13,6 +13,9 @@ Console -> agent
         {"v": 2, "id": "c-42", "kind": "start", "args": {"guest": "web1"}}
 
     ``id`` is chosen by the console, unique per command (1-128 chars of ``A-Za-z0-9_.:-``).
+    Both sides hold a command to the same rules, ``Command.check``: the console before it sends
+    one (console/jobs/services.py ``command_for``, the one place a step becomes a command), the
+    agent when it takes one (``Command.from_dict``); then each handler parses its own ``args``.
     Commands are idempotent by id: the agent remembers recent results, and a repeated id returns
     the first result again (``duplicate: true``) without acting twice. Command messages expire
     (Celery ``expires``) a little after the action's own timeout. Secret arguments (names in
@@ -95,7 +98,10 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
                                                               libvirt_version, hypervisor,
                                                               hypervisor_version
     configure_migration  listen_address, migration_address, port_min=49152, port_max=49215,
-                      transport=tcp|tls|ssh                -> files, changed, restart_required
+                      transport=tcp|tls|ssh, ca_certificate?, certificate? (PEM; tls only,
+                      required there: agent/hvconfig.py)   -> files, changed, restart_required
+    tls_request       (none): the host's libvirt TLS key (made when missing; it stays on the
+                      host)                                -> csr (PEM), key (path), new_key
     storage_probe     (none)                               -> blockdevices, pvs, vgs, lvs
     pvcreate          device                               -> device
     vgcreate          vg, devices, local=false, extent_size_bytes?
@@ -154,26 +160,16 @@ EXECUTE_TASK = "haven.agent.execute"
 INBOUND_PREFIX = "haven:in:"
 SEALED_ARG = "sealed"
 
-COMMAND_KINDS = frozenset(
+#: the commands that change a host's storage (LVM, GFS2, mounts, fstab, dlm): the agent runs
+#: them one at a time
+STORAGE_COMMANDS = frozenset(
     {
-        "define",
-        "start",
-        "shutdown",
-        "destroy",
-        "undefine",
-        "migrate",
-        "list_guests",
-        "dumpxml",
-        "host_facts",
-        "configure_migration",
-        "storage_probe",
         "pvcreate",
         "vgcreate",
         "lvcreate",
         "lvextend",
         "lvremove",
         "mkfs_gfs2",
-        "gfs2_inspect",
         "gfs2_jadd",
         "fstab_entry",
         "mount",
@@ -185,6 +181,23 @@ COMMAND_KINDS = frozenset(
         "gfs2_grow",
         "dlm_fence_ack",
         "corosync_remove_node",
+    }
+)
+COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
+    {
+        "define",
+        "start",
+        "shutdown",
+        "destroy",
+        "undefine",
+        "migrate",
+        "list_guests",
+        "dumpxml",
+        "host_facts",
+        "configure_migration",
+        "tls_request",
+        "storage_probe",
+        "gfs2_inspect",
         "fence",
         "fence_metadata",
         "rotate_credentials",
@@ -354,8 +367,7 @@ def host_of_inbound_key(key: str) -> str | None:
     return key[len(INBOUND_PREFIX) :]
 
 
-def _check_version(data: dict[str, Any]) -> None:
-    version = data.get("v")
+def _check_version(version: object) -> None:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_version",
@@ -375,27 +387,33 @@ class Command:
     def to_dict(self) -> dict[str, Any]:
         return {"v": self.v, "id": self.id, "kind": self.kind, "args": dict(self.args)}
 
+    def check(self) -> Command:
+        """This command, if it follows the protocol, else ProtocolError saying what does not:
+        the agent checks every command it takes (``from_dict``), the console every command it
+        builds (console/jobs/services.py ``command_for``), by these same rules."""
+        _check_version(self.v)
+        if not isinstance(self.id, str) or not _ID_RE.match(self.id):
+            raise ProtocolError("bad_request", "field 'id' must be 1-128 chars of A-Za-z0-9_.:-")
+        if not isinstance(self.kind, str):
+            raise ProtocolError("bad_request", "field 'kind' is missing or not a string")
+        if self.kind not in COMMAND_KINDS:
+            raise ProtocolError("unknown_command", f"unknown command kind {self.kind!r}")
+        if not isinstance(self.args, dict):
+            raise ProtocolError("bad_request", "field 'args' must be an object")
+        return self
+
     @classmethod
     def from_dict(cls, data: object) -> Command:
         """Parse and check a command; raises ProtocolError with a clear message."""
         if not isinstance(data, dict):
             raise ProtocolError("bad_request", f"a command is a JSON object, not {type(data)}")
-        _check_version(data)
-        cid = data.get("id")
-        if not isinstance(cid, str) or not _ID_RE.match(cid):
-            raise ProtocolError("bad_request", "field 'id' must be 1-128 chars of A-Za-z0-9_.:-")
-        kind = data.get("kind")
-        if not isinstance(kind, str):
-            raise ProtocolError("bad_request", "field 'kind' is missing or not a string")
-        if kind not in COMMAND_KINDS:
-            raise ProtocolError("unknown_command", f"unknown command kind {kind!r}")
-        args = data.get("args", {})
-        if not isinstance(args, dict):
-            raise ProtocolError("bad_request", "field 'args' must be an object")
+        # a field of the wrong type (None, a number for the id) is refused by check()
+        fields: Any = {k: data.get(k) for k in ("id", "kind", "v")}
+        command = cls(**fields, args=data.get("args", {})).check()
         extra = set(data) - {"v", "id", "kind", "args"}
         if extra:
             raise ProtocolError("bad_request", f"unexpected fields: {sorted(extra)}")
-        return cls(id=cid, kind=kind, args=args)
+        return command
 
 
 @dataclass(frozen=True)
@@ -511,7 +529,7 @@ def message_from_dict(data: object) -> Message:
     """Decode one agent -> console message; raises ProtocolError."""
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "a message is a JSON object")
-    _check_version(data)
+    _check_version(data.get("v"))
     kind = data.get("kind")
     try:
         if kind == "result":

@@ -57,6 +57,7 @@ class Settings:
     fence_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH
     fstab: Path = Path("/etc/fstab")
     libvirt_config_dir: Path = Path("/etc/libvirt")
+    pki_dir: Path = Path("/etc/pki")
     log_level: str = "INFO"
     seal_key: str | None = field(default=None, repr=False)  # opens sealed arguments
     broker_file: Path | None = None  # where the broker URL and the sealing key came from
@@ -135,6 +136,7 @@ class Agent:
             storage=LinuxStorage(runner, fstab=settings.fstab),
             fencing=FenceAgents(runner, settings.fence_path),
             libvirt_config_dir=settings.libvirt_config_dir,
+            pki_dir=settings.pki_dir,
             rotate=self._rotate if settings.broker_file is not None else None,
         )
         self.executor = Executor(

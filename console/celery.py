@@ -14,6 +14,7 @@ from celery.signals import worker_ready
 from kombu import pools
 
 from agent.strict import StrictTask, prune
+from console.core import broker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 TASK_PREFIX = "haven.console."
@@ -22,6 +23,7 @@ app = Celery("console", task_cls=StrictTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 prune(app, lambda name: name.startswith(TASK_PREFIX))
+broker.quiet_libraries()  # a Redis restart is a warning line, not kombu's traceback
 
 
 def use_broker(url: str) -> None:

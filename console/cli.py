@@ -149,7 +149,7 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO) -> None:
             h["name"],
             h["state"],
             "yes" if h["maintenance"] else "",
-            f"{h['memory_total_mb'] - h['memory_free_mb']}/{h['memory_total_mb']} MB",
+            f"{h['memory_total_mb'] - h['memory_free_mb']}/{h['memory_total_mb']} MiB",
             h["address"],
         )
         for h in api.all("hosts/", cluster__name=args.cluster)

@@ -215,6 +215,8 @@ CELERY_WORKER_CONSUMER = "agent.reconnect:FastReconnectConsumer"
 HAVEN_COMMAND_TTL_S = int(os.environ.get("HAVEN_COMMAND_TTL_S", "60"))
 # No result backend, so no daily `celery.backend_cleanup` (the worker runs Haven's tasks only).
 CELERY_RESULT_EXPIRES = None
+# celery's PersistentScheduler, with Redis restarts as one warning line (console/beat.py)
+CELERY_BEAT_SCHEDULER = "console.beat:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "ha-runner": {"task": "haven.console.tick", "schedule": 1.0, "options": {"expires": 2}},
 }
@@ -233,6 +235,9 @@ HAVEN_CONSOLE_AGENT = os.environ.get("HAVEN_CONSOLE_AGENT", "haven-console")
 HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 # What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
+# How the bootstrap sets up live migration: "tls" (a CA per cluster, console/runtime/pki.py)
+# or "tcp" (unauthenticated libvirtd, as before).
+HAVEN_MIGRATION_TRANSPORT = os.environ.get("HAVEN_MIGRATION_TRANSPORT", "tls")
 # A graceful guest shutdown waits this long before the guest is destroyed.
 # Who may scrape /metrics without logging in: addresses or networks, comma separated.
 HAVEN_METRICS_ALLOW = os.environ.get("HAVEN_METRICS_ALLOW", "")

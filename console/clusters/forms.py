@@ -282,3 +282,14 @@ class ClusterPolicyForm(forms.ModelForm):  # type: ignore[type-arg]
             "host_failures_to_tolerate": "Host failures to tolerate (admission control)",
             "rebalance": "Live rebalancer",
         }
+
+
+class HostSettingsForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A host's own settings on its page: the same field and rules as ``PATCH
+    /api/hosts/{id}/`` (the model's validators, run by both), saved through the same services
+    layer."""
+
+    class Meta:
+        model = Host
+        fields = ["cpu_overcommit"]
+        labels = {"cpu_overcommit": "vCPU overcommit (vCPUs per CPU)"}

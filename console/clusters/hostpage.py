@@ -8,11 +8,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 
+from console.clusters.forms import HostSettingsForm
 from console.clusters.models import Cluster, FenceDevice, Host
+from console.core import services as core_services
 from console.core.errors import Refused
 from console.core.views import role_required
 from console.events.models import Event
 from console.jobs.models import Job
+from console.runtime.actions import libvirt_uri
+from console.runtime.pki import describe
 from console.services.models import VmService
 
 RECENT_EVENTS = 30
@@ -22,6 +26,35 @@ RECENT_EVENTS = 30
 def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    return _host_page(request, cluster, host)
+
+
+@role_required(read="admin", write="admin")
+def host_settings(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """The host's own settings (its vCPU overcommit ratio): a bad value shows the host page
+    again with the form's error on the field; nothing is saved."""
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    form = HostSettingsForm(request.POST, instance=host)
+    if form.is_valid():
+        core_services.save_serializer(form, actor=request.user, verb="update")
+        messages.success(request, f"Settings of {host.name} saved.")
+        return redirect("clusters:host", cluster.pk, host.pk)
+    fresh = Host.objects.get(pk=host.pk)  # the page shows what is stored, the form the input
+    return _host_page(request, cluster, fresh, settings_form=form, status=400)
+
+
+def _host_page(
+    request: HttpRequest,
+    cluster: Cluster,
+    host: Host,
+    *,
+    settings_form: HostSettingsForm | None = None,
+    status: int = 200,
+    **extra: object,
+) -> HttpResponse:
     guests = list(
         VmService.objects.filter(Q(host=host) | Q(target=host))
         .select_related("host", "target", "failover_domain")
@@ -54,10 +87,16 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
             "guests": guests,
             "devices": [(d, tests.get(d.name)) for d in devices],
             "events": events,
-            "guest_memory_mb": memory_used,
+            "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
+            "migration_uri": libvirt_uri(host),
+            "tls": describe(host.tls_certificate) if host.tls_certificate else None,
             "tab": "overview",
+            "settings_form": settings_form or HostSettingsForm(instance=host),
+            "cluster_overcommit": cluster.cpu_overcommit,
+            **extra,
         },
+        status=status,
     )
 
 
@@ -149,8 +188,32 @@ def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
         messages.error(request, f"Give the root password of {host.name} to repair it.")
         return redirect("clusters:host", cluster.pk, host.pk)
     try:
-        job = membership.repair_host(host, password, actor=request.user)
+        job = membership.repair_host(
+            host,
+            password,
+            actor=request.user,
+            # set only when the person ticked "accept the new host key" after a scan
+            fingerprint=str(request.POST.get("fingerprint") or ""),
+        )
     except Refused as exc:
         messages.error(request, exc.message)
         return redirect("clusters:host", cluster.pk, host.pk)
     return redirect("jobs:detail", job.pk)
+
+
+@role_required(read="admin", write="admin")
+def host_check_key(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+    """Read the host key the host presents now, beside the pinned one: the host page then
+    offers to accept a changed key for the repair (the fingerprint shown, ticked by a person)."""
+    from console.runtime import membership
+
+    cluster = get_object_or_404(Cluster, pk=pk)
+    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
+    if request.method != "POST":
+        return redirect("clusters:host", cluster.pk, host.pk)
+    try:
+        check = membership.check_host_key(host)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("clusters:host", cluster.pk, host.pk)
+    return _host_page(request, cluster, host, key_check=check)

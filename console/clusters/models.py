@@ -37,6 +37,10 @@ class Cluster(models.Model):
         default=False,
         help_text="Live rebalancer: even out memory use across hosts by live migration.",
     )
+    #: the cluster's CA for libvirt's TLS (console/runtime/pki.py): the certificate, and its
+    #: key encrypted with the console's key (never in clear at rest)
+    migration_ca_certificate = models.TextField(blank=True, editable=False)
+    migration_ca_key_encrypted = models.TextField(blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -71,8 +75,11 @@ class Host(models.Model):
         blank=True,
         validators=[validators.validate_libvirt_uri],
         help_text="How the other hosts reach this host's libvirtd for migration "
-        "(default: qemu+tcp://ADDRESS/system).",
+        "(default: qemu+tls://ADDRESS/system once the bootstrap installed its certificate, "
+        "else qemu+tcp://ADDRESS/system).",
     )
+    #: the host's libvirt TLS certificate the bootstrap issued and the agent installed (PEM)
+    tls_certificate = models.TextField(blank=True, editable=False)
     host_uuid = models.CharField(max_length=36, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     #: a person asked to drain the host and keep new guests off it

@@ -11,6 +11,7 @@ urlpatterns = [
     path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
     path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/what-if/", hostpage.host_what_if, name="what-if"),
+    path("<int:pk>/hosts/<int:host_pk>/settings/", hostpage.host_settings, name="host-settings"),
     path(
         "<int:pk>/hosts/<int:host_pk>/rotate-credentials/",
         hostpage.host_rotate_credentials,
@@ -19,6 +20,7 @@ urlpatterns = [
     path("<int:pk>/hosts/add/", views.add_hosts, name="add-hosts"),
     path("<int:pk>/hosts/<int:host_pk>/remove/", hostpage.host_remove, name="remove-host"),
     path("<int:pk>/hosts/<int:host_pk>/repair/", hostpage.host_repair, name="repair-host"),
+    path("<int:pk>/hosts/<int:host_pk>/check-key/", hostpage.host_check_key, name="check-host-key"),
     path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
     path(
         "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",

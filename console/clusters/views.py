@@ -36,7 +36,7 @@ from console.core.views import role_required
 from console.engine.placement import vcpu_limit
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import operations, rules
+from console.runtime import operations, panel
 from console.runtime.models import PendingCommand
 from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
@@ -130,7 +130,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "clusters/detail.html",
-        {**context, "tab": "overview", "policy": rules.policy(cluster)},
+        {**context, "tab": "overview", "panel": panel.get(cluster)},
     )
 
 
@@ -159,8 +159,8 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
             "form": form,
             "title": f"Policy of {cluster.name}",
             "intro": "A host runs at most its CPUs times the overcommit ratio of vCPUs (a "
-            "host's own ratio, set through the API, wins). Admission control refuses to "
-            "start a protected guest when the cluster could not restart every protected "
+            "host's own ratio, set on its page or through the API, wins). Admission control "
+            "refuses to start a protected guest when the cluster could not restart every protected "
             "guest after losing this many hosts (0 = off). The live rebalancer evens out "
             "memory use by live migration.",
             "cancel": reverse("clusters:detail", args=[cluster.pk]),

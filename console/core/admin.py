@@ -17,7 +17,7 @@ from console.core.models import ApiToken, LoginFailure
 from console.events.services import record
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class _ReadOnly:
     """Shows, never changes: change a Haven object in the console or through the API."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -30,17 +30,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
-class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+class ReadOnlyAdmin(_ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+    """Shows, never changes: change a Haven object in the console or through the API."""
+
+
+class ReadOnlyInline(_ReadOnly, admin.TabularInline):  # type: ignore[type-arg]
     extra = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class AuditedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

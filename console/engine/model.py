@@ -310,6 +310,22 @@ class Subject(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class MadeRoom:
+    """A guest stopped to make room for a more important one, as its transitions say it: the
+    stop (`for_service` and both priorities, `save`: a managed save is asked), then its result
+    (`saved`: saved, or shut down with `not_saved` saying why)."""
+
+    host: str
+    for_service: str = ""
+    priority: int = 0  # the guest room is made for
+    own_priority: int = 0  # the guest stopped
+    save: bool = False
+    #: None on the stop; on its result, whether the state was saved
+    saved: bool | None = None
+    not_saved: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """One state change; `old` is None when the engine first sees the host or service."""
 
@@ -319,8 +335,11 @@ class Transition:
     new: HostState | ServiceState
     reason: str
     #: what caused it when a person may want to filter by it: a `HealthCheck` value for a
-    #: health failure ("watchdog", "panic", ...), "saved" for a guest saved to make room
+    #: health failure ("watchdog", "panic", ...), "saved" for a guest saved to make room,
+    #: "resume" for its start from that saved state
     cause: str = ""
+    #: a guest stopped to make room: for whom, and (on the stop's result) saved or not, why
+    room: MadeRoom | None = None
 
 
 @dataclass(frozen=True, slots=True)

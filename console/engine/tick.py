@@ -35,6 +35,7 @@ from console.engine.model import (
     FenceStatus,
     HealthFailure,
     HostObservation,
+    MadeRoom,
     Migrate,
     Refusal,
     RefusalCode,
@@ -184,15 +185,23 @@ class _Tick:
     # --- the transition functions ----------------------------------------------------------
 
     def _service_to(
-        self, name: str, state: ServiceState, reason: str, *, cause: str = "", **changes: Any
+        self,
+        name: str,
+        state: ServiceState,
+        reason: str,
+        *,
+        cause: str = "",
+        room: MadeRoom | None = None,
+        **changes: Any,
     ) -> None:
         """The one place a service changes: validated against the table, logged. `cause`:
-        the typed label of what caused it (a health check, a save), for the event log."""
+        the typed label of what caused it (a health check, a save), and `room` (a stop to make
+        room, and its result), for the event log."""
         old = self.svcs[name]
         if state is not old.state:
             if state not in SERVICE_TRANSITIONS[old.state]:
                 raise IllegalTransition(f"{name}: {old.state} -> {state} ({reason})")
-            self._record(Subject.SERVICE, name, old.state, state, reason, cause)
+            self._record(Subject.SERVICE, name, old.state, state, reason, cause, room)
             changes["since"] = self.now
             changes.setdefault("lost_at", None)
             if state in (S.STARTED, S.STOPPED, S.DISABLED, S.FAILED):
@@ -237,8 +246,9 @@ class _Tick:
         new: HostState | ServiceState,
         reason: str,
         cause: str = "",
+        room: MadeRoom | None = None,
     ) -> None:
-        self.transitions.append(Transition(kind, name, old, new, reason, cause))
+        self.transitions.append(Transition(kind, name, old, new, reason, cause, room))
         label = f"host {name}" if kind is Subject.HOST else name
         self.log.append(f"{label}: {old.value if old else 'new'} -> {new.value} ({reason})")
 
@@ -502,13 +512,15 @@ class _Tick:
                         node=None,
                         saved_on=s.node,
                         cause="saved",
+                        room=MadeRoom(p.host, saved=True),
                         **done,
                     )
                 elif s.desired is Desired.STARTED:
                     why = f"stopped on {s.node} to make room"
                     if r.message:
                         why += f" ({r.message})"
-                    self._service_to(name, S.WAITING, why, node=None, **done)
+                    room = MadeRoom(p.host, saved=False, not_saved=r.message)
+                    self._service_to(name, S.WAITING, why, node=None, room=room, **done)
                 else:
                     self._settle_stopped(name, f"stopped on {s.node}", node=None, **done)
             else:
@@ -797,8 +809,8 @@ class _Tick:
         o = self.obs[host]
         if o.shared_storage and not o.shutting_down:
             return True
-        for n in self.active:
-            s = self.svcs[n]
+        # every guest, settled ones too: one running elsewhere may have a copy left here
+        for s in self.svcs.values():
             if host in s.suspects and (s.state is S.FENCE or s.desired is Desired.STARTED):
                 return True
         return False
@@ -927,6 +939,26 @@ class _Tick:
         """The guest's suspects other than `host` that are silent and not fenced: a copy may
         still run there, so they stay suspects wherever the guest runs now."""
         return tuple(h for h in s.suspects if h != host and not self._reporting(h))
+
+    def _silent_elsewhere(self, s: ServiceStatus) -> tuple[str, ...]:
+        """Silent, unfenced suspects of a running guest other than its own host: a copy may
+        still run there, so the guest must not start anywhere else (a move is a start on the
+        target) until each is fenced, acknowledged down, or reports again (a host no longer
+        in the cluster is not one, as in `_may_start`)."""
+        return tuple(
+            h for h in s.suspects if h != s.node and h in self.hosts and not self._reporting(h)
+        )
+
+    def _held_by_suspects(self, s: ServiceStatus) -> Refusal | None:
+        silent = self._silent_elsewhere(s)
+        if not silent:
+            return None
+        return Refusal(
+            R.RECOVERING,
+            f"may still run on silent {', '.join(silent)} (not fenced): it moves once "
+            f"{'they are' if len(silent) > 1 else 'that host is'} fenced, acknowledged down "
+            "or reporting again",
+        )
 
     # --- 4. reports ------------------------------------------------------------------------
 
@@ -1282,6 +1314,9 @@ class _Tick:
             return Refusal(R.RECOVERING, f"{s.state.value}: {s.reason}")
         if s.state is not S.STARTED:
             return Refusal(R.NOT_RUNNING, f"not running ({s.state.value})")
+        held = self._held_by_suspects(s)
+        if held is not None:
+            return held
         if node not in self.hosts:
             return Refusal(R.UNKNOWN_NODE, f"no host named {node!r}")
         if node == s.node:
@@ -1425,6 +1460,7 @@ class _Tick:
                         f"{'saving it' if save else 'stopped'} to make room for {name} "
                         f"(priority {cfg.priority} > {conf[v].priority})",
                         action=aid,
+                        room=MadeRoom(node, name, cfg.priority, conf[v].priority, save),
                     )
                     taken.add(v)
                 usage.claimed[plan.host] = usage.claimed.get(plan.host, 0) + cfg.memory_mb
@@ -1516,6 +1552,7 @@ class _Tick:
             name,
             S.STARTING,
             where,
+            cause="resume" if resume else "",
             saved_on=None,
             node=host,
             action=aid,
@@ -1551,14 +1588,21 @@ class _Tick:
                 # failback failed: every online host counts as joined for it
                 joined = online if name in self.started_now or name in owed else self.joined
                 self._return_or_failback(name, s, joined)
-                if name in owed and self.svcs[name].state is S.STARTED:
+                cur = self.svcs[name]
+                if name in owed and cur.state is S.STARTED and not self._silent_elsewhere(cur):
                     # nothing better any more (host gone, no room): the debt is settled
                     self._put(name, replace(self.svcs[name], failback=False))
 
     def _movable(self, name: str, s: ServiceStatus) -> bool:
-        return self.now >= s.retry_at
+        return self.now >= s.retry_at and not self._silent_elsewhere(s)
 
     def _drain(self, name: str, s: ServiceStatus) -> None:
+        held = self._held_by_suspects(s)
+        if held is not None:
+            why = f"cannot leave {s.node}: {held.reason}"
+            if s.reason != why:
+                self._service_to(name, S.STARTED, why)
+            return
         if not self._movable(name, s):
             return
         cfg = self.conf[name]
@@ -1707,7 +1751,7 @@ class _Tick:
                 continue
             if s.failback or s.home is not None or s.queued is not None:
                 continue
-            if self.now < s.retry_at:
+            if not self._movable(name, s):
                 continue
             if s.rebalanced_at is not None and self.now - s.rebalanced_at < cooldown:
                 continue

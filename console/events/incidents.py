@@ -11,17 +11,33 @@ start dispatched → running, each step's duration and the total recovery time (
 A **guest incident** starts when a running guest stops without being asked (``recovering``
 after ``started``/``starting``) or a recovery gives up (``failed``), and ends when it runs again.
 
+A host incident also has a timeline of its own (``milestones``): noticed, each fence attempt
+with its job's result, confirmed off, and — with shared storage — the survivors' dlm
+acknowledging the fence (``dlm_tool fence_ack``, the ``dlm-fence-ack`` job that
+console/storage/services.py starts when a fence succeeds or a person acknowledges the host
+down), then back online; the dlm acknowledgement is a row of the timeline strip too.
+
+An incident also lists the guests stopped during it to make room for one of its guests
+(``made_room``), from the typed ``room`` of their ``service-state`` events: on which host,
+for whom (both priorities), saved or shut down (and why saving was refused), and when it ran
+again — resumed from its saved state or booted afresh — even after the incident is over.
+
 Events written before the engine's events carried typed data are read from their message
 ("old -> new: reason"), so older logs still show their incidents.
+
+The events are read and folded once per change (kept per process, keyed by the filter and the
+newest incident event): a page view in between reads one row and the jobs whose state may
+have moved (the fence jobs' results, the dlm acknowledgements), never the events' data again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from console.jobs.models import Job
+from console.jobs.models import Job, JobStatus
 
 #: engine states in which a guest of a failed host is still on its way back
 _ON_THE_WAY = {"fence", "recovering", "waiting", "starting"}
@@ -52,6 +68,38 @@ class GuestRecovery:
 
 
 @dataclass
+class MadeRoom:
+    """A guest stopped during the incident to make room for one of its guests, read from the
+    typed ``room`` of its ``service-state`` events (console/runtime/runner.py)."""
+
+    name: str
+    host: str  # where it was stopped
+    for_guest: str
+    priority: int  # the guest room was made for
+    own_priority: int
+    stopped: dt.datetime
+    save: bool  # a managed save was asked
+    how: str = "saving"  # "saving" / "stopping" while the stop runs, then "saved" / "shut down"
+    why: str = ""  # why it was shut down instead of saved
+    done: dt.datetime | None = None  # saved or shut down at
+    back: dt.datetime | None = None  # running again
+    back_on: str = ""
+    resumed: bool = False  # from its saved state (not a fresh boot)
+    end: str = ""  # it did not come back: the engine's last word (a person stopped it, ...)
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """One row of a host incident's own timeline."""
+
+    at: dt.datetime | None  # None: not yet (a dlm acknowledgement still running)
+    what: str  # "noticed", "fence", "fence failed", "confirmed off", "dlm", "back online"
+    detail: str = ""
+    #: the fence job whose result completes the row (read when the incident is shown)
+    job: int | None = None
+
+
+@dataclass
 class Incident:
     host: str  # the failed host ('' for a guest incident without one)
     cluster: str
@@ -65,6 +113,13 @@ class Incident:
     ended: dt.datetime | None = None
     #: opened by a guest's event before the host's own (the engine logs the guests first)
     provisional: bool = False
+    #: the host incident's own timeline (fence attempts, confirmed off, dlm, back online)
+    milestones: list[Milestone] = field(default_factory=list)
+    #: the dlm acknowledgement of the fence (shared storage): started, and done (None: not yet)
+    dlm_started: dt.datetime | None = None
+    dlm_done: dt.datetime | None = None
+    #: guests stopped to make room for its guests: saved or shut down, for whom, back when
+    made_room: list[MadeRoom] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -86,24 +141,32 @@ class Incident:
         for g in self.guests:
             for s in g.steps:
                 end = max(end, s.ended or now)
+        if self.dlm_started is not None:
+            end = max(end, self.dlm_done or now)
         span = max((end - self.noticed).total_seconds(), 0.001)
         rows = []
+        if self.dlm_started is not None:  # the survivors' dlm told of the fence: a row of its own
+            steps = [Step("dlm ack", self.dlm_started, self.dlm_done)]
+            rows.append({"guest": "dlm", "bars": self._bars(steps, span, now)})
         for g in self.guests[:shown]:
-            bars = []
-            for s in g.steps:
-                left = (s.started - self.noticed).total_seconds() / span * 100
-                right = ((s.ended or now) - self.noticed).total_seconds() / span * 100
-                bars.append(
-                    {
-                        "label": s.label,
-                        "x": round(max(left, 0.0), 2),
-                        "w": round(max(right - left, 0.5), 2),
-                        "open": s.ended is None,
-                        "seconds": s.seconds,
-                    }
-                )
-            rows.append({"guest": g.name, "bars": bars})
+            rows.append({"guest": g.name, "bars": self._bars(g.steps, span, now)})
         return rows
+
+    def _bars(self, steps: list[Step], span: float, now: dt.datetime) -> list[dict[str, Any]]:
+        bars = []
+        for s in steps:
+            left = (s.started - self.noticed).total_seconds() / span * 100
+            right = ((s.ended or now) - self.noticed).total_seconds() / span * 100
+            bars.append(
+                {
+                    "label": s.label,
+                    "x": round(max(left, 0.0), 2),
+                    "w": round(max(right - left, 0.5), 2),
+                    "open": s.ended is None,
+                    "seconds": s.seconds,
+                }
+            )
+        return bars
 
 
 def change(ev: Any) -> tuple[str | None, str | None, str]:
@@ -152,35 +215,137 @@ WINDOW = 20_000
 
 
 def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incident]:
-    """Incidents from engine events (oldest first in, newest incident first out)."""
-    # the newest engine events that incidents are made of, oldest first (bounded: the page and
-    # the metrics cost the same whatever the log's length)
+    """Incidents from engine events (oldest first in, newest incident first out), with the
+    fence jobs' results and the dlm acknowledgements as they are now."""
+    found = _folded(events.filter(actor="engine", verb__in=INCIDENT_VERBS), window)[:limit]
+    return _completed(found)
+
+
+#: the folded incidents per filter, with the key they were folded at (see the module's doc)
+_kept: dict[str, tuple[tuple[Any, ...], list[Incident]]] = {}
+_kept_lock = threading.Lock()
+KEPT_FILTERS = 32
+
+
+def _folded(qs: Any, window: int) -> list[Incident]:
+    """The incidents of ``qs``'s newest ``window`` events, folded again only when its newest
+    event or the number of events in the window moved (the log is append-only — Haven deletes
+    no event; a test database reuses ids, so the newest event's time is in the key too). Both
+    reads are bounded by the window, whatever the log's length."""
+    where = f"{qs.query}|{window}"
+    newest = qs.order_by("-id").values_list("id", "time").first()
+    key = (newest, qs.order_by("-id")[:window].count() if newest else 0)
+    kept = _kept.get(where)
+    if kept is not None and kept[0] == key:
+        return kept[1]
     # plain rows, not model instances: half the cost at thousands of events
     rows = [
         _Row(*values)
-        for values in events.filter(actor="engine", verb__in=INCIDENT_VERBS)
-        .order_by("-id")
-        .values_list(
+        for values in qs.order_by("-id").values_list(
             "time", "verb", "object_type", "object_name", "message", "data", "cluster__name"
         )[:window]
     ]
     rows.reverse()
-    fence_jobs = {
-        j.pk: j
-        for j in Job.objects.filter(
-            pk__in=[r.data.get("job") for r in rows if r.verb == "fence" and r.data.get("job")]
+    found = _fold(rows)
+    with _kept_lock:
+        if len(_kept) >= KEPT_FILTERS:
+            _kept.clear()
+        _kept[where] = (key, found)
+    return found
+
+
+def _completed(found: list[Incident]) -> list[Incident]:
+    """Copies of ``found`` with what jobs say now: each fence attempt's result and the dlm
+    acknowledgement of a fenced host (shared storage). The kept incidents are not changed."""
+    fence_ids = {m.job for i in found for m in i.milestones if m.job is not None}
+    fence_jobs = {j.pk: j for j in Job.objects.filter(pk__in=fence_ids)} if fence_ids else {}
+    hosts = {i.subject for i in found if i.kind == "host"}
+    acks: dict[tuple[str, str], list[Job]] = {}
+    if hosts:
+        for job in (
+            Job.objects.filter(kind="dlm-fence-ack", params__host__in=sorted(hosts))
+            .select_related("cluster")
+            .order_by("pk")
+        ):
+            name = job.cluster.name if job.cluster else ""
+            acks.setdefault((name, str(job.params.get("host", ""))), []).append(job)
+    out = []
+    for i in found:
+        milestones = [_with_result(m, fence_jobs) for m in i.milestones]
+        if i.kind == "host":
+            milestones.insert(0, Milestone(i.noticed, "noticed", i.reason))
+            if i.ended is not None:
+                milestones.append(Milestone(i.ended, "back online"))
+        dlm_started = dlm_done = None
+        for job in acks.get((i.cluster, i.subject), []) if i.kind == "host" else []:
+            if job.created < i.noticed or (i.ended is not None and job.created > i.ended):
+                continue
+            dlm_started, dlm_done = job.created, job.finished
+            milestones.append(_dlm_milestone(job))
+        milestones.sort(key=lambda m: (m.at is None, m.at or i.noticed))
+        fence = [_fence_line(m) for m in milestones if m.what in FENCE_ROWS]
+        out.append(
+            replace(
+                i,
+                milestones=milestones,
+                fence=fence,
+                dlm_started=dlm_started,
+                dlm_done=dlm_done,
+            )
         )
-    }
+    return out
+
+
+FENCE_ROWS = ("fence", "fence failed", "confirmed off")
+
+
+def _with_result(m: Milestone, jobs: dict[int, Job]) -> Milestone:
+    if m.what != "fence":
+        return m
+    job = jobs.get(m.job) if m.job is not None else None
+    result = job.get_status_display().lower() if job else "unknown"
+    if job and job.explanation:
+        result += f": {job.explanation}"
+    return replace(m, detail=f"{m.detail}: {result}")
+
+
+def _fence_line(m: Milestone) -> str:
+    """The fence row as the incident's "Fence:" line says it."""
+    if m.what == "fence":
+        return m.detail
+    when = f"{m.at:%H:%M:%S}" if m.at else "?"
+    return f"{'confirmed off' if m.what == 'confirmed off' else 'attempt failed'} at {when}: " + (
+        m.detail
+    )
+
+
+def _dlm_milestone(job: Job) -> Milestone:
+    """The survivors' dlm told that the host is fenced (``dlm_tool fence_ack`` on each)."""
+    survivors = ", ".join(job.params.get("survivors") or []) or "the survivors"
+    if job.status == JobStatus.SUCCEEDED:
+        return Milestone(job.finished, "dlm", f"dlm on {survivors} acknowledged the fence", job.pk)
+    if job.status in (JobStatus.FAILED, JobStatus.LOST):
+        explanation = f": {job.explanation[:200]}" if job.explanation else ""
+        return Milestone(
+            job.finished, "dlm", f"telling dlm on {survivors} failed{explanation}", job.pk
+        )
+    return Milestone(None, "dlm", f"telling dlm on {survivors} (job {job.pk}, running)", job.pk)
+
+
+def _fold(rows: list[_Row]) -> list[Incident]:
+    """The incidents of ``rows`` (oldest first), newest first."""
     found: list[Incident] = []
     by_host: dict[str, Incident] = {}  # open host incidents
     by_guest: dict[str, Incident] = {}  # the open incident each guest belongs to
 
+    named: dict[int, dict[str, GuestRecovery]] = {}  # each incident's guests by name
+
     def guest(incident: Incident, name: str) -> GuestRecovery:
-        for g in incident.guests:
-            if g.name == name:
-                return g
-        g = GuestRecovery(name)
-        incident.guests.append(g)
+        of = named.setdefault(id(incident), {})
+        g = of.get(name)
+        if g is None:
+            g = of[name] = GuestRecovery(name)
+            incident.guests.append(g)
         return g
 
     def open_host(name: str, cluster: str, at: dt.datetime, reason: str) -> Incident:
@@ -197,6 +362,48 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
         if g.steps and g.steps[-1].ended is None:
             g.steps[-1].ended = at
 
+    rooms: dict[str, MadeRoom] = {}  # guests stopped to make room, until they run again
+
+    def room_event(ev: _Row, new: str | None) -> None:
+        """The typed ``room`` of a guest's state change: stopped for whom, saved or not,
+        then its way back (its own events, after the incident too)."""
+        data = ev.data if isinstance(ev.data, dict) else {}
+        room = data.get("room") if isinstance(data.get("room"), dict) else None
+        name = ev.object_name
+        if room is not None and room.get("for"):  # the stop
+            owner = by_guest.get(str(room["for"]))
+            if owner is None:
+                return
+            save = bool(room.get("save"))
+            stopped = MadeRoom(
+                name,
+                str(room.get("host") or ""),
+                str(room["for"]),
+                int(room.get("priority") or 0),
+                int(room.get("own_priority") or 0),
+                ev.time,
+                save,
+                how="saving" if save else "stopping",
+            )
+            owner.made_room.append(stopped)
+            rooms[name] = stopped
+            return
+        row = rooms.get(name)
+        if row is None:
+            return
+        if room is not None and room.get("saved") is not None:  # its result
+            row.done = ev.time
+            row.how = "saved" if room["saved"] else "shut down"
+            row.why = str(room.get("not_saved") or "")
+        elif new == "starting":
+            row.resumed = data.get("cause") == "resume"
+        elif new == "started":
+            row.back, row.back_on = ev.time, str(data.get("host") or "")
+            del rooms[name]
+        elif new in ("stopped", "disabled", "failed"):
+            row.end = f"{new}: {data.get('reason', '')}"
+            del rooms[name]
+
     for ev in rows:
         cluster = ev.cluster_name or ""
         if ev.verb == "host-state":
@@ -206,24 +413,26 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
                 open_host(name, cluster, ev.time, reason).provisional = False
             elif name in by_host and new == "fenced":
                 by_host[name].fenced_at = ev.time
-                by_host[name].fence.append(f"confirmed off at {ev.time:%H:%M:%S}: {reason}")
+                by_host[name].milestones.append(Milestone(ev.time, "confirmed off", reason))
                 for g in by_host[name].guests:
                     if g.steps and g.steps[-1].label == "fence wait":
                         close_step(g, ev.time)
             elif name in by_host and new == "unreachable" and old == "fencing":
-                by_host[name].fence.append(f"attempt failed at {ev.time:%H:%M:%S}: {reason}")
+                by_host[name].milestones.append(Milestone(ev.time, "fence failed", reason))
             elif name in by_host and new in ("online", "maintenance"):
                 by_host.pop(name).ended = ev.time
             continue
         if ev.verb == "fence" and ev.object_type == "action":
             fenced = by_host.get(str(ev.data.get("host", "")))
             if fenced is not None:
-                job = fence_jobs.get(ev.data.get("job"))
-                result = job.get_status_display().lower() if job else "unknown"
-                if job and job.explanation:
-                    result += f": {job.explanation}"
-                fenced.fence.append(
-                    f"{ev.data.get('device', '?')} via {ev.data.get('runner', '?')}: {result}"
+                job = ev.data.get("job")
+                fenced.milestones.append(
+                    Milestone(
+                        ev.time,
+                        "fence",
+                        f"{ev.data.get('device', '?')} via {ev.data.get('runner', '?')}",
+                        job if isinstance(job, int) else None,
+                    )
                 )
             continue
         if ev.verb == "start" and ev.object_type == "action":
@@ -239,6 +448,7 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
         if ev.verb != "service-state":
             continue
         old, new, reason = change(ev)
+        room_event(ev, new)
         name = ev.object_name
         owner = by_guest.get(name)
         if new == "fence":
@@ -282,4 +492,4 @@ def incidents(events: Any, limit: int = 50, window: int = WINDOW) -> list[Incide
             if owner.kind == "guest":
                 owner.ended = ev.time
     found.reverse()
-    return found[:limit]
+    return found

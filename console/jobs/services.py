@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -28,8 +28,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agent import names
-from agent.protocol import PROTOCOL_VERSION, SEALED_ARG
+from agent.protocol import SEALED_ARG, Command, ProtocolError
 from console.clusters.models import Cluster, Host
+from console.core import broker
 from console.jobs.models import (
     FINISHED_STEP_STATUSES,
     Job,
@@ -71,6 +72,18 @@ def new_command_id(prefix: str = "c") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
 
+@dataclass
+class NewJob:
+    """A job to create (`create_jobs`): its steps are given at once when it has any or an
+    engine action (`action_id`); `message` is its first log line."""
+
+    kind: str
+    steps: list[StepSpec]
+    params: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    action_id: str = ""
+
+
 def create_job(
     kind: str,
     steps: list[StepSpec],
@@ -82,22 +95,75 @@ def create_job(
     action_id: str = "",
 ) -> Job:
     """Create a job and its steps; the first stage is sent once the transaction commits."""
+    new = NewJob(kind, steps, dict(params or {}), message, action_id)
+    return create_jobs([new], cluster=cluster, created_by=created_by)[0]
+
+
+def create_jobs(
+    new: list[NewJob], *, cluster: Cluster | None = None, created_by: Any = None
+) -> list[Job]:
+    """Create jobs as `create_job` does, in a few INSERTs whatever their number (a mass
+    failure's 80 starts, one transaction and ~8 queries each, took seconds on SQLite); each
+    one's first stage is sent once the transaction commits (together, in `batched_dispatch`)."""
+    user = created_by if getattr(created_by, "is_authenticated", False) else None
+    by = created_by if isinstance(created_by, str) and created_by else None
     with transaction.atomic():
-        user = created_by if getattr(created_by, "is_authenticated", False) else None
-        params = dict(params or {})
-        if isinstance(created_by, str) and created_by:
-            params.setdefault("by", created_by)  # a script or a named actor, not a user
-        job = Job.objects.create(
-            kind=kind,
-            cluster=cluster,
-            created_by=user,
-            params=params,
+        jobs = Job.objects.bulk_create(
+            Job(
+                kind=n.kind,
+                cluster=cluster,
+                created_by=user,
+                params={**({"by": by} if by else {}), **n.params},
+                action_id=n.action_id,
+                engine_notified=not n.action_id,
+            )
+            for n in new
         )
-        if steps or action_id:
-            attach_steps(job, steps, action_id=action_id, message=message)
-        elif message:
-            add_event(job, message)
-    return job
+        steps: list[JobStep] = []
+        links: set[tuple[int, int]] = set()
+        events: list[JobEvent] = []
+        for job, n in zip(jobs, new, strict=True):
+            hosts = {s.host.pk: s.host for s in n.steps if s.host is not None}
+            links |= {(job.pk, pk) for pk in hosts}
+            steps += _step_rows(job, n.steps, first=1)
+            message = n.message
+            if n.steps or n.action_id:
+                where = ", ".join(sorted(h.name for h in hosts.values())) or "the console"
+                message = message or f"{job.kind}: {len(n.steps)} step(s) on {where}"
+                _schedule_dispatch(job.pk)
+            if message:
+                events.append(JobEvent(job=job, seq=1, message=message))
+        JobStep.objects.bulk_create(steps, batch_size=500)
+        through = Job.hosts.through
+        through.objects.bulk_create(
+            [through(job_id=j, host_id=h) for j, h in sorted(links)], batch_size=500
+        )
+        JobEvent.objects.bulk_create(events, batch_size=500)
+    return jobs
+
+
+def _step_rows(job: Job, steps: list[StepSpec], *, first: int) -> list[JobStep]:
+    """The job's new step rows, numbered from `first`, each with a fresh command id."""
+    return [
+        JobStep(
+            job=job,
+            seq=i,
+            stage=s.stage,
+            host=s.host,
+            kind=s.kind,
+            command_id=new_command_id(),
+            args=s.args,
+            secret_ref=s.secret_ref,
+        )
+        for i, s in enumerate(steps, start=first)
+    ]
+
+
+def _lock(job: Job) -> None:
+    """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
+    threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
+    written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
+    list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
 
 
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
@@ -105,20 +171,9 @@ def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", messag
     with transaction.atomic():
         hosts = {s.host.pk: s.host for s in steps if s.host is not None}
         job.hosts.add(*hosts.values())
+        _lock(job)
         first = (job.steps.aggregate(m=Max("seq"))["m"] or 0) + 1
-        JobStep.objects.bulk_create(
-            JobStep(
-                job=job,
-                seq=i,
-                stage=s.stage,
-                host=s.host,
-                kind=s.kind,
-                command_id=new_command_id(),
-                args=s.args,
-                secret_ref=s.secret_ref,
-            )
-            for i, s in enumerate(steps, start=first)
-        )
+        JobStep.objects.bulk_create(_step_rows(job, steps, first=first))
         if action_id:
             job.action_id, job.engine_notified = action_id, False
             job.save(update_fields=["action_id", "engine_notified"])
@@ -156,14 +211,46 @@ def _schedule_dispatch(job_id: int) -> None:
 
 
 def dispatch_all(job_ids: list[int]) -> None:
-    """`dispatch` each job, all in one transaction (sent after its commit); a job that cannot
-    be dispatched (its own savepoint rolled back, logged) does not hold up the others."""
+    """`dispatch` many jobs at once: their rows read in two queries, the steps they send marked
+    in one UPDATE, the commands handed to the broker together after the commit (a mass start's
+    80 jobs, dispatched one transaction each, took seconds on SQLite). A job that cannot be
+    dispatched (its own savepoint rolled back, logged) does not hold up the others."""
+    ids = list(dict.fromkeys(job_ids))
+    if not ids:
+        return
+    sends: list[Send] = []
     with transaction.atomic():
-        for job_id in job_ids:
+        jobs = Job.objects.select_for_update().in_bulk(ids)
+        steps: dict[int, list[JobStep]] = {}
+        for step in (
+            JobStep.objects.filter(job_id__in=list(jobs))
+            .select_related("host")
+            .order_by("job_id", "stage", "seq")
+        ):
+            steps.setdefault(step.job_id, []).append(step)
+        now = timezone.now()
+        sent_steps: list[int] = []
+        started: list[int] = []
+        for job_id in ids:
+            job = jobs.get(job_id)
+            if job is None:
+                continue
             try:
-                dispatch(job_id)
+                with transaction.atomic():
+                    out = _stage_sends(job, steps.get(job_id, []), now)
             except Exception:
                 log.exception("job %s could not be dispatched", job_id)
+                continue
+            sends.extend(send for _, send in out)
+            sent_steps.extend(step.pk for step, _ in out)
+            if out and job.status == JobStatus.PENDING:
+                started.append(job.pk)
+        JobStep.objects.filter(pk__in=sent_steps).update(
+            status=StepStatus.DISPATCHED, dispatched=now
+        )
+        Job.objects.filter(pk__in=started).update(status=JobStatus.DISPATCHED, started=now)
+        # Sent only after the commit: an agent never sees a step the database does not have.
+        transaction.on_commit(lambda: _send_all(sends))
 
 
 def finish_job(job: Job, *, ok: bool, explanation: str = "") -> Job:
@@ -185,6 +272,7 @@ def add_event(
 ) -> JobEvent:
     """Append to the job's log; ``seq`` is the next number within the job."""
     with transaction.atomic():
+        _lock(job)
         last = JobEvent.objects.filter(job=job).aggregate(m=Max("seq"))["m"] or 0
         return JobEvent.objects.create(
             job=job,
@@ -197,8 +285,9 @@ def add_event(
         )
 
 
-class NoSealingKey(Exception):
-    """A step has secret arguments, but its agent has no sealing key."""
+class Unsendable(Exception):
+    """A step cannot become a command: its agent has no sealing key for its secrets, or what it
+    would send does not follow the protocol (agent/protocol.py ``Command.check``)."""
 
 
 def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -228,7 +317,7 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
         return args, redacted
     key = credentials.seal_key(target)
     if key is None:
-        raise NoSealingKey(
+        raise Unsendable(
             f"{step.kind} on {target} needs secrets, and {target} has no sealing key: "
             "bootstrap the host again (or rotate its credentials)"
         )
@@ -236,112 +325,183 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
     return args, redacted
 
 
+#: one command to send: (host, command, the same with its secrets redacted)
+Send = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+#: the console's own steps (the SSH bootstrap's): not agent commands. The bootstrap takes each
+#: before the dispatcher sees it; only the simulated fleet of the UI tests is sent them.
+CONSOLE_STEP_PREFIXES = ("bootstrap.", "cluster.")
+
+
+def command_for(step: JobStep, target: str) -> tuple[Command, Command]:
+    """The one place a step becomes the command sent to ``target``'s agent, checked by the rules
+    the agent parses it with (``Command.check``), and its copy for logs (secrets redacted).
+    Raises ``Unsendable`` saying why a step cannot be sent."""
+    args, redacted = _resolve_secrets(step, target)
+    command = Command(id=step.command_id, kind=step.kind, args=args)
+    try:
+        if not step.kind.startswith(CONSOLE_STEP_PREFIXES):
+            command.check()
+    except ProtocolError as exc:
+        raise Unsendable(f"{step.kind} on {target} cannot be sent: {exc}") from exc
+    return command, replace(command, args=redacted)
+
+
 def dispatch(job_id: int) -> None:
     """Send every step of the job's current stage that has not been sent yet."""
-    sends: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
-        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST):
-            return
-        steps = list(job.steps.select_related("host").order_by("stage", "seq"))
-        open_steps = [s for s in steps if s.status not in FINISHED_STEP_STATUSES]
-        if not open_steps:
-            return
-        stage = open_steps[0].stage
-        now = timezone.now()
-        unsent: JobStep | None = None
-        for step in open_steps:
-            if step.stage != stage or step.status != StepStatus.PENDING:
-                continue
-            # Steps without a host go to the agent that runs beside the console.
-            target = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
-            try:
-                args, redacted = _resolve_secrets(step, target)
-            except NoSealingKey as exc:
-                step.status, step.error, step.finished = StepStatus.FAILED, str(exc), now
-                step.save(update_fields=["status", "error", "finished"])
-                unsent = unsent or step
-                continue
-            command = {
-                "v": PROTOCOL_VERSION,
-                "id": step.command_id,
-                "kind": step.kind,
-                "args": args,
-            }
-            sends.append((target, command, {**command, "args": redacted}))
-            step.status, step.dispatched = StepStatus.DISPATCHED, now
-            step.save(update_fields=["status", "dispatched"])
-        if job.status == JobStatus.PENDING and sends:
+    dispatch_all([job_id])
+
+
+def _stage_sends(job: Job, steps: list[JobStep], now: Any) -> list[tuple[JobStep, Send]]:
+    """What to send of the job's current stage (the steps not sent yet), each with its step;
+    the caller marks them dispatched. A step whose secrets cannot be sealed fails the job."""
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST):
+        return []
+    open_steps = [s for s in steps if s.status not in FINISHED_STEP_STATUSES]
+    if not open_steps:
+        return []
+    stage = open_steps[0].stage
+    out: list[tuple[JobStep, Send]] = []
+    unsent: JobStep | None = None
+    for step in open_steps:
+        if step.stage != stage or step.status != StepStatus.PENDING:
+            continue
+        # Steps without a host go to the agent that runs beside the console.
+        target = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
+        try:
+            command, redacted = command_for(step, target)
+        except Unsendable as exc:
+            step.status, step.error, step.finished = StepStatus.FAILED, str(exc), now
+            step.save(update_fields=["status", "error", "finished"])
+            unsent = unsent or step
+            continue
+        out.append((step, (target, command.to_dict(), redacted.to_dict())))
+        step.status, step.dispatched = StepStatus.DISPATCHED, now
+    if unsent is not None:
+        if out and job.status == JobStatus.PENDING:
             job.status, job.started = JobStatus.DISPATCHED, now
             job.save(update_fields=["status", "started"])
-        if unsent is not None:
-            add_event(job, unsent.error, level=JobEvent.Level.ERROR, host=unsent.host)
-            _advance(job, failed_step=unsent)
-        # Sent only after the commit: an agent never sees a step the database does not have.
-        transaction.on_commit(lambda: _send_all(sends))
+        JobStep.objects.filter(pk__in=[step.pk for step, _ in out]).update(
+            status=StepStatus.DISPATCHED, dispatched=now
+        )
+        add_event(job, unsent.error, level=JobEvent.Level.ERROR, host=unsent.host)
+        _advance(job, failed_step=unsent)
+    return out
 
 
-def _send_all(sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+def _send_all(sends: list[Send]) -> None:
+    """Hand the commands to the broker, together when the transport can (one connection)."""
+    t = transport()
+    send_many = getattr(t, "send_many", None)
+    if send_many is not None:
+        send_many(sends)
+        return
     for host, command, redacted in sends:
         try:
-            transport().send(host, command, redacted)
-        except Exception:  # the broker is away: the step stays dispatched and times out
-            log.exception("could not send %s to %s", command["kind"], host)
+            t.send(host, command, redacted)
+        except Exception as exc:  # the broker is away: the step stays dispatched, times out
+            broker.log_failure(log, f"could not send {command['kind']} to {host}", exc)
 
 
 def apply_result(message: dict[str, Any], *, sender: str | None) -> JobStep | None:
     """Record a result for a step; move the job on. Unknown ids are ignored, and so is a result
     from any host but the one the step was sent to (``sender``: the host whose inbound list it
     came from; None only for the console's own steps, which never come over the wire)."""
-    command_id = str(message.get("id", ""))
+    return apply_results([(sender, message)])[0]
+
+
+def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobStep | None]:
+    """`apply_result` for many (sender, result) at once, in one transaction: the steps read in
+    one query and written in one, their log lines in one INSERT, each job moved on once (a mass
+    start's 80 define results, ~11 queries each, took seconds on SQLite). Returns each
+    result's step (its ``job`` as moved on), None where a result was ignored."""
+    ids = [str(message.get("id", "")) for _, message in results]
+    out: list[JobStep | None] = []
     with transaction.atomic():
-        step = (
-            # lock the step only: PostgreSQL refuses FOR UPDATE on the nullable host join
-            JobStep.objects.select_for_update(of=("self",))
+        # lock the steps only: PostgreSQL refuses FOR UPDATE on the nullable host join
+        found = {
+            s.command_id: s
+            for s in JobStep.objects.select_for_update(of=("self",))
             .select_related("job", "host")
-            .filter(command_id=command_id)
-            .first()
+            .filter(command_id__in=ids)
+        }
+        applied: list[tuple[JobStep, dict[str, Any]]] = []
+        for (sender, message), command_id in zip(results, ids, strict=True):
+            step = found.get(command_id)
+            if step is None or step.status in FINISHED_STEP_STATUSES:
+                out.append(None)
+                continue
+            expected = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
+            if sender is not None and sender != expected:
+                log.warning(
+                    "refused a result for command %s from %s: it was sent to %s",
+                    command_id,
+                    sender,
+                    expected,
+                )
+                out.append(None)
+                continue
+            ok = bool(message.get("ok"))
+            error = message.get("error") or {}
+            step.status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
+            step.result = message.get("data") or {}
+            step.error = "" if ok else str(error.get("message") or "failed")
+            step.finished = timezone.now()
+            applied.append((step, message))
+            out.append(step)
+        JobStep.objects.bulk_update(
+            [step for step, _ in applied], ["status", "result", "error", "finished"], batch_size=200
         )
-        if step is None or step.status in FINISHED_STEP_STATUSES:
-            return None
-        expected = step.host.name if step.host is not None else settings.HAVEN_CONSOLE_AGENT
-        if sender is not None and sender != expected:
-            log.warning(
-                "refused a result for command %s from %s: it was sent to %s",
-                command_id,
-                sender,
-                expected,
-            )
-            return None
-        ok = bool(message.get("ok"))
-        error = message.get("error") or {}
-        step.status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
-        step.result = message.get("data") or {}
-        step.error = "" if ok else str(error.get("message") or "failed")
-        step.finished = timezone.now()
-        step.save(update_fields=["status", "result", "error", "finished"])
-        host_name = step.host.name if step.host else "the console"
-        if ok:
-            for hook in _step_hooks.get(step.kind, []):
-                hook(step, step.result)
-            add_event(
-                step.job,
-                f"{step.kind} on {host_name}: done",
-                host=step.host,
-                step=step.kind,
-                data={"duration_s": message.get("duration_s")},
-            )
-        else:
-            add_event(
-                step.job,
-                f"{step.kind} on {host_name} failed: {step.error}",
-                level=JobEvent.Level.ERROR,
-                host=step.host,
-                step=step.kind,
-                data={"code": error.get("code", ""), "stderr": error.get("stderr", "")},
-            )
-        _advance(step.job, failed_step=None if ok else step)
-    return step
+        events: list[JobEvent] = []
+        for step, message in applied:
+            host_name = step.host.name if step.host else "the console"
+            if step.status == StepStatus.SUCCEEDED:
+                for hook in _step_hooks.get(step.kind, []):
+                    hook(step, step.result)
+                text, level = f"{step.kind} on {host_name}: done", JobEvent.Level.INFO
+                data = {"duration_s": message.get("duration_s")}
+            else:
+                error = message.get("error") or {}
+                text = f"{step.kind} on {host_name} failed: {step.error}"
+                level = JobEvent.Level.ERROR
+                data = {"code": error.get("code", ""), "stderr": error.get("stderr", "")}
+            events.append(
+                JobEvent(job=step.job, message=text, level=level, host=step.host, step=step.kind,
+                         data=data)
+            )  # fmt: skip
+        _append_events(events)
+        # each job moved on once, with every result of this batch filed (the first failure
+        # fails it, as one result at a time would)
+        by_job: dict[int, list[JobStep]] = {}
+        for step, _ in applied:
+            by_job.setdefault(step.job_id, []).append(step)
+        locked = Job.objects.select_for_update().in_bulk(list(by_job))
+        all_steps: dict[int, list[JobStep]] = {}
+        for row in JobStep.objects.filter(job_id__in=list(by_job)):
+            all_steps.setdefault(row.job_id, []).append(row)
+        for job_id, mine in by_job.items():
+            job = locked[job_id]
+            failed = next((s for s in mine if s.status == StepStatus.FAILED), None)
+            _advance(job, failed_step=failed, steps=all_steps.get(job_id, []))
+            for step in mine:
+                step.job = job
+    return out
+
+
+def _append_events(events: list[JobEvent]) -> None:
+    """Append job log lines in one INSERT, each numbered after its job's last one."""
+    if not events:
+        return
+    last = dict(
+        JobEvent.objects.filter(job_id__in={e.job_id for e in events})
+        .values("job_id")
+        .annotate(m=Max("seq"))
+        .values_list("job_id", "m")
+    )
+    for event in events:
+        last[event.job_id] = event.seq = (last.get(event.job_id) or 0) + 1
+    JobEvent.objects.bulk_create(events, batch_size=500)
 
 
 def finish_console_step(
@@ -425,9 +585,13 @@ def _advance_alternatives(job: Job, steps: list[JobStep], failed_step: JobStep |
     _schedule_dispatch(job.pk)
 
 
-def _advance(job: Job, failed_step: JobStep | None) -> None:
-    job = Job.objects.select_for_update().get(pk=job.pk)
-    steps = list(job.steps.all())
+def _advance(job: Job, failed_step: JobStep | None, steps: list[JobStep] | None = None) -> None:
+    """Move a job on after a step finished: fail it, finish it or send its next stage.
+    `steps`: the job's steps as just written, with `job` locked (`apply_results`); else both
+    are read here."""
+    if steps is None:
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        steps = list(job.steps.all())
     if alternatives(job):
         _advance_alternatives(job, steps, failed_step)
         return

@@ -9,6 +9,7 @@ Tests swap the transport with ``use_transport`` (a recorder or a real broker), t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -16,10 +17,30 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from agent.protocol import EXECUTE_TASK, agent_queue
+from console.core import broker
+
+log = logging.getLogger("haven.jobs")
 
 # How long the console waits for an action (the engine's action_timeout_s), and for a fence.
 COMMAND_EXPIRES_S = 300.0
 FENCE_EXPIRES_S = 60.0
+#: A command that cannot be sent because Redis is away or restarting is tried again for about
+#: 8 s (kombu's publish retry: after 0.2 s, then 0.3 s longer each time, at most 1 s apart), so
+#: a Redis restart does not leave its step waiting out the action timeout (a start not sent
+#: was a guest down for 300 s in the chaos runs). A retry after an ambiguous failure may send
+#: a command twice: an agent runs a command id once (agent/executor.py).
+SEND_RETRY: dict[str, float] = {
+    "max_retries": 10,
+    "interval_start": 0.2,
+    "interval_step": 0.3,
+    "interval_max": 1.0,
+}
+NO_RETRY: dict[str, float] = {
+    "max_retries": 0,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 
 
 def expires_s(command: dict[str, Any]) -> float:
@@ -40,6 +61,32 @@ class Transport(Protocol):
 
 class CeleryTransport:
     def send(self, host: str, command: dict[str, Any], redacted: dict[str, Any]) -> None:
+        self._publish(host, command, redacted, None)
+
+    def send_many(self, sends: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Several commands through one producer (one broker connection taken from the pool,
+        not one each); a command that cannot be sent is logged, the others still go."""
+        from console.celery import app
+
+        pool: Any = app.producer_or_acquire()  # a context manager (celery stubs say otherwise)
+        retry = SEND_RETRY
+        with pool as producer:
+            for host, command, redacted in sends:
+                try:
+                    self._publish(host, command, redacted, producer, retry)
+                except Exception as exc:  # the broker is away: the step stays dispatched
+                    broker.log_failure(log, f"could not send {command.get('kind')} to {host}", exc)
+                    if broker.unavailable(exc):
+                        retry = NO_RETRY  # waited once already: the rest are not held ~8 s each
+
+    def _publish(
+        self,
+        host: str,
+        command: dict[str, Any],
+        redacted: dict[str, Any],
+        producer: Any,
+        retry: dict[str, float] | None = None,
+    ) -> None:
         from console.celery import app
 
         app.send_task(
@@ -49,6 +96,9 @@ class CeleryTransport:
             argsrepr=repr([redacted]),
             # never run late: a command not taken by then is dropped (console/settings.py)
             expires=min(expires_s(command), settings.HAVEN_COMMAND_TTL_S),
+            producer=producer,
+            retry=True,
+            retry_policy=SEND_RETRY if retry is None else retry,
         )
 
 

@@ -17,7 +17,12 @@ FENCE_LEVEL_MIN_TIMEOUT_S = 5.0
 
 
 def libvirt_uri(host: Host) -> str:
-    return host.libvirt_uri or f"qemu+tcp://{host.address}/system"
+    """Where other hosts migrate to ``host``: its own URI when a person set one, else over TLS
+    once the bootstrap installed its certificate (console/runtime/pki.py), else plain TCP."""
+    if host.libvirt_uri:
+        return host.libvirt_uri
+    scheme = "qemu+tls" if host.tls_certificate else "qemu+tcp"
+    return f"{scheme}://{host.address}/system"
 
 
 def _start(

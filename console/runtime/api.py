@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from console.core.units import mib
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
 from console.services.models import FailoverDomain
@@ -68,9 +69,17 @@ class FailoverSerializer(serializers.Serializer):  # type: ignore[type-arg]
     survives = serializers.IntegerField(help_text="host failures (the worst ones) it survives")
     summary = serializers.CharField(help_text='e.g. "survives 1 host failure; 3.2 GiB spare"')
     ok = serializers.BooleanField(allow_null=True)
-    spare_mb = serializers.IntegerField(allow_null=True)
-    needed_mb = serializers.IntegerField(allow_null=True)
-    free_mb = serializers.IntegerField(allow_null=True)
+    spare_mb = serializers.IntegerField(
+        allow_null=True,
+        **mib("The smallest margin over the priorities checked (negative: short by that much)"),
+    )
+    needed_mb = serializers.IntegerField(
+        allow_null=True,
+        **mib("At the deciding priority: the memory needed after the worst failures"),
+    )
+    free_mb = serializers.IntegerField(
+        allow_null=True, **mib("At the deciding priority: the memory free for it")
+    )
     worst_hosts = serializers.ListField(child=serializers.CharField())
 
 
@@ -95,6 +104,13 @@ class RebalanceSerializer(serializers.Serializer):  # type: ignore[type-arg]
 class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
     failover = FailoverSerializer()
     rebalance = RebalanceSerializer(allow_null=True)
+    tick = serializers.IntegerField(help_text="The engine's tick the answer was computed at.")
+    computed_at = serializers.FloatField(help_text="When it was computed (Unix time).")
+    age_s = serializers.FloatField(help_text="Seconds since it was computed.")
+    ticks_behind = serializers.IntegerField(help_text="Ticks the engine made since.")
+    stale = serializers.BooleanField(
+        help_text="Behind the engine and older than a few seconds (nobody refreshed it)."
+    )
 
 
 class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -13,8 +13,14 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
-                         first heartbeat, then apply libvirt's migration settings through a
-                         normal ``configure_migration`` job step. With systemd also
+                         first heartbeat, then apply libvirt's migration settings through
+                         normal job steps: over TLS (``HAVEN_MIGRATION_TRANSPORT``, default
+                         ``tls``) ``tls_request`` (the agent's key stays on the host; the
+                         cluster CA signs its request, console/runtime/pki.py), then
+                         ``configure_migration`` installs the certificates and switches
+                         libvirtd to TLS only; libvirtd is restarted over SSH when anything
+                         changed (guests keep running; with plain TCP, as before, a warning
+                         says it must be restarted). With systemd also
                          ``haven-drain-<name>.service``, whose stop (every poweroff and
                          reboot) runs ``/etc/haven/shutdown-<name>.sh`` before libvirt stops
                          any guest: the console drains the host live, the hook waits for it
@@ -545,14 +551,28 @@ _CHECK_LIBVIRT = (
     "sys.exit(0 if shutil.which('libvirtd', path='/usr/sbin:/usr/bin:/sbin:/bin') "
     "and ctypes.util.find_library('virt') else 1)"
 )
-# Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement. Runs under flock.
-# A newer agent version starts from a copy of the newest complete install (its dependencies
-# are then already there: pip installs only what changed) instead of a new venv, whose
-# ensurepip alone takes minutes on a slow host; a fresh venv when that copy does not work.
+# Which hosts use an installed version: one empty file per host in <version>/.users/, made
+# under the install lock (hosts may share /opt, as the lab's do); the uninstall
+# (console/runtime/membership.py) removes its own and the version once nobody is left.
+USERS_DIR = ".users"
+# Positional arguments only: $1 target dir, $2 host name. Runs under flock.
+_MARK_USER = r"""
+set -eu
+[ -f "$1/.haven-complete" ] || exit 1
+mkdir -p "$1/.users"
+: >"$1/.users/$2"
+"""
+# Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement, $4 host name.
+# Runs under flock. A newer agent version starts from a copy of the newest complete install
+# (its dependencies are then already there: pip installs only what changed; the copy's users
+# are not the new version's) instead of a new venv, whose ensurepip alone takes minutes on a
+# slow host; a fresh venv when that copy does not work.
 _INSTALL = r"""
 set -eu
-target=$1; wheels=$2; spec=$3
-if [ -f "$target/.haven-complete" ]; then echo present; exit 0; fi
+target=$1; wheels=$2; spec=$3; user=$4
+if [ -f "$target/.haven-complete" ]; then
+    mkdir -p "$target/.users"; : >"$target/.users/$user"; echo present; exit 0
+fi
 rm -rf "$target"
 root=$(dirname "$target")
 build=$(mktemp -d "$root/.build.XXXXXX")
@@ -564,7 +584,7 @@ install() {
 }
 prev=$(ls -td "$root"/*/.haven-complete 2>/dev/null | head -n 1 || true)
 if [ -n "$prev" ] && cp -a "$(dirname "$prev")/." "$build/" && rm -f "$build/.haven-complete" \
-        && install; then
+        && rm -rf "$build/.users" && install; then
     echo "upgraded a copy of $(dirname "$prev")"
 else
     rm -rf "$build" && mkdir "$build"
@@ -572,6 +592,7 @@ else
     install
 fi
 touch "$build/.haven-complete"
+mkdir -p "$build/.users"; : >"$build/.users/$user"
 mv -T "$build" "$target"
 trap - EXIT
 echo installed
@@ -630,8 +651,13 @@ def _install(run: _HostRun) -> dict[str, Any]:
     version, wheels = agent_wheel()
     target = install_dir(version)
     run.facts.update(python=out.strip(), agent_version=version, agent_dir=target)
-    code, _, _ = run.run(["test", "-f", f"{target}/.haven-complete"], check=False, what="test")
-    if code == 0:
+    lock = f"{AGENT_ROOT}/.install.lock"
+    code, _, _ = run.run(
+        ["flock", lock, "sh", "-c", _MARK_USER, "haven-mark", target, run.name],
+        check=False,
+        what="marking the installed agent used",
+    )
+    if code == 0:  # installed already (by this host or another on the same file system)
         return {"version": version, "path": target, "installed": False}
     run.run(["mkdir", "-p", AGENT_ROOT], what="mkdir")
     _, tmp, _ = run.run(["mktemp", "-d", "/tmp/haven-wheels.XXXXXX"], what="mktemp")
@@ -651,6 +677,7 @@ def _install(run: _HostRun) -> dict[str, Any]:
                 target,
                 tmp,
                 f"haven-agent=={version}",
+                run.name,
             ],
             what="installing the agent",
             timeout=float(
@@ -899,21 +926,11 @@ def _register(run: _HostRun) -> dict[str, Any]:
         how = "supervised process"
     beat = _wait_heartbeat(run, since)
     migration = _configure_migration(run)
-    restart = bool(migration.get("restart_required"))
-    if restart:
-        jobs.add_event(
-            run.job,
-            f"{run.name}: libvirtd must be restarted to apply the migration settings",
-            level=JobEvent.Level.WARNING,
-            host=run.host,
-            step="bootstrap.register",
-        )
     return {
         "started_by": how,
         "agent_version": beat.agent_version or None,
         "host_uuid": beat.host_uuid,
         "migration": migration,
-        "restart_required": restart,
     }
 
 
@@ -936,18 +953,22 @@ def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
     )
 
 
-def _configure_migration(run: _HostRun) -> dict[str, Any]:
+def migration_transport() -> str:
+    """How hosts migrate to each other (``HAVEN_MIGRATION_TRANSPORT``): ``tls`` (default;
+    the cluster CA's certificates, console/runtime/pki.py) or ``tcp`` (unauthenticated)."""
+    transport = str(getattr(settings, "HAVEN_MIGRATION_TRANSPORT", "tls") or "tls")
+    if transport not in ("tls", "tcp"):
+        raise BootstrapError(f"HAVEN_MIGRATION_TRANSPORT must be tls or tcp, not {transport!r}")
+    return transport
+
+
+def _agent_step(run: _HostRun, kind: str, args: dict[str, Any], what: str) -> dict[str, Any]:
+    """One command to the host's agent as a normal job step; its result (or BootstrapError)."""
     job = jobs.create_job(
-        "configure-migration",
-        [
-            jobs.StepSpec(
-                run.host,
-                "configure_migration",
-                {"listen_address": run.address, "migration_address": run.address},
-            )
-        ],
+        kind.replace("_", "-"),
+        [jobs.StepSpec(run.host, kind, args)],
         cluster=run.host.cluster,
-        message=f"libvirt migration settings of {run.name} (bootstrap job {run.job.pk})",
+        message=f"{what} of {run.name} (bootstrap job {run.job.pk})",
     )
     deadline = time.monotonic() + MIGRATION_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -956,11 +977,106 @@ def _configure_migration(run: _HostRun) -> dict[str, Any]:
             break
         time.sleep(0.2)
     else:
-        raise BootstrapError(f"configure_migration on {run.name} got no answer (job {job.pk})")
+        raise BootstrapError(f"{kind} on {run.name} got no answer (job {job.pk})")
     if job.status != JobStatus.SUCCEEDED:
-        raise BootstrapError(f"configure_migration on {run.name} failed: {job.explanation}")
-    step = job.steps.get()
-    return {"job": job.pk, **step.result}
+        raise BootstrapError(f"{kind} on {run.name} failed: {job.explanation}")
+    return {"job": job.pk, **job.steps.get().result}
+
+
+# Positional argument only: $1 "systemd" or not. Restarts libvirtd so it reads the TLS
+# settings and certificates, then waits until it answers again (guests keep running across a
+# libvirtd restart). Under systemd with socket activation (Debian's default) the listener is
+# libvirtd-tls.socket, and libvirtd-tcp.socket goes; without it (legacy --listen) a restart.
+_RESTART_LIBVIRTD = r"""
+set -eu
+if [ "$1" = systemd ]; then
+    if [ "$(systemctl is-enabled libvirtd.socket 2>/dev/null || true)" = enabled ]; then
+        for unit in libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+                    libvirtd-tcp.socket; do
+            systemctl stop "$unit" 2>/dev/null || true
+        done
+        systemctl disable libvirtd-tcp.socket >/dev/null 2>&1 || true
+        systemctl enable libvirtd-tls.socket
+        systemctl start libvirtd.socket libvirtd-tls.socket
+        systemctl start libvirtd-ro.socket libvirtd-admin.socket 2>/dev/null || true
+        systemctl start libvirtd.service
+    else
+        systemctl restart libvirtd.service
+    fi
+else
+    pidf=/run/libvirt/libvirtd.pid
+    if [ -s "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+        pid=$(cat "$pidf")
+        kill -s TERM "$pid"
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    libvirtd --listen --daemon --pid-file "$pidf"
+fi
+i=0
+until virsh -c qemu:///system version >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ "$i" -lt 100 ] || { echo "libvirtd does not answer after its restart" >&2; exit 1; }
+    sleep 0.1
+done
+echo restarted
+"""
+
+
+def _restart_libvirtd(run: _HostRun) -> None:
+    _, init, _ = run.run(["cat", "/proc/1/comm"], check=False, what="init check")
+    run.run(
+        ["sh", "-c", _RESTART_LIBVIRTD, "haven-libvirtd", init.strip()],
+        what="restarting libvirtd",
+        timeout=60,
+    )
+
+
+def _configure_migration(run: _HostRun) -> dict[str, Any]:
+    """libvirt's migration settings through the agent; over TLS first the host's certificate:
+    the agent makes its key and a request, the cluster CA signs it (console/runtime/pki.py),
+    the agent installs both certificates. libvirtd is restarted when anything changed."""
+    from console.runtime import pki
+
+    transport = migration_transport()
+    args: dict[str, Any] = {"listen_address": run.address, "migration_address": run.address}
+    cert = ""
+    if transport == "tls":
+        request = _agent_step(run, "tls_request", {}, "the libvirt TLS key")
+        try:
+            cert = pki.issue_host_certificate(
+                run.host.cluster, run.name, run.address, str(request.get("csr", ""))
+            )
+        except pki.CertificateError as exc:
+            raise BootstrapError(str(exc)) from None
+        args.update(
+            transport="tls",
+            ca_certificate=pki.ca_certificate(run.host.cluster),
+            certificate=cert,
+        )
+    result = _agent_step(run, "configure_migration", args, "libvirt migration settings")
+    restarted = bool(result.get("restart_required")) and transport == "tls"
+    if restarted:  # TLS only works once libvirtd has read its certificates
+        _restart_libvirtd(run)
+    elif result.get("restart_required"):  # plain TCP: as before, a person restarts it
+        jobs.add_event(
+            run.job,
+            f"{run.name}: libvirtd must be restarted to apply the migration settings",
+            level=JobEvent.Level.WARNING,
+            host=run.host,
+            step="bootstrap.register",
+        )
+    Host.objects.filter(pk=run.host.pk).update(tls_certificate=cert)
+    run.host.tls_certificate = cert
+    out: dict[str, Any] = {
+        "job": result["job"],
+        "transport": transport,
+        "changed": result.get("changed"),
+        "libvirtd_restarted": restarted,
+    }
+    if cert:
+        out["certificate"] = pki.describe(cert)
+    return out
 
 
 STEPS: dict[str, Callable[[_HostRun], dict[str, Any]]] = {

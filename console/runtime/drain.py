@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
+from console.core import broker
 from console.runtime import ingest, runner
 from console.runtime.store import DRAIN_WAIT_S, RedisStore, Store
 
@@ -179,37 +180,34 @@ class Drainer:
             self._queued.discard(cluster_id)
         try:
             self._run_cluster(cluster_id, self.store)
-        except Exception:
-            log.exception("runner of cluster %s failed", cluster_id)
+        except Exception as exc:
+            broker.log_failure(log, f"runner of cluster {cluster_id} failed", exc)
         finally:
             close_old_connections()
 
     def _results(self, results: list[tuple[str, dict[str, Any]]]) -> None:
-        """A batch's results in one transaction (each in a savepoint of its own), the next
-        stages they release dispatched together after it (a mass start's 80 define results,
-        one transaction each, took seconds on SQLite)."""
+        """A batch's results in one transaction, applied together (jobs.apply_results: a
+        mass start's 80 define results, one by one, took seconds on SQLite), the next stages
+        they release dispatched together after it. A batch that fails for another reason
+        than the database is applied again one result at a time (a savepoint each), so one
+        bad result never holds up the others."""
         from django.db import transaction
 
         from console.jobs import services as jobs
 
         wakes: set[int] = set()
         for attempt in range(RESULT_ATTEMPTS):  # a locked database is worth waiting for
-            wakes = set()
             try:
-                with transaction.atomic(), jobs.batched_dispatch():
-                    for sender, message in results:
-                        try:
-                            with transaction.atomic():
-                                cluster_id = ingest.apply_result(sender, message)
-                        except DatabaseError:
-                            raise  # the whole batch again
-                        except Exception:
-                            log.exception(
-                                "result %s from %s could not be applied", message.get("id"), sender
-                            )
-                            continue
-                        if cluster_id is not None:
-                            wakes.add(cluster_id)
+                try:
+                    with transaction.atomic(), jobs.batched_dispatch():
+                        wakes = ingest.apply_results(results)
+                except DatabaseError:
+                    raise  # the whole batch again
+                except Exception:
+                    # one bad result must not hold up the others: each on its own savepoint
+                    log.exception("%d results could not be applied together", len(results))
+                    with transaction.atomic(), jobs.batched_dispatch():
+                        wakes = self._one_by_one(results)
                 break
             except DatabaseError as exc:
                 log.warning("%d results: %s; again", len(results), exc)
@@ -218,6 +216,23 @@ class Drainer:
                 close_old_connections()
         for cluster_id in wakes:
             self.wake(cluster_id)
+
+    def _one_by_one(self, results: list[tuple[str, dict[str, Any]]]) -> set[int]:
+        from django.db import transaction
+
+        wakes: set[int] = set()
+        for sender, message in results:
+            try:
+                with transaction.atomic():
+                    cluster_id = ingest.apply_result(sender, message)
+            except DatabaseError:
+                raise  # the whole batch again
+            except Exception:
+                log.exception("result %s from %s could not be applied", message.get("id"), sender)
+                continue
+            if cluster_id is not None:
+                wakes.add(cluster_id)
+        return wakes
 
     # --- the agents' Redis users ------------------------------------------------------------
     def _maybe_keep_users(self) -> None:
@@ -231,8 +246,9 @@ class Drainer:
 
         try:
             created = credentials.ensure_users(self.r)
-        except Exception:
-            log.exception("could not check the agents' Redis users")
+        except Exception as exc:
+            what = f"could not check the agents' Redis users (again in {USERS_CHECK_S:g} s)"
+            broker.log_failure(log, what, exc)
             return
         finally:
             close_old_connections()
@@ -262,8 +278,8 @@ class Drainer:
                 if at is None or now - at > BACKUP_AFTER_S:
                     self.totals.backup_ticks += 1
                     self.wake(cluster_id)
-        except Exception:
-            log.exception("backup tick check failed")
+        except Exception as exc:
+            broker.log_failure(log, "backup tick check failed", exc)
         finally:
             close_old_connections()
 

@@ -79,6 +79,22 @@ def guest_mib(xml: str) -> tuple[str, int]:
     return (name.group(1) if name else ""), mib
 
 
+def fake_csr(host: str) -> str:
+    """A real certificate request for a new key (dropped at once: the fake host has none)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
 class AgentError(Exception):
     """A command failed on the simulated host: ``code`` from agent.protocol.ERROR_CODES."""
 
@@ -333,8 +349,11 @@ class FakeAgents:
             return {"node": a["node"], "nodeid": 0}
         if kind == "corosync_remove_node":
             return {"node": a["node"], "changed": True, "nodes": []}
+        if kind == "tls_request":
+            return {"csr": fake_csr(host), "key": "/etc/pki/libvirt/private/serverkey.pem"}
         if kind == "configure_migration":
-            return {"files": [], "changed": True, "restart_required": False}
+            tls = a.get("transport") == "tls"
+            return {"files": [], "changed": True, "restart_required": tls}
         return self.storage(host, kind, a)
 
     def storage(self, host: str, kind: str, a: dict[str, Any]) -> dict[str, Any]:
@@ -412,17 +431,20 @@ class FakeAgents:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        from django.db import close_old_connections
+        from django.db import close_old_connections, connection
 
-        while not self._stop.is_set():
-            try:
-                self.round()
-            except Exception:  # keep playing; the test sees the error list
-                self.errors.append(traceback.format_exc())
-                log.exception("simulated agents")
-            finally:
-                close_old_connections()
-            self._stop.wait(self.period_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.round()
+                except Exception:  # keep playing; the test sees the error list
+                    self.errors.append(traceback.format_exc())
+                    log.exception("simulated agents")
+                finally:
+                    close_old_connections()
+                self._stop.wait(self.period_s)
+        finally:
+            connection.close()  # this thread's own connection (a test database is dropped after)
 
 
 FENCE_METADATA: dict[str, Any] = {
@@ -493,6 +515,8 @@ class FakeRemoteHost:
             return (0 if argv[-1] in self.files else 1), "", ""
         if cmd == "mktemp":
             return 0, "/tmp/haven-wheels.fake\n", ""
+        if cmd == "flock" and argv[5] == "haven-mark":  # installed already?
+            return (0 if f"{argv[6]}/.haven-complete" in self.files else 1), "", ""
         if cmd == "flock":  # the install script, under its lock
             self.files[f"{argv[6]}/.haven-complete"] = ("", 0o644)
             return 0, "installed\n", ""

@@ -196,25 +196,32 @@ def sort(
 def apply_result(sender: str, message: dict[str, Any]) -> int | None:
     """Apply a result to its step (only if ``sender`` is the host it was sent to); return the
     cluster whose runner should wake, or None."""
-    step = jobs.apply_result(message, sender=sender)
-    if step is None:
-        return None
-    job = step.job
-    job.refresh_from_db(fields=["status", "action_id"])
-    # The engine hears of every finished action at its next tick (≤ 1 s). It is woken at
-    # once only where recovery waits on the outcome: a fence, or an action that failed.
-    # A hung guest's destroy wakes it too: its restart waits on it (the crash budget).
-    if (
-        job.action_id
-        and job.status in FINISHED_STATUSES
-        and (
-            job.kind == "fence"
-            or job.status != JobStatus.SUCCEEDED
-            or job.params.get("reason") == "hung"
-        )
-    ):
-        return job.cluster_id
-    return None
+    return next(iter(apply_results([(sender, message)])), None)
+
+
+def apply_results(results: list[tuple[str, dict[str, Any]]]) -> set[int]:
+    """`apply_result` for a batch, in one transaction (jobs.apply_results); the clusters whose
+    runner should wake."""
+    wakes: set[int] = set()
+    for step in jobs.apply_results(list(results)):
+        if step is None:
+            continue
+        job = step.job  # as the batch moved it on
+        # The engine hears of every finished action at its next tick (≤ 1 s). It is woken at
+        # once only where recovery waits on the outcome: a fence, or an action that failed.
+        # A hung guest's destroy wakes it too: its restart waits on it (the crash budget).
+        if (
+            job.action_id
+            and job.status in FINISHED_STATUSES
+            and (
+                job.kind == "fence"
+                or job.status != JobStatus.SUCCEEDED
+                or job.params.get("reason") == "hung"
+            )
+            and job.cluster_id is not None
+        ):
+            wakes.add(job.cluster_id)
+    return wakes
 
 
 _directory: Directory | None = None

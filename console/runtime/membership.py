@@ -18,12 +18,14 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   refused while it is silent but not confirmed down (wait for its fence, or acknowledge it is
   down). A reachable host is put in maintenance (nothing new lands on it meanwhile), then,
   given the root password, its agent is stopped and uninstalled over SSH (its unit or boot
-  hook and its configuration with the broker credentials; the installed versions under
-  /opt/haven-agent are left: on the lab, whose hosts share one file system, other agents run
-  from them). Last, in one transaction: the broker credentials are revoked (its Redis user and keys,
-  console/runtime/credentials.py) and the row goes, with its fence devices and domain
-  memberships. Without a password the agent is left on the host, unable to log in. A host
-  that is down (fenced, offline, acknowledged) is removed without SSH. In a cluster formed
+  hook and its configuration with the broker credentials, and every installed version under
+  /opt/haven-agent it used that no other host uses: each bootstrap marks the version it runs
+  from with the host's name in ``<version>/.users/``, so on the lab, whose hosts share one
+  file system, the others' version stays). Last, in one transaction: the broker credentials
+  are revoked (its Redis user and keys, console/runtime/credentials.py) and the row goes,
+  with its fence devices and domain memberships. Without a password the agent is left on the
+  host, unable to log in. A host that is down (fenced, offline, acknowledged) is removed
+  without SSH. In a cluster formed
   with shared storage the SSH step also takes the host out of the cluster stack first
   (unmounts its GFS2, deactivates and lock-stops the shared VGs, stops and disables
   lvmlocks, lvmlockd, dlm and corosync, drops the GFS2 fstab lines, activation units and
@@ -42,6 +44,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
@@ -101,10 +104,41 @@ def add_hosts(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) 
     return job
 
 
+@dataclass(frozen=True)
+class HostKeyCheck:
+    """The host key a host presents now, beside the one pinned at its bootstrap."""
+
+    pinned: str
+    presented: str
+
+    @property
+    def changed(self) -> bool:
+        return self.presented != self.pinned
+
+
+def check_host_key(host: Host, port: int = 22) -> HostKeyCheck:
+    """Scan the key ``host`` presents now (to show; a repair pins a new one only when a person
+    passes it back as ``fingerprint``)."""
+    try:
+        presented = bootstrap.scan_host_key(host.address, port=port)
+    except bootstrap.BootstrapError as exc:
+        raise Refused(str(exc), status=400, field="address") from None
+    return HostKeyCheck(host.ssh_fingerprint, presented)
+
+
 def repair_host(
     host: Host, password: str, *, actor: Any, fingerprint: str = "", port: int = 22
 ) -> Job:
-    """Run the SSH bootstrap again on ``host`` (its row, guests and history stay)."""
+    """Run the SSH bootstrap again on ``host`` (its row, guests and history stay). The pinned
+    host key is used unless ``fingerprint`` is given: then that key, and only it, is accepted
+    and pinned from now on (the API's ``fingerprint``, the page's "accept the new host key"
+    after a check; an event records the change)."""
+    if fingerprint and not (fingerprint.startswith("SHA256:") and len(fingerprint) == 50):
+        raise Refused(
+            "The host key fingerprint must look like SHA256:<43 characters>.",
+            status=400,
+            field="fingerprint",
+        )
     spec = bootstrap.HostSpec(
         name=host.name,
         address=host.address,
@@ -118,7 +152,19 @@ def repair_host(
             status=400,
             field="fingerprint",
         )
-    return _start(host.cluster, [spec], actor=actor)
+    previous = host.ssh_fingerprint
+    job = _start(host.cluster, [spec], actor=actor)
+    if previous and spec.fingerprint != previous:
+        record(
+            actor=actor_name(actor),
+            verb="host-key",
+            obj=host,
+            cluster=host.cluster,
+            result="info",
+            message=f"accepted a new SSH host key {spec.fingerprint} (was {previous}) "
+            f"for the repair, job {job.pk}",
+        )
+    return job
 
 
 def _start(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:
@@ -299,6 +345,7 @@ def _run_remove(job_id: int, secret: dict[str, str]) -> None:
 _UNINSTALL = r"""
 set -u
 unit=$1; unit_file=$2; pid=$3; env=$4; sup=$5; boot=$6; agents=$7; confdir=$8; stack=$9
+name=${10}
 if [ "$(cat /proc/1/comm)" = systemd ] && [ -f "$unit_file" ]; then
     systemctl disable --now "$unit" || true
     rm -f "$unit_file"
@@ -312,7 +359,7 @@ if [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; then
     echo "supervised agent stopped"
 fi
 rm -f "$pid" "$env" "$sup" "$boot"
-echo "configuration removed from $confdir; $agents (the installed agent versions) is left"
+echo "configuration removed from $confdir"
 if [ "$stack" = 1 ] && [ "$(cat /proc/1/comm)" = systemd ]; then
     # leave the cluster stack cleanly: GFS2, the shared VGs' lockspaces, dlm, corosync
     umount -a -t gfs2 && echo "gfs2 unmounted" || echo "umount -a -t gfs2 failed"
@@ -330,6 +377,24 @@ if [ "$stack" = 1 ] && [ "$(cat /proc/1/comm)" = systemd ]; then
     done
     echo "cluster stack stopped and disabled; corosync.conf and authkey removed"
 fi
+[ -d "$agents" ] || exit 0
+# The installed versions this host used: its mark goes; a version nobody else uses goes too
+# (hosts sharing /opt, as the lab's do, keep theirs). Under the install lock: no bootstrap
+# marks or installs a version while it is being removed.
+flock "$agents/.install.lock" sh -c '
+    agents=$1; name=$2
+    for dir in "$agents"/*/; do
+        dir=${dir%/}
+        [ -e "$dir/.users/$name" ] || continue
+        rm -f "$dir/.users/$name"
+        left=$(ls -A "$dir/.users")
+        if [ -z "$left" ]; then
+            rm -rf "$dir"
+            echo "removed $dir (no other host uses it)"
+        else
+            echo "kept $dir: used by" $left
+        fi
+    done' haven-uninstall-agents "$agents" "$name"
 """
 
 
@@ -350,6 +415,7 @@ def _uninstall(run: Any) -> dict[str, Any]:
             bootstrap.AGENT_ROOT,
             bootstrap.CONFIG_DIR,
             "1" if shared_storage(run.host.cluster) else "0",
+            run.name,
         ],
         what="stopping and uninstalling the agent",
         timeout=600,  # with the cluster stack: umount and dlm's leave take a while (TCG)

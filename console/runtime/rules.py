@@ -16,7 +16,8 @@ from redis import RedisError
 
 from console import engine
 from console.clusters.models import Cluster
-from console.runtime.snapshot import load, service_config
+from console.runtime.models import EngineState
+from console.runtime.snapshot import Loaded, load, service_config
 from console.services.models import VmService
 
 log = logging.getLogger("haven.rules")
@@ -28,7 +29,7 @@ class Target:
 
     host: str
     refusal: engine.Refusal | None
-    free_mb: int | None
+    free_mib: int | None
     best: bool = False
 
     @property
@@ -63,8 +64,13 @@ def use(store: Any = None, clock: Callable[[], float] | None = None) -> Iterator
 
 
 def rulebook(cluster: Cluster) -> tuple[engine.Rulebook, engine.Snapshot]:
+    book, loaded = _rulebook(cluster)
+    return book, loaded.snapshot
+
+
+def _rulebook(cluster: Cluster) -> tuple[engine.Rulebook, Loaded]:
     loaded = load(cluster, store(), _clock(), cached=True)  # the config kept per process
-    return engine.Rulebook(loaded.snapshot, loaded.now), loaded.snapshot
+    return engine.Rulebook(loaded.snapshot, loaded.now), loaded
 
 
 def free_memory(snapshot: engine.Snapshot) -> dict[str, int]:
@@ -183,12 +189,18 @@ class Policy:
 
 def policy(cluster: Cluster) -> Policy:
     """The engine's answers on the live snapshot (one load); unknown while the broker does
-    not answer."""
+    not answer. The cluster page serves them kept per tick (console/runtime/panel.py)."""
+    return policy_at(cluster)[0]
+
+
+def policy_at(cluster: Cluster) -> tuple[Policy, EngineState | None]:
+    """``policy`` and the engine state row it was read at (its tick counter and configuration
+    version; None when the broker did not answer)."""
     tolerate = int(cluster.host_failures_to_tolerate)
     try:
-        book, _snapshot = rulebook(cluster)
+        book, loaded = _rulebook(cluster)
     except (RedisError, OSError) as exc:
         log.warning("policy of %s unknown: %s", cluster.name, exc)
-        return Policy(Failover(tolerate, 0, None), None)
+        return Policy(Failover(tolerate, 0, None), None), None
     failover = Failover(tolerate, book.tolerated(), book.capacity(max(1, tolerate)))
-    return Policy(failover, book.rebalance())
+    return Policy(failover, book.rebalance()), loaded.state

@@ -28,10 +28,11 @@ from django.utils import timezone
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.clusters.stream import publish_change
+from console.core import broker
 from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
-from console.events.services import record, record_many
+from console.events.services import EventFields, record, record_many
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
@@ -56,8 +57,18 @@ class TickReport:
 
 
 def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
-    """Run the engine for one cluster unless another runner does; returns what it did."""
+    """Run the engine for one cluster unless another runner does; returns what it did.
+    Redis away or restarting: nothing is written (the tick's transaction rolls back), one
+    warning says why, and the next tick (beat's, the drainer's backup) tries again."""
     store = store or _shared()
+    try:
+        return _run(cluster_id, store)
+    except broker.UNAVAILABLE as exc:
+        log.warning("tick of cluster %s not made: %s", cluster_id, broker.unavailable(exc))
+        return []
+
+
+def _run(cluster_id: int, store: Store) -> list[TickReport]:
     name = f"runner:{cluster_id}"
     reports: list[TickReport] = []
     for attempt in (1, 2):
@@ -213,6 +224,8 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
         if h.state in (engine.HostState.ONLINE, engine.HostState.MAINTENANCE)
     }
     with jobs.batched_dispatch():  # the jobs of one tick leave together
+        planned: list[tuple[engine.Action, str, dict[str, Any], Job | None]] = []
+        fresh: list[jobs.NewJob] = []
         for action in decision.actions:
             kind, steps, params = action_steps.steps_for(
                 action,
@@ -225,29 +238,30 @@ def _apply(cluster: Cluster, loaded: Loaded, decision: engine.Decision, now: flo
             job = bound.pop(service, None) if service else None
             params = {**params, "action": action.id}
             if job is None:
-                job = jobs.create_job(
-                    kind,
-                    steps,
-                    cluster=cluster,
-                    params=params,
-                    action_id=action.id,
-                    message=_describe(action),
-                )
+                fresh.append(jobs.NewJob(kind, steps, params, _describe(action), action.id))
             else:
                 job.params = {**job.params, **params}
                 job.save(update_fields=["params"])
                 jobs.attach_steps(job, steps, action_id=action.id, message=_describe(action))
+            planned.append((action, kind, params, job))
+        created = iter(jobs.create_jobs(fresh, cluster=cluster))  # in a few INSERTs
+        entries: list[EventFields] = []
+        for action, kind, params, bound_job in planned:
+            job = bound_job or next(created)
             report.jobs.append(job.pk)
-            record(
-                actor="engine",
-                verb=kind,
-                object_type="action",
-                object_name=action.id,
-                cluster=cluster,
-                result="info",
-                message=_describe(action),
-                data={"job": job.pk, **params},
+            entries.append(
+                {
+                    "actor": "engine",
+                    "verb": kind,
+                    "object_type": "action",
+                    "object_name": action.id,
+                    "cluster": cluster,
+                    "result": "info",
+                    "message": _describe(action),
+                    "data": {"job": job.pk, **params},
+                }
             )
+        record_many(entries)
     for job in bound.values():  # accepted, and nothing to do
         jobs.finish_job(job, ok=True, explanation="")
     return report
@@ -284,8 +298,19 @@ def transition_data(t: engine.Transition, status: engine.Status) -> dict[str, ob
         "reason": t.reason,
     }
     cause = getattr(t, "cause", "")
-    if cause:  # a health check that failed ("watchdog", "panic", ...), or "saved"
+    if cause:  # a health check that failed ("watchdog", "panic", ...), "saved", "resume"
         data["cause"] = cause
+    room = getattr(t, "room", None)
+    if room is not None:  # stopped to make room: for whom, then saved or shut down (and why)
+        data["room"] = {
+            "host": room.host,
+            "for": room.for_service,
+            "priority": room.priority,
+            "own_priority": room.own_priority,
+            "save": room.save,
+            "saved": room.saved,
+            "not_saved": room.not_saved,
+        }
     if kind == "host":
         data["host"] = t.name
     else:

@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +43,8 @@ LOCK_TTL_S = 3.0
 LOCK_MAX_HOLD_S = 60.0
 # The drainer blocks at most this long on empty inbound lists before it reports again.
 DRAIN_WAIT_S = 1.0
+#: a page's kept answer outlives a console that stopped refreshing it by this much at most
+PANEL_KEPT_S = 3600
 
 
 def client() -> redis.Redis:
@@ -58,6 +60,17 @@ def _count(value: object) -> int | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _time(value: object) -> float:
+    """A time from the wire (seconds), else 0.0."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def sent_at(data: dict[str, Any]) -> float:
+    """A stored heartbeat's ``sent_at`` (0.0 when missing): all the lag needs, read without
+    decoding the rest (its guests are thousands of entries at size)."""
+    return _time(data.get("sent_at"))
 
 
 def decode_heartbeat(host: str, data: dict[str, Any]) -> Heartbeat:
@@ -84,15 +97,16 @@ def decode_heartbeat(host: str, data: dict[str, Any]) -> Heartbeat:
         ],
         boot=_text(data.get("boot")) or "",
         cluster=cluster if isinstance(cluster, dict) else None,
-        ts=float(data["ts"]) if isinstance(data.get("ts"), int | float) else 0.0,
-        sent_at=float(data["sent_at"]) if isinstance(data.get("sent_at"), int | float) else 0.0,
+        ts=_time(data.get("ts")),
+        sent_at=sent_at(data),
     )
 
 
 @dataclass(frozen=True)
 class HostReport:
     """The latest word from one host's agent, as the runner needs it: ``beat`` decoded
-    (``decode_heartbeat``), ``heartbeat`` the message as it came."""
+    (``decode_heartbeat``, once: `overlay` hands its decoding in), ``heartbeat`` the message as
+    it came."""
 
     host: str
     received: float  # console clock
@@ -100,10 +114,14 @@ class HostReport:
     running: frozenset[str] = field(default_factory=frozenset)
     #: guest -> (check, detail): failed health checks (the heartbeat's, and newer events)
     unhealthy: dict[str, tuple[str, str]] = field(default_factory=dict)
+    decoded: Heartbeat | None = field(default=None, compare=False, repr=False)
 
     @property
     def beat(self) -> Heartbeat:
-        return decode_heartbeat(self.host, self.heartbeat)
+        if self.decoded is None:  # frozen: kept in the instance's dict, decoded once
+            object.__setattr__(self, "decoded", decode_heartbeat(self.host, self.heartbeat))
+        assert self.decoded is not None
+        return self.decoded
 
 
 @dataclass(frozen=True)
@@ -158,7 +176,8 @@ def overlay(
     ``{guest: (check, detail, received)}`` newer than it added, and dropped for a guest that
     started since (a fresh run)."""
     # every active guest (running, paused, ...) has a QEMU process: a copy exists
-    running = {g.name for g in decode_heartbeat(host, hb).guests or []}
+    beat = decode_heartbeat(host, hb)
+    running = {g.name for g in beat.guests or []}
     started: dict[str, float] = {}
     for guest, (state, at) in events.items():
         if state == "started":
@@ -176,7 +195,7 @@ def overlay(
     for guest, at in started.items():
         if at > received:
             unhealthy.pop(guest, None)
-    return HostReport(host, received, hb, frozenset(running), unhealthy)
+    return HostReport(host, received, hb, frozenset(running), unhealthy, beat)
 
 
 def _unhealthy(raw: object) -> dict[str, tuple[str, str]]:
@@ -193,7 +212,7 @@ def heartbeat_lag(beats: Iterator[tuple[float, dict[str, Any]]]) -> float:
     """Median over hosts of receive time - the agent's ``sent_at`` (0.0 without any)."""
     lags = []
     for received, hb in beats:
-        sent = decode_heartbeat("", hb).sent_at
+        sent = sent_at(hb)
         if sent > 0:
             lags.append(received - sent)
     return max(0.0, statistics.median(lags)) if lags else 0.0
@@ -286,6 +305,14 @@ class Store(Protocol):
     def publish_change(self, cluster_id: int) -> None:
         """Tell the open pages of a cluster that it changed (best effort)."""
 
+    # the pages' answers kept between ticks (the cluster page's policy panel: panel.py)
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        """The cluster's kept panel (its text), marking it watched for ``watch_s``."""
+
+    def put_panel(self, cluster_id: int, text: str) -> None: ...
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        """The clusters whose panel was read within its ``watch_s``."""
+
 
 class _Shortcuts:
     """What both stores derive from their batch and status calls."""
@@ -356,49 +383,20 @@ class RedisStore(_Shortcuts):
             )
         pipe.execute()
 
-    def reports(self, hosts: list[str]) -> dict[str, HostReport]:
-        """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
-        if not hosts:
-            return {}
-        pipe = self.r.pipeline()
-        pipe.hmget(f"{self.p}hb", hosts)
+    def _ask_events(self, pipe: Any, hosts: list[str]) -> None:
+        """Queue the reads of each host's lifecycle and health events (two answers a host)."""
         for host in hosts:
             pipe.hgetall(f"{self.p}ev:{host}")
             pipe.hgetall(f"{self.p}hl:{host}")
-        answers = pipe.execute()
-        out: dict[str, HostReport] = {}
-        pairs = zip(answers[1::2], answers[2::2], strict=True)
-        for host, raw, (events, health) in zip(hosts, answers[0], pairs, strict=True):
-            if raw is None:
-                continue
-            data = json.loads(raw)
-            parsed = {g: json.loads(e) for g, e in events.items()}
-            failed = {g: json.loads(e) for g, e in health.items()}
-            out[host] = overlay(
-                host,
-                float(data["received"]),
-                data["hb"],
-                {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
-                {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
-            )
-        return out
 
-    def view(
-        self, hosts: list[str], now: float | None = None
-    ) -> tuple[dict[str, HostReport], IngestStatus]:
-        """``reports`` and ``ingest_status`` in one round trip, each heartbeat parsed once."""
-        now = self.clock() if now is None else now
-        pipe = self.r.pipeline()  # MULTI: heartbeats and events as of one moment
-        pipe.hgetall(f"{self.p}ingest")
-        pipe.hgetall(f"{self.p}hb")
-        for host in hosts:
-            pipe.hgetall(f"{self.p}ev:{host}")
-            pipe.hgetall(f"{self.p}hl:{host}")
-        answers = pipe.execute()
-        progress, beats = answers[0], answers[1]
-        heartbeats = {h: json.loads(raw) for h, raw in beats.items()}
+    @staticmethod
+    def _host_reports(
+        hosts: list[str], heartbeats: dict[str, dict[str, Any]], answers: list[Any]
+    ) -> dict[str, HostReport]:
+        """The reports of ``hosts`` that have a heartbeat: ``heartbeats`` host -> the stored
+        ``{"received", "hb"}``, ``answers`` the two answers a host of ``_ask_events``."""
         out: dict[str, HostReport] = {}
-        pairs = zip(answers[2::2], answers[3::2], strict=True)
+        pairs = zip(answers[0::2], answers[1::2], strict=True)
         for host, (events, health) in zip(hosts, pairs, strict=True):
             data = heartbeats.get(host)
             if data is None:
@@ -412,13 +410,45 @@ class RedisStore(_Shortcuts):
                 {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
                 {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
             )
-        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in heartbeats.values())
+        return out
+
+    @staticmethod
+    def _ingest_of(
+        progress: dict[str, str], heartbeats: Iterable[dict[str, Any]], now: float
+    ) -> IngestStatus:
+        """``IngestStatus`` from the stored drainer's report and the stored heartbeats."""
+        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in heartbeats)
         report = (
             (float(progress["at"]), float(progress["caught_up_at"]), int(progress["backlog"]))
             if progress
             else None
         )
-        return out, ingest_status_of(report, hb_lag, now)
+        return ingest_status_of(report, hb_lag, now)
+
+    def reports(self, hosts: list[str]) -> dict[str, HostReport]:
+        """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
+        if not hosts:
+            return {}
+        pipe = self.r.pipeline()
+        pipe.hmget(f"{self.p}hb", hosts)
+        self._ask_events(pipe, hosts)
+        answers = pipe.execute()
+        beats = {h: json.loads(raw) for h, raw in zip(hosts, answers[0], strict=True) if raw}
+        return self._host_reports(hosts, beats, answers[1:])
+
+    def view(
+        self, hosts: list[str], now: float | None = None
+    ) -> tuple[dict[str, HostReport], IngestStatus]:
+        """``reports`` and ``ingest_status`` in one round trip, each heartbeat parsed once."""
+        now = self.clock() if now is None else now
+        pipe = self.r.pipeline()  # MULTI: heartbeats and events as of one moment
+        pipe.hgetall(f"{self.p}ingest")
+        pipe.hgetall(f"{self.p}hb")
+        self._ask_events(pipe, hosts)
+        answers = pipe.execute()
+        heartbeats = {h: json.loads(raw) for h, raw in answers[1].items()}
+        reports = self._host_reports(hosts, heartbeats, answers[2:])
+        return reports, self._ingest_of(answers[0], heartbeats.values(), now)
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
@@ -461,14 +491,7 @@ class RedisStore(_Shortcuts):
         pipe.hgetall(f"{self.p}ingest")
         pipe.hvals(f"{self.p}hb")
         progress, heartbeats = pipe.execute()
-        beats = (json.loads(raw) for raw in heartbeats)
-        hb_lag = heartbeat_lag((float(d["received"]), d["hb"]) for d in beats)
-        report = (
-            (float(progress["at"]), float(progress["caught_up_at"]), int(progress["backlog"]))
-            if progress
-            else None
-        )
-        return ingest_status_of(report, hb_lag, now)
+        return self._ingest_of(progress, (json.loads(raw) for raw in heartbeats), now)
 
     # --- one runner at a time, and wakes that are never lost -------------------------------
     @contextmanager
@@ -554,6 +577,24 @@ class RedisStore(_Shortcuts):
     def publish_change(self, cluster_id: int) -> None:
         with contextlib.suppress(redis.RedisError):
             self.r.publish(self.change_channel(cluster_id), "1")
+
+    # --- the pages' kept answers -----------------------------------------------------------
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        pipe = self.r.pipeline()
+        pipe.get(f"{self.p}panel:{cluster_id}")
+        if watch_s > 0:
+            pipe.set(f"{self.p}panel-watched:{cluster_id}", "1", px=int(watch_s * 1000))
+        value: Any = pipe.execute()[0]
+        return None if value is None else str(value)
+
+    def put_panel(self, cluster_id: int, text: str) -> None:
+        self.r.set(f"{self.p}panel:{cluster_id}", text, ex=PANEL_KEPT_S)
+
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        if not cluster_ids:
+            return []
+        values: Any = self.r.mget([f"{self.p}panel-watched:{c}" for c in cluster_ids])
+        return [c for c, v in zip(cluster_ids, values, strict=True) if v]
 
 
 def now() -> float:
@@ -725,6 +766,8 @@ class MemoryStore(_Shortcuts):
         self._requests: set[str] = set()
         self._ticks: dict[int, list[float]] = {}
         self._ticked: dict[int, float] = {}
+        self._panels: dict[int, str] = {}
+        self._watched: dict[int, float] = {}
         self._view: float | None = None
         self._first_look: float | None = None
         #: hosts whose queued commands were thrown away (``drop_commands``), in order
@@ -815,6 +858,8 @@ class MemoryStore(_Shortcuts):
             self._ingest = None
             self._locks.clear()
             self._requests.clear()
+            self._panels.clear()
+            self._watched.clear()
             self._view = None
 
     # --- one runner at a time, and wakes that are never lost -------------------------------
@@ -879,6 +924,22 @@ class MemoryStore(_Shortcuts):
 
     def publish_change(self, cluster_id: int) -> None:
         self.changes.append(cluster_id)
+
+    # --- the pages' kept answers -----------------------------------------------------------
+    def get_panel(self, cluster_id: int, watch_s: float = 0.0) -> str | None:
+        with self._mutex:
+            if watch_s > 0:
+                self._watched[cluster_id] = self.clock() + watch_s
+            return self._panels.get(cluster_id)
+
+    def put_panel(self, cluster_id: int, text: str) -> None:
+        with self._mutex:
+            self._panels[cluster_id] = text
+
+    def watched_panels(self, cluster_ids: list[int]) -> list[int]:
+        with self._mutex:
+            now = self.clock()
+            return [c for c in cluster_ids if self._watched.get(c, -1.0) > now]
 
 
 def _implementations(redis_store: RedisStore, memory_store: MemoryStore) -> tuple[Store, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from console.runtime import runner
+from console.runtime import panel, runner
 from console.runtime.store import RedisStore, Store
 
 _store: Store | None = None
@@ -33,8 +33,10 @@ def store() -> Store:
 
 @shared_task(name="haven.console.tick", ignore_result=True)
 def tick() -> None:
-    """The runner's heartbeat (Celery beat, every second)."""
+    """The runner's heartbeat (Celery beat, every second); then the policy panels someone
+    watches are computed again for the new tick (console/runtime/panel.py)."""
     runner.run_all(store())
+    panel.refresh_watched(store())
 
 
 @shared_task(name="haven.console.wake", ignore_result=True)

@@ -91,7 +91,7 @@ def _timings(cluster: Cluster) -> SimSettings:
     )
 
 
-def _capacity_mb(o: engine.HostObservation, services: Mapping[str, engine.ServiceConfig]) -> int:
+def _capacity_mib(o: engine.HostObservation, services: Mapping[str, engine.ServiceConfig]) -> int:
     """The memory the engine counts the host as having for guests now (as `Tick.usage`: what
     it reports free plus what its known guests hold; hypervisor and other overhead excluded),
     so that the simulated host is no roomier than the live one."""
@@ -117,7 +117,7 @@ def scenario(
     nodes = tuple(
         NodeSpec(
             name=o.name,
-            memory_mb=_capacity_mb(o, snap.services) or 1,
+            memory_mb=_capacity_mib(o, snap.services) or 1,
             cpus=o.cpus or 1,
             power=live.get(o.name, engine.HostState.OFFLINE) in up or o.last_heartbeat is not None,
             fence="ok" if o.fence_device else "none",

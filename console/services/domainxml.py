@@ -41,7 +41,7 @@ MAX_VCPUS = 4096
 @dataclass(frozen=True)
 class DomainInfo:
     name: str
-    memory_mb: int
+    memory_mib: int
     vcpus: int
     uuid: str
 
@@ -73,10 +73,10 @@ def parse_domain_xml(text: str, expected_name: str | None = None) -> DomainInfo:
             "they must match.",
             code="name_mismatch",
         )
-    memory_mb = _memory_mb(root)
+    memory_mib = _memory_mib(root)
     vcpus = _vcpus(root)
     return DomainInfo(
-        name=name, memory_mb=memory_mb, vcpus=vcpus, uuid=(root.findtext("uuid") or "").strip()
+        name=name, memory_mib=memory_mib, vcpus=vcpus, uuid=(root.findtext("uuid") or "").strip()
     )
 
 
@@ -85,7 +85,7 @@ def with_uuid(text: str, guest_uuid: str) -> str:
     return re.sub(r"(</name\s*>)", rf"\1\n  <uuid>{guest_uuid}</uuid>", text, count=1)
 
 
-def _memory_mb(root: ET.Element) -> int:
+def _memory_mib(root: ET.Element) -> int:
     element = root.find("memory")
     if element is None:
         element = root.find("currentMemory")

@@ -10,7 +10,7 @@ from django.db import models
 
 from console.clusters.models import Cluster, Host
 from console.services.domainxml import parse_domain_xml
-from console.services.models import HEALTH_FIELDS, FailoverDomain, VmService
+from console.services.models import HEALTH_FIELDS, POLICY_FIELDS, FailoverDomain, VmService
 
 DOMAIN_HELP = {
     "ordered": "Prefer members with the best priority (1 is best): a guest runs on the "
@@ -126,14 +126,7 @@ class VmServiceForm(forms.ModelForm):  # type: ignore[type-arg]
         fields = [
             "name",
             "domain_xml",
-            "failover_domain",
-            "recovery",
-            "max_restarts",
-            "restart_window_s",
-            "max_relocations",
-            "priority",
-            "migratable",
-            "protected",
+            *POLICY_FIELDS,
             "autostart",
             *HEALTH_FIELDS,
         ]

@@ -59,6 +59,17 @@ class FailoverDomainMember(models.Model):
         return f"{self.host_id and self.host.name} ({self.priority})"
 
 
+#: how the HA engine treats a service: recovery, limits, priority, moves (form and API alike)
+POLICY_FIELDS = (
+    "failover_domain",
+    "recovery",
+    "max_restarts",
+    "restart_window_s",
+    "max_relocations",
+    "priority",
+    "migratable",
+    "protected",
+)
 #: a service's save-on-preempt, health-check and probe settings (form and API alike)
 HEALTH_FIELDS = (
     "save_on_preempt",
@@ -229,7 +240,7 @@ class VmService(models.Model):
         one on every host and refuse to redefine the guest where it was defined before.
         """
         info = parse_domain_xml(self.domain_xml, expected_name=self.name)
-        self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+        self.memory_mb, self.vcpus = info.memory_mib, info.vcpus
         if info.uuid:
             self.uuid = info.uuid
         else:
@@ -245,7 +256,7 @@ class VmService(models.Model):
             except ValidationError as exc:
                 errors["domain_xml"] = exc.messages
             else:
-                self.memory_mb, self.vcpus = info.memory_mb, info.vcpus
+                self.memory_mb, self.vcpus = info.memory_mib, info.vcpus
         domain, host = self.failover_domain, self.host
         if domain is not None and self.cluster_id and domain.cluster_id != self.cluster_id:
             errors["failover_domain"] = f"Failover domain {domain.name} belongs to another cluster."

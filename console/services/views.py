@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import Prefetch
+from django.db.models import Count, Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,13 +24,25 @@ OPERATIONS = ("start", "stop", "enable", "disable", "relocate")
 
 
 # --- failover domains -----------------------------------------------------------------------
+DOMAIN_GUESTS_SHOWN = 10
+
+
 @role_required()
 def domain_list(request: HttpRequest, pk: int) -> HttpResponse:
     cluster = get_object_or_404(Cluster, pk=pk)
-    domains = FailoverDomain.objects.filter(cluster=cluster).prefetch_related(
-        Prefetch("members", queryset=FailoverDomainMember.objects.select_related("host")),
-        "services",
+    # each domain's first guests by name and how many it has (10,000 guests are not listed:
+    # "and N more" links to the service list filtered by the domain)
+    first = VmService.objects.only("id", "name", "failover_domain_id").order_by("name")
+    domains = list(
+        FailoverDomain.objects.filter(cluster=cluster)
+        .annotate(used_by=Count("services"))
+        .prefetch_related(
+            Prefetch("members", queryset=FailoverDomainMember.objects.select_related("host")),
+            Prefetch("services", queryset=first[:DOMAIN_GUESTS_SHOWN], to_attr="first_guests"),
+        )
     )
+    for d in domains:
+        d.more_guests = d.used_by - len(d.first_guests)  # type: ignore[attr-defined]
     return render(
         request,
         "services/domain_list.html",

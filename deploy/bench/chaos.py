@@ -24,8 +24,11 @@ runner did not cause is reported.
 The watcher (deploy/bench/chaos_watch.py) then reads the agents' trace (HAVEN_AGENT_TRACE) and
 the power log, not the console's view, and prints faults by kind, double runs, starts before
 fence, healthy hosts fenced, guests lost, time to converge after the last fault, the longest HA
-stall (the runner's tick count, polled in the database) and every traceback in the logs. Exit
-status 1 when any safety number is not clean. Everything lands in --root (default var/chaos/).
+stall (the runner's tick count, polled in the database) and every traceback in the logs (a
+chained one once), marking those with a frame in Haven's own code. Exit status 1 when any
+safety number is not clean, or when a traceback came from Haven's code (Redis away or
+restarting is one warning line there, console/core/broker.py; libraries' tracebacks are
+listed, not counted). Everything lands in --root (default var/chaos/).
 """
 
 from __future__ import annotations
@@ -859,6 +862,7 @@ def table(
         ("fences (all)", str(report.fences)),
         ("fences during a storm", str(report.storm_fences)),
         ("tracebacks in logs", str(len(report.tracebacks))),
+        ("  from Haven's code", str(len(report.haven_tracebacks))),
     ]
     lines.append("")
     lines += [f"  {k:<30}{v:>10}" for k, v in rows]
@@ -892,8 +896,10 @@ def table(
         lines.append(f"  CONSOLE PROCESS LEFT DEAD {name}")
     for line in run.outcome.console_exits:
         lines.append(f"  CONSOLE PROCESS CRASHED {line}")
+    haven = set(report.haven_tracebacks)
     for tb, count in Counter(report.tracebacks).most_common():
-        lines.append(f"  TRACEBACK x{count} {tb}")
+        whose = "HAVEN TRACEBACK" if tb in haven else "TRACEBACK (a library's)"
+        lines.append(f"  {whose} x{count} {tb}")
     verdict = safety(run, report, dead)
     lines.append("")
     lines.append("  SAFETY: " + ("clean" if not verdict else "; ".join(verdict)))
@@ -925,6 +931,7 @@ def summary(run: Any, report: watch.Report, dead: list[str]) -> dict[str, Any]:
         "fences": report.fences,
         "storm_fences": report.storm_fences,
         "tracebacks": report.tracebacks,
+        "haven_tracebacks": report.haven_tracebacks,
         "safety": safety(run, report, dead),
         "fault_log": [f.__dict__ for f in run.outcome.faults],
     }

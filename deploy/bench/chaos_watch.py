@@ -96,6 +96,8 @@ class Report:
     ha_stall_s: float
     ha_stall_at: float | None
     tracebacks: list[str] = field(default_factory=list)
+    #: those with a frame in Haven's own code: a failure (Redis away is a warning line there)
+    haven_tracebacks: list[str] = field(default_factory=list)
 
     def safety(self, converge_limit_s: float = 30.0, stall_limit_s: float = 5.0) -> list[str]:
         """The safety findings, one line each; empty when the run is clean."""
@@ -113,6 +115,8 @@ class Report:
             out.append(f"converged {what} (limit {converge_limit_s:.0f} s)")
         if self.ha_stall_s > stall_limit_s:
             out.append(f"HA stalled {self.ha_stall_s:.1f} s (limit {stall_limit_s:.0f} s)")
+        if self.haven_tracebacks:
+            out.append(f"{len(self.haven_tracebacks)} traceback(s) from Haven's code")
         return out
 
 
@@ -385,22 +389,85 @@ def longest_gap(ticks: Sequence[float], start: float, end: float) -> tuple[float
 
 
 _TB_END = re.compile(r"^\S")
+#: the lines that join one exception to the next in a chained traceback
+CHAINED = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
+#: the project's own packages: a frame there makes a traceback Haven's
+HAVEN_PACKAGES = ("console", "agent", "deploy")
+
+
+def haven_file(path: str) -> str:
+    """The project-relative path of `path` when it is Haven's own code ("" for a library's:
+    celery, kombu, redis, the standard library; Haven installed as a package counts)."""
+    parts = path.split("/")
+    libs = [i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages")]
+    if libs:
+        rest = parts[libs[-1] + 1 :]
+        return "/".join(rest) if rest and rest[0] in HAVEN_PACKAGES else ""
+    if path.startswith("<") or re.search(r"/lib/python\d", path):
+        return ""  # the standard library, <frozen runpy>
+    for i, part in enumerate(parts[:-1]):
+        if part in HAVEN_PACKAGES:
+            return "/".join(parts[i:])
+    return ""
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One logged traceback (a chain of exceptions counts once): its log, its last exception,
+    and the innermost frame in Haven's own code ("" when only libraries' frames)."""
+
+    log: str
+    exception: str
+    haven_frame: str = ""
+
+    def __str__(self) -> str:
+        where = f" (at {self.haven_frame})" if self.haven_frame else ""
+        return f"{self.log}: {self.exception}{where}"
+
+
+def logged_tracebacks(logs: Mapping[str, str]) -> list[Logged]:
+    """Every traceback in the logs, in order, a chained one ("During handling of the above
+    exception ...") once, with the exception it ended in."""
+    out: list[Logged] = []
+    for name, text in logs.items():
+        lines = text.splitlines()
+        i = 0
+        while i < len(lines):
+            if TRACEBACK not in lines[i]:
+                i += 1
+                continue
+            exc, frame = "(truncated)", ""
+            while True:  # one traceback of the chain
+                j = i + 1
+                while j < len(lines) and not _TB_END.match(lines[j]):
+                    m = _FRAME.match(lines[j])
+                    if m and haven_file(m.group(1)):
+                        frame = f"{haven_file(m.group(1))}:{m.group(2)}"
+                    j += 1
+                exc = lines[j].strip()[:300] if j < len(lines) else "(truncated)"
+                k = j + 1
+                while k < len(lines) and not lines[k].strip():
+                    k += 1
+                if k < len(lines) and lines[k].strip() in CHAINED:
+                    k += 1
+                    while k < len(lines) and TRACEBACK not in lines[k]:
+                        k += 1
+                    if k < len(lines):
+                        i = k
+                        continue
+                i = j + 1
+                break
+            out.append(Logged(name, exc, frame))
+    return out
 
 
 def tracebacks(logs: Mapping[str, str]) -> list[str]:
-    """Every traceback in the logs, as 'log: last line' (the exception), in order."""
-    out = []
-    for name, text in logs.items():
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if TRACEBACK not in line:
-                continue
-            j = i + 1
-            while j < len(lines) and not _TB_END.match(lines[j]):
-                j += 1
-            exc = lines[j].strip() if j < len(lines) else "(truncated)"
-            out.append(f"{name}: {exc[:300]}")
-    return out
+    """Every traceback in the logs, as 'log: last exception', in order (a chain once)."""
+    return [str(t) for t in logged_tracebacks(logs)]
 
 
 def analyse(
@@ -426,6 +493,7 @@ def analyse(
     windows = failure_windows(power, end, silence_s, grace_s, resume_grace_s)
     running = running_at(ivs, end - 1e-6)
     stall, stall_at = longest_gap(ticks, ticks_from if ticks_from is not None else end, end)
+    logged = logged_tracebacks(logs or {})
     return Report(
         intervals=ivs,
         double_runs=double_runs(ivs, end),
@@ -437,5 +505,6 @@ def analyse(
         converge_s=converge_time(ivs, wanted, last_fault, end),
         ha_stall_s=stall,
         ha_stall_at=stall_at,
-        tracebacks=tracebacks(logs or {}),
+        tracebacks=[str(t) for t in logged],
+        haven_tracebacks=[str(t) for t in logged if t.haven_frame],
     )

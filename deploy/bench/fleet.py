@@ -1,7 +1,10 @@
 """A simulated fleet against the real console, at size — numbers, not a test.
 
     .venv/bin/python deploy/bench/fleet.py [--sizes 8x10,32x10,128x10,8x80,32x80,128x80]
-                                           [--seconds 60] [--json]
+                                           [--seconds 60] [--pages] [--json]
+
+    # the 10-minute run at size, every page loaded in a loop meanwhile (about 13 minutes)
+    .venv/bin/python deploy/bench/fleet.py --sizes 8x80,128x80 --seconds 600 --pages
 
 Each size runs in a process of its own, on a throw-away SQLite database and a Redis of its own
 (a free port, append-only file as deploy/start-services runs it). The console's processes are
@@ -30,8 +33,16 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
 - host lost -> fence dispatched, and fence succeeded -> every one of its guests' starts
   dispatched;
 - healthy hosts declared unreachable and healthy hosts fenced (must be 0);
-- the console queue's depth (Celery ``console``) p95/max, and CPU of each console process
-  (% of one core over the measured window, children included).
+- the console queue's depth (Celery ``console``) p95/max, CPU of each console process
+  (% of one core over the measured window, children included) and its largest RSS;
+- the 1-minute load average at the window's start and end (the machine may be shared: compare
+  the numbers with it).
+
+``--pages`` also starts the web process as deploy/quickstart does (``manage.py runserver
+--noreload``) and, for the whole window, a simulated person (`PageLoop`, a thread of this
+process) logged in through the login form loads every page and API list of `PAGES` in turn
+over HTTP, one request at a time: printed per page, loads, p50/p95 and the requests that did
+not answer 200 (the pages' own speed and query counts: deploy/bench/pages.py).
 
 ``--stall S`` freezes the drainer (SIGSTOP) for S seconds halfway through: the console is
 behind on its heartbeats, so it must raise an alarm and fence nobody. ``--json`` prints one
@@ -246,6 +257,25 @@ def cpu_seconds(leader: int) -> float:
     return total / tick
 
 
+def rss_mib(leader: int) -> float:
+    """Resident memory of every process in `leader`'s process group (MiB)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != leader:
+                continue
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])  # kB
+    return total / 1024
+
+
 def build(n_hosts: int, per_host: int) -> tuple[int, dict[str, list[str]]]:
     from console.clusters.models import Cluster, FenceDevice, Host
     from console.services.models import VmService
@@ -284,18 +314,124 @@ def build(n_hosts: int, per_host: int) -> tuple[int, dict[str, list[str]]]:
     return cluster.pk, guests
 
 
-def make_console(env: dict[str, str], logs: Path) -> Any:
+def make_console(env: dict[str, str], logs: Path, web_port: int | None = None) -> Any:
+    """The console's processes as deploy/quickstart starts them; with `web_port`, its web
+    process too (``manage.py runserver --noreload``, threaded, as quickstart runs it)."""
     from tests.lab import harness
 
     class QuickstartConsole(harness.Console):
         workers = 2  # deploy/quickstart: two workers, prefork, one process each
         worker_pool = ("--concurrency", "1")
 
+        def start(self) -> None:
+            super().start()
+            if web_port is not None:
+                address = f"127.0.0.1:{web_port}"
+                self._start(
+                    "web", [sys.executable, "manage.py", "runserver", address, "--noreload"]
+                )
+
     return QuickstartConsole(env["REDIS_URL"], env["DATABASE_URL"], logs, **env)
 
 
+#: every page and API list a person loads, with the fleet's cluster and its first host filled in
+PAGES = {
+    "home": "/",
+    "cluster page": "/clusters/{cluster}/",
+    "live fragment": "/clusters/{cluster}/live/",
+    "cluster page, red only": "/clusters/{cluster}/?state=red",
+    "host page": "/clusters/{cluster}/hosts/{host}/",
+    "policy": "/clusters/{cluster}/policy/",
+    "fence devices": "/clusters/{cluster}/fence/",
+    "incidents": "/events/incidents/",
+    "event log": "/events/",
+    "jobs": "/jobs/",
+    "GET /api/services/": "/api/services/?limit=50",
+    "GET /api/hosts/": "/api/hosts/?limit=200",
+}
+#: an admin: the policy panel is read by admins only (the loop only reads, never changes)
+VIEWER, VIEWER_PASSWORD = "fleet-admin", "fleet-admin-password"
+
+
+class PageLoop:
+    """A person at a browser, simulated: logs in through the login form of the real web
+    process, then loads every page of `PAGES` in turn, over and over, one request at a time
+    (HTTP, the whole request: server, middleware, queries, templates)."""
+
+    def __init__(self, base: str, urls: dict[str, str]) -> None:
+        import requests
+
+        self.base, self.urls = base, urls
+        self.http = requests.Session()
+        self.times: dict[str, list[float]] = {label: [] for label in urls}
+        self.errors: dict[str, list[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pages", daemon=True)
+
+    def login(self) -> None:
+        import re
+
+        form = self.http.get(f"{self.base}/login/", timeout=60)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+        if token is None:
+            raise RuntimeError(f"no login form at {self.base}/login/ ({form.status_code})")
+        data = {"username": VIEWER, "password": VIEWER_PASSWORD}
+        data["csrfmiddlewaretoken"] = token.group(1)
+        done = self.http.post(f"{self.base}/login/", data=data, timeout=60, allow_redirects=False)
+        if done.status_code != 302:
+            raise RuntimeError(f"login as {VIEWER} failed: HTTP {done.status_code}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for label, url in self.urls.items():
+                if self._stop.is_set():
+                    return
+                t0 = time.monotonic()
+                try:
+                    answer = self.http.get(self.base + url, timeout=120, allow_redirects=False)
+                    status = str(answer.status_code)
+                except Exception as exc:  # the server away or too slow: counted, not fatal
+                    status = type(exc).__name__
+                if status == "200":
+                    self.times[label].append(time.monotonic() - t0)
+                else:
+                    self.errors.setdefault(label, []).append(status)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for label, times in self.times.items():
+            ms = [t * 1000 for t in times]
+            out[label] = {
+                "n": len(ms),
+                "p50_ms": round(pct(ms, 0.5), 1) if ms else None,
+                "p95_ms": round(pct(ms, 0.95), 1) if ms else None,
+                "errors": self.errors.get(label, []),
+            }
+        return out
+
+
+def make_viewer() -> None:
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(VIEWER, password=VIEWER_PASSWORD)
+    user.groups.add(Group.objects.get_or_create(name="admin")[0])
+
+
 def run_one(
-    n_hosts: int, per_host: int, seconds: float, crash_every: float, root: Path, stall: float = 0.0
+    n_hosts: int,
+    per_host: int,
+    seconds: float,
+    crash_every: float,
+    root: Path,
+    stall: float = 0.0,
+    pages: bool = False,
 ) -> dict[str, Any]:
     from bench.chaos import Redis, free_port, wait_for
 
@@ -318,6 +454,8 @@ def run_one(
 
     call_command("migrate", verbosity=0)
     cluster_id, guests = build(n_hosts, per_host)
+    make_viewer()
+    from console.clusters.models import Host
     from console.events.models import Event as LogEvent
     from console.monitoring import ticks
     from console.runtime.models import EngineState
@@ -340,8 +478,10 @@ def run_one(
             fences.append((t, host, str((a.get("params") or {}).get("plug", ""))))
 
     fleet = FleetAgents(r, guests, settings.HAVEN_CONSOLE_AGENT, on_command)
-    console = make_console(env, root / "logs")
+    web_port = free_port() if pages else None
+    console = make_console(env, root / "logs", web_port)
     out: dict[str, Any] = {"hosts": n_hosts, "guests": n_hosts * per_host}
+    page_loop: PageLoop | None = None
     rng = random.Random(n_hosts * 1000 + per_host)
     lost: set[str] = set()
     try:
@@ -357,6 +497,18 @@ def run_one(
         wait_for("the engine to adopt every guest", settled, 600, 0.5)
         out["settle_s"] = round(time.monotonic() - t_setup, 1)
         time.sleep(3)  # past the view's first liveness window
+        if web_port is not None:
+            import requests
+
+            base = f"http://127.0.0.1:{web_port}"
+            wait_for("the web process", lambda: _answers(requests, f"{base}/healthz"), 120, 0.5)
+            first_host = Host.objects.filter(cluster_id=cluster_id).order_by("name").first()
+            assert first_host is not None
+            page_loop = PageLoop(
+                base,
+                {k: u.format(cluster=cluster_id, host=first_host.pk) for k, u in PAGES.items()},
+            )
+            page_loop.login()
 
         # --- the measured window ------------------------------------------------------------
         stop = threading.Event()
@@ -364,9 +516,16 @@ def run_one(
         backlog: list[int] = []
         queue: list[int] = []
 
+        rss: dict[str, float] = {}
+
         def sample() -> None:
             seen: dict[str, float] = {}
+            rss_at = 0.0
             while not stop.is_set():
+                if time.monotonic() - rss_at > 2.0:  # /proc is read every 2 s, not 4 times a second
+                    rss_at = time.monotonic()
+                    for name, p in console.procs.items():
+                        rss[name] = max(rss.get(name, 0.0), rss_mib(p.pid))
                 for name, raw in r.hgetall("haven:hb").items():
                     data = json.loads(raw)
                     sent = float(data["hb"]["sent_at"])
@@ -380,8 +539,11 @@ def run_one(
         r.delete(f"haven:ticks:{cluster_id}")
         cpu0 = {name: cpu_seconds(p.pid) for name, p in console.procs.items()}
         t0 = time.monotonic()
+        load_before = os.getloadavg()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        if page_loop is not None:
+            page_loop.start()
         crashes: list[tuple[float, str]] = []
         stalled = not stall
         while time.monotonic() - t0 < seconds:
@@ -399,7 +561,7 @@ def run_one(
                 t = time.time()
                 fleet.crash(host, guest)
                 crashes.append((t, guest))
-        # one host lost, with all its guests
+        # one host lost, with all its guests (the pages still loading)
         victim = rng.choice(sorted(fleet.up))
         t_lost = time.time()
         victim_guests = fleet.lose(victim)
@@ -415,8 +577,11 @@ def run_one(
         t_all = firsts[-1]
         after_fence = [t for t in defines if t > t_fenced]
         wall = time.monotonic() - t0
+        load_after = os.getloadavg()
         stop.set()
         sampler.join(5)
+        if page_loop is not None:
+            page_loop.stop()
         cpu = {
             name: round((cpu_seconds(p.pid) - cpu0[name]) / wall * 100, 1)
             for name, p in console.procs.items()
@@ -476,12 +641,22 @@ def run_one(
             console_queue_max=max(queue or [0]),
             cpu_pct=cpu,
             heartbeats_sent=fleet.sent,
+            rss_mib={name: round(v, 1) for name, v in rss.items()},
+            load_avg_1m=[round(load_before[0], 2), round(load_after[0], 2)],
+            pages=page_loop.summary() if page_loop is not None else {},
         )
         return out
     finally:
         fleet.stop()
         console.stop()
         redis_server.kill()
+
+
+def _answers(requests: Any, url: str) -> bool:
+    try:
+        return bool(requests.get(url, timeout=5).status_code == 200)
+    except Exception:
+        return False
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -526,12 +701,37 @@ def table(results: list[dict[str, Any]]) -> str:
             "CPU ingest / beat (%)",
             lambda o: f"{o['cpu_pct'].get('ingest')} / {o['cpu_pct'].get('beat')}",
         ),
+        ("CPU web (%)", lambda o: o["cpu_pct"].get("web", "-")),
+        (
+            "RSS workers / ingest / beat (MiB)",
+            lambda o: "{} / {} / {}".format(
+                round(o["rss_mib"].get("worker", 0) + o["rss_mib"].get("worker-2", 0)),
+                round(o["rss_mib"].get("ingest", 0)),
+                round(o["rss_mib"].get("beat", 0)),
+            ),
+        ),
+        ("RSS web (MiB)", lambda o: o["rss_mib"].get("web", "-")),
+        ("load average 1 min (start / end)", lambda o: " / ".join(map(str, o["load_avg_1m"]))),
         ("settle (s)", lambda o: o["settle_s"]),
     ]
     heads = [f"{o['hosts']} x {o['guests'] // o['hosts']}" for o in results]
     lines = [f"{'':34}" + "".join(f"{h:>22}" for h in heads)]
     for label, cell in rows:
         lines.append(f"{label:34}" + "".join(f"{cell(o)!s:>22}" for o in results))
+    for o in results:
+        if not o.get("pages"):
+            continue
+        lines.append("")
+        lines.append(
+            f"pages over HTTP, loaded in a loop at {o['hosts']} x {o['guests'] // o['hosts']}:"
+        )
+        lines.append(f"{'':34}{'loads':>8}{'p50 ms':>10}{'p95 ms':>10}  errors")
+        for label, page in o["pages"].items():
+            errors = ", ".join(sorted(set(page["errors"]))) or "-"
+            lines.append(
+                f"{label:34}{page['n']:>8}{page['p50_ms']!s:>10}{page['p95_ms']!s:>10}  "
+                f"{len(page['errors'])} {errors}"
+            )
     return "\n".join(lines)
 
 
@@ -544,18 +744,26 @@ def main() -> int:
     p.add_argument(
         "--stall", type=float, default=0.0, help="freeze the drainer this long mid-run (s)"
     )
+    p.add_argument(
+        "--pages",
+        action="store_true",
+        help="also run the web process and load every page in a loop over HTTP",
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)  # HOSTSxGUESTS: run one size here
     args = p.parse_args()
     if args.one:
         n, m = (int(x) for x in args.one.split("x"))
         with tempfile.TemporaryDirectory(prefix="haven-fleet-") as root:
-            result = run_one(n, m, args.seconds, args.crash_every, Path(root), args.stall)
+            result = run_one(
+                n, m, args.seconds, args.crash_every, Path(root), args.stall, args.pages
+            )
             print(json.dumps(result), flush=True)
         return 0
     results = []
     for size in args.sizes.split(","):
         argv = [sys.executable, __file__, "--one", size, "--seconds", str(args.seconds)]
         argv += ["--crash-every", str(args.crash_every), "--stall", str(args.stall)]
+        argv += ["--pages"] if args.pages else []
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{size}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -565,6 +773,7 @@ def main() -> int:
         print(json.dumps(result) if args.json else f"{size} done", flush=True)
     if not args.json:
         head = "simulated fleet, real console (2 workers, beat, drainer), SQLite"
+        head += "; web (runserver) with every page loaded in a loop" if args.pages else ""
         print(f"{head}, {args.seconds:g} s measured per size")
         print(table(results))
     return 0

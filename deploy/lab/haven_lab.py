@@ -43,6 +43,7 @@ BRIDGE_ADDRESS = f"{SUBNET}.254"
 PREFIX_LEN = 24
 MAX_INDEX = 250  # host addresses 10.88.0.1 .. 10.88.0.250
 LIBVIRT_PORT = 16509
+LIBVIRT_TLS_PORT = 16514
 SSH_PORT = 22
 BMC_PORT_BASE = 16200  # the BMC of 10.88.0.N listens on 10.88.0.254:(16200 + N)/udp
 BMC_USER = "admin"
@@ -82,7 +83,7 @@ mkdir -p /run/sshd /run/lock /run/libvirt
 for pair in etc/libvirt:/etc/libvirt run/libvirt:/run/libvirt lib/libvirt:/var/lib/libvirt \
             cache/libvirt:/var/cache/libvirt log/libvirt:/var/log/libvirt \
             etc/hosts:/etc/hosts etc/resolv.conf:/etc/resolv.conf etc/shadow:/etc/shadow \
-            etc/fstab:/etc/fstab root-ssh:/root/.ssh etc/haven:/etc/haven; do
+            etc/fstab:/etc/fstab root-ssh:/root/.ssh etc/haven:/etc/haven etc/pki:/etc/pki; do
     mount --bind "$dir/${pair%%:*}" "${pair#*:}"
 done
 /usr/sbin/sshd -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
@@ -157,6 +158,12 @@ def wait_for(
 ) -> None:
     """Poll predicate until true; LabError naming `what` after timeout seconds."""
     labkit.wait_for(predicate, timeout, what, interval, LabError)
+
+
+def libvirtd_answers(address: str) -> bool:
+    """libvirtd listens on TCP (as the lab starts it) or, once the console's bootstrap
+    switched it to TLS (its certificates in the host's own /etc/pki), on TLS."""
+    return tcp_open(address, LIBVIRT_PORT, 0.2) or tcp_open(address, LIBVIRT_TLS_PORT, 0.2)
 
 
 def tcp_open(address: str, port: int, timeout: float = 0.5) -> bool:
@@ -318,7 +325,7 @@ class Lab:
                     "address": host.address,
                     "power": "on" if on else "off",
                     "pid1": host.pid1(),
-                    "libvirtd": on and tcp_open(host.address, LIBVIRT_PORT, 0.2),
+                    "libvirtd": on and libvirtd_answers(host.address),
                     "sshd": on and tcp_open(host.address, SSH_PORT, 0.2),
                     "cable": "cut" if self.is_cut(host.name) else "up",
                     "bmc": f"{host.bmc_ip}:{host.bmc_port}"
@@ -618,7 +625,9 @@ class Lab:
         rundir.mkdir(parents=True)
         Path("/root/.ssh").mkdir(mode=0o700, exist_ok=True)  # mount point for root-ssh
         Path("/etc/haven").mkdir(mode=0o700, exist_ok=True)  # mount point for etc/haven
+        Path("/etc/pki").mkdir(mode=0o755, exist_ok=True)  # mount point for etc/pki
         (host.dir / "etc" / "haven").mkdir(mode=0o700, exist_ok=True)
+        (host.dir / "etc" / "pki").mkdir(mode=0o755, exist_ok=True)  # libvirt's TLS files
         argv = [
             "ip",
             "netns",
@@ -665,9 +674,7 @@ class Lab:
         def ready() -> bool:
             if not host.powered_on():
                 raise LabError(f"{name} powered off while booting: see {host.dir}/console.log")
-            return tcp_open(host.address, SSH_PORT, 0.2) and tcp_open(
-                host.address, LIBVIRT_PORT, 0.2
-            )
+            return tcp_open(host.address, SSH_PORT, 0.2) and libvirtd_answers(host.address)
 
         wait_for(ready, timeout, f"{name}'s sshd and libvirtd", interval=0.05)
 

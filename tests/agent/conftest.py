@@ -146,6 +146,7 @@ def harness(test_hv: LibvirtHypervisor, tmp_path: Path) -> Iterator[Harness]:
         storage=LinuxStorage(runner, fstab=tmp_path / "fstab"),
         fencing=FenceAgents(runner, [FIXTURES, Path("/usr/sbin")]),
         libvirt_config_dir=tmp_path,
+        pki_dir=tmp_path / "pki",
     )
     h = Harness(dispatcher)
     yield h

@@ -45,6 +45,8 @@ def test_short_chaos_run_keeps_every_guest_once(tmp_path: Path) -> None:
     assert not summary["guests_lost"], tail
     assert summary["converge_s"] is not None, tail  # every enabled guest ran again
     assert not summary["console_left_dead"] and not summary["console_crashes"], tail
+    # Redis restarts are warning lines in Haven's code; a traceback there is a bug
+    assert summary["haven_tracebacks"] == [], tail
     print(
         f"converged {summary['converge_s']:.1f} s, longest HA stall {summary['ha_stall_s']:.1f} s"
     )

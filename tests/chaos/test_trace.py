@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -59,4 +60,5 @@ def test_every_start_and_stop_is_traced_with_time_and_pid(
     mine = [r["event"] for r in records if r["guest"] == name and r["event"] != "lifecycle"]
     assert mine == ["start", "shutdown", "start", "destroy"]
     states = [r["state"] for r in records if r["guest"] == name and r["event"] == "lifecycle"]
-    assert {"started", "stopped"} <= set(states)
+    threads = [t.name for t in threading.enumerate()]
+    assert {"started", "stopped"} <= set(states), f"no lifecycle events; threads: {threads}"

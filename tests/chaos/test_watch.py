@@ -225,3 +225,67 @@ def test_a_fence_decided_during_a_long_freeze_may_run_after_the_host_resumed() -
     ]
     report = analyse(traces, power)
     assert [(f.host, f.at) for f in report.healthy_fenced] == [("h2", 62.0)]
+
+
+CHAINED_OURS = """2026-12-01 21:32:50,304 ERROR haven.drain: runner of cluster 1 failed
+Traceback (most recent call last):
+  File "/srv/.venv/lib/python3.11/site-packages/redis/connection.py", line 787, in _connect
+    sock.connect(socket_address)
+ConnectionRefusedError: [Errno 111] Connection refused
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/srv/haven/console/runtime/drain.py", line 181, in _run
+    self._run_cluster(cluster_id, self.store)
+  File "/srv/haven/console/runtime/store.py", line 181, in lock
+    taken = bool(self.r.set(key, token, nx=True, px=int(ttl_s * 1000)))
+  File "/srv/.venv/lib/python3.11/site-packages/redis/connection.py", line 397, in connect
+    raise ConnectionError(self._error_message(e))
+redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:6410. Connection refused.
+2026-12-01 21:32:51,826 INFO haven.events: engine ...
+"""
+
+CHAINED_CELERY = """[2026-12-01 22:46:35,646: ERROR/MainProcess] Message Error: Couldn't apply
+Traceback (most recent call last):
+  File "/srv/.venv/lib/python3.11/site-packages/kombu/transport/virtual/base.py", line 961
+    return self._avail_channels.pop()
+IndexError: pop from empty list
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/contextlib.py", line 137, in __enter__
+  File "/srv/.venv/lib/python3.11/site-packages/celery/beat.py", line 289, in apply_entry
+celery.beat.SchedulingError: Couldn't apply scheduled task ha-runner: Error 111
+"""
+
+
+def test_a_chained_traceback_counts_once_and_haven_s_own_fail_the_run() -> None:
+    traces, power = clean()
+    report = analyse(traces, power, logs={"ingest.log": CHAINED_OURS, "beat.log": CHAINED_CELERY})
+    assert report.tracebacks == [
+        "ingest.log: redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:6410. "
+        "Connection refused. (at console/runtime/store.py:181)",
+        "beat.log: celery.beat.SchedulingError: Couldn't apply scheduled task ha-runner: Error 111",
+    ]
+    assert report.haven_tracebacks == report.tracebacks[:1]
+    assert report.safety() == ["1 traceback(s) from Haven's code"]
+    # a library's traceback alone is listed, not a failure
+    report = analyse(traces, power, logs={"beat.log": CHAINED_CELERY})
+    assert len(report.tracebacks) == 1 and report.safety() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "haven"),
+    [
+        ("/work/wt/engine/console/runtime/drain.py", "console/runtime/drain.py"),
+        ("/opt/haven/.venv/lib/python3.11/site-packages/agent/main.py", "agent/main.py"),
+        ("/srv/deploy/.venv/lib/python3.11/site-packages/redis/client.py", ""),
+        ("/srv/.venv/lib/python3.11/site-packages/celery/app/agent/x.py", ""),
+        ("/root/.pyenv/versions/3.11.7/lib/python3.11/contextlib.py", ""),
+        ("<frozen runpy>", ""),
+    ],
+)
+def test_haven_file(path: str, haven: str) -> None:
+    assert w.haven_file(path) == haven

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import factory
 
 from console.clusters.models import Cluster, FenceDevice, Host
@@ -14,6 +16,14 @@ def domain_xml(name: str, memory_kib: int = 32768, vcpus: int = 1) -> str:
     return (
         f"<domain type='qemu'><name>{name}</name><memory unit='KiB'>{memory_kib}</memory>"
         f"<vcpu>{vcpus}</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+
+
+def test_driver_xml(name: str) -> str:
+    """A domain that libvirt's test driver (test:///default: the live suites' agents) runs."""
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='KiB'>1024</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>"
     )
 
 
@@ -123,6 +133,58 @@ class JobEventFactory(factory.django.DjangoModelFactory):
     message = "step done"
 
 
+def half_full_hosts(cluster: Cluster, cpus: int | None = None) -> tuple[Host, Host]:
+    """Hosts h1 and h2 of ``cluster`` (online, 8 GiB; h1 with ``cpus``), each running a 4 GiB
+    guest (big1, big2): admission control's tight case, one more 2 GiB guest breaks N+1."""
+    first = {} if cpus is None else {"cpus": cpus}
+    a = HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, **first)
+    b = HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
+    for name, host in (("big1", a), ("big2", b)):
+        VmServiceFactory(
+            cluster=cluster,
+            name=name,
+            state="started",
+            host=host,
+            domain_xml=domain_xml(name, memory_kib=4096 * 1024),
+        )
+    return a, b
+
+
+def domains_world(
+    *, fenced: tuple[str, ...], web_on: str, prefer7: tuple[str, ...], db_priority: int = 0
+) -> dict[str, Any]:
+    """Cluster "et" of et-virt05..07 (online, 4 GiB), fence devices on the ``fenced`` hosts;
+    "licensed" on et-virt05 in "only5" (restricted to et-virt05), "db" on et-virt07 in the
+    ordered "prefer7" (the ``prefer7`` hosts, first preferred), "web" on ``web_on`` (no
+    domain): the what-if and dry-run tests' cluster."""
+    cluster = ClusterFactory(name="et")
+    hosts = {
+        n: HostFactory(cluster=cluster, name=n, state="online", memory_total_mb=4096)
+        for n in ("et-virt05", "et-virt06", "et-virt07")
+    }
+    for name in fenced:
+        FenceDeviceFactory(cluster=cluster, host=hosts[name], name=f"ipmi-{name}")
+    only5 = FailoverDomainFactory(cluster=cluster, name="only5", restricted=True)
+    FailoverDomainMemberFactory(domain=only5, host=hosts["et-virt05"], priority=1)
+    domain = FailoverDomainFactory(cluster=cluster, name="prefer7", ordered=True)
+    for priority, name in enumerate(prefer7, start=1):
+        FailoverDomainMemberFactory(domain=domain, host=hosts[name], priority=priority)
+    VmServiceFactory(cluster=cluster, name="web", state="started", host=hosts[web_on])
+    for name, on, member_of, priority in (
+        ("licensed", "et-virt05", only5, 0),
+        ("db", "et-virt07", domain, db_priority),
+    ):
+        VmServiceFactory(
+            cluster=cluster,
+            name=name,
+            state="started",
+            host=hosts[on],
+            failover_domain=member_of,
+            priority=priority,
+        )
+    return {"cluster": cluster, "hosts": hosts, "only5": only5, "prefer7": domain}
+
+
 def sealing_key(name: str) -> str:
     """Give agent ``name`` a sealing key as the bootstrap does (without a Redis user); the key."""
     from cryptography.fernet import Fernet
@@ -139,3 +201,28 @@ def sealing_key(name: str) -> str:
         },
     )
     return key
+
+
+def recording_fence(host: Host, record: object) -> FenceDevice:
+    """``rec-<host>``: the test fence agent ``fence_haven_record``, which appends each call to
+    the file ``record`` (the live suites read who was fenced from it)."""
+    return FenceDeviceFactory(
+        host=host,
+        cluster=host.cluster,
+        name=f"rec-{host.name}",
+        agent="fence_haven_record",
+        plug=host.name,
+        parameters={"record": str(record)},
+    )
+
+
+def service_preferring(host: Host) -> VmService:
+    """``vm-<host>``, preferring ``host`` (an ordered failover domain ``prefer-<host>`` of its
+    own), with a definition libvirt's test driver runs."""
+    cluster = host.cluster
+    domain = FailoverDomainFactory(cluster=cluster, name=f"prefer-{host.name}", ordered=True)
+    FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
+    name = f"vm-{host.name}"
+    return VmServiceFactory(
+        cluster=cluster, name=name, failover_domain=domain, domain_xml=test_driver_xml(name)
+    )

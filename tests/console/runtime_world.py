@@ -4,7 +4,8 @@
 (console/engine/sim/world.py ``World``), and replaces the one call to ``tick`` by the console:
 
 - the scenario's cluster is written to the database (hosts, fence devices, failover domains,
-  VM services with their libvirt XML);
+  VM services with their libvirt XML, and a clustered volume group when nodes are in the shared
+  storage: the console knows it per cluster);
 - every heartbeat is an ``agent.protocol.Heartbeat`` filed by ``ingest`` into a ``MemoryStore``
   on the world's virtual clock (late ones late, as ``console_lag`` says; the drainer's lag is
   recorded in the store as the drainer does);
@@ -47,6 +48,7 @@ from console.runtime.fakes import AgentError, FakeAgents
 from console.runtime.models import PendingCommand
 from console.runtime.store import MemoryStore
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
+from console.storage.models import VolumeGroup
 
 ACTOR = "scenario"
 
@@ -205,6 +207,10 @@ class RuntimeWorld(World):
                     agent="fence_sim",
                     plug=n.name,
                 )
+        if any(n.shared_storage for n in sc.nodes):
+            # the console knows shared storage per cluster: a clustered VG, whose dlm
+            # lockspace every host joined (console/runtime/snapshot.py)
+            VolumeGroup.objects.create(cluster=cluster, name="scenario-vg", clustered=True)
         domains: dict[str, FailoverDomain] = {}
         for d in sc.domains.values():
             domains[d.name] = FailoverDomain.objects.create(
@@ -236,6 +242,9 @@ class RuntimeWorld(World):
                 priority=s.priority,
                 migratable=s.migratable,
                 protected=s.protected,
+                # the engine's `saveable`: the console's own switch (the XML has no devices
+                # that would refuse a managed save, VmService.save_refusal)
+                save_on_preempt=s.saveable,
                 desired_state=s.desired.value,
                 state="started" if runs else "stopped",
                 host=hosts[s.node] if s.node else None,

@@ -22,16 +22,7 @@ SHORT = "need 6144 MB and 4096 MB would be free (2048 MB short)"
 def tight(db: None, live_view: Any) -> dict[str, Any]:
     """Two 8 GiB hosts half full: one more 2 GiB protected guest breaks N+1."""
     cluster = f.ClusterFactory(name="tight")
-    a = f.HostFactory(cluster=cluster, name="h1", state="online", memory_total_mb=8192, cpus=2)
-    b = f.HostFactory(cluster=cluster, name="h2", state="online", memory_total_mb=8192)
-    for name, host in (("big1", a), ("big2", b)):
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=name,
-            state="started",
-            host=host,
-            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
-        )
+    a, b = f.half_full_hosts(cluster, cpus=2)
     extra = f.VmServiceFactory(
         cluster=cluster,
         name="extra",
@@ -199,3 +190,58 @@ def test_growing_a_running_protected_guest_is_refused_like_a_start(
         ).status_code
         == 200
     )
+
+
+def test_a_hosts_own_overcommit_is_edited_on_its_page_with_the_apis_rule(
+    db: None, admin_api: APIClient
+) -> None:
+    """The host page's settings form and ``PATCH /api/hosts/{id}/`` take the same field with
+    the same rule (the model's validators): a bad value is an error naming the field on both,
+    and nothing is saved."""
+    cluster = f.ClusterFactory(name="oc", cpu_overcommit=4.0)
+    host = f.HostFactory(cluster=cluster, name="oc1", cpus=2, cpu_overcommit=None)
+    url = f"/clusters/{cluster.pk}/hosts/{host.pk}/"
+    client = login("admin", "oc-admin")
+    page = text(client.get(url))
+    assert 'id="host-settings-form"' in page and "4.0 per CPU (the cluster's)" in page
+    for bad, error in (
+        ("-1", "greater than or equal to 0"),
+        ("65", "less than or equal to 64"),
+        ("lots", "Enter a number."),
+        ("nan", "Enter a number."),
+    ):
+        response = client.post(url + "settings/", {"cpu_overcommit": bad})
+        assert response.status_code == 400, bad
+        shown = text(response)
+        field = shown.split('id="field-cpu_overcommit"', 1)[1].split("</div>", 1)[0]
+        assert "vCPU overcommit (vCPUs per CPU)" in field and error in field, (bad, field)
+        host.refresh_from_db()
+        assert host.cpu_overcommit is None, bad
+    ok = client.post(url + "settings/", {"cpu_overcommit": "1.5"})
+    assert ok.status_code == 302 and ok["Location"] == url
+    host.refresh_from_db()
+    assert host.cpu_overcommit == 1.5
+    assert "1.5 per CPU (its own)" in text(client.get(url))
+    saved = Event.objects.filter(verb="update", object_name="oc1").latest("id")
+    assert saved.actor == "oc-admin"
+    assert client.post(url + "settings/", {"cpu_overcommit": ""}).status_code == 302
+    host.refresh_from_db()
+    assert host.cpu_overcommit is None  # empty: the cluster's ratio again
+    # the API: the same rule, a 400 naming the field, nothing saved
+    for bad in (-1, 65, "lots"):
+        response = admin_api.patch(f"/api/hosts/{host.pk}/", {"cpu_overcommit": bad}, format="json")
+        assert response.status_code == 400 and "cpu_overcommit" in response.json(), bad
+        host.refresh_from_db()
+        assert host.cpu_overcommit is None
+    assert (
+        admin_api.patch(f"/api/hosts/{host.pk}/", {"cpu_overcommit": 0}, format="json").status_code
+        == 200
+    )
+    assert "no limit (its own)" in text(client.get(url))
+    # an operator or a viewer cannot change it
+    for role in ("operator", "viewer"):
+        other = login(role, f"oc-{role}")
+        assert other.post(url + "settings/", {"cpu_overcommit": "2"}).status_code == 403
+        assert 'id="host-settings-form"' not in text(other.get(url))
+    host.refresh_from_db()
+    assert host.cpu_overcommit == 0

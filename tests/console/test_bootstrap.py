@@ -177,7 +177,9 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
             assert f"{kind} on {name}: done" in events
     register = {s.host.name: s.result for s in steps if s.kind == "bootstrap.register"}
     assert {r["host_uuid"] for r in register.values()} == {lab.host(n).host_uuid for n in HOSTS}
-    assert all("restart_required" in r for r in register.values())
+    for r in register.values():  # over TLS: certificate installed, libvirtd restarted on it
+        assert r["migration"]["transport"] == "tls" and r["migration"]["libvirtd_restarted"]
+        assert r["migration"]["certificate"]["issuer"] == "CN=Haven cluster lab CA,O=Haven"
 
     # every agent heartbeats and its host is online in the console
     harness.wait(
@@ -188,6 +190,7 @@ def test_bootstrap_three_hosts_agents_heartbeat_and_no_secret_leaks(
     )
     migration_jobs = Job.objects.filter(kind="configure-migration", status=JobStatus.SUCCEEDED)
     assert migration_jobs.count() == 3
+    assert Job.objects.filter(kind="tls-request", status=JobStatus.SUCCEEDED).count() == 3
 
     # each agent's own Redis user: its queue yes, another agent's queue or the console's no
     secrets = []

@@ -55,6 +55,8 @@ def test_lists_and_operations(logged_in: str, live_view: Any) -> None:
     assert out.splitlines()[1].split()[:4] == ["guest1", "started", "et-virt05", "started"]
     code, out, _ = haven("hosts")
     assert code == 0 and "et-virt06" in out
+    row = next(line for line in out.splitlines() if line.startswith("et-virt05"))
+    assert f"/{host.memory_total_mb} MiB" in row  # the unit the fields hold
     code, out, err = haven("migrate", "guest1", "et-virt06")
     assert code == 0, err
     assert out.startswith("job ") and "migrate: pending" in out
@@ -171,18 +173,7 @@ def test_admission_refusal_is_one_clear_line_and_policy_prints_the_capacity(
     logged_in: str, live_view: Any
 ) -> None:
     cluster = f.ClusterFactory(name="tight")
-    hosts = [
-        f.HostFactory(cluster=cluster, name=n, state="online", memory_total_mb=8192)
-        for n in ("h1", "h2")
-    ]
-    for name, host in (("big1", hosts[0]), ("big2", hosts[1])):
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=name,
-            state="started",
-            host=host,
-            domain_xml=f.domain_xml(name, memory_kib=4096 * 1024),
-        )
+    hosts = f.half_full_hosts(cluster)
     f.VmServiceFactory(
         cluster=cluster,
         name="extra",

@@ -18,35 +18,13 @@ from tests.console.views_support import login, text
 
 @pytest.fixture
 def world(db: None, live_view: Any) -> dict[str, Any]:
-    cluster = f.ClusterFactory(name="et")
-    hosts = {
-        n: f.HostFactory(cluster=cluster, name=n, state="online", memory_total_mb=4096)
-        for n in ("et-virt05", "et-virt06", "et-virt07")
-    }
-    for host in hosts.values():
-        f.FenceDeviceFactory(cluster=cluster, host=host, name=f"ipmi-{host.name}")
-    only5 = f.FailoverDomainFactory(cluster=cluster, name="only5", restricted=True)
-    f.FailoverDomainMemberFactory(domain=only5, host=hosts["et-virt05"], priority=1)
-    prefer7 = f.FailoverDomainFactory(cluster=cluster, name="prefer7", ordered=True)
-    f.FailoverDomainMemberFactory(domain=prefer7, host=hosts["et-virt07"], priority=1)
-    f.FailoverDomainMemberFactory(domain=prefer7, host=hosts["et-virt06"], priority=2)
-    f.VmServiceFactory(cluster=cluster, name="web", state="started", host=hosts["et-virt06"])
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="licensed",
-        state="started",
-        host=hosts["et-virt05"],
-        failover_domain=only5,
+    world = f.domains_world(
+        fenced=("et-virt05", "et-virt06", "et-virt07"),
+        web_on="et-virt06",
+        prefer7=("et-virt07", "et-virt06"),
     )
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="db",
-        state="started",
-        host=hosts["et-virt07"],
-        failover_domain=prefer7,
-    )
-    live_view.beat(*hosts.values())
-    return {"cluster": cluster, "hosts": hosts, "only5": only5, "prefer7": prefer7}
+    live_view.beat(*world["hosts"].values())
+    return world
 
 
 def moves(p: whatif.Prediction) -> dict[str, tuple[str, str | None]]:

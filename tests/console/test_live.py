@@ -174,30 +174,11 @@ def test_cluster_at_work(live: Live, tmp_path: Path, make_client: Any, settings:
     record = tmp_path / "fence-calls.txt"
     cluster = f.ClusterFactory(name="live")
     hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
-    for name, host in hosts.items():
-        device = f.FenceDeviceFactory(
-            host=host,
-            cluster=cluster,
-            name=f"rec-{name}",
-            agent="fence_haven_record",
-            plug=name,
-            parameters={"record": str(record)},
-        )
+    for host in hosts.values():
+        device = f.recording_fence(host, record)
         device.secret_parameters = {"password": "pw-never-logged"}
         device.save()
-        domain = f.FailoverDomainFactory(cluster=cluster, name=f"prefer-{name}", ordered=True)
-        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
-        service_name = f"vm-{name}"
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=service_name,
-            failover_domain=domain,
-            domain_xml=(
-                f"<domain type='test'><name>{service_name}</name>"
-                "<memory unit='KiB'>1024</memory><vcpu>1</vcpu>"
-                "<os><type>hvm</type></os></domain>"
-            ),
-        )
+        f.service_preferring(host)
     live.start()
     for name in HOSTS:
         live.agent(name)

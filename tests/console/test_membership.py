@@ -278,3 +278,97 @@ def test_the_pages_add_remove_and_repair_by_the_same_rules(
         .status_code
         == 403
     )
+
+
+NEW_FP = "SHA256:" + "N" * 43
+
+
+def test_the_page_offers_a_changed_host_key_and_repairs_with_it_only_when_accepted(
+    two: list[Host], started: list[Any], admin_api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.console.views_support import login, text
+
+    host = two[0]
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    presented = {"key": NEW_FP}
+    monkeypatch.setattr(bootstrap, "scan_host_key", lambda address, port=22: presented["key"])
+    client = login("admin")
+    hp = f"/clusters/{host.cluster.pk}/hosts/{host.pk}/"
+    assert 'id="check-host-key"' in text(client.get(hp))
+    page = text(client.post(f"{hp}check-key/"))
+    assert NEW_FP in page and FP in page  # both shown: what it presents, what is pinned
+    assert f'name="fingerprint" value="{NEW_FP}"' in page and 'id="accept-host-key"' in page
+    # not ticked: the pinned key, as before
+    client.post(f"{hp}repair/", {"password": "pw"})
+    assert started[-1][1][0].fingerprint == FP
+    # ticked: the new key, pinned for this repair, and the change is in the event log
+    client.post(f"{hp}repair/", {"password": "pw", "fingerprint": NEW_FP})
+    assert started[-1][1][0].fingerprint == NEW_FP
+    event = Event.objects.filter(verb="host-key", object_name=host.name).latest("id")
+    assert NEW_FP in event.message and FP in event.message
+    # the API: the same rule, in the services layer
+    r = admin_api.post(
+        f"/api/hosts/{host.pk}/repair/", {"password": "pw", "fingerprint": "SHA256:short"}
+    )
+    assert r.status_code == 400 and "SHA256:<43 characters>" in str(r.json())
+    refused = client.post(f"{hp}repair/", {"password": "pw", "fingerprint": "SHA256:short"})
+    assert refused.status_code == 302 and len(started) == 2
+    # the same key presented: nothing to accept
+    presented["key"] = FP
+    same = text(client.post(f"{hp}check-key/"))
+    assert 'id="host-key-same"' in same and 'id="accept-host-key"' not in same
+    # a host that does not answer: the reason, no traceback
+    monkeypatch.setattr(
+        bootstrap,
+        "scan_host_key",
+        lambda address, port=22: (_ for _ in ()).throw(
+            bootstrap.BootstrapError("host unreachable: 10.88.0.5:22: connection refused")
+        ),
+    )
+    gone = text(client.post(f"{hp}check-key/", follow=True))
+    assert "host unreachable" in gone
+
+
+def test_the_uninstall_removes_an_installed_version_only_when_no_other_host_uses_it(
+    tmp_path: Any,
+) -> None:
+    """The scripts themselves (real sh and flock, on a scratch /opt and /etc): the bootstrap's
+    mark, then the removal of one host's agent beside others sharing the file system."""
+    import subprocess
+
+    from console.runtime import membership
+
+    opt, etc = tmp_path / "opt", tmp_path / "etc"
+    etc.mkdir()
+    for version, users in (("v1", ["et-virt08"]), ("v2", ["et-virt05"]), ("v3", None)):
+        (opt / version).mkdir(parents=True)
+        (opt / version / ".haven-complete").touch()
+        if users is not None:
+            (opt / version / ".users").mkdir()
+    (opt / "v4").mkdir()  # being installed: not complete, never marked
+
+    def mark(version: str, host: str) -> int:
+        argv = ["sh", "-c", bootstrap._MARK_USER, "haven-mark", str(opt / version), host]
+        return subprocess.run(argv, check=False).returncode
+
+    assert mark("v1", "et-virt08") == 0 and mark("v2", "et-virt05") == 0
+    assert mark("v2", "et-virt08") == 0  # et-virt08 used v2 too (before an upgrade)
+    assert mark("v4", "et-virt08") == 1 and not (opt / "v4" / ".users").exists()
+    files = [etc / n for n in ("agent.env", "agent.sh", "boot.sh")]
+    for path in files:
+        path.write_text("x")
+    paths = [str(etc / "unit"), str(etc / "pid"), *map(str, files), str(opt), str(etc)]
+    args = [*paths, "0", "et-virt08"]  # no shared storage (the cluster stack stays as it is)
+    done = subprocess.run(
+        ["sh", "-c", membership._UNINSTALL, "haven-uninstall", "haven-agent-et-virt08", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert not any(path.exists() for path in files)
+    assert not (opt / "v1").exists()  # only et-virt08 used it
+    assert f"removed {opt}/v1 (no other host uses it)" in done.stdout
+    assert (opt / "v2" / ".haven-complete").exists()  # et-virt05 still runs from it
+    assert sorted(p.name for p in (opt / "v2" / ".users").iterdir()) == ["et-virt05"]
+    assert f"kept {opt}/v2: used by et-virt05" in done.stdout
+    assert (opt / "v3").exists() and (opt / "v4").exists()  # not et-virt08's: untouched

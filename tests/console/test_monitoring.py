@@ -243,6 +243,54 @@ def test_a_real_power_loss_through_the_runtime_reads_as_an_incident(
     [g] = incident.guests
     assert g.name == "guest1" and g.host in ("et-virt06", "et-virt07")
     assert g.took_s is not None and [s.label for s in g.steps] == ["fence wait", "start"]
+    # no shared storage: no dlm to tell, no such row
+    assert [m.what for m in incident.milestones] == ["noticed", "fence", "confirmed off"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dlm_acknowledgement_of_the_fence_is_a_row_of_the_incident(
+    cluster3: Any,  # noqa: F811
+    store: Store,  # noqa: F811
+) -> None:
+    """Shared storage: once the fence succeeded the survivors' dlm is told (``dlm_tool
+    fence_ack``, the ``dlm-fence-ack`` job); the incident lists it with its time, after the
+    fence attempt (the engine may confirm the host off before or after it), and its timeline
+    strip has a row for it."""
+    from console.jobs.models import Job
+
+    cluster, agents = cluster3
+    f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    agents.power_off("et-virt05")
+    run(cluster, agents, store, t, t + 10)
+    ack = Job.objects.get(kind="dlm-fence-ack")
+    assert ack.status == "succeeded" and ack.params["host"] == "et-virt05", ack.explanation
+    assert sorted(ack.params["survivors"]) == ["et-virt06", "et-virt07"]
+    [incident] = incidents(Event.objects.all())
+    rows = [(m.what, m.at) for m in incident.milestones]
+    whats = [w for w, _ in rows]
+    assert whats[0] == "noticed" and "dlm" in whats
+    fence = Job.objects.get(kind="fence")
+    assert fence.finished is not None and ack.created >= fence.finished
+    assert whats.index("fence") < whats.index("dlm") and "confirmed off" in whats
+    dlm = incident.milestones[whats.index("dlm")]
+    assert dlm.at == ack.finished and dlm.job == ack.pk
+    assert dlm.detail == "dlm on et-virt06, et-virt07 acknowledged the fence"
+    assert (incident.dlm_started, incident.dlm_done) == (ack.created, ack.finished)
+    [strip] = [r for r in incident.timeline(timezone.now()) if r["guest"] == "dlm"]
+    assert [b["label"] for b in strip["bars"]] == ["dlm ack"] and not strip["bars"][0]["open"]
+    page = login("viewer").get("/events/incidents/").content.decode()
+    local = timezone.localtime(ack.finished)
+    assert (
+        f'<tr class="milestone" data-what="dlm"><td>{local:%H:%M:%S}</td><td>dlm</td>'
+        "<td>dlm on et-virt06, et-virt07 acknowledged the fence</td></tr>"
+    ) in page
+    assert 'class="bar dlm-ack"' in page
+    # still running: the row says so, with no time yet
+    Job.objects.filter(pk=ack.pk).update(status="running", finished=None)
+    [incident] = incidents(Event.objects.all())
+    dlm = next(m for m in incident.milestones if m.what == "dlm")
+    assert dlm.at is None and "running" in dlm.detail and incident.milestones[-1] == dlm
 
 
 @pytest.mark.django_db(transaction=True)

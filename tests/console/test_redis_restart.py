@@ -134,26 +134,8 @@ def make_cluster(record: Path) -> Any:
     cluster = f.ClusterFactory(name="restart")
     for name in HOSTS:
         host = f.HostFactory(cluster=cluster, name=name, address="127.0.0.1")
-        f.FenceDeviceFactory(
-            host=host,
-            cluster=cluster,
-            name=f"rec-{name}",
-            agent="fence_haven_record",
-            plug=name,
-            parameters={"record": str(record)},
-        )
-        domain = f.FailoverDomainFactory(cluster=cluster, name=f"prefer-{name}", ordered=True)
-        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=f"vm-{name}",
-            failover_domain=domain,
-            domain_xml=(
-                f"<domain type='test'><name>vm-{name}</name>"
-                "<memory unit='KiB'>1024</memory><vcpu>1</vcpu>"
-                "<os><type>hvm</type></os></domain>"
-            ),
-        )
+        f.recording_fence(host, record)
+        f.service_preferring(host)
     return cluster
 
 

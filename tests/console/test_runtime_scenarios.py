@@ -20,14 +20,14 @@ OWN = ROOT / "tests" / "engine" / "scenarios"
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
 CANNOT = {
-    "preempt-unsaveable-shuts-down": (
-        "the console derives `saveable` from the guest's disks (VmService.save_refusal); the "
-        "world writes libvirt XML without disks, so every guest reads as saveable (a gap of "
-        "tests/console/runtime_world.py, not of the console)"
-    ),
     "shared-storage-host-fenced-without-guests": (
-        "the console knows shared storage per cluster (a clustered VG: every host is in the "
-        "dlm lockspace), the scenario per node: its n4 outside the storage would be fenced too"
+        "the console knows shared storage per cluster, deliberately: a cluster formed with it "
+        "runs the cluster stack on every host (the bootstrap starts each host's dlm/lvmlockd "
+        "lockspace, console/runtime/cluster_stack.py) and refuses to add a host outside it "
+        "(console/runtime/membership.py add_hosts), so n1-n3 in the storage and n4 outside "
+        "cannot be one console cluster; played with its clustered VG, n4 is fenced too "
+        "(fenced ['n1', 'n4']). The same rule with every host in the storage passes: "
+        "shared-storage-cluster-fences-silent-hosts-not-shut-down-ones"
     ),
 }
 

@@ -42,6 +42,19 @@ def test_schema_is_valid_openapi_3(admin_api: APIClient) -> None:
     assert {"cluster", "state", "limit", "offset"} <= params
 
 
+def test_every_size_named_mb_says_its_unit_is_mib(admin_api: APIClient) -> None:
+    """The ``_mb`` fields hold MiB (console/core/units.py): the schema says so for each one."""
+    schema = yaml.safe_load(admin_api.get("/api/schema/").content)
+    sizes = {
+        (component, name): field.get("description", "")
+        for component, body in schema["components"]["schemas"].items()
+        for name, field in body.get("properties", {}).items()
+        if name.endswith("_mb")
+    }
+    assert ("Host", "memory_total_mb") in sizes and ("VmService", "memory_mb") in sizes
+    assert {k: d for k, d in sizes.items() if "in MiB" not in d} == {}
+
+
 @pytest.fixture
 def viewer_login(db: None) -> Client:
     user = User.objects.create_user("ann", password="correct horse battery")

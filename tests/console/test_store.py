@@ -53,6 +53,7 @@ def test_newer_lifecycle_events_are_applied_on_top_of_the_heartbeat(
     [report] = store.reports(["h1", "nobody"]).values()
     assert (report.host, report.received) == ("h1", 100.0)
     assert report.running == {"b", "c"}
+    assert store.view(["h1", "nobody"])[0] == {"h1": report}  # the runner's read: the same
     store.put_heartbeat("h1", beat("h1", "a"), 101.0)  # a newer beat outdates every event
     assert store.reports(["h1"])["h1"].running == {"a"}
     store.forget_host("h1")

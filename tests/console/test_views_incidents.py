@@ -4,7 +4,11 @@ fence result, where each guest went and how long it took."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
 
+import pytest
 from django.utils import timezone
 
 from console.events.models import Event
@@ -88,3 +92,128 @@ def test_a_host_failure_reads_as_one_incident(db: None) -> None:
 
 def test_no_incidents_is_said_plainly(db: None) -> None:
     assert "No incidents recorded." in text(login("viewer").get("/events/incidents/"))
+
+
+def test_a_new_event_shows_at_the_next_view_and_none_is_read_again_without_one(
+    db: None, monkeypatch: Any
+) -> None:
+    """Incidents are folded once per new engine event (kept per process)."""
+    from console.events import incidents
+
+    cluster = f.ClusterFactory(name="et")
+    folds: list[int] = []
+    real = incidents._fold
+    monkeypatch.setattr(incidents, "_fold", lambda rows: folds.append(len(rows)) or real(rows))
+
+    def state(old: str, new: str, reason: str) -> None:
+        record(
+            actor="engine",
+            verb="service-state",
+            object_type="service",
+            object_name="g1",
+            cluster=cluster,
+            result="info",
+            message=f"{old} -> {new}: {reason}",
+            data={"kind": "service", "old": old, "new": new, "reason": reason},
+        )
+
+    state("started", "recovering", "crashed")
+    client = login("viewer")
+    assert "recovery open" in text(client.get("/events/incidents/"))
+    assert "recovery open" in text(client.get("/events/incidents/"))
+    assert folds == [1]  # the second view read no event again
+    state("starting", "started", "running")
+    page = text(client.get("/events/incidents/"))
+    assert "g1 crashed" in page and "recovered in" in page and "recovery open" not in page
+    assert folds == [1, 2]
+
+
+def _made_room(page: str) -> list[str]:
+    """The "stopped to make room" rows of the incidents page, as text."""
+    rows = re.findall(r'<tr class="made-room"[^>]*>(.*?)</tr>', page, re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", r).split()) for r in rows]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("scenario", "how", "back"),
+    [
+        ("preempt-saves-then-resumes", "saved at", "resumed on n1 at"),
+        ("preempt-unsaveable-shuts-down", "shut down at", "booted afresh on n1 at"),
+    ],
+)
+def test_the_host_incident_shows_who_was_stopped_for_whom(
+    scenario: str, how: str, back: str
+) -> None:
+    """A real preemption through the runtime (n2 dies; prod, priority 10, takes lab's room on
+    n1): the incident of n2 lists lab, stopped on n1 for prod, saved (or shut down, saying
+    why) and when it ran again."""
+    from console.engine.sim import load
+    from console.events.incidents import incidents
+    from tests.console.runtime_world import simulate_runtime
+
+    sc = load(Path(__file__).resolve().parents[1] / "engine" / "scenarios" / f"{scenario}.json")
+    simulate_runtime(sc)
+    found = incidents(Event.objects.all())
+    host = [i for i in found if i.kind == "host" and i.subject == "n2"]
+    assert len(host) == 1 and [g.name for g in host[0].guests] == ["prod"]
+    [room] = host[0].made_room
+    assert (room.name, room.host, room.for_guest) == ("lab", "n1", "prod")
+    assert (room.priority, room.own_priority, room.back_on) == (10, 0, "n1")
+    assert room.done is not None and room.back is not None
+    assert room.stopped <= room.done <= room.back and room.resumed is (how == "saved at")
+    assert all(not i.made_room for i in found if i is not host[0])  # listed once
+    rows = _made_room(text(login("viewer").get("/events/incidents/")))
+    assert len(rows) == 1, rows
+    assert rows[0].startswith("lab n1 prod (priority 10 > 0)") and how in rows[0], rows
+    assert back in rows[0], rows
+    if how == "shut down at":
+        assert room.why == "not saved: saving is turned off for it" and room.why in rows[0]
+    else:
+        assert room.why == "" and room.save
+
+
+def test_a_guest_incident_lists_the_guest_shut_down_to_make_room_for_its_restart(
+    db: None,
+) -> None:
+    """prod crashes and relocates to n2, where lab is shut down for it (saving refused): the
+    guest incident of prod lists lab with the refusal; lab not back yet."""
+    from console.events.incidents import incidents
+
+    cluster = f.ClusterFactory(name="gi")
+
+    def state(name: str, old: str, new: str, **data: Any) -> None:
+        record(
+            actor="engine",
+            verb="service-state",
+            object_type="service",
+            object_name=name,
+            cluster=cluster,
+            result="info",
+            message=f"{old} -> {new}: (prose the incidents never read)",
+            data={"kind": "service", "old": old, "new": new, "reason": "", **data},
+        )
+
+    state("prod", "started", "recovering", host="n1")
+    room = {"host": "n2", "for": "prod", "priority": 5, "own_priority": 1, "save": False}
+    state("lab", "started", "stopping", host="n2", room={**room, "saved": None})
+    state("prod", "recovering", "waiting", host=None)
+    why = "not saved: its disk is a host device"
+    shut = {"host": "n2", "for": "", "saved": False, "not_saved": why}
+    state("lab", "stopping", "waiting", host=None, room=shut)
+    state("prod", "waiting", "starting", host="n2")
+    state("prod", "starting", "started", host="n2")
+    [incident] = incidents(Event.objects.all())
+    assert incident.kind == "guest" and incident.subject == "prod" and incident.ended
+    [row] = incident.made_room
+    assert (row.name, row.host, row.for_guest, row.how, row.why) == (
+        "lab",
+        "n2",
+        "prod",
+        "shut down",
+        why,
+    )
+    assert row.back is None and not row.resumed
+    rows = _made_room(text(login("viewer").get("/events/incidents/")))
+    assert rows == [rows[0]] and rows[0].startswith("lab n2 prod (priority 5 > 1)")
+    assert "shut down at" in rows[0] and why in rows[0] and rows[0].endswith("not yet")

@@ -125,6 +125,13 @@ def test_cluster_page_shows_health_state_and_host(world: dict[str, Any]) -> None
     assert "3/3" in home and "1/1" in home
 
 
+def test_host_page_shows_memory_in_mib(world: dict[str, Any]) -> None:
+    c, h = world["cluster"].pk, world["hosts"][0].pk
+    body = login("viewer").get(f"/clusters/{c}/hosts/{h}/").content.decode()
+    # 4096 MiB total, 3000 free; guest1's XML has 32768 KiB = 32 MiB
+    assert "1.1 GiB / 4.0 GiB used (32.0 MiB by its guests)" in body
+
+
 def test_missing_object_is_a_plain_404(world: dict[str, Any]) -> None:
     response = login("viewer").get("/clusters/999/")
     assert response.status_code == 404
@@ -168,3 +175,17 @@ def test_cluster_page_query_count(
     client = login("admin")
     with django_assert_max_num_queries(12):
         client.get(f"/clusters/{world['cluster'].pk}/live/")
+
+
+def test_a_domain_lists_its_first_guests_and_links_to_the_rest(db: None) -> None:
+    cluster = f.ClusterFactory(name="et")
+    domain = f.FailoverDomainFactory(cluster=cluster, name="big-domain")
+    for i in range(12):
+        f.VmServiceFactory(cluster=cluster, name=f"g{i:02d}", failover_domain=domain)
+    f.FailoverDomainFactory(cluster=cluster, name="empty")
+    body = login("viewer").get(f"/clusters/{cluster.pk}/domains/").content.decode()
+    row = body[body.index('id="domain-big-domain"') :].split("</tr>")[0]
+    assert "g00, g01, g02, g03, g04, g05, g06, g07, g08, g09" in row and "g10" not in row
+    assert f'<a class="more" href="/clusters/{cluster.pk}/?domain=big-domain">and 2 more</a>' in row
+    empty = body[body.index('id="domain-empty"') :].split("</tr>")[0]
+    assert '<span class="muted">—</span>' in empty and "more" not in empty

@@ -127,19 +127,8 @@ def _refused(call: Any) -> str:
 def test_one_agent_cannot_speak_or_act_for_another(wire: Wire, settings: Any) -> None:
     cluster = f.ClusterFactory(name="wire")
     hosts = {n: f.HostFactory(cluster=cluster, name=n, address="127.0.0.1") for n in HOSTS}
-    for name, host in hosts.items():
-        domain = f.FailoverDomainFactory(cluster=cluster, name=f"prefer-{name}", ordered=True)
-        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
-        f.VmServiceFactory(
-            cluster=cluster,
-            name=f"vm-{name}",
-            failover_domain=domain,
-            domain_xml=(
-                f"<domain type='test'><name>vm-{name}</name>"
-                "<memory unit='KiB'>1024</memory><vcpu>1</vcpu>"
-                "<os><type>hvm</type></os></domain>"
-            ),
-        )
+    for host in hosts.values():
+        f.service_preferring(host)
     for name in HOSTS:
         wire.login(name)
     wire.start()

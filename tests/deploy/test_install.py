@@ -2,7 +2,10 @@
 secrets at rest 0600 and kept across runs, Redis with a password and its append-only file, a
 certificate generated for the name, the units under gunicorn accepted by systemd-analyze,
 ``manage.py check --deploy`` clean, and the console really serving HTTPS with HSTS and secure
-cookies from the files the installer wrote."""
+cookies from the files the installer wrote. On PostgreSQL (``--database-url``, a database of
+the test's own: ``HAVEN_INSTALL_TEST_DB``, default haven_install_test, made by
+deploy/start-postgres and dropped afterwards): the setting kept, the schema migrated there, the
+console's processes on it."""
 
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = "haven.test"
 
 
-def _install(root: Path) -> str:
+def _install(root: Path, *extra: str) -> str:
     done = subprocess.run(
-        [str(ROOT / "deploy" / "install"), "--name", NAME, "--root", str(root)],
+        [str(ROOT / "deploy" / "install"), "--name", NAME, "--root", str(root), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -172,3 +175,92 @@ def test_the_console_serves_https_with_hsts_and_secure_cookies(installed: tuple[
         proc.terminate()
         proc.wait(10)
     assert sys.executable  # the test ran under the project's Python
+
+
+def _pg(*sql_and_db: str) -> str:
+    *sql, db = sql_and_db
+    done = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-qtA",
+            "-d",
+            db,
+            *[a for q in sql for a in ("-c", q)],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_postgresql_by_one_setting(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("deploy/install runs deploy/setup (root)")
+    if not Path("/usr/lib/postgresql").is_dir():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    db = os.environ.get("HAVEN_INSTALL_TEST_DB", "haven_install_test")
+    assert db != "haven_ci", "deploy/test's database is not this test's"
+    was_up = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
+    start = [str(ROOT / "deploy" / "start-postgres"), db]
+    url = subprocess.run(start, capture_output=True, text=True, check=True).stdout.split()[-1]
+    _pg(f"DROP DATABASE IF EXISTS {db}", "postgres")  # from nothing: every migration runs
+    url = subprocess.run(start, capture_output=True, text=True, check=True).stdout.split()[-1]
+    root = tmp_path_factory.mktemp("install-pg")
+    try:
+        out = _install(root, "--database-url", url)
+        etc = root / "etc" / "haven"
+        env = _env(etc / "haven.env")
+        assert env["DATABASE_URL"] == url
+        assert stat.S_IMODE((etc / "haven.env").stat().st_mode) == 0o600
+        password = url.split(":")[2].split("@")[0]
+        assert password not in out  # never printed
+        assert "System check identified no issues" in out
+        applied = _pg("SELECT app || '.' || name FROM django_migrations", db).split()
+        assert "clusters.0006_migration_tls" in applied and "auth.0001_initial" in applied
+        assert not (root / "var" / "lib" / "haven" / "haven.sqlite3").exists()  # not SQLite
+        again = _install(root)  # a second run without the option keeps the database
+        assert _env(etc / "haven.env")["DATABASE_URL"] == url and password not in again
+        # the console's processes read haven.env: on PostgreSQL, and they write there
+        probe = (
+            "from django.db import connection; from console.clusters.models import Cluster; "
+            "Cluster.objects.create(name='pg-probe'); print(connection.vendor)"
+        )
+        proc_env = {**os.environ, **_env(etc / "haven.env")}
+        proc_env["HAVEN_VAR_DIR"] = str(root / "var" / "lib" / "haven")
+        proc_env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        vendor = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "manage.py", "shell", "-c", probe],
+            cwd=ROOT,
+            env=proc_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert vendor[-1] == "postgresql"
+        assert _pg("SELECT name FROM clusters_cluster", db).split() == ["pg-probe"]
+        bad = subprocess.run(
+            [
+                str(ROOT / "deploy" / "install"),
+                "--name",
+                NAME,
+                "--root",
+                str(root),
+                "--database-url",
+                "mysql://x@y/z",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert bad.returncode == 2 and "--database-url must look like" in bad.stderr
+    finally:
+        _pg(f"DROP DATABASE IF EXISTS {db}", "postgres")
+        if not was_up:
+            version = sorted(os.listdir("/usr/lib/postgresql"), key=int)[-1]
+            subprocess.run(["pg_ctlcluster", version, "main", "stop"], check=False)

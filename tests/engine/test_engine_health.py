@@ -9,6 +9,7 @@ from console.engine import (
     HealthCheck,
     HealthFailure,
     HostObservation,
+    MadeRoom,
     ServiceConfig,
     ServiceState,
     Snapshot,
@@ -110,12 +111,15 @@ def test_preempted_saveable_guest_is_saved_and_resumed_where_it_was() -> None:
     (stop,) = d.actions
     assert isinstance(stop, Stop) and stop.reason is StopReason.PREEMPT and stop.save
     assert "saving it to make room for prod" in c.status.services["lab"].reason
+    (asked,) = [t for t in d.transitions if t.name == "lab"]
+    assert asked.room == MadeRoom("n1", "prod", 10, 0, save=True)  # typed for the incidents
     c.running["n1"].discard("lab")
     d = c.step(results=(ActionResult(stop.id, True, saved=True),))
     lab = c.status.services["lab"]
     assert lab.state is S.WAITING and lab.saved_on == "n1"
     (tr,) = [t for t in d.transitions if t.name == "lab"]
     assert tr.cause == "saved" and tr.reason.startswith("saved on n1 to make room for prod")
+    assert tr.room == MadeRoom("n1", saved=True)
     assert lab.reason.startswith("saved on n1: resumes there when room returns")
     (start,) = d.actions
     assert isinstance(start, Start) and start.service == "prod"
@@ -127,6 +131,8 @@ def test_preempted_saveable_guest_is_saved_and_resumed_where_it_was() -> None:
     d = c.step()
     (resume,) = d.actions
     assert isinstance(resume, Start) and resume.host == "n1" and resume.resume
+    (back,) = [t for t in d.transitions if t.name == "lab"]
+    assert back.new is S.STARTING and back.cause == "resume"
     assert c.status.services["lab"].saved_on is None
     assert Status.from_json(c.status.to_json()) == replace(c.status, active=c.status.active)
 
@@ -147,6 +153,7 @@ def test_a_saved_guest_started_elsewhere_boots_afresh_and_drops_the_save() -> No
     d = c.step()
     (start,) = d.actions
     assert isinstance(start, Start) and start.host == "n2" and not start.resume
+    assert [t.cause for t in d.transitions if t.name == "lab"] == [""]  # a fresh boot
     assert "its state saved on n1 is dropped" in c.status.services["lab"].reason
 
 
@@ -162,3 +169,4 @@ def test_a_shutdown_fallback_is_a_plain_preemption_with_the_reason() -> None:
     assert c.status.services["lab"].saved_on is None
     (tr,) = [t for t in d.transitions if t.name == "lab"]
     assert tr.reason == f"stopped on n1 to make room ({why})" and tr.cause == ""
+    assert tr.room == MadeRoom("n1", saved=False, not_saved=why)

@@ -1,8 +1,9 @@
 """A real console (Celery worker + beat + ingest drainer on the pytest database) and a Redis
 on the lab bridge, driving lab hosts whose agents the console's own SSH bootstrap installed.
 
-Shared by tests/console/test_bootstrap.py and tests/lab/test_e2e.py; the pattern is the one of
-tests/console/test_live.py.
+Shared by tests/console/test_bootstrap.py and tests/lab/ (``lab_cluster``: the module-wide
+cluster of test_e2e.py, test_day_two.py and test_health_lab.py; ``watch_split_brain``: their
+per-test watcher); the pattern is the one of tests/console/test_live.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import libvirt
 import redis
@@ -284,8 +286,14 @@ class SplitBrainWatcher:
                 for guest in self._list(name):
                     seen.setdefault(guest, []).append(name)
             for guest, hosts in seen.items():
-                if len(hosts) > 1:
-                    self.violations.append(f"{time.strftime('%T')} {guest} runs on {hosts}")
+                if len(hosts) < 2:
+                    continue
+                # The hosts are read one after another: a live migration's switch-over between
+                # two reads shows the guest on both. Read them again, the last first: a second
+                # copy still runs on each; a migrated guest is gone from (paused on) its source.
+                still = [h for h in reversed(hosts) if guest in self._list(h)]
+                if len(still) > 1:
+                    self.violations.append(f"{time.strftime('%T')} {guest} runs on {still}")
             self.polls += 1
             self._stop.wait(self.interval)
 
@@ -312,9 +320,10 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
-def fresh_lab() -> haven_lab.Lab:
-    """The article's three hosts built anew under TEST_ROOT (whatever an interrupted run left
-    is destroyed first); skips the test where this machine cannot create namespaces."""
+def fresh_lab(names: tuple[str, ...] = HOSTS) -> haven_lab.Lab:
+    """The article's three hosts (or ``names``) built anew under TEST_ROOT (whatever an
+    interrupted run left is destroyed first); skips the test where this machine cannot create
+    namespaces."""
     import pytest
 
     reason = haven_lab.namespace_support()
@@ -323,12 +332,65 @@ def fresh_lab() -> haven_lab.Lab:
     lab = haven_lab.Lab(TEST_ROOT)
     lab.destroy()
     try:
-        lab.create(HOSTS)
+        lab.create(names)
     except haven_lab.LabError as exc:
         lab.destroy()
         pytest.fail(f"lab could not be created: {exc}")
-    reset_agent_logs()
+    reset_agent_logs(names)
     return lab
+
+
+class _Watched(Protocol):
+    lab: haven_lab.Lab
+    watcher: SplitBrainWatcher | None
+
+
+C = TypeVar("C")
+W = TypeVar("W", bound=_Watched)
+
+#: what the console processes of the lab tests run with
+LAB_OVERRIDES = {
+    "HAVEN_FENCE_ACTION": "off",  # the tests power hosts back on themselves
+    "HAVEN_STOP_TIMEOUT_S": "3",  # the tick guest ignores ACPI
+}
+
+
+def lab_cluster(
+    django_db_blocker: Any,
+    make: Callable[[haven_lab.Lab, Any, Console], C],
+    *,
+    names: tuple[str, ...] = HOSTS,
+    admin: str = "lab-admin",
+) -> Iterator[C]:
+    """The body of a module-wide ``cluster`` fixture: lab hosts ``names`` built anew, the tick
+    guest's kernel, a password-protected Redis on the bridge, the console's processes on the
+    test database, an admin's API client; ``make(lab, api, console)`` is what the tests get
+    (with ``kernel`` and ``redis`` set on it). Nothing is bootstrapped yet. Afterwards
+    everything is stopped, the lab destroyed, the settings restored and the database
+    flushed."""
+    import article
+
+    lab = fresh_lab(names)
+    kernel = article.build_guest_kernel(lab.root)
+    with console_on_lab(lab, django_db_blocker, admin, LAB_OVERRIDES) as (lab_redis, console, api):
+        cluster = make(lab, api, console)
+        cluster.kernel = kernel  # type: ignore[attr-defined]
+        cluster.redis = lab_redis  # type: ignore[attr-defined]
+        yield cluster
+
+
+def watch_split_brain(cluster: W, django_db_blocker: Any) -> Iterator[None]:
+    """The body of the lab tests' autouse fixture: database access, and a watcher that fails
+    the test if a guest ran on two hosts during it."""
+    with django_db_blocker.unblock():
+        watcher = SplitBrainWatcher(cluster.lab).start()
+        cluster.watcher = watcher
+        try:
+            yield
+        finally:
+            watcher.stop()
+        assert watcher.polls > 0
+        assert not watcher.violations, f"a guest ran on two hosts: {watcher.violations[:5]}"
 
 
 def ensure_test_database() -> Any:
@@ -347,3 +409,54 @@ def ensure_test_database() -> Any:
     config = setup_databases(verbosity=0, interactive=False, aliases={"default"})  # type: ignore[arg-type]
     assert "test" in str(connection.settings_dict["NAME"]), "refusing the real database"
     return config
+
+
+#: the settings a console on the lab's Redis changes in this process, put back afterwards
+LAB_SETTINGS = ("REDIS_URL", "CELERY_BROKER_URL", "HAVEN_AGENT_BROKER_URL", "HAVEN_WAKE_ON_COMMAND")
+
+
+@contextmanager
+def console_on_lab(
+    lab: haven_lab.Lab, django_db_blocker: Any, admin: str, overrides: dict[str, str]
+) -> Iterator[tuple[LabRedis, Console, Any]]:
+    """A real console (``Console``, with ``overrides`` in its environment) on a Redis of the lab
+    (``LabRedis``), this process's settings pointed at that Redis meanwhile, and an API client
+    logged in as a new superuser ``admin``; yields (redis, console, api) with database access.
+    Afterwards the console stops, the lab is destroyed, the Redis stops, the settings come
+    back and the database is emptied (the test database is removed if this made it)."""
+    from django.conf import settings
+    from rest_framework.test import APIClient
+
+    from console.celery import use_broker
+
+    lab_redis = LabRedis(lab.root)
+    lab_redis.start()
+    saved = {k: getattr(settings, k, None) for k in LAB_SETTINGS}
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
+    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
+    settings.HAVEN_WAKE_ON_COMMAND = True
+    use_broker(lab_redis.url)
+    with django_db_blocker.unblock():
+        own_db = ensure_test_database()
+        console = Console(lab_redis.url, db_url(settings), lab.root / "console-logs", **overrides)
+        console.start()
+        from django.contrib.auth.models import User
+
+        api = APIClient()
+        api.force_authenticate(User.objects.create_superuser(admin, password="pw-for-tests-only"))
+        try:
+            yield lab_redis, console, api
+        finally:
+            console.stop()
+            lab.destroy()
+            lab_redis.stop()
+            for key, value in saved.items():
+                setattr(settings, key, value)
+            use_broker(settings.REDIS_URL)
+            from django.core.management import call_command
+
+            call_command("flush", interactive=False, verbosity=0)
+            if own_db is not None:
+                from django.test.utils import teardown_databases
+
+                teardown_databases(own_db, verbosity=0)

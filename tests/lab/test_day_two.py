@@ -19,15 +19,12 @@ from typing import Any
 import article
 import pytest
 import redis
-from django.conf import settings
-from rest_framework.test import APIClient
 
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
 from console.runtime import broker
 from tests.lab import harness
-from tests.lab.harness import HOSTS, haven_lab
-from tests.lab.test_e2e import OVERRIDES
+from tests.lab.harness import HOSTS
 from tests.lab.test_e2e import Cluster as LabCluster
 
 pytestmark = pytest.mark.lab
@@ -57,76 +54,14 @@ class Cluster(LabCluster):
 
 @pytest.fixture(scope="module")
 def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
-    reason = haven_lab.namespace_support()
-    if reason is not None:
-        pytest.skip(f"lab hosts need network namespaces: {reason}")
-    lab = haven_lab.Lab(harness.TEST_ROOT)
-    lab.destroy()
-    try:
-        lab.create((*HOSTS, FOURTH))
-    except haven_lab.LabError as exc:
-        lab.destroy()
-        pytest.fail(f"lab could not be created: {exc}")
-    harness.reset_agent_logs((*HOSTS, FOURTH))
-    kernel = article.build_guest_kernel(lab.root)
-    lab_redis = harness.LabRedis(lab.root)
-    lab_redis.start()
-    saved = {
-        k: getattr(settings, k, None)
-        for k in (
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "HAVEN_AGENT_BROKER_URL",
-            "HAVEN_WAKE_ON_COMMAND",
-        )
-    }
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
-    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
-    settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import use_broker
-
-    use_broker(lab_redis.url)
-    with django_db_blocker.unblock():
-        own_db = harness.ensure_test_database()
-        console = harness.Console(
-            lab_redis.url, harness.db_url(settings), lab.root / "console-logs", **OVERRIDES
-        )
-        console.start()
-        from django.contrib.auth.models import User
-
-        admin = User.objects.create_superuser("day2-admin", password="pw-for-tests-only")
-        api = APIClient()
-        api.force_authenticate(admin)
-        c = Cluster(lab, api, console)
-        c.kernel = kernel  # type: ignore[attr-defined]
-        c.redis = lab_redis  # type: ignore[attr-defined]
-        try:
-            yield c
-        finally:
-            console.stop()
-            lab.destroy()
-            lab_redis.stop()
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            use_broker(settings.REDIS_URL)
-            from django.core.management import call_command
-
-            call_command("flush", interactive=False, verbosity=0)
-            if own_db is not None:
-                from django.test.utils import teardown_databases
-
-                teardown_databases(own_db, verbosity=0)
+    yield from harness.lab_cluster(
+        django_db_blocker, Cluster, names=(*HOSTS, FOURTH), admin="day2-admin"
+    )
 
 
 @pytest.fixture(autouse=True)
 def no_split_brain(cluster: Cluster, django_db_blocker: Any) -> Iterator[None]:
-    with django_db_blocker.unblock():
-        watcher = harness.SplitBrainWatcher(cluster.lab).start()
-        try:
-            yield
-        finally:
-            watcher.stop()
-        assert not watcher.violations, f"a guest ran on two hosts: {watcher.violations[:5]}"
+    yield from harness.watch_split_brain(cluster, django_db_blocker)
 
 
 def test_1_cluster_formed_guests_at_home(cluster: Cluster) -> None:
@@ -345,6 +280,14 @@ def test_5_the_fourth_host_is_removed_refused_while_a_guest_runs_there(cluster: 
     assert not cluster.agent_running(FOURTH)  # stopped over SSH
     etc = lab.run_in(FOURTH, ["ls", "/etc/haven"]).stdout
     assert f"agent-{FOURTH}" not in etc and f"boot-{FOURTH}" not in etc
+    # the installed agent: the lab's hosts share /opt, so the others' version stays; only
+    # et-virt08's mark on it goes (a host alone on its machine loses the version too)
+    said = " ".join(job.steps.get(kind="remove.agent").result["said"])
+    assert "kept /opt/haven-agent/" in said and "used by et-virt05 et-virt06 et-virt07" in said
+    kept = said.split("kept ", 1)[1].split(":", 1)[0]
+    users = lab.run_in("et-virt06", ["ls", f"{kept}/.users"]).stdout.split()
+    assert FOURTH not in users and {"et-virt05", "et-virt06", "et-virt07"} <= set(users)
+    assert lab.run_in("et-virt06", ["test", "-f", f"{kept}/.haven-complete"]).returncode == 0
     assert password not in str(job.steps.values_list("args", "result"))
     # et-virt05 back: guest1 returns home; the cluster forgot the fourth host
     lab.power_on("et-virt05")

@@ -21,7 +21,6 @@ from typing import Any
 
 import article
 import pytest
-from django.conf import settings
 from rest_framework.test import APIClient
 
 from console.jobs.models import Job, JobStatus
@@ -29,10 +28,7 @@ from tests.lab import harness
 from tests.lab.harness import HOSTS, haven_lab
 
 pytestmark = pytest.mark.lab
-OVERRIDES = {
-    "HAVEN_FENCE_ACTION": "off",
-    "HAVEN_STOP_TIMEOUT_S": "3",  # the tick guest ignores ACPI
-}
+OVERRIDES = harness.LAB_OVERRIDES
 
 
 class Cluster:
@@ -92,68 +88,13 @@ def _ticks(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster(django_db_setup: None, django_db_blocker: Any) -> Iterator[Cluster]:
-    lab = harness.fresh_lab()
-    kernel = article.build_guest_kernel(lab.root)
-    lab_redis = harness.LabRedis(lab.root)
-    lab_redis.start()
-    saved = {
-        k: getattr(settings, k, None)
-        for k in (
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "HAVEN_AGENT_BROKER_URL",
-            "HAVEN_WAKE_ON_COMMAND",
-        )
-    }
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = lab_redis.url
-    settings.HAVEN_AGENT_BROKER_URL = lab_redis.agent_url
-    settings.HAVEN_WAKE_ON_COMMAND = True
-    from console.celery import use_broker
-
-    use_broker(lab_redis.url)
-    with django_db_blocker.unblock():
-        own_db = harness.ensure_test_database()
-        console = harness.Console(
-            lab_redis.url, harness.db_url(settings), lab.root / "console-logs", **OVERRIDES
-        )
-        console.start()
-        from django.contrib.auth.models import User
-
-        admin = User.objects.create_superuser("e2e-admin", password="pw-for-tests-only")
-        api = APIClient()
-        api.force_authenticate(admin)
-        c = Cluster(lab, api, console)
-        c.kernel = kernel  # type: ignore[attr-defined]
-        try:
-            yield c
-        finally:
-            console.stop()
-            lab.destroy()
-            lab_redis.stop()
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            use_broker(settings.REDIS_URL)
-            from django.core.management import call_command
-
-            call_command("flush", interactive=False, verbosity=0)
-            if own_db is not None:
-                from django.test.utils import teardown_databases
-
-                teardown_databases(own_db, verbosity=0)
+    yield from harness.lab_cluster(django_db_blocker, Cluster, admin="e2e-admin")
 
 
 @pytest.fixture(autouse=True)
 def no_split_brain(cluster: Cluster, django_db_blocker: Any) -> Iterator[None]:
     """Every test: DB access, and a watcher that fails it if a guest runs on two hosts."""
-    with django_db_blocker.unblock():
-        watcher = harness.SplitBrainWatcher(cluster.lab).start()
-        cluster.watcher = watcher
-        try:
-            yield
-        finally:
-            watcher.stop()
-        assert watcher.polls > 0
-        assert not watcher.violations, f"a guest ran on two hosts: {watcher.violations[:5]}"
+    yield from harness.watch_split_brain(cluster, django_db_blocker)
 
 
 def test_1_cluster_formed_from_three_hosts_by_ssh_bootstrap(cluster: Cluster) -> None:
@@ -164,6 +105,81 @@ def test_1_cluster_formed_from_three_hosts_by_ssh_bootstrap(cluster: Cluster) ->
     for name in HOSTS:  # the agent really runs inside its host, from the installed venv
         ps = cluster.lab.run_in(name, ["ps", "-ww", "-eo", "args"]).stdout
         assert "/opt/haven-agent/" in ps and f"--host {name}" in ps
+
+
+def _client_pki(directory: Path, ca_pem: str, cluster_row: Any, name: str) -> str:
+    """A libvirt client's pkipath: ``ca_pem`` trusted, a client certificate of cluster_row's CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from console.runtime import pki
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cacert.pem").write_text(ca_pem)
+    (directory / "clientcert.pem").write_text(
+        pki.issue_host_certificate(cluster_row, name, "10.88.0.254", csr)
+    )
+    (directory / "clientkey.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (directory / "clientkey.pem").chmod(0o600)
+    return str(directory)
+
+
+def test_1b_libvirtd_takes_only_tls_with_a_certificate_of_the_cluster_ca(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """After the bootstrap each libvirtd listens on TLS only and verifies both ways."""
+    import libvirt
+
+    from console.clusters.models import Cluster as ClusterRow
+    from console.clusters.models import Host
+    from console.runtime import pki
+
+    lab_cluster = ClusterRow.objects.get(name=article.CLUSTER)
+    stranger = ClusterRow.objects.create(name="stranger")  # another CA, same kind of certificate
+    ours, theirs = pki.ca_certificate(lab_cluster), pki.ca_certificate(stranger)
+    good = _client_pki(tmp_path / "good", ours, lab_cluster, "e2e-client")
+    # trusts our CA too (libvirt checks its own certificate against its CA file first), but
+    # its certificate is of the other CA: the host's libvirtd must refuse it
+    wrong_client = _client_pki(tmp_path / "wrong-client", ours + theirs, stranger, "e2e-client")
+    wrong_server = _client_pki(tmp_path / "wrong-server", theirs, stranger, "e2e-client")
+    for name in HOSTS:
+        host = cluster.lab.host(name)
+        assert Host.objects.get(name=name).tls_certificate  # issued and installed
+        assert not haven_lab.tcp_open(host.address, haven_lab.LIBVIRT_PORT, 0.5)
+        with pytest.raises(libvirt.libvirtError, match=r"Connection refused"):
+            libvirt.open(f"qemu+tcp://{host.address}/system")  # plain TCP: refused
+        uri = f"qemu+tls://{host.address}/system?pkipath="
+        with pytest.raises(libvirt.libvirtError) as refused_by_server:
+            libvirt.open(uri + wrong_client).getHostname()
+        assert "Our own certificate" not in str(refused_by_server.value)  # the server said no
+        with pytest.raises(libvirt.libvirtError) as refused_by_client:
+            libvirt.open(uri + wrong_server)
+        conn = libvirt.open(uri + good)  # the cluster's CA on both sides: in
+        try:
+            assert conn.getHostname() == name
+        finally:
+            conn.close()
+        print(
+            f"{name}: tcp refused; a client of another CA: {refused_by_server.value}; "
+            f"a server not of our CA: {refused_by_client.value}"
+        )
+    stranger.delete()
 
 
 def test_2_guests_start_on_their_preferred_hosts(cluster: Cluster) -> None:
@@ -246,6 +262,9 @@ def test_5_host_powered_back_guests_fail_back_by_live_migration(cluster: Cluster
     migrate = Job.objects.filter(kind="migrate", params__service="guest3").latest("pk")
     assert migrate.status == JobStatus.SUCCEEDED
     assert migrate.params["target"] == "et-virt07"
+    step = migrate.steps.get()  # over TLS, the peer verified by its certificate
+    assert step.args["dest_uri"] == f"qemu+tls://{lab.host('et-virt07').address}/system"
+    print(f"live migration over TLS: {step.result}")
     assert Job.objects.filter(kind="start", params__service="guest3").count() == starts, "restarted"
     last_on_source = max(seen_on_source + _ticks(source_log.read_text()))
     dest_log = cluster.serial("et-virt07", "guest3")

@@ -34,7 +34,7 @@ from tests.lab.harness import HOSTS, haven_lab
 from tests.ui.conftest import log_in, make_user
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
-OVERRIDES = {"HAVEN_FENCE_ACTION": "off", "HAVEN_STOP_TIMEOUT_S": "3"}
+OVERRIDES = harness.LAB_OVERRIDES
 
 
 LVM_CONF = """\

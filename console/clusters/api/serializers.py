@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from console.clusters.models import Cluster, FenceDevice, Host, parameter_error
 from console.core.api import HavenModelSerializer
+from console.core.units import mib
 
 
 class ClusterSerializer(HavenModelSerializer):
@@ -62,6 +63,10 @@ class HostSerializer(HavenModelSerializer):
             "acknowledged_down_by",
             "created",
         ]
+        extra_kwargs = {
+            "memory_total_mb": mib("The host's memory, as its agent last reported it"),
+            "memory_free_mb": mib("The host's free memory, as its agent last reported it"),
+        }
 
 
 class FenceDeviceSerializer(HavenModelSerializer):

@@ -11,7 +11,7 @@ from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations, rules, whatif
+from console.runtime import operations, panel, whatif
 from console.runtime.api import (
     AddHostsSerializer,
     FingerprintSerializer,
@@ -42,8 +42,9 @@ class ClusterViewSet(HavenViewSet):
     @action(detail=True, methods=["get"])
     def policy(self, request: Request, pk: str | None = None) -> Response:
         """The failover capacity (admission control: "survives 1 host failure; 3.2 GiB
-        spare") and the live rebalancer's plan and why, from the engine on the live cluster."""
-        return Response(rules.policy(self.get_object()).as_dict())
+        spare") and the live rebalancer's plan and why, from the engine on the live cluster:
+        computed once per engine tick (the tick and its age say when; console/runtime/panel.py)."""
+        return Response(panel.get(self.get_object()).as_dict())
 
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
     @action(detail=True, methods=["post"], url_path="what-if")

@@ -5,8 +5,10 @@ from typing import Any
 from rest_framework import serializers
 
 from console.core.api import HavenModelSerializer
+from console.core.units import mib
 from console.services.models import (
     HEALTH_FIELDS,
+    POLICY_FIELDS,
     FailoverDomain,
     FailoverDomainMember,
     VmService,
@@ -91,14 +93,7 @@ class VmServiceSerializer(HavenModelSerializer):
             "memory_mb",
             "vcpus",
             "autostart",
-            "failover_domain",
-            "recovery",
-            "max_restarts",
-            "restart_window_s",
-            "max_relocations",
-            "priority",
-            "migratable",
-            "protected",
+            *POLICY_FIELDS,
             "desired_state",
             "state",
             "host",
@@ -118,3 +113,4 @@ class VmServiceSerializer(HavenModelSerializer):
             "state_reason",
             "uuid",
         ]
+        extra_kwargs = {"memory_mb": mib("The guest's memory, from its domain XML")}

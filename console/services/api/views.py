@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -19,7 +20,9 @@ from console.services.models import FailoverDomain, VmService
 
 class FailoverDomainViewSet(HavenViewSet):
     queryset = FailoverDomain.objects.select_related("cluster").prefetch_related(
-        "members__host", "services"
+        "members__host",
+        # the names alone (a domain of thousands of guests): not their XML and settings
+        Prefetch("services", queryset=VmService.objects.only("id", "name", "failover_domain_id")),
     )
     serializer_class = serializers.FailoverDomainSerializer
     filterset_fields = ("cluster", "name", "ordered", "restricted", "nofailback")
