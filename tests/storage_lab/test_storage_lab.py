@@ -426,10 +426,15 @@ def test_4b_a_guest_with_its_disk_on_gfs2_starts_on_its_preferred_host(
         format="json",
     )  # fmt: skip
     assert domain.status_code == 201, domain.content
-    loader = __import__("importlib.machinery").machinery.SourceFileLoader(
-        "haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml")
-    )
-    xml = loader.load_module().render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK)
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader("haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)  # (load_module() is deprecated: a warning is an error here)
+    xml = module.render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK)
     started = time.monotonic()
     created = api.post(
         "/api/services/",
