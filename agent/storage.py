@@ -40,12 +40,13 @@ _JOURNAL_RE = re.compile(r"\bjournal(\d+)\b")
 # up to a minute; a real host is faster. These bound the slow commands, not the usual ones.
 SLOW_S = 300.0
 # Activates one shared LV at boot for its GFS2 mount (fstab: x-systemd.requires=): the VG's
-# lockspace needs corosync quorum and dlm, which a booting host reaches only after a while.
+# lockspace needs corosync quorum, dlm and lvmlockd, which haven-cluster-join.service (the
+# bootstrap's, console/runtime/cluster_stack.py) starts at boot in that order, gated on state.
 # ($$ is a literal $ for systemd; the names passed agent.names' grammar.)
 ACTIVATION_UNIT = """[Unit]
 Description=Haven: activate {ref} shared for its GFS2 (mounted at boot after dlm)
-Requires=dlm.service lvmlockd.service
-After=dlm.service lvmlockd.service lvmlocks.service
+Requires=haven-cluster-join.service
+After=haven-cluster-join.service
 
 [Service]
 Type=oneshot

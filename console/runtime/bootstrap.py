@@ -563,7 +563,10 @@ mkdir -p "$1/.users"
 : >"$1/.users/$2"
 """
 # Positional arguments only: $1 target dir, $2 wheel dir, $3 requirement, $4 host name.
-# Runs under flock.
+# Runs under flock. A newer agent version starts from a copy of the newest complete install
+# (its dependencies are then already there: pip installs only what changed; the copy's users
+# are not the new version's) instead of a new venv, whose ensurepip alone takes minutes on a
+# slow host; a fresh venv when that copy does not work.
 _INSTALL = r"""
 set -eu
 target=$1; wheels=$2; spec=$3; user=$4
@@ -571,12 +574,23 @@ if [ -f "$target/.haven-complete" ]; then
     mkdir -p "$target/.users"; : >"$target/.users/$user"; echo present; exit 0
 fi
 rm -rf "$target"
-build=$(mktemp -d "$(dirname "$target")/.build.XXXXXX")
+root=$(dirname "$target")
+build=$(mktemp -d "$root/.build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
-python3 -m venv "$build"
-"$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
-    --find-links "$wheels" "$spec"
-"$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
+install() {
+    "$build/bin/python" -m pip install -q --disable-pip-version-check --no-index \
+        --find-links "$wheels" "$spec" &&
+    "$build/bin/python" -c 'import agent.worker, celery, libvirt, cryptography.fernet'
+}
+prev=$(ls -td "$root"/*/.haven-complete 2>/dev/null | head -n 1 || true)
+if [ -n "$prev" ] && cp -a "$(dirname "$prev")/." "$build/" && rm -f "$build/.haven-complete" \
+        && rm -rf "$build/.users" && install; then
+    echo "upgraded a copy of $(dirname "$prev")"
+else
+    rm -rf "$build" && mkdir "$build"
+    python3 -m venv "$build"
+    install
+fi
 touch "$build/.haven-complete"
 mkdir -p "$build/.users"; : >"$build/.users/$user"
 mv -T "$build" "$target"

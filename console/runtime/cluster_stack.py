@@ -11,16 +11,24 @@ Four more steps per host of the ``bootstrap`` job, after the agent is registered
                       (made in memory for the job, never stored), then ``systemctl enable
                       --now corosync``; done when ``corosync-quorumtool -s -p`` says quorate
                       with every host of the job a member;
-``cluster.dlm``       ``systemctl enable --now dlm``; done when ``dlm_tool status`` shows every
+``cluster.dlm``       ``systemctl start dlm``; done when ``dlm_tool status`` shows every
                       node ``M`` (member);
-``cluster.lvmlockd``  ``use_lvmlockd = 1`` in ``/etc/lvm/lvm.conf``, ``systemctl enable --now
-                      lvmlockd`` and ``lvmlocks`` (lock-start of shared VGs at boot); done when
-                      ``lvmlockctl --info`` answers.
+``cluster.lvmlockd``  ``use_lvmlockd = 1`` in ``/etc/lvm/lvm.conf``, ``systemctl start
+                      lvmlockd``; done when ``lvmlockctl --info`` answers. Then the boot path:
+                      ``haven-cluster-join.service`` (below) enabled, and dlm, lvmlockd and
+                      lvmlocks disabled, so that only it starts them at boot.
 
 The order is gated on state, never on sleeps (LAB.md "Storage VMs": starting everything at
 once on a rejoining node deadlocked the join): each host waits, within its own step, until the
 whole membership is there before it starts the next daemon. A host that fails makes the others
 time out with a plain reason naming what is missing.
+
+At boot the same order holds: systemd starts corosync; ``haven-cluster-join`` waits until it is
+quorate, starts dlm, waits until dlm has every corosync member, then starts lvmlockd; the
+shared LVs' activation units (agent/storage.py) and their GFS2 mounts come after it. Left to
+systemd (dlm, lvmlockd and lvmlocks enabled, the mount requiring dlm), a host returning after
+a fence started them all at once while corosync was still joining, and its ``lvm_global``
+lockspace join hung (deploy/lab/README.md).
 """
 
 from __future__ import annotations
@@ -40,6 +48,49 @@ from console.jobs import services as jobs
 from console.jobs.models import Job
 
 STEP_KINDS = ("cluster.packages", "cluster.corosync", "cluster.dlm", "cluster.lvmlockd")
+JOIN_UNIT_NAME = "haven-cluster-join.service"
+JOIN_SCRIPT_PATH = "/usr/local/sbin/haven-cluster-join"
+JOIN_SCRIPT = r"""#!/bin/sh
+# Written by the Haven console's bootstrap (shared storage). At boot, after corosync: dlm only
+# once corosync is quorate, lvmlockd only once dlm has every corosync member (gated on state).
+set -u
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+members() {
+    corosync-quorumtool -s -p 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ && $2 ~ /^[0-9]+$/ {n++} END {print n+0}'
+}
+said=""
+say() { [ "$1" = "$said" ] || echo "haven-cluster-join: $1"; said=$1; }
+until corosync-quorumtool -s -p 2>/dev/null | grep -q '^Quorate: *Yes'; do
+    say "waiting for corosync quorum"; sleep 2
+done
+say "corosync quorate with $(members) members: starting dlm"
+systemctl start dlm.service
+while :; do
+    want=$(members); have=$(dlm_tool status 2>/dev/null | grep -c '^node [0-9]* M')
+    [ "$want" -gt 0 ] && [ "$have" -ge "$want" ] && break
+    say "waiting for dlm: $have of $want corosync members"; sleep 2
+done
+say "dlm has every corosync member: starting lvmlockd"
+systemctl start lvmlockd.service
+until lvmlockctl --info >/dev/null 2>&1; do say "waiting for lvmlockd"; sleep 2; done
+say "lvmlockd answering: the cluster stack is up"
+"""
+JOIN_UNIT = f"""[Unit]
+Description=Haven: dlm and lvmlockd at boot, once corosync is quorate (in order, gated on state)
+Requires=corosync.service
+After=corosync.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+TimeoutStartSec=0
+ExecStart={JOIN_SCRIPT_PATH}
+
+[Install]
+WantedBy=multi-user.target
+"""
 PACKAGES = ("corosync", "dlm-controld", "lvm2", "lvm2-lockd", "gfs2-utils")
 DEFAULT_TOKEN_MS = 3000
 DEFAULT_WAIT_S = 300.0
@@ -286,7 +337,6 @@ def _wait_quorate(
 
 
 def _dlm(run: HostSession) -> dict[str, Any]:
-    run.run(["systemctl", "enable", "dlm"], what="systemctl enable dlm")
     run.run(["systemctl", "start", "dlm"], what="systemctl start dlm", timeout=120)
     expected = len(members(run.job))
 
@@ -309,15 +359,23 @@ def _lvmlockd(run: HostSession) -> dict[str, Any]:
     _, value, _ = run.run(["lvmconfig", "global/use_lvmlockd"], what="lvmconfig")
     if value.strip() != "use_lvmlockd=1":
         raise ClusterStackError(f"use_lvmlockd is not 1 on {run.name} after editing: {value}")
-    run.run(["systemctl", "enable", "lvmlockd", "lvmlocks"], what="systemctl enable lvmlockd")
     run.run(["systemctl", "start", "lvmlockd"], what="systemctl start lvmlockd", timeout=120)
-    run.run(["systemctl", "start", "lvmlocks"], what="systemctl start lvmlocks", timeout=300)
 
     def answering() -> tuple[bool, str]:
         code, _out, err = run.run(["lvmlockctl", "--info"], check=False, what="lvmlockctl")
         return code == 0, "answering" if code == 0 else (err.strip() or f"exit {code}")
 
-    return {"state": _wait(run, "lvmlockd", answering, "cluster.lvmlockd")}
+    state = _wait(run, "lvmlockd", answering, "cluster.lvmlockd")
+    # the boot path: only haven-cluster-join starts dlm and lvmlockd, in order (module doc)
+    run.write_file(JOIN_SCRIPT_PATH, JOIN_SCRIPT, 0o755)
+    run.write_file(f"/etc/systemd/system/{JOIN_UNIT_NAME}", JOIN_UNIT, 0o644)
+    # --no-reload: only the symlinks, read at the next boot (a daemon-reload per call took
+    # over 120 s under TCG on a loaded machine, and the bootstrap's step timed out)
+    run.run(["systemctl", "--no-reload", "disable", "dlm", "lvmlockd", "lvmlocks"],
+            what="systemctl disable", timeout=300)  # fmt: skip
+    run.run(["systemctl", "--no-reload", "enable", JOIN_UNIT_NAME], what="systemctl enable",
+            timeout=300)  # fmt: skip
+    return {"state": state, "boot": JOIN_UNIT_NAME}
 
 
 def _guard(fn: Callable[[HostSession], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:

@@ -365,10 +365,12 @@ if [ "$stack" = 1 ] && [ "$(cat /proc/1/comm)" = systemd ]; then
     umount -a -t gfs2 && echo "gfs2 unmounted" || echo "umount -a -t gfs2 failed"
     vgchange -an -S 'locktype=dlm' >/dev/null 2>&1 || true
     vgchange --lockstop >/dev/null 2>&1 && echo "shared VGs lock-stopped" || true
-    systemctl disable --now lvmlocks lvmlockd dlm corosync >/dev/null 2>&1 || true
+    systemctl disable --now haven-cluster-join lvmlocks lvmlockd dlm corosync >/dev/null 2>&1 \
+        || true
     sed -i '/[[:space:]]gfs2[[:space:]]/d' /etc/fstab
     rm -f /etc/systemd/system/haven-activate-*.service /etc/corosync/corosync.conf \
-        /etc/corosync/authkey
+        /etc/corosync/authkey /etc/systemd/system/haven-cluster-join.service \
+        /usr/local/sbin/haven-cluster-join
     systemctl daemon-reload || true
     for u in corosync dlm lvmlockd; do
         if systemctl is-active --quiet "$u"; then echo "STILL ACTIVE: $u"; fi

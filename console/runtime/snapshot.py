@@ -41,6 +41,7 @@ def engine_settings(cluster: Cluster | None = None) -> engine.Settings:
     base = engine.Settings(
         heartbeat_interval_s=settings.HAVEN_HEARTBEAT_INTERVAL_S,
         missed_heartbeats=settings.HAVEN_MISSED_HEARTBEATS,
+        late_heartbeats=settings.HAVEN_LATE_HEARTBEATS,
     )
     if cluster is None:
         return base

@@ -26,11 +26,11 @@ from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep, Step
 from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 DEFAULT_EXTENT = 4 * MIB
-# A shared GFS2 mounts at boot only once the cluster stack is up: after dlm and the lock-start
-# of the shared VGs (lvmlocks), never blocking the boot when it cannot.
-GFS2_FSTAB_OPTIONS = (
-    "noatime,_netdev,nofail,x-systemd.requires=dlm.service,x-systemd.after=lvmlocks.service"
-)
+# A shared GFS2 mounts at boot only once the cluster stack is up, never blocking the boot when
+# it cannot: the agent adds the LV's activation unit, which comes after haven-cluster-join
+# (corosync quorate, then dlm, then lvmlockd: console/runtime/cluster_stack.py). Nothing here
+# may pull dlm in by itself (x-systemd.requires=dlm.service started it at once at boot).
+GFS2_FSTAB_OPTIONS = "noatime,_netdev,nofail"
 LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})
 NO_GFS2_KERNEL = "formatted; not mounted: the kernel has no gfs2"
 NO_LVMLOCKD = (

@@ -132,7 +132,8 @@ def test_a_shared_lv_gets_a_boot_activation_unit_the_mount_requires(
     line = (tmp_path / "fstab").read_text()
     assert f"x-systemd.requires={unit}" in line and "x-systemd.device-timeout=" in line
     text = (tmp_path / "systemd" / "system" / unit).read_text()
-    assert "After=dlm.service lvmlockd.service lvmlocks.service" in text
+    assert "Requires=haven-cluster-join.service\nAfter=haven-cluster-join.service" in text
+    assert "dlm.service" not in text  # only the join unit starts dlm (gated on quorum)
     assert "/sbin/lvchange -asy vg_shared/guest-roots" in text
     assert "/sbin/vgchange --lock-start vg_shared &&" in text and "$$n" in text
     removed = harness.run("fstab_entry", **args, fstype="gfs2", present=False, activate_shared=True)
