@@ -946,9 +946,7 @@ class _Tick:
         still run there, so the guest must not start anywhere else (a move is a start on the
         target) until each is fenced, acknowledged down, or reports again (a host no longer
         in the cluster is not one, as in `_may_start`)."""
-        return tuple(
-            h for h in s.suspects if h != s.node and h in self.hosts and not self._reporting(h)
-        )
+        return tuple(h for h in self._silent_rest(s, s.node or "") if h in self.hosts)
 
     def _held_by_suspects(self, s: ServiceStatus) -> Refusal | None:
         silent = self._silent_elsewhere(s)
