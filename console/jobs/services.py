@@ -163,7 +163,7 @@ def _lock(job: Job) -> None:
     """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
     threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
     written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
-    list(Job.objects.select_for_update().filter(pk=job.pk).values_list("pk", flat=True))
+    _lock_all([job.pk])
 
 
 def _lock_all(job_ids: list[int]) -> dict[int, Job]:
