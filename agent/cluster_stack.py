@@ -92,6 +92,88 @@ def without_node(conf: str, name: str) -> str | None:
     return "".join(out) if found else None
 
 
+def parse_nodelist(conf: str) -> list[dict[str, str]]:
+    """The ``node { ... }`` blocks of corosync.conf's nodelist, each as its ``key: value``
+    lines (``nodeid``, ``name``, ``ring0_addr``), in file order."""
+    out: list[dict[str, str]] = []
+    depth, in_nodelist, node = 0, False, None  # type: int, bool, dict[str, str] | None
+    for line in conf.splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text.endswith("{"):
+            depth += 1
+            word = text[:-1].strip()
+            if depth == 1 and word == "nodelist":
+                in_nodelist = True
+            elif depth == 2 and in_nodelist and word == "node":
+                node = {}
+        elif text == "}":
+            if depth == 2 and node is not None:
+                out.append(node)
+                node = None
+            depth -= 1
+            if depth == 0:
+                in_nodelist = False
+        elif node is not None and depth == 2 and ":" in text:
+            key, _, value = text.partition(":")
+            node[key.strip()] = value.strip()
+    return out
+
+
+def with_nodes(conf: str, nodes: list[tuple[int, str, str]]) -> str | None:
+    """corosync.conf (as Haven's bootstrap writes it) with a ``node`` block for each (node id,
+    name, address) not yet in its nodelist, added at the nodelist's end; ``two_node: 1`` goes
+    once there are more than two nodes. None when every node is there already. ValueError
+    when a name, id or address is already used by another node (nothing is changed)."""
+    have = parse_nodelist(conf)
+    add = []
+    for nodeid, name, address in nodes:
+        same = [n for n in have if n.get("name") == name]
+        if same:
+            if same[0].get("nodeid") != str(nodeid) or same[0].get("ring0_addr") != address:
+                raise ValueError(
+                    f"{name} is already in the nodelist as node {same[0].get('nodeid')} at "
+                    f"{same[0].get('ring0_addr')}, not node {nodeid} at {address}"
+                )
+            continue
+        for n in have:
+            if n.get("nodeid") == str(nodeid) or n.get("ring0_addr") == address:
+                raise ValueError(
+                    f"node id {nodeid} or address {address} of {name} is already used by "
+                    f"{n.get('name')} (node {n.get('nodeid')} at {n.get('ring0_addr')})"
+                )
+        add.append((nodeid, name, address))
+    if not add:
+        return None
+    blocks = "".join(
+        f"    node {{\n        ring0_addr: {address}\n        name: {name}\n"
+        f"        nodeid: {nodeid}\n    }}\n"
+        for nodeid, name, address in add
+    )
+    out: list[str] = []
+    depth, in_nodelist, in_quorum, done = 0, False, False, False
+    for line in conf.splitlines(keepends=True):
+        text = line.split("#", 1)[0].strip()
+        if text.endswith("{"):
+            depth += 1
+            word = text[:-1].strip()
+            in_nodelist = in_nodelist or (depth == 1 and word == "nodelist")
+            in_quorum = in_quorum or (depth == 1 and word == "quorum")
+        elif text == "}":
+            if depth == 1 and in_nodelist and not done:
+                out.append(blocks)
+                done = True
+            depth -= 1
+            if depth == 0:
+                in_nodelist = in_quorum = False
+        elif in_quorum and depth == 1 and re.match(r"^two_node\s*:", text):
+            if len(have) + len(add) > 2:
+                continue  # three or more votes: a majority, no two-node special case
+        out.append(line)
+    if not done:
+        raise ValueError("corosync.conf has no nodelist section")
+    return "".join(out)
+
+
 class ClusterStack:
     """Membership and quorum for the heartbeat, read at most every ``min_interval_s``."""
 

@@ -386,6 +386,12 @@ class Dispatcher:
         a.done()
         return self.storage.corosync_remove_node(node)
 
+    def _do_corosync_add_node(self, a: Args) -> dict[str, Any]:
+        node, address = names.guest(a.text("node")), names.ip_address(a.text("address"))
+        nodeid = a.integer("nodeid", lo=1, hi=2**32 - 1)
+        a.done()
+        return self.storage.corosync_add_node(node, address, nodeid)
+
     # fencing ------------------------------------------------------------------------
     def _do_fence(self, a: Args) -> dict[str, Any]:
         agent, action = names.fence_agent(a.text("agent")), a.text("action")

@@ -129,6 +129,9 @@ Commands (``kind``: ``args`` -> ``data``); names are validated before anything r
     corosync_remove_node  node (a host removed from the cluster)
                                                            -> node, changed, nodes (corosync.conf
                                                               without it, corosync-cfgtool -R)
+    corosync_add_node  node, address, nodeid (a host joining the cluster)
+                                                           -> node, nodeid, changed, nodes
+                                                              (corosync.conf with it, -R)
     fence             agent, action, params={}, timeout_s=60
                                                            -> outcome (ok | off | error),
                                                               exit_code, power, output
@@ -181,6 +184,7 @@ STORAGE_COMMANDS = frozenset(
         "gfs2_grow",
         "dlm_fence_ack",
         "corosync_remove_node",
+        "corosync_add_node",
     }
 )
 COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
@@ -318,6 +322,7 @@ ERROR_CODES = {
     "not_supported": "this host cannot do it (e.g. the kernel lacks gfs2)",
     "not_mounted": "the operation needs a mounted filesystem",
     "in_use": "refused: the volume is mounted (or otherwise in use) on this host",
+    "conflict": "refused: the host's configuration says otherwise (e.g. another node has that id)",
     "internal": "a bug in the agent; the traceback is in the agent's log",
 }
 

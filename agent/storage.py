@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import names
-from agent.cluster_stack import parse_dlm_status, without_node
+from agent.cluster_stack import parse_dlm_status, with_nodes, without_node
 from agent.errors import AgentError
 from agent.runner import Runner
 
@@ -100,6 +100,7 @@ class Storage(Protocol):
     def gfs2_grow(self, mount_point: str) -> dict[str, Any]: ...
     def dlm_fence_ack(self, node: str) -> dict[str, Any]: ...
     def corosync_remove_node(self, node: str) -> dict[str, Any]: ...
+    def corosync_add_node(self, node: str, address: str, nodeid: int) -> dict[str, Any]: ...
 
 
 def parse_lvm_report(stdout: str, section: str) -> list[dict[str, Any]]:
@@ -464,6 +465,40 @@ class LinuxStorage:
             "node": name,
             "changed": new is not None,
             "nodes": sorted(e.get("name", "") for e in left.values()),
+        }
+
+    def corosync_add_node(self, node: str, address: str, nodeid: int) -> dict[str, Any]:
+        """Add ``node`` (a host joining the cluster) at ``address`` as ``nodeid`` to this
+        host's corosync.conf and make the running corosync read it (``corosync-cfgtool -R``):
+        its knet links to the new node come up and the expected votes count it. Idempotent:
+        a node already there the same way changes nothing; one there another way (another id
+        or address) is refused before anything changed."""
+        name = names.guest(node)
+        conf = self._fstab.parent / "corosync" / "corosync.conf"
+        if not conf.exists():
+            raise AgentError("not_found", f"{conf} does not exist: no corosync cluster here")
+        try:
+            new = with_nodes(conf.read_text(), [(nodeid, name, address)])
+        except ValueError as exc:
+            raise AgentError("conflict", f"corosync.conf here: {exc}") from None
+        if new is not None:
+            tmp = conf.with_name(conf.name + ".haven-tmp")
+            tmp.write_text(new)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, conf)
+            self._run(["corosync-cfgtool", "-R"], timeout_s=60.0)
+        listed = self._nodelist()
+        if not any(e.get("name") == name and e.get("nodeid") == str(nodeid)
+                   for e in listed.values()):  # fmt: skip
+            raise AgentError(
+                "command_failed",
+                f"corosync here does not list {name} as node {nodeid} after the reload",
+            )
+        return {
+            "node": name,
+            "nodeid": nodeid,
+            "changed": new is not None,
+            "nodes": sorted(e.get("name", "") for e in listed.values()),
         }
 
     def _nodelist(self) -> dict[str, dict[str, str]]:

@@ -203,3 +203,61 @@ def test_membership_is_read_at_most_every_interval(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(cs.shutil, "which", lambda *a, **k: None)
     assert ClusterStack(Scripted({})).membership() is None
     assert parse_quorumtool("")["nodes"] == []
+
+
+def test_nodelist_parsed_and_a_node_added_at_its_end() -> None:
+    from agent.cluster_stack import parse_nodelist, with_nodes
+
+    assert [(n["nodeid"], n["name"], n["ring0_addr"]) for n in parse_nodelist(CONF)] == [
+        ("1", "sv1", "10.89.0.11"),
+        ("3", "sv3", "10.89.0.13"),
+    ]
+    out = with_nodes(CONF, [(4, "sv2", "10.89.0.12")])
+    assert out is not None
+    block = (
+        "    node {\n        ring0_addr: 10.89.0.12\n        name: sv2\n        nodeid: 4\n    }\n"
+    )
+    assert out == CONF.replace("        nodeid: 3\n    }\n", "        nodeid: 3\n    }\n" + block)
+    assert [n["name"] for n in parse_nodelist(out)] == ["sv1", "sv3", "sv2"]
+    assert with_nodes(out, [(4, "sv2", "10.89.0.12")]) is None  # there already: no change
+    for clash, words in (
+        ((5, "sv2", "10.89.0.12"), "sv2 is already in the nodelist as node 4"),
+        ((3, "sv4", "10.89.0.14"), "node id 3 or address 10.89.0.14 of sv4 is already used by sv3"),
+        ((5, "sv4", "10.89.0.11"), "is already used by sv1"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            with_nodes(out, [clash])
+
+
+def test_a_third_node_ends_the_two_node_special_case() -> None:
+    from agent.cluster_stack import with_nodes
+    from console.runtime.cluster_stack import corosync_conf
+
+    two = corosync_conf("c", [(1, "a", "10.0.0.1"), (2, "b", "10.0.0.2")], 3000)
+    assert "two_node: 1" in two
+    three = with_nodes(two, [(3, "c", "10.0.0.3")])
+    assert three == corosync_conf(
+        "c", [(1, "a", "10.0.0.1"), (2, "b", "10.0.0.2"), (3, "c", "10.0.0.3")], 3000
+    )
+
+
+def test_corosync_add_node_rewrites_the_conf_reloads_and_checks(tmp_path: Path) -> None:
+    (tmp_path / "corosync").mkdir()
+    conf = tmp_path / "corosync" / "corosync.conf"
+    conf.write_text(CONF)
+    runner = Scripted({"corosync-cmapctl": (0, CMAP, "")})  # sv1, sv2 (id 2), sv3
+    storage = LinuxStorage(runner, fstab=tmp_path / "fstab", proc=tmp_path)
+    assert storage.corosync_add_node("sv2", "10.89.0.12", 2) == {
+        "node": "sv2", "nodeid": 2, "changed": True, "nodes": ["sv1", "sv2", "sv3"]
+    }  # fmt: skip
+    assert "name: sv2" in conf.read_text() and ["corosync-cfgtool", "-R"] in runner.ran
+    runner.ran.clear()
+    assert storage.corosync_add_node("sv2", "10.89.0.12", 2)["changed"] is False
+    assert ["corosync-cfgtool", "-R"] not in runner.ran  # idempotent, no reload
+    before = conf.read_text()
+    with pytest.raises(AgentError, match="sv2 is already in the nodelist as node 2"):
+        storage.corosync_add_node("sv2", "10.89.0.12", 7)
+    assert conf.read_text() == before  # refused: nothing changed
+    runner.answers["corosync-cmapctl"] = (0, "", "")  # the reload did not take
+    with pytest.raises(AgentError, match="does not list sv4 as node 4 after the reload"):
+        storage.corosync_add_node("sv4", "10.89.0.14", 4)
