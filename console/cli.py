@@ -272,7 +272,10 @@ def cmd_add_host(args: argparse.Namespace, out: TextIO) -> None:
         "password": _root_password(args, args.name),
         "fingerprint": fingerprint,
     }
-    job = api.call("POST", f"clusters/{cluster['id']}/add-hosts/", {"hosts": [host]})
+    body: dict[str, Any] = {"hosts": [host]}
+    if args.member:  # shared storage: the corosync key is read on this existing host
+        body.update(member=args.member, member_password=_root_password(args, args.member))
+    job = api.call("POST", f"clusters/{cluster['id']}/add-hosts/", body)
     _follow(api, job, args.wait, args.timeout, out)
 
 
@@ -406,6 +409,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--fingerprint", help="the host key you expect (else you are asked)")
     s.add_argument("--yes", action="store_true", help="trust the scanned key without asking")
     s.add_argument("--password-stdin", action="store_true", help="read the root password")
+    s.add_argument(
+        "--member",
+        help="shared storage: an existing host whose root password is asked next (a second "
+        "line with --password-stdin), to read the cluster's corosync key there",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the bootstrap to finish")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds (with --wait)")
     s.set_defaults(fn=cmd_add_host)

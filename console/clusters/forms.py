@@ -60,9 +60,27 @@ class ClusterCreateForm(forms.Form):
 class HostsAddForm(ClusterCreateForm):
     """The wizard's password and confirmation fields, for hosts joining an existing cluster."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    member = forms.ChoiceField(label="Existing host to read the corosync key from", required=False)
+    member_password = forms.CharField(
+        label="Root password of that existing host",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+        help_text="This cluster has shared storage: the new hosts need its corosync key, which "
+        "Haven never keeps. It is read over SSH with this password (used once, never stored "
+        "or logged) and written to the new hosts.",
+    )
+
+    def __init__(self, *args: Any, cluster: Cluster | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         del self.fields["name"], self.fields["shared_storage"]
+        from console.runtime.membership import shared_storage
+
+        if cluster is None or not shared_storage(cluster):
+            del self.fields["member"], self.fields["member_password"]
+        else:
+            names_ = list(cluster.hosts.order_by("name").values_list("name", flat=True))
+            self.fields["member"].choices = [(n, n) for n in names_]  # type: ignore[attr-defined]
 
 
 class HostRowForm(forms.Form):

@@ -214,7 +214,7 @@ def _bootstrap() -> Any:
 
 
 def _wizard_forms(
-    request: HttpRequest, form_class: type[ClusterCreateForm] = ClusterCreateForm
+    request: HttpRequest, form_class: type[ClusterCreateForm] = ClusterCreateForm, **kw: Any
 ) -> tuple[ClusterCreateForm, Any]:
     if request.method == "POST":
         data = request.POST.copy()
@@ -223,9 +223,9 @@ def _wizard_forms(
             # A count that is not a number is left as it is: the formset reports it.
             if raw.isdecimal() and len(raw) < 4:
                 data["hosts-TOTAL_FORMS"] = str(min(int(raw) + 1, HostRowFormSet.max_num))
-        return form_class(data), HostRowFormSet(data, prefix="hosts")
+        return form_class(data, **kw), HostRowFormSet(data, prefix="hosts")
     initial = [{"port": 22}] * (3 if form_class is ClusterCreateForm else 1)
-    return form_class(), HostRowFormSet(prefix="hosts", initial=initial)
+    return form_class(**kw), HostRowFormSet(prefix="hosts", initial=initial)
 
 
 @sensitive_post_parameters()
@@ -258,7 +258,7 @@ def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
     """The wizard's steps for an existing cluster: hosts, their keys, their root passwords;
     then the same SSH bootstrap (console/runtime/membership.py ``add_hosts``)."""
     cluster = get_object_or_404(Cluster, pk=pk)
-    form, rows = _wizard_forms(request, HostsAddForm)
+    form, rows = _wizard_forms(request, HostsAddForm, cluster=cluster)
     step = request.POST.get("step", "")
     scanned = False
     valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
@@ -348,9 +348,16 @@ def _start(
         from console.runtime import membership
 
         try:
-            return membership.add_hosts(cluster, specs, actor=request.user)
+            return membership.add_hosts(
+                cluster,
+                specs,
+                actor=request.user,
+                member=data.get("member") or "",
+                member_password=data.get("member_password") or "",
+            )
         except Refused as exc:
-            form.add_error(None, exc.message)
+            field = exc.field if exc.field in form.fields else None
+            form.add_error(field, exc.message)
             return None
     try:
         job: Job = bootstrap.start_bootstrap(

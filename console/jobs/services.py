@@ -527,6 +527,12 @@ def finish_console_step(
     )
 
 
+#: jobs whose steps the console runs itself over SSH (console/runtime/bootstrap.py,
+#: membership.py): never sent to the host's agent, so its silence does not lose them (a host
+#: being bootstrapped again under a name the engine still knew is silent until its agent runs)
+CONSOLE_JOB_KINDS = ("bootstrap", "remove-host")
+
+
 def mark_host_lost(host: Host, reason: str) -> list[Job]:
     """Steps sent to a silent host will not be answered: they and their jobs are lost."""
     lost_jobs: list[Job] = []
@@ -535,6 +541,7 @@ def mark_host_lost(host: Host, reason: str) -> list[Job]:
             JobStep.objects.select_for_update(of=("self",))
             .select_related("job")
             .filter(host=host, status=StepStatus.DISPATCHED)
+            .exclude(job__kind__in=CONSOLE_JOB_KINDS)
         )
         now = timezone.now()
         for step in steps:

@@ -158,6 +158,23 @@ class NewHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 class AddHostsSerializer(serializers.Serializer):  # type: ignore[type-arg]
     hosts = NewHostSerializer(many=True, allow_empty=False)
+    member = serializers.CharField(
+        max_length=253,
+        required=False,
+        default="",
+        help_text="Shared storage: the existing host to read the corosync key from "
+        "(default: the first by name).",
+    )
+    member_password = serializers.CharField(
+        max_length=4096,
+        required=False,
+        default="",
+        trim_whitespace=False,
+        write_only=True,
+        style={"input_type": "password"},
+        help_text="Shared storage: the root password of that existing host, used once to "
+        "read the cluster's corosync key over SSH; neither is stored.",
+    )
 
 
 class ScanKeySerializer(serializers.Serializer):  # type: ignore[type-arg]

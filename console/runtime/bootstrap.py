@@ -216,25 +216,50 @@ def _validate(cluster_name: str, hosts: list[HostSpec]) -> None:
 
 
 def start_bootstrap(
-    cluster_name: str, hosts: list[HostSpec], *, actor: Any, shared_storage: bool = False
+    cluster_name: str,
+    hosts: list[HostSpec],
+    *,
+    actor: Any,
+    shared_storage: bool = False,
+    join: HostSpec | None = None,
 ) -> Job:
     """Create the cluster (if missing), the hosts and the bootstrap job; run it in this process
-    once the transaction commits. Returns the job at once; follow its steps and events."""
-    job = create_bootstrap_job(cluster_name, hosts, actor=actor, shared_storage=shared_storage)
+    once the transaction commits. Returns the job at once; follow its steps and events.
+    ``join``: an existing member of the cluster stack (its root password), for new hosts
+    joining a formed one (console/runtime/cluster_stack.py)."""
+    job = create_bootstrap_job(
+        cluster_name, hosts, actor=actor, shared_storage=shared_storage, join=join
+    )
     passwords = {h.name: h.password for h in hosts}
+    if join is not None:
+        passwords[join.name] = join.password
     job_id = job.pk
     transaction.on_commit(lambda: _pool.submit(_run_in_thread, job_id, passwords))
     return job
 
 
 def create_bootstrap_job(
-    cluster_name: str, hosts: list[HostSpec], *, actor: Any, shared_storage: bool = False
+    cluster_name: str,
+    hosts: list[HostSpec],
+    *,
+    actor: Any,
+    shared_storage: bool = False,
+    join: HostSpec | None = None,
 ) -> Job:
     """The cluster, host rows and the job with its steps (nothing runs yet)."""
     _validate(cluster_name, hosts)
+    if join is not None:
+        _validate(cluster_name, [join])
+        if not shared_storage or join.name in [h.name for h in hosts]:
+            raise BootstrapError("the member to join through must be another host of the stack")
     who = actor_name(actor)
     with transaction.atomic():
         cluster, _ = Cluster.objects.get_or_create(name=cluster_name)
+        member = None
+        if join is not None:
+            member = Host.objects.filter(cluster=cluster, name=join.name).first()
+            if member is None:
+                raise BootstrapError(f"{join.name} is not a host of cluster {cluster_name}")
         rows: list[Host] = []
         for spec in hosts:
             host = Host.objects.filter(name=spec.name).first()
@@ -254,8 +279,13 @@ def create_bootstrap_job(
                 "cluster": cluster.name,
                 "hosts": [h.name for h in hosts],
                 "shared_storage": shared_storage,
+                **({"join": {"member": join.name}} if join is not None else {}),
             },
-            message=f"{who} forms cluster {cluster.name} from "
+            message=(
+                f"{who} forms cluster {cluster.name} from "
+                if join is None
+                else f"{who} adds to cluster {cluster.name} (corosync key from {join.name}) "
+            )
             + ", ".join(h.name for h in hosts)
             + " over SSH",
         )
@@ -274,6 +304,23 @@ def create_bootstrap_job(
             for i, (spec, host) in enumerate(zip(hosts, rows, strict=True))
             for stage, kind in enumerate(kinds)
         )
+        if join is not None and member is not None:  # read the key there, then extend
+            JobStep.objects.bulk_create(
+                JobStep(
+                    job=job,
+                    seq=len(hosts) * len(kinds) + stage + 1,
+                    stage=stage,
+                    host=member,
+                    kind=kind,
+                    command_id=jobs.new_command_id("boot"),
+                    args={
+                        "address": member.address,
+                        "port": join.port,
+                        "fingerprint": member.ssh_fingerprint,
+                    },
+                )
+                for stage, kind in enumerate(cluster_stack.JOIN_STEP_KINDS)
+            )
         record(
             actor=who,
             verb="bootstrap",
@@ -912,6 +959,10 @@ def _register(run: _HostRun) -> dict[str, Any]:
     since = time.time()
     _, init, _ = run.run(["cat", "/proc/1/comm"], check=False, what="init check")
     if init.strip() == "systemd":
+        # the agent heartbeats once it reaches libvirtd: make sure it runs (after a stopped or
+        # half-done restart it may not; its unit pulls in its sockets)
+        run.run(["systemctl", "start", "libvirtd.service"], what="systemctl start libvirtd",
+                timeout=COMMAND_TIMEOUT_S)  # fmt: skip
         run.write_file(paths["unit"], _unit(run.name), 0o644)
         run.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
         run.run(["systemctl", "enable", f"haven-agent-{run.name}"], what="systemctl enable")
@@ -946,6 +997,11 @@ def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
             return report.beat
         time.sleep(0.2)
     _, tail, _ = run.run(["tail", "-n", "5", config_paths(run.name)["log"]], check=False)
+    if not tail.strip():  # under systemd the agent's output is in the journal
+        _, tail, _ = run.run(
+            ["journalctl", "-u", f"haven-agent-{run.name}", "-n", "5", "--no-pager", "-o", "cat"],
+            check=False,
+        )
     last = tail.strip().splitlines()[-1:] or ["(no log)"]
     raise BootstrapError(
         f"the agent on {run.name} sent no heartbeat within {wait_s:.0f} s; "
@@ -991,12 +1047,15 @@ _RESTART_LIBVIRTD = r"""
 set -eu
 if [ "$1" = systemd ]; then
     if [ "$(systemctl is-enabled libvirtd.socket 2>/dev/null || true)" = enabled ]; then
-        for unit in libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
-                    libvirtd-tcp.socket; do
-            systemctl stop "$unit" 2>/dev/null || true
-        done
-        systemctl disable libvirtd-tcp.socket >/dev/null 2>&1 || true
-        systemctl enable libvirtd-tls.socket
+        # one transaction, the sockets with the service: stopped one by one, a client
+        # reconnecting in between (the agent does) socket-activated libvirtd again, and the
+        # sockets then refused to start ("Socket service libvirtd.service already active")
+        systemctl stop libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+            libvirtd-tcp.socket libvirtd-tls.socket libvirtd.service 2>/dev/null || true
+        # --no-reload: only the symlinks (the units exist already; a daemon-reload per call
+        # took minutes under TCG, and the step timed out: storage lab, 2026-12-02 04:58)
+        systemctl --no-reload disable libvirtd-tcp.socket >/dev/null 2>&1 || true
+        systemctl --no-reload enable libvirtd-tls.socket
         systemctl start libvirtd.socket libvirtd-tls.socket
         systemctl start libvirtd-ro.socket libvirtd-admin.socket 2>/dev/null || true
         systemctl start libvirtd.service
@@ -1028,7 +1087,7 @@ def _restart_libvirtd(run: _HostRun) -> None:
     run.run(
         ["sh", "-c", _RESTART_LIBVIRTD, "haven-libvirtd", init.strip()],
         what="restarting libvirtd",
-        timeout=60,
+        timeout=COMMAND_TIMEOUT_S,  # stopping and starting five units: minutes under TCG
     )
 
 

@@ -18,6 +18,24 @@ Four more steps per host of the ``bootstrap`` job, after the agent is registered
                       ``haven-cluster-join.service`` (below) enabled, and dlm, lvmlockd and
                       lvmlocks disabled, so that only it starts them at boot.
 
+**Joining a formed cluster** (membership.py ``add_hosts``): corosync needs the cluster's
+authkey, which the console never keeps. The job then has two more steps, on one existing
+member whose root password the person gave (used once, like every root password):
+
+``cluster.member``    SSH to the member (its host key pinned at its own bootstrap), read its
+                      corosync.conf and ``/etc/corosync/authkey``; the key is held in this
+                      process's memory for the job only (never in the database, a log, a step's
+                      result or an error) and written to the new hosts by their
+                      ``cluster.corosync``; the new hosts get the next node ids;
+``cluster.extend``    once every new host has its agent and packages: each existing member's
+                      agent adds the new nodes to its corosync.conf and reloads
+                      (``corosync_add_node``: ``corosync-cfgtool -R``).
+
+The new hosts' ``cluster.corosync`` waits for that, then writes the member's corosync.conf
+with the new nodes (byte for byte what the members now have) and the key and starts
+corosync; ``cluster.dlm`` and ``cluster.lvmlockd`` wait for every node, old and new, as when
+forming. Then the storage: ``console.storage.services.join_hosts``.
+
 The order is gated on state, never on sleeps (LAB.md "Storage VMs": starting everything at
 once on a rejoining node deadlocked the join): each host waits, within its own step, until the
 whole membership is there before it starts the next daemon. A host that fails makes the others
@@ -33,21 +51,28 @@ lockspace join hung (deploy/lab/README.md).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
 
-from agent.cluster_stack import parse_dlm_status, parse_quorumtool
+from agent.cluster_stack import parse_dlm_status, parse_nodelist, parse_quorumtool, with_nodes
+from console.clusters.choices import HostState
 from console.clusters.models import Host
 from console.jobs import services as jobs
-from console.jobs.models import Job
+from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep, StepStatus
 
 STEP_KINDS = ("cluster.packages", "cluster.corosync", "cluster.dlm", "cluster.lvmlockd")
+JOIN_STEP_KINDS = ("cluster.member", "cluster.extend")  # on the member the key is read from
+COROSYNC_CONF = "/etc/corosync/corosync.conf"
+AUTHKEY_PATH = "/etc/corosync/authkey"
 JOIN_UNIT_NAME = "haven-cluster-join.service"
 JOIN_SCRIPT_PATH = "/usr/local/sbin/haven-cluster-join"
 JOIN_SCRIPT = r"""#!/bin/sh
@@ -132,9 +157,40 @@ def authkey(job_id: int) -> bytes:
 
 
 def forget(job_id: int) -> None:
-    """Drop the job's authkey from memory (the bootstrap calls this when it ends)."""
+    """Drop the job's authkey (and a join's membership) from memory (the bootstrap calls this
+    when it ends)."""
     with _authkeys_lock:
         _authkeys.pop(job_id, None)
+        _joins.pop(job_id, None)
+
+
+@dataclass
+class Join:
+    """What a join job read from the member (``cluster.member``), in memory only."""
+
+    key: bytes = field(repr=False)
+    conf: str  # the member's corosync.conf with the new nodes
+    nodes: list[tuple[int, str, str]]  # every node, old and new: (id, name, address)
+    new: list[tuple[int, str, str]]
+
+
+_joins: dict[int, Join] = {}
+
+
+def joining(job: Job) -> bool:
+    """A bootstrap job that adds hosts to a formed cluster stack (``cluster.member`` first)."""
+    return bool(job.params.get("join"))
+
+
+def _join(job_id: int) -> Join:
+    with _authkeys_lock:
+        join = _joins.get(job_id)
+    if join is None:  # the console restarted mid-job, or cluster.member never succeeded
+        raise ClusterStackError(
+            "the member's corosync key and membership are not known to this job "
+            "(cluster.member did not succeed in this console process): add the hosts again"
+        )
+    return join
 
 
 def members(job: Job) -> list[Host]:
@@ -142,6 +198,14 @@ def members(job: Job) -> list[Host]:
     order = [str(n) for n in job.params.get("hosts", [])]
     hosts = {h.name: h for h in Host.objects.filter(name__in=order)}
     return [hosts[n] for n in order if n in hosts]
+
+
+def nodes(job: Job) -> list[tuple[int, str, str]]:
+    """Every corosync node once the job is done, (id, name, address): the job's hosts when it
+    forms a cluster; the member's nodelist and the new hosts when it joins one."""
+    if joining(job):
+        return list(_join(job.pk).nodes)
+    return [(i + 1, h.name, h.address) for i, h in enumerate(members(job))]
 
 
 def token_ms() -> int:
@@ -272,6 +336,8 @@ def _packages(run: HostSession) -> dict[str, Any]:
 
 
 def _corosync(run: HostSession) -> dict[str, Any]:
+    if joining(run.job):
+        return _corosync_join(run)
     nodes = [(i + 1, h.name, h.address) for i, h in enumerate(members(run.job))]
     if run.name not in [n for _, n, _ in nodes]:
         raise ClusterStackError(f"{run.name} is not one of the job's hosts")
@@ -288,12 +354,10 @@ def _corosync(run: HostSession) -> dict[str, Any]:
     return _wait_quorate(run, nodes, restarted)
 
 
-def _write_corosync(run: HostSession, conf: str) -> None:
+def _write_corosync(run: HostSession, conf: str, key: bytes | None = None) -> None:
     run.run(["mkdir", "-p", "/etc/corosync", "/var/log/corosync"], what="mkdir")
-    key = authkey(run.job.pk)
+    key = authkey(run.job.pk) if key is None else key
     # The authkey is binary: written base64 through SFTP, decoded on the host, mode 0400.
-    import base64
-
     run.write_file("/etc/corosync/authkey.b64", base64.b64encode(key).decode(), 0o600)
     run.run(
         [
@@ -338,7 +402,7 @@ def _wait_quorate(
 
 def _dlm(run: HostSession) -> dict[str, Any]:
     run.run(["systemctl", "start", "dlm"], what="systemctl start dlm", timeout=120)
-    expected = len(members(run.job))
+    expected = len(nodes(run.job))
 
     def joined() -> tuple[bool, str]:
         code, out, err = run.run(["dlm_tool", "status"], check=False, what="dlm_tool status")
@@ -378,6 +442,168 @@ def _lvmlockd(run: HostSession) -> dict[str, Any]:
     return {"state": state, "boot": JOIN_UNIT_NAME}
 
 
+# --- joining a formed cluster ----------------------------------------------------------------
+
+_CLUSTER_NAME_LINE_RE = re.compile(r"^\s*cluster_name:\s*(\S+)\s*$", re.MULTILINE)
+#: a step another pipeline of the job waits for has ended without success
+_ENDED = frozenset({StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.LOST})
+
+
+def _read_member(run: HostSession) -> dict[str, Any]:
+    """``cluster.member``: SSH to the member, read corosync.conf and the authkey (kept in
+    memory for the job: ``_joins``), choose the new hosts' node ids. Nothing is changed."""
+    from console.runtime import bootstrap
+
+    bootstrap._connect(run)  # type: ignore[arg-type]  # the member's password, used once
+    code, conf, _ = run.run(["cat", COROSYNC_CONF], check=False, what="reading corosync.conf")
+    if code != 0 or not conf.strip():
+        raise ClusterStackError(
+            f"{run.name} has no {COROSYNC_CONF}: it is not in the cluster stack (repair it, "
+            "or name another host to read the corosync key from)"
+        )
+    found = _CLUSTER_NAME_LINE_RE.search(conf)
+    cluster = run.host.cluster.name
+    if found is None or found.group(1) != cluster:
+        said = found.group(1) if found else "no cluster_name"
+        raise ClusterStackError(f"{run.name}'s corosync.conf is for {said}, not {cluster}")
+    # the key's bytes: never echoed, whatever happens (no output in any message)
+    code, encoded, _ = run.run(["base64", "-w0", AUTHKEY_PATH], check=False, what="the authkey")
+    try:
+        key = base64.b64decode(encoded.strip(), validate=True) if code == 0 else b""
+    except (binascii.Error, ValueError):
+        key = b""
+    finally:
+        del encoded
+    if len(key) < 128:  # corosync's own minimum is 1024 bits
+        raise ClusterStackError(
+            f"cannot read a corosync authkey from {AUTHKEY_PATH} on {run.name} (exit {code})"
+        )
+    have = parse_nodelist(conf)
+    try:
+        existing = [(int(n["nodeid"]), n["name"], n["ring0_addr"]) for n in have]
+    except (KeyError, ValueError):
+        raise ClusterStackError(
+            f"{run.name}'s corosync.conf has a node without nodeid, name or ring0_addr"
+        ) from None
+    hosts = {h.name: h for h in Host.objects.filter(name__in=run.job.params.get("hosts", []))}
+    new: list[tuple[int, str, str]] = []
+    next_id = max([i for i, _, _ in existing] or [0]) + 1
+    for name in run.job.params.get("hosts", []):
+        host = hosts[name]
+        known = next((n for n in existing if n[1] == name), None)
+        if known is not None and known[2] != host.address:
+            raise ClusterStackError(
+                f"{name} is in {run.name}'s corosync nodelist at {known[2]}, not {host.address}: "
+                "remove that host first"
+            )
+        if known is not None:  # an earlier add got this far: the same node again
+            new.append(known)
+        else:
+            new.append((next_id, name, host.address))
+            next_id += 1
+    try:
+        merged = with_nodes(conf, new)
+    except ValueError as exc:
+        raise ClusterStackError(f"{run.name}'s corosync.conf: {exc}") from None
+    everyone = [*existing, *[n for n in new if n not in existing]]
+    with _authkeys_lock:
+        _joins[run.job.pk] = Join(key, merged if merged is not None else conf, everyone, new)
+    del key
+    return {
+        "member": run.name,
+        "nodes": [list(n) for n in everyone],
+        "new": [list(n) for n in new],
+        "authkey": "read; held in the console's memory for this job only",
+    }
+
+
+def _await_steps(run: HostSession, what: str, kind: str, hosts: list[str], step: str) -> None:
+    """Wait (no deadline of its own: those steps have theirs) until ``kind`` succeeded on every
+    one of ``hosts`` in this job; ClusterStackError once one of them ended otherwise."""
+    said = ""
+    while True:
+        rows = list(
+            JobStep.objects.filter(job_id=run.job.pk, kind=kind, host__name__in=hosts)
+            .values_list("host__name", "status")
+        )  # fmt: skip
+        ended = sorted(n for n, status in rows if status in _ENDED)
+        if ended:
+            raise ClusterStackError(f"{kind} did not succeed on {', '.join(ended)}: {what} stopped")
+        done = sum(1 for _, status in rows if status == StepStatus.SUCCEEDED)
+        if done == len(hosts):
+            return
+        status = Job.objects.filter(pk=run.job.pk).values_list("status", flat=True).first()
+        if status in FINISHED_STATUSES:
+            raise ClusterStackError(f"the job ended ({status}) before {what}")
+        state = f"waiting for {kind} on {len(hosts) - done} of {len(hosts)} host(s)"
+        if state != said:
+            jobs.add_event(run.job, f"{run.name}: {what}: {state}", host=run.host, step=step)
+            said = state
+        time.sleep(1.0)
+
+
+def _extend(run: HostSession) -> dict[str, Any]:
+    """``cluster.extend``: once the new hosts have their agents and packages, every existing
+    member's agent adds them to its corosync.conf and reloads corosync (one job)."""
+    join = _join(run.job.pk)
+    new_names = [n for _, n, _ in join.new]
+    _await_steps(run, "extending the membership", "cluster.packages", new_names,
+                 "cluster.extend")  # fmt: skip
+    old = [n for _, n, _ in join.nodes if n not in new_names]
+    rows = {h.name: h for h in Host.objects.filter(cluster=run.host.cluster, name__in=old)}
+    strangers = [n for n in old if n not in rows]
+    if strangers:
+        raise ClusterStackError(
+            f"corosync's nodelist on {run.name} has {', '.join(strangers)}, which "
+            f"{'is' if len(strangers) == 1 else 'are'} not a host of {run.host.cluster.name}"
+        )
+    away = [h for h in rows.values() if h.state not in (HostState.ONLINE, HostState.MAINTENANCE)]
+    if away:
+        raise ClusterStackError(
+            "every member must be online to take the new hosts into corosync: "
+            + ", ".join(f"{h.name} is {h.state}" for h in away)
+        )
+    steps = [
+        jobs.StepSpec(rows[name], "corosync_add_node",
+                      {"node": node, "address": address, "nodeid": nodeid}, stage=stage)
+        for stage, (nodeid, node, address) in enumerate(join.new)
+        for name in old
+    ]  # fmt: skip
+    job = jobs.create_job(
+        "corosync-add-node",
+        steps,
+        cluster=run.host.cluster,
+        params={"hosts": new_names, "members": old, "bootstrap_job": run.job.pk},
+        message=f"add {', '.join(new_names)} to the corosync membership of {', '.join(old)} "
+        f"(bootstrap job {run.job.pk})",
+    )
+    deadline = time.monotonic() + wait_s()
+    while True:
+        job.refresh_from_db()
+        if job.status in FINISHED_STATUSES:
+            break
+        if time.monotonic() > deadline:
+            raise ClusterStackError(f"corosync_add_node got no answer within {wait_s():.0f} s "
+                                    f"(job {job.pk})")  # fmt: skip
+        time.sleep(0.5)
+    if job.status != JobStatus.SUCCEEDED:
+        raise ClusterStackError(f"adding the new nodes to corosync failed: {job.explanation}")
+    return {"job": job.pk, "members": old, "new": [list(n) for n in join.new]}
+
+
+def _corosync_join(run: HostSession) -> dict[str, Any]:
+    """A new host of a join job: once the members list it, the member's corosync.conf (with
+    the new nodes) and the cluster's key, corosync started; quorate with every node."""
+    member = str(run.job.params["join"]["member"])
+    _await_steps(run, "the members' corosync to list the new hosts", "cluster.extend",
+                 [member], "cluster.corosync")  # fmt: skip
+    join = _join(run.job.pk)
+    if run.name not in [n for _, n, _ in join.new]:
+        raise ClusterStackError(f"{run.name} is not one of the job's new hosts")
+    _write_corosync(run, join.conf, join.key)
+    return _wait_quorate(run, join.nodes, True)
+
+
 def _guard(fn: Callable[[HostSession], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     """Turn ClusterStackError into the bootstrap's own error type (its message as is)."""
 
@@ -397,11 +623,13 @@ STEPS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "cluster.corosync": _guard(_corosync),
     "cluster.dlm": _guard(_dlm),
     "cluster.lvmlockd": _guard(_lvmlockd),
+    "cluster.member": _guard(_read_member),
+    "cluster.extend": _guard(_extend),
 }
 
 
 def step_kinds(shared_storage: bool) -> tuple[str, ...]:
-    """The cluster-stack steps a bootstrap job has (none without shared storage)."""
+    """The cluster-stack steps a bootstrap job has per host (none without shared storage)."""
     return STEP_KINDS if shared_storage else ()
 
 

@@ -37,6 +37,7 @@ Subclasses change what a command does by overriding ``do`` (the scenarios' world
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import heapq
 import itertools
@@ -349,6 +350,8 @@ class FakeAgents:
             return {"node": a["node"], "nodeid": 0}
         if kind == "corosync_remove_node":
             return {"node": a["node"], "changed": True, "nodes": []}
+        if kind == "corosync_add_node":
+            return {"node": a["node"], "nodeid": a["nodeid"], "changed": True, "nodes": []}
         if kind == "tls_request":
             return {"csr": fake_csr(host), "key": "/etc/pki/libvirt/private/serverkey.pem"}
         if kind == "configure_migration":
@@ -478,7 +481,12 @@ class FakeRemoteHost:
     it writes (``files``: path -> (text, mode)) and the commands (``ran``); when the bootstrap
     starts the agent (systemd, or the boot script), ``on_agent_start`` is called with the host's
     name (``FakeRemoteHosts`` makes its ``FakeAgents`` heartbeat). ``fail``: argv[0] (or
-    argv[0] + " " + argv[1]) -> (exit status, stderr) for a command that fails."""
+    argv[0] + " " + argv[1]) -> (exit status, stderr) for a command that fails.
+
+    The cluster stack, simulated: ``authkey`` is the bytes of /etc/corosync/authkey (set for
+    a member, written by the bootstrap for a new host); ``corosync-quorumtool`` and
+    ``dlm_tool status`` count every node of the host's corosync.conf once corosync was
+    (re)started there as quorate members."""
 
     def __init__(
         self,
@@ -495,6 +503,8 @@ class FakeRemoteHost:
         self.uploaded: list[str] = []
         self.ran: list[list[str]] = []
         self.closed = False
+        self.authkey = b""
+        self.corosync_running = False
 
     def run(self, argv: list[str], *, timeout: float) -> tuple[int, str, str]:
         self.ran.append(list(argv))
@@ -522,13 +532,47 @@ class FakeRemoteHost:
             return 0, "installed\n", ""
         if cmd == "cat" and argv[1:] == ["/proc/1/comm"]:
             return 0, f"{self.init}\n", ""
+        if argv[:3] == ["systemctl", "restart", "corosync"]:
+            self.corosync_running = True
+            return 0, "", ""
         if argv[-2:-1] == ["restart"] or argv[-1:] == ["restart"]:  # systemctl, boot script
             if self.on_agent_start is not None:
                 self.on_agent_start(self.name)
             return 0, "", ""
         if cmd == "tail":
             return 0, "agent: started\n", ""
-        return 0, "", ""  # mkdir, rm, systemctl daemon-reload / enable, ...
+        return self._cluster_stack(argv)
+
+    def _cluster_stack(self, argv: list[str]) -> tuple[int, str, str]:
+        from agent.cluster_stack import parse_nodelist
+
+        conf = self.files.get("/etc/corosync/corosync.conf", ("", 0))[0]
+        nodes = parse_nodelist(conf) if self.corosync_running else []
+        if argv == ["cat", "/etc/corosync/corosync.conf"]:
+            return (0, conf, "") if conf else (1, "", "cat: No such file or directory")
+        if argv[:2] == ["base64", "-w0"] and argv[2] == "/etc/corosync/authkey":
+            if not self.authkey:
+                return 1, "", "base64: /etc/corosync/authkey: No such file or directory"
+            return 0, base64.b64encode(self.authkey).decode(), ""
+        if argv[0] == "sh" and argv[3:4] == ["authkey"]:  # decode the uploaded key in place
+            self.authkey = base64.b64decode(self.files.pop(argv[4])[0])
+            return 0, "", ""
+        if argv[:3] == ["systemctl", "is-active", "corosync"]:
+            return (0 if self.corosync_running else 3), "", ""
+        if argv[0] == "dpkg-query":
+            return 0, "".join(f"{p} ii \n" for p in argv[4:]), ""
+        if argv[0] == "corosync-quorumtool":
+            if not nodes:
+                return 1, "", "Cannot initialize QUORUM service"
+            mine = next((n["nodeid"] for n in nodes if n.get("name") == self.name), "0")
+            rows = "".join(f"{n['nodeid']} 1 NR {n['name']}\n" for n in nodes)
+            return 0, f"Node ID: {mine}\nQuorate: Yes\n\nNodeid Votes Qdevice Name\n{rows}", ""
+        if argv[:2] == ["dlm_tool", "status"]:
+            return 0, "".join(f"node {n['nodeid']} M add 1 rem 0\n" for n in nodes), ""
+        if argv[0] == "lvmconfig":
+            lvm = self.files.get("/etc/lvm/lvm.conf", ("", 0))[0]
+            return 0, "use_lvmlockd=1\n" if "use_lvmlockd = 1" in lvm else "use_lvmlockd=0\n", ""
+        return 0, "", ""  # mkdir, rm, systemctl daemon-reload / enable, lvmlockctl, ...
 
     def write_file(self, path: str, text: str, mode: int) -> None:
         self.files[path] = (text, mode)

@@ -7,8 +7,15 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   A name that is already a host is refused (repair it instead). Where the cluster's GFS2 file
   systems have fewer journals than it now has hosts, the storage service's ``add_journals``
   is asked for the missing ones once the bootstrap succeeded. A cluster formed with shared
-  storage is refused for now: extending corosync's membership on the running hosts is not
-  built yet (it needs a new corosync.conf on every member, not only the new one).
+  storage (corosync, dlm, lvmlockd) also needs the root password of one of its hosts
+  (``member_password``; ``member`` names which, else the first online one by name): the
+  bootstrap reads the cluster's corosync key there over SSH (the key lives in the console's
+  memory for that one job, never stored or logged; the password is used once), every member's
+  agent adds the new nodes to its corosync.conf and reloads, the new hosts start corosync,
+  dlm and lvmlockd in order (console/runtime/cluster_stack.py), and once the job succeeded
+  ``console.storage.services.join_hosts`` adds the missing GFS2 journals, lock-starts the
+  clustered VGs on the new hosts and mounts the GFS2 file systems there. Refused while any
+  host of the cluster is not online (its corosync could not be told).
 - ``repair_host(host, password)``: the same bootstrap again on one host of the cluster (a new
   agent version, lost credentials, an agent deleted): the host row stays, so its guests,
   fence devices, jobs and events stay; the agent is installed where missing and gets new
@@ -76,8 +83,16 @@ def shared_storage(cluster: Cluster) -> bool:
     ).exists()
 
 
-def add_hosts(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:
-    """Bootstrap new hosts into ``cluster``; the job at once (it runs after the commit)."""
+def add_hosts(
+    cluster: Cluster,
+    specs: list[bootstrap.HostSpec],
+    *,
+    actor: Any,
+    member_password: str = "",
+    member: str = "",
+) -> Job:
+    """Bootstrap new hosts into ``cluster``; the job at once (it runs after the commit).
+    With shared storage, ``member_password`` (and optionally ``member``): module docstring."""
     if not specs:
         raise Refused("Name at least one host to add.", status=400, field="hosts")
     for spec in specs:
@@ -93,12 +108,8 @@ def add_hosts(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) 
                 f"{spec.name} is a host of cluster {existing.cluster.name}: remove it there first.",
                 field="hosts",
             )
-    if shared_storage(cluster):
-        raise Refused(
-            f"Cluster {cluster.name} has shared storage: adding hosts to its corosync "
-            "membership is not supported yet (every member needs the new corosync.conf)."
-        )
-    job = _start(cluster, specs, actor=actor)
+    join = _join_through(cluster, member, member_password) if shared_storage(cluster) else None
+    job = _start(cluster, specs, actor=actor, join=join)
     job_id, cluster_id = job.pk, cluster.pk
     transaction.on_commit(lambda: _after_bootstrap(job_id, cluster_id, actor))
     return job
@@ -167,8 +178,53 @@ def repair_host(
     return job
 
 
-def _start(cluster: Cluster, specs: list[bootstrap.HostSpec], *, actor: Any) -> Job:
+def _join_through(cluster: Cluster, member: str, password: str) -> bootstrap.HostSpec:
+    """The member of ``cluster``'s cluster stack the new hosts join through (the corosync key
+    is read there): refused while a host is not online, or without its root password."""
+    hosts = list(Host.objects.filter(cluster=cluster).order_by("name"))
+    away = [h for h in hosts if h.state not in (HostState.ONLINE, HostState.MAINTENANCE)]
+    if not hosts or away:
+        raise Refused(
+            f"Cluster {cluster.name} has shared storage and "
+            + ", ".join(f"{h.name} is {h.get_state_display().lower()}" for h in away)
+            + ": every host must be online to take new hosts into corosync's membership "
+            "(bring it back, or remove it first).",
+            field="hosts",
+        )
+    chosen = next((h for h in hosts if h.name == member), None) if member else hosts[0]
+    if chosen is None:
+        raise Refused(
+            f"{member} is not a host of cluster {cluster.name}.", status=400, field="member"
+        )
+    if not password:
+        raise Refused(
+            f"Cluster {cluster.name} has shared storage: give the root password of "
+            f"{chosen.name} (an existing host), to read the cluster's corosync key there. "
+            "Haven keeps neither the key nor the password.",
+            status=400,
+            field="member_password",
+        )
+    if not chosen.ssh_fingerprint:
+        raise Refused(
+            f"{chosen.name} has no pinned SSH host key: repair it first, or name another host.",
+            status=400,
+            field="member",
+        )
+    return bootstrap.HostSpec(chosen.name, chosen.address, password, chosen.ssh_fingerprint)
+
+
+def _start(
+    cluster: Cluster,
+    specs: list[bootstrap.HostSpec],
+    *,
+    actor: Any,
+    join: bootstrap.HostSpec | None = None,
+) -> Job:
     try:
+        if join is not None:
+            return bootstrap.start_bootstrap(
+                cluster.name, specs, actor=actor, shared_storage=True, join=join
+            )
         return bootstrap.start_bootstrap(cluster.name, specs, actor=actor)
     except bootstrap.BootstrapError as exc:
         raise Refused(str(exc), status=400, field="hosts") from None
@@ -188,7 +244,7 @@ def _after_bootstrap(job_id: int, cluster_id: int, actor: Any) -> None:
     bootstrap._pool.submit(_wait_job, job_id).add_done_callback(then)
 
 
-def _wait_job(job_id: int, timeout_s: float = 900.0) -> None:
+def _wait_job(job_id: int, timeout_s: float = 4 * 3600.0) -> None:
     from django.db import connection
 
     deadline = time.monotonic() + timeout_s
@@ -202,14 +258,20 @@ def _wait_job(job_id: int, timeout_s: float = 900.0) -> None:
 
 
 def add_missing_journals(job_id: int, cluster_id: int, *, actor: Any) -> list[Job]:
-    """After a successful add: one ``add_journals`` job per GFS2 file system of the cluster
-    with fewer journals than hosts (run on a host where it is mounted: the oldest host)."""
+    """After a successful add: with clustered storage, ``join_hosts`` (journals, then the
+    VGs and GFS2 mounts on the new hosts); else one ``add_journals`` job per GFS2 file system
+    of the cluster with fewer journals than hosts (run on a host where it is mounted: the
+    oldest host)."""
     from console.storage import services as storage
     from console.storage.models import Filesystem
 
     job = Job.objects.get(pk=job_id)
     if job.status != JobStatus.SUCCEEDED:
         return []
+    if job.params.get("join"):
+        new = list(Host.objects.filter(cluster_id=cluster_id, name__in=job.params["hosts"]))
+        joined = storage.join_hosts(job.cluster, new, actor=actor) if job.cluster else None
+        return [joined] if joined is not None else []
     hosts = list(Host.objects.filter(cluster_id=cluster_id).order_by("pk"))
     out = []
     for fs in Filesystem.objects.filter(logical_volume__volume_group__cluster_id=cluster_id):
@@ -323,11 +385,27 @@ def remove_host(host: Host, *, actor: Any, password: str = "") -> Job:
     job_id = job.pk
     if reachable and password:
         secret = {"password": password}
+        name = host.name
+        # silent while it is taken apart: announced as a clean shutdown, so it is not fenced
+        transaction.on_commit(lambda: _leaving(name, True))
         transaction.on_commit(lambda: bootstrap._pool.submit(_run_remove, job_id, secret))
     else:
         run_remove(job_id, {})
     job.refresh_from_db()
     return job
+
+
+def _leaving(name: str, on: bool) -> None:
+    """Announce (or take back) that ``name`` shuts down on purpose, through the store's clean
+    shutdown marks (the engine's ``shutting_down``: drained, never fenced); the snapshot reads
+    them with the heartbeats, no query of its own."""
+    from console.runtime.tasks import store
+
+    shared = store()
+    if on:
+        shared.mark_shutdown(name, shared.clock())
+    else:
+        shared.clear_shutdown(name)
 
 
 def _run_remove(job_id: int, secret: dict[str, str]) -> None:
@@ -464,6 +542,8 @@ def run_remove(job_id: int, secret: dict[str, str]) -> Job:
                 later.update(status=StepStatus.SKIPPED)
             jobs.finish_console_step(step, ok=ok, message=message, data=data)
         if not ok:
+            if job.params.get("uninstall"):  # it stays: no longer leaving
+                _leaving(str(job.params.get("host", "")), False)
             break
     job.refresh_from_db()
     return job
@@ -507,6 +587,8 @@ def _forget(job: Job, step: JobStep) -> dict[str, Any]:
         name, cluster = host.name, host.cluster
         devices = sorted(host.fence_devices.values_list("name", flat=True))
         host.delete()
+        # its heartbeats and marks go too: a host added again under this name starts afresh
+        transaction.on_commit(lambda: _forget_reports(name))
         followup = corosync_remove_node(cluster, name, actor=job.created_by)
         record(
             actor=job.by,
@@ -523,6 +605,12 @@ def _forget(job: Job, step: JobStep) -> dict[str, Any]:
         "fence_devices": devices,
         **({"corosync_job": followup.pk} if followup is not None else {}),
     }
+
+
+def _forget_reports(name: str) -> None:
+    from console.runtime.tasks import store
+
+    store().forget_host(name)
 
 
 def corosync_remove_node(cluster: Cluster, name: str, *, actor: Any = None) -> Job | None:

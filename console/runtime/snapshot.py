@@ -246,14 +246,10 @@ def load(
     # restart): since when the view of heartbeats is continuous (afresh in a new runner
     # process and after Redis restarted or lost its data).
     reports, ingest = store.view(sorted(hosts), now)
-    shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
-    # a host being removed with its agent uninstalled over SSH leaves the cluster stack
-    # cleanly (console/runtime/membership.py): silent meanwhile, it is not to be fenced
-    shutdowns = set(shutdowns) | set(
-        Job.objects.filter(
-            cluster=cluster, kind="remove-host", status=JobStatus.RUNNING, params__uninstall=True
-        ).values_list("params__host", flat=True)
-    )
+    # announced clean shutdowns (drained), and hosts being removed with their agent
+    # uninstalled over SSH (console/runtime/membership.py marks them): silent meanwhile, they
+    # leave the cluster stack cleanly and are not to be fenced
+    shutdowns = store.shutting_down(reports, now)
     view_since = store.view_since(now)
     status, pieces = _status(state, _statuses.get(cluster.pk) if cached else None)
     if cached and pieces:

@@ -278,6 +278,9 @@ class Store(Protocol):
     def mark_shutdown(self, host: str, received: float) -> None:
         """``host`` announced a clean shutdown, for the boot its last heartbeat came from."""
 
+    def clear_shutdown(self, host: str) -> None:
+        """The shutdown ``host`` announced is off (e.g. its removal failed: it stays)."""
+
     def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
         """The hosts whose shutdown mark still holds (``shutdown_holds``)."""
 
@@ -469,6 +472,9 @@ class RedisStore(_Shortcuts):
         raw: Any = self.r.hget(f"{self.p}hb", host)
         boot = str(json.loads(raw)["hb"].get("boot") or "") if raw else ""
         self.r.hset(f"{self.p}shutdown", host, json.dumps({"at": received, "boot": boot}))
+
+    def clear_shutdown(self, host: str) -> None:
+        self.r.hdel(f"{self.p}shutdown", host)
 
     def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
         if not reports:
@@ -838,6 +844,10 @@ class MemoryStore(_Shortcuts):
         with self._mutex:
             hb = self._hb.get(host, (0.0, {}))[1]
             self._shutdowns[host] = {"at": received, "boot": str(hb.get("boot") or "")}
+
+    def clear_shutdown(self, host: str) -> None:
+        with self._mutex:
+            self._shutdowns.pop(host, None)
 
     def shutting_down(self, reports: dict[str, HostReport], now: float) -> set[str]:
         with self._mutex:

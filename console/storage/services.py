@@ -369,6 +369,76 @@ def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
     return job
 
 
+def join_hosts(cluster: Cluster, new: list[Host], *, actor: Any) -> Job | None:
+    """Hosts that just joined a cluster with clustered storage (membership.py ``add_hosts``,
+    once their cluster stack is up) get what the others have, in one job: first journals for
+    each GFS2 that has fewer than the cluster has hosts now (``gfs2_jadd`` on a host that has
+    it mounted: a host can mount only with a journal of its own), then on each new host the
+    clustered VGs lock-started, their GFS2 LVs activated shared, the fstab lines (with the
+    activation unit) written and the file systems mounted, then a probe. None when the cluster
+    has no clustered VG."""
+    vgs = list(VolumeGroup.objects.filter(cluster=cluster, clustered=True).order_by("name"))
+    if not vgs or not new:
+        return None
+    count = Host.objects.filter(cluster=cluster).count()
+    filesystems = list(
+        Filesystem.objects.filter(logical_volume__volume_group__in=vgs)
+        .select_related("logical_volume__volume_group")
+        .order_by("name")
+    )
+    newcomers = {h.name for h in new}
+    online = {h.name: h for h in _cluster_hosts(cluster) if h.state == HostState.ONLINE}
+    steps: list[jobs.StepSpec] = []
+    for fs in filesystems:
+        if fs.journals >= count:
+            continue
+        where = [online[n] for n in fs.mounted_on if n in online and n not in newcomers]
+        if not where:
+            raise StorageError(
+                f"{fs.name} has {fs.journals} journals for {count} hosts and is mounted on no "
+                "online host to add them: mount it on one first.",
+                "hosts",
+            )
+        args = {"mount_point": fs.mount_point, "journals": count - fs.journals}
+        steps.append(jobs.StepSpec(where[0], "gfs2_jadd", args, stage=0))
+    for host in new:
+        steps += [jobs.StepSpec(host, "vg_lockstart", {"vg": vg.name}, stage=1) for vg in vgs]
+        for fs in filesystems:
+            lv = fs.logical_volume
+            ref = {"vg": lv.volume_group.name, "lv": lv.name}
+            device = f"/dev/{ref['vg']}/{ref['lv']}"
+            fstab = {"device": device, "mount_point": fs.mount_point, "fstype": "gfs2",
+                     "options": GFS2_FSTAB_OPTIONS, "activate_shared": True}  # fmt: skip
+            steps += [
+                jobs.StepSpec(host, "lv_activate", {**ref, "mode": "shared"}, stage=2),
+                jobs.StepSpec(host, "fstab_entry", fstab, stage=3),
+                jobs.StepSpec(
+                    host,
+                    "mount",
+                    {"device": device, "mount_point": fs.mount_point, "fstype": "gfs2"},
+                    stage=4,
+                ),
+            ]
+        steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=5))
+    names_ = ", ".join(sorted(newcomers))
+    with transaction.atomic():
+        job = jobs.create_job(
+            "storage-join",
+            steps,
+            cluster=cluster,
+            created_by=actor,
+            params={
+                "hosts": sorted(newcomers),
+                "vgs": [vg.name for vg in vgs],
+                "filesystems": [fs.name for fs in filesystems],
+            },
+            message=f"{actor_name(actor)}: the shared storage of {cluster.name} on {names_}"
+            + (f" ({', '.join(fs.mount_point for fs in filesystems)})" if filesystems else ""),
+        )
+        _record(actor, "storage-join", cluster, names_, job)
+    return job
+
+
 @jobs.on_step_success("lvremove")
 def forget_lv(step: JobStep, data: dict[str, Any]) -> None:
     """The LV is gone, its file system with it (the probe after it updates the VG's space)."""

@@ -16,7 +16,7 @@ from console.clusters.models import FenceDevice, Host
 from console.engine.status import service_to_json
 from console.events.models import Event
 from console.jobs.models import Job, JobStatus
-from console.runtime import bootstrap
+from console.runtime import bootstrap, membership
 from console.runtime.models import AgentCredential, EngineServiceStatus, EngineState
 from console.services.models import VmService
 from tests.console import factories as f
@@ -118,21 +118,52 @@ def test_removing_a_host_of_a_shared_storage_cluster_drops_it_from_corosync_ever
 
 def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
     two: list[Host],
+    admin_api: APIClient,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     """While its agent is uninstalled (and, with shared storage, its cluster stack stopped)
-    the host is silent: the engine is told it shuts down cleanly, so it is not fenced."""
+    the host is silent: the removal announces it through the store's clean-shutdown mark, so
+    the engine sees it shutting down and does not fence it; a failed removal takes the mark
+    back; a finished one forgets its heartbeats (a host added again starts afresh)."""
+    from console.runtime import tasks
     from console.runtime.snapshot import load
     from tests.stores import redis_store
 
-    host = two[0]
-    Job.objects.create(kind="bootstrap", cluster=host.cluster, params={"shared_storage": True})
-    job = Job.objects.create(kind="remove-host", cluster=host.cluster, status=JobStatus.RUNNING,
-                             params={"host": host.name, "uninstall": True})  # fmt: skip
-    with redis_store() as store:
-        hosts = load(host.cluster, store).snapshot.hosts
-        assert hosts[host.name].shutting_down and not hosts[two[1].name].shutting_down
-        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)
-        assert not load(host.cluster, store).snapshot.hosts[host.name].shutting_down
+    host, other = two
+    Host.objects.filter(pk=host.pk).update(ssh_fingerprint=FP)
+    failing: dict[str, str] = {}
+
+    def uninstall(job: Job, step: Any, password: str) -> dict[str, Any]:
+        hosts = load(host.cluster, shared).snapshot.hosts  # while it is taken apart
+        seen.append((hosts[host.name].shutting_down, hosts[other.name].shutting_down))
+        if failing:
+            raise bootstrap.BootstrapError(failing["why"])
+        return {"said": []}
+
+    seen: list[tuple[bool, bool]] = []
+    monkeypatch.setattr(membership, "_ssh_uninstall", uninstall)
+    monkeypatch.setattr(
+        bootstrap._pool, "submit", lambda fn, *a: fn(*a)
+    )  # the removal's thread, here
+    with redis_store() as shared:
+        monkeypatch.setattr(tasks, "_store", shared)
+        for name in (host.name, other.name):
+            shared.put_heartbeat(name, {"boot": "b1"}, shared.clock())
+        failing["why"] = "sshd said no"
+        with django_capture_on_commit_callbacks(execute=True):
+            r = admin_api.post(f"/api/hosts/{host.pk}/remove/", {"password": "pw"}, format="json")
+        assert r.status_code == 202, r.content
+        assert seen == [(True, False)]
+        assert Job.objects.get(pk=r.json()["id"]).status == JobStatus.FAILED
+        assert not load(host.cluster, shared).snapshot.hosts[host.name].shutting_down
+        failing.clear()
+        Host.objects.filter(pk=host.pk).update(maintenance=False)
+        with django_capture_on_commit_callbacks(execute=True):
+            r = admin_api.post(f"/api/hosts/{host.pk}/remove/", {"password": "pw"}, format="json")
+        assert Job.objects.get(pk=r.json()["id"]).status == JobStatus.SUCCEEDED
+        assert seen[-1] == (True, False)
+        assert host.name not in shared.reports([host.name, other.name])
 
 
 def test_a_silent_host_is_removable_only_once_confirmed_down(
@@ -207,9 +238,11 @@ def test_add_hosts_bootstraps_new_names_and_refuses_known_ones(
     )
     r = admin_api.post(url, {"hosts": [{"name": "et-virt09"}]}, format="json")
     assert r.status_code == 400 and set(r.json()["hosts"]["0"]) == {"password", "fingerprint"}
+    # shared storage: an existing host's root password is needed to read the corosync key
+    # (the join itself: test_join_cluster_stack.py)
     Job.objects.create(kind="bootstrap", cluster=cluster, params={"shared_storage": True})
     r = admin_api.post(url, {"hosts": [new]}, format="json")
-    assert r.status_code == 409 and "shared storage" in r.json()["detail"]
+    assert r.status_code == 400 and "shared storage" in r.json()["member_password"][0]
     assert len(started) == 1
 
 
@@ -335,8 +368,6 @@ def test_the_uninstall_removes_an_installed_version_only_when_no_other_host_uses
     """The scripts themselves (real sh and flock, on a scratch /opt and /etc): the bootstrap's
     mark, then the removal of one host's agent beside others sharing the file system."""
     import subprocess
-
-    from console.runtime import membership
 
     opt, etc = tmp_path / "opt", tmp_path / "etc"
     etc.mkdir()

@@ -27,7 +27,7 @@ CEILINGS = {
     "host storage tab": 12,
     "failover domains": 9,
     "fence devices": 9,
-    "migrate page": 14,  # the snapshot asks for hosts being removed (membership.py)
+    "migrate page": 13,
     "incidents": 7,
     "event log": 8,
     "jobs": 5,

@@ -544,3 +544,48 @@ def test_where_a_gfs2_is_mounted_follows_mounts_unmounts_and_probes(hosts: list[
     run_job(unmount, {"unmount": {"mount_point": "/guest_roots", "changed": True}})
     fs.refresh_from_db()
     assert fs.mounted_on == ["et-virt05", "et-virt06"]
+
+
+def test_a_joining_host_gets_journals_lockspaces_and_mounts_in_one_job(hosts: list[Any]) -> None:
+    """membership.add_hosts on shared storage, after the bootstrap: journals first (on a host
+    that has the GFS2 mounted), then on the new host the VG's lockspace, the LV shared, the
+    fstab line with its activation unit, the mount, a probe."""
+    from console.storage import services
+
+    first, second, new = hosts
+    cluster = first.cluster
+    vg = f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    fs = f.FilesystemFactory(
+        logical_volume=f.LogicalVolumeFactory(volume_group=vg, name="guest_roots"),
+        name="guest_roots", mount_point="/guest_roots", journals=2,
+        mounted_on=[first.name, second.name],
+    )  # fmt: skip
+    job = services.join_hosts(cluster, [new], actor="tester")
+    assert job is not None
+    steps = [(s.stage, s.host.name, s.kind, s.args) for s in job.steps.order_by("stage", "seq")]
+    ref = {"vg": "vg_shared", "lv": "guest_roots"}
+    assert steps == [
+        (0, first.name, "gfs2_jadd", {"mount_point": "/guest_roots", "journals": 1}),
+        (1, new.name, "vg_lockstart", {"vg": "vg_shared"}),
+        (2, new.name, "lv_activate", {**ref, "mode": "shared"}),
+        (3, new.name, "fstab_entry", {"device": "/dev/vg_shared/guest_roots",
+                                      "mount_point": "/guest_roots", "fstype": "gfs2",
+                                      "options": services.GFS2_FSTAB_OPTIONS,
+                                      "activate_shared": True}),
+        (4, new.name, "mount", {"device": "/dev/vg_shared/guest_roots",
+                                "mount_point": "/guest_roots", "fstype": "gfs2"}),
+        (5, new.name, "storage_probe", {}),
+    ]  # fmt: skip
+    # journals enough already: no gfs2_jadd
+    Filesystem.objects.filter(pk=fs.pk).update(journals=3)
+    again = services.join_hosts(cluster, [new], actor="tester")
+    assert again is not None and not again.steps.filter(kind="gfs2_jadd").exists()
+    # too few journals and mounted on no online host: refused, nothing made
+    Filesystem.objects.filter(pk=fs.pk).update(journals=2, mounted_on=[new.name])
+    before = Job.objects.count()
+    with pytest.raises(services.StorageError, match="mounted on no online host"):
+        services.join_hosts(cluster, [new], actor="tester")
+    assert Job.objects.count() == before
+    # no clustered VG: nothing to join
+    VolumeGroup.objects.filter(pk=vg.pk).update(clustered=False)
+    assert services.join_hosts(cluster, [new], actor="tester") is None

@@ -422,7 +422,12 @@ def test_4b_a_guest_with_its_disk_on_gfs2_starts_on_its_preferred_host(
     domain = api.post(
         "/api/failover-domains/",
         {"cluster": cluster.pk, "name": "prefer-sv3", "ordered": True, "restricted": False,
-         "nofailback": True, "members": [{"host": slab.host("sv3").pk, "priority": 1}]},
+         "nofailback": True,
+         # sv1 and sv2 members too: nofailback keeps a guest only on a member (on a non-member
+         # the engine moves it to a member at once, as rgmanager does; the 05:39 run)
+         "members": [{"host": slab.host("sv3").pk, "priority": 1},
+                     {"host": slab.host("sv1").pk, "priority": 2},
+                     {"host": slab.host("sv2").pk, "priority": 2}]},
         format="json",
     )  # fmt: skip
     assert domain.status_code == 201, domain.content
@@ -668,3 +673,105 @@ def test_9_removing_a_host_takes_it_out_of_corosync_and_the_cluster_stack(
         proc = slab.lab.ssh("sv3", ["systemctl", "is-active", unit], timeout=60)
         assert proc.stdout.strip() != "active", f"sv3: {unit} still active"
     assert slab.lab.ssh("sv3", ["test", "-e", "/etc/corosync/corosync.conf"]).returncode == 1
+
+
+def test_10_adding_a_host_back_joins_corosync_dlm_and_mounts_gfs2(slab: StorageCluster) -> None:
+    """Issue 14's add path on shared storage: a GFS2 made on the two hosts left (2 journals),
+    then sv3 is added back through the API as a person would (its key scanned, its root
+    password, and an existing host's root password: the corosync key is read there, never
+    stored). The members' corosync takes it in, its dlm and lvmlockd start in order, the GFS2
+    gets a third journal and is mounted on sv3, and a guest with its disk there runs on sv3."""
+    from console.storage import services
+    from console.storage.models import Filesystem, VolumeGroup
+
+    api = _api(slab)
+    vg = VolumeGroup.objects.get(name=VG)
+    made = time.monotonic()
+    job = services.create_gfs2_volume(
+        slab.host("sv1"), vg, name=LV, size_bytes=GIB, actor=slab.admin, mount_point=MOUNT
+    )
+    slab.succeeded(job, 900)
+    TIMINGS["gfs2_on_two_hosts_s"] = round(time.monotonic() - made, 1)
+    assert job.params["journals"] == 2
+    cluster = slab.host("sv1").cluster
+    vm = slab.lab.vm("sv3")
+    scanned = api.post(f"/api/clusters/{cluster.pk}/scan-host-key/", {"address": vm.address},
+                       format="json")  # fmt: skip
+    assert scanned.status_code == 200 and scanned.json()["fingerprint"] == vm.fingerprint()
+    new = {"name": "sv3", "address": vm.address, "password": vm.root_password,
+           "fingerprint": scanned.json()["fingerprint"]}  # fmt: skip
+    url = f"/api/clusters/{cluster.pk}/add-hosts/"
+    refused = api.post(url, {"hosts": [new]}, format="json")  # no member's password
+    assert refused.status_code == 400 and "member_password" in refused.json(), refused.content
+    started = time.monotonic()
+    r = api.post(url, {"hosts": [new], "member_password": slab.lab.vm("sv1").root_password},
+                 format="json")  # fmt: skip
+    assert r.status_code == 202, r.content
+    boot = slab.succeeded(Job.objects.get(pk=r.json()["id"]), 2400)
+    TIMINGS["add_host_bootstrap_to_quorate_s"] = round(time.monotonic() - started, 1)
+    member = boot.steps.get(kind="cluster.member")
+    assert member.host is not None and member.host.name == "sv1"
+    assert member.result["new"] == [[3, "sv3", vm.address]]
+    join = slab.wait("the storage-join job",
+                     lambda: Job.objects.filter(kind="storage-join").first(), 120)  # fmt: skip
+    join = slab.succeeded(join, 1200)
+    TIMINGS["add_host_to_gfs2_mounted_s"] = round(time.monotonic() - started, 1)
+    assert [s.host.name for s in join.steps.filter(kind="gfs2_jadd") if s.host] in (
+        ["sv1"],
+        ["sv2"],
+    )
+    fs = Filesystem.objects.get(logical_volume__name=LV)
+    assert fs.journals == 3 and "sv3" in fs.mounted_on
+    for name in NAMES:
+        out = slab.ssh(name, "corosync-quorumtool", "-s")
+        assert "Quorate:          Yes" in out and "Expected votes:   3" in out, out
+        assert "sv3" in slab.ssh(name, "cat", "/etc/corosync/corosync.conf")
+        dlm = slab.ssh(name, "dlm_tool", "status")
+        assert all(f"node {n} M" in dlm for n in (1, 2, 3)), dlm
+    key = slab.ssh("sv1", "sha256sum", "/etc/corosync/authkey").split()[0]
+    assert slab.ssh("sv3", "sha256sum", "/etc/corosync/authkey").split()[0] == key
+    assert f" {MOUNT} gfs2 " in slab.ssh("sv3", "cat", "/proc/mounts")
+    slab.ssh("sv1", "sh", "-c", f"echo from-sv1 > {MOUNT}/hello && sync")
+    assert slab.ssh("sv3", "cat", f"{MOUNT}/hello").strip() == "from-sv1"
+    # nothing secret was kept: the key's bytes are in no step, event or job
+    import base64
+
+    raw = slab.lab.ssh("sv1", ["base64", "-w0", "/etc/corosync/authkey"], timeout=60).stdout
+    assert len(base64.b64decode(raw)) >= 128
+    kept = repr([(s.args, s.result, s.error) for s in boot.steps.all()])
+    kept += repr(list(boot.events.values_list("message", "data"))) + repr(boot.params)
+    assert raw.strip() not in kept and vm.root_password not in kept
+    # a guest with its disk on the GFS2 runs on the returned host
+    kernel = ROOT / "var" / "storage-lab" / "tick.elf"
+    blob = base64.b64encode(kernel.read_bytes()).decode()
+    slab.ssh("sv1", "sh", "-c", f"echo {blob} | base64 -d > {GUEST_KERNEL} && "
+             f"truncate -s 64M {GUEST_DISK} && sync")  # fmt: skip
+    domain = api.post(
+        "/api/failover-domains/",
+        {"cluster": cluster.pk, "name": "prefer-new-sv3", "ordered": True, "restricted": False,
+         "nofailback": True, "members": [{"host": slab.host("sv3").pk, "priority": 1}]},
+        format="json",
+    )  # fmt: skip
+    assert domain.status_code == 201, domain.content
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader("haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    ticking = time.monotonic()
+    created = api.post(
+        "/api/services/",
+        {"cluster": cluster.pk, "name": GUEST,
+         "domain_xml": module.render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK),
+         "failover_domain": domain.json()["id"], "recovery": "restart", "max_restarts": 10,
+         "restart_window_s": 60, "migratable": True},
+        format="json",
+    )  # fmt: skip
+    assert created.status_code == 201, created.content
+    slab.wait("guest1 started on sv3", lambda: _guest_state(slab) == ("started", "sv3"), 300)
+    slab.wait("guest1 ticking on sv3", lambda: _ticks(slab, "sv3"), 120)
+    TIMINGS["guest_on_added_host_ticking_s_tcg"] = round(time.monotonic() - ticking, 1)
+    assert _qemu_holds_disk(slab, "sv3")

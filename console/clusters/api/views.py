@@ -93,7 +93,16 @@ class ClusterViewSet(HavenViewSet):
             )
             for h in body.validated_data["hosts"]
         ]
-        return job_response(membership.add_hosts(self.get_object(), specs, actor=request.user))
+        data = body.validated_data
+        return job_response(
+            membership.add_hosts(
+                self.get_object(),
+                specs,
+                actor=request.user,
+                member=data["member"],
+                member_password=data["member_password"],
+            )
+        )
 
 
 class HostViewSet(HavenViewSet):
