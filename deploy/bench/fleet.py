@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,28 @@ GUEST_MIB = 1024
 HOST_MIB = 262144
 
 
-class FleetAgents:
+class Looping:
+    """A daemon thread of its own that runs ``_loop`` until ``stop`` (which waits for it at
+    most ``join_s``); ``_loop`` ends once ``self._stop`` is set."""
+
+    join_s = 10.0
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.join_s)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class FleetAgents(Looping):
     """The agent side, simulated: `hosts` (name -> its guests) heartbeat at 1 Hz through Redis
     and answer their commands. One thread; `on_command(t, host, command)` sees every command
     as it is taken off a queue. Replaceable by any fake agents that speak the same wire."""
@@ -115,17 +136,9 @@ class FleetAgents:
         #: out (this process starved of CPU shows here, not as the console's fault)
         self.late: list[float] = []
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fleet", daemon=True)
+        super().__init__("fleet")
 
     # --- life ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
     def _loop(self) -> None:
         names = sorted(self.running)
         offsets = {h: i * self.interval_s / len(names) for i, h in enumerate(names)}
@@ -247,11 +260,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def cpu_seconds(leader: int) -> float:
-    """utime + stime of every process in `leader`'s process group (the console processes run
-    in sessions of their own: a prefork worker's children are counted)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _group(leader: int) -> Iterator[tuple[Path, list[str]]]:
+    """Every process in ``leader``'s process group: its /proc folder and the fields of its
+    ``stat`` after the command name (a process gone meanwhile is left out)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -260,20 +271,21 @@ def cpu_seconds(leader: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == leader:  # pgrp
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            yield entry, fields
+
+
+def cpu_seconds(leader: int) -> float:
+    """utime + stime of every process in `leader`'s process group (the console processes run
+    in sessions of their own: a prefork worker's children are counted)."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _group(leader))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(leader: int) -> float:
     """Resident memory of every process in `leader`'s process group (MiB)."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, _ in _group(leader):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != leader:
-                continue
             status = (entry / "status").read_text()
         except OSError:
             continue
@@ -360,10 +372,12 @@ PAGES = {
 VIEWER, VIEWER_PASSWORD = "fleet-admin", "fleet-admin-password"
 
 
-class PageLoop:
+class PageLoop(Looping):
     """A person at a browser, simulated: logs in through the login form of the real web
     process, then loads every page of `PAGES` in turn, over and over, one request at a time
     (HTTP, the whole request: server, middleware, queries, templates)."""
+
+    join_s = 120.0  # a page may take long under load
 
     def __init__(self, base: str, urls: dict[str, str]) -> None:
         import requests
@@ -372,8 +386,7 @@ class PageLoop:
         self.http = requests.Session()
         self.times: dict[str, list[float]] = {label: [] for label in urls}
         self.errors: dict[str, list[str]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pages", daemon=True)
+        super().__init__("pages")
 
     def login(self) -> None:
         import re
@@ -387,13 +400,6 @@ class PageLoop:
         done = self.http.post(f"{self.base}/login/", data=data, timeout=60, allow_redirects=False)
         if done.status_code != 302:
             raise RuntimeError(f"login as {VIEWER} failed: HTTP {done.status_code}")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(120)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -16,13 +16,11 @@ It prints:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-setup_django = importlib.import_module("runtime").setup_django  # deploy/bench/runtime.py
+bench = importlib.import_module("runtime")  # deploy/bench/runtime.py
 
 
 def heartbeat(host: str, seq: int, boot: str) -> str:
@@ -65,14 +63,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=128)
-    p.add_argument("--seconds", type=int, default=20)
-    p.add_argument("--burst", type=int, default=20_000)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="haven-bench-") as var_dir:
-        setup_django(var_dir)
-        run(args.hosts, args.seconds, args.burst)
+    bench.bench_main(__doc__, run, hosts=128, seconds=20, burst=20_000)
 
 
 def run(n_hosts: int, seconds: int, burst: int) -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,8 @@ from agent.protocol import inbound_key
 from console.ha.drain import Drainer
 from console.ha.store import DRAIN_WAIT_S, RedisStore
 from tests.console import factories as f
-from tests.stores import redis_store
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def store() -> Iterator[RedisStore]:
-    with redis_store() as s:
-        yield s
 
 
 def beat(host: str, seq: int, sent_at: float | None = None) -> str:
