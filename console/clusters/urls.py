@@ -1,13 +1,14 @@
 from django.urls import path
 
 from console.clusters import hostpage, stream, views
+from console.core.generic import edit_urls
 
 app_name = "clusters"
 urlpatterns = [
     path("new/", views.create, name="create"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/live/", views.live, name="live"),
-    path("<int:pk>/policy/", views.policy_edit, name="policy"),
+    path("<int:pk>/policy/", views.PolicyEdit.as_view(), name="policy"),
     path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
     path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
     path("<int:pk>/hosts/<int:host_pk>/what-if/", hostpage.host_what_if, name="what-if"),
@@ -27,10 +28,8 @@ urlpatterns = [
         views.host_acknowledge_down,
         name="acknowledge-down",
     ),
-    path("<int:pk>/fence/", views.fence_list, name="fence"),
-    path("<int:pk>/fence/new/", views.fence_edit, name="fence-new"),
+    path("<int:pk>/fence/", views.FenceList.as_view(), name="fence"),
     path("<int:pk>/fence/metadata/", views.fence_metadata, name="fence-metadata"),
-    path("<int:pk>/fence/<int:device_pk>/", views.fence_edit, name="fence-edit"),
-    path("<int:pk>/fence/<int:device_pk>/delete/", views.fence_delete, name="fence-delete"),
+    *edit_urls("<int:pk>/fence/", "fence", views.FenceEdit, views.FenceDelete, "device_pk"),
     path("<int:pk>/fence/<int:device_pk>/test/", views.fence_test, name="fence-test"),
 ]

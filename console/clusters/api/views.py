@@ -8,6 +8,7 @@ from rest_framework.response import Response
 
 from console.clusters import services as cluster_services
 from console.clusters.api import serializers
+from console.clusters.filtersets import ClusterFilterSet, FenceDeviceFilterSet, HostFilterSet
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
@@ -32,7 +33,7 @@ class ClusterViewSet(HavenViewSet):
 
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
-    filterset_fields = ("name",)
+    filterset_class = ClusterFilterSet
     read_actions = ("what_if",)
 
     def perform_destroy(self, instance: Any) -> None:
@@ -104,7 +105,7 @@ class HostViewSet(HavenViewSet):
 
     queryset = Host.objects.select_related("cluster")
     serializer_class = serializers.HostSerializer
-    filterset_fields = ("cluster", "cluster__name", "name", "state", "maintenance")
+    filterset_class = HostFilterSet
     operator_actions = ("maintenance", "acknowledge_down")
 
     def _remove(self, request: Request) -> Response:
@@ -194,4 +195,4 @@ class HostViewSet(HavenViewSet):
 class FenceDeviceViewSet(HavenViewSet):
     queryset = FenceDevice.objects.select_related("cluster", "host")
     serializer_class = serializers.FenceDeviceSerializer
-    filterset_fields = ("cluster", "host", "agent")
+    filterset_class = FenceDeviceFilterSet

@@ -15,6 +15,7 @@ from console.runtime import operations, whatif
 from console.runtime.api import MoveSerializer, PredictionSerializer, job_response
 from console.services import services
 from console.services.api import serializers
+from console.services.filtersets import FailoverDomainFilterSet, ServiceFilterSet
 from console.services.models import FailoverDomain, VmService
 
 
@@ -25,7 +26,7 @@ class FailoverDomainViewSet(HavenViewSet):
         Prefetch("services", queryset=VmService.objects.only("id", "name", "failover_domain_id")),
     )
     serializer_class = serializers.FailoverDomainSerializer
-    filterset_fields = ("cluster", "name", "ordered", "restricted", "nofailback")
+    filterset_class = FailoverDomainFilterSet
 
     def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
@@ -70,15 +71,7 @@ class VmServiceViewSet(HavenViewSet):
 
     queryset = VmService.objects.select_related("cluster", "failover_domain", "host")
     serializer_class = serializers.VmServiceSerializer
-    filterset_fields = (
-        "cluster",
-        "name",
-        "state",
-        "desired_state",
-        "host",
-        "failover_domain",
-        "recovery",
-    )
+    filterset_class = ServiceFilterSet
     operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
 
     def perform_create(self, serializer: Any) -> None:

@@ -16,6 +16,12 @@ from console.jobs.api.serializers import JobSerializer
 from console.runtime.api import job_response
 from console.storage import services
 from console.storage.api import serializers
+from console.storage.filtersets import (
+    BlockDeviceFilterSet,
+    FilesystemFilterSet,
+    LogicalVolumeFilterSet,
+    VolumeGroupFilterSet,
+)
 from console.storage.models import BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 
@@ -115,7 +121,7 @@ def _same_cluster(host: Host, cluster_id: int, field: str) -> Response | None:
 class BlockDeviceViewSet(HavenViewSet):
     queryset = BlockDevice.objects.select_related("host")
     serializer_class = serializers.BlockDeviceSerializer
-    filterset_fields = ("host", "host__name", "kind")
+    filterset_class = BlockDeviceFilterSet
 
     @extend_schema(request=ProbeSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"])
@@ -129,7 +135,7 @@ class BlockDeviceViewSet(HavenViewSet):
 class VolumeGroupViewSet(HavenViewSet):
     queryset = VolumeGroup.objects.prefetch_related("physical_volumes")
     serializer_class = serializers.VolumeGroupSerializer
-    filterset_fields = ("cluster", "name", "clustered")
+    filterset_class = VolumeGroupFilterSet
 
     @extend_schema(request=VolumeGroupCreateSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"], url_path="create-on-host")
@@ -162,7 +168,7 @@ class VolumeGroupViewSet(HavenViewSet):
 class LogicalVolumeViewSet(HavenViewSet):
     queryset = LogicalVolume.objects.select_related("volume_group")
     serializer_class = serializers.LogicalVolumeSerializer
-    filterset_fields = ("volume_group", "name")
+    filterset_class = LogicalVolumeFilterSet
 
     @extend_schema(request=Gfs2CreateSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"], url_path="create-gfs2")
@@ -220,7 +226,7 @@ class LogicalVolumeViewSet(HavenViewSet):
 class FilesystemViewSet(HavenViewSet):
     queryset = Filesystem.objects.select_related("logical_volume__volume_group__cluster")
     serializer_class = serializers.FilesystemSerializer
-    filterset_fields = ("logical_volume", "name")
+    filterset_class = FilesystemFilterSet
 
     @extend_schema(request=JournalsSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"], url_path="add-journals")
