@@ -16,7 +16,8 @@ from console.clusters.scope import InCluster
 from console.core.generic import ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
-from console.runtime import operations, rules
+from console.operations import commands as operations
+from console.operations import rules
 from console.services import services as domain_services
 from console.services.forms import DOMAIN_HELP, FailoverDomainForm, ImportGuestForm, VmServiceForm
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
