@@ -11,7 +11,6 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q, Sum
 from django.http import HttpRequest, HttpResponse
@@ -30,10 +29,10 @@ from console.clusters.forms import (
     HostsAddForm,
 )
 from console.clusters.models import Cluster, FenceDevice, Host
-from console.clusters.scope import InCluster
+from console.clusters.scope import InCluster, OnHost
 from console.core.errors import Refused
 from console.core.filtersets import PAGE
-from console.core.generic import ObjectDeleteView, ObjectEditView, ObjectListView
+from console.core.generic import ActionView, ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
 from console.engine.placement import vcpu_limit
 from console.ha import panel
@@ -173,41 +172,21 @@ class PolicyEdit(ObjectEditView):
         return reverse("clusters:detail", args=[self.object.pk])
 
 
-def _operation(request: HttpRequest, cluster: Cluster, call: Any, done: str) -> HttpResponse:
-    try:
-        job = call()
-    except operations.OperationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{done} (job {job.pk}).")
-    return redirect("clusters:detail", cluster.pk)
+class HostMaintenance(OnHost, ActionView):
+    back = "clusters:detail"
+
+    def perform(self) -> str:
+        on = self.request.POST.get("on") == "1"
+        job = operations.maintenance(self.host, on, actor=self.request.user)
+        return f"{self.host.name} {'goes into' if on else 'leaves'} maintenance (job {job.pk})."
 
 
-@role_required(write="operate")
-def host_maintenance(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = get_object_or_404(Host, pk=host_pk, cluster_id=pk)
-    if request.method != "POST":
-        return redirect("clusters:detail", pk)
-    on = request.POST.get("on") == "1"
-    return _operation(
-        request,
-        host.cluster,
-        lambda: operations.maintenance(host, on, actor=request.user),
-        f"{host.name} {'goes into' if on else 'leaves'} maintenance",
-    )
+class HostAcknowledgeDown(OnHost, ActionView):
+    back = "clusters:detail"
 
-
-@role_required(write="operate")
-def host_acknowledge_down(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = get_object_or_404(Host, pk=host_pk, cluster_id=pk)
-    if request.method != "POST":
-        return redirect("clusters:detail", pk)
-    return _operation(
-        request,
-        host.cluster,
-        lambda: operations.acknowledge_down(host, actor=request.user),
-        f"{host.name} acknowledged down: its guests may start elsewhere",
-    )
+    def perform(self) -> str:
+        job = operations.acknowledge_down(self.host, actor=self.request.user)
+        return f"{self.host.name} acknowledged down: its guests may start elsewhere (job {job.pk})."
 
 
 # --- the create-cluster wizard --------------------------------------------------------------

@@ -12,6 +12,7 @@ call. The role check, form errors, refusals, messages and redirects are written 
   model object, optionally with a dry run (the moves a save would cause, nothing saved).
 - ``ObjectDeleteView``: the confirmation page, then the services layer's delete; a refusal is
   shown on the page (409).
+- ``ActionView``: a button (a POST) that calls the services layer and says what it did.
 """
 
 from __future__ import annotations
@@ -265,6 +266,38 @@ class ObjectDeleteView(RoleView):
             return self.confirm(str(exc.detail))
         messages.success(request, self.deleted_message())
         return redirect(self.success_url())
+
+
+class ActionView(RoleView):
+    """A button: a POST calls the services layer (``perform``: the success message, or an
+    answer of its own) and goes to ``done_url``; a ``Refused`` is an error message and goes
+    back. A GET goes back to ``back_url`` (the page the button is on)."""
+
+    write = "operate"
+
+    def back_url(self) -> str:
+        raise NotImplementedError
+
+    def done_url(self) -> str:
+        return self.back_url()
+
+    def perform(self) -> str | HttpResponseBase:
+        raise NotImplementedError
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        return redirect(self.back_url())
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            done = self.perform()
+        except Refused as exc:
+            messages.error(request, exc.message)
+            return redirect(self.back_url())
+        if isinstance(done, HttpResponseBase):
+            return done
+        if done:
+            messages.success(request, done)
+        return redirect(self.done_url())
 
 
 def edit_urls(
