@@ -13,7 +13,7 @@ from console.core.generic import RoleView
 
 class InCluster(RoleView):
     """``self.cluster`` (404 when there is none), read before the object; the objects looked up
-    are the cluster's; every template gets ``cluster`` (and ``tab`` when set)."""
+    are the cluster's, a form is given it; every template gets ``cluster`` (and ``tab``)."""
 
     tab = ""
 
@@ -23,6 +23,10 @@ class InCluster(RoleView):
 
     def get_queryset(self) -> Any:
         return super().get_queryset().filter(cluster=self.cluster)  # type: ignore[misc]
+
+    def form_kwargs(self) -> dict[str, Any]:
+        """A form of the cluster's objects is given the cluster (its choices are the cluster's)."""
+        return {**super().form_kwargs(), "cluster": self.cluster}  # type: ignore[misc]
 
     def base_context(self) -> dict[str, Any]:
         tab = {"tab": self.tab} if self.tab else {}

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.errors import Refused
-from console.core.services import actor_name, delete_object
+from console.core.services import actor_name, delete_object, refused
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job
@@ -19,15 +19,7 @@ def delete_cluster(cluster: Cluster, *, actor: Any) -> None:
     """Delete a cluster; refused (409) while it has hosts (nothing is deleted by cascade)."""
     hosts = sorted(cluster.hosts.values_list("name", flat=True))
     if hosts:
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=cluster,
-                cluster=cluster,
-                result="refused",
-                message=f"still has hosts {', '.join(hosts)}",
-            )
+        refused(cluster, actor=actor, verb="delete", reason=f"still has hosts {', '.join(hosts)}")
         raise Refused(
             f"Cluster {cluster.name} still has "
             f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: remove "

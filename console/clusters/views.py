@@ -217,23 +217,7 @@ def _wizard_forms(
 def create(request: HttpRequest) -> HttpResponse:
     """Step 1: name and hosts; "scan" reads each host's SSH key. Step 2: confirm the keys,
     give the root passwords, start the bootstrap job and go to its progress page."""
-    form, rows = _wizard_forms(request)
-    step = request.POST.get("step", "")
-    scanned = False
-    # Both are validated (no short circuit), so every field shows its own error at once.
-    valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
-    if valid and step == "scan":
-        scanned = _scan(form, rows)
-    elif valid and step == "create":
-        job = _start(request, form, rows)
-        if job is not None:
-            return redirect("jobs:detail", job.pk)
-        scanned = True
-    return render(
-        request,
-        "clusters/create.html",
-        {"form": form, "rows": rows, "scanned": scanned, "title": "Create a cluster"},
-    )
+    return _wizard(request, None)
 
 
 @sensitive_post_parameters()
@@ -241,10 +225,14 @@ def create(request: HttpRequest) -> HttpResponse:
 def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
     """The wizard's steps for an existing cluster: hosts, their keys, their root passwords;
     then the same SSH bootstrap (console/operations/membership.py ``add_hosts``)."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    form, rows = _wizard_forms(request, HostsAddForm)
+    return _wizard(request, get_object_or_404(Cluster, pk=pk))
+
+
+def _wizard(request: HttpRequest, cluster: Cluster | None) -> HttpResponse:
+    form, rows = _wizard_forms(request, ClusterCreateForm if cluster is None else HostsAddForm)
     step = request.POST.get("step", "")
     scanned = False
+    # Both are validated (no short circuit), so every field shows its own error at once.
     valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
     if valid and step == "scan":
         scanned = _scan(form, rows)
@@ -253,17 +241,10 @@ def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
         if job is not None:
             return redirect("jobs:detail", job.pk)
         scanned = True
-    return render(
-        request,
-        "clusters/create.html",
-        {
-            "form": form,
-            "rows": rows,
-            "scanned": scanned,
-            "cluster": cluster,
-            "title": f"Add hosts to {cluster.name}",
-        },
-    )
+    context = {"form": form, "rows": rows, "scanned": scanned, "title": "Create a cluster"}
+    if cluster is not None:
+        context.update(cluster=cluster, title=f"Add hosts to {cluster.name}")
+    return render(request, "clusters/create.html", context)
 
 
 def _scan(form: ClusterCreateForm, rows: Any) -> bool:
@@ -385,6 +366,7 @@ class FenceList(InCluster, ObjectListView):
     template_name = "clusters/fence_list.html"
     context_object_name = "devices"
     tab = "fence"
+    heading, add = "Fence devices", ("clusters:fence-new", "New fence device")
 
     def get_queryset(self) -> Any:
         return FenceDevice.objects.filter(cluster=self.cluster).select_related("host")
@@ -432,7 +414,6 @@ class FenceEdit(InCluster, ObjectEditView):
         )
         return {
             **super().form_kwargs(),
-            "cluster": self.cluster,
             "agent": self.agent,
             "parameters": list(self.metadata.get("parameters") or []),
             "initial": initial,

@@ -88,6 +88,13 @@ class HavenViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
     filterset_class: type[FilterSet] | None = None
     operator_actions: tuple[str, ...] = ()
 
+    def checked(self, serializer_class: type[serializers.Serializer], data: Any = None) -> Any:  # type: ignore[type-arg]
+        """An action's body (the request's, or ``data``) checked by ``serializer_class``: its
+        validated data, or a 400 naming each field that does not fit."""
+        body = serializer_class(data=self.request.data if data is None else data)
+        body.is_valid(raise_exception=True)
+        return body.validated_data
+
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:  # type: ignore[type-arg]
         with transaction.atomic():
             services.save_serializer(serializer, actor=self.request.user, verb="create")

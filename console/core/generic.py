@@ -30,7 +30,7 @@ from django.views import View
 from django.views.decorators.debug import sensitive_post_parameters
 
 from console.core import services
-from console.core.errors import Conflict, Refused
+from console.core.errors import Refused
 from console.core.filtersets import PAGE, FilterSet
 from console.core.views import role_required
 
@@ -78,6 +78,10 @@ class ObjectListView(RoleView):
     filterset: ClassVar[type[FilterSet] | None] = None
     paginate_by: ClassVar[int | None] = None
     context_object_name: ClassVar[str] = "objects"
+    #: the list's heading and its New button (a URL name and the button's words), for the
+    #: list templates that extend a generic one
+    heading: ClassVar[str] = ""
+    add: ClassVar[tuple[str, str]] = ("", "")
 
     def get_queryset(self) -> Any:
         raise NotImplementedError
@@ -103,6 +107,8 @@ class ObjectListView(RoleView):
         template = self.template_name
         if self.htmx_template_name and getattr(request, "htmx", False):
             template = self.htmx_template_name
+        if self.heading:
+            context.update(heading=self.heading, add_url=self.add[0], add_label=self.add[1])
         return self.show(template, {**context, **self.extra_context()})
 
 
@@ -262,8 +268,6 @@ class ObjectDeleteView(RoleView):
             self.delete()
         except Refused as exc:
             return self.confirm(exc.message)
-        except Conflict as exc:
-            return self.confirm(str(exc.detail))
         messages.success(request, self.deleted_message())
         return redirect(self.success_url())
 

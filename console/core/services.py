@@ -29,6 +29,20 @@ def actor_name(actor: AbstractBaseUser | AnonymousUser | str | None) -> str:
     return actor.get_username()
 
 
+def refused(obj: models.Model, *, actor: Any, verb: str, reason: str) -> None:
+    """Log that ``verb`` on ``obj`` was refused, in a transaction of its own: the refusal stays
+    in the event log although the request then ends in an error."""
+    with transaction.atomic():
+        record(
+            actor=actor_name(actor),
+            verb=verb,
+            obj=obj,
+            cluster=cluster_of(obj),
+            result="refused",
+            message=reason,
+        )
+
+
 def save_serializer(serializer: Any, *, actor: Any, verb: str) -> models.Model:
     with transaction.atomic():
         obj: models.Model = serializer.save()

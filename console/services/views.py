@@ -33,6 +33,7 @@ class DomainList(InCluster, ObjectListView):
     template_name = "services/domain_list.html"
     context_object_name = "domains"
     tab = "domains"
+    heading, add = "Failover domains", ("services:domain-new", "New failover domain")
 
     def get_queryset(self) -> Any:
         # each domain's first guests by name and how many it has (10,000 guests are not
@@ -61,9 +62,6 @@ class DomainEdit(InCluster, ObjectEditView):
     what = "failover domain"
     template_name = "services/domain_form.html"
     dry_run = True
-
-    def form_kwargs(self) -> dict[str, Any]:
-        return {**super().form_kwargs(), "cluster": self.cluster}
 
     def save(self, form: Any) -> Any:
         return domain_services.save_domain(
@@ -106,9 +104,6 @@ class ServiceEdit(InCluster, ObjectEditView):
     what = "service"
     template_name = "services/service_form.html"
     dry_run = True
-
-    def form_kwargs(self) -> dict[str, Any]:
-        return {**super().form_kwargs(), "cluster": self.cluster}
 
     def save(self, form: Any) -> Any:
         domain_services.save_service(form, actor=self.request.user, verb=self.verb)

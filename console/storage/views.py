@@ -146,14 +146,15 @@ class VgCreate(TabForm):
     form_name = "vg_form"
 
     def perform(self, form: Any) -> str:
-        data = form.cleaned_data
+        data, actor = form.cleaned_data, self.request.user
+        devices, extent = list(data["devices"]), data["extent_size_mib"] * MIB
         job = services.create_volume_group(
             self.host,
             data["name"],
-            list(data["devices"]),
-            actor=self.request.user,
+            devices,
+            actor=actor,
             local=data["local"],
-            extent_size_bytes=data["extent_size_mib"] * MIB,
+            extent_size_bytes=extent,
         )
         return f"Creating volume group {data['name']} (job {job.pk})."
 
@@ -164,15 +165,10 @@ class LvCreate(TabForm):
 
     def perform(self, form: Any) -> str:
         data = form.cleaned_data
+        named = {k: data[k] for k in ("name", "fs_name", "mount_point", "journals")}
+        size = data["size_mib"] * MIB
         job = services.create_gfs2_volume(
-            self.host,
-            data["volume_group"],
-            name=data["name"],
-            size_bytes=data["size_mib"] * MIB,
-            actor=self.request.user,
-            fs_name=data["fs_name"],
-            mount_point=data["mount_point"],
-            journals=data["journals"],
+            self.host, data["volume_group"], size_bytes=size, actor=self.request.user, **named
         )
         if form.journal_warning:
             messages.warning(self.request, form.journal_warning)

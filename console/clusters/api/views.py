@@ -51,12 +51,9 @@ class ClusterViewSet(HavenViewSet):
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
     @action(detail=True, methods=["post"], url_path="what-if")
     def what_if(self, request: Request, pk: str | None = None) -> Response:
-        body = WhatIfSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(WhatIfSerializer)
         try:
-            prediction = whatif.predict(
-                self.get_object(), body.validated_data["host"], body.validated_data["event"]
-            )
+            prediction = whatif.predict(self.get_object(), body["host"], body["event"])
         except whatif.WhatIfError as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         return Response(whatif.as_dict(prediction))
@@ -68,11 +65,10 @@ class ClusterViewSet(HavenViewSet):
         from console.bootstrap import ssh as bootstrap
 
         self.get_object()
-        body = ScanKeySerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        address = body.validated_data["address"]
+        body = self.checked(ScanKeySerializer)
+        address = body["address"]
         try:
-            fingerprint = bootstrap.scan_host_key(address, port=body.validated_data["port"])
+            fingerprint = bootstrap.scan_host_key(address, port=body["port"])
         except bootstrap.BootstrapError as exc:
             raise ValidationError({"address": [str(exc)]}) from exc
         return Response({"address": address, "fingerprint": fingerprint})
@@ -84,8 +80,7 @@ class ClusterViewSet(HavenViewSet):
         from console.bootstrap import ssh as bootstrap
         from console.operations import membership
 
-        body = AddHostsSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(AddHostsSerializer)
         specs = [
             bootstrap.HostSpec(
                 name=h["name"],
@@ -94,7 +89,7 @@ class ClusterViewSet(HavenViewSet):
                 fingerprint=h["fingerprint"],
                 port=h["port"],
             )
-            for h in body.validated_data["hosts"]
+            for h in body["hosts"]
         ]
         return job_response(membership.add_hosts(self.get_object(), specs, actor=request.user))
 
@@ -113,10 +108,10 @@ class HostViewSet(HavenViewSet):
     def _remove(self, request: Request) -> Response:
         from console.operations import membership
 
-        body = RemoveHostSerializer(data=request.data if isinstance(request.data, dict) else {})
-        body.is_valid(raise_exception=True)
+        given = request.data if isinstance(request.data, dict) else {}
+        body = self.checked(RemoveHostSerializer, given)
         job = membership.remove_host(
-            self.get_object(), actor=request.user, password=body.validated_data.get("password", "")
+            self.get_object(), actor=request.user, password=body.get("password", "")
         )
         return job_response(job)
 
@@ -136,25 +131,21 @@ class HostViewSet(HavenViewSet):
         """Run the SSH bootstrap again on this host (admin); its guests and history stay."""
         from console.operations import membership
 
-        body = RepairHostSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(RepairHostSerializer)
         job = membership.repair_host(
             self.get_object(),
-            body.validated_data["password"],
+            body["password"],
             actor=request.user,
-            fingerprint=body.validated_data.get("fingerprint", ""),
-            port=body.validated_data["port"],
+            fingerprint=body.get("fingerprint", ""),
+            port=body["port"],
         )
         return job_response(job)
 
     @extend_schema(request=MaintenanceSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
-        body = MaintenanceSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        job = operations.maintenance(
-            self.get_object(), body.validated_data["on"], actor=request.user
-        )
+        body = self.checked(MaintenanceSerializer)
+        job = operations.maintenance(self.get_object(), body["on"], actor=request.user)
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
@@ -167,13 +158,12 @@ class HostViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="import-guests")
     def import_guests(self, request: Request, pk: str | None = None) -> Response:
         """Put guests defined on this host under cluster control (their XML is read there)."""
-        body = ImportSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(ImportSerializer)
         job = operations.import_guests(
             self.get_object(),
-            body.validated_data["guests"],
+            body["guests"],
             actor=request.user,
-            failover_domain=body.validated_data.get("failover_domain"),
+            failover_domain=body.get("failover_domain"),
         )
         return job_response(job)
 

@@ -139,13 +139,11 @@ class VmServiceViewSet(HavenViewSet):
     @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def migrate(self, request: Request, pk: str | None = None) -> Response:
-        body = MoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._command(request, "migrate", body.validated_data["host"])
+        body = self.checked(MoveSerializer)
+        return self._command(request, "migrate", body["host"])
 
     @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def relocate(self, request: Request, pk: str | None = None) -> Response:
-        body = MoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._command(request, "relocate", body.validated_data["host"])
+        body = self.checked(MoveSerializer)
+        return self._command(request, "relocate", body["host"])
