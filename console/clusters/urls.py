@@ -28,5 +28,5 @@ urlpatterns = [
     path("<int:pk>/fence/", views.FenceList.as_view(), name="fence"),
     path("<int:pk>/fence/metadata/", views.fence_metadata, name="fence-metadata"),
     *edit_urls("<int:pk>/fence/", "fence", views.FenceEdit, views.FenceDelete, "device_pk"),
-    path("<int:pk>/fence/<int:device_pk>/test/", views.fence_test, name="fence-test"),
+    path("<int:pk>/fence/<int:device_pk>/test/", views.FenceTest.as_view(), name="fence-test"),
 ]

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -485,14 +485,23 @@ class FenceDelete(InCluster, ObjectDeleteView):
         return reverse("clusters:fence", args=[self.cluster.pk])
 
 
-@role_required(read="admin", write="admin")
-def fence_test(request: HttpRequest, pk: int, device_pk: int) -> HttpResponse:
+class FenceTest(InCluster, ActionView):
     """Run the agent with ``action=status`` from another host: proves address and secrets."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    device = get_object_or_404(
-        FenceDevice.objects.select_related("host"), pk=device_pk, cluster=cluster
-    )
-    if request.method != "POST":
-        return redirect("clusters:fence", cluster.pk)
-    job = cluster_services.fence_test(cluster, device, actor=request.user)
-    return redirect("jobs:detail", job.pk)
+
+    read = "admin"
+    write = "admin"
+
+    def load(self) -> None:
+        super().load()
+        self.device = get_object_or_404(
+            FenceDevice.objects.select_related("host"),
+            pk=self.kwargs["device_pk"],
+            cluster=self.cluster,
+        )
+
+    def back_url(self) -> str:
+        return reverse("clusters:fence", args=[self.cluster.pk])
+
+    def perform(self) -> HttpResponseBase:
+        job = cluster_services.fence_test(self.cluster, self.device, actor=self.request.user)
+        return redirect("jobs:detail", job.pk)

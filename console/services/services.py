@@ -8,7 +8,13 @@ from typing import Any
 from django.db import transaction
 
 from console.core.errors import Refused
-from console.core.services import actor_name, delete_object, refused, save_serializer
+from console.core.services import (
+    actor_name,
+    delete_object,
+    delete_unused,
+    refused,
+    save_serializer,
+)
 from console.events.services import record
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
@@ -45,14 +51,15 @@ def save_domain(
 def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
     """Delete a domain, refused (409) while services use it, naming them."""
     users = sorted(domain.services.values_list("name", flat=True))
-    if users:
-        refused(domain, actor=actor, verb="delete", reason=f"used by {', '.join(users)}")
-        raise Refused(
-            f"Failover domain {domain.name} is used by "
-            f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
-            "move them to another domain (or none) first."
-        )
-    delete_object(domain, actor=actor)
+    delete_unused(
+        domain,
+        users,
+        actor=actor,
+        reason=f"used by {', '.join(users)}",
+        refusal=f"Failover domain {domain.name} is used by "
+        f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
+        "move them to another domain (or none) first.",
+    )
 
 
 def delete_service(service: VmService, *, actor: Any) -> None:

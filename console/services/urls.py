@@ -14,7 +14,7 @@ urlpatterns = [
     path("<int:pk>/services/<int:service_pk>/migrate/", views.service_migrate, name="migrate"),
     path(
         "<int:pk>/services/<int:service_pk>/<str:op>/",
-        views.service_operation,
+        views.ServiceOperation.as_view(),
         name="operation",
     ),
 ]

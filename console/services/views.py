@@ -7,13 +7,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.db.models import Count, Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from console.clusters.models import Cluster, Host
 from console.clusters.scope import InCluster
-from console.core.generic import ObjectDeleteView, ObjectEditView, ObjectListView
+from console.core.generic import ActionView, ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
 from console.operations import commands as operations
@@ -187,21 +187,27 @@ def service_import(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@role_required(write="operate")
-def service_operation(request: HttpRequest, pk: int, service_pk: int, op: str) -> HttpResponse:
-    service = get_object_or_404(
-        VmService.objects.select_related("cluster", "host"), pk=service_pk, cluster_id=pk
-    )
-    if request.method != "POST" or op not in OPERATIONS:
-        return redirect("clusters:detail", pk)
-    host = operations.BEST if op == "relocate" else None
-    try:
-        job = operations.service_command(service, op, actor=request.user, host=host)
-    except operations.OperationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{op.capitalize()} {service.name}: requested (job {job.pk}).")
-    return redirect("clusters:detail", pk)
+class ServiceOperation(ActionView):
+    """The buttons of a service's row: start, stop, enable, disable, relocate (to the best
+    host); back to the cluster page, which says what was asked."""
+
+    def load(self) -> None:
+        self.service = get_object_or_404(
+            VmService.objects.select_related("cluster", "host"),
+            pk=self.kwargs["service_pk"],
+            cluster_id=self.kwargs["pk"],
+        )
+
+    def back_url(self) -> str:
+        return reverse("clusters:detail", args=[self.kwargs["pk"]])
+
+    def perform(self) -> str | HttpResponseBase:
+        op = self.kwargs["op"]
+        if op not in OPERATIONS:
+            return redirect(self.back_url())
+        host = operations.BEST if op == "relocate" else None
+        job = operations.service_command(self.service, op, actor=self.request.user, host=host)
+        return f"{op.capitalize()} {self.service.name}: requested (job {job.pk})."
 
 
 def migrate_choices(service: VmService) -> tuple[str, list[tuple[Host, rules.Target]]]:
