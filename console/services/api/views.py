@@ -20,6 +20,20 @@ from console.services.filtersets import FailoverDomainFilterSet, ServiceFilterSe
 from console.services.models import FailoverDomain, VmService
 
 
+def _operation(kind: str, body: type[MoveSerializer] | None = None) -> Any:
+    """The API action ``POST services/{id}/<kind>/``: the operation (with the target host the
+    ``body`` names, for a move), answered 202 with the job that carries it out."""
+
+    def operate(self: HavenViewSet, request: Request, pk: str | None = None) -> Response:
+        host = self.checked(body)["host"] if body is not None else None
+        job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
+        return job_response(job)
+
+    operate.__name__ = operate.__qualname__ = kind
+    routed = action(detail=True, methods=["post"])(operate)
+    return extend_schema(request=body, responses={202: JobSerializer})(routed)
+
+
 class FailoverDomainViewSet(HavenViewSet):
     queryset = FailoverDomain.objects.select_related("cluster").prefetch_related(
         "members__host",
@@ -112,38 +126,9 @@ class VmServiceViewSet(HavenViewSet):
         body.is_valid(raise_exception=True)
         return self._preview(VmService(**body.validated_data))
 
-    def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
-        job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
-        return job_response(job)
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def start(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "start")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def stop(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "stop")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def enable(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "enable")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def disable(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "disable")
-
-    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def migrate(self, request: Request, pk: str | None = None) -> Response:
-        body = self.checked(MoveSerializer)
-        return self._command(request, "migrate", body["host"])
-
-    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def relocate(self, request: Request, pk: str | None = None) -> Response:
-        body = self.checked(MoveSerializer)
-        return self._command(request, "relocate", body["host"])
+    start = _operation("start")
+    stop = _operation("stop")
+    enable = _operation("enable")
+    disable = _operation("disable")
+    migrate = _operation("migrate", MoveSerializer)
+    relocate = _operation("relocate", MoveSerializer)
