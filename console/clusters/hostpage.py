@@ -8,15 +8,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 
+from console.bootstrap.pki import describe
 from console.clusters.forms import HostSettingsForm
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core import services as core_services
 from console.core.errors import Refused
 from console.core.views import role_required
 from console.events.models import Event
+from console.ha.actions import libvirt_uri
 from console.jobs.models import Job
-from console.runtime.actions import libvirt_uri
-from console.runtime.pki import describe
 from console.services.models import VmService
 
 RECENT_EVENTS = 30
@@ -103,7 +103,7 @@ def _host_page(
 @role_required()
 def host_what_if(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     """The engine's simulator on the live cluster: where every guest would go (read-only)."""
-    from console.runtime import whatif
+    from console.ha import whatif
 
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
@@ -131,12 +131,12 @@ def host_what_if(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
 
 @role_required(read="admin", write="admin")
 def host_rotate_credentials(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    """The agent's broker password and sealing key anew (console/runtime/credentials.py)."""
+    """The agent's broker password and sealing key anew (console/bootstrap/credentials.py)."""
     from django.contrib import messages
     from django.shortcuts import redirect
 
+    from console.bootstrap import credentials
     from console.core.errors import Refused
-    from console.runtime import credentials
 
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
@@ -154,9 +154,9 @@ def host_rotate_credentials(request: HttpRequest, pk: int, host_pk: int) -> Http
 @sensitive_post_parameters()
 @role_required(read="admin", write="admin")
 def host_remove(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    """Remove the host (console/runtime/membership.py); the root password, if given,
+    """Remove the host (console/operations/membership.py); the root password, if given,
     uninstalls its agent over SSH. A refusal says what to do first (maintenance)."""
-    from console.runtime import membership
+    from console.operations import membership
 
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
@@ -177,7 +177,7 @@ def host_remove(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
 @role_required(read="admin", write="admin")
 def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     """Run the SSH bootstrap again on this host, keeping its guests and history."""
-    from console.runtime import membership
+    from console.operations import membership
 
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
@@ -205,7 +205,7 @@ def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
 def host_check_key(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     """Read the host key the host presents now, beside the pinned one: the host page then
     offers to accept a changed key for the repair (the fingerprint shown, ticked by a person)."""
-    from console.runtime import membership
+    from console.operations import membership
 
     cluster = get_object_or_404(Cluster, pk=pk)
     host = get_object_or_404(Host, pk=host_pk, cluster=cluster)

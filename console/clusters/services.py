@@ -44,7 +44,7 @@ def fence_test(cluster: Cluster, device: FenceDevice, *, actor: Any) -> Job:
             f"Fence device {device.name} is not a device of cluster {cluster.name}.",
             status=404,
         )
-    from console.runtime.actions import fence_runner, fence_step
+    from console.ha.actions import fence_runner, fence_step
 
     online = set(
         Host.objects.filter(cluster=cluster, state="online").values_list("name", flat=True)

@@ -1,7 +1,7 @@
 """Cluster pages: the create-cluster wizard, the cluster page with its live host and service
 lists, host actions (maintenance, acknowledge down) and fence devices.
 
-Every write goes through a services layer (``console.runtime.operations``,
+Every write goes through a services layer (``console.operations.commands``,
 ``console.core.services``); the views only check roles, validate forms and show results.
 """
 
@@ -34,10 +34,11 @@ from console.core import services as core_services
 from console.core.errors import Refused
 from console.core.views import role_required
 from console.engine.placement import vcpu_limit
+from console.ha import panel
+from console.ha.models import PendingCommand
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import operations, panel
-from console.runtime.models import PendingCommand
+from console.operations import commands as operations
 from console.services.choices import OCCUPYING_STATES, ServiceState
 from console.services.listing import GROUPS, SORTS, ServiceQuery
 from console.services.models import FailoverDomain, VmService
@@ -111,10 +112,10 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
 
 def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
     """Each host's corosync membership and quorum from its latest heartbeat (shared storage:
-    console/runtime/cluster_stack.py); empty when Redis does not answer."""
+    console/bootstrap/cluster_stack.py); empty when Redis does not answer."""
     from redis import RedisError
 
-    from console.runtime.tasks import store
+    from console.ha.tasks import store
 
     try:
         reports = store().reports(names)
@@ -210,7 +211,7 @@ def _bootstrap() -> Any:
     """The SSH bootstrap module (imported late: tests replace it, and it needs paramiko)."""
     import importlib
 
-    return importlib.import_module("console.runtime.bootstrap")
+    return importlib.import_module("console.bootstrap.ssh")
 
 
 def _wizard_forms(
@@ -256,7 +257,7 @@ def create(request: HttpRequest) -> HttpResponse:
 @role_required(read="admin")
 def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
     """The wizard's steps for an existing cluster: hosts, their keys, their root passwords;
-    then the same SSH bootstrap (console/runtime/membership.py ``add_hosts``)."""
+    then the same SSH bootstrap (console/operations/membership.py ``add_hosts``)."""
     cluster = get_object_or_404(Cluster, pk=pk)
     form, rows = _wizard_forms(request, HostsAddForm)
     step = request.POST.get("step", "")
@@ -345,7 +346,7 @@ def _start(
         for h in hosts
     ]
     if cluster is not None:
-        from console.runtime import membership
+        from console.operations import membership
 
         try:
             return membership.add_hosts(cluster, specs, actor=request.user)

@@ -301,7 +301,7 @@ def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[s
     """The args to send (every secret sealed for ``target`` alone, agent/sealing.py), and a copy
     for logs with every secret value replaced."""
     from agent.sealing import seal
-    from console.runtime import credentials
+    from console.bootstrap import credentials
 
     args = {k: v for k, v in step.args.items() if not names.is_secret(k)}
     secret: dict[str, Any] = {k: v for k, v in step.args.items() if names.is_secret(k)}

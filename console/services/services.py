@@ -97,7 +97,7 @@ def save_service(writer: Any, *, actor: Any, verb: str) -> VmService:
     A new service that the cluster would start (desired started, autostart, protected) is
     refused (409, about ``protected``) when starting it would break admission control, with
     the engine's numbers; nothing is saved then."""
-    from console.runtime.operations import refuse_admission
+    from console.operations.commands import refuse_admission
 
     form = hasattr(writer, "cleaned_data")
     if verb == "create":
@@ -134,7 +134,7 @@ def preview_domain(domain: FailoverDomain, members: list[dict[str, Any]] | None)
     """What saving `domain` (unsaved, with the edit applied) and `members` (None: unchanged)
     would make the cluster do now: ``whatif.dry_run`` on the live cluster. Nothing is saved."""
     from console import engine
-    from console.runtime import whatif
+    from console.ha import whatif
 
     original = (
         FailoverDomain.objects.filter(pk=domain.pk).values_list("name", flat=True).first()
@@ -163,8 +163,8 @@ def preview_service(service: VmService) -> Any:
     """What saving `service` (unsaved, with the edit applied) would make the cluster do now:
     where a new guest would start and what it would preempt, or the moves a changed priority,
     domain or size causes. Nothing is saved."""
-    from console.runtime import whatif
-    from console.runtime.snapshot import service_config
+    from console.ha import whatif
+    from console.ha.snapshot import service_config
 
     original = (
         VmService.objects.filter(pk=service.pk).values_list("name", flat=True).first()

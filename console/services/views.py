@@ -15,7 +15,8 @@ from console.clusters.models import Cluster, Host
 from console.core.errors import Conflict, Refused
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
-from console.runtime import operations, rules
+from console.operations import commands as operations
+from console.operations import rules
 from console.services import services as domain_services
 from console.services.forms import DOMAIN_HELP, FailoverDomainForm, ImportGuestForm, VmServiceForm
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService

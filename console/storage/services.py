@@ -28,7 +28,7 @@ from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, 
 DEFAULT_EXTENT = 4 * MIB
 # A shared GFS2 mounts at boot only once the cluster stack is up, never blocking the boot when
 # it cannot: the agent adds the LV's activation unit, which comes after haven-cluster-join
-# (corosync quorate, then dlm, then lvmlockd: console/runtime/cluster_stack.py). Nothing here
+# (corosync quorate, then dlm, then lvmlockd: console/bootstrap/cluster_stack.py). Nothing here
 # may pull dlm in by itself (x-systemd.requires=dlm.service started it at once at boot).
 GFS2_FSTAB_OPTIONS = "noatime,_netdev,nofail"
 LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})

@@ -298,7 +298,7 @@ class Runner:
         from django.db import close_old_connections
         from django.db.utils import Error
 
-        from console.runtime.models import EngineState
+        from console.ha.models import EngineState
 
         last = None
         while not self._stop.is_set():

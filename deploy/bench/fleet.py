@@ -464,9 +464,9 @@ def run_one(
     make_viewer()
     from console.clusters.models import Host
     from console.events.models import Event as LogEvent
+    from console.ha.models import EngineState
+    from console.ha.store import RedisStore
     from console.monitoring import ticks
-    from console.runtime.models import EngineState
-    from console.runtime.store import RedisStore
     from console.services.models import VmService
 
     r: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)

@@ -3,7 +3,7 @@
     .venv/bin/python deploy/bench/ingest.py [--hosts 128] [--seconds 20] [--burst 20000]
 
 Simulated hosts (this process, one thread) RPUSH real protocol-v2 heartbeats onto their own
-inbound lists; the real drainer (console/runtime/drain.py) runs in a thread of this process,
+inbound lists; the real drainer (console/ha/drain.py) runs in a thread of this process,
 with the runner replaced by a stopwatch (the runner's own cost is deploy/bench/runtime.py's).
 It prints:
 
@@ -81,8 +81,8 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
 
     from agent.protocol import inbound_key
     from console.clusters.models import Cluster, Host
-    from console.runtime.drain import Drainer
-    from console.runtime.store import RedisStore
+    from console.ha.drain import Drainer
+    from console.ha.store import RedisStore
 
     r = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
     prefix = f"haven-bench-{os.getpid()}:"

@@ -211,9 +211,9 @@ def _load() -> str:
 
 def _panel_refresh(cluster_id: int, rounds: int) -> None:
     """What the cluster page no longer pays per request: the policy panel computed by the
-    beat's worker once per engine tick while the page is watched (console/runtime/panel.py)."""
+    beat's worker once per engine tick while the page is watched (console/ha/panel.py)."""
     from console.clusters.models import Cluster
-    from console.runtime import panel
+    from console.ha import panel
 
     cluster = Cluster.objects.select_related("engine").get(pk=cluster_id)
     times, cpu = [], []

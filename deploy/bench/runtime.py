@@ -10,7 +10,7 @@ then measures, the way the ingest drainer does it (``ingest.handle`` then the ru
 - heartbeat ingestion: the cost of one heartbeat (it goes to Redis, not the database);
 - one runner tick in steady state, with every host heartbeating.
 
-Agents are simulated here (console/runtime/fakes.py, the fleet the tests run on); the broker
+Agents are simulated here (console/ha/fakes.py, the fleet the tests run on); the broker
 hop to a real agent adds ~3-5 ms (see deploy/bench/agent.py).
 """
 
@@ -60,10 +60,10 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
     from django.conf import settings
 
     from console.clusters.models import Cluster, FenceDevice, Host
+    from console.ha import runner
+    from console.ha.fakes import FakeAgents
+    from console.ha.store import RedisStore
     from console.jobs.transport import use_transport
-    from console.runtime import runner
-    from console.runtime.fakes import FakeAgents
-    from console.runtime.store import RedisStore
     from console.services.models import VmService
 
     class TimedAgents(FakeAgents):

@@ -49,9 +49,9 @@ def fast_passwords(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_runner_memory() -> None:
-    """The runner keeps a cluster's configuration between ticks (console/runtime/snapshot.py):
+    """The runner keeps a cluster's configuration between ticks (console/ha/snapshot.py):
     each test starts without what an earlier one left."""
-    from console.runtime import snapshot
+    from console.ha import snapshot
 
     snapshot.forget()
 
@@ -96,7 +96,7 @@ class LiveView:
 
 @pytest.fixture
 def live_view() -> Any:
-    from console.runtime import rules
+    from console.operations import rules
     from tests.stores import redis_store
 
     with redis_store() as store, rules.use(store=store):

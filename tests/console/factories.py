@@ -190,7 +190,7 @@ def sealing_key(name: str) -> str:
     from cryptography.fernet import Fernet
 
     from console.core import crypto
-    from console.runtime.models import AgentCredential
+    from console.ha.models import AgentCredential
 
     key = Fernet.generate_key().decode()
     AgentCredential.objects.update_or_create(

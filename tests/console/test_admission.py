@@ -1,6 +1,6 @@
 """Admission control (N+1 by memory) in the console: the API, the pages and the CLI refuse the
 start, enable or creation of a protected guest that breaks it with the engine's numbers, and
-accept it once a host joins (console/runtime/rules.py asks the engine's Rulebook)."""
+accept it once a host joins (console/operations/rules.py asks the engine's Rulebook)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from console.events.models import Event
-from console.runtime.models import PendingCommand
+from console.ha.models import PendingCommand
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text

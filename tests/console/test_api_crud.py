@@ -116,7 +116,7 @@ def test_crud(admin_api: APIClient, case: Case) -> None:
     for key, value in case.patch.items():
         assert updated.json()[key] == value
 
-    # a host is removed by a job (console/runtime/membership.py): a new one at once
+    # a host is removed by a job (console/operations/membership.py): a new one at once
     removed = admin_api.delete(detail)
     assert removed.status_code == (202 if case.endpoint == "hosts" else 204), removed.content
     assert admin_api.get(detail).status_code == 404

@@ -16,12 +16,12 @@ from kombu.exceptions import OperationalError
 from console.beat import Scheduler
 from console.celery import app, use_broker
 from console.core import broker
+from console.ha import runner
+from console.ha.models import EngineState
+from console.ha.store import MemoryStore, RedisStore
 from console.jobs import services as jobs
 from console.jobs import transport as transport_module
 from console.jobs.transport import CeleryTransport, use_transport
-from console.runtime import runner
-from console.runtime.models import EngineState
-from console.runtime.store import MemoryStore, RedisStore
 from tests.console import factories as f
 
 

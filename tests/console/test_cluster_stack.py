@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from console.runtime import bootstrap, cluster_stack
+from console.bootstrap import cluster_stack
+from console.bootstrap import ssh as bootstrap
 
 
 def test_corosync_conf_lists_every_node_with_id_and_address() -> None:
@@ -79,7 +80,7 @@ def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
     import time
 
     from agent.cluster_stack import parse_quorumtool
-    from console.runtime.store import RedisStore
+    from console.ha.store import RedisStore
     from tests.console import factories as f
     from tests.console.views_support import login, text
 
@@ -147,7 +148,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
 ) -> None:
     from console.jobs import services as jobs
     from console.jobs.models import Job
-    from console.runtime import operations
+    from console.operations import commands as operations
     from console.storage import services as storage
     from tests.console import factories as f
 

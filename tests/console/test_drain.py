@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from agent.protocol import inbound_key
-from console.runtime.drain import Drainer
-from console.runtime.store import DRAIN_WAIT_S, RedisStore
+from console.ha.drain import Drainer
+from console.ha.store import DRAIN_WAIT_S, RedisStore
 from tests.console import factories as f
 from tests.stores import redis_store
 

@@ -11,10 +11,10 @@ import pytest
 from agent.protocol import HealthSpec
 from console import engine
 from console.events.models import Event
+from console.ha import actions, ingest, runner
+from console.ha.snapshot import action_result
+from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
-from console.runtime import actions, ingest, runner
-from console.runtime.snapshot import action_result
-from console.runtime.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401

@@ -10,10 +10,10 @@ from cryptography.fernet import Fernet
 
 from agent.protocol import Command, ProtocolError
 from agent.sealing import open_sealed
+from console.ha.actions import fence_step
 from console.jobs import services as jobs
 from console.jobs.models import JobStatus, StepStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime.actions import fence_step
 from tests.console import factories as f
 
 

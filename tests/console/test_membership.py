@@ -12,12 +12,12 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from console import engine
+from console.bootstrap import ssh as bootstrap
 from console.clusters.models import FenceDevice, Host
 from console.engine.status import service_to_json
 from console.events.models import Event
+from console.ha.models import AgentCredential, EngineServiceStatus, EngineState
 from console.jobs.models import Job, JobStatus
-from console.runtime import bootstrap
-from console.runtime.models import AgentCredential, EngineServiceStatus, EngineState
 from console.services.models import VmService
 from tests.console import factories as f
 
@@ -121,7 +121,7 @@ def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
 ) -> None:
     """While its agent is uninstalled (and, with shared storage, its cluster stack stopped)
     the host is silent: the engine is told it shuts down cleanly, so it is not fenced."""
-    from console.runtime.snapshot import load
+    from console.ha.snapshot import load
     from tests.stores import redis_store
 
     host = two[0]
@@ -336,7 +336,7 @@ def test_the_uninstall_removes_an_installed_version_only_when_no_other_host_uses
     mark, then the removal of one host's agent beside others sharing the file system."""
     import subprocess
 
-    from console.runtime import membership
+    from console.operations import membership
 
     opt, etc = tmp_path / "opt", tmp_path / "etc"
     etc.mkdir()

@@ -24,9 +24,9 @@ from console.core.models import ApiToken
 from console.events.incidents import incidents
 from console.events.models import Event
 from console.events.services import record
+from console.ha.store import Store
 from console.monitoring import services as alerts
 from console.monitoring.models import AlertHook
-from console.runtime.store import Store
 from tests.console import factories as f
 from tests.console.test_runtime import cluster3, run, store  # noqa: F401
 from tests.console.views_support import login, text
@@ -298,7 +298,7 @@ def test_runner_ticks_show_in_metrics(cluster3: Any, store: Store, settings: Any
     cluster, agents = cluster3
     run(cluster, agents, store, 1000.0, 1003.0)  # ticks at virtual times, each recorded
     settings.HAVEN_METRICS_ALLOW = "127.0.0.1"
-    from console.runtime import tasks
+    from console.ha import tasks
 
     previous, tasks._store = tasks._store, store
     try:

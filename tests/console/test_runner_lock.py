@@ -21,11 +21,11 @@ from django.db.models import F
 
 from agent.protocol import agent_queue
 from console import engine
+from console.ha import runner, snapshot
+from console.ha.models import EngineState
+from console.ha.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from console.jobs.models import Job
 from console.jobs.services import pending_engine_results
-from console.runtime import runner, snapshot
-from console.runtime.models import EngineState
-from console.runtime.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from tests.console.test_runtime import (  # noqa: F401
     cluster3,
     run,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.redis
 
 HOLDER = """
 import sys, time, redis
-from console.runtime.store import RedisStore
+from console.ha.store import RedisStore
 url, prefix, name = sys.argv[1:4]
 s = RedisStore(redis.Redis.from_url(url, decode_responses=True), prefix=prefix)
 with s.lock(name) as lease:
@@ -210,7 +210,7 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
         return real_results(c)
 
     monkeypatch.setattr(store, "view", view)
-    monkeypatch.setattr("console.runtime.snapshot.pending_engine_results", slow_results)
+    monkeypatch.setattr("console.ha.snapshot.pending_engine_results", slow_results)
     agents.heartbeat(time.time())
     loaded = snapshot.load(cluster, store)
     assert read_at and loaded.now <= read_at[0]

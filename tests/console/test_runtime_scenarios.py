@@ -23,8 +23,8 @@ CANNOT = {
     "shared-storage-host-fenced-without-guests": (
         "the console knows shared storage per cluster, deliberately: a cluster formed with it "
         "runs the cluster stack on every host (the bootstrap starts each host's dlm/lvmlockd "
-        "lockspace, console/runtime/cluster_stack.py) and refuses to add a host outside it "
-        "(console/runtime/membership.py add_hosts), so n1-n3 in the storage and n4 outside "
+        "lockspace, console/bootstrap/cluster_stack.py) and refuses to add a host outside it "
+        "(console/operations/membership.py add_hosts), so n1-n3 in the storage and n4 outside "
         "cannot be one console cluster; played with its clustered VG, n4 is fenced too "
         "(fenced ['n1', 'n4']). The same rule with every host in the storage passes: "
         "shared-storage-cluster-fences-silent-hosts-not-shut-down-ones"

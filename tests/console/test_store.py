@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from console.runtime.store import DRAIN_WAIT_S, LockLost, MemoryStore, Store
+from console.ha.store import DRAIN_WAIT_S, LockLost, MemoryStore, Store
 from tests.stores import redis_store
 
 
@@ -161,7 +161,7 @@ def test_a_memory_store_restart_loses_the_view_and_drops_reach_the_transport() -
 
 
 def test_a_heartbeat_is_decoded_once_and_a_bad_value_is_not_believed() -> None:
-    from console.runtime.store import decode_heartbeat
+    from console.ha.store import decode_heartbeat
 
     beat = decode_heartbeat(
         "h1",

@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from console.events.models import Event
+from console.ha.models import PendingCommand
 from console.jobs.models import Job
-from console.runtime.models import PendingCommand
 from console.services.models import FailoverDomain, VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text

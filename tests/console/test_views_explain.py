@@ -13,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from console.clusters.stream import publish_change
-from console.runtime import tasks
-from console.runtime.store import RedisStore
+from console.ha import tasks
+from console.ha.store import RedisStore
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text
@@ -197,7 +197,7 @@ def test_the_home_page_costs_the_same_queries_at_any_size(world: dict[str, Any])
 
 
 def test_a_refused_command_is_said_on_the_cluster_page(world: dict[str, Any]) -> None:
-    from console.runtime.models import PendingCommand
+    from console.ha.models import PendingCommand
 
     cluster = world["cluster"]
     job = f.JobFactory(cluster=cluster, kind="migrate", status="failed")

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from console.runtime import rules, whatif
-from console.runtime.store import Store
+from console.ha import whatif
+from console.ha.store import Store
+from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401

@@ -10,9 +10,10 @@ from console.clusters import services as cluster_services
 from console.clusters.api import serializers
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
+from console.ha import panel, whatif
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations, panel, whatif
-from console.runtime.api import (
+from console.operations import commands as operations
+from console.operations.api import (
     AddHostsSerializer,
     FingerprintSerializer,
     ImportSerializer,
@@ -43,7 +44,7 @@ class ClusterViewSet(HavenViewSet):
     def policy(self, request: Request, pk: str | None = None) -> Response:
         """The failover capacity (admission control: "survives 1 host failure; 3.2 GiB
         spare") and the live rebalancer's plan and why, from the engine on the live cluster:
-        computed once per engine tick (the tick and its age say when; console/runtime/panel.py)."""
+        computed once per engine tick (the tick and its age say when; console/ha/panel.py)."""
         return Response(panel.get(self.get_object()).as_dict())
 
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
@@ -63,7 +64,7 @@ class ClusterViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="scan-host-key")
     def scan_host_key(self, request: Request, pk: str | None = None) -> Response:
         """Read a new host's SSH host key fingerprint, to check and pin it (admin)."""
-        from console.runtime import bootstrap
+        from console.bootstrap import ssh as bootstrap
 
         self.get_object()
         body = ScanKeySerializer(data=request.data)
@@ -79,7 +80,8 @@ class ClusterViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="add-hosts")
     def add_hosts(self, request: Request, pk: str | None = None) -> Response:
         """Bootstrap new hosts into this cluster over SSH (admin); the bootstrap job."""
-        from console.runtime import bootstrap, membership
+        from console.bootstrap import ssh as bootstrap
+        from console.operations import membership
 
         body = AddHostsSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -97,7 +99,7 @@ class ClusterViewSet(HavenViewSet):
 
 
 class HostViewSet(HavenViewSet):
-    """Hosts. ``DELETE`` removes a host from its cluster (console/runtime/membership.py):
+    """Hosts. ``DELETE`` removes a host from its cluster (console/operations/membership.py):
     refused while guests run there or while it is silent and not confirmed down; with the
     root password (``{"password": ...}``, or ``POST remove/``) its agent is uninstalled over
     SSH first. ``repair/`` runs the SSH bootstrap again, keeping its guests and history."""
@@ -108,7 +110,7 @@ class HostViewSet(HavenViewSet):
     operator_actions = ("maintenance", "acknowledge_down")
 
     def _remove(self, request: Request) -> Response:
-        from console.runtime import membership
+        from console.operations import membership
 
         body = RemoveHostSerializer(data=request.data if isinstance(request.data, dict) else {})
         body.is_valid(raise_exception=True)
@@ -131,7 +133,7 @@ class HostViewSet(HavenViewSet):
     @action(detail=True, methods=["post"])
     def repair(self, request: Request, pk: str | None = None) -> Response:
         """Run the SSH bootstrap again on this host (admin); its guests and history stay."""
-        from console.runtime import membership
+        from console.operations import membership
 
         body = RepairHostSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -181,7 +183,7 @@ class HostViewSet(HavenViewSet):
         """New broker password and sealing key for this host's agent (admin only), sent over
         the agent's own command channel; 409 when that cannot be done (the answer says to
         bootstrap the host again over SSH)."""
-        from console.runtime import credentials
+        from console.bootstrap import credentials
 
         return job_response(credentials.rotate(self.get_object(), actor=request.user))
 

@@ -10,9 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.core.api import HavenViewSet
+from console.ha import whatif
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations, whatif
-from console.runtime.api import MoveSerializer, PredictionSerializer, job_response
+from console.operations import commands as operations
+from console.operations.api import MoveSerializer, PredictionSerializer, job_response
 from console.services import services
 from console.services.api import serializers
 from console.services.models import FailoverDomain, VmService

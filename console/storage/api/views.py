@@ -13,7 +13,7 @@ from console.clusters.models import Host
 from console.core import validators
 from console.core.api import HavenViewSet
 from console.jobs.api.serializers import JobSerializer
-from console.runtime.api import job_response
+from console.operations.api import job_response
 from console.storage import services
 from console.storage.api import serializers
 from console.storage.models import BlockDevice, Filesystem, LogicalVolume, VolumeGroup

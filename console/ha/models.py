@@ -17,8 +17,8 @@ class EngineState(models.Model):
     ticks = models.PositiveBigIntegerField(default=0)
     updated = models.DateTimeField(auto_now=True)
     #: bumped in the writer's transaction by every save or delete of the cluster's hosts, fence
-    #: devices, services, failover domains and members (console/runtime/apps.py): the runner
-    #: reads its configuration again only when this moved (console/runtime/snapshot.py)
+    #: devices, services, failover domains and members (console/ha/apps.py): the runner
+    #: reads its configuration again only when this moved (console/ha/snapshot.py)
     config_version = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
@@ -29,7 +29,7 @@ class EngineServiceStatus(models.Model):
     """One service's part of the engine's status (``ServiceStatus`` as JSON), written only when
     it changed: ``EngineState.status_json`` holds the rest (hosts, pending actions, counters).
     ``tick``: the tick that last wrote it, so a runner process that holds an earlier status
-    reads only what changed since (console/runtime/snapshot.py)."""
+    reads only what changed since (console/ha/snapshot.py)."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
     name = models.CharField(max_length=64)
@@ -78,7 +78,7 @@ class PendingCommand(models.Model):
 
 
 class AgentCredential(models.Model):
-    """One agent's broker identity (console/runtime/credentials.py), by host name (the console's
+    """One agent's broker identity (console/bootstrap/credentials.py), by host name (the console's
     own agent has no host row).
 
     The Redis password is never stored: only its SHA-256, which is what ``ACL SETUSER`` takes,

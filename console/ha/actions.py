@@ -8,8 +8,8 @@ from django.conf import settings
 
 from console import engine
 from console.clusters.models import Cluster, FenceDevice, Host
+from console.ha.snapshot import engine_settings
 from console.jobs.services import StepSpec
-from console.runtime.snapshot import engine_settings
 from console.services.models import VmService
 
 #: the shortest time a fence level is given when several share the engine's wait
@@ -18,7 +18,7 @@ FENCE_LEVEL_MIN_TIMEOUT_S = 5.0
 
 def libvirt_uri(host: Host) -> str:
     """Where other hosts migrate to ``host``: its own URI when a person set one, else over TLS
-    once the bootstrap installed its certificate (console/runtime/pki.py), else plain TCP."""
+    once the bootstrap installed its certificate (console/bootstrap/pki.py), else plain TCP."""
     if host.libvirt_uri:
         return host.libvirt_uri
     scheme = "qemu+tls" if host.tls_certificate else "qemu+tcp"

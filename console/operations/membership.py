@@ -2,7 +2,7 @@
 
 The pages, the API and the CLI call these, so all three refuse the same things.
 
-- ``add_hosts(cluster, specs)``: the SSH bootstrap (console/runtime/bootstrap.py) of new hosts
+- ``add_hosts(cluster, specs)``: the SSH bootstrap (console/bootstrap/ssh.py) of new hosts
   into an existing cluster, with the same per-host progress as the create-cluster wizard.
   A name that is already a host is refused (repair it instead). Where the cluster's GFS2 file
   systems have fewer journals than it now has hosts, the storage service's ``add_journals``
@@ -22,7 +22,7 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   /opt/haven-agent it used that no other host uses: each bootstrap marks the version it runs
   from with the host's name in ``<version>/.users/``, so on the lab, whose hosts share one
   file system, the others' version stays). Last, in one transaction: the broker credentials
-  are revoked (its Redis user and keys, console/runtime/credentials.py) and the row goes,
+  are revoked (its Redis user and keys, console/bootstrap/credentials.py) and the row goes,
   with its fence devices and domain memberships. Without a password the agent is left on the
   host, unable to log in. A host that is down (fenced, offline, acknowledged) is removed
   without SSH. In a cluster formed
@@ -50,6 +50,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from console.bootstrap import ssh as bootstrap
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
 from console.core.errors import Refused
@@ -57,7 +58,6 @@ from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStatus, JobStep, StepStatus
-from console.runtime import bootstrap
 
 log = logging.getLogger("haven.membership")
 
@@ -226,7 +226,7 @@ def guests_bound_to(host: Host) -> list[str]:
     """Guests the HA engine has running, starting, moving or possibly still running on
     ``host`` (its own status, not the rows it copies to)."""
     from console.engine.tick import OCCUPYING
-    from console.runtime.snapshot import stored_status
+    from console.ha.snapshot import stored_status
 
     status = stored_status(host.cluster_id)
 
@@ -489,7 +489,7 @@ def _ssh_uninstall(job: Job, step: JobStep, password: str) -> dict[str, Any]:
 
 def _forget(job: Job, step: JobStep) -> dict[str, Any]:
     """Under the host's lock: no guest arrived meanwhile; then the row goes (its credentials
-    are revoked by the post_delete signal, console/runtime/apps.py)."""
+    are revoked by the post_delete signal, console/ha/apps.py)."""
     with transaction.atomic():
         host = (
             Host.objects.select_for_update().filter(pk=step.host_id).first()

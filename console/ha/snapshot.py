@@ -5,7 +5,7 @@ configuration again, so the runner's `load(..., cached=True)` keeps the services
 configs and the failover domains in memory between ticks (per process and cluster) and reads
 them again only when they may have changed: the cluster's `EngineState.config_version` moved
 (bumped in the writer's own transaction by every save or delete of a host, fence device,
-service, failover domain or member: console/runtime/apps.py), the newest service's id moved
+service, failover domain or member: console/ha/apps.py), the newest service's id moved
 (a bulk create, which sends no signal), the hosts' names changed, or `CONFIG_MAX_AGE_S` passed.
 Hosts (128 rows, where maintenance and acknowledgements change) are read every tick, and so is
 everything that is not configuration: heartbeats, the engine's status, results, commands.
@@ -13,7 +13,7 @@ The engine's status is parsed again only when another process ticked since this 
 
 Rows the runner itself writes (a service's state, host, reason) are not re-read: the runner
 writes back from the engine's status (what changed since the previous status), not by
-comparing with cached rows (console/runtime/runner.py).
+comparing with cached rows (console/ha/runner.py).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from django.conf import settings
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.engine.status import assemble, service_from_json
+from console.ha.models import EngineServiceStatus, EngineState, PendingCommand
+from console.ha.store import HostReport, Store
 from console.jobs.models import Job, JobStatus
 from console.jobs.services import pending_engine_results
-from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
-from console.runtime.store import HostReport, Store
 from console.services.models import FailoverDomain, VmService
 from console.storage.models import VolumeGroup
 
@@ -248,7 +248,7 @@ def load(
     reports, ingest = store.view(sorted(hosts), now)
     shutdowns = store.shutting_down(reports, now)  # announced clean shutdowns (drained)
     # a host being removed with its agent uninstalled over SSH leaves the cluster stack
-    # cleanly (console/runtime/membership.py): silent meanwhile, it is not to be fenced
+    # cleanly (console/operations/membership.py): silent meanwhile, it is not to be fenced
     shutdowns = set(shutdowns) | set(
         Job.objects.filter(
             cluster=cluster, kind="remove-host", status=JobStatus.RUNNING, params__uninstall=True

@@ -16,8 +16,8 @@ from redis import RedisError
 
 from console import engine
 from console.clusters.models import Cluster
-from console.runtime.models import EngineState
-from console.runtime.snapshot import Loaded, load, service_config
+from console.ha.models import EngineState
+from console.ha.snapshot import Loaded, load, service_config
 from console.services.models import VmService
 
 log = logging.getLogger("haven.rules")
@@ -45,7 +45,7 @@ _clock: Callable[[], float] = time.time
 def store() -> Any:
     if _store is not None:
         return _store
-    from console.runtime.tasks import store as shared
+    from console.ha.tasks import store as shared
 
     return shared()
 
@@ -189,7 +189,7 @@ class Policy:
 
 def policy(cluster: Cluster) -> Policy:
     """The engine's answers on the live snapshot (one load); unknown while the broker does
-    not answer. The cluster page serves them kept per tick (console/runtime/panel.py)."""
+    not answer. The cluster page serves them kept per tick (console/ha/panel.py)."""
     return policy_at(cluster)[0]
 
 

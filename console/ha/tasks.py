@@ -1,15 +1,15 @@
 """Celery tasks of the console (queue ``console``); thin: the work is in the runner.
 
 Agents never send Celery tasks: their messages come in through their own inbound lists and the
-ingest drainer (console/runtime/drain.py); their Redis users cannot write the ``console`` queue.
+ingest drainer (console/ha/drain.py); their Redis users cannot write the ``console`` queue.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from console.runtime import panel, runner
-from console.runtime.store import RedisStore, Store
+from console.ha import panel, runner
+from console.ha.store import RedisStore, Store
 
 _store: Store | None = None
 #: each store this module made, with the broker URL it was made for (kept, so no id is reused);
@@ -34,7 +34,7 @@ def store() -> Store:
 @shared_task(name="haven.console.tick", ignore_result=True)
 def tick() -> None:
     """The runner's heartbeat (Celery beat, every second); then the policy panels someone
-    watches are computed again for the new tick (console/runtime/panel.py)."""
+    watches are computed again for the new tick (console/ha/panel.py)."""
     runner.run_all(store())
     panel.refresh_watched(store())
 

@@ -2,7 +2,7 @@
 
 The sender is the host whose inbound list (``haven:in:<host>``, which only that host's Redis
 user may write) the message came from, never the body's ``host`` field: a body naming another
-host is refused (logged once per sender and minute). The drainer (console/runtime/drain.py)
+host is refused (logged once per sender and minute). The drainer (console/ha/drain.py)
 takes messages in batches; ``sort`` files a batch: heartbeats (the newest per host) and
 lifecycle events go to the Redis store in one pipeline, without a database query (host ->
 cluster comes from ``Directory``, an in-process cache); results are handed back to be applied
@@ -26,9 +26,9 @@ from django.db import DatabaseError
 
 from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
+from console.ha.store import Store
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, JobStatus
-from console.runtime.store import Store
 
 log = logging.getLogger("haven.ingest")
 WAKING_STATES = frozenset({"stopped", "crashed", "started", "migrated", "undefined", "panicked"})

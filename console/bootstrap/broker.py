@@ -18,7 +18,7 @@ mutex, nothing of the console's (``console``, ``haven:hb``, another host's keys)
 are split in ACL selectors so that each command reaches only the keys it needs.
 
 The password is never stored: Redis takes its SHA-256 (``#<hex>``), and so does the console
-(console/runtime/models.py ``AgentCredential``), which re-creates every missing user from it.
+(console/ha/models.py ``AgentCredential``), which re-creates every missing user from it.
 """
 
 from __future__ import annotations

@@ -42,14 +42,14 @@ from console.engine.status import service_to_json
 from console.engine.tick import OCCUPYING
 from console.events.models import Severity
 from console.events.services import EventFields, record, record_many
+from console.ha import actions as action_steps
+from console.ha import snapshot
+from console.ha.models import EngineServiceStatus, EngineState, PendingCommand
+from console.ha.snapshot import Loaded, load
+from console.ha.store import LOCK_TTL_S, Lease, LockLost, Store
 from console.jobs import services as jobs
 from console.jobs.models import Job
 from console.monitoring import ticks
-from console.runtime import actions as action_steps
-from console.runtime import snapshot
-from console.runtime.models import EngineServiceStatus, EngineState, PendingCommand
-from console.runtime.snapshot import Loaded, load
-from console.runtime.store import LOCK_TTL_S, Lease, LockLost, Store
 from console.services.models import VmService
 
 log = logging.getLogger("haven.runner")
@@ -125,7 +125,7 @@ def _rounds(
 
 
 def _shared() -> Store:
-    from console.runtime.tasks import store
+    from console.ha.tasks import store
 
     return store()
 

@@ -32,7 +32,7 @@ What is simulated, and how:
 Subclasses change what a command does by overriding ``do`` (the scenarios' world does).
 
 ``FakeRemoteHost``/``FakeRemoteHosts`` play the hosts the SSH bootstrap logs in to
-(console/runtime/bootstrap.py ``RemoteHost``), so a bootstrap runs whole without a lab.
+(console/bootstrap/ssh.py ``RemoteHost``), so a bootstrap runs whole without a lab.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.protocol import Command, ErrorInfo, Event, GuestState, Heartbeat, ProtocolError, Result
-from console.runtime import ingest
-from console.runtime.store import Store
+from console.ha import ingest
+from console.ha.store import Store
 
 log = logging.getLogger("haven.fakes")
 MIB = 1024 * 1024
@@ -175,7 +175,7 @@ class FakeAgents:
         """A message taken off ``host``'s inbound list at ``t``; the cluster to wake, if any."""
         cluster_id = ingest.handle(message, self.store, received=t, sender=host)
         if cluster_id is not None and self.wake_runner:
-            from console.runtime import runner
+            from console.ha import runner
 
             runner.run(cluster_id, self.store)
         return cluster_id
@@ -411,7 +411,7 @@ class FakeAgents:
     # --- all of it, in rounds -----------------------------------------------------------------
     def round(self, t: float | None = None) -> None:
         """Answer what is due, every live host heartbeats, the runner decides."""
-        from console.runtime import runner
+        from console.ha import runner
 
         self.answer(t)
         self.heartbeat(t)
@@ -473,7 +473,7 @@ FENCE_METADATA: dict[str, Any] = {
 
 
 class FakeRemoteHost:
-    """A Debian host as the SSH bootstrap sees it (console/runtime/bootstrap.py
+    """A Debian host as the SSH bootstrap sees it (console/bootstrap/ssh.py
     ``RemoteHost``), in this process: answers the commands the bootstrap runs, keeps the files
     it writes (``files``: path -> (text, mode)) and the commands (``ran``); when the bootstrap
     starts the agent (systemd, or the boot script), ``on_agent_start`` is called with the host's
@@ -563,7 +563,7 @@ class FakeRemoteHosts:
     def __call__(
         self, name: str, address: str, port: int, password: str, fingerprint: str
     ) -> FakeRemoteHost:
-        from console.runtime.bootstrap import BootstrapError
+        from console.bootstrap.ssh import BootstrapError
 
         if address not in self.hosts:
             raise BootstrapError(f"{name} unreachable: no route to host")

@@ -382,7 +382,7 @@ def _guard(fn: Callable[[HostSession], dict[str, Any]]) -> Callable[[Any], dict[
     """Turn ClusterStackError into the bootstrap's own error type (its message as is)."""
 
     def step(run: Any) -> dict[str, Any]:
-        from console.runtime.bootstrap import BootstrapError
+        from console.bootstrap.ssh import BootstrapError
 
         try:
             return fn(run)

@@ -2,9 +2,9 @@ from django.apps import AppConfig
 
 
 class RuntimeConfig(AppConfig):
-    """The console at work: ingestion of agent messages, the HA runner, operations."""
+    """The HA loop: agents' messages in, the HA runner, actions out (app label ``runtime``)."""
 
-    name = "console.runtime"
+    name = "console.ha"
     label = "runtime"
 
     def ready(self) -> None:
@@ -12,9 +12,9 @@ class RuntimeConfig(AppConfig):
         # workers, tests), so that shared tasks are sent with its broker settings.
         from django.db.models.signals import post_delete, post_save
 
+        import console.bootstrap.credentials
         import console.celery
-        import console.runtime.credentials
-        import console.runtime.operations  # noqa: F401  (register their job-step hooks)
+        import console.operations.commands  # noqa: F401  (register their job-step hooks)
         from console.clusters.models import FenceDevice, Host
         from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
@@ -26,18 +26,18 @@ class RuntimeConfig(AppConfig):
 
 def _revoke_agent(sender: object, instance: object, **_kwargs: object) -> None:
     """A deleted host's agent loses its broker login (API, pages, admin or cascade alike)."""
-    from console.runtime import credentials
+    from console.bootstrap import credentials
 
     credentials.revoke(str(getattr(instance, "name", "")))
 
 
 def _config_changed(sender: object, instance: object, **kwargs: object) -> None:
-    """A cluster's configuration changed: its runner reads it again (console/runtime/snapshot.py).
+    """A cluster's configuration changed: its runner reads it again (console/ha/snapshot.py).
     In the writer's transaction, so the runner sees the new version with the new rows. The
     runner's own writes (a service's state) are queryset updates, which send no signal."""
     from django.db.models import F
 
-    from console.runtime.models import EngineState
+    from console.ha.models import EngineState
     from console.services.models import FailoverDomain
 
     cluster_id = getattr(instance, "cluster_id", None)

@@ -9,14 +9,14 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          (built aside and renamed, under ``flock``; no internet on the host);
 ``bootstrap.configure``  a Redis user of the agent's own, allowed to consume only its queue
                          ``agent.<name>`` and to write only its inbound list ``haven:in:<name>``
-                         (console/runtime/broker.py), a new sealing key, and the agent's
+                         (console/bootstrap/broker.py), a new sealing key, and the agent's
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
                          first heartbeat, then apply libvirt's migration settings through
                          normal job steps: over TLS (``HAVEN_MIGRATION_TRANSPORT``, default
                          ``tls``) ``tls_request`` (the agent's key stays on the host; the
-                         cluster CA signs its request, console/runtime/pki.py), then
+                         cluster CA signs its request, console/bootstrap/pki.py), then
                          ``configure_migration`` installs the certificates and switches
                          libvirtd to TLS only; libvirtd is restarted over SSH when anything
                          changed (guests keep running; with plain TCP, as before, a warning
@@ -28,7 +28,7 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
 
 The steps reach a host through one port, ``RemoteHost`` (run a command, write a file, copy a
 file): ``ParamikoHost`` over SSH in production (``ssh_connect``), ``FakeRemoteHost``
-(console/runtime/fakes.py) in tests (``use_connector``), so the whole bootstrap runs without a
+(console/ha/fakes.py) in tests (``use_connector``), so the whole bootstrap runs without a
 lab (tests/console/test_bootstrap_fake.py).
 
 Why in-process and not a Celery task: the root passwords must never be stored or logged. A
@@ -80,13 +80,13 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from agent.protocol import Heartbeat, agent_queue, inbound_key
+from console.bootstrap import cluster_stack, credentials
 from console.clusters.models import Cluster, Host
 from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
-from console.runtime import cluster_stack, credentials
 
 log = logging.getLogger("haven.bootstrap")
 
@@ -302,7 +302,7 @@ class RemoteHost(Protocol):
     """A root shell on a host being bootstrapped: the one port the bootstrap's steps use.
 
     ``ParamikoHost`` is the real one (SSH with the root password, the host key pinned);
-    ``FakeRemoteHost`` (console/runtime/fakes.py) plays a host in this process. Transport
+    ``FakeRemoteHost`` (console/ha/fakes.py) plays a host in this process. Transport
     failures raise ``BootstrapError`` with the reason in plain words."""
 
     def run(self, argv: list[str], *, timeout: float) -> tuple[int, str, str]:
@@ -553,7 +553,7 @@ _CHECK_LIBVIRT = (
 )
 # Which hosts use an installed version: one empty file per host in <version>/.users/, made
 # under the install lock (hosts may share /opt, as the lab's do); the uninstall
-# (console/runtime/membership.py) removes its own and the version once nobody is left.
+# (console/operations/membership.py) removes its own and the version once nobody is left.
 USERS_DIR = ".users"
 # Positional arguments only: $1 target dir, $2 host name. Runs under flock.
 _MARK_USER = r"""
@@ -935,7 +935,7 @@ def _register(run: _HostRun) -> dict[str, Any]:
 
 
 def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
-    from console.runtime.tasks import store as shared_store
+    from console.ha.tasks import store as shared_store
 
     store = shared_store()
     wait_s = float(getattr(settings, "HAVEN_BOOTSTRAP_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
@@ -955,7 +955,7 @@ def _wait_heartbeat(run: _HostRun, since: float) -> Heartbeat:
 
 def migration_transport() -> str:
     """How hosts migrate to each other (``HAVEN_MIGRATION_TRANSPORT``): ``tls`` (default;
-    the cluster CA's certificates, console/runtime/pki.py) or ``tcp`` (unauthenticated)."""
+    the cluster CA's certificates, console/bootstrap/pki.py) or ``tcp`` (unauthenticated)."""
     transport = str(getattr(settings, "HAVEN_MIGRATION_TRANSPORT", "tls") or "tls")
     if transport not in ("tls", "tcp"):
         raise BootstrapError(f"HAVEN_MIGRATION_TRANSPORT must be tls or tcp, not {transport!r}")
@@ -1034,9 +1034,9 @@ def _restart_libvirtd(run: _HostRun) -> None:
 
 def _configure_migration(run: _HostRun) -> dict[str, Any]:
     """libvirt's migration settings through the agent; over TLS first the host's certificate:
-    the agent makes its key and a request, the cluster CA signs it (console/runtime/pki.py),
+    the agent makes its key and a request, the cluster CA signs it (console/bootstrap/pki.py),
     the agent installs both certificates. libvirtd is restarted when anything changed."""
-    from console.runtime import pki
+    from console.bootstrap import pki
 
     transport = migration_transport()
     args: dict[str, Any] = {"listen_address": run.address, "migration_address": run.address}
@@ -1084,7 +1084,7 @@ STEPS: dict[str, Callable[[_HostRun], dict[str, Any]]] = {
     "bootstrap.install": _install,
     "bootstrap.configure": _configure,
     "bootstrap.register": _register,
-    **cluster_stack.STEPS,  # with "Enable shared storage" (console/runtime/cluster_stack.py)
+    **cluster_stack.STEPS,  # with "Enable shared storage" (console/bootstrap/cluster_stack.py)
 }
 
 __all__ = [

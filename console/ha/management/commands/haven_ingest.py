@@ -1,4 +1,4 @@
-"""`manage.py haven_ingest`: the ingest drainer (console/runtime/drain.py), until SIGTERM/SIGINT."""
+"""`manage.py haven_ingest`: the ingest drainer (console/ha/drain.py), until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from console.runtime.drain import Drainer
+from console.ha.drain import Drainer
 
 
 class Command(BaseCommand):

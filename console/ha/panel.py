@@ -9,7 +9,7 @@ page paid them on every request. Now:
 - a page (or ``GET /api/clusters/{id}/policy/``) reads the kept panel (one store round trip) and
   marks it watched for ``WATCH_S``;
 - after each beat's ticks, the worker refreshes every watched panel whose tick is behind the
-  engine's (``refresh_watched``, from ``console.runtime.tasks.tick``): once per tick, only while
+  engine's (``refresh_watched``, from ``console.ha.tasks.tick``): once per tick, only while
   someone looks;
 - the request computes it itself only when nothing is kept or the inputs that are not the
   live picture changed (the cluster's policy settings, its configuration version — a person's
@@ -29,9 +29,9 @@ from typing import Any
 from redis import RedisError
 
 from console.clusters.models import Cluster
-from console.runtime import rules
-from console.runtime.models import EngineState
-from console.runtime.store import Store
+from console.ha.models import EngineState
+from console.ha.store import Store
+from console.operations import rules
 from console.services.models import VmService
 
 log = logging.getLogger("haven.panel")

@@ -1,5 +1,5 @@
 """The ingest drainer (``manage.py haven_ingest``): takes every agent's messages off its inbound
-list ``haven:in:<host>`` in batches and files them (console/runtime/ingest.py).
+list ``haven:in:<host>`` in batches and files them (console/ha/ingest.py).
 
 One loop, one Redis connection for it:
 
@@ -14,7 +14,7 @@ One loop, one Redis connection for it:
 After each round it records its progress (``Store.record_ingest``): the runner gets the ingest
 lag from ``Store.ingest_lag()``. A list whose key names a host the console does not know is
 refused (logged once a minute) and emptied. The drainer also keeps the agents' Redis users in
-place (console/runtime/credentials.py): on start and every ``USERS_CHECK_S`` (one ``ACL USERS``),
+place (console/bootstrap/credentials.py): on start and every ``USERS_CHECK_S`` (one ``ACL USERS``),
 any missing user is re-created from the stored password hash, so a Redis restart never locks an
 agent out for longer than that.
 """
@@ -34,8 +34,8 @@ from django.db import DatabaseError, close_old_connections
 
 from agent.protocol import INBOUND_PREFIX, host_of_inbound_key, inbound_key
 from console.core import broker
-from console.runtime import ingest, runner
-from console.runtime.store import DRAIN_WAIT_S, RedisStore, Store
+from console.ha import ingest, runner
+from console.ha.store import DRAIN_WAIT_S, RedisStore, Store
 
 log = logging.getLogger("haven.drain")
 BATCH = 500  # per list and round
@@ -268,7 +268,7 @@ class Drainer:
         if t - self._users_checked < USERS_CHECK_S:
             return
         self._users_checked = t
-        from console.runtime import credentials
+        from console.bootstrap import credentials
 
         try:
             created = credentials.ensure_users(self.r)
