@@ -3,8 +3,9 @@ list ``haven:in:<host>`` in batches and files them (console/ha/ingest.py).
 
 One loop, one Redis connection for it:
 
-1. one pipeline: ``LPOP key COUNT`` and ``LLEN key`` for every inbound key (the hosts the
-   database knows, the console's own agent, and lists found by a SCAN every few seconds);
+1. one pipeline: ``LPOP key COUNT`` for every inbound key (the hosts the database knows, the
+   console's own agent, and lists found by a SCAN every few seconds), then ``LLEN`` of the
+   lists that gave a full batch (the backlog);
 2. the batch is filed: heartbeats and lifecycle events into the store in one pipeline, results
    handed to a small thread pool (the fast path: a result's transaction never holds up the
    heartbeats), runner wakes sent to the console's workers (the ``haven.console.wake`` task:
@@ -119,20 +120,27 @@ class Drainer:
 
     # --- one round --------------------------------------------------------------------------
     def _pop(self, keys: list[str]) -> tuple[list[tuple[str, Any]], int]:
+        """Up to `BATCH` messages of every list, in one round trip; and how many are left
+        (asked only of the lists that gave a full batch: any other was emptied)."""
         pipe = self.r.pipeline(transaction=False)
         for key in keys:
             pipe.lpop(key, BATCH)
-            pipe.llen(key)
         answers = pipe.execute()
         batch: list[tuple[str, Any]] = []
-        backlog = 0
-        for i, key in enumerate(keys):
-            items, left = answers[2 * i], answers[2 * i + 1]
-            backlog += int(left or 0)
+        full = []
+        for key, items in zip(keys, answers, strict=True):
             if items:
+                if len(items) >= BATCH:
+                    full.append(key)
                 host = host_of_inbound_key(key)
                 if host is not None:
                     batch.extend((host, item) for item in items)
+        backlog = 0
+        if full:
+            pipe = self.r.pipeline(transaction=False)
+            for key in full:
+                pipe.llen(key)
+            backlog = sum(int(left or 0) for left in pipe.execute())
         return batch, backlog
 
     def round(self, wait_s: float = DRAIN_WAIT_S) -> int:

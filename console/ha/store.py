@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -293,9 +293,11 @@ class Store(Protocol):
         lifecycle: list[tuple[str, str, str]],
         received: float,
         health: Sequence[tuple[str, str, str, str]] = (),
+        texts: Mapping[str, str] | None = None,
     ) -> None:
         """The newest heartbeat per host, lifecycle events (host, guest, state) and health
-        events (host, guest, check, detail)."""
+        events (host, guest, check, detail). ``texts``: heartbeats as they came (the JSON
+        text each was parsed from), kept as they are rather than encoded again."""
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
@@ -400,15 +402,22 @@ class RedisStore(_Shortcuts):
         lifecycle: list[tuple[str, str, str]],
         received: float,
         health: Sequence[tuple[str, str, str, str]] = (),
+        texts: Mapping[str, str] | None = None,
     ) -> None:
         """The newest heartbeat per host, lifecycle events (host, guest, state) and health
-        events (host, guest, check, detail), in one round trip."""
+        events (host, guest, check, detail), in one round trip. A heartbeat with its text in
+        ``texts`` is stored as that text, not encoded again (the drainer's JSON encoding of
+        128 heartbeats a second was a sixth of its time)."""
         pipe = self.r.pipeline(transaction=False)
         if heartbeats:
+            texts = texts or {}
+            at = json.dumps(received)
             pipe.hset(
                 f"{self.p}hb",
                 mapping={
                     host: json.dumps({"received": received, "hb": hb})
+                    if (text := texts.get(host)) is None
+                    else f'{{"received": {at}, "hb": {text}}}'
                     for host, hb in heartbeats.items()
                 },
             )
@@ -833,6 +842,7 @@ class MemoryStore(_Shortcuts):
         lifecycle: list[tuple[str, str, str]],
         received: float,
         health: Sequence[tuple[str, str, str, str]] = (),
+        texts: Mapping[str, str] | None = None,
     ) -> None:
         with self._mutex:
             for host, hb in heartbeats.items():

@@ -54,13 +54,17 @@ def test_batches_without_a_query_per_heartbeat(
     drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(cid), keep_users=False)
     try:
         drainer.keys()  # the host list, loaded once
+        last = {}
         for seq in range(1, 6):
             for name in names:
-                store.r.rpush(inbound_key(name), beat(name, seq))
+                last[name] = beat(name, seq)
+                store.r.rpush(inbound_key(name), last[name])
         with django_assert_num_queries(0):
             assert drainer.round(wait_s=0) == 100
         reports = store.reports(names)
         assert {n: r.heartbeat["seq"] for n, r in reports.items()} == dict.fromkeys(names, 5)
+        stored = store.r.hget(f"{store.p}hb", names[0])
+        assert stored.endswith(f', "hb": {last[names[0]]}}}')  # as it came, not encoded again
         assert drainer.totals.heartbeats == 100 and woken == []
         status = store.ingest_status()
         assert status.backlog == 0 and status.lag_s < 1.0
