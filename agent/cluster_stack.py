@@ -2,7 +2,7 @@
 
 Parsed from the tools' own output (no Python bindings exist): ``corosync-quorumtool -s -p``
 and ``dlm_tool status``. The heartbeat carries ``membership()`` as its optional ``cluster``
-field; the console's bootstrap (console/runtime/cluster_stack.py) uses the same parsers.
+field; the console's bootstrap (console/bootstrap/cluster_stack.py) uses the same parsers.
 """
 
 from __future__ import annotations

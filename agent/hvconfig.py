@@ -6,7 +6,7 @@ libvirt, a few settings in `libvirtd.conf` (where the daemon listens, over which
 block in each file; keys it manages are removed from the rest of the file so exactly one value
 applies. libvirtd reads these at start: the result says whether a restart is required.
 
-TLS (``transport="tls"``, console/runtime/pki.py): ``tls_request`` makes the host's private
+TLS (``transport="tls"``, console/bootstrap/pki.py): ``tls_request`` makes the host's private
 key under ``PKI/libvirt/private/`` (0600, kept when present; it never leaves the host) and
 returns a certificate request for it; ``configure_migration`` then installs the certificate
 the console signed and the cluster CA's certificate where libvirt looks for them as server and

@@ -41,7 +41,7 @@ _JOURNAL_RE = re.compile(r"\bjournal(\d+)\b")
 SLOW_S = 300.0
 # Activates one shared LV at boot for its GFS2 mount (fstab: x-systemd.requires=): the VG's
 # lockspace needs corosync quorum, dlm and lvmlockd, which haven-cluster-join.service (the
-# bootstrap's, console/runtime/cluster_stack.py) starts at boot in that order, gated on state.
+# bootstrap's, console/bootstrap/cluster_stack.py) starts at boot in that order, gated on state.
 # ($$ is a literal $ for systemd; the names passed agent.names' grammar.)
 ACTIVATION_UNIT = """[Unit]
 Description=Haven: activate {ref} shared for its GFS2 (mounted at boot after dlm)

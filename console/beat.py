@@ -4,7 +4,7 @@ restarting is one warning line with the cause, not celery's "Message Error" with
 tracebacks (``Scheduler.apply_entry`` logs every failure that way; no setting turns it off).
 Nothing else changes: the entry was already advanced, beat sends the next tick a second later
 once Redis answers again (its producer reconnects), and the ingest drainer's backup ticker
-covers the gap (console/runtime/drain.py). Any other failure is celery's to report."""
+covers the gap (console/ha/drain.py). Any other failure is celery's to report."""
 
 from __future__ import annotations
 

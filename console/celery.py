@@ -3,7 +3,7 @@
 It runs only Haven's own tasks (``haven.console.*``): Celery's built-in tasks are unregistered,
 and a message carrying callbacks, errbacks, a chain, a chord or a group is refused before
 anything runs (agent/strict.py). Agents' messages do not come through Celery at all
-(console/runtime/drain.py).
+(console/ha/drain.py).
 """
 
 import os
@@ -42,10 +42,10 @@ def use_broker(url: str) -> None:
 
 @worker_ready.connect
 def _agent_users(**_kwargs: Any) -> None:
-    """Re-create any agent's Redis user that Redis lost (console/runtime/credentials.py)."""
+    """Re-create any agent's Redis user that Redis lost (console/bootstrap/credentials.py)."""
     import logging
 
-    from console.runtime import credentials
+    from console.bootstrap import credentials
 
     try:
         created = credentials.ensure_users()

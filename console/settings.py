@@ -79,7 +79,7 @@ INSTALLED_APPS = [
     "console.services",
     "console.jobs",
     "console.events",
-    "console.runtime",
+    "console.ha",
     "console.monitoring",
 ]
 
@@ -177,7 +177,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["console.core.permissions.RolePermission"],
     "DEFAULT_PAGINATION_CLASS": "console.core.pagination.HavenPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_FILTER_BACKENDS": ["console.core.filters.FieldFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["console.core.filtersets.FilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.core.api.exception_handler",
 }
@@ -235,7 +235,7 @@ HAVEN_CONSOLE_AGENT = os.environ.get("HAVEN_CONSOLE_AGENT", "haven-console")
 HAVEN_WAKE_ON_COMMAND = os.environ.get("HAVEN_WAKE_ON_COMMAND", "1") == "1"
 # What a fence does to a failed host: "reboot" (rgmanager's default) or "off".
 HAVEN_FENCE_ACTION = os.environ.get("HAVEN_FENCE_ACTION", "reboot")
-# How the bootstrap sets up live migration: "tls" (a CA per cluster, console/runtime/pki.py)
+# How the bootstrap sets up live migration: "tls" (a CA per cluster, console/bootstrap/pki.py)
 # or "tcp" (unauthenticated libvirtd, as before).
 HAVEN_MIGRATION_TRANSPORT = os.environ.get("HAVEN_MIGRATION_TRANSPORT", "tls")
 # A graceful guest shutdown waits this long before the guest is destroyed.
@@ -251,7 +251,7 @@ EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = os.environ.get("HAVEN_MAIL_FROM", "haven@localhost")
 HAVEN_STOP_TIMEOUT_S = int(os.environ.get("HAVEN_STOP_TIMEOUT_S", "30"))
 # Extra environment of every agent the SSH bootstrap installs, e.g. {"LVM_SYSTEM_DIR": "/srv/lvm"}
-# (console/runtime/bootstrap.py): names ^[A-Z][A-Z0-9_]{0,63}$, values on one line.
+# (console/bootstrap/ssh.py): names ^[A-Z][A-Z0-9_]{0,63}$, values on one line.
 HAVEN_AGENT_ENV: dict[str, str] = {}
 
 LOGGING = {

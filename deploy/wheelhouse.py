@@ -7,7 +7,7 @@
 fetched once by `pip wheel` at setup time, when the console machine has a package index) and a
 wheel of the `agent` package itself, built here from the source tree without any build tool.
 The console's SSH bootstrap uploads the directory and runs `pip install --no-index
---find-links` on the host (console/runtime/bootstrap.py).
+--find-links` on the host (console/bootstrap/ssh.py).
 
 The agent wheel's version is `<agent.__version__>+<hash of the agent's sources>`, so a changed
 agent installs into a new `/opt/haven-agent/<version>/` instead of being mistaken for the old one.

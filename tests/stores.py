@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from console.runtime.store import RedisStore
+from console.ha.store import RedisStore
 
 
 def redis_or_skip() -> redis.Redis:

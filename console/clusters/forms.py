@@ -74,7 +74,7 @@ class HostsAddForm(ClusterCreateForm):
     def __init__(self, *args: Any, cluster: Cluster | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         del self.fields["name"], self.fields["shared_storage"]
-        from console.runtime.membership import shared_storage
+        from console.operations.membership import shared_storage
 
         if cluster is None or not shared_storage(cluster):
             del self.fields["member"], self.fields["member_password"]

@@ -37,7 +37,7 @@ class Cluster(models.Model):
         default=False,
         help_text="Live rebalancer: even out memory use across hosts by live migration.",
     )
-    #: the cluster's CA for libvirt's TLS (console/runtime/pki.py): the certificate, and its
+    #: the cluster's CA for libvirt's TLS (console/bootstrap/pki.py): the certificate, and its
     #: key encrypted with the console's key (never in clear at rest)
     migration_ca_certificate = models.TextField(blank=True, editable=False)
     migration_ca_key_encrypted = models.TextField(blank=True, editable=False)

@@ -1,7 +1,7 @@
 """Live updates by push: server-sent events that tell a cluster page to refresh at once.
 
 The runner publishes on ``<prefix>changed:<cluster id>`` (``Store.publish_change``) after
-every tick that changed a state or sent an action (console/runtime/runner.py); each open
+every tick that changed a state or sent an action (console/ha/runner.py); each open
 cluster page holds one ``EventSource`` on this view and re-fetches its live fragment when told,
 so a change shows within a few hundred milliseconds. A stream ends after ``STREAM_S`` (the
 browser reconnects by itself), so no web worker is held for ever; the 2 s poll stays as the
@@ -32,8 +32,8 @@ def publish_change(store: Any, cluster_id: int) -> None:
 
 
 def _events(cluster_id: int) -> Iterator[bytes]:
-    from console.runtime.store import RedisStore
-    from console.runtime.tasks import store
+    from console.ha.store import RedisStore
+    from console.ha.tasks import store
 
     s = store()
     if not isinstance(s, RedisStore):  # a store in this process (tests): the 2 s poll refreshes

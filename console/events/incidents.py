@@ -70,7 +70,7 @@ class GuestRecovery:
 @dataclass
 class MadeRoom:
     """A guest stopped during the incident to make room for one of its guests, read from the
-    typed ``room`` of its ``service-state`` events (console/runtime/runner.py)."""
+    typed ``room`` of its ``service-state`` events (console/ha/runner.py)."""
 
     name: str
     host: str  # where it was stopped

@@ -39,7 +39,7 @@ INCIDENT_WINDOW = 1000  # incidents read for the histogram (newest first)
 
 
 def _store() -> Any:
-    from console.runtime.tasks import store
+    from console.ha.tasks import store
 
     return store()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from console.runtime.store import TICKS_KEPT as KEEP
+from console.ha.store import TICKS_KEPT as KEEP
 
 if TYPE_CHECKING:
-    from console.runtime.store import Store
+    from console.ha.store import Store
 
 __all__ = ["KEEP", "last_tick", "quantile", "recent_ticks", "record_tick"]
 

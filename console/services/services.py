@@ -7,8 +7,14 @@ from typing import Any
 
 from django.db import transaction
 
-from console.core.errors import Conflict, Refused
-from console.core.services import actor_name, delete_object, save_serializer
+from console.core.errors import Refused
+from console.core.services import (
+    actor_name,
+    delete_object,
+    delete_unused,
+    refused,
+    save_serializer,
+)
 from console.events.services import record
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
@@ -45,48 +51,22 @@ def save_domain(
 def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
     """Delete a domain, refused (409) while services use it, naming them."""
     users = sorted(domain.services.values_list("name", flat=True))
-    if users:
-        # Recorded outside any transaction of ours: the refusal stays in the log even though
-        # the request ends in an error.
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=domain,
-                cluster=domain.cluster,
-                result="refused",
-                message=f"used by {', '.join(users)}",
-            )
-        raise Conflict(
-            f"Failover domain {domain.name} is used by "
-            f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
-            "move them to another domain (or none) first."
-        )
-    with transaction.atomic():
-        cluster, name = domain.cluster, str(domain)
-        domain.delete()
-        record(
-            actor=actor_name(actor),
-            verb="delete",
-            object_type="failoverdomain",
-            object_name=name,
-            cluster=cluster,
-        )
+    delete_unused(
+        domain,
+        users,
+        actor=actor,
+        reason=f"used by {', '.join(users)}",
+        refusal=f"Failover domain {domain.name} is used by "
+        f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
+        "move them to another domain (or none) first.",
+    )
 
 
 def delete_service(service: VmService, *, actor: Any) -> None:
     """Remove a service from cluster control; refused (409) while its guest may be running,
     or the guest would keep running unmanaged."""
     if service.state not in DELETABLE_STATES:
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=service,
-                cluster=service.cluster,
-                result="refused",
-                message=f"{service.state}",
-            )
+        refused(service, actor=actor, verb="delete", reason=f"{service.state}")
         raise Refused(f"{service.name} is {service.state}: disable it first, then remove it.")
     delete_object(service, actor=actor)
 
@@ -97,7 +77,7 @@ def save_service(writer: Any, *, actor: Any, verb: str) -> VmService:
     A new service that the cluster would start (desired started, autostart, protected) is
     refused (409, about ``protected``) when starting it would break admission control, with
     the engine's numbers; nothing is saved then."""
-    from console.runtime.operations import refuse_admission
+    from console.operations.commands import refuse_admission
 
     form = hasattr(writer, "cleaned_data")
     if verb == "create":
@@ -134,7 +114,7 @@ def preview_domain(domain: FailoverDomain, members: list[dict[str, Any]] | None)
     """What saving `domain` (unsaved, with the edit applied) and `members` (None: unchanged)
     would make the cluster do now: ``whatif.dry_run`` on the live cluster. Nothing is saved."""
     from console import engine
-    from console.runtime import whatif
+    from console.ha import whatif
 
     original = (
         FailoverDomain.objects.filter(pk=domain.pk).values_list("name", flat=True).first()
@@ -163,8 +143,8 @@ def preview_service(service: VmService) -> Any:
     """What saving `service` (unsaved, with the edit applied) would make the cluster do now:
     where a new guest would start and what it would preempt, or the moves a changed priority,
     domain or size causes. Nothing is saved."""
-    from console.runtime import whatif
-    from console.runtime.snapshot import service_config
+    from console.ha import whatif
+    from console.ha.snapshot import service_config
 
     original = (
         VmService.objects.filter(pk=service.pk).values_list("name", flat=True).first()

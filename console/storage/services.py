@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from agent import protocol as proto
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
 from console.core.errors import Refused
@@ -28,7 +30,7 @@ from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, 
 DEFAULT_EXTENT = 4 * MIB
 # A shared GFS2 mounts at boot only once the cluster stack is up, never blocking the boot when
 # it cannot: the agent adds the LV's activation unit, which comes after haven-cluster-join
-# (corosync quorate, then dlm, then lvmlockd: console/runtime/cluster_stack.py). Nothing here
+# (corosync quorate, then dlm, then lvmlockd: console/bootstrap/cluster_stack.py). Nothing here
 # may pull dlm in by itself (x-systemd.requires=dlm.service started it at once at boot).
 GFS2_FSTAB_OPTIONS = "noatime,_netdev,nofail"
 LOCKED_VG_TYPES = frozenset({"dlm", "sanlock", "idm"})
@@ -55,17 +57,17 @@ class StorageError(Refused):
 # --- requests -------------------------------------------------------------------------------
 def probe(host: Host, *, actor: Any) -> Job:
     """Ask the host what disks, partitions, PVs, VGs and LVs it has."""
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-probe",
-            [jobs.StepSpec(host, "storage_probe", {})],
-            cluster=host.cluster,
-            created_by=actor,
-            params={"host": host.name},
-            message=f"{actor_name(actor)}: probe the storage of {host.name}",
-        )
-        _record(actor, "storage-probe", host.cluster, host.name, job)
-    return job
+    steps = [jobs.StepSpec.of(host, proto.StorageProbeArgs())]
+    return _request(
+        "storage-probe",
+        steps,
+        actor=actor,
+        cluster=host.cluster,
+        params={"host": host.name},
+        doing=f"probe the storage of {host.name}",
+        verb="storage-probe",
+        name=host.name,
+    )
 
 
 def create_volume_group(
@@ -108,40 +110,33 @@ def create_volume_group(
             "The extent size must be a power of two, e.g. 1, 2, 4, 8 … MiB.", "extent_size_mib"
         )
     paths = [d.path for d in devices]
-    steps = [jobs.StepSpec(host, "pvcreate", {"device": p}, stage=0) for p in paths]
-    steps.append(
-        jobs.StepSpec(
-            host,
-            "vgcreate",
-            {"vg": name, "devices": paths, "local": local, "extent_size_bytes": size},
-            stage=1,
-        )
-    )
+    steps = [jobs.StepSpec.of(host, proto.PvcreateArgs(p), stage=0) for p in paths]
+    vgcreate = proto.VgcreateArgs(name, paths, local=local, extent_size_bytes=size)
+    steps.append(jobs.StepSpec.of(host, vgcreate, stage=1))
     if local:
-        steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
+        steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage=2))
     else:
         # A shared VG is used from every host: each joins its lockspace, then reports it.
         others = _cluster_hosts(host.cluster)
-        steps += [jobs.StepSpec(h, "vg_lockstart", {"vg": name}, stage=2) for h in others]
-        steps += [jobs.StepSpec(h, "storage_probe", {}, stage=3) for h in others]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-vg-create",
-            steps,
-            cluster=host.cluster,
-            created_by=actor,
-            params={
-                "host": host.name,
-                "vg": name,
-                "devices": paths,
-                "local": local,
-                "extent_size_bytes": extent_size_bytes,
-            },
-            message=f"{actor_name(actor)}: create {'local' if local else 'clustered'} volume "
-            f"group {name} on {', '.join(paths)} ({host.name})",
-        )
-        _record(actor, "vg-create", host.cluster, name, job)
-    return job
+        steps += [jobs.StepSpec.of(h, proto.VgLockstartArgs(name), stage=2) for h in others]
+        steps += [jobs.StepSpec.of(h, proto.StorageProbeArgs(), stage=3) for h in others]
+    return _request(
+        "storage-vg-create",
+        steps,
+        actor=actor,
+        cluster=host.cluster,
+        params={
+            "host": host.name,
+            "vg": name,
+            "devices": paths,
+            "local": local,
+            "extent_size_bytes": extent_size_bytes,
+        },
+        doing=f"create {'local' if local else 'clustered'} volume "
+        f"group {name} on {', '.join(paths)} ({host.name})",
+        verb="vg-create",
+        name=name,
+    )
 
 
 def create_gfs2_volume(
@@ -173,67 +168,45 @@ def create_gfs2_volume(
     mount_point = mount_point or f"/mnt/{name}"
     journals = journals or max(1, len(hosts))
     device = f"/dev/{vg.name}/{name}"
-    lv_args = {"vg": vg.name, "lv": name, "size_bytes": size_bytes}
-    steps = []
+    # Shared: created inactive (lvcreate would take it exclusive), then active everywhere.
+    lvcreate = proto.LvcreateArgs(vg.name, name, size_bytes, activate=not vg.clustered)
+    steps = [jobs.StepSpec.of(host, lvcreate)]
     if vg.clustered:
-        # Created inactive (lvcreate would take it exclusive), then active shared everywhere.
-        steps.append(jobs.StepSpec(host, "lvcreate", {**lv_args, "activate": False}))
-        steps += [
-            jobs.StepSpec(h, "lv_activate", {"vg": vg.name, "lv": name, "mode": "shared"}, 1)
-            for h in hosts
-        ]
-    else:
-        steps.append(jobs.StepSpec(host, "lvcreate", lv_args))
+        steps += [jobs.StepSpec.of(h, proto.LvActivateArgs(vg.name, name), 1) for h in hosts]
     base = 2 if vg.clustered else 1
-    steps.append(
-        jobs.StepSpec(
-            host,
-            "mkfs_gfs2",
-            {"device": device, "cluster": cluster.name, "fs": fs_name, "journals": journals},
-            stage=base,
-        )
-    )
-    fstab: dict[str, Any] = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
+    mkfs = proto.MkfsGfs2Args(device, cluster.name, fs_name, journals)
+    steps.append(jobs.StepSpec.of(host, mkfs, stage=base))
+    fstab = proto.FstabEntryArgs(device, mount_point, "gfs2")
     if vg.clustered:
         # nothing activates a shared VG's LV at boot: the agent adds a unit that does
-        fstab.update(options=GFS2_FSTAB_OPTIONS, activate_shared=True)
-    steps += [jobs.StepSpec(h, "fstab_entry", fstab, stage=base + 1) for h in hosts]
-    steps += [
-        jobs.StepSpec(
-            h,
-            "mount",
-            {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
-            stage=base + 2,
-        )
-        for h in hosts
-    ]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-gfs2-create",
-            steps,
-            cluster=cluster,
-            created_by=actor,
-            params={
-                "host": host.name,
-                "vg": vg.name,
-                "lv": name,
-                "fs": fs_name,
-                "mount_point": mount_point,
-                "journals": journals,
-                "size_bytes": size_bytes,
-            },
-            message=f"{actor_name(actor)}: create {vg.name}/{name} with GFS2 {cluster.name}:"
-            f"{fs_name} ({journals} journals), mount on {mount_point} on {len(hosts)} host(s)",
-        )
-        if journals < len(hosts):
-            jobs.add_event(
-                job,
-                f"only {journals} journals for {len(hosts)} hosts: "
-                f"{len(hosts) - journals} host(s) will not be able to mount it",
-                level="warning",
-            )
-        _record(actor, "lv-create", cluster, f"{vg.name}/{name}", job)
-    return job
+        fstab = replace(fstab, options=GFS2_FSTAB_OPTIONS, activate_shared=True)
+    steps += [jobs.StepSpec.of(h, fstab, stage=base + 1) for h in hosts]
+    mount = proto.MountArgs(device, mount_point, "gfs2")
+    steps += [jobs.StepSpec.of(h, mount, stage=base + 2) for h in hosts]
+    short = (
+        f"only {journals} journals for {len(hosts)} hosts: "
+        f"{len(hosts) - journals} host(s) will not be able to mount it"
+    )
+    return _request(
+        "storage-gfs2-create",
+        steps,
+        actor=actor,
+        cluster=cluster,
+        params={
+            "host": host.name,
+            "vg": vg.name,
+            "lv": name,
+            "fs": fs_name,
+            "mount_point": mount_point,
+            "journals": journals,
+            "size_bytes": size_bytes,
+        },
+        doing=f"create {vg.name}/{name} with GFS2 {cluster.name}:"
+        f"{fs_name} ({journals} journals), mount on {mount_point} on {len(hosts)} host(s)",
+        verb="lv-create",
+        name=f"{vg.name}/{name}",
+        warning=short if journals < len(hosts) else "",
+    )
 
 
 def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any) -> Job:
@@ -247,33 +220,29 @@ def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any)
         raise StorageError(
             f"Volume group {vg.name} has only {vg.free_bytes // MIB} MiB free.", "size_mib"
         )
-    steps = [
-        jobs.StepSpec(host, "lvextend", {"vg": vg.name, "lv": lv.name, "size_bytes": size_bytes})
-    ]
+    steps = [jobs.StepSpec.of(host, proto.LvextendArgs(vg.name, lv.name, size_bytes))]
     stage = 1
     if vg.clustered:
         # Debian's lvmlockd does not refresh the LV on the other hosts: each reloads its size.
         others = [h for h in _cluster_hosts(vg.cluster) if h.pk != host.pk]
-        steps += [
-            jobs.StepSpec(h, "lv_refresh", {"vg": vg.name, "lv": lv.name}, stage=1) for h in others
-        ]
+        refresh = proto.LvRefreshArgs(vg.name, lv.name)
+        steps += [jobs.StepSpec.of(h, refresh, stage=1) for h in others]
         stage = 2
     fs = Filesystem.objects.filter(logical_volume=lv).first()
     if fs is not None:
-        steps.append(jobs.StepSpec(host, "gfs2_grow", {"mount_point": fs.mount_point}, stage))
+        steps.append(jobs.StepSpec.of(host, proto.Gfs2GrowArgs(fs.mount_point), stage))
         stage += 1
-    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=stage))
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-lv-extend",
-            steps,
-            cluster=vg.cluster,
-            created_by=actor,
-            params={"host": host.name, "vg": vg.name, "lv": lv.name, "size_bytes": size_bytes},
-            message=f"{actor_name(actor)}: extend {lv} to {size_bytes // MIB} MiB",
-        )
-        _record(actor, "lv-extend", vg.cluster, str(lv), job)
-    return job
+    steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage=stage))
+    return _request(
+        "storage-lv-extend",
+        steps,
+        actor=actor,
+        cluster=vg.cluster,
+        params={"host": host.name, "vg": vg.name, "lv": lv.name, "size_bytes": size_bytes},
+        doing=f"extend {lv} to {size_bytes // MIB} MiB",
+        verb="lv-extend",
+        name=str(lv),
+    )
 
 
 def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = False) -> Job:
@@ -287,38 +256,37 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
     # A host that is down cannot answer; it remounts from fstab when it returns, so a removal
     # with it still listed there is refused by the hosts that are up (they see its fstab).
     hosts = [h for h in _cluster_hosts(vg.cluster) if h.state == HostState.ONLINE]
-    ref = {"vg": vg.name, "lv": lv.name}
     fs = Filesystem.objects.filter(logical_volume=lv).first()
     steps: list[jobs.StepSpec] = []
     stage = 0
     if unmount and fs is not None:
-        steps += [jobs.StepSpec(h, "unmount", {"mount_point": fs.mount_point}, 0) for h in hosts]
-        fstab = {
-            "device": f"/dev/{vg.name}/{lv.name}",
-            "mount_point": fs.mount_point,
-            "fstype": "gfs2",
-            "present": False,
-            "activate_shared": vg.clustered,
-        }
-        steps += [jobs.StepSpec(h, "fstab_entry", fstab, 1) for h in hosts]
-        stage = 2
-    steps += [jobs.StepSpec(h, "lv_usage", {**ref, "refuse_mounted": True}, stage) for h in hosts]
-    if vg.clustered:
-        steps += [jobs.StepSpec(h, "lv_activate", {**ref, "mode": "off"}, stage + 1) for h in hosts]
-    steps.append(jobs.StepSpec(host, "lvremove", ref, stage + 2))
-    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage + 3))
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-lv-remove",
-            steps,
-            cluster=vg.cluster,
-            created_by=actor,
-            params={"host": host.name, "vg": vg.name, "lv": lv.name, "unmount": unmount},
-            message=f"{actor_name(actor)}: remove {lv}"
-            + (" (unmount it everywhere first)" if unmount else ""),
+        steps += [jobs.StepSpec.of(h, proto.UnmountArgs(fs.mount_point), 0) for h in hosts]
+        fstab = proto.FstabEntryArgs(
+            f"/dev/{vg.name}/{lv.name}",
+            fs.mount_point,
+            "gfs2",
+            present=False,
+            activate_shared=vg.clustered,
         )
-        _record(actor, "lv-remove", vg.cluster, str(lv), job)
-    return job
+        steps += [jobs.StepSpec.of(h, fstab, 1) for h in hosts]
+        stage = 2
+    usage = proto.LvUsageArgs(vg.name, lv.name, refuse_mounted=True)
+    steps += [jobs.StepSpec.of(h, usage, stage) for h in hosts]
+    if vg.clustered:
+        off = proto.LvActivateArgs(vg.name, lv.name, mode="off")
+        steps += [jobs.StepSpec.of(h, off, stage + 1) for h in hosts]
+    steps.append(jobs.StepSpec.of(host, proto.LvremoveArgs(vg.name, lv.name), stage + 2))
+    steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage + 3))
+    return _request(
+        "storage-lv-remove",
+        steps,
+        actor=actor,
+        cluster=vg.cluster,
+        params={"host": host.name, "vg": vg.name, "lv": lv.name, "unmount": unmount},
+        doing=f"remove {lv}" + (" (unmount it everywhere first)" if unmount else ""),
+        verb="lv-remove",
+        name=str(lv),
+    )
 
 
 def holds_guest_disks(lv: LogicalVolume) -> str:
@@ -355,18 +323,17 @@ def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
             f"{fs.mount_point} mounted.",
             "host",
         )
-    steps = [jobs.StepSpec(host, "gfs2_jadd", {"mount_point": fs.mount_point, "journals": count})]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-gfs2-jadd",
-            steps,
-            cluster=fs.logical_volume.volume_group.cluster,
-            created_by=actor,
-            params={"host": host.name, "fs": fs.name, "journals": count},
-            message=f"{actor_name(actor)}: add {count} journal(s) to {fs.name}",
-        )
-        _record(actor, "gfs2-jadd", host.cluster, fs.name, job)
-    return job
+    steps = [jobs.StepSpec.of(host, proto.Gfs2JaddArgs(fs.mount_point, count))]
+    return _request(
+        "storage-gfs2-jadd",
+        steps,
+        actor=actor,
+        cluster=fs.logical_volume.volume_group.cluster,
+        params={"host": host.name, "fs": fs.name, "journals": count},
+        doing=f"add {count} journal(s) to {fs.name}",
+        verb="gfs2-jadd",
+        name=fs.name,
+    )
 
 
 def join_hosts(cluster: Cluster, new: list[Host], *, actor: Any) -> Job | None:
@@ -399,44 +366,35 @@ def join_hosts(cluster: Cluster, new: list[Host], *, actor: Any) -> Job | None:
                 "online host to add them: mount it on one first.",
                 "hosts",
             )
-        args = {"mount_point": fs.mount_point, "journals": count - fs.journals}
-        steps.append(jobs.StepSpec(where[0], "gfs2_jadd", args, stage=0))
+        add = count - fs.journals
+        steps.append(jobs.StepSpec.of(where[0], proto.Gfs2JaddArgs(fs.mount_point, add), 0))
     for host in new:
-        steps += [jobs.StepSpec(host, "vg_lockstart", {"vg": vg.name}, stage=1) for vg in vgs]
+        steps += [jobs.StepSpec.of(host, proto.VgLockstartArgs(vg.name), 1) for vg in vgs]
         for fs in filesystems:
             lv = fs.logical_volume
-            ref = {"vg": lv.volume_group.name, "lv": lv.name}
-            device = f"/dev/{ref['vg']}/{ref['lv']}"
-            fstab = {"device": device, "mount_point": fs.mount_point, "fstype": "gfs2",
-                     "options": GFS2_FSTAB_OPTIONS, "activate_shared": True}  # fmt: skip
+            vg_name = lv.volume_group.name
+            device = f"/dev/{vg_name}/{lv.name}"
             steps += [
-                jobs.StepSpec(host, "lv_activate", {**ref, "mode": "shared"}, stage=2),
-                jobs.StepSpec(host, "fstab_entry", fstab, stage=3),
-                jobs.StepSpec(
-                    host,
-                    "mount",
-                    {"device": device, "mount_point": fs.mount_point, "fstype": "gfs2"},
-                    stage=4,
-                ),
-            ]
-        steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=5))
+                jobs.StepSpec.of(host, proto.LvActivateArgs(vg_name, lv.name, "shared"), 2),
+                jobs.StepSpec.of(host, proto.FstabEntryArgs(
+                    device, fs.mount_point, "gfs2", options=GFS2_FSTAB_OPTIONS,
+                    activate_shared=True), 3),
+                jobs.StepSpec.of(host, proto.MountArgs(device, fs.mount_point, "gfs2"), 4),
+            ]  # fmt: skip
+        steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), 5))
     names_ = ", ".join(sorted(newcomers))
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-join",
-            steps,
-            cluster=cluster,
-            created_by=actor,
-            params={
-                "hosts": sorted(newcomers),
-                "vgs": [vg.name for vg in vgs],
-                "filesystems": [fs.name for fs in filesystems],
-            },
-            message=f"{actor_name(actor)}: the shared storage of {cluster.name} on {names_}"
-            + (f" ({', '.join(fs.mount_point for fs in filesystems)})" if filesystems else ""),
-        )
-        _record(actor, "storage-join", cluster, names_, job)
-    return job
+    mounts = f" ({', '.join(fs.mount_point for fs in filesystems)})" if filesystems else ""
+    return _request(
+        "storage-join",
+        steps,
+        actor=actor,
+        cluster=cluster,
+        params={"hosts": sorted(newcomers), "vgs": [vg.name for vg in vgs],
+                "filesystems": [fs.name for fs in filesystems]},
+        doing=f"the shared storage of {cluster.name} on {names_}{mounts}",
+        verb="storage-join",
+        name=names_,
+    )  # fmt: skip
 
 
 @jobs.on_step_success("lvremove")
@@ -479,7 +437,7 @@ def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
     ]
     if not survivors:
         return None
-    steps = [jobs.StepSpec(h, "dlm_fence_ack", {"node": down.name}) for h in survivors]
+    steps = [jobs.StepSpec.of(h, proto.DlmFenceAckArgs(down.name)) for h in survivors]
     return jobs.create_job(
         "dlm-fence-ack",
         steps,
@@ -508,17 +466,42 @@ def _cluster_hosts(cluster: Cluster) -> list[Host]:
     return list(Host.objects.filter(cluster=cluster).order_by("name"))
 
 
-def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> None:
-    record(
-        actor=actor_name(actor),
-        verb=verb,
-        object_type="storage",
-        object_name=name,
-        cluster=cluster,
-        result="info",
-        message=f"requested (job {job.pk})",
-        data={"job": job.pk},
-    )
+def _request(
+    kind: str,
+    steps: list[jobs.StepSpec],
+    *,
+    actor: Any,
+    cluster: Cluster,
+    params: dict[str, Any],
+    doing: str,
+    verb: str,
+    name: str,
+    warning: str = "",
+) -> Job:
+    """A storage request's job (``doing``: what it does, in the actor's name; ``warning``
+    logged on it) and its line in the event log (``verb`` on ``name``), in one transaction."""
+    with transaction.atomic():
+        job = jobs.create_job(
+            kind,
+            steps,
+            cluster=cluster,
+            created_by=actor,
+            params=params,
+            message=f"{actor_name(actor)}: {doing}",
+        )
+        if warning:
+            jobs.add_event(job, warning, level="warning")
+        record(
+            actor=actor_name(actor),
+            verb=verb,
+            object_type="storage",
+            object_name=name,
+            cluster=cluster,
+            result="info",
+            message=f"requested (job {job.pk})",
+            data={"job": job.pk},
+        )
+    return job
 
 
 def fence_waits(cluster: Cluster) -> list[str]:

@@ -10,7 +10,7 @@ then measures, the way the ingest drainer does it (``ingest.handle`` then the ru
 - heartbeat ingestion: the cost of one heartbeat (it goes to Redis, not the database);
 - one runner tick in steady state, with every host heartbeating.
 
-Agents are simulated here (console/runtime/fakes.py, the fleet the tests run on); the broker
+Agents are simulated here (console/ha/fakes.py, the fleet the tests run on); the broker
 hop to a real agent adds ~3-5 ms (see deploy/bench/agent.py).
 """
 
@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,20 @@ def setup_django(var_dir: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=32)
-    p.add_argument("--services", type=int, default=320)
-    p.add_argument("--rounds", type=int, default=20)
+def bench_main(doc: str, run: Callable[..., None], **options: int) -> None:
+    """A bench's command line: ``--NAME N`` for each option (``options``: name -> default),
+    then ``run`` with their values, in order, on Django with a throw-away database."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for name, default in options.items():
+        p.add_argument(f"--{name}", type=int, default=default)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="haven-bench-") as var_dir:
         setup_django(var_dir)
-        run(args.hosts, args.services, args.rounds)
+        run(*(getattr(args, name) for name in options))
+
+
+def main() -> None:
+    bench_main(__doc__, run, hosts=32, services=320, rounds=20)
 
 
 def run(n_hosts: int, n_services: int, rounds: int) -> None:
@@ -60,10 +66,10 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
     from django.conf import settings
 
     from console.clusters.models import Cluster, FenceDevice, Host
+    from console.ha import runner
+    from console.ha.fakes import FakeAgents
+    from console.ha.store import RedisStore
     from console.jobs.transport import use_transport
-    from console.runtime import runner
-    from console.runtime.fakes import FakeAgents
-    from console.runtime.store import RedisStore
     from console.services.models import VmService
 
     class TimedAgents(FakeAgents):

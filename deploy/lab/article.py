@@ -21,8 +21,8 @@ if str(HERE) not in sys.path:
 
 import haven_lab  # noqa: E402
 
+from console.bootstrap import ssh as bootstrap  # noqa: E402
 from console.jobs.models import Job  # noqa: E402
-from console.runtime import bootstrap  # noqa: E402
 
 CLUSTER = "lab"
 HOSTS = haven_lab.DEFAULT_HOSTS

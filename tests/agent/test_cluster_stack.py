@@ -231,7 +231,7 @@ def test_nodelist_parsed_and_a_node_added_at_its_end() -> None:
 
 def test_a_third_node_ends_the_two_node_special_case() -> None:
     from agent.cluster_stack import with_nodes
-    from console.runtime.cluster_stack import corosync_conf
+    from console.bootstrap.cluster_stack import corosync_conf
 
     two = corosync_conf("c", [(1, "a", "10.0.0.1"), (2, "b", "10.0.0.2")], 3000)
     assert "two_node: 1" in two

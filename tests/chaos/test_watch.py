@@ -236,9 +236,9 @@ ConnectionRefusedError: [Errno 111] Connection refused
 During handling of the above exception, another exception occurred:
 
 Traceback (most recent call last):
-  File "/srv/haven/console/runtime/drain.py", line 181, in _run
+  File "/srv/haven/console/ha/drain.py", line 181, in _run
     self._run_cluster(cluster_id, self.store)
-  File "/srv/haven/console/runtime/store.py", line 181, in lock
+  File "/srv/haven/console/ha/store.py", line 181, in lock
     taken = bool(self.r.set(key, token, nx=True, px=int(ttl_s * 1000)))
   File "/srv/.venv/lib/python3.11/site-packages/redis/connection.py", line 397, in connect
     raise ConnectionError(self._error_message(e))
@@ -266,7 +266,7 @@ def test_a_chained_traceback_counts_once_and_haven_s_own_fail_the_run() -> None:
     report = analyse(traces, power, logs={"ingest.log": CHAINED_OURS, "beat.log": CHAINED_CELERY})
     assert report.tracebacks == [
         "ingest.log: redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:6410. "
-        "Connection refused. (at console/runtime/store.py:181)",
+        "Connection refused. (at console/ha/store.py:181)",
         "beat.log: celery.beat.SchedulingError: Couldn't apply scheduled task ha-runner: Error 111",
     ]
     assert report.haven_tracebacks == report.tracebacks[:1]
@@ -279,7 +279,7 @@ def test_a_chained_traceback_counts_once_and_haven_s_own_fail_the_run() -> None:
 @pytest.mark.parametrize(
     ("path", "haven"),
     [
-        ("/work/wt/engine/console/runtime/drain.py", "console/runtime/drain.py"),
+        ("/work/wt/engine/console/ha/drain.py", "console/ha/drain.py"),
         ("/opt/haven/.venv/lib/python3.11/site-packages/agent/main.py", "agent/main.py"),
         ("/srv/deploy/.venv/lib/python3.11/site-packages/redis/client.py", ""),
         ("/srv/.venv/lib/python3.11/site-packages/celery/app/agent/x.py", ""),

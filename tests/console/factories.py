@@ -190,7 +190,7 @@ def sealing_key(name: str) -> str:
     from cryptography.fernet import Fernet
 
     from console.core import crypto
-    from console.runtime.models import AgentCredential
+    from console.ha.models import AgentCredential
 
     key = Fernet.generate_key().decode()
     AgentCredential.objects.update_or_create(
@@ -201,6 +201,18 @@ def sealing_key(name: str) -> str:
         },
     )
     return key
+
+
+def fence_payload(**over: Any) -> dict[str, Any]:
+    """The body of a new fence device for the API, for a new host of a new cluster."""
+    host = HostFactory()
+    return {
+        "cluster": host.cluster.pk,
+        "name": "bmc1",
+        "agent": "fence_ipmilan",
+        "host": host.pk,
+        **over,
+    }
 
 
 def recording_fence(host: Host, record: object) -> FenceDevice:

@@ -1,4 +1,4 @@
-"""A stand-in for ``console.runtime.bootstrap`` with the same interface, for the wizard's
+"""A stand-in for ``console.bootstrap.ssh`` with the same interface, for the wizard's
 tests: host keys come from a table, and the job gets the real step kinds per host.
 
 The test decides how each step ends (``finish``), as the SSH bootstrap would report it.

@@ -17,7 +17,7 @@
   kept in the host's outbox while its network is cut);
 - a clean host shutdown is announced by the host's shutdown hook (an ``event`` ``shutdown``),
   and a host that boots again heartbeats with a new boot id;
-- people's commands go through the operations layer (console/runtime/operations.py, as the page
+- people's commands go through the operations layer (console/operations/commands.py, as the page
   and the API do), a refusal there labelled ``refused:S:CODE`` with the rulebook's code;
 - the trace's engine labels come from what the console recorded: ``node:``/``state:`` from the
   event log, ``refused:`` from the runner's refusals, ``queued:`` from the pending commands.
@@ -41,12 +41,14 @@ from console.clusters.models import Cluster, FenceDevice, Host
 from console.engine.sim.scenario import Scenario
 from console.engine.sim.world import Run, SimHost, World
 from console.events.models import Event as LogEvent
+from console.ha import runner, snapshot
+from console.ha.fakes import AgentError, FakeAgents
+from console.ha.models import PendingCommand
+from console.ha.store import MemoryStore
 from console.jobs.models import JobStep
 from console.jobs.transport import use_transport
-from console.runtime import operations, rules, runner, snapshot
-from console.runtime.fakes import AgentError, FakeAgents
-from console.runtime.models import PendingCommand
-from console.runtime.store import MemoryStore
+from console.operations import commands as operations
+from console.operations import rules
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 from console.storage.models import VolumeGroup
 
@@ -209,7 +211,7 @@ class RuntimeWorld(World):
                 )
         if any(n.shared_storage for n in sc.nodes):
             # the console knows shared storage per cluster: a clustered VG, whose dlm
-            # lockspace every host joined (console/runtime/snapshot.py)
+            # lockspace every host joined (console/ha/snapshot.py)
             VolumeGroup.objects.create(cluster=cluster, name="scenario-vg", clustered=True)
         domains: dict[str, FailoverDomain] = {}
         for d in sc.domains.values():

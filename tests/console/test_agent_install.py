@@ -1,4 +1,4 @@
-"""The bootstrap's install script (console/runtime/bootstrap.py ``_INSTALL``) run for real on
+"""The bootstrap's install script (console/bootstrap/ssh.py ``_INSTALL``) run for real on
 this machine into a temporary root: a first install makes a venv; a second version starts
 from a copy of the first (no new venv: ensurepip takes minutes on a slow host)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from console.runtime import bootstrap
+from console.bootstrap import ssh as bootstrap
 
 
 def _install(target: Path, wheels: Path, spec: str, host: str) -> str:

@@ -27,16 +27,11 @@ def _host_payload() -> dict[str, Any]:
 
 
 def _fence_payload() -> dict[str, Any]:
-    host = f.HostFactory()
-    return {
-        "cluster": host.cluster.pk,
-        "name": "bmc1",
-        "agent": "fence_ipmilan",
-        "host": host.pk,
-        "plug": "",
-        "parameters": {"ip": "10.88.0.254", "lanplus": True},
-        "secret_parameters": {"password": "s3cret"},
-    }
+    return f.fence_payload(
+        plug="",
+        parameters={"ip": "10.88.0.254", "lanplus": True},
+        secret_parameters={"password": "s3cret"},
+    )
 
 
 def _domain_payload() -> dict[str, Any]:
@@ -116,7 +111,7 @@ def test_crud(admin_api: APIClient, case: Case) -> None:
     for key, value in case.patch.items():
         assert updated.json()[key] == value
 
-    # a host is removed by a job (console/runtime/membership.py): a new one at once
+    # a host is removed by a job (console/operations/membership.py): a new one at once
     removed = admin_api.delete(detail)
     assert removed.status_code == (202 if case.endpoint == "hosts" else 204), removed.content
     assert admin_api.get(detail).status_code == 404

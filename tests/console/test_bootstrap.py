@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import redis
 
+from console.bootstrap import ssh as bootstrap
+from console.bootstrap.ssh import BootstrapError, HostSpec
 from console.clusters.models import Host
 from console.jobs.models import Job, JobEvent, JobStatus, StepStatus
-from console.runtime import bootstrap
-from console.runtime.bootstrap import BootstrapError, HostSpec
 from tests.lab import harness
 from tests.lab.harness import HOSTS, haven_lab
 

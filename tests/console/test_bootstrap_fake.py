@@ -1,4 +1,4 @@
-"""The SSH bootstrap, whole, on simulated hosts (console/runtime/fakes.py ``FakeRemoteHosts``):
+"""The SSH bootstrap, whole, on simulated hosts (console/ha/fakes.py ``FakeRemoteHosts``):
 the real steps, the real Redis user of each agent, the real jobs; the hosts behind the
 ``RemoteHost`` port and their agents (``FakeAgents``) are simulated. No lab needed; the real
 SSH is tested against the lab in test_bootstrap.py.
@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from console.bootstrap import credentials
+from console.bootstrap import ssh as bootstrap
+from console.ha import tasks
+from console.ha.fakes import FakeAgents, FakeRemoteHosts
+from console.ha.store import MemoryStore
 from console.jobs.models import JobStatus, StepStatus
 from console.jobs.transport import use_transport
-from console.runtime import bootstrap, credentials, tasks
-from console.runtime.fakes import FakeAgents, FakeRemoteHosts
-from console.runtime.store import MemoryStore
 from tests.stores import redis_or_skip
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from console import cli
-from console.runtime.models import PendingCommand
+from console.ha.models import PendingCommand
 from tests.console import factories as f
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,9 +114,9 @@ def test_remove_repair_and_add_hosts(
     logged_in: str, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
     from console import engine
+    from console.bootstrap import ssh as bootstrap
     from console.clusters.models import Host
-    from console.runtime import bootstrap
-    from console.runtime.models import EngineState
+    from console.ha.models import EngineState
 
     host = f.HostFactory(name="et-virt05", state="online", ssh_fingerprint="SHA256:" + "B" * 43)
     status = engine.Status(

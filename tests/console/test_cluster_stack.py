@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from console.runtime import bootstrap, cluster_stack
+from agent.protocol import FenceArgs
+from console.bootstrap import cluster_stack
+from console.bootstrap import ssh as bootstrap
 
 
 def test_corosync_conf_lists_every_node_with_id_and_address() -> None:
@@ -79,7 +81,7 @@ def test_cluster_page_shows_each_hosts_membership_from_its_heartbeat() -> None:
     import time
 
     from agent.cluster_stack import parse_quorumtool
-    from console.runtime.store import RedisStore
+    from console.ha.store import RedisStore
     from tests.console import factories as f
     from tests.console.views_support import login, text
 
@@ -147,7 +149,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
 ) -> None:
     from console.jobs import services as jobs
     from console.jobs.models import Job
-    from console.runtime import operations
+    from console.operations import commands as operations
     from console.storage import services as storage
     from tests.console import factories as f
 
@@ -159,7 +161,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
     # a person's test of the device (status: on) tells dlm nothing
     with django_capture_on_commit_callbacks(execute=True):
         probe = jobs.create_job(
-            "fence-test", [jobs.StepSpec(a, "fence", {"agent": "fence_x", "action": "status"})],
+            "fence-test", [jobs.StepSpec.of(a, FenceArgs("fence_x", "status"))],
             cluster=cluster, params={"host": "svc"},
         )  # fmt: skip
     with django_capture_on_commit_callbacks(execute=True):
@@ -172,7 +174,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
     assert not Job.objects.filter(kind="dlm-fence-ack").exists()
     with django_capture_on_commit_callbacks(execute=True):
         fence = jobs.create_job(
-            "fence", [jobs.StepSpec(a, "fence", {"agent": "fence_x"})], cluster=cluster,
+            "fence", [jobs.StepSpec.of(a, FenceArgs("fence_x", "off"))], cluster=cluster,
             params={"host": "svc"},
         )  # fmt: skip
     step = fence.steps.get()

@@ -18,10 +18,10 @@ from agent.protocol import COMMAND_KINDS, Command, ProtocolError, Result
 from agent.runner import SubprocessRunner
 from agent.storage import LinuxStorage
 from console import engine
+from console.ha import actions
 from console.jobs import services as jobs
 from console.jobs.models import JobStatus, StepStatus
 from console.jobs.transport import RecordingTransport, use_transport
-from console.runtime import actions
 from tests.console import factories as f
 
 

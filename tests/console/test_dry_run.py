@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from console.runtime import whatif
+from console.ha import whatif
 from console.services import services
 from console.services.models import FailoverDomain, VmService
 from tests.console import factories as f

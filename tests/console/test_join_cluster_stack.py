@@ -1,5 +1,5 @@
 """Adding a host to a cluster formed with shared storage (corosync + dlm + lvmlockd), on
-simulated hosts (console/runtime/fakes.py ``FakeRemoteHosts``, ``FakeAgents``): the real
+simulated hosts (console/ha/fakes.py ``FakeRemoteHosts``, ``FakeAgents``): the real
 bootstrap steps, jobs and Redis users; the hosts' shells and agents are simulated. The real
 daemons do it in tests/storage_lab (test 10).
 
@@ -18,10 +18,12 @@ import pytest
 from django.apps import apps
 from django.core import serializers
 
+from console.bootstrap import cluster_stack, credentials
+from console.bootstrap import ssh as bootstrap
 from console.clusters.models import Host
+from console.ha.fakes import FakeAgents, FakeRemoteHost, FakeRemoteHosts
 from console.jobs.models import Job, JobStatus, StepStatus
-from console.runtime import bootstrap, cluster_stack, credentials, membership
-from console.runtime.fakes import FakeAgents, FakeRemoteHost, FakeRemoteHosts
+from console.operations import membership
 from tests.console.test_bootstrap_fake import fleet, spec  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]

@@ -72,7 +72,8 @@ class Live(harness.Console):
 
     def login(self, host: str) -> str:
         """The agent's broker URL (its own user); its env file is ``agent-<host>.env``."""
-        from console.runtime import bootstrap, credentials
+        from console.bootstrap import credentials
+        from console.bootstrap import ssh as bootstrap
 
         issued = credentials.issue(host)
         url = bootstrap.agent_broker_url(issued.user, issued.password)
@@ -83,7 +84,7 @@ class Live(harness.Console):
         return url
 
     def stop(self) -> None:
-        from console.runtime import credentials
+        from console.bootstrap import credentials
 
         super().stop()
         for host in self.logins:

@@ -8,16 +8,18 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from console import engine
+from console.bootstrap import ssh as bootstrap
 from console.clusters.models import FenceDevice, Host
 from console.engine.status import service_to_json
 from console.events.models import Event
+from console.ha.models import AgentCredential, EngineServiceStatus, EngineState
 from console.jobs.models import Job, JobStatus
-from console.runtime import bootstrap, membership
-from console.runtime.models import AgentCredential, EngineServiceStatus, EngineState
+from console.operations import membership
 from console.services.models import VmService
 from tests.console import factories as f
 
@@ -126,8 +128,8 @@ def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
     the host is silent: the removal announces it through the store's clean-shutdown mark, so
     the engine sees it shutting down and does not fence it; a failed removal takes the mark
     back; a finished one forgets its heartbeats (a host added again starts afresh)."""
-    from console.runtime import tasks
-    from console.runtime.snapshot import load
+    from console.ha import tasks
+    from console.ha.snapshot import load
     from tests.stores import redis_store
 
     host, other = two
@@ -143,9 +145,12 @@ def test_a_host_being_removed_over_ssh_is_seen_leaving_cleanly_not_fenced(
 
     seen: list[tuple[bool, bool]] = []
     monkeypatch.setattr(membership, "_ssh_uninstall", uninstall)
+    # the removal's thread, here (after the commit, as in production)
     monkeypatch.setattr(
-        bootstrap._pool, "submit", lambda fn, *a: fn(*a)
-    )  # the removal's thread, here
+        bootstrap,
+        "run_after_commit",
+        lambda run, job_id, secrets, what: transaction.on_commit(lambda: run(job_id, secrets)),
+    )
     with redis_store() as shared:
         monkeypatch.setattr(tasks, "_store", shared)
         for name in (host.name, other.name):

@@ -1,6 +1,6 @@
-"""Live migration over qemu+tls: the cluster CA the console keeps (console/runtime/pki.py),
+"""Live migration over qemu+tls: the cluster CA the console keeps (console/bootstrap/pki.py),
 each host's certificate issued from the agent's own request during the bootstrap, and the
-migration URI the engine's moves use. The simulated hosts are console/runtime/fakes.py's;
+migration URI the engine's moves use. The simulated hosts are console/ha/fakes.py's;
 the real TLS migration between lab hosts is tests/lab/test_e2e.py."""
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from console.bootstrap import pki
+from console.bootstrap import ssh as bootstrap
 from console.clusters.models import Cluster, Host
 from console.core import crypto
+from console.ha import actions
+from console.ha.fakes import FakeAgents, FakeRemoteHosts, fake_csr
 from console.jobs.models import JobStatus
-from console.runtime import actions, bootstrap, pki
-from console.runtime.fakes import FakeAgents, FakeRemoteHosts, fake_csr
 from tests.console.test_bootstrap_fake import KEY5, KEY6, fleet, spec  # noqa: F401
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from console.ha.models import PendingCommand
 from console.jobs.models import Job
-from console.runtime.models import PendingCommand
 from tests.console import factories as f
 
 

@@ -1,5 +1,5 @@
 """The cluster page's policy panel is computed once per engine tick and served kept, saying
-which tick it is for and how old it is (console/runtime/panel.py)."""
+which tick it is for and how old it is (console/ha/panel.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from console.runtime import panel, rules, runner
-from console.runtime.store import MemoryStore
+from console.ha import panel, runner
+from console.ha.store import MemoryStore
+from console.operations import rules
 from tests.console import factories as f
 from tests.console.conftest import LiveView
 from tests.console.views_support import login, text
@@ -140,7 +141,7 @@ def test_a_changed_policy_or_configuration_is_computed_at_once(
 def test_the_beat_refreshes_the_watched_panel_after_its_ticks(
     world: dict[str, Any], computed: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from console.runtime import tasks
+    from console.ha import tasks
 
     cluster, clock, store = world["cluster"], world["clock"], world["store"]
     monkeypatch.setattr(tasks, "_store", store)

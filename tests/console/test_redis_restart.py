@@ -27,10 +27,10 @@ import redis
 
 from agent.protocol import PROTOCOL_VERSION, agent_queue
 from console.clusters.models import Host
+from console.ha.models import EngineState
+from console.ha.store import RedisStore
 from console.jobs.models import Job, JobStatus
 from console.jobs.transport import CeleryTransport
-from console.runtime.models import EngineState
-from console.runtime.store import RedisStore
 from tests.console import factories as f
 from tests.console.test_live import FIXTURES, HOSTS, Live, placement, using_broker, wait_for
 

@@ -3,7 +3,6 @@ lost it writes nothing. Also the "no data" signal (`Store.view_since`) and the t
 
 A holder that dies is a real process killed with SIGKILL.
 """
-# ruff: noqa: F811  (the fixtures of test_runtime.py, imported, are parameters here)
 
 from __future__ import annotations
 
@@ -21,23 +20,19 @@ from django.db.models import F
 
 from agent.protocol import agent_queue
 from console import engine
+from console.ha import runner, snapshot
+from console.ha.models import EngineState
+from console.ha.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from console.jobs.models import Job
 from console.jobs.services import pending_engine_results
-from console.runtime import runner, snapshot
-from console.runtime.models import EngineState
-from console.runtime.store import LOCK_TTL_S, LockLost, RedisStore, Store
-from tests.console.test_runtime import (  # noqa: F401
-    cluster3,
-    run,
-    store,
-)
+from tests.console.test_runtime import run
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.redis
 
 HOLDER = """
 import sys, time, redis
-from console.runtime.store import RedisStore
+from console.ha.store import RedisStore
 url, prefix, name = sys.argv[1:4]
 s = RedisStore(redis.Redis.from_url(url, decode_responses=True), prefix=prefix)
 with s.lock(name) as lease:
@@ -210,7 +205,7 @@ def test_the_tick_time_is_when_the_heartbeats_were_read(
         return real_results(c)
 
     monkeypatch.setattr(store, "view", view)
-    monkeypatch.setattr("console.runtime.snapshot.pending_engine_results", slow_results)
+    monkeypatch.setattr("console.ha.snapshot.pending_engine_results", slow_results)
     agents.heartbeat(time.time())
     loaded = snapshot.load(cluster, store)
     assert read_at and loaded.now <= read_at[0]

@@ -1,13 +1,12 @@
 """The runtime on a real Redis: heartbeats in, the engine deciding, jobs out, results back.
 
-Agents are simulated (console/runtime/fakes.py ``FakeAgents``: the job transport, and messages
+Agents are simulated (console/ha/fakes.py ``FakeAgents``: the job transport, and messages
 fed to ``ingest`` as the drainer does), so time is explicit and every step can be checked; real
 agent processes are in test_live.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,51 +15,15 @@ from rest_framework.test import APIClient
 
 from agent.protocol import Command
 from agent.sealing import open_sealed
+from console.bootstrap import credentials
 from console.clusters.models import Host
+from console.ha import ingest, runner
+from console.ha.fakes import FakeAgents
+from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
-from console.jobs.transport import use_transport
-from console.runtime import credentials, ingest, rules, runner
-from console.runtime.fakes import FakeAgents
-from console.runtime.store import RedisStore, Store
+from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.stores import redis_store
-
-
-@pytest.fixture
-def store() -> Iterator[RedisStore]:
-    with redis_store() as s:
-        yield s
-
-
-@pytest.fixture
-def cluster3(db: None, store: Store) -> Iterator[tuple[Any, FakeAgents]]:
-    cluster = f.ClusterFactory(name="et")
-    hosts = [
-        f.HostFactory(
-            cluster=cluster,
-            name=f"et-virt0{i}",
-            address=f"10.88.0.{i}",
-            libvirt_uri=f"qemu+tcp://et-virt0{i}/system",
-        )
-        for i in (5, 6, 7)
-    ]
-    for host in hosts:
-        f.sealing_key(host.name)  # the bootstrap gave each agent its key
-        device = f.FenceDeviceFactory(
-            host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
-        )
-        device.secret_parameters = {"password": "bmc-secret"}
-        device.save()
-        domain = f.FailoverDomainFactory(cluster=cluster, name=f"bias-{host.name}")
-        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
-    for i, host in enumerate(hosts, start=1):
-        f.VmServiceFactory(
-            cluster=cluster, name=f"guest{i}", failover_domain=host.domain_memberships.get().domain
-        )
-    agents = FakeAgents(store, [h.name for h in hosts], memory_total_mib=16384, cpus=8)
-    with use_transport(agents):
-        yield cluster, agents
 
 
 def run(cluster: Any, agents: FakeAgents, store: Store, start: float, until: float) -> float:
@@ -251,7 +214,7 @@ def test_a_fence_fails_only_when_every_level_failed(cluster3: Any, store: Store)
 def test_autostart_off_stays_stopped_after_a_full_power_cycle_until_a_person_starts_it(
     cluster3: Any, store: Store
 ) -> None:
-    from console.runtime import operations
+    from console.operations import commands as operations
 
     cluster, agents = cluster3
     VmService.objects.filter(name="guest1").update(autostart=False)
@@ -310,7 +273,7 @@ def test_a_clean_shutdown_drains_live_is_never_fenced_and_the_guests_return(
 
 @pytest.mark.django_db(transaction=True)
 def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store) -> None:
-    from console.runtime import operations
+    from console.operations import commands as operations
 
     cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
@@ -328,7 +291,7 @@ def test_refused_move_fails_its_job_with_the_reason(cluster3: Any, store: Store)
 
 @pytest.mark.django_db(transaction=True)
 def test_person_migrate_is_carried_by_its_own_job(cluster3: Any, store: Store) -> None:
-    from console.runtime import operations
+    from console.operations import commands as operations
 
     cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
@@ -433,7 +396,7 @@ def test_fence_runs_beside_the_console_when_no_other_host_can(
     run(cluster, agents, store, t, t + 8)
     fence = Job.objects.get(kind="fence")
     assert fence.steps.get().host.name == "et-virt06"  # first by name, maintenance or not
-    from console.runtime.actions import fence_runner
+    from console.ha.actions import fence_runner
 
     assert fence_runner(cluster, "et-virt05", set()) is None  # nobody left: the console's agent
     assert fence_runner(cluster, "et-virt05", {"et-virt05"}) is None
@@ -474,7 +437,7 @@ def test_a_heartbeat_with_a_bad_value_never_stops_the_runner(cluster3: Any, stor
     runner.tick_once(cluster.pk, store, now=t + 1)
     host.refresh_from_db()
     assert host.memory_free_mb == 0
-    from console.runtime.snapshot import load
+    from console.ha.snapshot import load
 
     observed = load(cluster, store, t + 1).snapshot.hosts["et-virt05"]
     # a full host is full (the engine once saw the stored value)

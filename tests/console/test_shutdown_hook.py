@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from console.runtime import bootstrap
+from console.bootstrap import ssh as bootstrap
 
 
 def test_the_drain_unit_verifies_and_stops_before_libvirt(tmp_path: Path) -> None:

@@ -1,8 +1,6 @@
-"""What the runner keeps between ticks (console/runtime/snapshot.py): the configuration, read
+"""What the runner keeps between ticks (console/ha/snapshot.py): the configuration, read
 again only when it changed, and the engine's status, stored in pieces and read back the same
 whichever process reads it."""
-
-# ruff: noqa: F811  (the fixtures of test_runtime.py, imported, are parameters here)
 
 from __future__ import annotations
 
@@ -11,16 +9,12 @@ from typing import Any
 
 import pytest
 
-from console.runtime import snapshot
-from console.runtime.models import EngineServiceStatus, EngineState
-from console.runtime.store import Store
+from console.ha import snapshot
+from console.ha.models import EngineServiceStatus, EngineState
+from console.ha.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import (  # noqa: F401
-    cluster3,
-    run,
-    store,
-)
+from tests.console.test_runtime import run
 
 pytestmark = pytest.mark.redis
 

@@ -13,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from console.clusters.stream import publish_change
-from console.runtime import tasks
-from console.runtime.store import RedisStore
+from console.ha import tasks
+from console.ha.store import RedisStore
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text
@@ -36,22 +36,13 @@ def world(db: None) -> dict[str, Any]:
     )
     domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5")
     f.VmServiceFactory(cluster=cluster, name="web1", state="started", host=h5)
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="db1",
-        state="fence",
-        host=h7,
-        failover_domain=domain,
-        state_reason="waiting for et-virt07 to be fenced (attempt 2, next in 10 s)",
-    )
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="app1",
-        state="migrating",
-        host=h5,
-        target=h6,
-        state_reason="migrating et-virt05 -> et-virt06",
-    )
+    waiting = "waiting for et-virt07 to be fenced (attempt 2, next in 10 s)"
+    moving = "migrating et-virt05 -> et-virt06"
+    for name, state, host, more in (
+        ("db1", "fence", h7, {"failover_domain": domain, "state_reason": waiting}),
+        ("app1", "migrating", h5, {"target": h6, "state_reason": moving}),
+    ):
+        f.VmServiceFactory(cluster=cluster, name=name, state=state, host=host, **more)
     f.FenceDeviceFactory(cluster=cluster, host=h5, name="ipmi5")
     return {"cluster": cluster, "hosts": (h5, h6, h7)}
 
@@ -197,7 +188,7 @@ def test_the_home_page_costs_the_same_queries_at_any_size(world: dict[str, Any])
 
 
 def test_a_refused_command_is_said_on_the_cluster_page(world: dict[str, Any]) -> None:
-    from console.runtime.models import PendingCommand
+    from console.ha.models import PendingCommand
 
     cluster = world["cluster"]
     job = f.JobFactory(cluster=cluster, kind="migrate", status="failed")

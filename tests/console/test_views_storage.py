@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from agent.protocol import MountArgs
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep
 from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
@@ -511,7 +512,7 @@ def test_where_a_gfs2_is_mounted_follows_mounts_unmounts_and_probes(hosts: list[
     for h in hosts:
         job = jobs.create_job(
             "storage-gfs2-create",
-            [jobs.StepSpec(h, "mount", {"mount_point": "/guest_roots"})],
+            [jobs.StepSpec.of(h, MountArgs("/dev/vg_shared/guest_roots", "/guest_roots", "gfs2"))],
             cluster=h.cluster,
         )
         run_job(job, {"mount": {"mount_point": "/guest_roots", "changed": True}})
@@ -571,7 +572,7 @@ def test_a_joining_host_gets_journals_lockspaces_and_mounts_in_one_job(hosts: li
         (3, new.name, "fstab_entry", {"device": "/dev/vg_shared/guest_roots",
                                       "mount_point": "/guest_roots", "fstype": "gfs2",
                                       "options": services.GFS2_FSTAB_OPTIONS,
-                                      "activate_shared": True}),
+                                      "present": True, "activate_shared": True}),
         (4, new.name, "mount", {"device": "/dev/vg_shared/guest_roots",
                                 "mount_point": "/guest_roots", "fstype": "gfs2"}),
         (5, new.name, "storage_probe", {}),

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from console.runtime import rules, whatif
-from console.runtime.store import Store
+from console.ha import whatif
+from console.ha.store import Store
+from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401
+from tests.console.test_runtime import placement, run
 from tests.console.views_support import login, text
 
 
@@ -88,7 +89,7 @@ def test_the_page_shows_the_prediction(world: dict[str, Any]) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Store) -> None:  # noqa: F811
+def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Store) -> None:
     cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     with rules.use(store=store, clock=lambda: t):

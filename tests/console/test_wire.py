@@ -1,6 +1,6 @@
 """Trust no agent, on the real wire: a Redis with the agents' ACL users, the console's real
 processes (worker, beat, ingest drainer: harness.Console) and one `python -m agent` per host,
-each logged in with the user the console created for it (console/runtime/credentials.py).
+each logged in with the user the console created for it (console/bootstrap/credentials.py).
 
 With h1's own login, every message class is forged for h2 (heartbeat, lifecycle event,
 result), Celery messages are attached callbacks or aimed at built-in tasks, the console's keys
@@ -24,11 +24,11 @@ import redis
 from celery import signature
 
 from agent.protocol import EXECUTE_TASK, agent_queue, broker_keys, inbound_key
+from console.bootstrap import broker, credentials
 from console.clusters.models import Host
+from console.ha.models import AgentCredential
+from console.ha.store import RedisStore
 from console.jobs.models import Job, JobStep, StepStatus
-from console.runtime import broker, credentials
-from console.runtime.models import AgentCredential
-from console.runtime.store import RedisStore
 from tests.console import factories as f
 from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
 

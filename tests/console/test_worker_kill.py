@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from console.runtime.models import EngineState
-from console.runtime.store import LOCK_TTL_S
+from console.ha.models import EngineState
+from console.ha.store import LOCK_TTL_S
 from tests.console.test_live import Live, _broker, placement, using_broker, wait_for
 from tests.console.test_redis_restart import make_cluster, start_all
 

@@ -20,9 +20,9 @@ import article
 import pytest
 import redis
 
+from console.bootstrap import broker
 from console.clusters.models import Host
 from console.jobs.models import Job, JobStatus
-from console.runtime import broker
 from tests.lab import harness
 from tests.lab.harness import HOSTS
 from tests.lab.test_e2e import Cluster as LabCluster

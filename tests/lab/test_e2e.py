@@ -114,7 +114,7 @@ def _client_pki(directory: Path, ca_pem: str, cluster_row: Any, name: str) -> st
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
-    from console.runtime import pki
+    from console.bootstrap import pki
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     csr = (
@@ -146,9 +146,9 @@ def test_1b_libvirtd_takes_only_tls_with_a_certificate_of_the_cluster_ca(
     """After the bootstrap each libvirtd listens on TLS only and verifies both ways."""
     import libvirt
 
+    from console.bootstrap import pki
     from console.clusters.models import Cluster as ClusterRow
     from console.clusters.models import Host
-    from console.runtime import pki
 
     lab_cluster = ClusterRow.objects.get(name=article.CLUSTER)
     stranger = ClusterRow.objects.create(name="stranger")  # another CA, same kind of certificate

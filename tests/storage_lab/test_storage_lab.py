@@ -100,7 +100,7 @@ class StorageCluster:
         ]
 
     def membership(self, name: str) -> dict[str, Any] | None:
-        from console.runtime.store import RedisStore
+        from console.ha.store import RedisStore
 
         report = RedisStore().reports([name]).get(name)
         return None if report is None else report.heartbeat.get("cluster")
@@ -206,7 +206,7 @@ def _db(slab: StorageCluster, django_db_blocker: Any) -> Iterator[None]:
 
 
 def test_1_bootstrap_with_shared_storage_makes_a_quorate_cluster(slab: StorageCluster) -> None:
-    from console.runtime import bootstrap
+    from console.bootstrap import ssh as bootstrap
 
     specs = []
     for name in NAMES:

@@ -1,5 +1,5 @@
 """Browser tests: Debian's chromium driven by Playwright (never a downloaded browser), a live
-Django server, and simulated agents (console/runtime/fakes.py) behind the real HA runner.
+Django server, and simulated agents (console/ha/fakes.py) behind the real HA runner.
 
 Screenshots of every page go to var/screenshots/ (git-ignored).
 """
@@ -82,9 +82,10 @@ def store() -> Iterator[Any]:
 
 @pytest.fixture
 def sim(store: Any) -> Iterator[Any]:
+    from console.ha import tasks
+    from console.ha.fakes import FakeAgents
     from console.jobs.transport import use_transport
-    from console.runtime import rules, tasks
-    from console.runtime.fakes import FakeAgents
+    from console.operations import rules
 
     # small hosts; a live migration takes long enough to be seen
     agents = FakeAgents(store, memory_total_mib=4096, cpus=2)

@@ -3,7 +3,7 @@ lab hosts → the storage tab builds a VG and an LV with GFS2 → a failover dom
 service turns green → migrate, and the new host shows without a reload → deleting the domain
 is refused while the service uses it. A screenshot of every page lands in var/screenshots/.
 
-Agents are simulated in the test process (console/runtime/fakes.py); the console, its job dispatcher
+Agents are simulated in the test process (console/ha/fakes.py); the console, its job dispatcher
 and the HA runner are the real ones. The SSH bootstrap is replaced by tests/console/
 fake_bootstrap.py (same interface), whose host keys and step results the test decides.
 """
@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from console.clusters import views as cluster_views
-from console.runtime.fakes import KERNEL_HAS_GFS2
+from console.ha.fakes import KERNEL_HAS_GFS2
 from tests.console.fake_bootstrap import FakeBootstrap
 from tests.ui.conftest import log_in, make_user
 

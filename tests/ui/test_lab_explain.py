@@ -23,8 +23,8 @@ from django.contrib.auth.models import User
 from playwright.sync_api import expect
 from rest_framework.test import APIClient
 
+from console.ha import tasks
 from console.jobs.models import JobStatus
-from console.runtime import tasks
 from console.services.models import VmService
 from tests.lab import harness
 from tests.ui.conftest import log_in, make_user

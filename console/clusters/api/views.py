@@ -8,11 +8,13 @@ from rest_framework.response import Response
 
 from console.clusters import services as cluster_services
 from console.clusters.api import serializers
+from console.clusters.filtersets import ClusterFilterSet, FenceDeviceFilterSet, HostFilterSet
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
+from console.ha import panel, whatif
 from console.jobs.api.serializers import JobSerializer
-from console.runtime import operations, panel, whatif
-from console.runtime.api import (
+from console.operations import commands as operations
+from console.operations.api import (
     AddHostsSerializer,
     FingerprintSerializer,
     ImportSerializer,
@@ -32,7 +34,7 @@ class ClusterViewSet(HavenViewSet):
 
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
-    filterset_fields = ("name",)
+    filterset_class = ClusterFilterSet
     read_actions = ("what_if",)
 
     def perform_destroy(self, instance: Any) -> None:
@@ -43,18 +45,15 @@ class ClusterViewSet(HavenViewSet):
     def policy(self, request: Request, pk: str | None = None) -> Response:
         """The failover capacity (admission control: "survives 1 host failure; 3.2 GiB
         spare") and the live rebalancer's plan and why, from the engine on the live cluster:
-        computed once per engine tick (the tick and its age say when; console/runtime/panel.py)."""
+        computed once per engine tick (the tick and its age say when; console/ha/panel.py)."""
         return Response(panel.get(self.get_object()).as_dict())
 
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
     @action(detail=True, methods=["post"], url_path="what-if")
     def what_if(self, request: Request, pk: str | None = None) -> Response:
-        body = WhatIfSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(WhatIfSerializer)
         try:
-            prediction = whatif.predict(
-                self.get_object(), body.validated_data["host"], body.validated_data["event"]
-            )
+            prediction = whatif.predict(self.get_object(), body["host"], body["event"])
         except whatif.WhatIfError as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         return Response(whatif.as_dict(prediction))
@@ -63,14 +62,13 @@ class ClusterViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="scan-host-key")
     def scan_host_key(self, request: Request, pk: str | None = None) -> Response:
         """Read a new host's SSH host key fingerprint, to check and pin it (admin)."""
-        from console.runtime import bootstrap
+        from console.bootstrap import ssh as bootstrap
 
         self.get_object()
-        body = ScanKeySerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        address = body.validated_data["address"]
+        body = self.checked(ScanKeySerializer)
+        address = body["address"]
         try:
-            fingerprint = bootstrap.scan_host_key(address, port=body.validated_data["port"])
+            fingerprint = bootstrap.scan_host_key(address, port=body["port"])
         except bootstrap.BootstrapError as exc:
             raise ValidationError({"address": [str(exc)]}) from exc
         return Response({"address": address, "fingerprint": fingerprint})
@@ -79,10 +77,10 @@ class ClusterViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="add-hosts")
     def add_hosts(self, request: Request, pk: str | None = None) -> Response:
         """Bootstrap new hosts into this cluster over SSH (admin); the bootstrap job."""
-        from console.runtime import bootstrap, membership
+        from console.bootstrap import ssh as bootstrap
+        from console.operations import membership
 
-        body = AddHostsSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(AddHostsSerializer)
         specs = [
             bootstrap.HostSpec(
                 name=h["name"],
@@ -91,38 +89,37 @@ class ClusterViewSet(HavenViewSet):
                 fingerprint=h["fingerprint"],
                 port=h["port"],
             )
-            for h in body.validated_data["hosts"]
+            for h in body["hosts"]
         ]
-        data = body.validated_data
         return job_response(
             membership.add_hosts(
                 self.get_object(),
                 specs,
                 actor=request.user,
-                member=data["member"],
-                member_password=data["member_password"],
+                member=body["member"],
+                member_password=body["member_password"],
             )
         )
 
 
 class HostViewSet(HavenViewSet):
-    """Hosts. ``DELETE`` removes a host from its cluster (console/runtime/membership.py):
+    """Hosts. ``DELETE`` removes a host from its cluster (console/operations/membership.py):
     refused while guests run there or while it is silent and not confirmed down; with the
     root password (``{"password": ...}``, or ``POST remove/``) its agent is uninstalled over
     SSH first. ``repair/`` runs the SSH bootstrap again, keeping its guests and history."""
 
     queryset = Host.objects.select_related("cluster")
     serializer_class = serializers.HostSerializer
-    filterset_fields = ("cluster", "cluster__name", "name", "state", "maintenance")
+    filterset_class = HostFilterSet
     operator_actions = ("maintenance", "acknowledge_down")
 
     def _remove(self, request: Request) -> Response:
-        from console.runtime import membership
+        from console.operations import membership
 
-        body = RemoveHostSerializer(data=request.data if isinstance(request.data, dict) else {})
-        body.is_valid(raise_exception=True)
+        given = request.data if isinstance(request.data, dict) else {}
+        body = self.checked(RemoveHostSerializer, given)
         job = membership.remove_host(
-            self.get_object(), actor=request.user, password=body.validated_data.get("password", "")
+            self.get_object(), actor=request.user, password=body.get("password", "")
         )
         return job_response(job)
 
@@ -140,27 +137,23 @@ class HostViewSet(HavenViewSet):
     @action(detail=True, methods=["post"])
     def repair(self, request: Request, pk: str | None = None) -> Response:
         """Run the SSH bootstrap again on this host (admin); its guests and history stay."""
-        from console.runtime import membership
+        from console.operations import membership
 
-        body = RepairHostSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(RepairHostSerializer)
         job = membership.repair_host(
             self.get_object(),
-            body.validated_data["password"],
+            body["password"],
             actor=request.user,
-            fingerprint=body.validated_data.get("fingerprint", ""),
-            port=body.validated_data["port"],
+            fingerprint=body.get("fingerprint", ""),
+            port=body["port"],
         )
         return job_response(job)
 
     @extend_schema(request=MaintenanceSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
-        body = MaintenanceSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        job = operations.maintenance(
-            self.get_object(), body.validated_data["on"], actor=request.user
-        )
+        body = self.checked(MaintenanceSerializer)
+        job = operations.maintenance(self.get_object(), body["on"], actor=request.user)
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
@@ -173,13 +166,12 @@ class HostViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="import-guests")
     def import_guests(self, request: Request, pk: str | None = None) -> Response:
         """Put guests defined on this host under cluster control (their XML is read there)."""
-        body = ImportSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(ImportSerializer)
         job = operations.import_guests(
             self.get_object(),
-            body.validated_data["guests"],
+            body["guests"],
             actor=request.user,
-            failover_domain=body.validated_data.get("failover_domain"),
+            failover_domain=body.get("failover_domain"),
         )
         return job_response(job)
 
@@ -190,7 +182,7 @@ class HostViewSet(HavenViewSet):
         """New broker password and sealing key for this host's agent (admin only), sent over
         the agent's own command channel; 409 when that cannot be done (the answer says to
         bootstrap the host again over SSH)."""
-        from console.runtime import credentials
+        from console.bootstrap import credentials
 
         return job_response(credentials.rotate(self.get_object(), actor=request.user))
 
@@ -203,4 +195,4 @@ class HostViewSet(HavenViewSet):
 class FenceDeviceViewSet(HavenViewSet):
     queryset = FenceDevice.objects.select_related("cluster", "host")
     serializer_class = serializers.FenceDeviceSerializer
-    filterset_fields = ("cluster", "host", "agent")
+    filterset_class = FenceDeviceFilterSet
