@@ -112,6 +112,10 @@ def _reset_cluster_state(lab: vmlab.StorageLab) -> None:
     script = (
         "for u in $(systemctl list-units --plain --no-legend 'haven-agent-*' | cut -d' ' -f1);"
         " do systemctl disable --now $u; done; rm -f /etc/systemd/system/haven-agent-*;"
+        # guests an earlier run left defined (run 4 of 2026-12-02: "domain 'guest1' already
+        # exists with uuid ..." refused every start of the new guest1 on sv3)
+        " for d in $(virsh -c qemu:///system list --all --name 2>/dev/null); do"
+        " virsh -c qemu:///system destroy $d; virsh -c qemu:///system undefine $d; done;"
         " umount -a -t gfs2; vgchange -an 2>/dev/null; vgchange --lockstop 2>/dev/null;"
         " systemctl disable --now haven-cluster-join lvmlocks lvmlockd dlm corosync 2>/dev/null;"
         " rm -f /etc/systemd/system/haven-cluster-join.service /etc/systemd/system/haven-activate-*"
