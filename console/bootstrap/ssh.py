@@ -9,7 +9,7 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          (built aside and renamed, under ``flock``; no internet on the host);
 ``bootstrap.configure``  a Redis user of the agent's own, allowed to consume only its queue
                          ``agent.<name>`` and to write only its inbound list ``haven:in:<name>``
-                         (console/bootstrap/broker.py), a new sealing key, and the agent's
+                         (console/ha/broker.py), a new sealing key, and the agent's
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
@@ -87,11 +87,12 @@ from agent.protocol import (
     agent_queue,
     inbound_key,
 )
-from console.bootstrap import cluster_stack, credentials
+from console.bootstrap import cluster_stack
 from console.clusters.models import Cluster, Host
 from console.core import validators
 from console.core.services import actor_name
 from console.events.services import record
+from console.ha import credentials
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
 

@@ -313,7 +313,7 @@ class Unsendable(Exception):
 def _with_secrets(step: JobStep) -> tuple[dict[str, Any], set[str], set[str]]:
     """The step's args with the secrets it refers to filled in (a fence device's parameters,
     new broker credentials), and which args and which ``params`` are secret."""
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     args = dict(step.args)
     secret = {k for k in args if names.is_secret(k)}
@@ -341,7 +341,7 @@ def _seal(
     """The args to send (every secret sealed for ``target`` alone, agent/sealing.py), and a copy
     for logs with every secret value replaced."""
     from agent.sealing import seal
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     clear = {k: v for k, v in args.items() if k not in secret}
     sealed = {k: v for k, v in args.items() if k in secret}

@@ -41,14 +41,13 @@ from console.clusters.models import Cluster, FenceDevice, Host
 from console.engine.sim.scenario import Scenario
 from console.engine.sim.world import Run, SimHost, World
 from console.events.models import Event as LogEvent
-from console.ha import runner, snapshot
+from console.ha import rules, runner, snapshot
 from console.ha.fakes import AgentError, FakeAgents
 from console.ha.models import PendingCommand
 from console.ha.store import MemoryStore
 from console.jobs.models import JobStep
 from console.jobs.transport import use_transport
 from console.operations import commands as operations
-from console.operations import rules
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 from console.storage.models import VolumeGroup
 
