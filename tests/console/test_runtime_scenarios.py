@@ -11,11 +11,7 @@ import pytest
 
 from console.engine.sim import failures, load
 from tests.console.runtime_world import simulate_runtime
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "scenarios"
-OWN = ROOT / "tests" / "engine" / "scenarios"
-
+from tests.scenario_files import scenario_params, shared_folder_or_skip
 
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
@@ -32,32 +28,12 @@ CANNOT = {
 }
 
 
-def _files(folder: Path) -> list[object]:
-    if not folder.is_dir():
-        return []
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=CANNOT[p.stem]))
-        if p.stem in CANNOT
-        else p
-        for p in sorted(folder.glob("*.json"))
-    ]
-
-
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", _files(SHARED), ids=lambda p: p.stem)
-def test_shared_scenario_through_the_runtime(path: Path) -> None:
+@pytest.mark.parametrize("path", scenario_params(CANNOT))
+def test_scenario_through_the_runtime(path: Path) -> None:
     sc = load(path)
     assert failures(sc, simulate_runtime(sc)) == []
 
 
 def test_shared_folder_present_or_skipped() -> None:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the shared scenarios are not run through the runtime")
-    assert _files(SHARED), f"{SHARED} holds no scenario"
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", _files(OWN), ids=lambda p: p.stem)
-def test_project_scenario_through_the_runtime(path: Path) -> None:
-    sc = load(path)
-    assert failures(sc, simulate_runtime(sc)) == []
+    shared_folder_or_skip("through the runtime")
