@@ -177,7 +177,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["console.core.permissions.RolePermission"],
     "DEFAULT_PAGINATION_CLASS": "console.core.pagination.HavenPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_FILTER_BACKENDS": ["console.core.filters.FieldFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["console.core.filtersets.FilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.core.api.exception_handler",
 }

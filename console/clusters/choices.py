@@ -1,24 +1,16 @@
-from django.db import models
+from console.core.choices import StatusChoices
+from console.engine import states
+
+_E = states.HostState
 
 
-class HostState(models.TextChoices):
-    """What the console knows of a host; colours in ``HOST_STATE_COLOURS``."""
+class HostState(StatusChoices, kind="host"):
+    """What the console knows of a host: the engine's host states plus ``new``."""
 
-    NEW = "new", "New (registered, agent not heard from yet)"
-    ONLINE = "online", "Online (heartbeats arriving)"
-    UNREACHABLE = "unreachable", "Unreachable (heartbeats missed)"
-    FENCING = "fencing", "Fencing (power-off in progress)"
-    FENCED = "fenced", "Fenced (confirmed powered off)"
-    OFFLINE = "offline", "Offline (down, nothing to recover)"
-    MAINTENANCE = "maintenance", "Maintenance (drained, takes no guests)"
-
-
-HOST_STATE_COLOURS = {
-    "new": "grey",
-    "online": "green",
-    "unreachable": "red",
-    "fencing": "amber",
-    "fenced": "red",
-    "offline": "grey",
-    "maintenance": "blue",
-}
+    NEW = "new", "grey", "New (registered, agent not heard from yet)"
+    ONLINE = _E.ONLINE, "green", "Online (heartbeats arriving)"
+    UNREACHABLE = _E.UNREACHABLE, "red", "Unreachable (heartbeats missed)"
+    FENCING = _E.FENCING, "amber", "Fencing (power-off in progress)"
+    FENCED = _E.FENCED, "red", "Fenced (confirmed powered off)"
+    OFFLINE = _E.OFFLINE, "grey", "Offline (down, nothing to recover)"
+    MAINTENANCE = _E.MAINTENANCE, "blue", "Maintenance (drained, takes no guests)"

@@ -18,7 +18,7 @@ from console.services.models import VmService
 def cluster_health() -> list[Any]:
     """Every cluster with the counts its health badges need: three aggregate queries whatever
     the size (grouped counts per cluster, never a join of hosts with services)."""
-    from console.services.listing import PROBLEM
+    from console.services.filtersets import PROBLEM
 
     clusters = list(Cluster.objects.select_related("engine").order_by("name"))
     hosts = {

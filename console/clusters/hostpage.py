@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
+from typing import Any
+
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.debug import sensitive_post_parameters
+from django.urls import reverse
 
 from console.bootstrap.pki import describe
 from console.clusters.forms import HostSettingsForm
 from console.clusters.models import Cluster, FenceDevice, Host
+from console.clusters.scope import OnHost
 from console.core import services as core_services
 from console.core.errors import Refused
+from console.core.generic import ActionView, FormPageView
 from console.core.views import role_required
 from console.events.models import Event
 from console.ha.actions import libvirt_uri
@@ -29,21 +32,30 @@ def host_detail(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     return _host_page(request, cluster, host)
 
 
-@role_required(read="admin", write="admin")
-def host_settings(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+class HostSettings(OnHost, FormPageView):
     """The host's own settings (its vCPU overcommit ratio): a bad value shows the host page
     again with the form's error on the field; nothing is saved."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
-    if request.method != "POST":
-        return redirect("clusters:host", cluster.pk, host.pk)
-    form = HostSettingsForm(request.POST, instance=host)
-    if form.is_valid():
-        core_services.save_serializer(form, actor=request.user, verb="update")
-        messages.success(request, f"Settings of {host.name} saved.")
-        return redirect("clusters:host", cluster.pk, host.pk)
-    fresh = Host.objects.get(pk=host.pk)  # the page shows what is stored, the form the input
-    return _host_page(request, cluster, fresh, settings_form=form, status=400)
+
+    form_class = HostSettingsForm
+
+    def form_kwargs(self) -> dict[str, Any]:
+        return {"instance": self.host}
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return redirect(self.back_url())
+
+    def perform(self, form: Any) -> str:
+        core_services.save_serializer(form, actor=self.request.user, verb="update")
+        return f"Settings of {self.host.name} saved."
+
+    def success_url(self) -> str:
+        return self.back_url()
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        fresh = Host.objects.get(
+            pk=self.host.pk
+        )  # the page shows what is stored, the form the input
+        return _host_page(self.request, self.cluster, fresh, settings_form=form, status=400)
 
 
 def _host_page(
@@ -129,91 +141,68 @@ def host_what_if(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     )
 
 
-@role_required(read="admin", write="admin")
-def host_rotate_credentials(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+class HostAction(OnHost, ActionView):
+    """A button of the host page (admin only, also to look at); most start a job and show it."""
+
+    read = "admin"
+    write = "admin"
+    job: Job
+
+    def done_url(self) -> str:
+        return reverse("jobs:detail", args=[self.job.pk])
+
+
+class HostRotateCredentials(HostAction):
     """The agent's broker password and sealing key anew (console/bootstrap/credentials.py)."""
-    from django.contrib import messages
-    from django.shortcuts import redirect
 
-    from console.bootstrap import credentials
-    from console.core.errors import Refused
+    def perform(self) -> str:
+        from console.bootstrap import credentials
 
-    cluster = get_object_or_404(Cluster, pk=pk)
-    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
-    if request.method != "POST":
-        return redirect("clusters:host", cluster.pk, host.pk)
-    try:
-        job = credentials.rotate(host, actor=request.user)
-    except Refused as exc:
-        messages.error(request, exc.message)
-        return redirect("clusters:host", cluster.pk, host.pk)
-    messages.success(request, f"Rotating {host.name}'s broker credentials (job {job.pk}).")
-    return redirect("jobs:detail", job.pk)
+        self.job = credentials.rotate(self.host, actor=self.request.user)
+        return f"Rotating {self.host.name}'s broker credentials (job {self.job.pk})."
 
 
-@sensitive_post_parameters()
-@role_required(read="admin", write="admin")
-def host_remove(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+class HostRemove(HostAction):
     """Remove the host (console/operations/membership.py); the root password, if given,
     uninstalls its agent over SSH. A refusal says what to do first (maintenance)."""
-    from console.operations import membership
 
-    cluster = get_object_or_404(Cluster, pk=pk)
-    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
-    if request.method != "POST":
-        return redirect("clusters:host", cluster.pk, host.pk)
-    try:
-        job = membership.remove_host(
-            host, actor=request.user, password=str(request.POST.get("password") or "")
-        )
-    except Refused as exc:
-        messages.error(request, exc.message)
-        return redirect("clusters:host", cluster.pk, host.pk)
-    messages.success(request, f"Removing {host.name} from cluster {cluster.name} (job {job.pk}).")
-    return redirect("jobs:detail", job.pk)
+    sensitive = True
+
+    def perform(self) -> str:
+        from console.operations import membership
+
+        password = str(self.request.POST.get("password") or "")
+        self.job = membership.remove_host(self.host, actor=self.request.user, password=password)
+        return f"Removing {self.host.name} from cluster {self.cluster.name} (job {self.job.pk})."
 
 
-@sensitive_post_parameters()
-@role_required(read="admin", write="admin")
-def host_repair(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+class HostRepair(HostAction):
     """Run the SSH bootstrap again on this host, keeping its guests and history."""
-    from console.operations import membership
 
-    cluster = get_object_or_404(Cluster, pk=pk)
-    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
-    if request.method != "POST":
-        return redirect("clusters:host", cluster.pk, host.pk)
-    password = str(request.POST.get("password") or "")
-    if not password:
-        messages.error(request, f"Give the root password of {host.name} to repair it.")
-        return redirect("clusters:host", cluster.pk, host.pk)
-    try:
-        job = membership.repair_host(
-            host,
+    sensitive = True
+
+    def perform(self) -> str:
+        from console.operations import membership
+
+        password = str(self.request.POST.get("password") or "")
+        if not password:
+            raise Refused(f"Give the root password of {self.host.name} to repair it.")
+        self.job = membership.repair_host(
+            self.host,
             password,
-            actor=request.user,
+            actor=self.request.user,
             # set only when the person ticked "accept the new host key" after a scan
-            fingerprint=str(request.POST.get("fingerprint") or ""),
+            fingerprint=str(self.request.POST.get("fingerprint") or ""),
         )
-    except Refused as exc:
-        messages.error(request, exc.message)
-        return redirect("clusters:host", cluster.pk, host.pk)
-    return redirect("jobs:detail", job.pk)
+        return ""
 
 
-@role_required(read="admin", write="admin")
-def host_check_key(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
+class HostCheckKey(HostAction):
     """Read the host key the host presents now, beside the pinned one: the host page then
     offers to accept a changed key for the repair (the fingerprint shown, ticked by a person)."""
-    from console.operations import membership
 
-    cluster = get_object_or_404(Cluster, pk=pk)
-    host = get_object_or_404(Host, pk=host_pk, cluster=cluster)
-    if request.method != "POST":
-        return redirect("clusters:host", cluster.pk, host.pk)
-    try:
-        check = membership.check_host_key(host)
-    except Refused as exc:
-        messages.error(request, exc.message)
-        return redirect("clusters:host", cluster.pk, host.pk)
-    return _host_page(request, cluster, host, key_check=check)
+    def perform(self) -> HttpResponse:
+        from console.operations import membership
+
+        check = membership.check_host_key(self.host)
+        return _host_page(self.request, self.cluster, self.host, key_check=check)

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.errors import Refused
-from console.core.services import actor_name, delete_object
+from console.core.services import actor_name, delete_unused
 from console.events.services import record
 from console.jobs import services as jobs
 from console.jobs.models import Job
@@ -18,22 +18,15 @@ from console.jobs.models import Job
 def delete_cluster(cluster: Cluster, *, actor: Any) -> None:
     """Delete a cluster; refused (409) while it has hosts (nothing is deleted by cascade)."""
     hosts = sorted(cluster.hosts.values_list("name", flat=True))
-    if hosts:
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=cluster,
-                cluster=cluster,
-                result="refused",
-                message=f"still has hosts {', '.join(hosts)}",
-            )
-        raise Refused(
-            f"Cluster {cluster.name} still has "
-            f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: remove "
-            f"{'it' if len(hosts) == 1 else 'them'} first."
-        )
-    delete_object(cluster, actor=actor)
+    one = len(hosts) == 1
+    delete_unused(
+        cluster,
+        hosts,
+        actor=actor,
+        reason=f"still has hosts {', '.join(hosts)}",
+        refusal=f"Cluster {cluster.name} still has {'host' if one else 'hosts'} "
+        f"{', '.join(hosts)}: remove {'it' if one else 'them'} first.",
+    )
 
 
 def fence_test(cluster: Cluster, device: FenceDevice, *, actor: Any) -> Job:

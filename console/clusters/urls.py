@@ -1,36 +1,32 @@
 from django.urls import path
 
 from console.clusters import hostpage, stream, views
+from console.core.generic import edit_urls
 
 app_name = "clusters"
+HOST = "<int:pk>/hosts/<int:host_pk>/"
 urlpatterns = [
     path("new/", views.create, name="create"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/live/", views.live, name="live"),
-    path("<int:pk>/policy/", views.policy_edit, name="policy"),
+    path("<int:pk>/policy/", views.PolicyEdit.as_view(), name="policy"),
     path("<int:pk>/stream/", stream.cluster_stream, name="stream"),
-    path("<int:pk>/hosts/<int:host_pk>/", hostpage.host_detail, name="host"),
-    path("<int:pk>/hosts/<int:host_pk>/what-if/", hostpage.host_what_if, name="what-if"),
-    path("<int:pk>/hosts/<int:host_pk>/settings/", hostpage.host_settings, name="host-settings"),
+    path(HOST, hostpage.host_detail, name="host"),
+    path(f"{HOST}what-if/", hostpage.host_what_if, name="what-if"),
+    path(f"{HOST}settings/", hostpage.HostSettings.as_view(), name="host-settings"),
     path(
-        "<int:pk>/hosts/<int:host_pk>/rotate-credentials/",
-        hostpage.host_rotate_credentials,
+        f"{HOST}rotate-credentials/",
+        hostpage.HostRotateCredentials.as_view(),
         name="rotate-credentials",
     ),
     path("<int:pk>/hosts/add/", views.add_hosts, name="add-hosts"),
-    path("<int:pk>/hosts/<int:host_pk>/remove/", hostpage.host_remove, name="remove-host"),
-    path("<int:pk>/hosts/<int:host_pk>/repair/", hostpage.host_repair, name="repair-host"),
-    path("<int:pk>/hosts/<int:host_pk>/check-key/", hostpage.host_check_key, name="check-host-key"),
-    path("<int:pk>/hosts/<int:host_pk>/maintenance/", views.host_maintenance, name="maintenance"),
-    path(
-        "<int:pk>/hosts/<int:host_pk>/acknowledge-down/",
-        views.host_acknowledge_down,
-        name="acknowledge-down",
-    ),
-    path("<int:pk>/fence/", views.fence_list, name="fence"),
-    path("<int:pk>/fence/new/", views.fence_edit, name="fence-new"),
+    path(f"{HOST}remove/", hostpage.HostRemove.as_view(), name="remove-host"),
+    path(f"{HOST}repair/", hostpage.HostRepair.as_view(), name="repair-host"),
+    path(f"{HOST}check-key/", hostpage.HostCheckKey.as_view(), name="check-host-key"),
+    path(f"{HOST}maintenance/", views.HostMaintenance.as_view(), name="maintenance"),
+    path(f"{HOST}acknowledge-down/", views.HostAcknowledgeDown.as_view(), name="acknowledge-down"),
+    path("<int:pk>/fence/", views.FenceList.as_view(), name="fence"),
     path("<int:pk>/fence/metadata/", views.fence_metadata, name="fence-metadata"),
-    path("<int:pk>/fence/<int:device_pk>/", views.fence_edit, name="fence-edit"),
-    path("<int:pk>/fence/<int:device_pk>/delete/", views.fence_delete, name="fence-delete"),
-    path("<int:pk>/fence/<int:device_pk>/test/", views.fence_test, name="fence-test"),
+    *edit_urls("<int:pk>/fence/", "fence", views.FenceEdit, views.FenceDelete, "device_pk"),
+    path("<int:pk>/fence/<int:device_pk>/test/", views.FenceTest.as_view(), name="fence-test"),
 ]

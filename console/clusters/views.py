@@ -11,10 +11,9 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -30,8 +29,10 @@ from console.clusters.forms import (
     HostsAddForm,
 )
 from console.clusters.models import Cluster, FenceDevice, Host
-from console.core import services as core_services
+from console.clusters.scope import InCluster, OnHost
 from console.core.errors import Refused
+from console.core.filtersets import PAGE
+from console.core.generic import ActionView, ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
 from console.engine.placement import vcpu_limit
 from console.ha import panel
@@ -40,7 +41,7 @@ from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep, StepStatus
 from console.operations import commands as operations
 from console.services.choices import OCCUPYING_STATES, ServiceState
-from console.services.listing import GROUPS, SORTS, ServiceQuery
+from console.services.filtersets import GROUPS, SORTS, ServiceFilterSet
 from console.services.models import FailoverDomain, VmService
 
 COMMON_FENCE_AGENTS = (
@@ -72,13 +73,14 @@ def live_context(cluster: Cluster, params: Any = None) -> dict[str, Any]:
         .prefetch_related(Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order")))
         .order_by("name")
     )
-    query = ServiceQuery.parse(params or {})
-    services = query.apply(
+    query = ServiceFilterSet(
+        params or {},
         VmService.objects.filter(cluster=cluster).select_related(
             "host", "target", "failover_domain"
-        )
+        ),
+        surface=PAGE,
     )
-    page = Paginator(services, SERVICES_PER_PAGE).get_page((params or {}).get("page"))
+    page = Paginator(query.qs, SERVICES_PER_PAGE).get_page((params or {}).get("page"))
     keep = urlencode(query.params())
     # people's commands the engine refused lately: said on the page, not only on their job
     refusals = list(
@@ -142,68 +144,49 @@ def live(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "clusters/_live.html", live_context(cluster, request.GET))
 
 
-@role_required(read="admin")
-def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+class PolicyEdit(ObjectEditView):
     """The cluster's policy (vCPU overcommit, admission control, the live rebalancer): the
     same fields as ``PATCH /api/clusters/{id}/``, saved through the same services layer."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    form = ClusterPolicyForm(request.POST if request.method == "POST" else None, instance=cluster)
-    if form.is_bound and form.is_valid():
-        core_services.save_serializer(form, actor=request.user, verb="update")
-        messages.success(request, f"Policy of {cluster.name} saved.")
-        return redirect("clusters:detail", cluster.pk)
-    return render(
-        request,
-        "generic/form_page.html",
-        {
-            "cluster": cluster,
-            "form": form,
-            "title": f"Policy of {cluster.name}",
+
+    model = Cluster
+    form_class = ClusterPolicyForm
+
+    def saved_message(self, saved: Any) -> str:
+        return f"Policy of {saved.name} saved."
+
+    def title(self) -> str:
+        return f"Policy of {self.object.name}"
+
+    def context(self, form: Any) -> dict[str, Any]:
+        return {
+            "cluster": self.object,
             "intro": "A host runs at most its CPUs times the overcommit ratio of vCPUs (a "
             "host's own ratio, set on its page or through the API, wins). Admission control "
             "refuses to start a protected guest when the cluster could not restart every protected "
             "guest after losing this many hosts (0 = off). The live rebalancer evens out "
             "memory use by live migration.",
-            "cancel": reverse("clusters:detail", args=[cluster.pk]),
-        },
-    )
+            "cancel": self.success_url(),
+        }
+
+    def success_url(self) -> str:
+        return reverse("clusters:detail", args=[self.object.pk])
 
 
-def _operation(request: HttpRequest, cluster: Cluster, call: Any, done: str) -> HttpResponse:
-    try:
-        job = call()
-    except operations.OperationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{done} (job {job.pk}).")
-    return redirect("clusters:detail", cluster.pk)
+class HostMaintenance(OnHost, ActionView):
+    back = "clusters:detail"
+
+    def perform(self) -> str:
+        on = self.request.POST.get("on") == "1"
+        job = operations.maintenance(self.host, on, actor=self.request.user)
+        return f"{self.host.name} {'goes into' if on else 'leaves'} maintenance (job {job.pk})."
 
 
-@role_required(write="operate")
-def host_maintenance(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = get_object_or_404(Host, pk=host_pk, cluster_id=pk)
-    if request.method != "POST":
-        return redirect("clusters:detail", pk)
-    on = request.POST.get("on") == "1"
-    return _operation(
-        request,
-        host.cluster,
-        lambda: operations.maintenance(host, on, actor=request.user),
-        f"{host.name} {'goes into' if on else 'leaves'} maintenance",
-    )
+class HostAcknowledgeDown(OnHost, ActionView):
+    back = "clusters:detail"
 
-
-@role_required(write="operate")
-def host_acknowledge_down(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = get_object_or_404(Host, pk=host_pk, cluster_id=pk)
-    if request.method != "POST":
-        return redirect("clusters:detail", pk)
-    return _operation(
-        request,
-        host.cluster,
-        lambda: operations.acknowledge_down(host, actor=request.user),
-        f"{host.name} acknowledged down: its guests may start elsewhere",
-    )
+    def perform(self) -> str:
+        job = operations.acknowledge_down(self.host, actor=self.request.user)
+        return f"{self.host.name} acknowledged down: its guests may start elsewhere (job {job.pk})."
 
 
 # --- the create-cluster wizard --------------------------------------------------------------
@@ -234,23 +217,7 @@ def _wizard_forms(
 def create(request: HttpRequest) -> HttpResponse:
     """Step 1: name and hosts; "scan" reads each host's SSH key. Step 2: confirm the keys,
     give the root passwords, start the bootstrap job and go to its progress page."""
-    form, rows = _wizard_forms(request)
-    step = request.POST.get("step", "")
-    scanned = False
-    # Both are validated (no short circuit), so every field shows its own error at once.
-    valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
-    if valid and step == "scan":
-        scanned = _scan(form, rows)
-    elif valid and step == "create":
-        job = _start(request, form, rows)
-        if job is not None:
-            return redirect("jobs:detail", job.pk)
-        scanned = True
-    return render(
-        request,
-        "clusters/create.html",
-        {"form": form, "rows": rows, "scanned": scanned, "title": "Create a cluster"},
-    )
+    return _wizard(request, None)
 
 
 @sensitive_post_parameters()
@@ -258,10 +225,14 @@ def create(request: HttpRequest) -> HttpResponse:
 def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
     """The wizard's steps for an existing cluster: hosts, their keys, their root passwords;
     then the same SSH bootstrap (console/operations/membership.py ``add_hosts``)."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    form, rows = _wizard_forms(request, HostsAddForm)
+    return _wizard(request, get_object_or_404(Cluster, pk=pk))
+
+
+def _wizard(request: HttpRequest, cluster: Cluster | None) -> HttpResponse:
+    form, rows = _wizard_forms(request, ClusterCreateForm if cluster is None else HostsAddForm)
     step = request.POST.get("step", "")
     scanned = False
+    # Both are validated (no short circuit), so every field shows its own error at once.
     valid = request.method == "POST" and (form.is_valid() & rows.is_valid())
     if valid and step == "scan":
         scanned = _scan(form, rows)
@@ -270,17 +241,10 @@ def add_hosts(request: HttpRequest, pk: int) -> HttpResponse:
         if job is not None:
             return redirect("jobs:detail", job.pk)
         scanned = True
-    return render(
-        request,
-        "clusters/create.html",
-        {
-            "form": form,
-            "rows": rows,
-            "scanned": scanned,
-            "cluster": cluster,
-            "title": f"Add hosts to {cluster.name}",
-        },
-    )
+    context = {"form": form, "rows": rows, "scanned": scanned, "title": "Create a cluster"}
+    if cluster is not None:
+        context.update(cluster=cluster, title=f"Add hosts to {cluster.name}")
+    return render(request, "clusters/create.html", context)
 
 
 def _scan(form: ClusterCreateForm, rows: Any) -> bool:
@@ -398,67 +362,76 @@ def _any_online_host(cluster: Cluster) -> Host | None:
     return Host.objects.filter(cluster=cluster, state="online").order_by("name").first()
 
 
-@role_required(read="read")
-def fence_list(request: HttpRequest, pk: int) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    devices = FenceDevice.objects.filter(cluster=cluster).select_related("host")
-    hosts = Host.objects.filter(cluster=cluster).prefetch_related(
-        Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order", "name"))
-    )
-    return render(
-        request,
-        "clusters/fence_list.html",
-        {"cluster": cluster, "devices": devices, "hosts": hosts, "tab": "fence"},
-    )
+class FenceList(InCluster, ObjectListView):
+    template_name = "clusters/fence_list.html"
+    context_object_name = "devices"
+    tab = "fence"
+    heading, add = "Fence devices", ("clusters:fence-new", "New fence device")
+
+    def get_queryset(self) -> Any:
+        return FenceDevice.objects.filter(cluster=self.cluster).select_related("host")
+
+    def extra_context(self) -> dict[str, Any]:
+        hosts = Host.objects.filter(cluster=self.cluster).prefetch_related(
+            Prefetch("fence_devices", queryset=FenceDevice.objects.order_by("order", "name"))
+        )
+        return {"hosts": hosts}
 
 
-@sensitive_post_parameters()
-@role_required(read="admin")
-def fence_edit(request: HttpRequest, pk: int, device_pk: int | None = None) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    device = get_object_or_404(FenceDevice, pk=device_pk, cluster=cluster) if device_pk else None
-    agent = device.agent if device else (request.GET.get("agent") or request.POST.get("agent"))
-    agent_form = FenceAgentForm({"agent": agent} if agent else None)
-    if not agent or not agent_form.is_valid():
-        return render(
-            request,
-            "clusters/fence_agent.html",
-            {"cluster": cluster, "form": agent_form, "agents": COMMON_FENCE_AGENTS},
+class FenceEdit(InCluster, ObjectEditView):
+    """A fence device: first its agent (a form of its own), then the agent's parameters as read
+    from its metadata (a job on a host while none is cached), then the device's form."""
+
+    model = FenceDevice
+    form_class = FenceDeviceForm
+    pk_kwarg = "device_pk"
+    what = "fence device"
+    template_name = "clusters/fence_form.html"
+    sensitive = True
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        device = self.object
+        self.agent = (
+            device.agent if device else (request.GET.get("agent") or request.POST.get("agent"))
         )
-    metadata = cached_metadata(agent)
-    if metadata is None:
-        return render(
-            request,
-            "clusters/fence_metadata.html",
-            {"cluster": cluster, "agent": agent, "job": _running_metadata_job(agent)},
+        agent_form = FenceAgentForm({"agent": self.agent} if self.agent else None)
+        if not self.agent or not agent_form.is_valid():
+            return self.show(
+                "clusters/fence_agent.html", {"form": agent_form, "agents": COMMON_FENCE_AGENTS}
+            )
+        metadata = cached_metadata(self.agent)
+        if metadata is None:
+            return self.show(
+                "clusters/fence_metadata.html",
+                {"agent": self.agent, "job": _running_metadata_job(self.agent)},
+            )
+        self.metadata = metadata
+        return super().dispatch(request, *args, **kwargs)
+
+    def form_kwargs(self) -> dict[str, Any]:
+        initial = (
+            {"host": self.request.GET.get("host"), "order": 1} if self.object is None else None
         )
-    initial = {"host": request.GET.get("host"), "order": 1} if device is None else None
-    form = FenceDeviceForm(
-        request.POST if request.method == "POST" and "name" in request.POST else None,
-        instance=device,
-        cluster=cluster,
-        agent=agent,
-        parameters=list(metadata.get("parameters") or []),
-        initial=initial,
-    )
-    if form.is_bound and form.is_valid():
-        core_services.save_serializer(
-            form, actor=request.user, verb="update" if device else "create"
-        )
-        messages.success(request, f"Fence device {form.instance.name} saved.")
-        return redirect("clusters:fence", cluster.pk)
-    return render(
-        request,
-        "clusters/fence_form.html",
-        {
-            "cluster": cluster,
-            "form": form,
-            "agent": agent,
-            "metadata": metadata,
-            "device": device,
-            "title": f"{'Edit' if device else 'New'} fence device ({agent})",
-        },
-    )
+        return {
+            **super().form_kwargs(),
+            "agent": self.agent,
+            "parameters": list(self.metadata.get("parameters") or []),
+            "initial": initial,
+        }
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if "name" not in request.POST:  # the agent was just chosen: its empty form
+            return self.get(request, *args, **kwargs)
+        return super().post(request, *args, **kwargs)
+
+    def title(self) -> str:
+        return f"{'Edit' if self.object else 'New'} fence device ({self.agent})"
+
+    def context(self, form: Any) -> dict[str, Any]:
+        return {"agent": self.agent, "metadata": self.metadata, "device": self.object}
+
+    def success_url(self) -> str:
+        return reverse("clusters:fence", args=[self.cluster.pk])
 
 
 @role_required(read="admin")
@@ -497,36 +470,38 @@ def fence_metadata(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(url)
 
 
-@role_required(read="admin")
-def fence_delete(request: HttpRequest, pk: int, device_pk: int) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    device = get_object_or_404(FenceDevice, pk=device_pk, cluster=cluster)
-    if request.method == "POST":
-        core_services.delete_object(device, actor=request.user)
-        messages.success(request, f"Fence device {device.name} deleted.")
-        return redirect("clusters:fence", cluster.pk)
-    return render(
-        request,
-        "generic/confirm_delete.html",
-        {
-            "cluster": cluster,
-            "object": device.name,
-            "what": "fence device",
-            "consequence": f"{device.host.name} can then only recover with a person's "
-            "acknowledgement, unless it has another device.",
-            "cancel": reverse("clusters:fence", args=[cluster.pk]),
-        },
-    )
+class FenceDelete(InCluster, ObjectDeleteView):
+    model = FenceDevice
+    pk_kwarg = "device_pk"
+    what = "fence device"
+
+    def consequence(self) -> str:
+        return (
+            f"{self.object.host.name} can then only recover with a person's acknowledgement, "
+            "unless it has another device."
+        )
+
+    def success_url(self) -> str:
+        return reverse("clusters:fence", args=[self.cluster.pk])
 
 
-@role_required(read="admin", write="admin")
-def fence_test(request: HttpRequest, pk: int, device_pk: int) -> HttpResponse:
+class FenceTest(InCluster, ActionView):
     """Run the agent with ``action=status`` from another host: proves address and secrets."""
-    cluster = get_object_or_404(Cluster, pk=pk)
-    device = get_object_or_404(
-        FenceDevice.objects.select_related("host"), pk=device_pk, cluster=cluster
-    )
-    if request.method != "POST":
-        return redirect("clusters:fence", cluster.pk)
-    job = cluster_services.fence_test(cluster, device, actor=request.user)
-    return redirect("jobs:detail", job.pk)
+
+    read = "admin"
+    write = "admin"
+
+    def load(self) -> None:
+        super().load()
+        self.device = get_object_or_404(
+            FenceDevice.objects.select_related("host"),
+            pk=self.kwargs["device_pk"],
+            cluster=self.cluster,
+        )
+
+    def back_url(self) -> str:
+        return reverse("clusters:fence", args=[self.cluster.pk])
+
+    def perform(self) -> HttpResponseBase:
+        job = cluster_services.fence_test(self.cluster, self.device, actor=self.request.user)
+        return redirect("jobs:detail", job.pk)

@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from console.core import auth, services
 from console.core.errors import Refused
+from console.core.filtersets import FilterSet
 from console.core.models import ApiToken
 from console.core.parsers import BoundedJSONParser
 
@@ -80,12 +81,19 @@ class HavenModelSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
 class HavenViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
     """Every write goes through ``console.core.services`` (atomic, recorded in the event log).
 
-    ``filterset_fields`` names the query parameters the list accepts (exact match);
-    ``operator_actions`` names the extra actions an operator may call.
+    ``filterset_class`` names the query parameters the list accepts (the page's list uses the
+    same class); ``operator_actions`` names the extra actions an operator may call.
     """
 
-    filterset_fields: tuple[str, ...] = ()
+    filterset_class: type[FilterSet] | None = None
     operator_actions: tuple[str, ...] = ()
+
+    def checked(self, serializer_class: type[serializers.Serializer], data: Any = None) -> Any:  # type: ignore[type-arg]
+        """An action's body (the request's, or ``data``) checked by ``serializer_class``: its
+        validated data, or a 400 naming each field that does not fit."""
+        body = serializer_class(data=self.request.data if data is None else data)
+        body.is_valid(raise_exception=True)
+        return body.validated_data
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:  # type: ignore[type-arg]
         with transaction.atomic():
@@ -101,7 +109,7 @@ class HavenViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
 
 
 class ReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
-    filterset_fields: tuple[str, ...] = ()
+    filterset_class: type[FilterSet] | None = None
     operator_actions: tuple[str, ...] = ()
 
 

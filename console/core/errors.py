@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from rest_framework import status
-from rest_framework.exceptions import APIException
-
 
 class Refused(Exception):
     """A services-layer refusal: ``status`` 400 (bad input, about ``field``) or 409 (state).
@@ -22,11 +19,3 @@ class Refused(Exception):
         self.message, self.field = message, field
         if status is not None:
             self.status = status
-
-
-class Conflict(APIException):
-    """The request is valid but the current state forbids it (409), e.g. a domain in use."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "This conflicts with the current state."
-    default_code = "conflict"

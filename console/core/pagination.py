@@ -6,7 +6,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 
-from console.core.filters import INT_MAX
+from console.core.filtersets import INT_MAX
 
 
 class HavenPagination(LimitOffsetPagination):

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models, transaction
 
+from console.core.errors import Refused
 from console.events.services import record
 
 
@@ -27,6 +28,31 @@ def actor_name(actor: AbstractBaseUser | AnonymousUser | str | None) -> str:
     if actor is None or not actor.is_authenticated:
         return "anonymous"
     return actor.get_username()
+
+
+def refused(obj: models.Model, *, actor: Any, verb: str, reason: str) -> None:
+    """Log that ``verb`` on ``obj`` was refused, in a transaction of its own: the refusal stays
+    in the event log although the request then ends in an error."""
+    with transaction.atomic():
+        record(
+            actor=actor_name(actor),
+            verb=verb,
+            obj=obj,
+            cluster=cluster_of(obj),
+            result="refused",
+            message=reason,
+        )
+
+
+def delete_unused(
+    obj: models.Model, users: list[str], *, actor: Any, reason: str, refusal: str
+) -> None:
+    """Delete ``obj`` unless something still uses it (``users``, by name): then the refusal is
+    logged (``reason``) and raised (``refusal``, 409); nothing is deleted by cascade."""
+    if users:
+        refused(obj, actor=actor, verb="delete", reason=reason)
+        raise Refused(refusal)
+    delete_object(obj, actor=actor)
 
 
 def save_serializer(serializer: Any, *, actor: Any, verb: str) -> models.Model:

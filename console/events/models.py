@@ -5,26 +5,28 @@ from __future__ import annotations
 from django.db import models
 
 from console.clusters.models import Cluster
+from console.core.choices import StatusChoices
 
 
-class EventResult(models.TextChoices):
-    OK = "ok", "OK"
-    FAILED = "failed", "Failed"
-    REFUSED = "refused", "Refused"
-    INFO = "info", "Info"
+class EventResult(StatusChoices, kind="event"):
+    OK = "ok", "green", "OK"
+    FAILED = "failed", "red", "Failed"
+    REFUSED = "refused", "amber", "Refused"
+    INFO = "info", "grey", "Info"
 
 
-class Severity(models.TextChoices):
+class Severity(StatusChoices, kind="severity"):
     """How much an event matters to a person; the log colours and filters by it."""
 
-    INFO = "info", "Info"  # routine: a job ran, a guest started where it should
-    WARNING = "warning", "Warning"  # needs a look: a refusal, a host offline, a fence retry
-    ERROR = "error", "Error"  # something failed: a guest crashed, a fence failed
-    CRITICAL = "critical", "Critical"  # availability at stake: a host lost, a storm, a guest failed
-
-
-EVENT_RESULT_COLOURS = {"ok": "green", "failed": "red", "refused": "amber", "info": "grey"}
-SEVERITY_COLOURS = {"info": "grey", "warning": "amber", "error": "red", "critical": "red strong"}
+    INFO = "info", "grey", "Info"  # routine: a job ran, a guest started where it should
+    WARNING = (
+        "warning",
+        "amber",
+        "Warning",
+    )  # needs a look: a refusal, a host offline, a fence retry
+    ERROR = "error", "red", "Error"  # something failed: a guest crashed, a fence failed
+    # availability at stake: a host lost, a storm, a guest failed
+    CRITICAL = "critical", "red strong", "Critical"
 
 
 SEVERITY_RANK = {s: i for i, s in enumerate(Severity.values)}

@@ -4,6 +4,6 @@ from console.events import views
 
 app_name = "events"
 urlpatterns = [
-    path("", views.event_list, name="list"),
-    path("incidents/", views.incident_list, name="incidents"),
+    path("", views.EventList.as_view(), name="list"),
+    path("incidents/", views.IncidentList.as_view(), name="incidents"),
 ]

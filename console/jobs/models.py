@@ -19,25 +19,18 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 
 from console.clusters.models import Cluster, Host
+from console.core.choices import StatusChoices
 
 
-class JobStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    DISPATCHED = "dispatched", "Dispatched"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    LOST = "lost", "Lost"
+class JobStatus(StatusChoices, kind="job"):
+    PENDING = "pending", "grey", "Pending"
+    DISPATCHED = "dispatched", "amber", "Dispatched"
+    RUNNING = "running", "amber", "Running"
+    SUCCEEDED = "succeeded", "green", "Succeeded"
+    FAILED = "failed", "red", "Failed"
+    LOST = "lost", "red", "Lost"
 
 
-JOB_STATUS_COLOURS = {
-    "pending": "grey",
-    "dispatched": "amber",
-    "running": "amber",
-    "succeeded": "green",
-    "failed": "red",
-    "lost": "red",
-}
 FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.LOST})
 
 
@@ -97,23 +90,21 @@ class Job(models.Model):
         return "HA engine" if self.action_id else "console"
 
 
-class StepStatus(models.TextChoices):
-    PENDING = "pending", "Pending (waits for its stage)"
-    DISPATCHED = "dispatched", "Dispatched (sent to the host's agent)"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    LOST = "lost", "Lost (the host went silent before answering)"
-    SKIPPED = "skipped", "Skipped (an earlier step failed)"
+class StepStatus(StatusChoices, kind="step"):
+    """A step's status; a step is coloured as a job of the same status."""
+
+    PENDING = "pending", JobStatus.PENDING.colour, "Pending (waits for its stage)"
+    DISPATCHED = (
+        "dispatched",
+        JobStatus.DISPATCHED.colour,
+        "Dispatched (sent to the host's agent)",
+    )
+    SUCCEEDED = "succeeded", JobStatus.SUCCEEDED.colour, "Succeeded"
+    FAILED = "failed", JobStatus.FAILED.colour, "Failed"
+    LOST = "lost", JobStatus.LOST.colour, "Lost (the host went silent before answering)"
+    SKIPPED = "skipped", "grey", "Skipped (an earlier step failed)"
 
 
-STEP_COLOURS = {
-    "pending": "grey",
-    "dispatched": "amber",
-    "succeeded": "green",
-    "failed": "red",
-    "lost": "red",
-    "skipped": "grey",
-}
 FINISHED_STEP_STATUSES = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.LOST, StepStatus.SKIPPED}
 )

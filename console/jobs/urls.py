@@ -4,7 +4,7 @@ from console.jobs import views
 
 app_name = "jobs"
 urlpatterns = [
-    path("", views.job_list, name="list"),
+    path("", views.JobList.as_view(), name="list"),
     path("<int:pk>/", views.job_detail, name="detail"),
     path("<int:pk>/live/", views.job_live, name="live"),
 ]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from console.core.generic import ObjectListView
 from console.core.views import role_required
+from console.jobs.filtersets import JobFilterSet
 from console.jobs.models import FINISHED_STATUSES, Job, JobStatus, JobStep
 
 BOOTSTRAP_STEPS = (
@@ -27,21 +28,21 @@ STEP_LABELS = {
 }
 
 
-@role_required()
-def job_list(request: HttpRequest) -> HttpResponse:
-    qs = Job.objects.select_related("cluster", "created_by")
-    status = request.GET.get("status", "")
-    if status in JobStatus.values:
-        qs = qs.filter(status=status)
-    if (cluster := request.GET.get("cluster", "")).isdigit():
-        qs = qs.filter(cluster_id=int(cluster))
-    page = Paginator(qs, 50).get_page(request.GET.get("page"))
-    template = "jobs/_job_rows.html" if request.htmx else "jobs/job_list.html"  # type: ignore[attr-defined]
-    return render(
-        request,
-        template,
-        {"page": page, "status": status, "statuses": JobStatus.choices, "cluster": cluster},
-    )
+class JobList(ObjectListView):
+    template_name = "jobs/job_list.html"
+    htmx_template_name = "jobs/_job_rows.html"
+    filterset = JobFilterSet
+    paginate_by = 50
+
+    def get_queryset(self) -> Any:
+        return Job.objects.select_related("cluster", "created_by")
+
+    def extra_context(self) -> dict[str, Any]:
+        return {
+            "status": self.filters["status"],
+            "statuses": JobStatus.choices,
+            "cluster": self.filters["cluster"],
+        }
 
 
 def _job_context(job: Job) -> dict[str, Any]:

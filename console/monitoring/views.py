@@ -2,50 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 
-from console.core import services as core_services
+from console.core.generic import ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.services import actor_name
 from console.core.views import role_required
-from console.events.services import record
 from console.monitoring import services
 from console.monitoring.forms import AlertHookForm
 from console.monitoring.models import AlertHook
 
 
-@role_required()
-def hook_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "monitoring/hook_list.html", {"hooks": AlertHook.objects.all()})
+class HookList(ObjectListView):
+    template_name = "monitoring/hook_list.html"
+    context_object_name = "hooks"
+
+    def get_queryset(self) -> Any:
+        return AlertHook.objects.all()
 
 
-@role_required(read="admin")
-def hook_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
-    hook = get_object_or_404(AlertHook, pk=pk) if pk else None
-    form = AlertHookForm(request.POST if request.method == "POST" else None, instance=hook)
-    if form.is_bound and form.is_valid():
-        saved = form.save()
-        record(
-            actor=actor_name(request.user),
-            verb="update" if hook else "create",
-            obj=saved,
-            cluster=saved.cluster,
-        )
-        messages.success(request, f"Alert hook {saved.name} saved.")
-        return redirect("monitoring:hooks")
-    title = f"Edit alert hook {hook.name}" if hook else "New alert hook"
-    return render(request, "generic/form_page.html", {"form": form, "title": title})
+class HookEdit(ObjectEditView):
+    model = AlertHook
+    form_class = AlertHookForm
+    what = "alert hook"
+
+    def success_url(self) -> str:
+        return reverse("monitoring:hooks")
 
 
-@role_required(read="admin")
-def hook_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    hook = get_object_or_404(AlertHook, pk=pk)
-    if request.method == "POST":
-        core_services.delete_object(hook, actor=request.user)
-        messages.success(request, f"Alert hook {hook.name} deleted.")
-        return redirect("monitoring:hooks")
-    return render(request, "generic/confirm_delete.html", {"object": hook, "cancel": "/alerts/"})
+class HookDelete(ObjectDeleteView):
+    model = AlertHook
+    what = "alert hook"
+
+    def success_url(self) -> str:
+        return reverse("monitoring:hooks")
 
 
 @role_required(write="admin")

@@ -7,8 +7,14 @@ from typing import Any
 
 from django.db import transaction
 
-from console.core.errors import Conflict, Refused
-from console.core.services import actor_name, delete_object, save_serializer
+from console.core.errors import Refused
+from console.core.services import (
+    actor_name,
+    delete_object,
+    delete_unused,
+    refused,
+    save_serializer,
+)
 from console.events.services import record
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 
@@ -45,48 +51,22 @@ def save_domain(
 def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
     """Delete a domain, refused (409) while services use it, naming them."""
     users = sorted(domain.services.values_list("name", flat=True))
-    if users:
-        # Recorded outside any transaction of ours: the refusal stays in the log even though
-        # the request ends in an error.
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=domain,
-                cluster=domain.cluster,
-                result="refused",
-                message=f"used by {', '.join(users)}",
-            )
-        raise Conflict(
-            f"Failover domain {domain.name} is used by "
-            f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
-            "move them to another domain (or none) first."
-        )
-    with transaction.atomic():
-        cluster, name = domain.cluster, str(domain)
-        domain.delete()
-        record(
-            actor=actor_name(actor),
-            verb="delete",
-            object_type="failoverdomain",
-            object_name=name,
-            cluster=cluster,
-        )
+    delete_unused(
+        domain,
+        users,
+        actor=actor,
+        reason=f"used by {', '.join(users)}",
+        refusal=f"Failover domain {domain.name} is used by "
+        f"{'service' if len(users) == 1 else 'services'} {', '.join(users)}: "
+        "move them to another domain (or none) first.",
+    )
 
 
 def delete_service(service: VmService, *, actor: Any) -> None:
     """Remove a service from cluster control; refused (409) while its guest may be running,
     or the guest would keep running unmanaged."""
     if service.state not in DELETABLE_STATES:
-        with transaction.atomic():
-            record(
-                actor=actor_name(actor),
-                verb="delete",
-                obj=service,
-                cluster=service.cluster,
-                result="refused",
-                message=f"{service.state}",
-            )
+        refused(service, actor=actor, verb="delete", reason=f"{service.state}")
         raise Refused(f"{service.name} is {service.state}: disable it first, then remove it.")
     delete_object(service, actor=actor)
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.db.models import Count, Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from console.clusters.models import Cluster, Host
-from console.core.errors import Conflict, Refused
+from console.clusters.scope import InCluster
+from console.core.generic import ActionView, ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
 from console.jobs.models import Job, StepStatus
 from console.operations import commands as operations
@@ -28,164 +29,119 @@ OPERATIONS = ("start", "stop", "enable", "disable", "relocate")
 DOMAIN_GUESTS_SHOWN = 10
 
 
-@role_required()
-def domain_list(request: HttpRequest, pk: int) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    # each domain's first guests by name and how many it has (10,000 guests are not listed:
-    # "and N more" links to the service list filtered by the domain)
-    first = VmService.objects.only("id", "name", "failover_domain_id").order_by("name")
-    domains = list(
-        FailoverDomain.objects.filter(cluster=cluster)
-        .annotate(used_by=Count("services"))
-        .prefetch_related(
-            Prefetch("members", queryset=FailoverDomainMember.objects.select_related("host")),
-            Prefetch("services", queryset=first[:DOMAIN_GUESTS_SHOWN], to_attr="first_guests"),
-        )
-    )
-    for d in domains:
-        d.more_guests = d.used_by - len(d.first_guests)  # type: ignore[attr-defined]
-    return render(
-        request,
-        "services/domain_list.html",
-        {"cluster": cluster, "domains": domains, "help": DOMAIN_HELP, "tab": "domains"},
-    )
+class DomainList(InCluster, ObjectListView):
+    template_name = "services/domain_list.html"
+    context_object_name = "domains"
+    tab = "domains"
+    heading, add = "Failover domains", ("services:domain-new", "New failover domain")
 
-
-@role_required(read="admin")
-def domain_edit(request: HttpRequest, pk: int, domain_pk: int | None = None) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    domain = get_object_or_404(FailoverDomain, pk=domain_pk, cluster=cluster) if domain_pk else None
-    form = FailoverDomainForm(
-        request.POST if request.method == "POST" else None, instance=domain, cluster=cluster
-    )
-    preview = None
-    if form.is_bound and form.is_valid():
-        if "dry_run" in request.POST:  # show the moves it would cause; save nothing
-            preview = domain_services.preview_domain(form.save(commit=False), form.members())
-        else:
-            saved = domain_services.save_domain(
-                form.save(commit=False),
-                form.members(),
-                actor=request.user,
-                verb="update" if domain else "create",
+    def get_queryset(self) -> Any:
+        # each domain's first guests by name and how many it has (10,000 guests are not
+        # listed: "and N more" links to the service list filtered by the domain)
+        first = VmService.objects.only("id", "name", "failover_domain_id").order_by("name")
+        domains = list(
+            FailoverDomain.objects.filter(cluster=self.cluster)
+            .annotate(used_by=Count("services"))
+            .prefetch_related(
+                Prefetch("members", queryset=FailoverDomainMember.objects.select_related("host")),
+                Prefetch("services", queryset=first[:DOMAIN_GUESTS_SHOWN], to_attr="first_guests"),
             )
-            messages.success(request, f"Failover domain {saved.name} saved.")
-            return redirect("services:domains", cluster.pk)
-    return render(
-        request,
-        "services/domain_form.html",
-        {
-            "cluster": cluster,
-            "form": form,
-            "domain": domain,
-            "preview": preview,
-            "title": f"Edit failover domain {domain.name}" if domain else "New failover domain",
-        },
-    )
+        )
+        for d in domains:
+            d.more_guests = d.used_by - len(d.first_guests)  # type: ignore[attr-defined]
+        return domains
+
+    def extra_context(self) -> dict[str, Any]:
+        return {"help": DOMAIN_HELP}
 
 
-@role_required(read="admin")
-def domain_delete(request: HttpRequest, pk: int, domain_pk: int) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    domain = get_object_or_404(FailoverDomain, pk=domain_pk, cluster=cluster)
-    error = ""
-    if request.method == "POST":
-        try:
-            domain_services.delete_domain(domain, actor=request.user)
-        except Conflict as exc:
-            error = str(exc.detail)
-        else:
-            messages.success(request, f"Failover domain {domain.name} deleted.")
-            return redirect("services:domains", cluster.pk)
-    users = list(domain.services.values_list("name", flat=True))
-    return render(
-        request,
-        "generic/confirm_delete.html",
-        {
-            "cluster": cluster,
-            "object": domain.name,
-            "what": "failover domain",
-            "error": error,
-            "consequence": (
-                f"Used by {', '.join(users)}: deleting it will be refused."
-                if users
-                else "No service uses it."
-            ),
-            "cancel": reverse("services:domains", args=[cluster.pk]),
-        },
-        status=409 if error else 200,
-    )
+class DomainEdit(InCluster, ObjectEditView):
+    model = FailoverDomain
+    form_class = FailoverDomainForm
+    pk_kwarg = "domain_pk"
+    what = "failover domain"
+    template_name = "services/domain_form.html"
+    dry_run = True
+
+    def save(self, form: Any) -> Any:
+        return domain_services.save_domain(
+            form.save(commit=False), form.members(), actor=self.request.user, verb=self.verb
+        )
+
+    def preview(self, form: Any) -> Any:
+        return domain_services.preview_domain(form.save(commit=False), form.members())
+
+    def context(self, form: Any) -> dict[str, Any]:
+        return {"domain": self.object}
+
+    def success_url(self) -> str:
+        return reverse("services:domains", args=[self.cluster.pk])
+
+
+class DomainDelete(InCluster, ObjectDeleteView):
+    model = FailoverDomain
+    pk_kwarg = "domain_pk"
+    what = "failover domain"
+
+    def delete(self) -> None:
+        domain_services.delete_domain(self.object, actor=self.request.user)
+
+    def consequence(self) -> str:
+        users = list(self.object.services.values_list("name", flat=True))
+        if users:
+            return f"Used by {', '.join(users)}: deleting it will be refused."
+        return "No service uses it."
+
+    def success_url(self) -> str:
+        return reverse("services:domains", args=[self.cluster.pk])
 
 
 # --- VM services ----------------------------------------------------------------------------
-@role_required(read="admin")
-def service_edit(request: HttpRequest, pk: int, service_pk: int | None = None) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    service = get_object_or_404(VmService, pk=service_pk, cluster=cluster) if service_pk else None
-    form = VmServiceForm(
-        request.POST if request.method == "POST" else None,
-        request.FILES if request.method == "POST" else None,
-        instance=service,
-        cluster=cluster,
-    )
-    preview = None
-    if form.is_bound and form.is_valid():
-        if "dry_run" in request.POST:  # show the moves it would cause; save nothing
-            preview = domain_services.preview_service(form.instance)
-        else:
-            try:
-                domain_services.save_service(
-                    form, actor=request.user, verb="update" if service else "create"
-                )
-            except Refused as exc:
-                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-            else:
-                messages.success(
-                    request,
-                    f"Service {form.instance.name} saved."
-                    + ("" if service else " The cluster starts it on the best allowed host."),
-                )
-                return redirect("clusters:detail", cluster.pk)
-    return render(
-        request,
-        "services/service_form.html",
-        {
-            "cluster": cluster,
-            "form": form,
-            "service": service,
-            "preview": preview,
-            "title": f"Edit service {service.name}" if service else "New VM service",
-        },
-    )
+class ServiceEdit(InCluster, ObjectEditView):
+    model = VmService
+    form_class = VmServiceForm
+    pk_kwarg = "service_pk"
+    what = "service"
+    template_name = "services/service_form.html"
+    dry_run = True
+
+    def save(self, form: Any) -> Any:
+        domain_services.save_service(form, actor=self.request.user, verb=self.verb)
+        return form.instance
+
+    def saved_message(self, saved: Any) -> str:
+        new = "" if self.object else " The cluster starts it on the best allowed host."
+        return f"Service {saved.name} saved.{new}"
+
+    def preview(self, form: Any) -> Any:
+        return domain_services.preview_service(form.instance)
+
+    def title(self) -> str:
+        return f"Edit service {self.object.name}" if self.object else "New VM service"
+
+    def context(self, form: Any) -> dict[str, Any]:
+        return {"service": self.object}
+
+    def success_url(self) -> str:
+        return reverse("clusters:detail", args=[self.cluster.pk])
 
 
-@role_required(read="admin")
-def service_delete(request: HttpRequest, pk: int, service_pk: int) -> HttpResponse:
-    cluster = get_object_or_404(Cluster, pk=pk)
-    service = get_object_or_404(VmService, pk=service_pk, cluster=cluster)
-    error = ""
-    if request.method == "POST":
-        try:
-            domain_services.delete_service(service, actor=request.user)
-        except Refused as exc:
-            error = exc.message
-        else:
-            messages.success(request, f"Service {service.name} removed from the cluster.")
-            return redirect("clusters:detail", cluster.pk)
-    return render(
-        request,
-        "generic/confirm_delete.html",
-        {
-            "cluster": cluster,
-            "object": service.name,
-            "what": "VM service",
-            "error": error,
-            "consequence": "The cluster stops managing this guest. The guest's definition "
-            "stays on the hosts.",
-            "cancel": reverse("clusters:detail", args=[cluster.pk]),
-        },
-        status=409 if error else 200,
-    )
+class ServiceDelete(InCluster, ObjectDeleteView):
+    model = VmService
+    pk_kwarg = "service_pk"
+    what = "VM service"
+
+    def delete(self) -> None:
+        domain_services.delete_service(self.object, actor=self.request.user)
+
+    def deleted_message(self) -> str:
+        return f"Service {self.object.name} removed from the cluster."
+
+    def consequence(self) -> str:
+        return "The cluster stops managing this guest. The guest's definition stays on the hosts."
+
+    def success_url(self) -> str:
+        return reverse("clusters:detail", args=[self.cluster.pk])
 
 
 @role_required(read="admin")
@@ -231,21 +187,27 @@ def service_import(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@role_required(write="operate")
-def service_operation(request: HttpRequest, pk: int, service_pk: int, op: str) -> HttpResponse:
-    service = get_object_or_404(
-        VmService.objects.select_related("cluster", "host"), pk=service_pk, cluster_id=pk
-    )
-    if request.method != "POST" or op not in OPERATIONS:
-        return redirect("clusters:detail", pk)
-    host = operations.BEST if op == "relocate" else None
-    try:
-        job = operations.service_command(service, op, actor=request.user, host=host)
-    except operations.OperationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{op.capitalize()} {service.name}: requested (job {job.pk}).")
-    return redirect("clusters:detail", pk)
+class ServiceOperation(ActionView):
+    """The buttons of a service's row: start, stop, enable, disable, relocate (to the best
+    host); back to the cluster page, which says what was asked."""
+
+    def load(self) -> None:
+        self.service = get_object_or_404(
+            VmService.objects.select_related("cluster", "host"),
+            pk=self.kwargs["service_pk"],
+            cluster_id=self.kwargs["pk"],
+        )
+
+    def back_url(self) -> str:
+        return reverse("clusters:detail", args=[self.kwargs["pk"]])
+
+    def perform(self) -> str | HttpResponseBase:
+        op = self.kwargs["op"]
+        if op not in OPERATIONS:
+            return redirect(self.back_url())
+        host = operations.BEST if op == "relocate" else None
+        job = operations.service_command(self.service, op, actor=self.request.user, host=host)
+        return f"{op.capitalize()} {self.service.name}: requested (job {job.pk})."
 
 
 def migrate_choices(service: VmService) -> tuple[str, list[tuple[Host, rules.Target]]]:

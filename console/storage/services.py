@@ -57,17 +57,17 @@ class StorageError(Refused):
 # --- requests -------------------------------------------------------------------------------
 def probe(host: Host, *, actor: Any) -> Job:
     """Ask the host what disks, partitions, PVs, VGs and LVs it has."""
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-probe",
-            [jobs.StepSpec.of(host, proto.StorageProbeArgs())],
-            cluster=host.cluster,
-            created_by=actor,
-            params={"host": host.name},
-            message=f"{actor_name(actor)}: probe the storage of {host.name}",
-        )
-        _record(actor, "storage-probe", host.cluster, host.name, job)
-    return job
+    steps = [jobs.StepSpec.of(host, proto.StorageProbeArgs())]
+    return _request(
+        "storage-probe",
+        steps,
+        actor=actor,
+        cluster=host.cluster,
+        params={"host": host.name},
+        doing=f"probe the storage of {host.name}",
+        verb="storage-probe",
+        name=host.name,
+    )
 
 
 def create_volume_group(
@@ -120,24 +120,23 @@ def create_volume_group(
         others = _cluster_hosts(host.cluster)
         steps += [jobs.StepSpec.of(h, proto.VgLockstartArgs(name), stage=2) for h in others]
         steps += [jobs.StepSpec.of(h, proto.StorageProbeArgs(), stage=3) for h in others]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-vg-create",
-            steps,
-            cluster=host.cluster,
-            created_by=actor,
-            params={
-                "host": host.name,
-                "vg": name,
-                "devices": paths,
-                "local": local,
-                "extent_size_bytes": extent_size_bytes,
-            },
-            message=f"{actor_name(actor)}: create {'local' if local else 'clustered'} volume "
-            f"group {name} on {', '.join(paths)} ({host.name})",
-        )
-        _record(actor, "vg-create", host.cluster, name, job)
-    return job
+    return _request(
+        "storage-vg-create",
+        steps,
+        actor=actor,
+        cluster=host.cluster,
+        params={
+            "host": host.name,
+            "vg": name,
+            "devices": paths,
+            "local": local,
+            "extent_size_bytes": extent_size_bytes,
+        },
+        doing=f"create {'local' if local else 'clustered'} volume "
+        f"group {name} on {', '.join(paths)} ({host.name})",
+        verb="vg-create",
+        name=name,
+    )
 
 
 def create_gfs2_volume(
@@ -184,33 +183,30 @@ def create_gfs2_volume(
     steps += [jobs.StepSpec.of(h, fstab, stage=base + 1) for h in hosts]
     mount = proto.MountArgs(device, mount_point, "gfs2")
     steps += [jobs.StepSpec.of(h, mount, stage=base + 2) for h in hosts]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-gfs2-create",
-            steps,
-            cluster=cluster,
-            created_by=actor,
-            params={
-                "host": host.name,
-                "vg": vg.name,
-                "lv": name,
-                "fs": fs_name,
-                "mount_point": mount_point,
-                "journals": journals,
-                "size_bytes": size_bytes,
-            },
-            message=f"{actor_name(actor)}: create {vg.name}/{name} with GFS2 {cluster.name}:"
-            f"{fs_name} ({journals} journals), mount on {mount_point} on {len(hosts)} host(s)",
-        )
-        if journals < len(hosts):
-            jobs.add_event(
-                job,
-                f"only {journals} journals for {len(hosts)} hosts: "
-                f"{len(hosts) - journals} host(s) will not be able to mount it",
-                level="warning",
-            )
-        _record(actor, "lv-create", cluster, f"{vg.name}/{name}", job)
-    return job
+    short = (
+        f"only {journals} journals for {len(hosts)} hosts: "
+        f"{len(hosts) - journals} host(s) will not be able to mount it"
+    )
+    return _request(
+        "storage-gfs2-create",
+        steps,
+        actor=actor,
+        cluster=cluster,
+        params={
+            "host": host.name,
+            "vg": vg.name,
+            "lv": name,
+            "fs": fs_name,
+            "mount_point": mount_point,
+            "journals": journals,
+            "size_bytes": size_bytes,
+        },
+        doing=f"create {vg.name}/{name} with GFS2 {cluster.name}:"
+        f"{fs_name} ({journals} journals), mount on {mount_point} on {len(hosts)} host(s)",
+        verb="lv-create",
+        name=f"{vg.name}/{name}",
+        warning=short if journals < len(hosts) else "",
+    )
 
 
 def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any) -> Job:
@@ -237,17 +233,16 @@ def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any)
         steps.append(jobs.StepSpec.of(host, proto.Gfs2GrowArgs(fs.mount_point), stage))
         stage += 1
     steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage=stage))
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-lv-extend",
-            steps,
-            cluster=vg.cluster,
-            created_by=actor,
-            params={"host": host.name, "vg": vg.name, "lv": lv.name, "size_bytes": size_bytes},
-            message=f"{actor_name(actor)}: extend {lv} to {size_bytes // MIB} MiB",
-        )
-        _record(actor, "lv-extend", vg.cluster, str(lv), job)
-    return job
+    return _request(
+        "storage-lv-extend",
+        steps,
+        actor=actor,
+        cluster=vg.cluster,
+        params={"host": host.name, "vg": vg.name, "lv": lv.name, "size_bytes": size_bytes},
+        doing=f"extend {lv} to {size_bytes // MIB} MiB",
+        verb="lv-extend",
+        name=str(lv),
+    )
 
 
 def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = False) -> Job:
@@ -282,18 +277,16 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
         steps += [jobs.StepSpec.of(h, off, stage + 1) for h in hosts]
     steps.append(jobs.StepSpec.of(host, proto.LvremoveArgs(vg.name, lv.name), stage + 2))
     steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage + 3))
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-lv-remove",
-            steps,
-            cluster=vg.cluster,
-            created_by=actor,
-            params={"host": host.name, "vg": vg.name, "lv": lv.name, "unmount": unmount},
-            message=f"{actor_name(actor)}: remove {lv}"
-            + (" (unmount it everywhere first)" if unmount else ""),
-        )
-        _record(actor, "lv-remove", vg.cluster, str(lv), job)
-    return job
+    return _request(
+        "storage-lv-remove",
+        steps,
+        actor=actor,
+        cluster=vg.cluster,
+        params={"host": host.name, "vg": vg.name, "lv": lv.name, "unmount": unmount},
+        doing=f"remove {lv}" + (" (unmount it everywhere first)" if unmount else ""),
+        verb="lv-remove",
+        name=str(lv),
+    )
 
 
 def holds_guest_disks(lv: LogicalVolume) -> str:
@@ -331,17 +324,16 @@ def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
             "host",
         )
     steps = [jobs.StepSpec.of(host, proto.Gfs2JaddArgs(fs.mount_point, count))]
-    with transaction.atomic():
-        job = jobs.create_job(
-            "storage-gfs2-jadd",
-            steps,
-            cluster=fs.logical_volume.volume_group.cluster,
-            created_by=actor,
-            params={"host": host.name, "fs": fs.name, "journals": count},
-            message=f"{actor_name(actor)}: add {count} journal(s) to {fs.name}",
-        )
-        _record(actor, "gfs2-jadd", host.cluster, fs.name, job)
-    return job
+    return _request(
+        "storage-gfs2-jadd",
+        steps,
+        actor=actor,
+        cluster=fs.logical_volume.volume_group.cluster,
+        params={"host": host.name, "fs": fs.name, "journals": count},
+        doing=f"add {count} journal(s) to {fs.name}",
+        verb="gfs2-jadd",
+        name=fs.name,
+    )
 
 
 @jobs.on_step_success("lvremove")
@@ -413,17 +405,42 @@ def _cluster_hosts(cluster: Cluster) -> list[Host]:
     return list(Host.objects.filter(cluster=cluster).order_by("name"))
 
 
-def _record(actor: Any, verb: str, cluster: Cluster, name: str, job: Job) -> None:
-    record(
-        actor=actor_name(actor),
-        verb=verb,
-        object_type="storage",
-        object_name=name,
-        cluster=cluster,
-        result="info",
-        message=f"requested (job {job.pk})",
-        data={"job": job.pk},
-    )
+def _request(
+    kind: str,
+    steps: list[jobs.StepSpec],
+    *,
+    actor: Any,
+    cluster: Cluster,
+    params: dict[str, Any],
+    doing: str,
+    verb: str,
+    name: str,
+    warning: str = "",
+) -> Job:
+    """A storage request's job (``doing``: what it does, in the actor's name; ``warning``
+    logged on it) and its line in the event log (``verb`` on ``name``), in one transaction."""
+    with transaction.atomic():
+        job = jobs.create_job(
+            kind,
+            steps,
+            cluster=cluster,
+            created_by=actor,
+            params=params,
+            message=f"{actor_name(actor)}: {doing}",
+        )
+        if warning:
+            jobs.add_event(job, warning, level="warning")
+        record(
+            actor=actor_name(actor),
+            verb=verb,
+            object_type="storage",
+            object_name=name,
+            cluster=cluster,
+            result="info",
+            message=f"requested (job {job.pk})",
+            data={"job": job.pk},
+        )
+    return job
 
 
 def fence_waits(cluster: Cluster) -> list[str]:

@@ -8,21 +8,21 @@ urlpatterns = [
     path("<int:pk>/hosts/<int:host_pk>/storage/live/", views.storage_live, name="live"),
     path("<int:pk>/hosts/<int:host_pk>/storage/forms/", views.storage_forms, name="forms"),
     path("<int:pk>/hosts/<int:host_pk>/storage/probe/", views.probe, name="probe"),
-    path("<int:pk>/hosts/<int:host_pk>/storage/vg/", views.vg_create, name="vg-create"),
-    path("<int:pk>/hosts/<int:host_pk>/storage/lv/", views.lv_create, name="lv-create"),
+    path("<int:pk>/hosts/<int:host_pk>/storage/vg/", views.VgCreate.as_view(), name="vg-create"),
+    path("<int:pk>/hosts/<int:host_pk>/storage/lv/", views.LvCreate.as_view(), name="lv-create"),
     path(
         "<int:pk>/hosts/<int:host_pk>/storage/lv/<int:lv_pk>/extend/",
-        views.lv_extend,
+        views.LvExtend.as_view(),
         name="lv-extend",
     ),
     path(
         "<int:pk>/hosts/<int:host_pk>/storage/lv/<int:lv_pk>/journals/",
-        views.lv_journals,
+        views.LvJournals.as_view(),
         name="lv-journals",
     ),
     path(
         "<int:pk>/hosts/<int:host_pk>/storage/lv/<int:lv_pk>/remove/",
-        views.lv_remove,
+        views.LvRemove.as_view(),
         name="lv-remove",
     ),
 ]

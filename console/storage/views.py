@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from console.clusters.models import Host
+from console.core.generic import FormPageView, RoleView
 from console.core.views import role_required
 from console.jobs.models import FINISHED_STATUSES, Job
 from console.storage import services
@@ -107,163 +108,164 @@ def probe(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
     return redirect("storage:host", pk, host_pk)
 
 
-@role_required(read="admin")
-def vg_create(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = _host(pk, host_pk)
-    form = VolumeGroupForm(request.POST or None, host=host)
-    if request.method == "POST" and form.is_valid():
+class OnHost(RoleView):
+    """A form of the storage tab: ``self.host`` (with its cluster), back to the tab after."""
+
+    def load(self) -> None:
+        self.host = _host(self.kwargs["pk"], self.kwargs["host_pk"])
+        super().load()
+
+    def base_context(self) -> dict[str, Any]:
+        return {**super().base_context(), "cluster": self.host.cluster}
+
+    def success_url(self) -> str:
+        return reverse("storage:host", args=[self.kwargs["pk"], self.host.pk])
+
+
+class TabForm(OnHost, FormPageView):
+    """A form of the tab itself (create a VG, create an LV with GFS2): shown again in the tab
+    with its errors (400)."""
+
+    invalid_status = 400
+    form_name: str
+
+    def form_kwargs(self) -> dict[str, Any]:
+        return {"host": self.host}
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return self.render_form(self.get_form(), 400)
+
+    def render_form(self, form: Any, status: int = 200, **extra: Any) -> HttpResponse:
+        return self.show(
+            "storage/host_storage.html", _context(self.host, **{self.form_name: form}), status
+        )
+
+
+class VgCreate(TabForm):
+    form_class = VolumeGroupForm
+    form_name = "vg_form"
+
+    def perform(self, form: Any) -> str:
+        data, actor = form.cleaned_data, self.request.user
+        devices, extent = list(data["devices"]), data["extent_size_mib"] * MIB
+        job = services.create_volume_group(
+            self.host,
+            data["name"],
+            devices,
+            actor=actor,
+            local=data["local"],
+            extent_size_bytes=extent,
+        )
+        return f"Creating volume group {data['name']} (job {job.pk})."
+
+
+class LvCreate(TabForm):
+    form_class = Gfs2VolumeForm
+    form_name = "lv_form"
+
+    def perform(self, form: Any) -> str:
         data = form.cleaned_data
-        try:
-            job = services.create_volume_group(
-                host,
-                data["name"],
-                list(data["devices"]),
-                actor=request.user,
-                local=data["local"],
-                extent_size_bytes=data["extent_size_mib"] * MIB,
-            )
-        except services.StorageError as exc:
-            form.add_error(exc.field, exc.message)
-        else:
-            messages.success(request, f"Creating volume group {data['name']} (job {job.pk}).")
-            return redirect("storage:host", pk, host_pk)
-    return render(request, "storage/host_storage.html", _context(host, vg_form=form), status=400)
+        named = {k: data[k] for k in ("name", "fs_name", "mount_point", "journals")}
+        size = data["size_mib"] * MIB
+        job = services.create_gfs2_volume(
+            self.host, data["volume_group"], size_bytes=size, actor=self.request.user, **named
+        )
+        if form.journal_warning:
+            messages.warning(self.request, form.journal_warning)
+        return f"Creating {data['name']} with a GFS2 file system (job {job.pk})."
 
 
-@role_required(read="admin")
-def lv_create(request: HttpRequest, pk: int, host_pk: int) -> HttpResponse:
-    host = _host(pk, host_pk)
-    form = Gfs2VolumeForm(request.POST or None, host=host)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            job = services.create_gfs2_volume(
-                host,
-                data["volume_group"],
-                name=data["name"],
-                size_bytes=data["size_mib"] * MIB,
-                actor=request.user,
-                fs_name=data["fs_name"],
-                mount_point=data["mount_point"],
-                journals=data["journals"],
-            )
-        except services.StorageError as exc:
-            form.add_error(exc.field, exc.message)
-        else:
-            if form.journal_warning:
-                messages.warning(request, form.journal_warning)
-            messages.success(
-                request, f"Creating {data['name']} with a GFS2 file system (job {job.pk})."
-            )
-            return redirect("storage:host", pk, host_pk)
-    return render(request, "storage/host_storage.html", _context(host, lv_form=form), status=400)
+class OnVolume(OnHost, FormPageView):
+    """A form about one logical volume of the cluster (``self.lv``), on a page of its own;
+    a posted form shown again answers 400."""
+
+    invalid_status = 400
+
+    def load(self) -> None:
+        super().load()
+        self.lv = get_object_or_404(
+            LogicalVolume.objects.select_related("volume_group__cluster"),
+            pk=self.kwargs["lv_pk"],
+            volume_group__cluster_id=self.kwargs["pk"],
+        )
 
 
-def _lv(pk: int, lv_pk: int) -> LogicalVolume:
-    return get_object_or_404(
-        LogicalVolume.objects.select_related("volume_group__cluster"),
-        pk=lv_pk,
-        volume_group__cluster_id=pk,
-    )
+class LvJournals(OnVolume):
+    form_class = JournalsForm
 
+    def load(self) -> None:
+        super().load()
+        self.fs = get_object_or_404(Filesystem, logical_volume=self.lv)
 
-@role_required(read="admin")
-def lv_journals(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
-    host, lv = _host(pk, host_pk), _lv(pk, lv_pk)
-    fs = get_object_or_404(Filesystem, logical_volume=lv)
-    form = JournalsForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    def perform(self, form: Any) -> str:
         count = form.cleaned_data["journals"]
-        try:
-            job = services.add_journals(host, fs, count, actor=request.user)
-        except services.StorageError as exc:
-            form.add_error("journals" if exc.field == "journals" else None, exc.message)
-        else:
-            messages.success(request, f"Adding {count} journal(s) to {fs.name} (job {job.pk}).")
-            return redirect("storage:host", pk, host_pk)
-    return render(
-        request,
-        "generic/form_page.html",
-        {
-            "cluster": host.cluster,
-            "form": form,
+        job = services.add_journals(self.host, self.fs, count, actor=self.request.user)
+        return f"Adding {count} journal(s) to {self.fs.name} (job {job.pk})."
+
+    def context(self, form: Any) -> dict[str, Any]:
+        fs, host = self.fs, self.host
+        return {
             "title": f"Add journals to {fs.name}",
-            "intro": f"{fs.name} ({lv}) has {fs.journals} journal(s) and is mounted at "
+            "intro": f"{fs.name} ({self.lv}) has {fs.journals} journal(s) and is mounted at "
             f"{fs.mount_point}; the cluster has {host.cluster.hosts.count()} host(s). "
             f"gfs2_jadd runs on {host.name}.",
             "submit": "Add journals",
-            "cancel": reverse("storage:host", args=[pk, host_pk]),
-        },
-        status=400 if form.is_bound else 200,
-    )
+            "cancel": self.success_url(),
+        }
 
 
-@role_required(read="admin")
-def lv_remove(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
-    host, lv = _host(pk, host_pk), _lv(pk, lv_pk)
-    fs = Filesystem.objects.filter(logical_volume=lv).first()
-    form = RemoveForm(request.POST if request.method == "POST" else None)
-    refusal = services.holds_guest_disks(lv)
-    if request.method == "POST" and form.is_valid():
-        try:
-            job = services.remove_volume(
-                host, lv, actor=request.user, unmount=form.cleaned_data["unmount"]
-            )
-        except services.StorageError as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, f"Removing {lv} (job {job.pk}).")
-            return redirect("storage:host", pk, host_pk)
-    intro = f"{lv} ({lv.size_bytes // MIB} MiB)"
-    if fs is not None:
-        intro += f" holds the GFS2 {fs.name}, in the fstab of every host at {fs.mount_point}"
-    intro += ". Removing it destroys its data."
-    if refusal:
-        intro += f" Refused now: {refusal}."
-    return render(
-        request,
-        "generic/form_page.html",
-        {
-            "cluster": host.cluster,
-            "form": form,
+class LvRemove(OnVolume):
+    form_class = RemoveForm
+
+    def load(self) -> None:
+        super().load()
+        self.fs = Filesystem.objects.filter(logical_volume=self.lv).first()
+        self.refusal = services.holds_guest_disks(self.lv)
+
+    def perform(self, form: Any) -> str:
+        job = services.remove_volume(
+            self.host, self.lv, actor=self.request.user, unmount=form.cleaned_data["unmount"]
+        )
+        return f"Removing {self.lv} (job {job.pk})."
+
+    def error_field(self, form: Any, exc: Any) -> str | None:
+        return None
+
+    def context(self, form: Any) -> dict[str, Any]:
+        lv, fs = self.lv, self.fs
+        intro = f"{lv} ({lv.size_bytes // MIB} MiB)"
+        if fs is not None:
+            intro += f" holds the GFS2 {fs.name}, in the fstab of every host at {fs.mount_point}"
+        intro += ". Removing it destroys its data."
+        if self.refusal:
+            intro += f" Refused now: {self.refusal}."
+        return {
             "title": f"Remove {lv}",
             "intro": intro,
             "submit": "Remove",
-            "cancel": reverse("storage:host", args=[pk, host_pk]),
-        },
-        status=400 if form.is_bound else 200,
-    )
+            "cancel": self.success_url(),
+        }
 
 
-@role_required(read="admin")
-def lv_extend(request: HttpRequest, pk: int, host_pk: int, lv_pk: int) -> HttpResponse:
-    host = _host(pk, host_pk)
-    lv = get_object_or_404(
-        LogicalVolume.objects.select_related("volume_group"),
-        pk=lv_pk,
-        volume_group__cluster_id=pk,
-    )
-    form = ExtendForm(request.POST or None, initial={"size_mib": lv.size_bytes // MIB})
-    if request.method == "POST" and form.is_valid():
-        try:
-            job = services.extend_volume(
-                host, lv, form.cleaned_data["size_mib"] * MIB, actor=request.user
-            )
-        except services.StorageError as exc:
-            form.add_error("size_mib", exc.message)
-        else:
-            messages.success(request, f"Extending {lv} (job {job.pk}).")
-            return redirect("storage:host", pk, host_pk)
-    return render(
-        request,
-        "generic/form_page.html",
-        {
-            "cluster": host.cluster,
-            "form": form,
+class LvExtend(OnVolume):
+    form_class = ExtendForm
+
+    def form_kwargs(self) -> dict[str, Any]:
+        return {"initial": {"size_mib": self.lv.size_bytes // MIB}}
+
+    def perform(self, form: Any) -> str:
+        size = form.cleaned_data["size_mib"] * MIB
+        job = services.extend_volume(self.host, self.lv, size, actor=self.request.user)
+        return f"Extending {self.lv} (job {job.pk})."
+
+    def error_field(self, form: Any, exc: Any) -> str | None:
+        return "size_mib"
+
+    def context(self, form: Any) -> dict[str, Any]:
+        lv = self.lv
+        return {
             "title": f"Extend {lv}",
             "intro": f"Now {lv.size_bytes // MIB} MiB; volume group {lv.volume_group.name} has "
             f"{lv.volume_group.free_bytes // MIB} MiB free.",
             "submit": "Extend",
-        },
-        status=400 if form.is_bound else 200,
-    )
+        }

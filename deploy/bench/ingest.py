@@ -4,7 +4,7 @@
 
 Simulated hosts (this process, one thread) RPUSH real protocol-v2 heartbeats onto their own
 inbound lists; the real drainer (console/ha/drain.py) runs in a thread of this process,
-with the runner replaced by a stopwatch (the runner's own cost is deploy/bench/runtime.py's).
+with the runner's wake replaced by a stopwatch (the runner's own cost is deploy/bench/runtime.py's).
 It prints:
 
 - burst: N heartbeats queued at once, then drained: heartbeats/s and drainer CPU per heartbeat;
@@ -85,7 +85,7 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
         for i, n in enumerate(names)
     )
     woken: list[float] = []
-    drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(time.perf_counter()))
+    drainer = Drainer(store, send_wake=lambda cid: woken.append(time.perf_counter()))
     drainer._keep_users = False  # no agent users in this throw-away database
     boot = uuid.uuid4().hex[:8]
     keys = [inbound_key(n) for n in names]

@@ -1,5 +1,5 @@
 """The layout the architecture promises: ``core`` builds on no domain app, and every status
-colour a template asks for is registered by the app that owns the status."""
+colour a template asks for is declared by the status set that owns the status."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from console.core import colours
+from console.core import choices
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the apps core may build on: the event log is where core's writes are recorded
@@ -36,13 +36,13 @@ def test_core_imports_no_domain_app() -> None:
     assert wrong == set()
 
 
-def test_every_colour_a_template_asks_for_is_registered(db: None) -> None:
+def test_every_colour_a_template_asks_for_is_declared(db: None) -> None:
     asked = {
         kind
         for page in (ROOT / "templates").rglob("*.html")
         for kind in re.findall(r"""colour:['"](\w+)['"]""", page.read_text())
     }
     assert {"host", "service", "job", "step", "event", "severity"} <= asked
-    assert asked <= colours.kinds()
-    assert colours.of("host", "online") == "green" and colours.of("job", "failed") == "red"
-    assert colours.of("service", "no-such-state") == "grey"
+    assert asked <= set(choices.kinds())
+    assert choices.colour("host", "online") == "green" and choices.colour("job", "failed") == "red"
+    assert choices.colour("service", "no-such-state") == "grey"

@@ -13,21 +13,14 @@ from console.ha.models import PendingCommand
 from console.jobs.models import Job
 from console.services.models import FailoverDomain, VmService
 from tests.console import factories as f
-from tests.console.views_support import login, text
+from tests.console.views_support import et_world, login, text
 
 
 @pytest.fixture
 def world(db: None) -> dict[str, Any]:
-    cluster = f.ClusterFactory(name="et")
-    hosts = f.article_hosts(cluster)
-    domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5", restricted=True)
-    f.FailoverDomainMemberFactory(domain=domain, host=hosts[0], priority=1)
-    f.FailoverDomainMemberFactory(domain=domain, host=hosts[1], priority=2)
-    svc = f.VmServiceFactory(
-        cluster=cluster, name="guest1", failover_domain=domain, state="started", host=hosts[0]
-    )
-    device = f.FenceDeviceFactory(cluster=cluster, host=hosts[0], name="ipmi5")
-    return {"cluster": cluster, "hosts": hosts, "domain": domain, "service": svc, "fence": device}
+    built = et_world(restricted=True)
+    f.FailoverDomainMemberFactory(domain=built["domain"], host=built["hosts"][1], priority=2)
+    return built
 
 
 def action_posts(w: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:

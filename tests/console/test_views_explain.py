@@ -36,22 +36,13 @@ def world(db: None) -> dict[str, Any]:
     )
     domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5")
     f.VmServiceFactory(cluster=cluster, name="web1", state="started", host=h5)
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="db1",
-        state="fence",
-        host=h7,
-        failover_domain=domain,
-        state_reason="waiting for et-virt07 to be fenced (attempt 2, next in 10 s)",
-    )
-    f.VmServiceFactory(
-        cluster=cluster,
-        name="app1",
-        state="migrating",
-        host=h5,
-        target=h6,
-        state_reason="migrating et-virt05 -> et-virt06",
-    )
+    waiting = "waiting for et-virt07 to be fenced (attempt 2, next in 10 s)"
+    moving = "migrating et-virt05 -> et-virt06"
+    for name, state, host, more in (
+        ("db1", "fence", h7, {"failover_domain": domain, "state_reason": waiting}),
+        ("app1", "migrating", h5, {"target": h6, "state_reason": moving}),
+    ):
+        f.VmServiceFactory(cluster=cluster, name=name, state=state, host=host, **more)
     f.FenceDeviceFactory(cluster=cluster, host=h5, name="ipmi5")
     return {"cluster": cluster, "hosts": (h5, h6, h7)}
 

@@ -11,19 +11,13 @@ from django.test.utils import CaptureQueriesContext
 
 from console.events.services import record
 from tests.console import factories as f
-from tests.console.views_support import login
+from tests.console.views_support import et_world, login
 
 
 @pytest.fixture
 def world(db: None) -> dict[str, Any]:
-    cluster = f.ClusterFactory(name="et")
-    hosts = f.article_hosts(cluster)
-    domain = f.FailoverDomainFactory(cluster=cluster, name="prefer5", ordered=True)
-    f.FailoverDomainMemberFactory(domain=domain, host=hosts[0], priority=1)
-    svc = f.VmServiceFactory(
-        cluster=cluster, name="guest1", failover_domain=domain, state="started", host=hosts[0]
-    )
-    f.FenceDeviceFactory(cluster=cluster, host=hosts[0], name="ipmi5")
+    built = et_world(ordered=True)
+    cluster, hosts, svc = built["cluster"], built["hosts"], built["service"]
     dev = f.BlockDeviceFactory(host=hosts[0], path="/dev/loop3")
     vg = f.VolumeGroupFactory(cluster=cluster, name="vg_et")
     vg.physical_volumes.add(dev)
@@ -31,14 +25,7 @@ def world(db: None) -> dict[str, Any]:
     f.FilesystemFactory(logical_volume=lv, name="vms", mount_point="/mnt/vms")
     job = f.JobFactory(cluster=cluster, kind="storage-probe", params={"host": "et-virt05"})
     record(actor="tester", verb="create", obj=svc, cluster=cluster)
-    return {
-        "cluster": cluster,
-        "hosts": hosts,
-        "domain": domain,
-        "service": svc,
-        "lv": lv,
-        "job": job,
-    }
+    return {**built, "lv": lv, "job": job}
 
 
 def pages(w: dict[str, Any]) -> list[str]:

@@ -24,6 +24,17 @@ class ClusterSerializer(HavenModelSerializer):
         read_only_fields = ["created"]
 
 
+#: what the agent reports: written by the runtime, never through the API
+REPORTED = (
+    "state",
+    "state_reason",
+    "last_heartbeat",
+    "memory_total_mb",
+    "memory_free_mb",
+    "cpus",
+)
+
+
 class HostSerializer(HavenModelSerializer):
     class Meta:
         model = Host
@@ -32,12 +43,7 @@ class HostSerializer(HavenModelSerializer):
             "cluster",
             "name",
             "address",
-            "state",
-            "state_reason",
-            "last_heartbeat",
-            "memory_total_mb",
-            "memory_free_mb",
-            "cpus",
+            *REPORTED,
             "cpu_overcommit",
             "libvirt_uri",
             "host_uuid",
@@ -50,12 +56,7 @@ class HostSerializer(HavenModelSerializer):
         ]
         # What the agent reports is written by the runtime, never through the API.
         read_only_fields = [
-            "state",
-            "state_reason",
-            "last_heartbeat",
-            "memory_total_mb",
-            "memory_free_mb",
-            "cpus",
+            *REPORTED,
             "host_uuid",
             "agent_version",
             "maintenance",

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 
 from console.clusters import services as cluster_services
 from console.clusters.api import serializers
+from console.clusters.filtersets import ClusterFilterSet, FenceDeviceFilterSet, HostFilterSet
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.core.api import HavenViewSet
 from console.ha import panel, whatif
@@ -33,7 +34,7 @@ class ClusterViewSet(HavenViewSet):
 
     queryset = Cluster.objects.all()
     serializer_class = serializers.ClusterSerializer
-    filterset_fields = ("name",)
+    filterset_class = ClusterFilterSet
     read_actions = ("what_if",)
 
     def perform_destroy(self, instance: Any) -> None:
@@ -50,12 +51,9 @@ class ClusterViewSet(HavenViewSet):
     @extend_schema(request=WhatIfSerializer, responses={200: PredictionSerializer})
     @action(detail=True, methods=["post"], url_path="what-if")
     def what_if(self, request: Request, pk: str | None = None) -> Response:
-        body = WhatIfSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(WhatIfSerializer)
         try:
-            prediction = whatif.predict(
-                self.get_object(), body.validated_data["host"], body.validated_data["event"]
-            )
+            prediction = whatif.predict(self.get_object(), body["host"], body["event"])
         except whatif.WhatIfError as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         return Response(whatif.as_dict(prediction))
@@ -67,11 +65,10 @@ class ClusterViewSet(HavenViewSet):
         from console.bootstrap import ssh as bootstrap
 
         self.get_object()
-        body = ScanKeySerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        address = body.validated_data["address"]
+        body = self.checked(ScanKeySerializer)
+        address = body["address"]
         try:
-            fingerprint = bootstrap.scan_host_key(address, port=body.validated_data["port"])
+            fingerprint = bootstrap.scan_host_key(address, port=body["port"])
         except bootstrap.BootstrapError as exc:
             raise ValidationError({"address": [str(exc)]}) from exc
         return Response({"address": address, "fingerprint": fingerprint})
@@ -83,8 +80,7 @@ class ClusterViewSet(HavenViewSet):
         from console.bootstrap import ssh as bootstrap
         from console.operations import membership
 
-        body = AddHostsSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(AddHostsSerializer)
         specs = [
             bootstrap.HostSpec(
                 name=h["name"],
@@ -93,7 +89,7 @@ class ClusterViewSet(HavenViewSet):
                 fingerprint=h["fingerprint"],
                 port=h["port"],
             )
-            for h in body.validated_data["hosts"]
+            for h in body["hosts"]
         ]
         return job_response(membership.add_hosts(self.get_object(), specs, actor=request.user))
 
@@ -106,16 +102,16 @@ class HostViewSet(HavenViewSet):
 
     queryset = Host.objects.select_related("cluster")
     serializer_class = serializers.HostSerializer
-    filterset_fields = ("cluster", "cluster__name", "name", "state", "maintenance")
+    filterset_class = HostFilterSet
     operator_actions = ("maintenance", "acknowledge_down")
 
     def _remove(self, request: Request) -> Response:
         from console.operations import membership
 
-        body = RemoveHostSerializer(data=request.data if isinstance(request.data, dict) else {})
-        body.is_valid(raise_exception=True)
+        given = request.data if isinstance(request.data, dict) else {}
+        body = self.checked(RemoveHostSerializer, given)
         job = membership.remove_host(
-            self.get_object(), actor=request.user, password=body.validated_data.get("password", "")
+            self.get_object(), actor=request.user, password=body.get("password", "")
         )
         return job_response(job)
 
@@ -135,25 +131,21 @@ class HostViewSet(HavenViewSet):
         """Run the SSH bootstrap again on this host (admin); its guests and history stay."""
         from console.operations import membership
 
-        body = RepairHostSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(RepairHostSerializer)
         job = membership.repair_host(
             self.get_object(),
-            body.validated_data["password"],
+            body["password"],
             actor=request.user,
-            fingerprint=body.validated_data.get("fingerprint", ""),
-            port=body.validated_data["port"],
+            fingerprint=body.get("fingerprint", ""),
+            port=body["port"],
         )
         return job_response(job)
 
     @extend_schema(request=MaintenanceSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
-        body = MaintenanceSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        job = operations.maintenance(
-            self.get_object(), body.validated_data["on"], actor=request.user
-        )
+        body = self.checked(MaintenanceSerializer)
+        job = operations.maintenance(self.get_object(), body["on"], actor=request.user)
         return job_response(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
@@ -166,13 +158,12 @@ class HostViewSet(HavenViewSet):
     @action(detail=True, methods=["post"], url_path="import-guests")
     def import_guests(self, request: Request, pk: str | None = None) -> Response:
         """Put guests defined on this host under cluster control (their XML is read there)."""
-        body = ImportSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(ImportSerializer)
         job = operations.import_guests(
             self.get_object(),
-            body.validated_data["guests"],
+            body["guests"],
             actor=request.user,
-            failover_domain=body.validated_data.get("failover_domain"),
+            failover_domain=body.get("failover_domain"),
         )
         return job_response(job)
 
@@ -196,4 +187,4 @@ class HostViewSet(HavenViewSet):
 class FenceDeviceViewSet(HavenViewSet):
     queryset = FenceDevice.objects.select_related("cluster", "host")
     serializer_class = serializers.FenceDeviceSerializer
-    filterset_fields = ("cluster", "host", "agent")
+    filterset_class = FenceDeviceFilterSet

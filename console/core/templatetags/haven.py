@@ -8,7 +8,7 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
-from console.core import colours, roles
+from console.core import choices, roles
 
 register = template.Library()
 
@@ -36,8 +36,8 @@ def can_admin(user: Any) -> bool:
 @register.filter
 def colour(value: str, kind: str) -> str:
     """The badge colour of a status; ``kind`` is host, service, job, step, event or severity
-    (each registered by its app, console/core/colours.py)."""
-    return colours.of(kind, value)
+    (each the ``kind`` of its status set, console/core/choices.py)."""
+    return choices.colour(kind, value)
 
 
 @register.filter

@@ -1,5 +1,6 @@
 from console.core.api import ReadOnlyViewSet
 from console.events.api import serializers
+from console.events.filtersets import EventFilterSet
 from console.events.models import Event
 
 
@@ -8,12 +9,4 @@ class EventViewSet(ReadOnlyViewSet):
 
     queryset = Event.objects.all()
     serializer_class = serializers.EventSerializer
-    filterset_fields = (
-        "cluster",
-        "actor",
-        "verb",
-        "object_type",
-        "object_name",
-        "result",
-        "severity",
-    )
+    filterset_class = EventFilterSet

@@ -1,5 +1,6 @@
 from console.core.api import ReadOnlyViewSet
 from console.jobs.api import serializers
+from console.jobs.filtersets import JobEventFilterSet, JobFilterSet
 from console.jobs.models import Job, JobEvent
 
 
@@ -8,7 +9,7 @@ class JobViewSet(ReadOnlyViewSet):
 
     queryset = Job.objects.prefetch_related("hosts", "steps__host")
     serializer_class = serializers.JobSerializer
-    filterset_fields = ("cluster", "kind", "status", "hosts")
+    filterset_class = JobFilterSet
 
 
 class JobEventViewSet(ReadOnlyViewSet):
@@ -16,4 +17,4 @@ class JobEventViewSet(ReadOnlyViewSet):
 
     queryset = JobEvent.objects.all()
     serializer_class = serializers.JobEventSerializer
-    filterset_fields = ("job", "host", "level", "step")
+    filterset_class = JobEventFilterSet

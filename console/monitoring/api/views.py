@@ -11,6 +11,7 @@ from console.core.api import HavenViewSet
 from console.core.services import actor_name
 from console.monitoring import services
 from console.monitoring.api import serializers
+from console.monitoring.filtersets import AlertHookFilterSet
 from console.monitoring.models import AlertHook
 
 
@@ -19,7 +20,7 @@ class AlertHookViewSet(HavenViewSet):
 
     queryset = AlertHook.objects.select_related("cluster")
     serializer_class = serializers.AlertHookSerializer
-    filterset_fields = ("name", "kind", "cluster", "enabled")
+    filterset_class = AlertHookFilterSet
 
     @extend_schema(request=None, responses=serializers.AlertTestResultSerializer)
     @action(detail=True, methods=["post"])

@@ -74,6 +74,10 @@ class FailoverDomainSerializer(HavenModelSerializer):
         return attrs
 
 
+#: what the HA engine decides and the agents report: read-only in the API
+ENGINE_FIELDS = ("state", "host", "target", "state_since", "state_reason", "uuid")
+
+
 class VmServiceSerializer(HavenModelSerializer):
     def validate_desired_state(self, value: str) -> str:
         if self.instance is not None and value != self.instance.desired_state:
@@ -95,22 +99,12 @@ class VmServiceSerializer(HavenModelSerializer):
             "autostart",
             *POLICY_FIELDS,
             "desired_state",
-            "state",
-            "host",
-            "target",
-            "state_since",
-            "state_reason",
-            "uuid",
+            *ENGINE_FIELDS,
             *HEALTH_FIELDS,
         ]
         read_only_fields = [
             "memory_mb",
             "vcpus",
-            "state",
-            "host",
-            "target",
-            "state_since",
-            "state_reason",
-            "uuid",
+            *ENGINE_FIELDS,
         ]
         extra_kwargs = {"memory_mb": mib("The guest's memory, from its domain XML")}

@@ -16,7 +16,22 @@ from console.operations import commands as operations
 from console.operations.api import MoveSerializer, PredictionSerializer, job_response
 from console.services import services
 from console.services.api import serializers
+from console.services.filtersets import FailoverDomainFilterSet, ServiceFilterSet
 from console.services.models import FailoverDomain, VmService
+
+
+def _operation(kind: str, body: type[MoveSerializer] | None = None) -> Any:
+    """The API action ``POST services/{id}/<kind>/``: the operation (with the target host the
+    ``body`` names, for a move), answered 202 with the job that carries it out."""
+
+    def operate(self: HavenViewSet, request: Request, pk: str | None = None) -> Response:
+        host = self.checked(body)["host"] if body is not None else None
+        job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
+        return job_response(job)
+
+    operate.__name__ = operate.__qualname__ = kind
+    routed = action(detail=True, methods=["post"])(operate)
+    return extend_schema(request=body, responses={202: JobSerializer})(routed)
 
 
 class FailoverDomainViewSet(HavenViewSet):
@@ -26,7 +41,7 @@ class FailoverDomainViewSet(HavenViewSet):
         Prefetch("services", queryset=VmService.objects.only("id", "name", "failover_domain_id")),
     )
     serializer_class = serializers.FailoverDomainSerializer
-    filterset_fields = ("cluster", "name", "ordered", "restricted", "nofailback")
+    filterset_class = FailoverDomainFilterSet
 
     def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
@@ -71,15 +86,7 @@ class VmServiceViewSet(HavenViewSet):
 
     queryset = VmService.objects.select_related("cluster", "failover_domain", "host")
     serializer_class = serializers.VmServiceSerializer
-    filterset_fields = (
-        "cluster",
-        "name",
-        "state",
-        "desired_state",
-        "host",
-        "failover_domain",
-        "recovery",
-    )
+    filterset_class = ServiceFilterSet
     operator_actions = ("start", "stop", "enable", "disable", "migrate", "relocate")
 
     def perform_create(self, serializer: Any) -> None:
@@ -119,40 +126,9 @@ class VmServiceViewSet(HavenViewSet):
         body.is_valid(raise_exception=True)
         return self._preview(VmService(**body.validated_data))
 
-    def _command(self, request: Request, kind: str, host: str | None = None) -> Response:
-        job = operations.service_command(self.get_object(), kind, actor=request.user, host=host)
-        return job_response(job)
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def start(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "start")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def stop(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "stop")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def enable(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "enable")
-
-    @extend_schema(request=None, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def disable(self, request: Request, pk: str | None = None) -> Response:
-        return self._command(request, "disable")
-
-    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def migrate(self, request: Request, pk: str | None = None) -> Response:
-        body = MoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._command(request, "migrate", body.validated_data["host"])
-
-    @extend_schema(request=MoveSerializer, responses={202: JobSerializer})
-    @action(detail=True, methods=["post"])
-    def relocate(self, request: Request, pk: str | None = None) -> Response:
-        body = MoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return self._command(request, "relocate", body.validated_data["host"])
+    start = _operation("start")
+    stop = _operation("stop")
+    enable = _operation("enable")
+    disable = _operation("disable")
+    migrate = _operation("migrate", MoveSerializer)
+    relocate = _operation("relocate", MoveSerializer)

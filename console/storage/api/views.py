@@ -16,6 +16,12 @@ from console.jobs.api.serializers import JobSerializer
 from console.operations.api import job_response
 from console.storage import services
 from console.storage.api import serializers
+from console.storage.filtersets import (
+    BlockDeviceFilterSet,
+    FilesystemFilterSet,
+    LogicalVolumeFilterSet,
+    VolumeGroupFilterSet,
+)
 from console.storage.models import BlockDevice, Filesystem, LogicalVolume, VolumeGroup
 
 
@@ -115,29 +121,26 @@ def _same_cluster(host: Host, cluster_id: int, field: str) -> Response | None:
 class BlockDeviceViewSet(HavenViewSet):
     queryset = BlockDevice.objects.select_related("host")
     serializer_class = serializers.BlockDeviceSerializer
-    filterset_fields = ("host", "host__name", "kind")
+    filterset_class = BlockDeviceFilterSet
 
     @extend_schema(request=ProbeSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"])
     def probe(self, request: Request) -> Response:
         """Ask a host's agent for its disks, partitions, PVs, VGs and LVs."""
-        body = ProbeSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        return job_response(services.probe(body.validated_data["host"], actor=request.user))
+        body = self.checked(ProbeSerializer)
+        return job_response(services.probe(body["host"], actor=request.user))
 
 
 class VolumeGroupViewSet(HavenViewSet):
     queryset = VolumeGroup.objects.prefetch_related("physical_volumes")
     serializer_class = serializers.VolumeGroupSerializer
-    filterset_fields = ("cluster", "name", "clustered")
+    filterset_class = VolumeGroupFilterSet
 
     @extend_schema(request=VolumeGroupCreateSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"], url_path="create-on-host")
     def create_on_host(self, request: Request) -> Response:
         """pvcreate each device and vgcreate (shared unless ``local``) on the host's agent."""
-        body = VolumeGroupCreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
+        data = self.checked(VolumeGroupCreateSerializer)
         host: Host = data["host"]
         by_path = {
             d.path: d for d in BlockDevice.objects.filter(host=host, path__in=data["devices"])
@@ -162,15 +165,13 @@ class VolumeGroupViewSet(HavenViewSet):
 class LogicalVolumeViewSet(HavenViewSet):
     queryset = LogicalVolume.objects.select_related("volume_group")
     serializer_class = serializers.LogicalVolumeSerializer
-    filterset_fields = ("volume_group", "name")
+    filterset_class = LogicalVolumeFilterSet
 
     @extend_schema(request=Gfs2CreateSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"], url_path="create-gfs2")
     def create_gfs2(self, request: Request) -> Response:
         """lvcreate + mkfs.gfs2 + fstab and mount on every host, in one job."""
-        body = Gfs2CreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
+        data = self.checked(Gfs2CreateSerializer)
         vg: VolumeGroup = data["volume_group"]
         if (refused := _same_cluster(data["host"], vg.cluster_id, "host")) is not None:
             return refused
@@ -189,15 +190,12 @@ class LogicalVolumeViewSet(HavenViewSet):
     @extend_schema(request=ExtendSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def extend(self, request: Request, pk: str | None = None) -> Response:
-        body = ExtendSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(ExtendSerializer)
         lv: LogicalVolume = self.get_object()
-        host: Host = body.validated_data["host"]
+        host: Host = body["host"]
         if (refused := _same_cluster(host, lv.volume_group.cluster_id, "host")) is not None:
             return refused
-        job = services.extend_volume(
-            host, lv, body.validated_data["size_bytes"], actor=request.user
-        )
+        job = services.extend_volume(host, lv, body["size_bytes"], actor=request.user)
         return job_response(job)
 
     @extend_schema(request=RemoveSerializer, responses={202: JobSerializer})
@@ -205,33 +203,29 @@ class LogicalVolumeViewSet(HavenViewSet):
     def remove(self, request: Request, pk: str | None = None) -> Response:
         """Remove the LV and its GFS2: refused (400) while guests' disks are on it; the job
         fails on every host where it is mounted unless ``unmount``."""
-        body = RemoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(RemoveSerializer)
         lv: LogicalVolume = self.get_object()
-        host: Host = body.validated_data["host"]
+        host: Host = body["host"]
         if (refused := _same_cluster(host, lv.volume_group.cluster_id, "host")) is not None:
             return refused
-        job = services.remove_volume(
-            host, lv, actor=request.user, unmount=body.validated_data["unmount"]
-        )
+        job = services.remove_volume(host, lv, actor=request.user, unmount=body["unmount"])
         return job_response(job)
 
 
 class FilesystemViewSet(HavenViewSet):
     queryset = Filesystem.objects.select_related("logical_volume__volume_group__cluster")
     serializer_class = serializers.FilesystemSerializer
-    filterset_fields = ("logical_volume", "name")
+    filterset_class = FilesystemFilterSet
 
     @extend_schema(request=JournalsSerializer, responses={202: JobSerializer})
     @action(detail=True, methods=["post"], url_path="add-journals")
     def add_journals(self, request: Request, pk: str | None = None) -> Response:
         """gfs2_jadd on a host where it is mounted (each host that mounts it needs one)."""
-        body = JournalsSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = self.checked(JournalsSerializer)
         fs: Filesystem = self.get_object()
-        host: Host = body.validated_data["host"]
+        host: Host = body["host"]
         cluster_id = fs.logical_volume.volume_group.cluster_id
         if (refused := _same_cluster(host, cluster_id, "host")) is not None:
             return refused
-        job = services.add_journals(host, fs, body.validated_data["journals"], actor=request.user)
+        job = services.add_journals(host, fs, body["journals"], actor=request.user)
         return job_response(job)
