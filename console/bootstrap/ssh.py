@@ -66,9 +66,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,6 +89,7 @@ from agent.protocol import (
 from console.bootstrap import cluster_stack
 from console.clusters.models import Cluster, Host
 from console.core import validators
+from console.core.ports import Port
 from console.core.services import actor_name
 from console.events.services import record
 from console.ha import credentials
@@ -404,18 +404,9 @@ def ssh_connect(name: str, address: str, port: int, password: str, fingerprint: 
     return ParamikoHost(name, client)
 
 
-_connector: Connector = ssh_connect
-
-
-@contextmanager
-def use_connector(connector: Connector) -> Iterator[Connector]:
-    """Reach hosts with ``connector`` instead of SSH (tests: ``FakeRemoteHost``)."""
-    global _connector
-    previous, _connector = _connector, connector
-    try:
-        yield connector
-    finally:
-        _connector = previous
+_connector: Port[Connector] = Port(ssh_connect)
+#: reach hosts with a connector instead of SSH (tests: ``FakeRemoteHost``)
+use_connector = _connector.use
 
 
 @dataclass
@@ -547,7 +538,7 @@ def _pipeline(run: _HostRun, steps: list[JobStep]) -> None:
 
 def _connect(run: _HostRun) -> dict[str, Any]:
     try:
-        remote = _connector(run.name, run.address, run.port, run.password, run.fingerprint)
+        remote = _connector.get()(run.name, run.address, run.port, run.password, run.fingerprint)
     finally:
         run.password = ""  # used once
     run.remote = remote
