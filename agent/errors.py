@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from agent.protocol import ErrorInfo
+if TYPE_CHECKING:  # agent.protocol imports agent.names, which imports this module
+    from agent.protocol import ErrorInfo
 
 
 class AgentError(Exception):
@@ -27,4 +29,6 @@ class AgentError(Exception):
         self.exit_code = exit_code
 
     def info(self) -> ErrorInfo:
+        from agent.protocol import ErrorInfo
+
         return ErrorInfo(self.code, self.message, self.command, self.stderr, self.exit_code)

@@ -15,7 +15,13 @@ Console -> agent
     ``id`` is chosen by the console, unique per command (1-128 chars of ``A-Za-z0-9_.:-``).
     Both sides hold a command to the same rules, ``Command.check``: the console before it sends
     one (console/jobs/services.py ``command_for``, the one place a step becomes a command), the
-    agent when it takes one (``Command.from_dict``); then each handler parses its own ``args``.
+    agent when it takes one (``Command.from_dict``). Each kind's ``args`` have a typed class
+    here (``StartArgs``, ``FenceArgs``, ...; ``ARGS`` maps kind -> class) with one decode
+    (``decode_args``: types, ranges and every name through agent/names.py, unexpected fields
+    refused) and one encode (``CommandArgs.to_dict``: every field, an optional one not given
+    left out; the same names and types as ever, so agents and consoles of either age agree):
+    the console builds the args it sends from them (``StepSpec.of``, ``Command.of``), the
+    agent's handlers receive them decoded.
     Commands are idempotent by id: the agent remembers recent results, and a repeated id returns
     the first result again (``duplicate: true``) without acting twice. Command messages expire
     (Celery ``expires``) a little after the action's own timeout. Secret arguments (names in
@@ -151,9 +157,13 @@ import json
 import re
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Self
 from xml.sax.saxutils import quoteattr
+
+from agent import names
+from agent.errors import AgentError
 
 PROTOCOL_VERSION = 2
 EXECUTE_TASK = "haven.agent.execute"
@@ -183,27 +193,6 @@ STORAGE_COMMANDS = frozenset(
         "corosync_remove_node",
     }
 )
-COMMAND_KINDS = STORAGE_COMMANDS | frozenset(
-    {
-        "define",
-        "start",
-        "shutdown",
-        "destroy",
-        "undefine",
-        "migrate",
-        "list_guests",
-        "dumpxml",
-        "host_facts",
-        "configure_migration",
-        "tls_request",
-        "storage_probe",
-        "gfs2_inspect",
-        "fence",
-        "fence_metadata",
-        "rotate_credentials",
-    }
-)
-
 LIFECYCLE_STATES = (
     "defined",  # a persistent definition appeared or changed
     "undefined",  # the definition was removed
@@ -403,6 +392,15 @@ class Command:
         return self
 
     @classmethod
+    def of(cls, id: str, args: CommandArgs) -> Command:
+        """The command carrying ``args`` (its kind is theirs), checked."""
+        return cls(id=id, kind=args.kind, args=args.to_dict()).check()
+
+    def typed_args(self) -> CommandArgs:
+        """This command's args decoded (after unsealing); ProtocolError saying what is wrong."""
+        return decode_args(self.kind, self.args)
+
+    @classmethod
     def from_dict(cls, data: object) -> Command:
         """Parse and check a command; raises ProtocolError with a clear message."""
         if not isinstance(data, dict):
@@ -414,6 +412,434 @@ class Command:
         if extra:
             raise ProtocolError("bad_request", f"unexpected fields: {sorted(extra)}")
         return command
+
+
+# --- the args of each command kind --------------------------------------------------------
+#: the longest timeout a command may ask for
+MAX_TIMEOUT_S = 24 * 3600
+_PASSWORD_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{43}=")
+
+#: how one field is read from a command's args: (field name, value as sent) -> value
+Parse = Callable[[str, object], Any]
+
+
+def _bad(key: str, what: str) -> ProtocolError:
+    return ProtocolError("bad_request", f"field {key!r} must be {what}")
+
+
+def _text(check: Callable[[object], str] | None = None) -> Parse:
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _bad(key, "a string")
+        return check(value) if check is not None else value
+
+    return parse
+
+
+def _opt_text(key: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _bad(key, "a string")
+    return value
+
+
+def _integer(lo: int = 0, hi: int = 2**63) -> Parse:
+    def parse(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _bad(key, f"an integer in [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def _number(key: str, value: object) -> float:
+    hi = MAX_TIMEOUT_S
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= hi:
+        return float(value)
+    raise _bad(key, f"a number in (0, {hi}]")
+
+
+def _opt_number(key: str, value: object) -> float | None:
+    return None if value is None else _number(key, value)
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, "true or false")
+    return value
+
+
+def _texts(check: Callable[[object], str]) -> Parse:
+    def parse(key: str, value: object) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(key, "a list of strings")
+        return [check(v) for v in value]
+
+    return parse
+
+
+def _mapping(key: str, value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _bad(key, "an object")
+    return dict(value)
+
+
+def _credential(pattern: re.Pattern[str]) -> Parse:
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _bad(key, "a string")
+        if not pattern.fullmatch(value):
+            raise ProtocolError("bad_request", "the new credentials are not well-formed")
+        return value
+
+    return parse
+
+
+def _p(parse: Parse) -> dict[str, Parse]:
+    """The metadata of a field of a command's args: how it is read."""
+    return {"parse": parse}
+
+
+_GUEST = _text(names.guest)
+_VG, _LV = _text(names.vg), _text(names.lv)
+_DEVICE, _MOUNT_POINT = _text(names.device), _text(names.mount_point)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandArgs:
+    """The args of one command kind: ``from_dict`` decodes what was sent (ProtocolError with
+    the field's name if it does not follow the protocol), ``to_dict`` encodes for the wire."""
+
+    kind: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Self:
+        if not isinstance(raw, dict):
+            raise ProtocolError("bad_request", "field 'args' must be an object")
+        values: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                if f.name in raw:
+                    values[f.name] = f.metadata["parse"](f.name, raw[f.name])
+                elif f.default is MISSING and f.default_factory is MISSING:
+                    raise ProtocolError("bad_request", f"missing field {f.name!r}")
+        except AgentError as exc:  # a name agent/names.py refuses
+            raise ProtocolError(exc.code, exc.message) from exc
+        extra = set(raw) - {f.name for f in fields(cls)}
+        if extra:
+            raise ProtocolError("bad_request", f"unexpected fields: {sorted(extra)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, but one that is None: an optional field not given is not sent."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = type(value)(value) if isinstance(value, list | dict) else value
+        return out
+
+
+# hypervisor -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DefineArgs(CommandArgs):
+    kind = "define"
+    xml: str = field(metadata=_p(_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class StartArgs(CommandArgs):
+    kind = "start"
+    guest: str = field(metadata=_p(_GUEST))
+    resume: bool = field(default=False, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownArgs(CommandArgs):
+    kind = "shutdown"
+    guest: str = field(metadata=_p(_GUEST))
+    timeout_s: float = field(default=60.0, metadata=_p(_number))
+    save: bool = field(default=False, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyArgs(CommandArgs):
+    kind = "destroy"
+    guest: str = field(metadata=_p(_GUEST))
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineArgs(CommandArgs):
+    kind = "undefine"
+    guest: str = field(metadata=_p(_GUEST))
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateArgs(CommandArgs):
+    kind = "migrate"
+    guest: str = field(metadata=_p(_GUEST))
+    dest_uri: str = field(metadata=_p(_text(names.libvirt_uri)))
+    migrate_uri: str | None = field(default=None, metadata=_p(_opt_text))
+    timeout_s: float | None = field(default=None, metadata=_p(_opt_number))
+
+
+@dataclass(frozen=True, slots=True)
+class ListGuestsArgs(CommandArgs):
+    kind = "list_guests"
+    active_only: bool = field(default=False, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class DumpxmlArgs(CommandArgs):
+    kind = "dumpxml"
+    guest: str = field(metadata=_p(_GUEST))
+
+
+@dataclass(frozen=True, slots=True)
+class HostFactsArgs(CommandArgs):
+    kind = "host_facts"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureMigrationArgs(CommandArgs):
+    """Addresses, ports and transport are checked by agent/hvconfig.py, which writes them."""
+
+    kind = "configure_migration"
+    listen_address: str = field(metadata=_p(_text()))
+    migration_address: str = field(metadata=_p(_text()))
+    port_min: int = field(default=49152, metadata=_p(_integer(1, 65535)))
+    port_max: int = field(default=49215, metadata=_p(_integer(1, 65535)))
+    transport: str = field(default="tcp", metadata=_p(_text()))
+    ca_certificate: str = field(default="", metadata=_p(_text()))
+    certificate: str = field(default="", metadata=_p(_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRequestArgs(CommandArgs):
+    kind = "tls_request"
+
+
+# storage ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StorageProbeArgs(CommandArgs):
+    kind = "storage_probe"
+
+
+@dataclass(frozen=True, slots=True)
+class PvcreateArgs(CommandArgs):
+    kind = "pvcreate"
+    device: str = field(metadata=_p(_DEVICE))
+
+
+@dataclass(frozen=True, slots=True)
+class VgcreateArgs(CommandArgs):
+    kind = "vgcreate"
+    vg: str = field(metadata=_p(_VG))
+    devices: list[str] = field(metadata=_p(_texts(names.device)))
+    local: bool = field(default=False, metadata=_p(_flag))
+    #: 0: LVM's default
+    extent_size_bytes: int = field(default=0, metadata=_p(_integer()))
+
+
+@dataclass(frozen=True, slots=True)
+class LvcreateArgs(CommandArgs):
+    kind = "lvcreate"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+    size_bytes: int = field(metadata=_p(_integer(1)))
+    activate: bool = field(default=True, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class LvextendArgs(CommandArgs):
+    kind = "lvextend"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+    size_bytes: int = field(metadata=_p(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class LvremoveArgs(CommandArgs):
+    kind = "lvremove"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+
+
+@dataclass(frozen=True, slots=True)
+class MkfsGfs2Args(CommandArgs):
+    kind = "mkfs_gfs2"
+    device: str = field(metadata=_p(_DEVICE))
+    cluster: str = field(metadata=_p(_text(names.cluster)))
+    fs: str = field(metadata=_p(_text(names.fs_name)))
+    journals: int = field(default=2, metadata=_p(_integer(1, 256)))
+
+
+@dataclass(frozen=True, slots=True)
+class Gfs2InspectArgs(CommandArgs):
+    kind = "gfs2_inspect"
+    device: str = field(metadata=_p(_DEVICE))
+
+
+@dataclass(frozen=True, slots=True)
+class Gfs2JaddArgs(CommandArgs):
+    kind = "gfs2_jadd"
+    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+    journals: int = field(default=1, metadata=_p(_integer(1, 256)))
+
+
+@dataclass(frozen=True, slots=True)
+class FstabEntryArgs(CommandArgs):
+    kind = "fstab_entry"
+    device: str = field(metadata=_p(_DEVICE))
+    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+    fstype: str = field(metadata=_p(_text(names.fstype)))
+    options: str = field(default="defaults", metadata=_p(_text(names.mount_options)))
+    present: bool = field(default=True, metadata=_p(_flag))
+    #: a shared VG's LV: a unit activates it at boot, the mount requires it
+    activate_shared: bool = field(default=False, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class MountArgs(CommandArgs):
+    kind = "mount"
+    device: str = field(metadata=_p(_DEVICE))
+    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+    fstype: str = field(metadata=_p(_text(names.fstype)))
+    options: str | None = field(default=None, metadata=_p(_opt_text))
+
+
+@dataclass(frozen=True, slots=True)
+class UnmountArgs(CommandArgs):
+    kind = "unmount"
+    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+
+
+@dataclass(frozen=True, slots=True)
+class VgLockstartArgs(CommandArgs):
+    kind = "vg_lockstart"
+    vg: str = field(metadata=_p(_VG))
+
+
+@dataclass(frozen=True, slots=True)
+class LvActivateArgs(CommandArgs):
+    kind = "lv_activate"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+    #: shared | exclusive | off (agent/storage.py checks it)
+    mode: str = field(default="shared", metadata=_p(_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class LvRefreshArgs(CommandArgs):
+    kind = "lv_refresh"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+
+
+@dataclass(frozen=True, slots=True)
+class LvUsageArgs(CommandArgs):
+    kind = "lv_usage"
+    vg: str = field(metadata=_p(_VG))
+    lv: str = field(metadata=_p(_LV))
+    refuse_mounted: bool = field(default=False, metadata=_p(_flag))
+
+
+@dataclass(frozen=True, slots=True)
+class Gfs2GrowArgs(CommandArgs):
+    kind = "gfs2_grow"
+    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+
+
+@dataclass(frozen=True, slots=True)
+class DlmFenceAckArgs(CommandArgs):
+    kind = "dlm_fence_ack"
+    #: the corosync node name of the host that is down
+    node: str = field(metadata=_p(_GUEST))
+
+
+@dataclass(frozen=True, slots=True)
+class CorosyncRemoveNodeArgs(CommandArgs):
+    kind = "corosync_remove_node"
+    node: str = field(metadata=_p(_GUEST))
+
+
+# fencing and credentials ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FenceArgs(CommandArgs):
+    """Action and parameters are checked by agent/fencing.py against the agent's metadata."""
+
+    kind = "fence"
+    agent: str = field(metadata=_p(_text(names.fence_agent)))
+    action: str = field(metadata=_p(_text()))
+    params: dict[str, object] = field(default_factory=dict, metadata=_p(_mapping))
+    timeout_s: float = field(default=60.0, metadata=_p(_number))
+    #: a status query after a lost fence result: succeeds only if the host is in this state
+    require_power: str | None = field(default=None, metadata=_p(_opt_text))
+
+
+@dataclass(frozen=True, slots=True)
+class FenceMetadataArgs(CommandArgs):
+    kind = "fence_metadata"
+    agent: str = field(metadata=_p(_text(names.fence_agent)))
+
+
+@dataclass(frozen=True, slots=True)
+class RotateCredentialsArgs(CommandArgs):
+    """Both travel sealed (agent/sealing.py)."""
+
+    kind = "rotate_credentials"
+    password: str = field(metadata=_p(_credential(_PASSWORD_RE)))
+    seal_secret: str = field(metadata=_p(_credential(_FERNET_KEY_RE)))
+
+
+#: kind -> the class of its args
+ARGS: dict[str, type[CommandArgs]] = {
+    c.kind: c
+    for c in (
+        DefineArgs,
+        StartArgs,
+        ShutdownArgs,
+        DestroyArgs,
+        UndefineArgs,
+        MigrateArgs,
+        ListGuestsArgs,
+        DumpxmlArgs,
+        HostFactsArgs,
+        ConfigureMigrationArgs,
+        TlsRequestArgs,
+        StorageProbeArgs,
+        PvcreateArgs,
+        VgcreateArgs,
+        LvcreateArgs,
+        LvextendArgs,
+        LvremoveArgs,
+        MkfsGfs2Args,
+        Gfs2InspectArgs,
+        Gfs2JaddArgs,
+        FstabEntryArgs,
+        MountArgs,
+        UnmountArgs,
+        VgLockstartArgs,
+        LvActivateArgs,
+        LvRefreshArgs,
+        LvUsageArgs,
+        Gfs2GrowArgs,
+        DlmFenceAckArgs,
+        CorosyncRemoveNodeArgs,
+        FenceArgs,
+        FenceMetadataArgs,
+        RotateCredentialsArgs,
+    )
+}
+COMMAND_KINDS = frozenset(ARGS)
+
+
+def decode_args(kind: str, raw: object) -> CommandArgs:
+    """The typed args of a command of ``kind``; ProtocolError naming what is wrong."""
+    cls = ARGS.get(kind)
+    if cls is None:
+        raise ProtocolError("unknown_command", f"unknown command kind {kind!r}")
+    return cls.from_dict(raw)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,7 +79,14 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from agent.protocol import Heartbeat, agent_queue, inbound_key
+from agent.protocol import (
+    CommandArgs,
+    ConfigureMigrationArgs,
+    Heartbeat,
+    TlsRequestArgs,
+    agent_queue,
+    inbound_key,
+)
 from console.bootstrap import cluster_stack, credentials
 from console.clusters.models import Cluster, Host
 from console.core import validators
@@ -223,7 +230,7 @@ def start_bootstrap(
     job = create_bootstrap_job(cluster_name, hosts, actor=actor, shared_storage=shared_storage)
     passwords = {h.name: h.password for h in hosts}
     job_id = job.pk
-    transaction.on_commit(lambda: _pool.submit(_run_in_thread, job_id, passwords))
+    run_after_commit(run_bootstrap, job_id, passwords, "bootstrap")
     return job
 
 
@@ -285,14 +292,23 @@ def create_bootstrap_job(
     return job
 
 
-def _run_in_thread(job_id: int, passwords: dict[str, str]) -> None:
-    try:
-        run_bootstrap(job_id, passwords)
-    except Exception:
-        log.exception("bootstrap job %s crashed", job_id)
-    finally:
-        passwords.clear()
-        connection.close()
+def run_after_commit(
+    run: Callable[[int, dict[str, str]], object], job_id: int, secrets: dict[str, str], what: str
+) -> None:
+    """``run(job_id, secrets)`` in the bootstrap's threads once the transaction commits (a job
+    that needs root passwords: they live in this process only, never in the database). A crash
+    is logged; the secrets are forgotten and the thread's database connection closed after."""
+
+    def in_thread() -> None:
+        try:
+            run(job_id, secrets)
+        except Exception:
+            log.exception("%s job %s crashed", what, job_id)
+        finally:
+            secrets.clear()
+            connection.close()
+
+    transaction.on_commit(lambda: _pool.submit(in_thread))
 
 
 # --- running it -----------------------------------------------------------------------------
@@ -962,11 +978,11 @@ def migration_transport() -> str:
     return transport
 
 
-def _agent_step(run: _HostRun, kind: str, args: dict[str, Any], what: str) -> dict[str, Any]:
+def _agent_step(run: _HostRun, args: CommandArgs, what: str) -> dict[str, Any]:
     """One command to the host's agent as a normal job step; its result (or BootstrapError)."""
     job = jobs.create_job(
-        kind.replace("_", "-"),
-        [jobs.StepSpec(run.host, kind, args)],
+        args.kind.replace("_", "-"),
+        [jobs.StepSpec.of(run.host, args)],
         cluster=run.host.cluster,
         message=f"{what} of {run.name} (bootstrap job {run.job.pk})",
     )
@@ -977,9 +993,9 @@ def _agent_step(run: _HostRun, kind: str, args: dict[str, Any], what: str) -> di
             break
         time.sleep(0.2)
     else:
-        raise BootstrapError(f"{kind} on {run.name} got no answer (job {job.pk})")
+        raise BootstrapError(f"{args.kind} on {run.name} got no answer (job {job.pk})")
     if job.status != JobStatus.SUCCEEDED:
-        raise BootstrapError(f"{kind} on {run.name} failed: {job.explanation}")
+        raise BootstrapError(f"{args.kind} on {run.name} failed: {job.explanation}")
     return {"job": job.pk, **job.steps.get().result}
 
 
@@ -1039,22 +1055,23 @@ def _configure_migration(run: _HostRun) -> dict[str, Any]:
     from console.bootstrap import pki
 
     transport = migration_transport()
-    args: dict[str, Any] = {"listen_address": run.address, "migration_address": run.address}
+    args = ConfigureMigrationArgs(run.address, run.address)
     cert = ""
     if transport == "tls":
-        request = _agent_step(run, "tls_request", {}, "the libvirt TLS key")
+        request = _agent_step(run, TlsRequestArgs(), "the libvirt TLS key")
         try:
             cert = pki.issue_host_certificate(
                 run.host.cluster, run.name, run.address, str(request.get("csr", ""))
             )
         except pki.CertificateError as exc:
             raise BootstrapError(str(exc)) from None
-        args.update(
+        args = replace(
+            args,
             transport="tls",
             ca_certificate=pki.ca_certificate(run.host.cluster),
             certificate=cert,
         )
-    result = _agent_step(run, "configure_migration", args, "libvirt migration settings")
+    result = _agent_step(run, args, "libvirt migration settings")
     restarted = bool(result.get("restart_required")) and transport == "tls"
     if restarted:  # TLS only works once libvirtd has read its certificates
         _restart_libvirtd(run)

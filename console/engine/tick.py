@@ -524,50 +524,38 @@ class _Tick:
                 else:
                     self._settle_stopped(name, f"stopped on {s.node}", node=None, **done)
             else:
-                self._service_to(
-                    name,
-                    S.STARTED,
-                    f"stop on {s.node} failed: {msg}",
-                    retry_at=self.now + self.cfg.retry_s,
-                    **done,
-                )
+                self._still_running(name, f"stop on {s.node} failed: {msg}", **done)
+        elif r.ok:  # a migration or a relocation arrived
+            verb = "migrated" if p.kind is K.MIGRATE else "relocated"
+            self._service_to(
+                name,
+                S.STARTED,
+                f"{verb} {s.node} -> {s.target}",
+                node=s.target,
+                target=None,
+                **self._arrived(s),
+                **done,
+            )
         elif p.kind is K.MIGRATE:
-            if r.ok:
-                self._service_to(
-                    name,
-                    S.STARTED,
-                    f"migrated {s.node} -> {s.target}",
-                    node=s.target,
-                    target=None,
-                    **self._arrived(s),
-                    **done,
-                )
-            else:
-                self._service_to(
-                    name,
-                    S.STARTED,
-                    f"migration to {s.target} failed ({msg}); still running on {s.node}",
-                    target=None,
-                    retry_at=self.now + self.cfg.retry_s,
-                    **done,
-                )
-        elif p.kind is K.RELOCATE:
-            if r.ok:
-                self._service_to(
-                    name,
-                    S.STARTED,
-                    f"relocated {s.node} -> {s.target}",
-                    node=s.target,
-                    target=None,
-                    **self._arrived(s),
-                    **done,
-                )
-            else:
-                # where it is now is not known: wait for both hosts to report before starting
-                source, target = s.node, s.target or p.host
-                self._service_to(name, s.state, s.reason, node=target, target=None, **done)
-                suspects = tuple(sorted({h for h in (source, target) if h is not None}))
-                self._failure(name, target, f"relocation failed: {msg}", suspects)
+            why = f"migration to {s.target} failed ({msg}); still running on {s.node}"
+            self._still_running(name, why, target=None, **done)
+        else:
+            # a relocation failed; where it is now is not known: wait for both hosts to report
+            # before starting
+            source, target = s.node, s.target or p.host
+            self._service_to(name, s.state, s.reason, node=target, target=None, **done)
+            suspects = tuple(sorted({h for h in (source, target) if h is not None}))
+            self._failure(name, target, f"relocation failed: {msg}", suspects)
+
+    def _runs_on(self, name: str, s: ServiceStatus, host: str, why: str, **changes: Any) -> None:
+        """``host`` reports the guest running: it is started there; the hosts still silent
+        that it may also run on stay suspects."""
+        suspects = self._silent_rest(s, host)
+        self._service_to(name, S.STARTED, why, node=host, suspects=suspects, **changes)
+
+    def _still_running(self, name: str, why: str, **changes: Any) -> None:
+        """An action on a running guest failed and left it running: tried again later."""
+        self._service_to(name, S.STARTED, why, retry_at=self.now + self.cfg.retry_s, **changes)
 
     def _hung_stopped(
         self, name: str, s: ServiceStatus, host: str, r: ActionResult, msg: str
@@ -577,15 +565,8 @@ class _Tick:
         if r.ok:
             self._failure(name, host, s.hung_reason, cause=s.hung)
             return
-        self._service_to(
-            name,
-            S.STARTED,
-            f"{s.hung_reason}; destroying it failed ({msg}), tried again in {self.cfg.retry_s:g}s",
-            action=None,
-            hung="",
-            hung_reason="",
-            retry_at=self.now + self.cfg.retry_s,
-        )
+        why = f"{s.hung_reason}; destroying it failed ({msg}), tried again in {self.cfg.retry_s:g}s"
+        self._still_running(name, why, action=None, hung="", hung_reason="")
 
     def _hung(self, name: str, s: ServiceStatus, failure: HealthFailure) -> None:
         """A running guest failed a health check (QEMU alive, the guest or its application
@@ -916,13 +897,7 @@ class _Tick:
                 self._service_to(name, s.state, s.reason, suspects=self._silent_rest(s, host))
                 continue
             if name in running:
-                self._service_to(
-                    name,
-                    S.STARTED,
-                    f"host {host} is back and still runs it",
-                    node=host,
-                    suspects=self._silent_rest(s, host),
-                )
+                self._runs_on(name, s, host, f"host {host} is back and still runs it")
                 continue
             rest = tuple(h for h in s.suspects if h != host)
             if not all(self._reporting(h) for h in rest):
@@ -1102,13 +1077,7 @@ class _Tick:
         if s.target == host and s.state in (S.MIGRATING, S.RELOCATING):
             return
         if s.state is S.RECOVERING and host in s.suspects:
-            self._service_to(
-                name,
-                S.STARTED,
-                f"still running on {host}",
-                node=host,
-                suspects=self._silent_rest(s, host),
-            )
+            self._runs_on(name, s, host, f"still running on {host}")
             return
         cfg = self.conf[name]
         adoptable = s.state in (S.FENCE, S.RECOVERING, S.WAITING, S.STOPPED)
@@ -1118,14 +1087,7 @@ class _Tick:
             and self.hosts[host].state is H.ONLINE
             and allowed(self._domain(cfg), host)
         ):
-            self._service_to(
-                name,
-                S.STARTED,
-                f"found running on {host}: adopted",
-                node=host,
-                suspects=self._silent_rest(s, host),
-                restart_on=None,
-            )
+            self._runs_on(name, s, host, f"found running on {host}: adopted", restart_on=None)
             return
         where = f"{s.state.value} on {s.node}" if s.node else s.state.value
         self.log.append(

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 
+from agent import protocol
 from console import engine
 from console.clusters.models import Cluster, FenceDevice, Host
 from console.ha.snapshot import engine_settings
@@ -31,22 +32,17 @@ def _start(
     """Define the console's copy of the XML (with the health checks in its metadata), then
     start it: nobody copies config files. `resume`: resume the state saved on that host;
     otherwise a saved state there is dropped and the guest boots afresh."""
-    start: dict[str, Any] = {"guest": service.name}
-    if resume:
-        start["resume"] = True
     return [
-        StepSpec(host, "define", {"xml": service.defined_xml()}, stage=stage),
-        StepSpec(host, "start", start, stage=stage + 1),
+        StepSpec.of(host, protocol.DefineArgs(service.defined_xml()), stage=stage),
+        StepSpec.of(host, protocol.StartArgs(service.name, resume=resume), stage=stage + 1),
     ]
 
 
 def _stop(service: str, host: Host, *, force: bool, save: bool = False) -> StepSpec:
     if force:
-        return StepSpec(host, "destroy", {"guest": service})
-    args: dict[str, Any] = {"guest": service, "timeout_s": settings.HAVEN_STOP_TIMEOUT_S}
-    if save:
-        args["save"] = True
-    return StepSpec(host, "shutdown", args)
+        return StepSpec.of(host, protocol.DestroyArgs(service))
+    timeout_s = float(settings.HAVEN_STOP_TIMEOUT_S)
+    return StepSpec.of(host, protocol.ShutdownArgs(service, timeout_s, save=save))
 
 
 def fence_runner(cluster: Cluster, target: str, online: set[str]) -> Host | None:
@@ -63,19 +59,21 @@ def fence_levels(host: Host) -> list[FenceDevice]:
 
 
 def fence_step(
-    device: FenceDevice, runner: Host | None, action: str, *, stage: int = 0, timeout_s: float = 60
+    device: FenceDevice,
+    runner: Host | None,
+    action: str,
+    *,
+    stage: int = 0,
+    timeout_s: float = 60.0,
+    require_power: str | None = None,
 ) -> StepSpec:
-    """One run of the device's agent (its secrets are read when the step is sent)."""
-    params: dict[str, Any] = dict(device.parameters)
+    """One run of the device's agent (its secrets are read when the step is sent);
+    ``require_power``: succeed only if the host's power is in this state (a status query)."""
+    params: dict[str, object] = dict(device.parameters)
     if device.plug:
         params["plug"] = device.plug
-    args: dict[str, Any] = {
-        "agent": device.agent,
-        "action": action,
-        "params": params,
-        "timeout_s": timeout_s,
-    }
-    return StepSpec(runner, "fence", args, stage=stage, secret_ref={"fence_device": device.pk})
+    args = protocol.FenceArgs(device.agent, action, params, float(timeout_s), require_power)
+    return StepSpec.of(runner, args, stage=stage, secret_ref={"fence_device": device.pk})
 
 
 def fence_steps(
@@ -88,19 +86,17 @@ def fence_steps(
     level that hangs leaves time for the next."""
     share = engine_settings().fence_timeout_s / max(1, len(devices))
     timeout_s = max(FENCE_LEVEL_MIN_TIMEOUT_S, min(60.0, share)) if len(devices) > 1 else 60
-    steps = []
-    for stage, device in enumerate(devices):
-        step = fence_step(
+    return [
+        fence_step(
             device,
             runner,
             "status" if query else settings.HAVEN_FENCE_ACTION,
             stage=stage,
             timeout_s=timeout_s,
+            require_power="off" if query else None,
         )
-        if query:
-            step.args["require_power"] = "off"
-        steps.append(step)
-    return steps
+        for stage, device in enumerate(devices)
+    ]
 
 
 def steps_for(
@@ -157,10 +153,8 @@ def steps_for(
         return (
             "migrate",
             [
-                StepSpec(
-                    hosts[action.source],
-                    "migrate",
-                    {"guest": action.service, "dest_uri": libvirt_uri(target)},
+                StepSpec.of(
+                    hosts[action.source], protocol.MigrateArgs(action.service, libvirt_uri(target))
                 )
             ],
             {"service": action.service, "source": action.source, "target": action.target},

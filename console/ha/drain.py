@@ -3,20 +3,24 @@ list ``haven:in:<host>`` in batches and files them (console/ha/ingest.py).
 
 One loop, one Redis connection for it:
 
-1. one pipeline: ``LPOP key COUNT`` and ``LLEN key`` for every inbound key (the hosts the
-   database knows, the console's own agent, and lists found by a SCAN every few seconds);
+1. one pipeline: ``LPOP key COUNT`` for every inbound key (the hosts the database knows, the
+   console's own agent, and lists found by a SCAN every few seconds), then ``LLEN`` of the
+   lists that gave a full batch (the backlog);
 2. the batch is filed: heartbeats and lifecycle events into the store in one pipeline, results
-   and runner wakes handed to a small thread pool (the fast path: a result's transaction or a
-   runner tick never holds up the heartbeats);
+   handed to a small thread pool (the fast path: a result's transaction never holds up the
+   heartbeats), runner wakes sent to the console's workers (the ``haven.console.wake`` task:
+   a tick is ~100 ms of Python at 10,000 guests, and run in this process it held the GIL
+   from the drain loop, which paused for up to seconds on a loaded machine);
 3. when every list was empty, ``BLPOP`` on all of them (up to ``DRAIN_WAIT_S``), so a crash
-   event is filed and its cluster's runner started within milliseconds of its arrival.
+   event is filed and its cluster's runner woken within milliseconds of its arrival.
 
 After each round it records its progress (``Store.record_ingest``): the runner gets the ingest
-lag from ``Store.ingest_lag()``. A list whose key names a host the console does not know is
-refused (logged once a minute) and emptied. The drainer also keeps the agents' Redis users in
-place (console/bootstrap/credentials.py): on start and every ``USERS_CHECK_S`` (one ``ACL USERS``),
-any missing user is re-created from the stored password hash, so a Redis restart never locks an
-agent out for longer than that.
+lag from ``Store.ingest_lag()``. When no tick came for `BACKUP_AFTER_S` (beat or the workers
+gone), the drainer ticks the runner itself, in its pool. A list whose key names a host the
+console does not know is refused (logged once a minute) and emptied. The drainer also keeps the
+agents' Redis users in place (console/bootstrap/credentials.py): on start and every
+``USERS_CHECK_S`` (one ``ACL USERS``), any missing user is re-created from the stored password
+hash, so a Redis restart never locks an agent out for longer than that.
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ RETRY_MAX_S = 0.5  # Redis back: draining again within half a second
 BACKUP_CHECK_S = 1.0
 #: a runner whose last tick is older than this is ticked by the drainer (beat's is 1 s)
 BACKUP_AFTER_S = 2.5
+#: a wake not taken by a worker within this long is dropped (beat's next tick sees the same)
+WAKE_EXPIRES_S = 2.0
+
+
+def send_wake(cluster_id: int) -> None:
+    """A runner wake for the console's workers (one task on the ``console`` queue)."""
+    from console.ha.tasks import wake
+
+    wake.apply_async((cluster_id,), expires=WAKE_EXPIRES_S, retry=False)
 
 
 @dataclass
@@ -68,13 +81,17 @@ class Drainer:
         workers: int = 4,
         run_cluster: Callable[[int, Store], object] | None = None,
         keep_users: bool = True,
+        send_wake: Callable[[int], object] | None = send_wake,
     ) -> None:
+        """`run_cluster` ticks a runner in this process (the backup ticks); `send_wake` is
+        how a wake leaves (by default a task for the workers; None: ticked here too)."""
         self.store = store or RedisStore()  # the inbound lists are Redis lists
         self.r: Any = self.store.r  # redis-py's stubs type blocking replies as awaitables
         self.directory = ingest.Directory()
         self.refusals = ingest.Refusals()
         self.totals = Totals()
         self._run_cluster = run_cluster or runner.run
+        self._send_wake = send_wake
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-fast")
         self._queued: set[int] = set()  # clusters with a runner wake waiting in the pool
         self._queued_lock = threading.Lock()
@@ -103,20 +120,27 @@ class Drainer:
 
     # --- one round --------------------------------------------------------------------------
     def _pop(self, keys: list[str]) -> tuple[list[tuple[str, Any]], int]:
+        """Up to `BATCH` messages of every list, in one round trip; and how many are left
+        (asked only of the lists that gave a full batch: any other was emptied)."""
         pipe = self.r.pipeline(transaction=False)
         for key in keys:
             pipe.lpop(key, BATCH)
-            pipe.llen(key)
         answers = pipe.execute()
         batch: list[tuple[str, Any]] = []
-        backlog = 0
-        for i, key in enumerate(keys):
-            items, left = answers[2 * i], answers[2 * i + 1]
-            backlog += int(left or 0)
+        full = []
+        for key, items in zip(keys, answers, strict=True):
             if items:
+                if len(items) >= BATCH:
+                    full.append(key)
                 host = host_of_inbound_key(key)
                 if host is not None:
                     batch.extend((host, item) for item in items)
+        backlog = 0
+        if full:
+            pipe = self.r.pipeline(transaction=False)
+            for key in full:
+                pipe.llen(key)
+            backlog = sum(int(left or 0) for left in pipe.execute())
         return batch, backlog
 
     def round(self, wait_s: float = DRAIN_WAIT_S) -> int:
@@ -171,11 +195,22 @@ class Drainer:
 
     # --- the fast path ----------------------------------------------------------------------
     def wake(self, cluster_id: int) -> None:
+        """Have the cluster's runner tick now: in a worker (`send_wake`), else here; a wake
+        that cannot be sent is ticked here."""
+        self.totals.wakes += 1
+        if self._send_wake is not None:
+            try:
+                self._send_wake(cluster_id)
+                return
+            except Exception as exc:
+                broker.log_failure(log, f"could not wake the runner of cluster {cluster_id}", exc)
+        self._tick_here(cluster_id)
+
+    def _tick_here(self, cluster_id: int) -> None:
         with self._queued_lock:
             if cluster_id in self._queued:
                 return  # a wake waits already; it will see this batch too
             self._queued.add(cluster_id)
-        self.totals.wakes += 1
         self._pool.submit(self._run, cluster_id)
 
     def _run(self, cluster_id: int) -> None:
@@ -303,7 +338,7 @@ class Drainer:
             for cluster_id, at in ticks.last_tick(self.store, self._clusters).items():
                 if at is None or now - at > BACKUP_AFTER_S:
                     self.totals.backup_ticks += 1
-                    self.wake(cluster_id)
+                    self._tick_here(cluster_id)
         except Exception as exc:
             broker.log_failure(log, "backup tick check failed", exc)
         finally:

@@ -137,6 +137,7 @@ def sort(
     received = store.clock() if received is None else received
     out = Sorted()
     heartbeats: dict[str, dict[str, Any]] = {}
+    texts: dict[str, str] = {}
     lifecycle: list[tuple[str, str, str]] = []
     health: list[tuple[str, str, str, str]] = []
     shutdowns: list[str] = []
@@ -166,6 +167,10 @@ def sort(
                 out.ignored += 1
                 continue
             heartbeats[sender] = message  # in order: the newest wins
+            if isinstance(raw, str):
+                texts[sender] = raw  # stored as it came: not encoded again
+            else:
+                texts.pop(sender, None)
             out.heartbeats += 1
         elif message.get("event") == "health":
             # a guest failed a health check: recovery may be needed at once
@@ -186,7 +191,7 @@ def sort(
         else:
             out.ignored += 1
     if heartbeats or lifecycle or health:
-        store.put_batch(heartbeats, lifecycle, received, health)
+        store.put_batch(heartbeats, lifecycle, received, health, texts)
     for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
         store.mark_shutdown(host, received)
         log.info("%s announced a clean shutdown: it is drained by live migration", host)

@@ -41,7 +41,8 @@ def tick() -> None:
 
 @shared_task(name="haven.console.wake", ignore_result=True)
 def wake(cluster_id: int) -> None:
-    """Run one cluster's engine now (after a person's command)."""
+    """Run one cluster's engine now (after a person's command; the drainer's wakes: a
+    lifecycle event, a fence result, a failed action)."""
     from console.clusters.models import Cluster
 
     if Cluster.objects.filter(pk=cluster_id).exists():

@@ -28,7 +28,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agent import names
-from agent.protocol import SEALED_ARG, Command, ProtocolError
+from agent.protocol import SEALED_ARG, Command, CommandArgs, ProtocolError, decode_args
 from console.clusters.models import Cluster, Host
 from console.core import broker
 from console.jobs.models import (
@@ -51,6 +51,19 @@ class StepSpec:
     args: dict[str, Any] = field(default_factory=dict)
     stage: int = 0
     secret_ref: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        host: Host | None,
+        args: CommandArgs,
+        stage: int = 0,
+        *,
+        secret_ref: dict[str, Any] | None = None,
+    ) -> StepSpec:
+        """The step that sends ``host``'s agent the command of these typed args (its kind is
+        theirs; agent/protocol.py)."""
+        return cls(host, args.kind, args.to_dict(), stage, dict(secret_ref or {}))
 
 
 StepHook = Callable[[JobStep, dict[str, Any]], None]
@@ -297,39 +310,58 @@ class Unsendable(Exception):
     would send does not follow the protocol (agent/protocol.py ``Command.check``)."""
 
 
-def _resolve_secrets(step: JobStep, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _with_secrets(step: JobStep) -> tuple[dict[str, Any], set[str], set[str]]:
+    """The step's args with the secrets it refers to filled in (a fence device's parameters,
+    new broker credentials), and which args and which ``params`` are secret."""
+    from console.bootstrap import credentials
+
+    args = dict(step.args)
+    secret = {k for k in args if names.is_secret(k)}
+    params = dict(args.get("params") or {})
+    secret_params = {k for k in params if names.is_secret(k)}
+    device_id = step.secret_ref.get("fence_device")
+    if device_id is not None:
+        from console.clusters.models import FenceDevice
+
+        device_secrets = FenceDevice.objects.get(pk=device_id).secret_parameters
+        params.update(device_secrets)
+        secret_params |= set(device_secrets)
+    if "params" in args or secret_params:
+        args["params"] = params
+    if "rotation" in step.secret_ref:  # new broker credentials, sealed with the current key
+        rotation = credentials.pending_secrets(str(step.secret_ref["rotation"]))
+        args.update(rotation)
+        secret |= set(rotation)
+    return args, secret, secret_params
+
+
+def _seal(
+    step: JobStep, target: str, args: dict[str, Any], secret: set[str], secret_params: set[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The args to send (every secret sealed for ``target`` alone, agent/sealing.py), and a copy
     for logs with every secret value replaced."""
     from agent.sealing import seal
     from console.bootstrap import credentials
 
-    args = {k: v for k, v in step.args.items() if not names.is_secret(k)}
-    secret: dict[str, Any] = {k: v for k, v in step.args.items() if names.is_secret(k)}
-    params = dict(args.get("params") or {})
-    secret_params = {k: v for k, v in params.items() if names.is_secret(k)}
-    device_id = step.secret_ref.get("fence_device")
-    if device_id is not None:
-        from console.clusters.models import FenceDevice
-
-        secret_params.update(FenceDevice.objects.get(pk=device_id).secret_parameters)
-    if "rotation" in step.secret_ref:  # new broker credentials, sealed with the current key
-        secret.update(credentials.pending_secrets(str(step.secret_ref["rotation"])))
-    if "params" in args or secret_params:
-        args["params"] = {k: v for k, v in params.items() if k not in secret_params}
-    redacted = {**args, **dict.fromkeys(secret, "***")}
-    if secret_params:
-        secret["params"] = secret_params
-        redacted["params"] = {**args["params"], **dict.fromkeys(secret_params, "***")}
-    if not secret:
-        return args, redacted
+    clear = {k: v for k, v in args.items() if k not in secret}
+    sealed = {k: v for k, v in args.items() if k in secret}
+    redacted = {**clear, **dict.fromkeys(sealed, "***")}
+    params = clear.get("params") or {}
+    hidden = {k: v for k, v in params.items() if k in secret_params}
+    if hidden:
+        clear["params"] = {k: v for k, v in params.items() if k not in secret_params}
+        sealed["params"] = hidden
+        redacted["params"] = {**clear["params"], **dict.fromkeys(hidden, "***")}
+    if not sealed:
+        return clear, redacted
     key = credentials.seal_key(target)
     if key is None:
         raise Unsendable(
             f"{step.kind} on {target} needs secrets, and {target} has no sealing key: "
             "bootstrap the host again (or rotate its credentials)"
         )
-    args[SEALED_ARG] = seal(key, target, step.command_id, secret)
-    return args, redacted
+    clear[SEALED_ARG] = seal(key, target, step.command_id, sealed)
+    return clear, redacted
 
 
 #: one command to send: (host, command, the same with its secrets redacted)
@@ -342,16 +374,20 @@ CONSOLE_STEP_PREFIXES = ("bootstrap.", "cluster.")
 
 
 def command_for(step: JobStep, target: str) -> tuple[Command, Command]:
-    """The one place a step becomes the command sent to ``target``'s agent, checked by the rules
-    the agent parses it with (``Command.check``), and its copy for logs (secrets redacted).
-    Raises ``Unsendable`` saying why a step cannot be sent."""
-    args, redacted = _resolve_secrets(step, target)
-    command = Command(id=step.command_id, kind=step.kind, args=args)
+    """The one place a step becomes the command sent to ``target``'s agent: its args (secrets
+    filled in) decoded into the kind's typed args and encoded again, by the rules the agent
+    decodes them with (agent/protocol.py ``Command.check``, ``decode_args``), then every secret
+    sealed; and its copy for logs (secrets redacted). Raises ``Unsendable`` saying why a step
+    cannot be sent."""
+    args, secret, secret_params = _with_secrets(step)
     try:
         if not step.kind.startswith(CONSOLE_STEP_PREFIXES):
-            command.check()
+            Command(id=step.command_id, kind=step.kind, args=args).check()
+            args = decode_args(step.kind, args).to_dict()
     except ProtocolError as exc:
         raise Unsendable(f"{step.kind} on {target} cannot be sent: {exc}") from exc
+    sent, redacted = _seal(step, target, args, secret, secret_params)
+    command = Command(id=step.command_id, kind=step.kind, args=sent)
     return command, replace(command, args=redacted)
 
 

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from agent import protocol
 from console import engine
 from console.clusters.choices import HostState
 from console.clusters.models import Host
@@ -238,7 +239,7 @@ def list_guests(host: Host, *, actor: Any) -> Job:
     """Ask the host's agent which guests it has defined (the job's step result lists them)."""
     return jobs.create_job(
         "list-guests",
-        [jobs.StepSpec(host, "list_guests", {})],
+        [jobs.StepSpec.of(host, protocol.ListGuestsArgs())],
         cluster=host.cluster,
         created_by=actor,
         params={"host": host.name},
@@ -271,7 +272,7 @@ def import_guests(
         )
     return jobs.create_job(
         "import-guests",
-        [jobs.StepSpec(host, "dumpxml", {"guest": g}) for g in guests],
+        [jobs.StepSpec.of(host, protocol.DumpxmlArgs(g)) for g in guests],
         cluster=host.cluster,
         created_by=actor,
         params={

@@ -50,6 +50,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from agent import protocol
 from console.bootstrap import ssh as bootstrap
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
@@ -323,23 +324,11 @@ def remove_host(host: Host, *, actor: Any, password: str = "") -> Job:
     job_id = job.pk
     if reachable and password:
         secret = {"password": password}
-        transaction.on_commit(lambda: bootstrap._pool.submit(_run_remove, job_id, secret))
+        bootstrap.run_after_commit(run_remove, job_id, secret, "remove-host")
     else:
         run_remove(job_id, {})
     job.refresh_from_db()
     return job
-
-
-def _run_remove(job_id: int, secret: dict[str, str]) -> None:
-    from django.db import connection
-
-    try:
-        run_remove(job_id, secret)
-    except Exception:
-        log.exception("remove-host job %s crashed", job_id)
-    finally:
-        secret.clear()
-        connection.close()
 
 
 _UNINSTALL = r"""
@@ -539,7 +528,7 @@ def corosync_remove_node(cluster: Cluster, name: str, *, actor: Any = None) -> J
         return None
     return jobs.create_job(
         "corosync-remove-node",
-        [jobs.StepSpec(h, "corosync_remove_node", {"node": name}) for h in hosts],
+        [jobs.StepSpec.of(h, protocol.CorosyncRemoveNodeArgs(name)) for h in hosts],
         cluster=cluster,
         created_by=actor,
         params={"host": name, "members": [h.name for h in hosts]},

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from agent import protocol as proto
 from console.clusters.choices import HostState
 from console.clusters.models import Cluster, Host
 from console.core.errors import Refused
@@ -55,7 +57,7 @@ class StorageError(Refused):
 # --- requests -------------------------------------------------------------------------------
 def probe(host: Host, *, actor: Any) -> Job:
     """Ask the host what disks, partitions, PVs, VGs and LVs it has."""
-    steps = [jobs.StepSpec(host, "storage_probe", {})]
+    steps = [jobs.StepSpec.of(host, proto.StorageProbeArgs())]
     return _request(
         "storage-probe",
         steps,
@@ -108,22 +110,16 @@ def create_volume_group(
             "The extent size must be a power of two, e.g. 1, 2, 4, 8 … MiB.", "extent_size_mib"
         )
     paths = [d.path for d in devices]
-    steps = [jobs.StepSpec(host, "pvcreate", {"device": p}, stage=0) for p in paths]
-    steps.append(
-        jobs.StepSpec(
-            host,
-            "vgcreate",
-            {"vg": name, "devices": paths, "local": local, "extent_size_bytes": size},
-            stage=1,
-        )
-    )
+    steps = [jobs.StepSpec.of(host, proto.PvcreateArgs(p), stage=0) for p in paths]
+    vgcreate = proto.VgcreateArgs(name, paths, local=local, extent_size_bytes=size)
+    steps.append(jobs.StepSpec.of(host, vgcreate, stage=1))
     if local:
-        steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=2))
+        steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage=2))
     else:
         # A shared VG is used from every host: each joins its lockspace, then reports it.
         others = _cluster_hosts(host.cluster)
-        steps += [jobs.StepSpec(h, "vg_lockstart", {"vg": name}, stage=2) for h in others]
-        steps += [jobs.StepSpec(h, "storage_probe", {}, stage=3) for h in others]
+        steps += [jobs.StepSpec.of(h, proto.VgLockstartArgs(name), stage=2) for h in others]
+        steps += [jobs.StepSpec.of(h, proto.StorageProbeArgs(), stage=3) for h in others]
     return _request(
         "storage-vg-create",
         steps,
@@ -172,40 +168,21 @@ def create_gfs2_volume(
     mount_point = mount_point or f"/mnt/{name}"
     journals = journals or max(1, len(hosts))
     device = f"/dev/{vg.name}/{name}"
-    lv_args = {"vg": vg.name, "lv": name, "size_bytes": size_bytes}
-    steps = []
+    # Shared: created inactive (lvcreate would take it exclusive), then active everywhere.
+    lvcreate = proto.LvcreateArgs(vg.name, name, size_bytes, activate=not vg.clustered)
+    steps = [jobs.StepSpec.of(host, lvcreate)]
     if vg.clustered:
-        # Created inactive (lvcreate would take it exclusive), then active shared everywhere.
-        steps.append(jobs.StepSpec(host, "lvcreate", {**lv_args, "activate": False}))
-        steps += [
-            jobs.StepSpec(h, "lv_activate", {"vg": vg.name, "lv": name, "mode": "shared"}, 1)
-            for h in hosts
-        ]
-    else:
-        steps.append(jobs.StepSpec(host, "lvcreate", lv_args))
+        steps += [jobs.StepSpec.of(h, proto.LvActivateArgs(vg.name, name), 1) for h in hosts]
     base = 2 if vg.clustered else 1
-    steps.append(
-        jobs.StepSpec(
-            host,
-            "mkfs_gfs2",
-            {"device": device, "cluster": cluster.name, "fs": fs_name, "journals": journals},
-            stage=base,
-        )
-    )
-    fstab: dict[str, Any] = {"device": device, "mount_point": mount_point, "fstype": "gfs2"}
+    mkfs = proto.MkfsGfs2Args(device, cluster.name, fs_name, journals)
+    steps.append(jobs.StepSpec.of(host, mkfs, stage=base))
+    fstab = proto.FstabEntryArgs(device, mount_point, "gfs2")
     if vg.clustered:
         # nothing activates a shared VG's LV at boot: the agent adds a unit that does
-        fstab.update(options=GFS2_FSTAB_OPTIONS, activate_shared=True)
-    steps += [jobs.StepSpec(h, "fstab_entry", fstab, stage=base + 1) for h in hosts]
-    steps += [
-        jobs.StepSpec(
-            h,
-            "mount",
-            {"device": device, "mount_point": mount_point, "fstype": "gfs2"},
-            stage=base + 2,
-        )
-        for h in hosts
-    ]
+        fstab = replace(fstab, options=GFS2_FSTAB_OPTIONS, activate_shared=True)
+    steps += [jobs.StepSpec.of(h, fstab, stage=base + 1) for h in hosts]
+    mount = proto.MountArgs(device, mount_point, "gfs2")
+    steps += [jobs.StepSpec.of(h, mount, stage=base + 2) for h in hosts]
     short = (
         f"only {journals} journals for {len(hosts)} hosts: "
         f"{len(hosts) - journals} host(s) will not be able to mount it"
@@ -243,22 +220,19 @@ def extend_volume(host: Host, lv: LogicalVolume, size_bytes: int, *, actor: Any)
         raise StorageError(
             f"Volume group {vg.name} has only {vg.free_bytes // MIB} MiB free.", "size_mib"
         )
-    steps = [
-        jobs.StepSpec(host, "lvextend", {"vg": vg.name, "lv": lv.name, "size_bytes": size_bytes})
-    ]
+    steps = [jobs.StepSpec.of(host, proto.LvextendArgs(vg.name, lv.name, size_bytes))]
     stage = 1
     if vg.clustered:
         # Debian's lvmlockd does not refresh the LV on the other hosts: each reloads its size.
         others = [h for h in _cluster_hosts(vg.cluster) if h.pk != host.pk]
-        steps += [
-            jobs.StepSpec(h, "lv_refresh", {"vg": vg.name, "lv": lv.name}, stage=1) for h in others
-        ]
+        refresh = proto.LvRefreshArgs(vg.name, lv.name)
+        steps += [jobs.StepSpec.of(h, refresh, stage=1) for h in others]
         stage = 2
     fs = Filesystem.objects.filter(logical_volume=lv).first()
     if fs is not None:
-        steps.append(jobs.StepSpec(host, "gfs2_grow", {"mount_point": fs.mount_point}, stage))
+        steps.append(jobs.StepSpec.of(host, proto.Gfs2GrowArgs(fs.mount_point), stage))
         stage += 1
-    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage=stage))
+    steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage=stage))
     return _request(
         "storage-lv-extend",
         steps,
@@ -282,26 +256,27 @@ def remove_volume(host: Host, lv: LogicalVolume, *, actor: Any, unmount: bool = 
     # A host that is down cannot answer; it remounts from fstab when it returns, so a removal
     # with it still listed there is refused by the hosts that are up (they see its fstab).
     hosts = [h for h in _cluster_hosts(vg.cluster) if h.state == HostState.ONLINE]
-    ref = {"vg": vg.name, "lv": lv.name}
     fs = Filesystem.objects.filter(logical_volume=lv).first()
     steps: list[jobs.StepSpec] = []
     stage = 0
     if unmount and fs is not None:
-        steps += [jobs.StepSpec(h, "unmount", {"mount_point": fs.mount_point}, 0) for h in hosts]
-        fstab = {
-            "device": f"/dev/{vg.name}/{lv.name}",
-            "mount_point": fs.mount_point,
-            "fstype": "gfs2",
-            "present": False,
-            "activate_shared": vg.clustered,
-        }
-        steps += [jobs.StepSpec(h, "fstab_entry", fstab, 1) for h in hosts]
+        steps += [jobs.StepSpec.of(h, proto.UnmountArgs(fs.mount_point), 0) for h in hosts]
+        fstab = proto.FstabEntryArgs(
+            f"/dev/{vg.name}/{lv.name}",
+            fs.mount_point,
+            "gfs2",
+            present=False,
+            activate_shared=vg.clustered,
+        )
+        steps += [jobs.StepSpec.of(h, fstab, 1) for h in hosts]
         stage = 2
-    steps += [jobs.StepSpec(h, "lv_usage", {**ref, "refuse_mounted": True}, stage) for h in hosts]
+    usage = proto.LvUsageArgs(vg.name, lv.name, refuse_mounted=True)
+    steps += [jobs.StepSpec.of(h, usage, stage) for h in hosts]
     if vg.clustered:
-        steps += [jobs.StepSpec(h, "lv_activate", {**ref, "mode": "off"}, stage + 1) for h in hosts]
-    steps.append(jobs.StepSpec(host, "lvremove", ref, stage + 2))
-    steps.append(jobs.StepSpec(host, "storage_probe", {}, stage + 3))
+        off = proto.LvActivateArgs(vg.name, lv.name, mode="off")
+        steps += [jobs.StepSpec.of(h, off, stage + 1) for h in hosts]
+    steps.append(jobs.StepSpec.of(host, proto.LvremoveArgs(vg.name, lv.name), stage + 2))
+    steps.append(jobs.StepSpec.of(host, proto.StorageProbeArgs(), stage + 3))
     return _request(
         "storage-lv-remove",
         steps,
@@ -348,7 +323,7 @@ def add_journals(host: Host, fs: Filesystem, count: int, *, actor: Any) -> Job:
             f"{fs.mount_point} mounted.",
             "host",
         )
-    steps = [jobs.StepSpec(host, "gfs2_jadd", {"mount_point": fs.mount_point, "journals": count})]
+    steps = [jobs.StepSpec.of(host, proto.Gfs2JaddArgs(fs.mount_point, count))]
     return _request(
         "storage-gfs2-jadd",
         steps,
@@ -401,7 +376,7 @@ def dlm_fence_ack(down: Host, *, actor: Any = None) -> Job | None:
     ]
     if not survivors:
         return None
-    steps = [jobs.StepSpec(h, "dlm_fence_ack", {"node": down.name}) for h in survivors]
+    steps = [jobs.StepSpec.of(h, proto.DlmFenceAckArgs(down.name)) for h in survivors]
     return jobs.create_job(
         "dlm-fence-ack",
         steps,

@@ -243,6 +243,17 @@ class Runner:
     runner's ticks polled in the database, threads, messages."""
 
     cluster = CLUSTER
+    #: fault kind -> weight; a kind ``a-b`` is done by the method ``fault_a_b``
+    kinds: dict[str, float] = KINDS
+    #: the pause between two faults is drawn from this range (s)
+    pause_s = (0.5, 1.5)
+    #: the widths of the kind and target columns of a fault's line
+    columns = (16, 6)
+    seed: int
+    n_faults: int
+    rng: random.Random
+    root: Path
+    redis: Any  # Redis here, the lab's LabRedis in chaos_lab.py
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -252,6 +263,38 @@ class Runner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._expected_exit: set[str] = set()
+
+    def env(self) -> dict[str, str]:
+        """The console processes' environment: the run's Redis, database and var folder."""
+        return {
+            "REDIS_URL": self.redis.url,
+            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
+            "HAVEN_VAR_DIR": str(self.root / "var"),
+            "HAVEN_LOG_LEVEL": "INFO",
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+        }
+
+    def fault_errors(self) -> tuple[type[Exception], ...]:
+        """What a fault may raise as its own outcome (noted on the fault), not a bug."""
+        return (TimeoutError, RuntimeError)
+
+    def inject(self) -> None:
+        """The kinds come from the seed alone; each fault's own choices (target, durations)
+        from a generator of its own, so one fault's draws never shift the next one's."""
+        kinds = self.kinds
+        plan = random.Random(self.seed).choices(list(kinds), list(kinds.values()), k=self.n_faults)
+        kind_w, target_w = self.columns
+        for n, kind in enumerate(plan, 1):
+            self.rng = random.Random(f"{self.seed}-{n}")
+            fault = Fault(n, kind, "", time.time())
+            try:
+                getattr(self, "fault_" + kind.replace("-", "_"))(fault)
+            except self.fault_errors() as exc:
+                fault.note = f"{fault.note} ({exc})".strip()
+            fault.end = time.time()
+            self.outcome.faults.append(fault)
+            self.say(f"fault {n:3d} {kind:{kind_w}s} {fault.target:{target_w}s} {fault.note}")
+            self._stop.wait(self.rng.uniform(*self.pause_s))
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -390,15 +433,6 @@ class Run(Runner):
         self.started_at = time.time()
 
     # setup ------------------------------------------------------------------------------
-    def env(self) -> dict[str, str]:
-        return {
-            "REDIS_URL": self.redis.url,
-            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
-            "HAVEN_VAR_DIR": str(self.root / "var"),
-            "HAVEN_LOG_LEVEL": "INFO",
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-        }
-
     def setup(self) -> None:
         self.redis.start()
         os.environ.update(self.env())
@@ -581,22 +615,6 @@ class Run(Runner):
         return [n for n in HOSTS if self.hosts[n].alive() and not self.hosts[n].frozen]
 
     # faults ----------------------------------------------------------------------------
-    def inject(self) -> None:
-        """The kinds come from the seed alone; each fault's own choices (target, durations)
-        from a generator of its own, so one fault's draws never shift the next one's."""
-        plan = random.Random(self.seed).choices(list(KINDS), list(KINDS.values()), k=self.n_faults)
-        for n, kind in enumerate(plan, 1):
-            self.rng = random.Random(f"{self.seed}-{n}")
-            fault = Fault(n, kind, "", time.time())
-            try:
-                getattr(self, "fault_" + kind.replace("-", "_"))(fault)
-            except (TimeoutError, RuntimeError) as exc:
-                fault.note = f"{fault.note} ({exc})".strip()
-            fault.end = time.time()
-            self.outcome.faults.append(fault)
-            self.say(f"fault {n:3d} {kind:16s} {fault.target:6s} {fault.note}")
-            self._stop.wait(self.rng.uniform(0.5, 1.5))
-
     def _pick_live(self, fault: Fault) -> str | None:
         live = self.live_hosts()
         if not live:

@@ -113,6 +113,10 @@ class Poller:
 
 
 class LabRun(chaos.Runner):
+    kinds = KINDS
+    pause_s = (1, 3)
+    columns = (14, 10)
+
     def __init__(self, root: Path, seed: int, faults: int, quiet: bool) -> None:
         import haven_lab
 
@@ -140,15 +144,7 @@ class LabRun(chaos.Runner):
         return tuple(article.GUESTS)
 
     def env(self) -> dict[str, str]:
-        return {
-            "REDIS_URL": self.redis.url,
-            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
-            "HAVEN_VAR_DIR": str(self.root / "var"),
-            "HAVEN_LOG_LEVEL": "INFO",
-            "HAVEN_AGENT_BROKER_URL": self.redis.agent_url,
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            **OVERRIDES,
-        }
+        return {**super().env(), "HAVEN_AGENT_BROKER_URL": self.redis.agent_url, **OVERRIDES}
 
     def setup(self) -> None:
         import os
@@ -248,21 +244,8 @@ class LabRun(chaos.Runner):
         ).exists()
 
     # faults ----------------------------------------------------------------------------
-    def inject(self) -> None:
-        """The kinds come from the seed alone; each fault's own choices (target, durations)
-        from a generator of its own, so one fault's draws never shift the next one's."""
-        plan = random.Random(self.seed).choices(list(KINDS), list(KINDS.values()), k=self.n_faults)
-        for n, kind in enumerate(plan, 1):
-            self.rng = random.Random(f"{self.seed}-{n}")
-            fault = chaos.Fault(n, kind, "", time.time())
-            try:
-                getattr(self, "fault_" + kind.replace("-", "_"))(fault)
-            except (TimeoutError, RuntimeError, self.haven_lab.LabError) as exc:
-                fault.note = f"{fault.note} ({exc})".strip()
-            fault.end = time.time()
-            self.outcome.faults.append(fault)
-            self.say(f"fault {n:3d} {kind:14s} {fault.target:10s} {fault.note}")
-            self._stop.wait(self.rng.uniform(1, 3))
+    def fault_errors(self) -> tuple[type[Exception], ...]:
+        return (*super().fault_errors(), self.haven_lab.LabError)
 
     def _host_with_guests(self, fault: Fault) -> str | None:
         running = self.running()
@@ -287,32 +270,33 @@ class LabRun(chaos.Runner):
         except TimeoutError:
             return "not fenced in 45 s"
 
-    def fault_power_loss(self, fault: Fault) -> None:
+    def _host_fault(self, fault: Fault, cut: bool) -> None:
+        """Power a host running guests off (or cut its network), wait for its fence, then
+        bring it back (boot it; after a cut, restore the network and boot it if it was
+        fenced)."""
         name = self._host_with_guests(fault)
         if name is None:
             return
         assert self.poller is not None
-        self.lab.power_off(name)
-        self.power(name, "off", pid=self.incarnation[name])
-        self.poller.forget(name)
+        (self.lab.net_cut if cut else self.lab.power_off)(name)
+        self.power(name, "cut" if cut else "off", pid=self.incarnation[name])
+        if not cut:
+            self.poller.forget(name)
         fault.note = self._off(name, fault)
+        if cut:
+            self.lab.net_restore(name)
+            self.power(name, "restore", pid=self.incarnation[name])
+            if self.lab.host(name).powered_on():
+                return
+            self.poller.forget(name)
         self._stop.wait(self.rng.uniform(1, 4))
         self._boot(name)
 
+    def fault_power_loss(self, fault: Fault) -> None:
+        self._host_fault(fault, cut=False)
+
     def fault_network_cut(self, fault: Fault) -> None:
-        name = self._host_with_guests(fault)
-        if name is None:
-            return
-        assert self.poller is not None
-        self.lab.net_cut(name)
-        self.power(name, "cut", pid=self.incarnation[name])
-        fault.note = self._off(name, fault)
-        self.lab.net_restore(name)
-        self.power(name, "restore", pid=self.incarnation[name])
-        if not self.lab.host(name).powered_on():
-            self.poller.forget(name)
-            self._stop.wait(self.rng.uniform(1, 4))
-            self._boot(name)
+        self._host_fault(fault, cut=True)
 
     def fault_redis_restart(self, fault: Fault) -> None:
         fault.target = "redis"

@@ -39,7 +39,9 @@ stops heartbeating; the console fences it; its guests start elsewhere). Printed 
   (% of one core over the measured window, children included) and its largest RSS;
 - the 1-minute load average at the window's start and end (the machine may be shared: compare
   the numbers with it), and how late the simulated agents themselves sent their heartbeats
-  (p95/max after they were due: a starved bench process shows here, not as the console's lag).
+  (p95/max after they were due: a starved bench process shows here, not as the console's lag)
+  and how long after its ``sent_at`` each heartbeat was in Redis (p95: the bench's own share
+  of the ingest lag, which counts from ``sent_at``).
 
 ``--pages`` also starts the web process as deploy/quickstart does (``manage.py runserver
 --noreload``) and, for the whole window, a simulated person (`PageLoop`, a thread of this
@@ -59,6 +61,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -67,7 +70,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +94,28 @@ GUEST_MIB = 1024
 HOST_MIB = 262144
 
 
-class FleetAgents:
+class Looping:
+    """A daemon thread of its own that runs ``_loop`` until ``stop`` (which waits for it at
+    most ``join_s``); ``_loop`` ends once ``self._stop`` is set."""
+
+    join_s = 10.0
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.join_s)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class FleetAgents(Looping):
     """The agent side, simulated: `hosts` (name -> its guests) heartbeat at 1 Hz through Redis
     and answer their commands. One thread; `on_command(t, host, command)` sees every command
     as it is taken off a queue. Replaceable by any fake agents that speak the same wire."""
@@ -111,21 +135,19 @@ class FleetAgents:
         self.boot = {h: uuid.uuid4().hex[:8] for h in hosts}
         self.seq = dict.fromkeys(hosts, 0)
         self.sent = 0
+        #: each host's heartbeat as a dict, kept while its guests stay the same (encoding 80
+        #: GuestStates per beat starved this process of CPU on a loaded machine)
+        self._beats: dict[str, tuple[frozenset[str], dict[str, Any]]] = {}
+        #: how long after its ``sent_at`` each heartbeat was in Redis (the pipeline returned):
+        #: this process's own share of the ingest lag
+        self.push_delay: list[float] = []
         #: the simulated agents' own lateness: how long after it was due each heartbeat went
         #: out (this process starved of CPU shows here, not as the console's fault)
         self.late: list[float] = []
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fleet", daemon=True)
+        super().__init__("fleet")
 
     # --- life ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
     def _loop(self) -> None:
         names = sorted(self.running)
         offsets = {h: i * self.interval_s / len(names) for i, h in enumerate(names)}
@@ -135,17 +157,21 @@ class FleetAgents:
             now = time.monotonic()
             beating = [h for h in names if due[h] <= now]
             pipe = self.r.pipeline(transaction=False)
+            stamped = []
             with self.lock:
                 for h in beating:
                     self.late.append(now - due[h])
                     due[h] += self.interval_s * max(1, int((now - due[h]) / self.interval_s) + 1)
                     if h in self.up:
-                        pipe.rpush(inbound_key(h), self._heartbeat(h))
+                        text, t = self._heartbeat(h)
+                        pipe.rpush(inbound_key(h), text)
+                        stamped.append(t)
                         self.sent += 1
             for h in [*names, self.console_agent]:
                 pipe.rpop(agent_queue(h), 100)
             answers = pipe.execute()
             taken = time.time()
+            self.push_delay.extend(taken - t for t in stamped)
             for h, raw in zip(
                 [*names, self.console_agent], answers[-len(names) - 1 :], strict=True
             ):
@@ -154,15 +180,17 @@ class FleetAgents:
             self._stop.wait(0.005)
 
     # --- what a host says ---------------------------------------------------------------
-    def _heartbeat(self, host: str) -> str:
+    def _heartbeat(self, host: str) -> tuple[str, float]:
+        """The host's next heartbeat (JSON text) and its send time."""
         self.seq[host] += 1
-        guests = sorted(self.running[host])
-        t = time.time()
-        return to_json(
-            Heartbeat(
+        running = frozenset(self.running[host])
+        kept = self._beats.get(host)
+        if kept is None or kept[0] != running:
+            guests = sorted(running)
+            beat = Heartbeat(
                 host=host,
                 agent_version="fleet-sim",
-                seq=self.seq[host],
+                seq=0,
                 interval_s=self.interval_s,
                 libvirt_connected=True,
                 host_uuid=f"uuid-{host}",
@@ -171,10 +199,10 @@ class FleetAgents:
                 memory_free_mib=HOST_MIB - GUEST_MIB * len(guests) - 4096,
                 guests=[GuestState(g, "", "running") for g in guests],
                 boot=self.boot[host],
-                ts=t,
-                sent_at=t,
             )
-        )
+            kept = self._beats[host] = (running, json.loads(to_json(beat)))
+        t = time.time()
+        return json.dumps({**kept[1], "seq": self.seq[host], "ts": t, "sent_at": t}), t
 
     def _event(self, host: str, guest: str, state: str) -> None:
         self.seq[host] += 1
@@ -247,11 +275,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def cpu_seconds(leader: int) -> float:
-    """utime + stime of every process in `leader`'s process group (the console processes run
-    in sessions of their own: a prefork worker's children are counted)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _group(leader: int) -> Iterator[tuple[Path, list[str]]]:
+    """Every process in ``leader``'s process group: its /proc folder and the fields of its
+    ``stat`` after the command name (a process gone meanwhile is left out)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -260,20 +286,21 @@ def cpu_seconds(leader: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == leader:  # pgrp
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            yield entry, fields
+
+
+def cpu_seconds(leader: int) -> float:
+    """utime + stime of every process in `leader`'s process group (the console processes run
+    in sessions of their own: a prefork worker's children are counted)."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _group(leader))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(leader: int) -> float:
     """Resident memory of every process in `leader`'s process group (MiB)."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, _ in _group(leader):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != leader:
-                continue
             status = (entry / "status").read_text()
         except OSError:
             continue
@@ -360,10 +387,12 @@ PAGES = {
 VIEWER, VIEWER_PASSWORD = "fleet-admin", "fleet-admin-password"
 
 
-class PageLoop:
+class PageLoop(Looping):
     """A person at a browser, simulated: logs in through the login form of the real web
     process, then loads every page of `PAGES` in turn, over and over, one request at a time
     (HTTP, the whole request: server, middleware, queries, templates)."""
+
+    join_s = 120.0  # a page may take long under load
 
     def __init__(self, base: str, urls: dict[str, str]) -> None:
         import requests
@@ -372,8 +401,7 @@ class PageLoop:
         self.http = requests.Session()
         self.times: dict[str, list[float]] = {label: [] for label in urls}
         self.errors: dict[str, list[str]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pages", daemon=True)
+        super().__init__("pages")
 
     def login(self) -> None:
         import re
@@ -387,13 +415,6 @@ class PageLoop:
         done = self.http.post(f"{self.base}/login/", data=data, timeout=60, allow_redirects=False)
         if done.status_code != 302:
             raise RuntimeError(f"login as {VIEWER} failed: HTTP {done.status_code}")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(120)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -534,17 +555,17 @@ def run_one(
                     for name, p in console.procs.items():
                         rss[name] = max(rss.get(name, 0.0), rss_mib(p.pid))
                 for name, raw in r.hgetall("haven:hb").items():
-                    data = json.loads(raw)
-                    sent = float(data["hb"]["sent_at"])
+                    received, sent = _times(raw)
                     if seen.get(name) != sent:
                         seen[name] = sent
-                        lags.append(float(data["received"]) - sent)
+                        lags.append(received - sent)
                 backlog.append(store.ingest_status().backlog)
                 queue.append(int(r.llen("console")))
                 stop.wait(0.25)
 
         r.delete(f"haven:ticks:{cluster_id}", f"haven:ticks:{cluster_id}:cpu")
         fleet.late.clear()
+        fleet.push_delay.clear()
         cpu0 = {name: cpu_seconds(p.pid) for name, p in console.procs.items()}
         t0 = time.monotonic()
         load_before = os.getloadavg()
@@ -672,6 +693,9 @@ def run_one(
             cpu_pct=cpu,
             heartbeats_sent=fleet.sent,
             fleet_late_ms_p95=round(pct(fleet.late, 0.95) * 1000, 1) if fleet.late else None,
+            fleet_push_ms_p95=round(pct(fleet.push_delay, 0.95) * 1000, 1)
+            if fleet.push_delay
+            else None,
             fleet_late_ms_max=round(max(fleet.late) * 1000, 1) if fleet.late else None,
             rss_mib={name: round(v, 1) for name, v in rss.items()},
             load_avg_1m=[round(load_before[0], 2), round(load_after[0], 2)],
@@ -682,6 +706,20 @@ def run_one(
         fleet.stop()
         console.stop()
         redis_server.kill()
+
+
+_RECEIVED = re.compile(r'^\{"received": ([^,}]+)')
+_SENT_AT = re.compile(r'"sent_at": ([^,}]+)')
+
+
+def _times(stored: str) -> tuple[float, float]:
+    """A stored heartbeat's receive time and its ``sent_at``, read without parsing its guests
+    (read four times a second for every host, parsing them cost this process its CPU)."""
+    received, sent = _RECEIVED.search(stored), _SENT_AT.search(stored)
+    if received is None or sent is None:
+        data = json.loads(stored)
+        return float(data["received"]), float(data["hb"]["sent_at"])
+    return float(received.group(1)), float(sent.group(1))
 
 
 def _span(pair: list[float] | None) -> str:
@@ -761,6 +799,7 @@ def table(results: list[dict[str, Any]]) -> str:
             "simulated agents late p95 / max (ms)",
             lambda o: f"{o.get('fleet_late_ms_p95')} / {o.get('fleet_late_ms_max')}",
         ),
+        ("  sent_at -> in Redis p95 (ms)", lambda o: o.get("fleet_push_ms_p95")),
         ("settle (s)", lambda o: o["settle_s"]),
     ]
     heads = [f"{o['hosts']} x {o['guests'] // o['hosts']}" for o in results]

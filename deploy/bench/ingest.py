@@ -4,7 +4,7 @@
 
 Simulated hosts (this process, one thread) RPUSH real protocol-v2 heartbeats onto their own
 inbound lists; the real drainer (console/ha/drain.py) runs in a thread of this process,
-with the runner replaced by a stopwatch (the runner's own cost is deploy/bench/runtime.py's).
+with the runner's wake replaced by a stopwatch (the runner's own cost is deploy/bench/runtime.py's).
 It prints:
 
 - burst: N heartbeats queued at once, then drained: heartbeats/s and drainer CPU per heartbeat;
@@ -16,13 +16,11 @@ It prints:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-setup_django = importlib.import_module("runtime").setup_django  # deploy/bench/runtime.py
+bench = importlib.import_module("runtime")  # deploy/bench/runtime.py
 
 
 def heartbeat(host: str, seq: int, boot: str) -> str:
@@ -65,14 +63,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=128)
-    p.add_argument("--seconds", type=int, default=20)
-    p.add_argument("--burst", type=int, default=20_000)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="haven-bench-") as var_dir:
-        setup_django(var_dir)
-        run(args.hosts, args.seconds, args.burst)
+    bench.bench_main(__doc__, run, hosts=128, seconds=20, burst=20_000)
 
 
 def run(n_hosts: int, seconds: int, burst: int) -> None:
@@ -94,7 +85,7 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
         for i, n in enumerate(names)
     )
     woken: list[float] = []
-    drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(time.perf_counter()))
+    drainer = Drainer(store, send_wake=lambda cid: woken.append(time.perf_counter()))
     drainer._keep_users = False  # no agent users in this throw-away database
     boot = uuid.uuid4().hex[:8]
     keys = [inbound_key(n) for n in names]

@@ -14,12 +14,10 @@ the policy panel's cost, paid by the beat's worker once per engine tick instead 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -154,50 +152,47 @@ def pages(cluster: int) -> dict[str, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=128)
-    p.add_argument("--services", type=int, default=10000)
-    p.add_argument("--rounds", type=int, default=20)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="haven-bench-") as var_dir:
-        importlib.import_module("runtime").setup_django(var_dir)  # deploy/bench/runtime.py
-        from django.contrib.auth.models import User
-        from django.db import connection
-        from django.test import Client
-        from django.test.utils import CaptureQueriesContext
+    bench = importlib.import_module("runtime")  # deploy/bench/runtime.py
+    bench.bench_main(__doc__, run, hosts=128, services=10000, rounds=20)
 
-        started = time.perf_counter()
-        cluster = build(args.hosts, args.services)
+
+def run(hosts: int, services: int, rounds: int) -> None:
+    """Build the cluster, then time every page ``rounds`` times (after a warm-up)."""
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    started = time.perf_counter()
+    cluster = build(hosts, services)
+    print(
+        f"built {hosts} hosts x {services} services "
+        f"in {time.perf_counter() - started:.1f}s (SQLite)"
+    )
+    client = Client()
+    client.force_login(User.objects.get(username="bench"))
+    print(f"load average {_load()}")
+    print(f"{'request':28} {'p50 ms':>8} {'p95 ms':>8} {'cpu p50':>8} {'queries':>8} {'KiB':>7}")
+    for label, url in pages(cluster).items():
+        client.get(url)  # warm (the policy panel is computed and kept here)
+        times, cpu, counts, size = [], [], set(), 0
+        for _ in range(rounds):
+            with CaptureQueriesContext(connection) as ctx:
+                t0, c0 = time.perf_counter(), time.process_time()
+                response = client.get(url)
+                times.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
+            assert response.status_code == 200, (url, response.status_code)
+            counts.add(len(ctx.captured_queries))
+            size = len(response.content)
+        # the query count of every round (a range if it varied)
+        queries = "-".join(str(n) for n in sorted({min(counts), max(counts)}))
         print(
-            f"built {args.hosts} hosts x {args.services} services "
-            f"in {time.perf_counter() - started:.1f}s (SQLite)"
+            f"{label:28} {statistics.median(times):8.1f} {_p95(times):8.1f} "
+            f"{statistics.median(cpu):8.1f} {queries:>8} {size / 1024:7.1f}"
         )
-        client = Client()
-        client.force_login(User.objects.get(username="bench"))
-        print(f"load average {_load()}")
-        print(
-            f"{'request':28} {'p50 ms':>8} {'p95 ms':>8} {'cpu p50':>8} {'queries':>8} {'KiB':>7}"
-        )
-        for label, url in pages(cluster).items():
-            client.get(url)  # warm (the policy panel is computed and kept here)
-            times, cpu, counts, size = [], [], set(), 0
-            for _ in range(args.rounds):
-                with CaptureQueriesContext(connection) as ctx:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    response = client.get(url)
-                    times.append((time.perf_counter() - t0) * 1000)
-                    cpu.append((time.process_time() - c0) * 1000)
-                assert response.status_code == 200, (url, response.status_code)
-                counts.add(len(ctx.captured_queries))
-                size = len(response.content)
-            # the query count of every round (a range if it varied)
-            queries = "-".join(str(n) for n in sorted({min(counts), max(counts)}))
-            print(
-                f"{label:28} {statistics.median(times):8.1f} {_p95(times):8.1f} "
-                f"{statistics.median(cpu):8.1f} {queries:>8} {size / 1024:7.1f}"
-            )
-        _panel_refresh(cluster, args.rounds)
-        print(f"load average {_load()}")
+    _panel_refresh(cluster, rounds)
+    print(f"load average {_load()}")
 
 
 def _p95(values: list[float]) -> float:

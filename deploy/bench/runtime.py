@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,20 @@ def setup_django(var_dir: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=32)
-    p.add_argument("--services", type=int, default=320)
-    p.add_argument("--rounds", type=int, default=20)
+def bench_main(doc: str, run: Callable[..., None], **options: int) -> None:
+    """A bench's command line: ``--NAME N`` for each option (``options``: name -> default),
+    then ``run`` with their values, in order, on Django with a throw-away database."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for name, default in options.items():
+        p.add_argument(f"--{name}", type=int, default=default)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="haven-bench-") as var_dir:
         setup_django(var_dir)
-        run(args.hosts, args.services, args.rounds)
+        run(*(getattr(args, name) for name in options))
+
+
+def main() -> None:
+    bench_main(__doc__, run, hosts=32, services=320, rounds=20)
 
 
 def run(n_hosts: int, n_services: int, rounds: int) -> None:

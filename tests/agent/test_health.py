@@ -214,12 +214,17 @@ def test_watchdog_and_panic_events_count_only_when_enabled(
 # --- managed save -----------------------------------------------------------------------------
 
 
-def test_shutdown_with_save_then_resume_or_fresh_boot(
-    harness: Harness, test_hv: LibvirtHypervisor
-) -> None:
+@pytest.fixture
+def running(harness: Harness, test_hv: LibvirtHypervisor) -> str:
+    """A guest defined and started on libvirt's test driver."""
     name = unique("g")
     assert harness.run("define", xml=domain_xml(name)).ok
     assert harness.run("start", guest=name).ok
+    return name
+
+
+def test_shutdown_with_save_then_resume_or_fresh_boot(harness: Harness, running: str) -> None:
+    name = running
     saved = harness.run("shutdown", guest=name, save=True)
     assert saved.ok and saved.data["how"] == "saved" and saved.data["state"] == "shutoff"
     conn = libvirt.open("test:///default")
@@ -237,11 +242,9 @@ def test_shutdown_with_save_then_resume_or_fresh_boot(
 
 
 def test_save_refused_falls_back_to_a_shutdown_with_the_reason(
-    harness: Harness, test_hv: LibvirtHypervisor
+    harness: Harness, running: str
 ) -> None:
-    name = unique("g")
-    assert harness.run("define", xml=domain_xml(name)).ok
-    assert harness.run("start", guest=name).ok
+    name = running
     conn = libvirt.open("test:///default")
     try:
         # a transient guest cannot be managed-saved: libvirt refuses, the agent shuts it down

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
 from rest_framework.test import APIClient
+
+from console.ha.fakes import FakeAgents
+from console.ha.store import RedisStore, Store
+from console.jobs.transport import use_transport
+from tests.console import factories as f
+from tests.stores import redis_store
 
 
 @pytest.fixture
@@ -37,6 +43,46 @@ def viewer_api(make_client: Callable[[str | None], APIClient]) -> APIClient:
 @pytest.fixture
 def operator_api(make_client: Callable[[str | None], APIClient]) -> APIClient:
     return make_client("operator")
+
+
+@pytest.fixture
+def store() -> Iterator[RedisStore]:
+    """A Redis store of the test's own (tests/stores.py), emptied after."""
+    with redis_store() as s:
+        yield s
+
+
+@pytest.fixture
+def cluster3(db: None, store: Store) -> Iterator[tuple[Any, FakeAgents]]:
+    """Cluster ``et``: three hosts, each with a fence device (secret password), a sealing
+    key and a failover domain of its own preferring one of three guests; the fake agents
+    of its hosts are the job transport."""
+    cluster = f.ClusterFactory(name="et")
+    hosts = [
+        f.HostFactory(
+            cluster=cluster,
+            name=f"et-virt0{i}",
+            address=f"10.88.0.{i}",
+            libvirt_uri=f"qemu+tcp://et-virt0{i}/system",
+        )
+        for i in (5, 6, 7)
+    ]
+    for host in hosts:
+        f.sealing_key(host.name)  # the bootstrap gave each agent its key
+        device = f.FenceDeviceFactory(
+            host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
+        )
+        device.secret_parameters = {"password": "bmc-secret"}
+        device.save()
+        domain = f.FailoverDomainFactory(cluster=cluster, name=f"bias-{host.name}")
+        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
+    for i, host in enumerate(hosts, start=1):
+        f.VmServiceFactory(
+            cluster=cluster, name=f"guest{i}", failover_domain=host.domain_memberships.get().domain
+        )
+    agents = FakeAgents(store, [h.name for h in hosts], memory_total_mib=16384, cpus=8)
+    with use_transport(agents):
+        yield cluster, agents
 
 
 @pytest.fixture(autouse=True)

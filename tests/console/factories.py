@@ -203,6 +203,18 @@ def sealing_key(name: str) -> str:
     return key
 
 
+def fence_payload(**over: Any) -> dict[str, Any]:
+    """The body of a new fence device for the API, for a new host of a new cluster."""
+    host = HostFactory()
+    return {
+        "cluster": host.cluster.pk,
+        "name": "bmc1",
+        "agent": "fence_ipmilan",
+        "host": host.pk,
+        **over,
+    }
+
+
 def recording_fence(host: Host, record: object) -> FenceDevice:
     """``rec-<host>``: the test fence agent ``fence_haven_record``, which appends each call to
     the file ``record`` (the live suites read who was fenced from it)."""

@@ -160,10 +160,16 @@ def test_growing_a_running_protected_guest_is_refused_like_a_start(
     admin_api: APIClient, tight: dict[str, Any]
 ) -> None:
     big1 = VmService.objects.get(name="big1")
-    grown = f.domain_xml("big1", memory_kib=6144 * 1024).replace(
-        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
-    )
-    response = admin_api.patch(f"/api/services/{big1.pk}/", {"domain_xml": grown}, format="json")
+
+    def resize(service: VmService, mib: int) -> Any:
+        """``PATCH`` the guest's XML with this much memory (the same uuid)."""
+        xml = f.domain_xml(service.name, memory_kib=mib * 1024).replace(
+            "<name>", f"<uuid>{service.uuid}</uuid><name>"
+        )
+        url = f"/api/services/{service.pk}/"
+        return admin_api.patch(url, {"domain_xml": xml}, format="json")
+
+    response = resize(big1, 6144)
     assert response.status_code == 409, response.content
     (message,) = response.json()["domain_xml"]
     assert message.startswith("big1 cannot grow: admission control: the cluster would not")
@@ -171,25 +177,8 @@ def test_growing_a_running_protected_guest_is_refused_like_a_start(
     big1.refresh_from_db()
     assert big1.memory_mb == 4096  # nothing saved
     # smaller is fine, and so is growing a guest that is not meant to run
-    smaller = f.domain_xml("big1", memory_kib=2048 * 1024).replace(
-        "<name>", f"<uuid>{big1.uuid}</uuid><name>"
-    )
-    assert (
-        admin_api.patch(
-            f"/api/services/{big1.pk}/", {"domain_xml": smaller}, format="json"
-        ).status_code
-        == 200
-    )
-    extra = tight["extra"]
-    bigger = f.domain_xml("extra", memory_kib=8192 * 1024).replace(
-        "<name>", f"<uuid>{extra.uuid}</uuid><name>"
-    )
-    assert (
-        admin_api.patch(
-            f"/api/services/{extra.pk}/", {"domain_xml": bigger}, format="json"
-        ).status_code
-        == 200
-    )
+    assert resize(big1, 2048).status_code == 200
+    assert resize(tight["extra"], 8192).status_code == 200
 
 
 def test_a_hosts_own_overcommit_is_edited_on_its_page_with_the_apis_rule(

@@ -27,16 +27,11 @@ def _host_payload() -> dict[str, Any]:
 
 
 def _fence_payload() -> dict[str, Any]:
-    host = f.HostFactory()
-    return {
-        "cluster": host.cluster.pk,
-        "name": "bmc1",
-        "agent": "fence_ipmilan",
-        "host": host.pk,
-        "plug": "",
-        "parameters": {"ip": "10.88.0.254", "lanplus": True},
-        "secret_parameters": {"password": "s3cret"},
-    }
+    return f.fence_payload(
+        plug="",
+        parameters={"ip": "10.88.0.254", "lanplus": True},
+        secret_parameters={"password": "s3cret"},
+    )
 
 
 def _domain_payload() -> dict[str, Any]:

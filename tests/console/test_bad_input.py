@@ -33,17 +33,7 @@ def host_body(**over: Any) -> Callable[[], dict[str, Any]]:
 
 
 def fence_body(**over: Any) -> Callable[[], dict[str, Any]]:
-    def make() -> dict[str, Any]:
-        host = f.HostFactory()
-        return {
-            "cluster": host.cluster.pk,
-            "name": "bmc",
-            "agent": "fence_ipmilan",
-            "host": host.pk,
-            **over,
-        }
-
-    return make
+    return lambda: f.fence_payload(**over)
 
 
 def domain_body(

@@ -231,3 +231,62 @@ def test_a_batch_waits_for_redis_once(
     ]
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
     assert 1.4 <= took < 1.5 * 3, took  # one retry run (3 x 0.5 s), not four
+
+
+def test_a_batch_of_commands_is_one_round_trip(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass start's commands reach Redis in one round trip (kombu's publish batch: one
+    pipeline), each on its own host's queue, in order, as the agent reads it."""
+    import base64
+    import json
+    import shutil
+    import subprocess
+    import time
+
+    from redis.connection import Connection
+
+    from agent.protocol import agent_queue
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _closed_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    r: Any = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{port}/0")
+    sends = [(f"h{i % 3}", {"kind": "start", "id": f"s{i}", "args": {"guest": f"g{i}"}}, {})
+             for i in range(9)]  # fmt: skip
+    trips = 0
+    real = Connection.send_packed_command
+
+    def counted(self: Connection, command: Any, check_health: bool = True) -> None:
+        nonlocal trips
+        if self.port == port:
+            trips += 1
+        real(self, command, check_health)
+
+    try:
+        for host, command, redacted in sends[:3]:  # each queue declared (once a process)
+            CeleryTransport().send(host, command, redacted)
+        r.delete(*(agent_queue(h) for h in ("h0", "h1", "h2")))
+        monkeypatch.setattr(Connection, "send_packed_command", counted)
+        CeleryTransport().send_many(sends)
+        monkeypatch.undo()
+        queued = {h: r.lrange(agent_queue(h), 0, -1)[::-1] for h in ("h0", "h1", "h2")}
+    finally:
+        use_broker(previous)
+        proc.kill()
+        proc.wait()
+    assert trips == 1
+    for i, host in enumerate(("h0", "h1", "h2")):
+        bodies = [json.loads(base64.b64decode(json.loads(raw)["body"])) for raw in queued[host]]
+        ids = [args[0]["id"] for args, _kw, _embed in bodies]
+        assert ids == [f"s{j}" for j in (i, i + 3, i + 6)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.protocol import FenceArgs
 from console.bootstrap import cluster_stack
 from console.bootstrap import ssh as bootstrap
 
@@ -160,7 +161,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
     # a person's test of the device (status: on) tells dlm nothing
     with django_capture_on_commit_callbacks(execute=True):
         probe = jobs.create_job(
-            "fence-test", [jobs.StepSpec(a, "fence", {"agent": "fence_x", "action": "status"})],
+            "fence-test", [jobs.StepSpec.of(a, FenceArgs("fence_x", "status"))],
             cluster=cluster, params={"host": "svc"},
         )  # fmt: skip
     with django_capture_on_commit_callbacks(execute=True):
@@ -173,7 +174,7 @@ def test_survivors_dlm_is_told_after_a_fence_or_an_acknowledgment(
     assert not Job.objects.filter(kind="dlm-fence-ack").exists()
     with django_capture_on_commit_callbacks(execute=True):
         fence = jobs.create_job(
-            "fence", [jobs.StepSpec(a, "fence", {"agent": "fence_x"})], cluster=cluster,
+            "fence", [jobs.StepSpec.of(a, FenceArgs("fence_x", "off"))], cluster=cluster,
             params={"host": "svc"},
         )  # fmt: skip
     step = fence.steps.get()

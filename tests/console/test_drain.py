@@ -6,7 +6,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,8 @@ from agent.protocol import inbound_key
 from console.ha.drain import Drainer
 from console.ha.store import DRAIN_WAIT_S, RedisStore
 from tests.console import factories as f
-from tests.stores import redis_store
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def store() -> Iterator[RedisStore]:
-    with redis_store() as s:
-        yield s
 
 
 def beat(host: str, seq: int, sent_at: float | None = None) -> str:
@@ -54,13 +46,17 @@ def test_batches_without_a_query_per_heartbeat(
     drainer = Drainer(store, run_cluster=lambda cid, s: woken.append(cid), keep_users=False)
     try:
         drainer.keys()  # the host list, loaded once
+        last = {}
         for seq in range(1, 6):
             for name in names:
-                store.r.rpush(inbound_key(name), beat(name, seq))
+                last[name] = beat(name, seq)
+                store.r.rpush(inbound_key(name), last[name])
         with django_assert_num_queries(0):
             assert drainer.round(wait_s=0) == 100
         reports = store.reports(names)
         assert {n: r.heartbeat["seq"] for n, r in reports.items()} == dict.fromkeys(names, 5)
+        stored = store.r.hget(f"{store.p}hb", names[0])
+        assert stored.endswith(f', "hb": {last[names[0]]}}}')  # as it came, not encoded again
         assert drainer.totals.heartbeats == 100 and woken == []
         status = store.ingest_status()
         assert status.backlog == 0 and status.lag_s < 1.0
@@ -135,3 +131,50 @@ def test_the_drainer_ticks_runners_that_beat_left_alone(store: RedisStore) -> No
         assert drainer.totals.backup_ticks == 2
     finally:
         drainer.close()
+
+
+def test_a_wake_goes_to_the_workers_not_a_thread_of_the_drainer(store: RedisStore) -> None:
+    """A crash event wakes its cluster's runner through a task for the console's workers (a
+    tick in the drainer's own threads held the GIL from the drain loop); a wake that cannot be
+    sent is ticked in the drainer."""
+    import base64
+
+    from console.celery import app, use_broker
+
+    cluster = f.ClusterFactory()
+    host = f.HostFactory(cluster=cluster, name=f"w{uuid.uuid4().hex[:6]}")
+    crashed = {"v": 2, "kind": "event", "event": "lifecycle", "host": host.name, "guest": "g",
+               "uuid": "", "state": "crashed", "detail": "", "seq": 2, "ts": 1.0,
+               "sent_at": 1.0}  # fmt: skip
+    ticked: list[int] = []
+    drainer = Drainer(store, run_cluster=lambda cid, s: ticked.append(cid), keep_users=False)
+    previous = app.conf.broker_url
+    url = store.r.connection_pool.connection_kwargs
+    use_broker(f"redis://{url['host']}:{url['port']}/15")  # a queue of this test's own
+    r15 = store.r.client()
+    r15.select(15)
+    try:
+        r15.delete("console")
+        store.r.rpush(inbound_key(host.name), json.dumps(crashed))
+        assert drainer.round(wait_s=0) == 1
+        queued = [json.loads(raw) for raw in r15.lrange("console", 0, -1)]
+        assert [m["headers"]["task"] for m in queued] == ["haven.console.wake"]
+        args, _kwargs, _embed = json.loads(base64.b64decode(queued[0]["body"]))
+        assert args == [cluster.pk] and queued[0]["headers"]["expires"]
+        drainer._pool.submit(lambda: None).result()
+        assert ticked == [] and drainer.totals.wakes == 1
+
+        def refused(cluster_id: int) -> None:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        drainer._send_wake = refused
+        store.r.rpush(inbound_key(host.name), json.dumps({**crashed, "seq": 3}))
+        drainer.round(wait_s=0)
+        drainer._pool.submit(lambda: None).result()
+        time.sleep(0.05)
+        assert ticked == [cluster.pk]
+    finally:
+        r15.delete("console")
+        use_broker(previous)
+        drainer.close()
+        store.r.delete(inbound_key(host.name))

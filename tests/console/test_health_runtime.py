@@ -17,7 +17,7 @@ from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401
+from tests.console.test_runtime import placement, run
 
 
 def _health_event(into: Store, host: str, guest: str, check: str, detail: str, t: float) -> Any:
@@ -41,8 +41,8 @@ def _health_event(into: Store, host: str, guest: str, check: str, detail: str, t
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_probe_destroys_and_restarts_the_guest_in_place(
-    cluster3: Any,  # noqa: F811
-    store: Store,  # noqa: F811
+    cluster3: Any,
+    store: Store,
 ) -> None:
     cluster, agents = cluster3
     transport = agents  # the fleet is the transport: what was sent
@@ -90,8 +90,8 @@ def test_a_failing_probe_destroys_and_restarts_the_guest_in_place(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_heartbeat_carries_the_failure_when_the_event_was_lost(
-    cluster3: Any,  # noqa: F811
-    store: Store,  # noqa: F811
+    cluster3: Any,
+    store: Store,
 ) -> None:
     cluster, agents = cluster3
     transport = agents  # the fleet is the transport: what was sent

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 import pytest
 from cryptography.fernet import Fernet
 
-from agent.protocol import Command, ProtocolError
+from agent.protocol import (
+    Command,
+    DefineArgs,
+    MigrateArgs,
+    ProtocolError,
+    ShutdownArgs,
+    StartArgs,
+)
 from agent.sealing import open_sealed
 from console.ha.actions import fence_step
 from console.jobs import services as jobs
@@ -40,9 +47,9 @@ def test_stages_run_in_order_and_job_succeeds(sent: RecordingTransport) -> None:
     job = jobs.create_job(
         "relocate",
         [
-            jobs.StepSpec(a, "shutdown", {"guest": "g1"}, stage=0),
-            jobs.StepSpec(b, "define", {"xml": "<domain/>"}, stage=1),
-            jobs.StepSpec(b, "start", {"guest": "g1"}, stage=2),
+            jobs.StepSpec.of(a, ShutdownArgs("g1"), stage=0),
+            jobs.StepSpec.of(b, DefineArgs("<domain/>"), stage=1),
+            jobs.StepSpec.of(b, StartArgs("g1"), stage=2),
         ],
         cluster=a.cluster,
     )
@@ -66,8 +73,8 @@ def test_failure_skips_the_rest_and_explains(sent: RecordingTransport) -> None:
     job = jobs.create_job(
         "start",
         [
-            jobs.StepSpec(a, "define", {"xml": "<domain/>"}),
-            jobs.StepSpec(a, "start", {"guest": "g1"}, stage=1),
+            jobs.StepSpec.of(a, DefineArgs("<domain/>")),
+            jobs.StepSpec.of(a, StartArgs("g1"), stage=1),
         ],
         cluster=a.cluster,
     )
@@ -89,7 +96,7 @@ def test_nothing_is_sent_when_the_transaction_rolls_back(sent: RecordingTranspor
 
     a = f.HostFactory()
     with pytest.raises(RuntimeError), transaction.atomic():
-        jobs.create_job("start", [jobs.StepSpec(a, "start", {"guest": "g"})])
+        jobs.create_job("start", [jobs.StepSpec.of(a, StartArgs("g"))])
         raise RuntimeError("boom")
     assert sent.sent == []
 
@@ -98,7 +105,10 @@ def test_nothing_is_sent_when_the_transaction_rolls_back(sent: RecordingTranspor
 def test_silent_host_loses_its_jobs(sent: RecordingTransport) -> None:
     a = f.HostFactory()
     job = jobs.create_job(
-        "migrate", [jobs.StepSpec(a, "migrate", {"guest": "g"})], cluster=a.cluster, action_id="a-7"
+        "migrate",
+        [jobs.StepSpec.of(a, MigrateArgs("g", "qemu+tcp://h2/system"))],
+        cluster=a.cluster,
+        action_id="a-7",
     )
     jobs.mark_host_lost(a, "stopped heartbeating")
     job.refresh_from_db()
@@ -170,8 +180,8 @@ def test_a_mass_start_is_created_dispatched_and_moved_on_together(
         jobs.NewJob(
             "start",
             [
-                jobs.StepSpec(a, "define", {"xml": f"<domain><name>g{i}</name></domain>"}),
-                jobs.StepSpec(a, "start", {"guest": f"g{i}"}, stage=1),
+                jobs.StepSpec.of(a, DefineArgs(f"<domain><name>g{i}</name></domain>")),
+                jobs.StepSpec.of(a, StartArgs(f"g{i}"), stage=1),
             ],
             {"service": f"g{i}"},
             f"start g{i} on {a.name}",

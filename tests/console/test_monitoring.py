@@ -28,7 +28,7 @@ from console.ha.store import Store
 from console.monitoring import services as alerts
 from console.monitoring.models import AlertHook
 from tests.console import factories as f
-from tests.console.test_runtime import cluster3, run, store  # noqa: F401
+from tests.console.test_runtime import run
 from tests.console.views_support import login, text
 
 
@@ -229,8 +229,8 @@ def test_a_guest_crash_makes_its_own_incident(db: None) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_real_power_loss_through_the_runtime_reads_as_an_incident(
-    cluster3: Any,  # noqa: F811
-    store: Store,  # noqa: F811
+    cluster3: Any,
+    store: Store,
 ) -> None:
     cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
@@ -249,8 +249,8 @@ def test_a_real_power_loss_through_the_runtime_reads_as_an_incident(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_dlm_acknowledgement_of_the_fence_is_a_row_of_the_incident(
-    cluster3: Any,  # noqa: F811
-    store: Store,  # noqa: F811
+    cluster3: Any,
+    store: Store,
 ) -> None:
     """Shared storage: once the fence succeeded the survivors' dlm is told (``dlm_tool
     fence_ack``, the ``dlm-fence-ack`` job); the incident lists it with its time, after the
@@ -294,7 +294,7 @@ def test_the_dlm_acknowledgement_of_the_fence_is_a_row_of_the_incident(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_runner_ticks_show_in_metrics(cluster3: Any, store: Store, settings: Any) -> None:  # noqa: F811
+def test_runner_ticks_show_in_metrics(cluster3: Any, store: Store, settings: Any) -> None:
     cluster, agents = cluster3
     run(cluster, agents, store, 1000.0, 1003.0)  # ticks at virtual times, each recorded
     settings.HAVEN_METRICS_ALLOW = "127.0.0.1"

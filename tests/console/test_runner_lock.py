@@ -3,7 +3,6 @@ lost it writes nothing. Also the "no data" signal (`Store.view_since`) and the t
 
 A holder that dies is a real process killed with SIGKILL.
 """
-# ruff: noqa: F811  (the fixtures of test_runtime.py, imported, are parameters here)
 
 from __future__ import annotations
 
@@ -26,11 +25,7 @@ from console.ha.models import EngineState
 from console.ha.store import LOCK_TTL_S, LockLost, RedisStore, Store
 from console.jobs.models import Job
 from console.jobs.services import pending_engine_results
-from tests.console.test_runtime import (  # noqa: F401
-    cluster3,
-    run,
-    store,
-)
+from tests.console.test_runtime import run
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.redis

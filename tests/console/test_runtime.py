@@ -7,7 +7,6 @@ agent processes are in test_live.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,49 +19,11 @@ from console.bootstrap import credentials
 from console.clusters.models import Host
 from console.ha import ingest, runner
 from console.ha.fakes import FakeAgents
-from console.ha.store import RedisStore, Store
+from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
-from console.jobs.transport import use_transport
 from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.stores import redis_store
-
-
-@pytest.fixture
-def store() -> Iterator[RedisStore]:
-    with redis_store() as s:
-        yield s
-
-
-@pytest.fixture
-def cluster3(db: None, store: Store) -> Iterator[tuple[Any, FakeAgents]]:
-    cluster = f.ClusterFactory(name="et")
-    hosts = [
-        f.HostFactory(
-            cluster=cluster,
-            name=f"et-virt0{i}",
-            address=f"10.88.0.{i}",
-            libvirt_uri=f"qemu+tcp://et-virt0{i}/system",
-        )
-        for i in (5, 6, 7)
-    ]
-    for host in hosts:
-        f.sealing_key(host.name)  # the bootstrap gave each agent its key
-        device = f.FenceDeviceFactory(
-            host=host, cluster=cluster, plug=host.name, name=f"ipmi-{host.name}"
-        )
-        device.secret_parameters = {"password": "bmc-secret"}
-        device.save()
-        domain = f.FailoverDomainFactory(cluster=cluster, name=f"bias-{host.name}")
-        f.FailoverDomainMemberFactory(domain=domain, host=host, priority=1)
-    for i, host in enumerate(hosts, start=1):
-        f.VmServiceFactory(
-            cluster=cluster, name=f"guest{i}", failover_domain=host.domain_memberships.get().domain
-        )
-    agents = FakeAgents(store, [h.name for h in hosts], memory_total_mib=16384, cpus=8)
-    with use_transport(agents):
-        yield cluster, agents
 
 
 def run(cluster: Any, agents: FakeAgents, store: Store, start: float, until: float) -> float:

@@ -2,8 +2,6 @@
 again only when it changed, and the engine's status, stored in pieces and read back the same
 whichever process reads it."""
 
-# ruff: noqa: F811  (the fixtures of test_runtime.py, imported, are parameters here)
-
 from __future__ import annotations
 
 import json
@@ -16,11 +14,7 @@ from console.ha.models import EngineServiceStatus, EngineState
 from console.ha.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import (  # noqa: F401
-    cluster3,
-    run,
-    store,
-)
+from tests.console.test_runtime import run
 
 pytestmark = pytest.mark.redis
 

@@ -180,3 +180,24 @@ def test_a_heartbeat_is_decoded_once_and_a_bad_value_is_not_believed() -> None:
     assert [g.name for g in beat.guests or []] == ["a"] and beat.sent_at == 99.5
     assert decode_heartbeat("h1", {"memory_free_mib": 0}).memory_free_mib == 0  # 0 is 0
     assert decode_heartbeat("h1", {"guests": None}).guests is None  # libvirt unreachable
+
+
+def test_a_guest_list_like_the_last_one_is_not_decoded_again() -> None:
+    """Each host's last decoded guest list is reused while its heartbeats report the same
+    list; any change (a guest gone, a state, another host) is decoded afresh."""
+    from console.ha.store import overlay
+
+    def guests(*states: tuple[str, str]) -> list[dict[str, str]]:
+        return [{"name": n, "uuid": "", "state": s} for n, s in states]
+
+    first = overlay("k1", 10.0, {"guests": guests(("a", "running"), ("b", "running"))}, {})
+    again = overlay("k1", 11.0, {"guests": guests(("a", "running"), ("b", "running"))}, {})
+    assert again.running == {"a", "b"} and again.running is first.running  # not decoded again
+    assert again.beat.guests is first.beat.guests
+    paused = overlay("k1", 12.0, {"guests": guests(("a", "running"), ("b", "paused"))}, {})
+    assert [g.state for g in paused.beat.guests or []] == ["running", "paused"]
+    gone = overlay("k1", 13.0, {"guests": guests(("a", "running"))}, {"a": ("crashed", 14.0)})
+    assert gone.running == frozenset()  # the event newer than the beat, on a copy
+    assert overlay("k1", 15.0, {"guests": guests(("a", "running"))}, {}).running == {"a"}
+    other = overlay("k2", 16.0, {"guests": guests(("c", "running"))}, {})
+    assert other.running == {"c"}

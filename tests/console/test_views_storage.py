@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from agent.protocol import MountArgs
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep
 from console.storage.models import MIB, BlockDevice, Filesystem, LogicalVolume, VolumeGroup
@@ -511,7 +512,7 @@ def test_where_a_gfs2_is_mounted_follows_mounts_unmounts_and_probes(hosts: list[
     for h in hosts:
         job = jobs.create_job(
             "storage-gfs2-create",
-            [jobs.StepSpec(h, "mount", {"mount_point": "/guest_roots"})],
+            [jobs.StepSpec.of(h, MountArgs("/dev/vg_shared/guest_roots", "/guest_roots", "gfs2"))],
             cluster=h.cluster,
         )
         run_job(job, {"mount": {"mount_point": "/guest_roots", "changed": True}})

@@ -13,7 +13,7 @@ from console.ha.store import Store
 from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import cluster3, placement, run, store  # noqa: F401
+from tests.console.test_runtime import placement, run
 from tests.console.views_support import login, text
 
 
@@ -89,7 +89,7 @@ def test_the_page_shows_the_prediction(world: dict[str, Any]) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Store) -> None:  # noqa: F811
+def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Store) -> None:
     cluster, agents = cluster3
     t = run(cluster, agents, store, 1000.0, 1005.0)
     with rules.use(store=store, clock=lambda: t):

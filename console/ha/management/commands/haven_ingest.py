@@ -19,7 +19,7 @@ class Command(BaseCommand):
             "--workers",
             type=int,
             default=4,
-            help="threads applying results and running woken runners (default: %(default)s)",
+            help="threads applying results and running backup ticks (default: %(default)s)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
