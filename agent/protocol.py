@@ -3,7 +3,7 @@
 This is the only module of `agent` the console imports. It depends on the standard library only.
 
 Transport: Redis. Who sent a message is what the transport says, never what the body says:
-each agent has a Redis user of its own (created by the console, console/bootstrap/broker.py)
+each agent has a Redis user of its own (created by the console, console/ha/broker.py)
 that can write exactly one inbound key and consume exactly one command queue.
 
 Console -> agent

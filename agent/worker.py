@@ -100,7 +100,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={
             "socket_connect_timeout": 2,
             # One list per queue, no `agent.HOST\x06\x16N` priority lists: the agent's Redis
-            # user may read exactly `agent.HOST` (console/bootstrap/broker.py).
+            # user may read exactly `agent.HOST` (console/ha/broker.py).
             "priority_steps": [0],
             # Unacked messages in keys of this host's own, not kombu's shared `unacked`: an
             # agent's Redis user may touch only its own keys (console/bootstrap/ssh.py).

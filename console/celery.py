@@ -42,10 +42,10 @@ def use_broker(url: str) -> None:
 
 @worker_ready.connect
 def _agent_users(**_kwargs: Any) -> None:
-    """Re-create any agent's Redis user that Redis lost (console/bootstrap/credentials.py)."""
+    """Re-create any agent's Redis user that Redis lost (console/ha/credentials.py)."""
     import logging
 
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     try:
         created = credentials.ensure_users()

@@ -9,7 +9,7 @@ One job of kind ``bootstrap`` with, per host, four console-side steps:
                          (built aside and renamed, under ``flock``; no internet on the host);
 ``bootstrap.configure``  a Redis user of the agent's own, allowed to consume only its queue
                          ``agent.<name>`` and to write only its inbound list ``haven:in:<name>``
-                         (console/bootstrap/broker.py), a new sealing key, and the agent's
+                         (console/ha/broker.py), a new sealing key, and the agent's
                          configuration in ``/etc/haven/agent-<name>.env`` (mode 0600);
 ``bootstrap.register``   start the agent (systemd unit, or a supervised process started by
                          ``/etc/haven/boot-<name>.sh`` where PID 1 is not systemd), wait for its
@@ -66,9 +66,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,11 +86,13 @@ from agent.protocol import (
     agent_queue,
     inbound_key,
 )
-from console.bootstrap import cluster_stack, credentials
+from console.bootstrap import cluster_stack
 from console.clusters.models import Cluster, Host
 from console.core import validators
+from console.core.ports import Port
 from console.core.services import actor_name
 from console.events.services import record
+from console.ha import credentials
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, JobStep, StepStatus
 
@@ -450,18 +451,9 @@ def ssh_connect(name: str, address: str, port: int, password: str, fingerprint: 
     return ParamikoHost(name, client)
 
 
-_connector: Connector = ssh_connect
-
-
-@contextmanager
-def use_connector(connector: Connector) -> Iterator[Connector]:
-    """Reach hosts with ``connector`` instead of SSH (tests: ``FakeRemoteHost``)."""
-    global _connector
-    previous, _connector = _connector, connector
-    try:
-        yield connector
-    finally:
-        _connector = previous
+_connector: Port[Connector] = Port(ssh_connect)
+#: reach hosts with a connector instead of SSH (tests: ``FakeRemoteHost``)
+use_connector = _connector.use
 
 
 @dataclass
@@ -593,7 +585,7 @@ def _pipeline(run: _HostRun, steps: list[JobStep]) -> None:
 
 def _connect(run: _HostRun) -> dict[str, Any]:
     try:
-        remote = _connector(run.name, run.address, run.port, run.password, run.fingerprint)
+        remote = _connector.get()(run.name, run.address, run.port, run.password, run.fingerprint)
     finally:
         run.password = ""  # used once
     run.remote = remote

@@ -83,21 +83,17 @@ class HostsAddForm(ClusterCreateForm):
             self.fields["member"].choices = [(n, n) for n in names_]  # type: ignore[attr-defined]
 
 
+def _host_field(label: str, validator: Any, placeholder: str) -> forms.CharField:
+    """A row's optional host name or address (up to 253 characters, DNS's limit)."""
+    widget = forms.TextInput(attrs={"placeholder": placeholder})
+    return forms.CharField(
+        label=label, max_length=253, required=False, validators=[validator], widget=widget
+    )
+
+
 class HostRowForm(forms.Form):
-    name = forms.CharField(
-        label="Host name",
-        max_length=253,
-        required=False,
-        validators=[validators.validate_hostname],
-        widget=forms.TextInput(attrs={"placeholder": "et-virt05"}),
-    )
-    address = forms.CharField(
-        label="Address",
-        max_length=253,
-        required=False,
-        validators=[validators.validate_address],
-        widget=forms.TextInput(attrs={"placeholder": "10.88.0.5 (default: the name)"}),
-    )
+    name = _host_field("Host name", validators.validate_hostname, "et-virt05")
+    address = _host_field("Address", validators.validate_address, "10.88.0.5 (default: the name)")
     port = forms.IntegerField(label="SSH port", min_value=1, max_value=65535, initial=22)
     password = forms.CharField(
         label="Root password",

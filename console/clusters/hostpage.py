@@ -153,10 +153,10 @@ class HostAction(OnHost, ActionView):
 
 
 class HostRotateCredentials(HostAction):
-    """The agent's broker password and sealing key anew (console/bootstrap/credentials.py)."""
+    """The agent's broker password and sealing key anew (console/ha/credentials.py)."""
 
     def perform(self) -> str:
-        from console.bootstrap import credentials
+        from console.ha import credentials
 
         self.job = credentials.rotate(self.host, actor=self.request.user)
         return f"Rotating {self.host.name}'s broker credentials (job {self.job.pk})."

@@ -1307,24 +1307,11 @@ class _Tick:
         assert source is not None
         if live:
             aid = self._emit(K.MIGRATE, name, source, lambda i: Migrate(i, name, source, node))
-            self._service_to(
-                name,
-                S.MIGRATING,
-                f"{why}: {source} -> {node}",
-                target=node,
-                action=aid,
-                failback=failback,
-            )
         else:
             aid = self._emit(K.RELOCATE, name, source, lambda i: Relocate(i, name, source, node))
-            self._service_to(
-                name,
-                S.RELOCATING,
-                f"{why}: {source} -> {node}",
-                target=node,
-                action=aid,
-                failback=failback,
-            )
+        state = S.MIGRATING if live else S.RELOCATING
+        why = f"{why}: {source} -> {node}"
+        self._service_to(name, state, why, target=node, action=aid, failback=failback)
 
     # --- 6. desired state ------------------------------------------------------------------
 

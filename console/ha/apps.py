@@ -12,8 +12,8 @@ class RuntimeConfig(AppConfig):
         # workers, tests), so that shared tasks are sent with its broker settings.
         from django.db.models.signals import post_delete, post_save
 
-        import console.bootstrap.credentials
         import console.celery
+        import console.ha.credentials
         import console.operations.commands  # noqa: F401  (register their job-step hooks)
         from console.clusters.models import FenceDevice, Host
         from console.services.models import FailoverDomain, FailoverDomainMember, VmService
@@ -26,7 +26,7 @@ class RuntimeConfig(AppConfig):
 
 def _revoke_agent(sender: object, instance: object, **_kwargs: object) -> None:
     """A deleted host's agent loses its broker login (API, pages, admin or cascade alike)."""
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     credentials.revoke(str(getattr(instance, "name", "")))
 

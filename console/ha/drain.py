@@ -18,7 +18,7 @@ After each round it records its progress (``Store.record_ingest``): the runner g
 lag from ``Store.ingest_lag()``. When no tick came for `BACKUP_AFTER_S` (beat or the workers
 gone), the drainer ticks the runner itself, in its pool. A list whose key names a host the
 console does not know is refused (logged once a minute) and emptied. The drainer also keeps the
-agents' Redis users in place (console/bootstrap/credentials.py): on start and every
+agents' Redis users in place (console/ha/credentials.py): on start and every
 ``USERS_CHECK_S`` (one ``ACL USERS``), any missing user is re-created from the stored password
 hash, so a Redis restart never locks an agent out for longer than that.
 """
@@ -303,7 +303,7 @@ class Drainer:
         if t - self._users_checked < USERS_CHECK_S:
             return
         self._users_checked = t
-        from console.bootstrap import credentials
+        from console.ha import credentials
 
         try:
             created = credentials.ensure_users(self.r)

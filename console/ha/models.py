@@ -78,7 +78,7 @@ class PendingCommand(models.Model):
 
 
 class AgentCredential(models.Model):
-    """One agent's broker identity (console/bootstrap/credentials.py), by host name (the console's
+    """One agent's broker identity (console/ha/credentials.py), by host name (the console's
     own agent has no host row).
 
     The Redis password is never stored: only its SHA-256, which is what ``ACL SETUSER`` takes,

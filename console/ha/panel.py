@@ -29,9 +29,9 @@ from typing import Any
 from redis import RedisError
 
 from console.clusters.models import Cluster
+from console.ha import rules
 from console.ha.models import EngineState
 from console.ha.store import Store
-from console.operations import rules
 from console.services.models import VmService
 
 log = logging.getLogger("haven.panel")

@@ -24,9 +24,9 @@ from console.clusters.models import Cluster
 from console.engine.sim.scenario import Event, Expect, NodeSpec, Scenario, SimSettings
 from console.engine.sim.world import World
 from console.engine.tick import OCCUPYING
+from console.ha import rules
 from console.ha.snapshot import load
 from console.jobs.models import Job, JobStatus
-from console.operations import rules
 
 WARM_UP_S = 10.0
 HORIZON_S = 240.0

@@ -313,7 +313,7 @@ class Unsendable(Exception):
 def _with_secrets(step: JobStep) -> tuple[dict[str, Any], set[str], set[str]]:
     """The step's args with the secrets it refers to filled in (a fence device's parameters,
     new broker credentials), and which args and which ``params`` are secret."""
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     args = dict(step.args)
     secret = {k for k in args if names.is_secret(k)}
@@ -341,7 +341,7 @@ def _seal(
     """The args to send (every secret sealed for ``target`` alone, agent/sealing.py), and a copy
     for logs with every secret value replaced."""
     from agent.sealing import seal
-    from console.bootstrap import credentials
+    from console.ha import credentials
 
     clear = {k: v for k, v in args.items() if k not in secret}
     sealed = {k: v for k, v in args.items() if k in secret}
@@ -523,12 +523,21 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
         all_steps: dict[int, list[JobStep]] = {}
         for row in JobStep.objects.filter(job_id__in=list(by_job)):
             all_steps.setdefault(row.job_id, []).append(row)
-        for job_id, mine in by_job.items():
-            job = locked[job_id]
-            failed = next((s for s in mine if s.status == StepStatus.FAILED), None)
-            _advance(job, failed_step=failed, steps=all_steps.get(job_id, []))
-            for step in mine:
-                step.job = job
+        # the jobs that finish: their last log line numbered and written together (one
+        # lock, one count and one INSERT each made a mass start's 80 start results ~0.3 s)
+        outer = getattr(_batch, "events", None)
+        finished: list[JobEvent] = []
+        _batch.events = finished
+        try:
+            for job_id, mine in by_job.items():
+                job = locked[job_id]
+                failed = next((s for s in mine if s.status == StepStatus.FAILED), None)
+                _advance(job, failed_step=failed, steps=all_steps.get(job_id, []))
+                for step in mine:
+                    step.job = job
+        finally:
+            _batch.events = outer
+        _append_events(finished)
     return out
 
 
@@ -671,11 +680,13 @@ def _finish(job: Job, status: str, explanation: str) -> None:
         job.progress = 100
     job.engine_notified = not job.action_id  # the engine hears of it at its next tick
     job.save(update_fields=["status", "explanation", "finished", "progress", "engine_notified"])
-    add_event(
-        job,
-        f"job {status}" + (f": {explanation}" if explanation else ""),
-        level=JobEvent.Level.INFO if status == JobStatus.SUCCEEDED else JobEvent.Level.ERROR,
-    )
+    message = f"job {status}" + (f": {explanation}" if explanation else "")
+    level = JobEvent.Level.INFO if status == JobStatus.SUCCEEDED else JobEvent.Level.ERROR
+    deferred = getattr(_batch, "events", None)
+    if deferred is not None:  # apply_results: appended with the batch's others, one INSERT
+        deferred.append(JobEvent(job=job, message=message, level=level, data={}))
+        return
+    add_event(job, message, level=level)
 
 
 def pending_engine_results(cluster: Cluster) -> list[Job]:

@@ -10,14 +10,13 @@ Tests swap the transport with ``use_transport`` (a recorder or a real broker), t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Protocol
 
 from django.conf import settings
 
 from agent.protocol import EXECUTE_TASK, agent_queue
 from console.core import broker
+from console.core.ports import Port
 
 log = logging.getLogger("haven.jobs")
 
@@ -128,18 +127,7 @@ class RecordingTransport:
         self.sent.append((host, command))
 
 
-_transport: Transport = CeleryTransport()
-
-
-def transport() -> Transport:
-    return _transport
-
-
-@contextmanager
-def use_transport(t: Transport) -> Iterator[Transport]:
-    global _transport
-    previous, _transport = _transport, t
-    try:
-        yield t
-    finally:
-        _transport = previous
+_transport: Port[Transport] = Port(CeleryTransport())
+transport = _transport.get
+#: send jobs' commands with ``t`` instead (tests: ``RecordingTransport``, ``FakeAgents``)
+use_transport = _transport.use

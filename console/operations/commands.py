@@ -25,10 +25,10 @@ from console.core import validators
 from console.core.errors import Refused
 from console.core.services import actor_name
 from console.events.services import record
+from console.ha import rules
 from console.ha.models import PendingCommand
 from console.jobs import services as jobs
 from console.jobs.models import Job, JobStep
-from console.operations import rules
 from console.services.models import FailoverDomain, VmService
 from console.storage import services as storage_services
 
@@ -135,7 +135,7 @@ def refuse_admission(
 
 def _check_move(service: VmService, host: str | None, *, live: bool) -> str:
     """The target host of a person's move, as the engine would accept it now, or a refusal
-    with the engine's own reason (console/operations/rules.py)."""
+    with the engine's own reason (console/ha/rules.py)."""
     if not host:
         raise OperationError("Name the target host, or 'best'.", status=400, field="host")
     book, _snapshot = rules.rulebook(service.cluster)

@@ -29,7 +29,7 @@ The pages, the API and the CLI call these, so all three refuse the same things.
   /opt/haven-agent it used that no other host uses: each bootstrap marks the version it runs
   from with the host's name in ``<version>/.users/``, so on the lab, whose hosts share one
   file system, the others' version stays). Last, in one transaction: the broker credentials
-  are revoked (its Redis user and keys, console/bootstrap/credentials.py) and the row goes,
+  are revoked (its Redis user and keys, console/ha/credentials.py) and the row goes,
   with its fence devices and domain memberships. Without a password the agent is left on the
   host, unable to log in. A host that is down (fenced, offline, acknowledged) is removed
   without SSH. In a cluster formed

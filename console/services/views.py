@@ -15,9 +15,9 @@ from console.clusters.models import Cluster, Host
 from console.clusters.scope import InCluster
 from console.core.generic import ActionView, ObjectDeleteView, ObjectEditView, ObjectListView
 from console.core.views import role_required
+from console.ha import rules
 from console.jobs.models import Job, StepStatus
 from console.operations import commands as operations
-from console.operations import rules
 from console.services import services as domain_services
 from console.services.forms import DOMAIN_HELP, FailoverDomainForm, ImportGuestForm, VmServiceForm
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService

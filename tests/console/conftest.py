@@ -142,7 +142,7 @@ class LiveView:
 
 @pytest.fixture
 def live_view() -> Any:
-    from console.operations import rules
+    from console.ha import rules
     from tests.stores import redis_store
 
     with redis_store() as store, rules.use(store=store):

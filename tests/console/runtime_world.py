@@ -41,14 +41,13 @@ from console.clusters.models import Cluster, FenceDevice, Host
 from console.engine.sim.scenario import Scenario
 from console.engine.sim.world import Run, SimHost, World
 from console.events.models import Event as LogEvent
-from console.ha import runner, snapshot
+from console.ha import rules, runner, snapshot
 from console.ha.fakes import AgentError, FakeAgents
 from console.ha.models import PendingCommand
 from console.ha.store import MemoryStore
 from console.jobs.models import JobStep
 from console.jobs.transport import use_transport
 from console.operations import commands as operations
-from console.operations import rules
 from console.services.models import FailoverDomain, FailoverDomainMember, VmService
 from console.storage.models import VolumeGroup
 
@@ -254,17 +253,9 @@ class RuntimeWorld(World):
         return cluster
 
     # --- heartbeats through the ingest ---------------------------------------------------------
-    def deliver(
-        self,
-        host: SimHost,
-        sent: float,
-        guests: frozenset[str],
-        free: int,
-        unhealthy: dict[str, Any] | None = None,
-    ) -> None:
-        if host.last_heartbeat is not None and sent <= host.last_heartbeat:
-            return
-        super().deliver(host, sent, guests, free, unhealthy)
+    def heard(self, host: SimHost) -> None:
+        sent = host.last_heartbeat
+        assert sent is not None
         beat = Heartbeat(
             host=host.spec.name,
             agent_version="scenario",
@@ -274,12 +265,12 @@ class RuntimeWorld(World):
             host_uuid=f"uuid-{host.spec.name}",
             cpus=host.spec.cpus,
             memory_total_mib=host.spec.memory_mb,
-            memory_free_mib=free,
-            guests=[GuestState(g, "", "running") for g in sorted(guests)],
+            memory_free_mib=host.reported_free,
+            guests=[GuestState(g, "", "running") for g in sorted(host.reported)],
             boot=f"{host.spec.name}-boot{host.epoch}",  # a new agent process after a reboot
             unhealthy={
                 g: {"check": str(getattr(f.check, "value", f.check)), "detail": f.detail}
-                for g, f in sorted((unhealthy or {}).items())
+                for g, f in sorted(host.reported_unhealthy.items())
             },
             ts=sent,
             sent_at=sent,

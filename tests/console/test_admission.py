@@ -1,6 +1,6 @@
 """Admission control (N+1 by memory) in the console: the API, the pages and the CLI refuse the
 start, enable or creation of a protected guest that breaks it with the engine's numbers, and
-accept it once a host joins (console/operations/rules.py asks the engine's Rulebook)."""
+accept it once a host joins (console/ha/rules.py asks the engine's Rulebook)."""
 
 from __future__ import annotations
 

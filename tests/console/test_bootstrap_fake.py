@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from console.bootstrap import credentials
 from console.bootstrap import ssh as bootstrap
-from console.ha import tasks
+from console.ha import credentials, tasks
 from console.ha.fakes import FakeAgents, FakeRemoteHosts
 from console.ha.store import MemoryStore
 from console.jobs.models import JobStatus, StepStatus

@@ -219,6 +219,26 @@ def test_a_mass_start_is_created_dispatched_and_moved_on_together(
     assert made[1].steps.get(kind="start").status == StepStatus.SKIPPED
     assert {j.action_id for j in made} == {f"act-{i}" for i in range(5)}
     assert all(not j.engine_notified for j in made if j.status == JobStatus.FAILED)
+    # the starts' results finish their jobs: each job's last line after its step's, in order
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with (
+        CaptureQueriesContext(connection) as queries,
+        transaction.atomic(),
+        jobs.batched_dispatch(),
+    ):
+        jobs.apply_results([(a.name, result(c)) for _, c in sent.sent[5:]])
+    inserts = [
+        q["sql"] for q in queries if q["sql"].startswith("INSERT") and "jobevent" in q["sql"]
+    ]
+    assert len(inserts) == 2  # the steps' lines, then the finished jobs' lines: not one a job
+    for job in made:
+        job.refresh_from_db()
+    assert [made[i].status for i in (0, 3)] == [JobStatus.SUCCEEDED] * 2
+    lines = list(made[0].events.order_by("seq").values_list("message", flat=True))
+    assert lines[-2:] == [f"start on {a.name}: done", "job succeeded"]
+    assert made[1].events.order_by("seq").last().message.startswith("job failed: define on")
     for job in made:
         seqs = list(job.events.values_list("seq", flat=True))
         assert seqs == list(range(1, len(seqs) + 1))

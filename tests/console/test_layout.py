@@ -46,3 +46,33 @@ def test_every_colour_a_template_asks_for_is_declared(db: None) -> None:
     assert asked <= set(choices.kinds())
     assert choices.colour("host", "online") == "green" and choices.colour("job", "failed") == "red"
     assert choices.colour("service", "no-such-state") == "grey"
+
+
+#: who may build on whom among the console's three working packages: people's operations and
+#: the bootstrap build on the HA loop, never the other way round, and the bootstrap builds on
+#: no operation (membership calls the bootstrap). Exceptions name their reason.
+NOT_ON = {
+    "ha": ("console.operations", "console.bootstrap"),
+    "bootstrap": ("console.operations",),
+}
+EXCEPT = {
+    # registers the operations' job-step hooks when Django starts (an import for its effect)
+    "console/ha/apps.py",
+    # the simulated agents also play the bootstrap's remote hosts (its error type)
+    "console/ha/fakes.py",
+    # the console's own agent is installed by the bootstrap's own code
+    "console/ha/management/commands/haven_console_agent.py",
+}
+
+
+def test_operations_and_bootstrap_build_on_the_ha_loop_not_the_reverse() -> None:
+    wrong = set()
+    for package, banned in NOT_ON.items():
+        sources = list((ROOT / "console" / package).rglob("*.py"))
+        assert len(sources) >= 4, package
+        for p in sources:
+            rel = str(p.relative_to(ROOT))
+            if rel in EXCEPT:
+                continue
+            wrong |= {f"{rel}: {m}" for m in imports_of(p) if m.startswith(banned)}
+    assert wrong == set()

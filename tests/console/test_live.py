@@ -72,8 +72,8 @@ class Live(harness.Console):
 
     def login(self, host: str) -> str:
         """The agent's broker URL (its own user); its env file is ``agent-<host>.env``."""
-        from console.bootstrap import credentials
         from console.bootstrap import ssh as bootstrap
+        from console.ha import credentials
 
         issued = credentials.issue(host)
         url = bootstrap.agent_broker_url(issued.user, issued.password)
@@ -84,7 +84,7 @@ class Live(harness.Console):
         return url
 
     def stop(self) -> None:
-        from console.bootstrap import credentials
+        from console.ha import credentials
 
         super().stop()
         for host in self.logins:

@@ -23,10 +23,9 @@ from rest_framework.test import APIClient
 
 from console import engine
 from console.clusters.models import Host
-from console.ha import snapshot
+from console.ha import rules, snapshot
 from console.ha.models import PendingCommand
 from console.ha.store import MemoryStore
-from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.views_support import login, text

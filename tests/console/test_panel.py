@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from console.ha import panel, runner
+from console.ha import panel, rules, runner
 from console.ha.store import MemoryStore
-from console.operations import rules
 from tests.console import factories as f
 from tests.console.conftest import LiveView
 from tests.console.views_support import login, text

@@ -15,13 +15,11 @@ from rest_framework.test import APIClient
 
 from agent.protocol import Command
 from agent.sealing import open_sealed
-from console.bootstrap import credentials
 from console.clusters.models import Host
-from console.ha import ingest, runner
+from console.ha import credentials, ingest, rules, runner
 from console.ha.fakes import FakeAgents
 from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
-from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
 

@@ -11,18 +11,13 @@ engine plays all of them there (tests/engine). `deploy/test-scenarios`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from console.engine.sim import failures, load
 from tests.console.runtime_world import simulate_runtime
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "scenarios"
-OWN = ROOT / "tests" / "engine" / "scenarios"
-
+from tests.scenario_files import scenario_params, shared_folder_or_skip
 
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
@@ -43,35 +38,12 @@ CANNOT = {
 RUNTIME_ONLY = ("lost-", "console-")
 
 
-def _files(folder: Path, only: tuple[str, ...] = ()) -> list[object]:
-    if not folder.is_dir():
-        return []
-    paths = sorted(folder.glob("*.json"))
-    if only and os.environ.get("HAVEN_ALL_SCENARIOS") != "1":
-        paths = [p for p in paths if p.stem.startswith(only) or p.stem in CANNOT]
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=CANNOT[p.stem]))
-        if p.stem in CANNOT
-        else p
-        for p in paths
-    ]
-
-
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", _files(SHARED), ids=lambda p: p.stem)
-def test_shared_scenario_through_the_runtime(path: Path) -> None:
+@pytest.mark.parametrize("path", scenario_params(CANNOT, RUNTIME_ONLY))
+def test_scenario_through_the_runtime(path: Path) -> None:
     sc = load(path)
     assert failures(sc, simulate_runtime(sc)) == []
 
 
 def test_shared_folder_present_or_skipped() -> None:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is absent: the shared scenarios are not run through the runtime")
-    assert _files(SHARED), f"{SHARED} holds no scenario"
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", _files(OWN, RUNTIME_ONLY), ids=lambda p: p.stem)
-def test_project_scenario_through_the_runtime(path: Path) -> None:
-    sc = load(path)
-    assert failures(sc, simulate_runtime(sc)) == []
+    shared_folder_or_skip("through the runtime")

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from console.ha import whatif
+from console.ha import rules, whatif
 from console.ha.store import Store
-from console.operations import rules
 from console.services.models import VmService
 from tests.console import factories as f
 from tests.console.test_runtime import placement, run

@@ -1,6 +1,6 @@
 """Trust no agent, on the real wire: a Redis with the agents' ACL users, the console's real
 processes (worker, beat, ingest drainer: harness.Console) and one `python -m agent` per host,
-each logged in with the user the console created for it (console/bootstrap/credentials.py).
+each logged in with the user the console created for it (console/ha/credentials.py).
 
 With h1's own login, every message class is forged for h2 (heartbeat, lifecycle event,
 result), Celery messages are attached callbacks or aimed at built-in tasks, the console's keys
@@ -24,8 +24,8 @@ import redis
 from celery import signature
 
 from agent.protocol import EXECUTE_TASK, agent_queue, broker_keys, inbound_key
-from console.bootstrap import broker, credentials
 from console.clusters.models import Host
+from console.ha import broker, credentials
 from console.ha.models import AgentCredential
 from console.ha.store import RedisStore
 from console.jobs.models import Job, JobStep, StepStatus

@@ -20,8 +20,8 @@ import article
 import pytest
 import redis
 
-from console.bootstrap import broker
 from console.clusters.models import Host
+from console.ha import broker
 from console.jobs.models import Job, JobStatus
 from tests.lab import harness
 from tests.lab.harness import HOSTS

@@ -82,10 +82,9 @@ def store() -> Iterator[Any]:
 
 @pytest.fixture
 def sim(store: Any) -> Iterator[Any]:
-    from console.ha import tasks
+    from console.ha import rules, tasks
     from console.ha.fakes import FakeAgents
     from console.jobs.transport import use_transport
-    from console.operations import rules
 
     # small hosts; a live migration takes long enough to be seen
     agents = FakeAgents(store, memory_total_mib=4096, cpus=2)

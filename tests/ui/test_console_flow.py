@@ -39,6 +39,12 @@ def bootstrap(monkeypatch: pytest.MonkeyPatch) -> FakeBootstrap:
     return boot
 
 
+def new_from_tab(page: Any, tab: str, button: str) -> None:
+    """Open a tab of the cluster and its form for a new object."""
+    page.click(f"text={tab}")
+    page.click(f"text={button}")
+
+
 def test_console_flow(
     live_server: Any, page: Any, shot: Any, sim: Any, bootstrap: FakeBootstrap
 ) -> None:
@@ -116,8 +122,7 @@ def test_console_flow(
     shot(page, "09-storage-gfs2")
 
     # --- failover domain -------------------------------------------------------------------
-    page.click("text=Failover domains")
-    page.click("text=New failover domain")
+    new_from_tab(page, "Failover domains", "New failover domain")
     page.fill("input[name=name]", "prefer05")
     page.check("input[name=ordered]")
     page.check("input[name=restricted]")
@@ -131,8 +136,7 @@ def test_console_flow(
     shot(page, "11-domains")
 
     # --- a VM service ----------------------------------------------------------------------
-    page.click("text=Hosts & services")
-    page.click("text=New VM service")
+    new_from_tab(page, "Hosts & services", "New VM service")
     page.fill("textarea[name=domain_xml]", "<domain>broken")
     page.click("button:has-text('Save')")
     expect(page.locator("#field-domain_xml .field-error")).to_be_visible()

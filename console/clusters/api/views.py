@@ -182,7 +182,7 @@ class HostViewSet(HavenViewSet):
         """New broker password and sealing key for this host's agent (admin only), sent over
         the agent's own command channel; 409 when that cannot be done (the answer says to
         bootstrap the host again over SSH)."""
-        from console.bootstrap import credentials
+        from console.ha import credentials
 
         return job_response(credentials.rotate(self.get_object(), actor=request.user))
 

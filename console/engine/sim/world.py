@@ -290,6 +290,12 @@ class World:
         host.reported_unhealthy = dict(unhealthy or {})
         for hosts in self.maybe.values():
             hosts.discard(host.spec.name)
+        self.heard(host)
+
+    def heard(self, host: SimHost) -> None:
+        """The console took ``host``'s heartbeat (its ``reported*`` fields say what it said):
+        the pure engine reads them in the next tick; a world that runs the console's runtime
+        instead (tests/console/runtime_world.py) sends it through the ingest here."""
 
     def ingest_lag_s(self) -> float:
         return max((h.lag_s for h in self.hosts.values() if self.t < h.lag_until), default=0.0)

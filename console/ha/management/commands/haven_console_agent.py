@@ -12,8 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from console.bootstrap import credentials
 from console.bootstrap import ssh as bootstrap
+from console.ha import credentials
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 - ``issue(name)``: a new random password and a new sealing key for one agent; the console
   keeps the password's SHA-256 (never the password) and the sealing key encrypted with its own
-  key (console/core/crypto.py), creates the Redis user (console/bootstrap/broker.py) and hands
+  key (console/core/crypto.py), creates the Redis user (console/ha/broker.py) and hands
   both back once, to be written on the host (the SSH bootstrap's env file).
 - ``ensure_users(r)``: re-creates, from the stored hashes, every agent user Redis lacks (a
   Redis restart or replacement); the drainer runs it at start and every few seconds.
@@ -28,8 +28,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from console.bootstrap import broker
 from console.core import crypto
+from console.ha import broker
 from console.ha.models import AgentCredential
 from console.jobs.services import on_step_success
 
