@@ -18,9 +18,10 @@ import pytest
 from django.apps import apps
 from django.core import serializers
 
-from console.bootstrap import cluster_stack, credentials
+from console.bootstrap import cluster_stack
 from console.bootstrap import ssh as bootstrap
 from console.clusters.models import Host
+from console.ha import credentials
 from console.ha.fakes import FakeAgents, FakeRemoteHost, FakeRemoteHosts
 from console.jobs.models import Job, JobStatus, StepStatus
 from console.operations import membership
