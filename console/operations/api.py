@@ -161,6 +161,7 @@ class AddHostsSerializer(serializers.Serializer):  # type: ignore[type-arg]
     member = serializers.CharField(
         max_length=253,
         required=False,
+        allow_blank=True,
         default="",
         help_text="Shared storage: the existing host to read the corosync key from "
         "(default: the first by name).",
@@ -168,6 +169,7 @@ class AddHostsSerializer(serializers.Serializer):  # type: ignore[type-arg]
     member_password = serializers.CharField(
         max_length=4096,
         required=False,
+        allow_blank=True,
         default="",
         trim_whitespace=False,
         write_only=True,

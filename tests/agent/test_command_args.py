@@ -68,6 +68,7 @@ SAMPLES: list[p.CommandArgs] = [
     p.Gfs2GrowArgs(mount_point="/mnt/vms"),
     p.DlmFenceAckArgs(node="h2"),
     p.CorosyncRemoveNodeArgs(node="h2"),
+    p.CorosyncAddNodeArgs(node="h4", address="10.88.0.14", nodeid=4),
     p.FenceArgs(
         agent="fence_ipmilan",
         action="off",
