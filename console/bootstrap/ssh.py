@@ -565,6 +565,7 @@ def _pipeline(run: _HostRun, steps: list[JobStep]) -> None:
                 ok, data, message = False, {}, f"{step.kind} on {run.name} crashed: {exc!r}"
             data = {**data, "duration_s": round(time.monotonic() - started, 3)}
             with transaction.atomic():
+                jobs.lock_jobs([step.job_id])  # the job before its steps, as every writer
                 if ok and i + 1 < len(steps):
                     nxt = steps[i + 1]
                     JobStep.objects.filter(pk=nxt.pk, status=StepStatus.PENDING).update(

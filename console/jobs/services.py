@@ -186,6 +186,11 @@ def _lock_all(job_ids: list[int]) -> dict[int, Job]:
     return {job.pk: job for job in rows}
 
 
+def lock_jobs(job_ids: list[int]) -> None:
+    """Take these jobs' row locks (in a transaction) before touching any of their steps."""
+    _lock_all(job_ids)
+
+
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
     """Give a job its steps (e.g. a person's command once the engine decided how to do it)."""
     with transaction.atomic():
@@ -462,6 +467,9 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
     ids = [str(message.get("id", "")) for _, message in results]
     out: list[JobStep | None] = []
     with transaction.atomic():
+        # the jobs first, then their steps: every writer takes them in this order (a console
+        # thread that updated a step before taking its job's lock deadlocked on PostgreSQL)
+        lock_jobs(list(JobStep.objects.filter(command_id__in=ids).values_list("job_id", flat=True)))
         # lock the steps only: PostgreSQL refuses FOR UPDATE on the nullable host join
         found = {
             s.command_id: s
