@@ -230,11 +230,13 @@ def start_bootstrap(
     actor: Any,
     shared_storage: bool = False,
     join: HostSpec | None = None,
+    then: Callable[[int], object] | None = None,
 ) -> Job:
     """Create the cluster (if missing), the hosts and the bootstrap job; run it in this process
     once the transaction commits. Returns the job at once; follow its steps and events.
     ``join``: an existing member of the cluster stack (its root password), for new hosts
-    joining a formed one (console/bootstrap/cluster_stack.py)."""
+    joining a formed one (console/bootstrap/cluster_stack.py). ``then(job_id)`` runs in the
+    same thread once the job has finished, whatever its outcome (a crash in it is logged)."""
     job = create_bootstrap_job(
         cluster_name, hosts, actor=actor, shared_storage=shared_storage, join=join
     )
@@ -242,7 +244,16 @@ def start_bootstrap(
     if join is not None:
         passwords[join.name] = join.password
     job_id = job.pk
-    run_after_commit(run_bootstrap, job_id, passwords, "bootstrap")
+
+    def run(job_id: int, secrets: dict[str, str]) -> None:
+        run_bootstrap(job_id, secrets)
+        if then is not None:
+            try:
+                then(job_id)
+            except Exception:
+                log.exception("what follows bootstrap job %s crashed", job_id)
+
+    run_after_commit(run, job_id, passwords, "bootstrap")
     return job
 
 

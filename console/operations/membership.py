@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +111,16 @@ def add_hosts(
                 field="hosts",
             )
     join = _join_through(cluster, member, member_password) if shared_storage(cluster) else None
-    job = _start(cluster, specs, actor=actor, join=join)
-    job_id, cluster_id = job.pk, cluster.pk
-    transaction.on_commit(lambda: _after_bootstrap(job_id, cluster_id, actor))
-    return job
+    cluster_id = cluster.pk
+    # once the hosts are in (in the bootstrap's own thread, never in the request): journals
+    # for GFS2 file systems that have fewer than hosts
+    return _start(
+        cluster,
+        specs,
+        actor=actor,
+        join=join,
+        then=lambda job_id: add_missing_journals(job_id, cluster_id, actor=actor),
+    )
 
 
 @dataclass(frozen=True)
@@ -220,42 +227,16 @@ def _start(
     *,
     actor: Any,
     join: bootstrap.HostSpec | None = None,
+    then: Callable[[int], object] | None = None,
 ) -> Job:
     try:
         if join is not None:
             return bootstrap.start_bootstrap(
-                cluster.name, specs, actor=actor, shared_storage=True, join=join
+                cluster.name, specs, actor=actor, shared_storage=True, join=join, then=then
             )
-        return bootstrap.start_bootstrap(cluster.name, specs, actor=actor)
+        return bootstrap.start_bootstrap(cluster.name, specs, actor=actor, then=then)
     except bootstrap.BootstrapError as exc:
         raise Refused(str(exc), status=400, field="hosts") from None
-
-
-def _after_bootstrap(job_id: int, cluster_id: int, actor: Any) -> None:
-    """Once the hosts are in: journals for GFS2 file systems that have fewer than hosts."""
-    from concurrent.futures import Future
-
-    def then(_done: Future[Any]) -> None:
-        try:
-            add_missing_journals(job_id, cluster_id, actor=actor)
-        except Exception:
-            log.exception("journals after bootstrap job %s", job_id)
-
-    # the bootstrap runs in its own pool: wait for it there, never in the request
-    bootstrap._pool.submit(_wait_job, job_id).add_done_callback(then)
-
-
-def _wait_job(job_id: int, timeout_s: float = 4 * 3600.0) -> None:
-    from django.db import connection
-
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            if Job.objects.filter(pk=job_id, finished__isnull=False).exists():
-                return
-            time.sleep(0.5)
-    finally:
-        connection.close()
 
 
 def add_missing_journals(job_id: int, cluster_id: int, *, actor: Any) -> list[Job]:

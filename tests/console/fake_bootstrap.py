@@ -46,7 +46,13 @@ class FakeBootstrap:
         return self.keys[address]
 
     def start_bootstrap(
-        self, cluster_name: str, hosts: list[HostSpec], *, actor: Any, shared_storage: bool = False
+        self,
+        cluster_name: str,
+        hosts: list[HostSpec],
+        *,
+        actor: Any,
+        shared_storage: bool = False,
+        then: Any = None,
     ) -> Job:
         self.calls.append((cluster_name, hosts, shared_storage))
         with transaction.atomic():

@@ -132,7 +132,7 @@ def test_remove_repair_and_add_hosts(
     assert "put it in maintenance first" in err
     started: list[Any] = []
 
-    def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False) -> Any:
+    def start(cluster: str, specs: list[Any], *, actor: Any, **_: Any) -> Any:
         from console.jobs.models import Job
 
         started.append((cluster, specs))

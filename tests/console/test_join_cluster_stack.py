@@ -204,3 +204,29 @@ def test_the_api_takes_the_members_password_write_only(
     assert (kw["join"].name, kw["join"].password, kw["join"].fingerprint) == (
         "et-virt06", "pw6", KEYS["et-virt06"])  # fmt: skip
     assert "pw6" not in r.content.decode()
+
+
+def test_journals_follow_an_add_in_the_bootstraps_own_thread_once_it_has_finished(
+    formed: tuple[FakeRemoteHosts, FakeAgents, dict[str, FakeRemoteHost]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """add_hosts → the bootstrap job, then, once it has finished, the journals step."""
+    import threading
+
+    followed: list[tuple[int, str, bool]] = []
+    done = threading.Event()
+
+    def journals(job_id: int, cluster_id: int, *, actor: Any) -> list[Job]:
+        job = Job.objects.get(pk=job_id)
+        followed.append((job_id, job.status, job.finished is not None))
+        done.set()
+        return []
+
+    monkeypatch.setattr(membership, "add_missing_journals", journals)
+    cluster = Host.objects.get(name="et-virt05").cluster
+    new = spec("et-virt07", ADDRESS["et-virt07"], PASSWORD["et-virt07"], KEYS["et-virt07"])
+    job = membership.add_hosts(
+        cluster, [new], actor="tester", member="et-virt05", member_password=PASSWORD["et-virt05"]
+    )
+    assert done.wait(60), "the journals step never followed the bootstrap"
+    assert followed == [(job.pk, JobStatus.SUCCEEDED, True)]

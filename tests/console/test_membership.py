@@ -206,7 +206,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
     """The bootstrap's entry, recorded instead of run (its rules are tested on the lab)."""
     calls: list[tuple[str, list[Any]]] = []
 
-    def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False) -> Job:
+    def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False,
+              then: Any = None) -> Job:  # fmt: skip
         assert not shared_storage
         calls.append((cluster, specs))
         return Job.objects.create(kind="bootstrap", params={"hosts": [s.name for s in specs]})
