@@ -176,19 +176,15 @@ def _lock(job: Job) -> None:
     """Hold the job's row until the transaction ends, so two writers (the bootstrap's host
     threads, the runner) never number their step or event alike: ``Max(seq) + 1`` is read and
     written under the one lock (PostgreSQL runs them at once; SQLite one at a time anyway)."""
-    _lock_all([job.pk])
+    lock_jobs([job.pk])
 
 
-def _lock_all(job_ids: list[int]) -> dict[int, Job]:
+def lock_jobs(job_ids: list[int]) -> dict[int, Job]:
     """`_lock` for many jobs, in one query and in id order (two writers locking the same jobs
-    never wait for each other crosswise); the rows, by id."""
+    never wait for each other crosswise); the rows, by id. In a transaction, before touching
+    any of their steps."""
     rows = Job.objects.select_for_update().filter(pk__in=sorted(set(job_ids))).order_by("pk")
     return {job.pk: job for job in rows}
-
-
-def lock_jobs(job_ids: list[int]) -> None:
-    """Take these jobs' row locks (in a transaction) before touching any of their steps."""
-    _lock_all(job_ids)
 
 
 def attach_steps(job: Job, steps: list[StepSpec], *, action_id: str = "", message: str = "") -> Job:
@@ -245,7 +241,7 @@ def dispatch_all(job_ids: list[int]) -> None:
         return
     sends: list[Send] = []
     with transaction.atomic():
-        jobs = _lock_all(ids)
+        jobs = lock_jobs(ids)
         steps: dict[int, list[JobStep]] = {}
         for step in (
             JobStep.objects.filter(job_id__in=list(jobs))
@@ -524,7 +520,7 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
         by_job: dict[int, list[JobStep]] = {}
         for step, _ in applied:
             by_job.setdefault(step.job_id, []).append(step)
-        locked = _lock_all(list(by_job))  # before the events are numbered (`_lock`)
+        locked = lock_jobs(list(by_job))  # before the events are numbered (`_lock`)
         _append_events(events)
         # each job moved on once, with every result of this batch filed (the first failure
         # fails it, as one result at a time would)
@@ -551,7 +547,7 @@ def apply_results(results: list[tuple[str | None, dict[str, Any]]]) -> list[JobS
 
 def _append_events(events: list[JobEvent]) -> None:
     """Append job log lines in one INSERT, each numbered after its job's last one (the
-    caller holds the jobs' locks, `_lock_all`)."""
+    caller holds the jobs' locks, `lock_jobs`)."""
     if not events:
         return
     last = dict(

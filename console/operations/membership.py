@@ -230,11 +230,9 @@ def _start(
     then: Callable[[int], object] | None = None,
 ) -> Job:
     try:
-        if join is not None:
-            return bootstrap.start_bootstrap(
-                cluster.name, specs, actor=actor, shared_storage=True, join=join, then=then
-            )
-        return bootstrap.start_bootstrap(cluster.name, specs, actor=actor, then=then)
+        return bootstrap.start_bootstrap(
+            cluster.name, specs, actor=actor, shared_storage=join is not None, join=join, then=then
+        )
     except bootstrap.BootstrapError as exc:
         raise Refused(str(exc), status=400, field="hosts") from None
 

@@ -52,6 +52,7 @@ class FakeBootstrap:
         *,
         actor: Any,
         shared_storage: bool = False,
+        join: Any = None,
         then: Any = None,
     ) -> Job:
         self.calls.append((cluster_name, hosts, shared_storage))

@@ -207,8 +207,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
     calls: list[tuple[str, list[Any]]] = []
 
     def start(cluster: str, specs: list[Any], *, actor: Any, shared_storage: bool = False,
-              then: Any = None) -> Job:  # fmt: skip
-        assert not shared_storage
+              join: Any = None, then: Any = None) -> Job:  # fmt: skip
+        assert not shared_storage and join is None
         calls.append((cluster, specs))
         return Job.objects.create(kind="bootstrap", params={"hosts": [s.name for s in specs]})
 
