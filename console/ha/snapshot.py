@@ -24,6 +24,7 @@ from types import MappingProxyType
 
 from django.conf import settings
 
+from agent.protocol import Heartbeat
 from console import engine
 from console.clusters.models import Cluster, Host
 from console.engine.status import assemble, service_from_json
@@ -97,10 +98,19 @@ def _observation(
         maintenance=host.maintenance,
         shutting_down=shutting_down,
         fence_device=host.pk in fence_hosts,
-        shared_storage=shared_storage,
+        shared_storage=shared_storage and in_cluster_stack(beat),
         acknowledged_down_at=ack,
         unhealthy=MappingProxyType(_unhealthy(report)),
     )
+
+
+def in_cluster_stack(beat: Heartbeat | None) -> bool:
+    """Whether a host of a cluster with a clustered VG is in its dlm lockspace, as far as the
+    console can tell: yes, unless its latest heartbeat says corosync is not installed there
+    (``cluster`` null; dlm and lvmlockd run on corosync). Installed but not answering (stopped
+    or hung: the agent cannot tell which) counts as in, and so does a host not heard from at
+    all: a silent host wrongly taken for out would block the others' GFS2 for good."""
+    return beat is None or beat.cluster is not None
 
 
 _CHECKS = {c.value: c for c in engine.HealthCheck}
@@ -237,8 +247,8 @@ def load(
         kept = _read_config(cluster, hosts_by_pk, key)
         if cached:
             _configs[cluster.pk] = kept
-    # A clustered VG: every host joined its dlm lockspace (vg_lockstart on each), so a silent
-    # host blocks the others' GFS2 until it is fenced.
+    # A clustered VG: every host in the cluster stack joined its dlm lockspace (vg_lockstart
+    # on each), so a silent one blocks the others' GFS2 until it is fenced (`in_cluster_stack`).
     shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
     now = store.clock() if now is None else now
     # The heartbeats and the drainer's progress in one round trip. Then the "no data" signal,

@@ -177,6 +177,13 @@ class RuntimeWorld(World):
         self.cluster = self._build()
         self._log_seen = 0
         self._labelled: set[tuple[str, str]] = set()
+        members = [n.name for n in sc.nodes if n.shared_storage]
+        #: what agent/cluster_stack.py reports of corosync on a node in the shared storage
+        self._corosync = {
+            "running": True,
+            "quorate": True,
+            "nodes": [{"nodeid": i, "votes": 1, "name": m} for i, m in enumerate(members, 1)],
+        }
 
     def run(self) -> Run:
         run = super().run()
@@ -209,8 +216,9 @@ class RuntimeWorld(World):
                     plug=n.name,
                 )
         if any(n.shared_storage for n in sc.nodes):
-            # the console knows shared storage per cluster: a clustered VG, whose dlm
-            # lockspace every host joined (console/ha/snapshot.py)
+            # a clustered VG, whose dlm lockspace every host in the cluster stack joined: the
+            # nodes in the shared storage report corosync in their heartbeats (`heard`), the
+            # others none (console/ha/snapshot.py in_cluster_stack)
             VolumeGroup.objects.create(cluster=cluster, name="scenario-vg", clustered=True)
         domains: dict[str, FailoverDomain] = {}
         for d in sc.domains.values():
@@ -268,6 +276,7 @@ class RuntimeWorld(World):
             memory_free_mib=host.reported_free,
             guests=[GuestState(g, "", "running") for g in sorted(host.reported)],
             boot=f"{host.spec.name}-boot{host.epoch}",  # a new agent process after a reboot
+            cluster=self._corosync if host.spec.shared_storage else None,
             unhealthy={
                 g: {"check": str(getattr(f.check, "value", f.check)), "detail": f.detail}
                 for g, f in sorted(host.reported_unhealthy.items())

@@ -21,21 +21,12 @@ from tests.scenario_files import scenario_params, shared_folder_or_skip
 
 #: scenarios the console cannot play as the simulator does, and why (strict: one that starts
 #: passing fails here, so this list stays true)
-CANNOT = {
-    "shared-storage-host-fenced-without-guests": (
-        "the console knows shared storage per cluster, deliberately: a cluster formed with it "
-        "runs the cluster stack on every host (the bootstrap starts each host's dlm/lvmlockd "
-        "lockspace, console/bootstrap/cluster_stack.py) and refuses to add a host outside it "
-        "(console/operations/membership.py add_hosts), so n1-n3 in the storage and n4 outside "
-        "cannot be one console cluster; played with its clustered VG, n4 is fenced too "
-        "(fenced ['n1', 'n4']). The same rule with every host in the storage passes: "
-        "shared-storage-cluster-fences-silent-hosts-not-shut-down-ones"
-    ),
-}
+CANNOT: dict[str, str] = {}
 
 
-#: the project scenarios `deploy/test` plays through the runtime (all: HAVEN_ALL_SCENARIOS=1)
-RUNTIME_ONLY = ("lost-", "console-")
+#: the project scenarios `deploy/test` plays through the runtime (all: HAVEN_ALL_SCENARIOS=1):
+#: lost results, the console's own parts failing, and which hosts are in the shared storage
+RUNTIME_ONLY = ("lost-", "console-", "shared-storage-")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,6 +4,7 @@ whichever process reads it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -77,3 +78,28 @@ def test_a_configuration_change_reaches_the_next_tick(cluster3: Any, store: Stor
     # a new failover domain member is configuration too
     domain = f.FailoverDomainFactory(cluster=cluster)
     assert domain.name in snapshot.load(cluster, store, t, cached=True).snapshot.domains
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_a_clustered_vg_a_host_without_corosync_is_not_in_the_shared_storage(
+    cluster3: Any, store: Store
+) -> None:
+    cluster, agents = cluster3
+    t = 1000.0
+
+    def in_storage() -> dict[str, bool]:
+        hosts = snapshot.load(cluster, store, t).snapshot.hosts
+        return {name: h.shared_storage for name, h in hosts.items()}
+
+    corosync = {"running": True, "quorate": True, "nodes": [{"nodeid": 1, "name": "et-virt05"}]}
+    stopped = {"running": False, "quorate": False, "nodes": [], "error": "Cannot initialize"}
+    for host, stack in (("et-virt05", corosync), ("et-virt06", None), ("et-virt07", stopped)):
+        beat = dataclasses.replace(agents.heartbeat_of(host, t), cluster=stack)
+        agents.deliver(host, beat.to_dict(), t)
+    assert in_storage() == dict.fromkeys(("et-virt05", "et-virt06", "et-virt07"), False)
+    f.VolumeGroupFactory(cluster=cluster, name="vg_shared", clustered=True)
+    # in: corosync answers; installed but not answering (stopped or hung, the agent cannot
+    # tell which); out: not installed (a silent et-virt06 with no guest just goes offline)
+    assert in_storage() == {"et-virt05": True, "et-virt06": False, "et-virt07": True}
+    store.forget_host("et-virt05")  # not heard from at all (Redis lost it): in, to be safe
+    assert in_storage()["et-virt05"] is True
