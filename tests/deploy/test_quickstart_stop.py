@@ -1,7 +1,8 @@
 """deploy/quickstart's Ctrl-C stops everything it started: the supervised console processes
 (web, workers, beat, ingest drainer, the console's agent) and the Redis it started itself.
 Run without the lab demo (HAVEN_DEMO=0), on a Redis port and a web port of its own (free
-ports the kernel hands out, never 6379 or an engineer's), as root (deploy/setup may install)."""
+ports the kernel hands out, never 6379 or an engineer's), as root (deploy/setup may install).
+And deploy/test, once done, leaves no process it started either (a Redis of its own port)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,39 @@ def test_ctrl_c_stops_everything_the_quickstart_started(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         for line in _session(proc.pid):
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
+            check=False,
+            capture_output=True,
+        )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="deploy/test runs deploy/setup (root)")
+def test_deploy_test_stops_what_it_started(tmp_path: Path) -> None:
+    redis_port = _free_port()
+    assert not _answers(redis_port)
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    # every check, and one small test file (with arguments, pytest runs only what they say)
+    argv = [str(ROOT / "deploy" / "test"), "-q", "-p", "no:cacheprovider"]
+    argv.append("tests/engine/test_engine_imports.py")
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out = proc.communicate(timeout=600)[0].decode(errors="replace")
+        assert proc.returncode == 0, out[-3000:]
+        assert f"start-services: redis on 127.0.0.1:{redis_port}" in out, out[-3000:]
+        assert " passed" in out, out[-3000:]
+        assert _session(proc.pid) == [], "left running after deploy/test"
+        assert not _answers(redis_port), "the Redis it started is still running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(
             ["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
             check=False,
