@@ -44,39 +44,29 @@ def _store() -> Any:
     return store()
 
 
+def _by_state(
+    clusters: dict[int, str], model: Any, states: list[str], name: str, text: str
+) -> GaugeMetricFamily:
+    """One gauge of ``model``'s rows by cluster and state, every state of every cluster named
+    (a count of 0 included), from one aggregate query."""
+    family = GaugeMetricFamily(name, text, labels=["cluster", "state"])
+    rows = model.objects.values_list("cluster_id", "state").annotate(n=Count("id"))
+    counts = {(c, st): n for c, st, n in rows.values_list("cluster_id", "state", "n")}
+    for cid, cname in clusters.items():
+        for state in states:
+            family.add_metric([cname, state], counts.get((cid, state), 0))
+    return family
+
+
 class HavenCollector:
     def collect(self) -> Iterator[Metric]:
         clusters = dict(Cluster.objects.values_list("pk", "name"))
 
-        hosts = GaugeMetricFamily(
-            "haven_hosts",
-            "Hosts by state, as the HA engine sees them.",
-            labels=["cluster", "state"],
+        hosts_text = "Hosts by state, as the HA engine sees them."
+        yield _by_state(clusters, Host, HostState.values, "haven_hosts", hosts_text)
+        yield _by_state(
+            clusters, VmService, ServiceState.values, "haven_services", "VM services by state."
         )
-        counts = {
-            (c, s): n
-            for c, s, n in Host.objects.values_list("cluster_id", "state")
-            .annotate(n=Count("id"))
-            .values_list("cluster_id", "state", "n")
-        }
-        for cid, cname in clusters.items():
-            for state in HostState.values:
-                hosts.add_metric([cname, state], counts.get((cid, state), 0))
-        yield hosts
-
-        services = GaugeMetricFamily(
-            "haven_services", "VM services by state.", labels=["cluster", "state"]
-        )
-        counts = {
-            (c, s): n
-            for c, s, n in VmService.objects.values_list("cluster_id", "state")
-            .annotate(n=Count("id"))
-            .values_list("cluster_id", "state", "n")
-        }
-        for cid, cname in clusters.items():
-            for state in ServiceState.values:
-                services.add_metric([cname, state], counts.get((cid, state), 0))
-        yield services
 
         fences = GaugeMetricFamily(
             "haven_fence_attempts",
