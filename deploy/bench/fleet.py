@@ -268,6 +268,11 @@ class FleetAgents(Looping):
 # --- one size, in a process of its own ------------------------------------------------------
 
 
+#: the engine's stable_after_s (console/engine/settings.py): a crash sooner after the last
+#: one is a streak's next, whose restart backs off
+STABLE_AFTER_S = 60.0
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -584,7 +589,11 @@ def run_one(
                 time.sleep(stall)
                 os.killpg(console.procs["ingest"].pid, signal.SIGCONT)
                 continue
-            candidates = [(h, g) for h in sorted(fleet.up) for g in sorted(fleet.running[h])]
+            # a guest that crashed within stable_after_s (60 s) backs off by design (1 s, 2 s,
+            # ...): only first crashes of a streak are measured
+            recent = {g for t, g in crashes if time.time() - t < STABLE_AFTER_S + 1}
+            running = [(h, g) for h in sorted(fleet.up) for g in sorted(fleet.running[h])]
+            candidates = [(h, g) for h, g in running if g not in recent]
             if candidates:
                 host, guest = rng.choice(candidates)
                 t = time.time()
