@@ -8,7 +8,11 @@ then measures, the way the ingest drainer does it (``ingest.handle`` then the ru
 - crash → start dispatched: a ``crashed`` lifecycle event arrives until the restart's first
   command is handed to the broker (target ≤ 200 ms on this machine);
 - heartbeat ingestion: the cost of one heartbeat (it goes to Redis, not the database);
-- one runner tick in steady state, with every host heartbeating.
+- one runner tick in steady state, with every host heartbeating;
+- a host lost: silent until the runner fences it, then (the fence answered at once) the fence
+  result -> every one of its guests' starts dispatched, in wall and CPU time, and the CPU of
+  each stage: the fence result's tick, the defines' results, the starts'.
+  ``HAVEN_BENCH_PROFILE=FILE`` writes that stretch's cProfile to FILE (``python -m pstats``).
 
 Agents are simulated here (console/ha/fakes.py, the fleet the tests run on); the broker
 hop to a real agent adds ~3-5 ms (see deploy/bench/agent.py).
@@ -145,6 +149,7 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
                 crash.append(first[0] - t0)
                 agents.answer()
                 agents.heartbeat()
+            failover = _failover(agents, cluster.pk, store, hosts[-1].name)
     finally:
         for key in r.scan_iter(f"{prefix}*"):
             r.delete(key)
@@ -161,6 +166,88 @@ def run(n_hosts: int, n_services: int, rounds: int) -> None:
     row("crash event -> start dispatched", crash)
     row("one heartbeat ingested", hb)
     row("runner tick, steady state", ticks)
+    print(f"host lost: {failover['guests']} guests; fence sent {failover['fence_sent_s']:.2f} s")
+    stages = {
+        "fence_result": "fence result -> defines sent",
+        "defines": "define results -> starts sent",
+        "all": "fence ok -> all starts sent",
+        "starts": "start results",
+    }
+    for key, label in stages.items():
+        print(
+            f"  {label:<32} {failover[key + '_wall'] * 1000:9.1f} ms wall"
+            f" {failover[key + '_cpu'] * 1000:9.1f} ms CPU"
+        )
+
+
+def _failover(agents: Any, cluster_id: int, store: Any, victim: str) -> dict[str, float]:
+    """A host lost: the others beat, the runner ticks, until it sends the fence. Then, each
+    stage answered in turn and timed (wall and this process's CPU): the fence's result until
+    every guest's define is sent, the defines' results until every start is sent (the two
+    together: fence ok -> all starts dispatched), and the starts' results."""
+    import cProfile
+
+    from console.ha import runner
+
+    guests = set(agents.running[victim])
+    seen = len(agents.commands)
+    agents.power_off(victim)
+    t_lost = time.monotonic()
+
+    def sent(kind: str, since: int) -> set[str]:
+        """The guests named by commands of ``kind`` sent since ``since``."""
+        texts = [str(c.get("args")) for _, c in agents.commands[since:] if c["kind"] == kind]
+        return {g for g in guests if any(g in t for t in texts)}
+
+    while not any(c["kind"] == "fence" for _, c in agents.commands[seen:]):
+        if time.monotonic() - t_lost > 60:
+            raise SystemExit(f"{victim} was not fenced within 60 s")
+        time.sleep(0.25)
+        agents.heartbeat()
+        runner.run(cluster_id, store)
+    out: dict[str, float] = {"guests": len(guests), "fence_sent_s": time.monotonic() - t_lost}
+    profile = os.environ.get("HAVEN_BENCH_PROFILE")
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    for stage, then in (("fence_result", "define"), ("defines", "start"), ("starts", "")):
+        mark = len(agents.commands)
+        w, c = time.perf_counter(), time.process_time()
+        _answer_queued(agents, cluster_id, store)  # the jobs' next steps, or the runner, go on
+        out[stage + "_wall"] = time.perf_counter() - w
+        out[stage + "_cpu"] = time.process_time() - c
+        if then and sent(then, mark) != guests:
+            missing = len(guests - sent(then, mark))
+            raise SystemExit(f"after the {stage}: {missing} guests had no {then} sent")
+    if prof and profile:
+        prof.disable()
+        prof.dump_stats(profile)
+    out["all_wall"] = out["fence_result_wall"] + out["defines_wall"]
+    out["all_cpu"] = out["fence_result_cpu"] + out["defines_cpu"]
+    return out
+
+
+def _answer_queued(agents: Any, cluster_id: int, store: Any) -> None:
+    """Carry out the commands queued now (not those their results make the console send),
+    and take the results in one batch, as the drainer takes what it found waiting
+    (console/ha/drain.py: `ingest.apply_results` in one transaction, the next stages they
+    release dispatched together, then a runner wake where one is due)."""
+    from django.db import transaction
+
+    from console.ha import ingest, runner
+    from console.jobs import services as jobs
+
+    with agents._mutex:
+        queued = sorted(agents._queue)
+        agents._queue.clear()
+    results = []
+    for _, _, host, command in queued:
+        if host in agents.alive or agents.always_alive(host):
+            results.append((host, agents.carry_out(host, command, store.clock()).to_dict()))
+    with transaction.atomic(), jobs.batched_dispatch():  # as the drainer applies a batch
+        wakes = ingest.apply_results(results)
+    if cluster_id in wakes:
+        runner.run(cluster_id, store)
 
 
 if __name__ == "__main__":
