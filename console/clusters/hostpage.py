@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -90,6 +91,7 @@ def _host_page(
     )
     memory_used = sum(g.memory_mb for g in guests if g.host_id == host.pk)
     vcpus = sum(g.vcpus for g in guests if g.host_id == host.pk)
+    uri = libvirt_uri(host)
     return render(
         request,
         "clusters/host_detail.html",
@@ -101,8 +103,12 @@ def _host_page(
             "events": events,
             "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
-            "migration_uri": libvirt_uri(host),
+            "migration_uri": uri,
             "tls": describe(host.tls_certificate) if host.tls_certificate else None,
+            # over TLS by default, yet this host has no certificate of the cluster's CA (it
+            # was bootstrapped before the CA, or its TLS step failed): a repair gives it one
+            "tls_missing": uri.startswith("qemu+tcp:")
+            and getattr(settings, "HAVEN_MIGRATION_TRANSPORT", "tls") == "tls",
             "tab": "overview",
             "settings_form": settings_form or HostSettingsForm(instance=host),
             "cluster_overcommit": cluster.cpu_overcommit,

@@ -69,15 +69,19 @@ def test_migrations_go_over_tls_to_a_host_with_a_certificate() -> None:
     cluster = Cluster.objects.create(name="lab")
     host = Host.objects.create(cluster=cluster, name="et-virt06", address="10.88.0.6")
     assert actions.libvirt_uri(host) == "qemu+tcp://10.88.0.6/system"  # never bootstrapped
+    from tests.console.views_support import login, text
+
+    admin = login("admin")
+    page = text(admin.get(f"/clusters/{cluster.pk}/hosts/{host.pk}/"))
+    assert 'id="tls-missing"' in page and "Repair gives it one" in page
     host.tls_certificate = pki.issue_host_certificate(
         cluster, host.name, host.address, fake_csr("x")
     )
     assert actions.libvirt_uri(host) == "qemu+tls://10.88.0.6/system"
     host.save()
-    from tests.console.views_support import login, text
-
-    page = text(login("admin").get(f"/clusters/{cluster.pk}/hosts/{host.pk}/"))
+    page = text(admin.get(f"/clusters/{cluster.pk}/hosts/{host.pk}/"))
     assert '<code id="migration-uri">qemu+tls://10.88.0.6/system</code>' in page
+    assert 'id="tls-missing"' not in page
     assert "certificate CN=et-virt06,OU=lab,O=Haven of CN=Haven cluster lab CA,O=Haven" in page
     host.libvirt_uri = "qemu+ssh://root@10.88.0.6/system"  # a person's choice wins
     assert actions.libvirt_uri(host) == "qemu+ssh://root@10.88.0.6/system"
