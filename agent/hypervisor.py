@@ -222,6 +222,12 @@ def guest_name_from_xml(xml: str) -> str:
     return names.guest((root.findtext("name") or "").strip())
 
 
+def _uuid_from_xml(xml: str) -> str:
+    """The <uuid> of a domain XML document ('' when it has none: libvirt then keeps the
+    existing definition's)."""
+    return (ET.fromstring(xml).findtext("uuid") or "").strip()
+
+
 def probe_tcp(uri: str, timeout_s: float = 1.0) -> None:
     """Fail fast when a remote libvirt URI's host does not accept TCP (libvirt blocks ~39 s)."""
     parsed = urllib.parse.urlsplit(uri)
@@ -362,11 +368,47 @@ class LibvirtHypervisor:
         return GuestState(dom.name(), dom.UUIDString(), STATE_NAMES.get(code, str(code)))
 
     def define(self, xml: str) -> GuestState:
-        guest_name_from_xml(xml)
+        """Define (or redefine) the guest. A definition of the same name with another UUID
+        that does not run is a leftover of an earlier guest of that name (left on a host that
+        was down when its guest failed over, or of a service deleted and made anew): it is
+        undefined first, its disks untouched. One that runs is libvirt's to refuse."""
+        name = guest_name_from_xml(xml)
+        uuid = _uuid_from_xml(xml)
+        conn = self._connection()
         try:
-            return self._state(self._connection().defineXML(xml))
+            if uuid:
+                self._drop_leftover(conn, name, uuid)
+            return self._state(conn.defineXML(xml))
         except libvirt.libvirtError as exc:
             raise _libvirt_failure(exc) from exc
+
+    @staticmethod
+    def _drop_leftover(conn: Any, name: str, uuid: str) -> None:
+        try:
+            old = conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise
+        if old.UUIDString().lower() == uuid.lower() or old.isActive():
+            return
+        log.warning(
+            "%s: undefining a leftover definition of that name (uuid %s, not running) for the "
+            "guest's own (uuid %s); its disks are kept",
+            name,
+            old.UUIDString(),
+            uuid,
+        )
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        )
+        try:  # a UEFI guest's NVRAM file is kept too (QEMU refuses to undefine it otherwise)
+            old.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:  # a driver without NVRAM
+                raise
+            old.undefineFlags(flags)
 
     def start(self, name: str, resume: bool = False) -> tuple[GuestState, bool, bool]:
         """Start the guest -> (state, changed, resumed). With `resume`, libvirt resumes its

@@ -144,3 +144,27 @@ def test_dumpxml_returns_the_persistent_definition(harness: Harness, guest: str)
     assert missing.error.code == "not_found"
     bad = harness.run("dumpxml", guest="a;b")
     assert not bad.ok and bad.error is not None and bad.error.code == "invalid_name"
+
+
+def _with_uuid(name: str, uuid: str) -> str:
+    return domain_xml(name).replace("</name>", f"</name><uuid>{uuid}</uuid>")
+
+
+def test_a_leftover_definition_of_the_name_gives_way_unless_it_runs(
+    harness: Harness, test_hv: LibvirtHypervisor
+) -> None:
+    # left on a host that was down when its guest failed over, and the service then made anew
+    name = unique("g")
+    old, new = "6b1f3c2e-0000-4000-8000-000000000001", "6b1f3c2e-0000-4000-8000-000000000002"
+    assert harness.run("define", xml=_with_uuid(name, old)).ok
+    again = harness.run("define", xml=_with_uuid(name, new))
+    assert again.ok, again.error
+    assert again.data["uuid"] == new
+    # the same guest's own definition is redefined in place, as before
+    assert harness.run("define", xml=_with_uuid(name, new)).data["uuid"] == new
+    # one that runs is another guest of that name here: refused, and left running
+    assert harness.run("start", guest=name).ok
+    refused = harness.run("define", xml=_with_uuid(name, old))
+    assert not refused.ok and "already exists" in str(refused.error), refused
+    listed = {g.name: g for g in test_hv.list_guests()}
+    assert listed[name].uuid == new and listed[name].state == "running"
