@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -21,7 +21,7 @@ from console.core.views import role_required
 from console.events.models import Event
 from console.ha.actions import libvirt_uri
 from console.jobs.models import Job
-from console.services.models import VmService
+from console.services.models import FailoverDomain, VmService
 
 RECENT_EVENTS = 30
 
@@ -92,6 +92,16 @@ def _host_page(
     memory_used = sum(g.memory_mb for g in guests if g.host_id == host.pk)
     vcpus = sum(g.vcpus for g in guests if g.host_id == host.pk)
     uri = libvirt_uri(host)
+    # its cluster's failover domains: those it is in (its priority), the others offered
+    domains = [
+        (d, d.mine, min(100, (d.last or 0) + 1))  # offered after its last member
+        for d in FailoverDomain.objects.filter(cluster=cluster)
+        .annotate(
+            last=Max("members__priority"),
+            mine=Max("members__priority", filter=Q(members__host=host)),
+        )
+        .order_by("name")
+    ]
     return render(
         request,
         "clusters/host_detail.html",
@@ -104,6 +114,7 @@ def _host_page(
             "guest_memory_mib": memory_used,
             "guest_vcpus": vcpus,
             "migration_uri": uri,
+            "domains": domains,
             "tls": describe(host.tls_certificate) if host.tls_certificate else None,
             # over TLS by default, yet this host has no certificate of the cluster's CA (it
             # was bootstrapped before the CA, or its TLS step failed): a repair gives it one
@@ -201,6 +212,35 @@ class HostRepair(HostAction):
             fingerprint=str(self.request.POST.get("fingerprint") or ""),
         )
         return ""
+
+
+class HostJoinDomain(HostAction):
+    """Make the host a member of one of its cluster's failover domains (the host page offers
+    every domain it is not in: a host just added is in none)."""
+
+    def done_url(self) -> str:
+        return self.back_url()
+
+    def perform(self) -> str:
+        from console.services import services
+        from console.services.models import FailoverDomain
+
+        domain = FailoverDomain.objects.filter(
+            pk=_number(self.request.POST.get("domain")), cluster=self.cluster
+        ).first()
+        if domain is None:
+            raise Refused(f"Choose a failover domain of cluster {self.cluster.name}.")
+        priority = _number(self.request.POST.get("priority"))
+        services.join_domain(domain, self.host, priority, actor=self.request.user)
+        return f"{self.host.name} is a member of {domain.name} (priority {priority})."
+
+
+def _number(value: object) -> int:
+    """A whole number from a form field; 0 when it is not one (the services layer refuses)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
 
 
 class HostCheckKey(HostAction):

@@ -23,6 +23,7 @@ urlpatterns = [
     path(f"{HOST}remove/", hostpage.HostRemove.as_view(), name="remove-host"),
     path(f"{HOST}repair/", hostpage.HostRepair.as_view(), name="repair-host"),
     path(f"{HOST}check-key/", hostpage.HostCheckKey.as_view(), name="check-host-key"),
+    path(f"{HOST}join-domain/", hostpage.HostJoinDomain.as_view(), name="join-domain"),
     path(f"{HOST}maintenance/", views.HostMaintenance.as_view(), name="maintenance"),
     path(f"{HOST}acknowledge-down/", views.HostAcknowledgeDown.as_view(), name="acknowledge-down"),
     path("<int:pk>/fence/", views.FenceList.as_view(), name="fence"),

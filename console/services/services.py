@@ -48,6 +48,21 @@ def save_domain(
     return domain
 
 
+def join_domain(domain: FailoverDomain, host: Any, priority: int, *, actor: Any) -> FailoverDomain:
+    """Make ``host`` a member of ``domain`` with ``priority`` (1 is best), its other members
+    kept: the host page's offer for a host that is in no or few domains (e.g. just added)."""
+    if host.cluster_id != domain.cluster_id:
+        raise Refused(f"{host.name} is not in cluster {domain.cluster.name}.", field="host")
+    if not 1 <= priority <= 100:
+        raise Refused("The priority is a whole number from 1 (best) to 100.", field="priority")
+    current = list(domain.members.select_related("host"))
+    if any(m.host_id == host.pk for m in current):
+        raise Refused(f"{host.name} is already a member of {domain.name}.", status=409)
+    members: list[dict[str, Any]] = [{"host": m.host, "priority": m.priority} for m in current]
+    members.append({"host": host, "priority": priority})
+    return save_domain(domain, members, actor=actor, verb="update")
+
+
 def delete_domain(domain: FailoverDomain, *, actor: Any) -> None:
     """Delete a domain, refused (409) while services use it, naming them."""
     users = sorted(domain.services.values_list("name", flat=True))

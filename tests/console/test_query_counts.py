@@ -23,7 +23,7 @@ CEILINGS = {
     "service search (q=vm09)": 11,  # no match at these sizes: no page of rows to read
     "service search (q=vm000)": 12,
     "service filter (red)": 12,
-    "host page": 10,
+    "host page": 11,  # its cluster's failover domains, with its own priority in each
     "host storage tab": 12,
     "failover domains": 9,
     "fence devices": 9,

@@ -40,6 +40,7 @@ def action_posts(w: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
         (f"/clusters/{c}/fence/{w['fence'].pk}/delete/", {}),
         (f"/clusters/{c}/hosts/{h}/storage/probe/", {}),
         (f"/clusters/{c}/hosts/{h}/storage/vg/", {"name": "vg"}),
+        (f"/clusters/{c}/hosts/{h}/join-domain/", {"domain": str(d), "priority": "3"}),
         ("/clusters/new/", {"step": "scan"}),
     ]
 
@@ -282,3 +283,39 @@ def test_an_unexpected_error_shows_a_plain_page(
     body = text(response)
     assert "Something went wrong" in body
     assert "Traceback" not in body and "secret internals" not in body
+
+
+def test_the_host_page_offers_the_domains_it_is_not_in(world: dict[str, Any]) -> None:
+    c, domain = world["cluster"], world["domain"]
+    third = world["hosts"][2]  # in no domain, as a host just added
+    admin = login("admin")
+    page = text(admin.get(f"/clusters/{c.pk}/hosts/{third.pk}/"))
+    row = page.split('id="domain-prefer5"', 1)[1].split("</tr>", 1)[0]
+    assert 'id="join-prefer5"' in row and 'name="priority" value="3"' in row  # after 1 and 2
+    url = f"/clusters/{c.pk}/hosts/{third.pk}/join-domain/"
+    done = admin.post(url, {"domain": str(domain.pk), "priority": "3"}, follow=True)
+    assert f"{third.name} is a member of prefer5 (priority 3)." in text(done)
+    members = {m.host.name: m.priority for m in domain.members.all()}
+    assert members == {"et-virt05": 1, "et-virt06": 2, third.name: 3}  # the others kept
+    assert Event.objects.filter(verb="update", object_name="prefer5").exists()
+    row = text(admin.get(f"/clusters/{c.pk}/hosts/{third.pk}/")).split('id="domain-prefer5"')[1]
+    assert "member, priority 3" in row.split("</tr>", 1)[0]
+    # refused, in plain words, and nothing changed
+    other = f.FailoverDomainFactory(cluster=f.ClusterFactory(name="other"), name="elsewhere")
+    for data, words in (
+        ({"domain": str(domain.pk), "priority": "4"}, "already a member of prefer5"),
+        ({"domain": str(other.pk), "priority": "1"}, "Choose a failover domain of cluster et"),
+        ({"domain": "x", "priority": "1"}, "Choose a failover domain of cluster et"),
+    ):
+        assert words in text(admin.post(url, data, follow=True)), data
+    first = world["hosts"][0]
+    FailoverDomain.objects.create(cluster=c, name="spare")
+    spare = FailoverDomain.objects.get(name="spare")
+    bad = admin.post(
+        f"/clusters/{c.pk}/hosts/{first.pk}/join-domain/",
+        {"domain": str(spare.pk), "priority": "0"},
+        follow=True,
+    )
+    assert "from 1 (best) to 100" in text(bad)
+    assert not spare.members.exists()
+    assert {m.host.name: m.priority for m in domain.members.all()} == members
