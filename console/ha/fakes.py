@@ -142,6 +142,9 @@ class FakeAgents:
         self.errors: list[str] = []
         #: each agent's boot id (give a host a new one when it comes back after a shutdown)
         self.boots: dict[str, str] = {}
+        #: hosts whose heartbeats report corosync running (the cluster stack under a clustered
+        #: VG); none by default: the simulated hosts have no lvmlockd (`vgcreate` says so)
+        self.corosync: set[str] = set()
         self.vgs: dict[str, dict[str, Any]] = {}
         self.lvs: dict[tuple[str, str], int] = {}
         self._queue: list[tuple[float, int, str, dict[str, Any]]] = []
@@ -196,9 +199,17 @@ class FakeAgents:
             memory_free_mib=max(0, self.memory_total_mib - used),
             guests=[GuestState(g, f"u-{g}", "running") for g in guests],
             boot=self.boots.get(host, f"{host}-boot1"),
+            cluster=self._membership() if host in self.corosync else None,
             ts=t,
             sent_at=t,
         )
+
+    def _membership(self) -> dict[str, Any]:
+        """What agent/cluster_stack.py reports of a quorate corosync with these members."""
+        nodes = [
+            {"nodeid": i, "votes": 1, "name": h} for i, h in enumerate(sorted(self.corosync), 1)
+        ]
+        return {"running": True, "quorate": True, "nodes": nodes}
 
     def heartbeat(self, t: float | None = None) -> None:
         """Every live host's heartbeat, at ``t`` (default: the store's clock)."""

@@ -100,15 +100,16 @@ def test_dead_host_is_fenced_before_its_guest_starts_elsewhere(cluster3: Any, st
 def test_a_host_in_the_shared_storage_is_fenced_without_guests(
     cluster3: Any, store: Store, clustered_vg: bool
 ) -> None:
-    """With a clustered VG every host is in its dlm lockspace: a silent one blocks the others'
-    GFS2 until it is fenced, guests or not; then the survivors' dlm is told. Without one, a
-    host with no guests just goes offline."""
+    """With a clustered VG every host of the cluster stack is in its dlm lockspace: a silent
+    one blocks the others' GFS2 until it is fenced, guests or not; then the survivors' dlm is
+    told. Without one, a host with no guests just goes offline."""
     from console.storage.models import VolumeGroup
 
     cluster, agents = cluster3
     VmService.objects.all().delete()
     if clustered_vg:
         VolumeGroup.objects.create(cluster=cluster, name="vg_shared", clustered=True)
+        agents.corosync = set(agents.alive)  # their heartbeats report corosync
     t = run(cluster, agents, store, 1000.0, 1005.0)
     agents.alive.discard("et-virt05")
     run(cluster, agents, store, t, t + 10)
