@@ -119,7 +119,7 @@ def _host_page(
             # over TLS by default, yet this host has no certificate of the cluster's CA (it
             # was bootstrapped before the CA, or its TLS step failed): a repair gives it one
             "tls_missing": uri.startswith("qemu+tcp:")
-            and getattr(settings, "HAVEN_MIGRATION_TRANSPORT", "tls") == "tls",
+            and settings.HAVEN_MIGRATION_TRANSPORT == "tls",
             "tab": "overview",
             "settings_form": settings_form or HostSettingsForm(instance=host),
             "cluster_overcommit": cluster.cpu_overcommit,
@@ -223,7 +223,6 @@ class HostJoinDomain(HostAction):
 
     def perform(self) -> str:
         from console.services import services
-        from console.services.models import FailoverDomain
 
         domain = FailoverDomain.objects.filter(
             pk=_number(self.request.POST.get("domain")), cluster=self.cluster

@@ -199,12 +199,12 @@ class FakeAgents:
             memory_free_mib=max(0, self.memory_total_mib - used),
             guests=[GuestState(g, f"u-{g}", "running") for g in guests],
             boot=self.boots.get(host, f"{host}-boot1"),
-            cluster=self._membership() if host in self.corosync else None,
+            cluster=self.membership() if host in self.corosync else None,
             ts=t,
             sent_at=t,
         )
 
-    def _membership(self) -> dict[str, Any]:
+    def membership(self) -> dict[str, Any]:
         """What agent/cluster_stack.py reports of a quorate corosync with these members."""
         nodes = [
             {"nodeid": i, "votes": 1, "name": h} for i, h in enumerate(sorted(self.corosync), 1)

@@ -268,11 +268,6 @@ class FleetAgents(Looping):
 # --- one size, in a process of its own ------------------------------------------------------
 
 
-#: the engine's stable_after_s (console/engine/settings.py): a crash sooner after the last
-#: one is a streak's next, whose restart backs off
-STABLE_AFTER_S = 60.0
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -489,6 +484,7 @@ def run_one(
     cluster_id, guests = build(n_hosts, per_host)
     make_viewer()
     from console.clusters.models import Host
+    from console.engine.settings import Settings as EngineSettings
     from console.events.models import Event as LogEvent
     from console.ha.models import EngineState
     from console.ha.store import RedisStore
@@ -579,6 +575,9 @@ def run_one(
         if page_loop is not None:
             page_loop.start()
         crashes: list[tuple[float, str]] = []
+        # a crash sooner after the guest's last one is a streak's next, whose restart backs
+        # off by design: the engine's own default, not a copy of it
+        stable_after_s = EngineSettings().stable_after_s
         stalled = not stall
         while time.monotonic() - t0 < seconds:
             time.sleep(crash_every)
@@ -591,7 +590,7 @@ def run_one(
                 continue
             # a guest that crashed within stable_after_s (60 s) backs off by design (1 s, 2 s,
             # ...): only first crashes of a streak are measured
-            recent = {g for t, g in crashes if time.time() - t < STABLE_AFTER_S + 1}
+            recent = {g for t, g in crashes if time.time() - t < stable_after_s + 1}
             running = [(h, g) for h in sorted(fleet.up) for g in sorted(fleet.running[h])]
             candidates = [(h, g) for h, g in running if g not in recent]
             if candidates:

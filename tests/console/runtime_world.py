@@ -177,13 +177,7 @@ class RuntimeWorld(World):
         self.cluster = self._build()
         self._log_seen = 0
         self._labelled: set[tuple[str, str]] = set()
-        members = [n.name for n in sc.nodes if n.shared_storage]
-        #: what agent/cluster_stack.py reports of corosync on a node in the shared storage
-        self._corosync = {
-            "running": True,
-            "quorate": True,
-            "nodes": [{"nodeid": i, "votes": 1, "name": m} for i, m in enumerate(members, 1)],
-        }
+        self.agents.corosync = {n.name for n in sc.nodes if n.shared_storage}
 
     def run(self) -> Run:
         run = super().run()
@@ -276,7 +270,7 @@ class RuntimeWorld(World):
             memory_free_mib=host.reported_free,
             guests=[GuestState(g, "", "running") for g in sorted(host.reported)],
             boot=f"{host.spec.name}-boot{host.epoch}",  # a new agent process after a reboot
-            cluster=self._corosync if host.spec.shared_storage else None,
+            cluster=self.agents.membership() if host.spec.name in self.agents.corosync else None,
             unhealthy={
                 g: {"check": str(getattr(f.check, "value", f.check)), "detail": f.detail}
                 for g, f in sorted(host.reported_unhealthy.items())
