@@ -354,18 +354,21 @@ def cached_metadata(agent: str) -> dict[str, Any] | None:
     return step.result if step is not None else None
 
 
-def _running_metadata_job(agent: str) -> Job | None:
+def _metadata_job(agent: str) -> Job | None:
+    """The newest job reading the agent's metadata, whatever its state (a failed one shows its
+    error). Read it *before* `cached_metadata`: a job finishing between the two reads then
+    shows as the cached form, never as neither (a page with no form and nothing polling)."""
     step = (
-        JobStep.objects.filter(
-            kind="fence_metadata",
-            args__agent=agent,
-            status__in=(StepStatus.PENDING, StepStatus.DISPATCHED),
-        )
+        JobStep.objects.filter(kind="fence_metadata", args__agent=agent)
         .select_related("job")
         .order_by("-pk")
         .first()
     )
     return step.job if step is not None else None
+
+
+def _metadata_running(job: Job | None) -> bool:
+    return job is not None and not job.over
 
 
 def _any_online_host(cluster: Cluster) -> Host | None:
@@ -409,12 +412,10 @@ class FenceEdit(InCluster, ObjectEditView):
             return self.show(
                 "clusters/fence_agent.html", {"form": agent_form, "agents": COMMON_FENCE_AGENTS}
             )
+        job = _metadata_job(self.agent)
         metadata = cached_metadata(self.agent)
         if metadata is None:
-            return self.show(
-                "clusters/fence_metadata.html",
-                {"agent": self.agent, "job": _running_metadata_job(self.agent)},
-            )
+            return self.show("clusters/fence_metadata.html", {"agent": self.agent, "job": job})
         self.metadata = metadata
         return super().dispatch(request, *args, **kwargs)
 
@@ -457,9 +458,10 @@ def fence_metadata(request: HttpRequest, pk: int) -> HttpResponse:
             {"cluster": cluster, "form": form, "agents": COMMON_FENCE_AGENTS},
         )
     url = reverse("clusters:fence-new", args=[cluster.pk]) + f"?agent={agent}"
-    if request.method == "POST" and _running_metadata_job(agent) is None:
+    job = _metadata_job(agent)
+    if request.method == "POST" and not _metadata_running(job):
         host = _any_online_host(cluster)
-        jobs.create_job(
+        job = jobs.create_job(
             "fence-metadata",
             [jobs.StepSpec(host, "fence_metadata", {"agent": agent})],
             cluster=cluster,
@@ -475,7 +477,7 @@ def fence_metadata(request: HttpRequest, pk: int) -> HttpResponse:
         return render(
             request,
             "clusters/_fence_metadata_wait.html",
-            {"cluster": cluster, "agent": agent, "job": _running_metadata_job(agent)},
+            {"cluster": cluster, "agent": agent, "job": job},
         )
     return redirect(url)
 

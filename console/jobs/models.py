@@ -80,6 +80,11 @@ class Job(models.Model):
         return f"{self.kind} {what}".strip()
 
     @property
+    def over(self) -> bool:
+        """It succeeded, failed or was lost: nothing of it runs any more."""
+        return self.status in FINISHED_STATUSES
+
+    @property
     def by(self) -> str:
         """Who asked: the user, the name a script gave, or the HA engine."""
         if self.created_by_id is not None and self.created_by is not None:

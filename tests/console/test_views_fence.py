@@ -80,6 +80,47 @@ def test_metadata_is_read_by_an_agent_then_builds_the_form(hosts: list[Any]) -> 
     assert 'type="password" name="p_password"' in form
 
 
+def test_a_result_arriving_mid_poll_still_reaches_the_form(
+    hosts: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result lands between the poll's reads (CI saw it once: the page lost its spinner
+    and its form, and polled no more): the poll still answers with the form's address."""
+    from console.clusters import views
+
+    client = login("admin")
+    c = hosts[0].cluster_id
+    client.post(f"/clusters/{c}/fence/metadata/", {"agent": "fence_ipmilan"})
+    step = Job.objects.get(kind="fence-metadata").steps.get()
+    read = views._metadata_job
+
+    def read_then_result(agent: str) -> Any:
+        job = read(agent)
+        jobs.apply_result({"id": step.command_id, "ok": True, "data": METADATA}, sender="et-virt05")
+        return job
+
+    monkeypatch.setattr(views, "_metadata_job", read_then_result)
+    poll = client.get(f"/clusters/{c}/fence/metadata/?agent=fence_ipmilan", HTTP_HX_REQUEST="true")
+    assert poll["HX-Redirect"] == f"/clusters/{c}/fence/new/?agent=fence_ipmilan"
+
+
+def test_a_failed_read_says_why_and_offers_another(hosts: list[Any]) -> None:
+    client = login("admin")
+    c = hosts[0].cluster_id
+    client.post(f"/clusters/{c}/fence/metadata/", {"agent": "fence_ipmilan"})
+    step = Job.objects.get(kind="fence-metadata").steps.get()
+    error = {"code": "not_found", "message": "fence_ipmilan is not installed on et-virt05"}
+    jobs.apply_result({"id": step.command_id, "ok": False, "error": error}, sender="et-virt05")
+    poll = text(
+        client.get(f"/clusters/{c}/fence/metadata/?agent=fence_ipmilan", HTTP_HX_REQUEST="true")
+    )
+    assert "Could not read the parameters" in poll and "not installed on et-virt05" in poll
+    assert "hx-trigger" not in poll and "Read the parameters of fence_ipmilan" in poll
+    client.post(f"/clusters/{c}/fence/metadata/", {"agent": "fence_ipmilan"})
+    assert Job.objects.filter(kind="fence-metadata").count() == 2  # another read, when asked
+    page = text(client.get(f"/clusters/{c}/fence/new/?agent=fence_ipmilan"))
+    assert "Asking a host's agent" in page and "Could not read" not in page
+
+
 def test_save_with_errors_next_to_fields_then_secret_encrypted(hosts: list[Any]) -> None:
     client = login("admin")
     c = hosts[0].cluster_id
