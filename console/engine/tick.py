@@ -941,22 +941,33 @@ class _Tick:
             s = self.svcs[name]
             if s.lost_at is not None and s.state in BUSY:
                 self._unknown(name, s, s.lost_at)
-        obs, fresh = self.obs, self.fresh
+        # Per host, by set differences (a loop over every service and every reported guest
+        # was most of the engine's time at 10,000 guests): the guests started there that it no
+        # longer reports (crashed), those it reports unhealthy, and the services it runs that
+        # do not occupy it (anomalies; guests that are no service are not Haven's).
+        obs, fresh, svcs = self.obs, self.fresh, self.svcs
+        started_on: dict[str, set[str]] = {}
+        occupying_on: dict[str, set[str]] = {}
+        for name, s in svcs.items():
+            if s.node is None or s.state not in OCCUPYING:
+                continue
+            occupying_on.setdefault(s.node, set()).add(name)
+            if s.state is S.STARTED:
+                started_on.setdefault(s.node, set()).add(name)
         crashed: list[str] = []
         hung: list[str] = []
-        for name, s in self.svcs.items():
-            if s.state is not S.STARTED:
+        for host, names in started_on.items():
+            o = obs.get(host)
+            if o is None or not fresh[o.name] or o.last_heartbeat is None:
                 continue
-            node = s.node
-            o = obs.get(node) if node is not None else None
-            if o is None or not fresh[o.name]:
-                continue
-            if o.last_heartbeat is None or o.last_heartbeat <= s.since:
-                continue
-            if name not in o.running:
-                crashed.append(name)
-            elif name in o.unhealthy and self.now >= s.retry_at:
-                hung.append(name)
+            seen = o.last_heartbeat
+            crashed += [n for n in names - o.running if seen > svcs[n].since]
+            hung += [
+                n
+                for n in o.unhealthy
+                if n in names and n in o.running and seen > svcs[n].since
+                and self.now >= svcs[n].retry_at
+            ]  # fmt: skip
         for name in sorted(crashed):
             s = self.svcs[name]
             node = s.node
@@ -972,16 +983,13 @@ class _Tick:
             assert s.node is not None
             self._hung(name, s, obs[s.node].unhealthy[name])
 
-        anomalies: list[tuple[str, str]] = []
-        svcs = self.svcs
-        for host, hs in self.hosts.items():
-            if hs.state not in REPORTING:
-                continue
-            for guest in obs[host].running:
-                g = svcs.get(guest)
-                if g is None or (g.node == host and g.state in OCCUPYING):
-                    continue
-                anomalies.append((host, guest))
+        anomalies = [
+            (host, guest)
+            for host, hs in self.hosts.items()
+            if hs.state in REPORTING
+            for guest in obs[host].running - occupying_on.get(host, set())
+            if guest in svcs
+        ]
         if not anomalies:
             return
         stopping = {(p.subject, p.host) for p in self.pending.values() if p.kind is K.STRAY}
