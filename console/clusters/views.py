@@ -367,10 +367,6 @@ def _metadata_job(agent: str) -> Job | None:
     return step.job if step is not None else None
 
 
-def _metadata_running(job: Job | None) -> bool:
-    return job is not None and not job.over
-
-
 def _any_online_host(cluster: Cluster) -> Host | None:
     return Host.objects.filter(cluster=cluster, state="online").order_by("name").first()
 
@@ -459,7 +455,7 @@ def fence_metadata(request: HttpRequest, pk: int) -> HttpResponse:
         )
     url = reverse("clusters:fence-new", args=[cluster.pk]) + f"?agent={agent}"
     job = _metadata_job(agent)
-    if request.method == "POST" and not _metadata_running(job):
+    if request.method == "POST" and (job is None or job.over):
         host = _any_online_host(cluster)
         job = jobs.create_job(
             "fence-metadata",
