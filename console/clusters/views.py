@@ -120,10 +120,9 @@ def _membership(names: list[str]) -> dict[str, dict[str, Any] | None]:
     from console.ha.tasks import store
 
     try:
-        reports = store().reports(names)
+        return store().memberships(names)
     except (RedisError, OSError):
         return {}
-    return {name: report.beat.cluster for name, report in reports.items()}
 
 
 @role_required()

@@ -45,6 +45,9 @@ LOCK_MAX_HOLD_S = 60.0
 DRAIN_WAIT_S = 1.0
 #: a page's kept answer outlives a console that stopped refreshing it by this much at most
 PANEL_KEPT_S = 3600
+#: a host's events share one hash (one read a host a tick): field "life:<guest>" holds the
+#: guest's newest lifecycle event, "health:<guest>" its newest failed health check
+LIFE, HEALTH = "life", "health"
 
 
 def client() -> redis.Redis:
@@ -299,6 +302,10 @@ class Store(Protocol):
         events (host, guest, check, detail). ``texts``: heartbeats as they came (the JSON
         text each was parsed from), kept as they are rather than encoded again."""
 
+    def memberships(self, hosts: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each host's corosync membership and quorum of its latest heartbeat (None where
+        corosync is absent), without reading or decoding the heartbeats: a page's cheap read."""
+
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
 
@@ -424,43 +431,43 @@ class RedisStore(_Shortcuts):
                     for host, hb in heartbeats.items()
                 },
             )
+            stack = {host: json.dumps(hb.get("cluster")) for host, hb in heartbeats.items()}
+            pipe.hset(f"{self.p}stack", mapping=stack)
         for host, guest, state in lifecycle:
-            pipe.hset(f"{self.p}ev:{host}", guest, json.dumps({"state": state, "at": received}))
+            event = json.dumps({"state": state, "at": received})
+            pipe.hset(f"{self.p}ev:{host}", f"{LIFE}:{guest}", event)
         for host, guest, check, detail in health:
-            pipe.hset(
-                f"{self.p}hl:{host}",
-                guest,
-                json.dumps({"check": check, "detail": detail, "at": received}),
-            )
+            event = json.dumps({"check": check, "detail": detail, "at": received})
+            pipe.hset(f"{self.p}ev:{host}", f"{HEALTH}:{guest}", event)
         pipe.execute()
 
     def _ask_events(self, pipe: Any, hosts: list[str]) -> None:
-        """Queue the reads of each host's lifecycle and health events (two answers a host)."""
+        """Queue the read of each host's lifecycle and health events (one answer a host: both
+        kinds live in one hash, told apart by the field's prefix)."""
         for host in hosts:
             pipe.hgetall(f"{self.p}ev:{host}")
-            pipe.hgetall(f"{self.p}hl:{host}")
 
     @staticmethod
     def _host_reports(
         hosts: list[str], heartbeats: dict[str, dict[str, Any]], answers: list[Any]
     ) -> dict[str, HostReport]:
         """The reports of ``hosts`` that have a heartbeat: ``heartbeats`` host -> the stored
-        ``{"received", "hb"}``, ``answers`` the two answers a host of ``_ask_events``."""
+        ``{"received", "hb"}``, ``answers`` the answer a host of ``_ask_events``."""
         out: dict[str, HostReport] = {}
-        pairs = zip(answers[0::2], answers[1::2], strict=True)
-        for host, (events, health) in zip(hosts, pairs, strict=True):
+        for host, stored in zip(hosts, answers, strict=True):
             data = heartbeats.get(host)
             if data is None:
                 continue
-            parsed = {g: json.loads(e) for g, e in events.items()}
-            failed = {g: json.loads(e) for g, e in health.items()}
-            out[host] = overlay(
-                host,
-                float(data["received"]),
-                data["hb"],
-                {g: (e["state"], float(e["at"])) for g, e in parsed.items()},
-                {g: (str(e["check"]), str(e["detail"]), float(e["at"])) for g, e in failed.items()},
-            )
+            events: dict[str, tuple[str, float]] = {}
+            failed: dict[str, tuple[str, str, float]] = {}
+            for key, raw in stored.items():
+                kind, _, guest = key.partition(":")
+                e = json.loads(raw)
+                if kind == LIFE:
+                    events[guest] = (e["state"], float(e["at"]))
+                elif kind == HEALTH:
+                    failed[guest] = (str(e["check"]), str(e["detail"]), float(e["at"]))
+            out[host] = overlay(host, float(data["received"]), data["hb"], events, failed)
         return out
 
     @staticmethod
@@ -475,6 +482,12 @@ class RedisStore(_Shortcuts):
             else None
         )
         return ingest_status_of(report, hb_lag, now)
+
+    def memberships(self, hosts: list[str]) -> dict[str, dict[str, Any] | None]:
+        if not hosts:
+            return {}
+        stored: list[Any] = self.r.hmget(f"{self.p}stack", hosts)  # type: ignore[assignment]
+        return {h: json.loads(raw) for h, raw in zip(hosts, stored, strict=True) if raw}
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         """Latest heartbeat per host, with lifecycle events newer than it applied on top."""
@@ -503,9 +516,9 @@ class RedisStore(_Shortcuts):
 
     def forget_host(self, host: str) -> None:
         self.r.hdel(f"{self.p}hb", host)
+        self.r.hdel(f"{self.p}stack", host)
         self.r.hdel(f"{self.p}shutdown", host)
         self.r.delete(f"{self.p}ev:{host}")
-        self.r.delete(f"{self.p}hl:{host}")
 
     # --- clean shutdowns (agent/shutdown.py) -----------------------------------------------
     def mark_shutdown(self, host: str, received: float) -> None:
@@ -857,6 +870,10 @@ class MemoryStore(_Shortcuts):
                 self._events.setdefault(host, {})[guest] = (state, received)
             for host, guest, check, detail in health:
                 self._health.setdefault(host, {})[guest] = (check, detail, received)
+
+    def memberships(self, hosts: list[str]) -> dict[str, dict[str, Any] | None]:
+        with self._mutex:
+            return {h: self._hb[h][1].get("cluster") for h in hosts if h in self._hb}
 
     def reports(self, hosts: list[str]) -> dict[str, HostReport]:
         with self._mutex:

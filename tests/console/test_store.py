@@ -80,6 +80,28 @@ def test_health_failures_from_heartbeats_and_newer_events_until_a_fresh_start(
     assert store.reports(["h1"]) == {}
 
 
+def test_lifecycle_and_health_events_of_one_guest_are_kept_apart(
+    clocked: tuple[Store, Clock],
+) -> None:
+    """Both kinds of a host's events share one hash (one read a host a tick): a guest whose
+    name looks like the other kind's field is not mistaken for it."""
+    store, _ = clocked
+    store.put_batch({"h1": beat("h1", "life:x", "health")}, [], 100.0)
+    store.put_batch({}, [("h1", "life:x", "crashed")], 100.5, [("h1", "health", "probe", "no")])
+    report = store.reports(["h1"])["h1"]
+    assert report.running == {"health"} and report.unhealthy == {"health": ("probe", "no")}
+
+
+def test_memberships_are_read_without_the_heartbeats(clocked: tuple[Store, Clock]) -> None:
+    store, _ = clocked
+    stack = {"quorate": True, "node_id": 1, "members": ["h1", "h2"]}
+    store.put_batch({"h1": {**beat("h1"), "cluster": stack}, "h2": beat("h2")}, [], 100.0)
+    assert store.memberships(["h1", "h2", "nobody"]) == {"h1": stack, "h2": None}
+    assert store.memberships(["h1"])["h1"] == store.reports(["h1"])["h1"].beat.cluster
+    store.forget_host("h1")
+    assert store.memberships(["h1", "h2"]) == {"h2": None}
+
+
 def test_ingest_status_on_the_stores_clock(clocked: tuple[Store, Clock]) -> None:
     store, clock = clocked
     assert store.ingest_status().reported_at is None
