@@ -10,7 +10,10 @@ page paid them on every request. Now:
   marks it watched for ``WATCH_S``;
 - after each beat's ticks, the worker refreshes every watched panel whose tick is behind the
   engine's (``refresh_watched``, from ``console.ha.tasks.tick``): once per tick, only while
-  someone looks;
+  someone looks, and no sooner than ``COST_FACTOR`` times its own cost after the last (at most
+  ``REFRESH_MAX_S``): at 10,000 guests a panel costs ~330 ms of CPU, which every tick would be a
+  third of a core taken from the HA loop while a page is open; a small cluster's panel (a few
+  ms) is still computed every tick;
 - the request computes it itself only when nothing is kept or the inputs that are not the
   live picture changed (the cluster's policy settings, its configuration version — a person's
   edit shows at once), or the kept one is from another life of the cluster row.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +44,11 @@ log = logging.getLogger("haven.panel")
 WATCH_S = 60.0
 #: older than this and behind the engine: the page shows the panel as stale
 STALE_S = 5.0
+#: a watched panel is computed again no sooner than this many times its own CPU cost after the
+#: last time (its refresh costs at most a tenth of a core) ...
+COST_FACTOR = 10.0
+#: ... and never later than this after the last (well inside STALE_S)
+REFRESH_MAX_S = STALE_S / 2
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Panel:
     #: the engine's tick counter and the clock when it was read
     engine_tick: int = 0
     read_at: float = 0.0
+    #: the CPU time it took to compute (s)
+    cost_s: float = 0.0
 
     @property
     def failover(self) -> dict[str, Any]:
@@ -68,6 +79,11 @@ class Panel:
     @property
     def age_s(self) -> float:
         return max(0.0, self.read_at - self.computed_at)
+
+    @property
+    def refresh_after_s(self) -> float:
+        """How long after it was computed a refresh may come (``COST_FACTOR``)."""
+        return min(REFRESH_MAX_S, COST_FACTOR * self.cost_s)
 
     @property
     def ticks_behind(self) -> int:
@@ -94,6 +110,7 @@ class Panel:
                 "tick": self.tick,
                 "computed_at": self.computed_at,
                 "inputs": self.inputs,
+                "cost_s": self.cost_s,
             }
         )
 
@@ -103,7 +120,13 @@ class Panel:
             return None
         try:
             raw = json.loads(text)
-            return cls(raw["policy"], int(raw["tick"]), float(raw["computed_at"]), raw["inputs"])
+            return cls(
+                raw["policy"],
+                int(raw["tick"]),
+                float(raw["computed_at"]),
+                raw["inputs"],
+                cost_s=float(raw.get("cost_s") or 0.0),
+            )
         except (ValueError, KeyError, TypeError):
             return None  # written by another version: computed again
 
@@ -138,12 +161,15 @@ def _state(cluster: Cluster) -> EngineState:
 def compute(cluster: Cluster) -> Panel:
     """The engine's answers now, kept in the store (unknown, and not kept, while the broker
     does not answer)."""
+    cpu = time.thread_time()
     policy, state = rules.policy_at(cluster)
-    now = rules._clock()
+    cost, now = time.thread_time() - cpu, rules._clock()
     if state is None:  # the broker does not answer
         state = _state(cluster)
         return Panel(policy.as_dict(), state.ticks, now, "", state.ticks, now)
-    panel = Panel(policy.as_dict(), state.ticks, now, inputs(cluster, state), state.ticks, now)
+    panel = Panel(
+        policy.as_dict(), state.ticks, now, inputs(cluster, state), state.ticks, now, cost
+    )
     try:
         rules.store().put_panel(cluster.pk, panel.to_json())
     except (RedisError, OSError) as exc:
@@ -164,13 +190,16 @@ def get(cluster: Cluster) -> Panel:
 
 
 def refresh_watched(store: Store) -> list[int]:
-    """Compute again every watched panel whose tick is behind its engine's (after the beat's
-    ticks); returns the clusters refreshed."""
+    """Compute again every watched panel whose tick is behind its engine's and whose
+    ``refresh_after_s`` has passed (after the beat's ticks); returns the clusters refreshed."""
     ticks = dict(EngineState.objects.values_list("cluster_id", "ticks"))
     done: list[int] = []
     for cluster_id in store.watched_panels(sorted(ticks)):
         kept = Panel.from_json(store.get_panel(cluster_id))
-        if kept is not None and kept.tick >= ticks[cluster_id]:
+        if kept is not None and (
+            kept.tick >= ticks[cluster_id]
+            or store.clock() - kept.computed_at < kept.refresh_after_s
+        ):
             continue
         with store.lock(f"panel:{cluster_id}") as lease:
             if not lease:  # another worker is at it
