@@ -8,8 +8,9 @@ with the runner's wake replaced by a stopwatch (the runner's own cost is deploy/
 It prints:
 
 - burst: N heartbeats queued at once, then drained: heartbeats/s and drainer CPU per heartbeat;
-- sustained: every host at 1 Hz for S seconds: ingest lag (console receive - agent sent_at of
-  each heartbeat, as the store records it) p50/p95/max, the largest backlog seen;
+- sustained: every host at 1 Hz (spread over the second) for S seconds: ingest lag (console
+  receive - agent sent_at of each heartbeat, as the store records it) p50/p95/max, the largest
+  backlog seen, the drainer's CPU (its thread's) and its rounds a second;
 - crash event -> runner woken: a `crashed` lifecycle event pushed while the hosts heartbeat,
   until the drainer calls the cluster's runner (p50/max over 20).
 """
@@ -117,16 +118,15 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
         backlog = [0]
 
         def publish() -> None:
+            """Every host once a second, spread over the second as real agents are."""
             seq = 10_000
-            nxt = time.monotonic()
+            nxt, slot = time.monotonic(), 1.0 / n_hosts
             while not stop.is_set():
                 seq += 1
-                p2 = r.pipeline(transaction=False)
                 for key, name in zip(keys, names, strict=True):
-                    p2.rpush(key, heartbeat(name, seq, boot))
-                p2.execute()
-                nxt += 1.0
-                stop.wait(max(0.0, nxt - time.monotonic()))
+                    r.rpush(key, heartbeat(name, seq, boot))
+                    nxt += slot
+                    stop.wait(max(0.0, nxt - time.monotonic()))
 
         def sample() -> None:
             seen: dict[str, float] = {}
@@ -177,10 +177,15 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
             t.start()
         time.sleep(2)
         lags.clear()
-        end = time.monotonic() + seconds
+        clock = time.pthread_getcpuclockid(runner.ident or 0)  # the drainer thread's CPU
+        cpu0, rounds0, t0 = time.clock_gettime(clock), drainer.totals.rounds, time.monotonic()
+        end = t0 + seconds
         crash_lat = crash_latency(20, 0.37)
         while time.monotonic() < end:
             time.sleep(0.1)
+        window = time.monotonic() - t0
+        drain_cpu = (time.clock_gettime(clock) - cpu0) / window
+        rounds = (drainer.totals.rounds - rounds0) / window
         stop.set()
         runner.join(3)
         for t in threads:
@@ -189,7 +194,8 @@ def run(n_hosts: int, seconds: int, burst: int) -> None:
         print(
             f"sustained {n_hosts} heartbeats/s for {seconds} s: ingest lag p50 "
             f"{statistics.median(ms):.1f} ms, p95 {pct(ms, 0.95):.1f} ms, max {max(ms):.1f} ms "
-            f"({len(ms)} heartbeats), largest backlog {backlog[0]}"
+            f"({len(ms)} heartbeats), largest backlog {backlog[0]}; drainer CPU "
+            f"{100 * drain_cpu:.1f} % of a core, {rounds:.0f} rounds/s"
         )
         for what, values in (("idle", idle_lat), (f"under {n_hosts} heartbeats/s", crash_lat)):
             c = [v * 1000 for v in values]
