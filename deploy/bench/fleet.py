@@ -361,9 +361,9 @@ def make_console(env: dict[str, str], logs: Path, web_port: int | None = None) -
             super().start()
             if web_port is not None:
                 address = f"127.0.0.1:{web_port}"
-                self._start(
-                    "web", [sys.executable, "manage.py", "runserver", address, "--noreload"]
-                )
+                # at a lower priority than the HA loop, as quickstart and the unit run it
+                runserver = [sys.executable, "manage.py", "runserver", address, "--noreload"]
+                self._start("web", ["nice", "-n", "5", *runserver])
 
     return QuickstartConsole(env["REDIS_URL"], env["DATABASE_URL"], logs, **env)
 
