@@ -54,9 +54,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-for _path in (ROOT, ROOT / "deploy"):  # the project, and deploy/bench as the package `bench`
+# the project, deploy/bench as the package `bench`, and the labs' kit
+for _path in (ROOT, ROOT / "deploy", ROOT / "deploy" / "lab"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+import labkit  # noqa: E402
 
 from bench import chaos_watch as watch  # noqa: E402
 
@@ -150,14 +153,8 @@ class Redis:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
+    """``check``'s first true value; TimeoutError naming `what` after ``timeout``."""
+    return labkit.wait_for(check, timeout, what, step, TimeoutError)
 
 
 @dataclass

@@ -536,64 +536,22 @@ class Lab:
     # -- BMC ---------------------------------------------------------------------------------
 
     def _write_bmc_config(self, host: LabHost) -> None:
-        bdir = host.dir / "bmc"
         chassis = f"{sys.executable} {Path(__file__).resolve()} --root {self.root} chassis"
         for part in chassis.split():
             if not SAFE_PATH_RE.match(part) and part not in ("--root", "chassis"):
                 raise LabError(f"path {part!r} is unsafe in the BMC's chassis_control line")
-        conf = (
-            f'name "haven-{host.name}"\n'
-            "set_working_mc 0x20\n"
-            "  startlan 1\n"
-            f"    addr {host.bmc_ip} {host.bmc_port}\n"
-            "    priv_limit admin\n"
-            "    allowed_auths_callback none md2 md5 straight\n"
-            "    allowed_auths_user none md2 md5 straight\n"
-            "    allowed_auths_operator none md2 md5 straight\n"
-            "    allowed_auths_admin none md2 md5 straight\n"
-            f"    guid {uuid.UUID(host.host_uuid).hex}\n"
-            "  endlan\n"
-            f'  chassis_control "{chassis} {host.name}"\n'
-            '  user 1 true "" "" user 10 none md2 md5 straight\n'
-            f'  user 2 true "{BMC_USER}" "{host.bmc_password}" admin 10 none md2 md5 straight\n'
-        )
-        fd = os.open(bdir / "lan.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf)
-        (bdir / "emu.cmds").write_text(
-            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n"
-            "mc_enable 0x20\n"
-        )
+        guid = uuid.UUID(host.host_uuid).hex
+        labkit.write_bmc(host.dir / "bmc", host.name, host.bmc_ip, host.bmc_port, guid,
+                         f"{chassis} {host.name}", BMC_USER, host.bmc_password)  # fmt: skip
 
     def _ensure_bmc(self, host: LabHost) -> None:
         bdir = host.dir / "bmc"
         ref = _load_ref(bdir / "ipmi_sim.json")
         if ref is not None and ref.alive():
             return
-        with open(bdir / "ipmi_sim.log", "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    "ipmi_sim",
-                    "-c",
-                    str(bdir / "lan.conf"),
-                    "-f",
-                    str(bdir / "emu.cmds"),
-                    "-s",
-                    str(bdir / "state"),
-                    "-n",
-                ],
-                cwd=bdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={"PATH": SBIN_PATH, "LANG": "C.UTF-8"},
-            )
-        self._children[f"bmc:{host.name}"] = proc
-        new = ProcRef.of(proc.pid)
-        if new is None:
-            raise LabError(f"ipmi_sim for {host.name} exited at once: see {bdir}/ipmi_sim.log")
-        _save_ref(bdir / "ipmi_sim.json", new)
+        env = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
+        gone = f"ipmi_sim for {host.name} exited at once"
+        self._children[f"bmc:{host.name}"] = labkit.start_bmc(bdir, env, gone, LabError)
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
         """The BMC's chassis_control program (deploy/lab/labkit.py ``chassis``)."""
@@ -649,20 +607,14 @@ class Lab:
             str(host.dir),
             host.name,
         ]
-        with open(host.dir / "console.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={"PATH": SBIN_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
-            )
-        self._children[name] = proc
-        ref = ProcRef.of(proc.pid)
-        if ref is None:
-            raise LabError(f"{name} failed to power on: see {host.dir}/console.log")
-        _save_ref(host.dir / "power.json", ref)
+        self._children[name] = labkit.power_on(
+            argv,
+            host.dir / "console.log",
+            {"PATH": SBIN_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
+            host.dir / "power.json",
+            f"{name} failed to power on",
+            LabError,
+        )
         if wait:
             self.wait_ready(name)
         return host

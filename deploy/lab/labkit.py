@@ -12,10 +12,12 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,101 @@ def save_ref(path: Path, ref: ProcRef) -> None:
     path.write_text(json.dumps({"pid": ref.pid, "start": ref.start}))
 
 
+def power_on(
+    argv: Sequence[str],
+    log: Path,
+    env: dict[str, str],
+    ref_file: Path,
+    gone: str,
+    error: type[Exception] = RuntimeError,
+    settle_s: float = 0.0,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a lab machine's process (a session of its own, its output appended to ``log``)
+    and save the `ProcRef` that finds it again from another process in ``ref_file``;
+    ``error`` saying ``gone`` (and where the log is) when it is gone at once (after
+    ``settle_s``). Both labs power their machines on so."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
+    if settle_s:
+        time.sleep(settle_s)
+    ref = ProcRef.of(proc.pid)
+    if ref is None:
+        raise error(f"{gone}: see {log}")
+    save_ref(ref_file, ref)
+    return proc
+
+
+def write_bmc(
+    bdir: Path,
+    name: str,
+    address: str,
+    port: int,
+    guid: str,
+    chassis_control: str,
+    user: str,
+    password: str,
+) -> None:
+    """The configuration of a lab machine's IPMI BMC (OpenIPMI's ``ipmi_sim``) in ``bdir``:
+    LAN on ``address:port``, ``user``/``password`` as its admin (the file is the owner's
+    alone), power through the ``chassis_control`` program."""
+    auths = "none md2 md5 straight"
+    conf = (
+        f'name "haven-{name}"\n'
+        "set_working_mc 0x20\n"
+        "  startlan 1\n"
+        f"    addr {address} {port}\n"
+        "    priv_limit admin\n"
+        + "".join(f"    allowed_auths_{who} {auths}\n" for who in
+                  ("callback", "user", "operator", "admin"))
+        + f"    guid {guid}\n"
+        "  endlan\n"
+        f'  chassis_control "{chassis_control}"\n'
+        f'  user 1 true "" "" user 10 {auths}\n'
+        f'  user 2 true "{user}" "{password}" admin 10 {auths}\n'
+    )  # fmt: skip
+    bdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(bdir / "lan.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(conf)
+    (bdir / "emu.cmds").write_text(
+        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\nmc_enable 0x20\n"
+    )
+    (bdir / "state").mkdir(exist_ok=True)
+
+
+def start_bmc(
+    bdir: Path, env: dict[str, str], gone: str, error: type[Exception], settle_s: float = 0.0
+) -> subprocess.Popen[bytes]:
+    """Start the ``ipmi_sim`` that `write_bmc` configured in ``bdir`` (see `power_on`)."""
+    argv = ["ipmi_sim", "-c", str(bdir / "lan.conf"), "-f", str(bdir / "emu.cmds"),
+            "-s", str(bdir / "state"), "-n"]  # fmt: skip
+    log, ref = bdir / "ipmi_sim.log", bdir / "ipmi_sim.json"
+    return power_on(argv, log, env, ref, gone, error, settle_s, cwd=bdir)
+
+
 def wait_for(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], Any],
     timeout: float,
     what: str,
     interval: float,
     error: type[Exception] = RuntimeError,
-) -> None:
-    """Poll predicate until true; ``error`` naming `what` after timeout seconds."""
+) -> Any:
+    """Poll predicate until it gives a true value, and return that value; ``error`` naming
+    `what` after timeout seconds (the labs, their tests and the chaos run all wait so)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise error(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)

@@ -31,6 +31,7 @@ if str(LAB_DIR) not in sys.path:
     sys.path.insert(0, str(LAB_DIR))
 
 import haven_lab  # noqa: E402
+import labkit  # noqa: E402
 
 HOSTS = ("et-virt05", "et-virt06", "et-virt07")
 TEST_ROOT = ROOT / "var" / "lab-test"
@@ -310,14 +311,8 @@ class SplitBrainWatcher:
 
 
 def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """``check``'s first true value; a test failure naming `what` after ``timeout``."""
+    return labkit.wait_for(check, timeout, what, interval, AssertionError)
 
 
 def fresh_lab(names: tuple[str, ...] = HOSTS) -> haven_lab.Lab:

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import labkit
-from labkit import ProcRef, load_ref, save_ref, start_time
+from labkit import ProcRef, load_ref, start_time
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -692,50 +692,20 @@ class StorageLab:
         if shutil.which("ipmi_sim", path=_env()["PATH"]) is None:
             raise VMLabError("ipmi_sim not installed: apt-get install -y openipmi")
         self._ensure_network()
-        bdir.mkdir(parents=True, exist_ok=True)
         chassis = [sys.executable, str(Path(__file__).resolve()), "--root", str(self.root)]
         for part in chassis:
             if not re.fullmatch(r"[A-Za-z0-9_./+-]+", part):
                 raise VMLabError(f"path {part!r} is unsafe in the BMC's chassis_control line")
         program = " ".join([*chassis, "chassis", name])
         guid = hashlib.sha256(f"{self.root}:{name}".encode()).hexdigest()[:32]
-        auths = "none md2 md5 straight"
-        conf = (
-            f'name "haven-{name}"\n'
-            "set_working_mc 0x20\n"
-            "  startlan 1\n"
-            f"    addr {CONSOLE_ADDRESS} {vm.bmc_port}\n"
-            "    priv_limit admin\n"
-            + "".join(f"    allowed_auths_{who} {auths}\n" for who in
-                      ("callback", "user", "operator", "admin"))
-            + f"    guid {guid}\n"
-            "  endlan\n"
-            f'  chassis_control "{program}"\n'
-            f'  user 1 true "" "" user 10 {auths}\n'
-            f'  user 2 true "{BMC_USER}" "{self.bmc_password()}" admin 10 {auths}\n'
-        )  # fmt: skip
-        fd = os.open(bdir / "lan.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf)
-        (bdir / "emu.cmds").write_text(
-            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n"
-            "mc_enable 0x20\n"
-        )
-        (bdir / "state").mkdir(exist_ok=True)
-        with open(bdir / "ipmi_sim.log", "ab") as log:
-            proc = subprocess.Popen(
-                ["ipmi_sim", "-c", str(bdir / "lan.conf"), "-f", str(bdir / "emu.cmds"),
-                 "-s", str(bdir / "state"), "-n"],
-                cwd=bdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=_env(),
-            )  # fmt: skip
-        self._children[f"bmc:{name}"] = proc
-        time.sleep(0.2)
-        new = ProcRef.of(proc.pid)
-        if new is None:
-            raise VMLabError(f"ipmi_sim of {name} exited at once: see {bdir}/ipmi_sim.log")
-        save_ref(bdir / "ipmi_sim.json", new)
-        return new
+        labkit.write_bmc(bdir, name, CONSOLE_ADDRESS, vm.bmc_port, guid, program, BMC_USER,
+                         self.bmc_password())  # fmt: skip
+        gone = f"ipmi_sim of {name} exited at once"
+        self._children[f"bmc:{name}"] = labkit.start_bmc(bdir, _env(), gone, VMLabError, 0.2)
+        started = _load_ref(bdir / "ipmi_sim.json")  # start_bmc saved it
+        if started is None:
+            raise VMLabError(f"ipmi_sim of {name} is gone: see {bdir}/ipmi_sim.log")
+        return started
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
         """The BMC's chassis_control program (deploy/lab/labkit.py ``chassis``)."""
@@ -799,21 +769,15 @@ class StorageLab:
             self._ensure_network()
             self._ensure_vm_files(vm)
             (vm.dir / "qmp.sock").unlink(missing_ok=True)
-            with open(vm.dir / "qemu.log", "ab") as log:
-                proc = subprocess.Popen(
-                    self.qemu_argv(vm),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=_env(),
-                )
-            self._children[name] = proc
-            time.sleep(0.2)
-            ref = ProcRef.of(proc.pid)
-            if ref is None:
-                raise VMLabError(f"QEMU of {name} exited at once: see {vm.dir}/qemu.log")
-            save_ref(vm.dir / "qemu.json", ref)
+            self._children[name] = labkit.power_on(
+                self.qemu_argv(vm),
+                vm.dir / "qemu.log",
+                _env(),
+                vm.dir / "qemu.json",
+                f"QEMU of {name} exited at once",
+                VMLabError,
+                settle_s=0.2,
+            )
         if wait:
             self.wait_ready(name)
         return vm
