@@ -151,8 +151,36 @@ def test_cluster_page_query_count(
     world: dict[str, Any], django_assert_max_num_queries: Any
 ) -> None:
     client = login("admin")
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):
         client.get(f"/clusters/{world['cluster'].pk}/live/")
+
+
+def test_hosts_come_a_page_at_a_time_and_the_filter_names_them_all(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 128 hosts their rows were most of the cluster page's rendering (and of its live
+    fragment, every 2 s): they come ``HOSTS_PER_PAGE`` at a time; the host filter of the
+    services still offers every host, and the live fragment keeps the page it shows."""
+    from console.clusters import views
+
+    monkeypatch.setattr(views, "HOSTS_PER_PAGE", 2)
+    c = world["cluster"].pk
+    names = sorted(h.name for h in world["hosts"])
+    assert len(names) == 3
+    client = login("viewer")
+    first = client.get(f"/clusters/{c}/").content.decode()
+    assert [n for n in names if f'id="host-{n}"' in first] == names[:2]
+    assert "hosts 1\u20132 of 3:" in first and "page 1 of 2" in first
+    assert all(f"<option>{n}</option>" in first for n in names[2:])  # the filter: all of them
+    second = client.get(f"/clusters/{c}/?hosts_page=2").content.decode()
+    assert [n for n in names if f'id="host-{n}"' in second] == names[2:]
+    assert "hosts_page=2" in second.split('id="live"', 1)[1].split(">", 1)[0]  # its poll
+    live = client.get(f"/clusters/{c}/live/?hosts_page=2").content.decode()
+    assert [n for n in names if f'id="host-{n}"' in live] == names[2:]
+    assert 'id="service-guest1"' in live  # the services are not paged by it
+    monkeypatch.setattr(views, "HOSTS_PER_PAGE", 50)
+    whole = client.get(f"/clusters/{c}/").content.decode()
+    assert 'id="host-pages"' not in whole and "hosts_page" not in whole
 
 
 def test_a_domain_lists_its_first_guests_and_links_to_the_rest(db: None) -> None:
