@@ -268,6 +268,22 @@ class FleetAgents(Looping):
 # --- one size, in a process of its own ------------------------------------------------------
 
 
+#: how often the measured window's ticks are collected (well inside TICKS_KEPT ticks)
+TICK_SAMPLE_S = 20.0
+
+
+def _new_head(before: list[str], now: list[str], overlap: int = 8) -> int:
+    """How many entries were pushed onto the head of a capped Redis list (LPUSH, LTRIM)
+    between its reads ``before`` and ``now``: where ``before``'s head stands in ``now``."""
+    head = before[:overlap]
+    if not head:
+        return len(now)
+    for at in range(len(now) - len(head) + 1):
+        if now[at : at + len(head)] == head:
+            return at
+    return len(now)  # more than the list keeps came since: all of it is new
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -488,7 +504,6 @@ def run_one(
     from console.events.models import Event as LogEvent
     from console.ha.models import EngineState
     from console.ha.store import RedisStore
-    from console.monitoring import ticks
     from console.services.models import VmService
 
     r: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -550,11 +565,24 @@ def run_one(
         queue: list[int] = []
 
         rss: dict[str, float] = {}
+        # every tick of the window: the console keeps only its last TICKS_KEPT (a few
+        # minutes' worth), so they are collected every TICK_SAMPLE_S as they come
+        tick_lists: dict[str, list[str]] = {"": [], ":cpu": []}
+        tick_heads: dict[str, list[str]] = {"": [], ":cpu": []}
+
+        def collect_ticks() -> None:
+            for suffix, got in tick_lists.items():
+                now: Any = r.lrange(f"haven:ticks:{cluster_id}{suffix}", 0, -1)
+                got.extend(reversed(now[: _new_head(tick_heads[suffix], now)]))
+                tick_heads[suffix] = now
 
         def sample() -> None:
             seen: dict[str, float] = {}
-            rss_at = 0.0
+            rss_at = ticks_at = 0.0
             while not stop.is_set():
+                if time.monotonic() - ticks_at > TICK_SAMPLE_S:
+                    ticks_at = time.monotonic()
+                    collect_ticks()
                 if time.monotonic() - rss_at > 2.0:  # /proc is read every 2 s, not 4 times a second
                     rss_at = time.monotonic()
                     for name, p in console.procs.items():
@@ -654,8 +682,9 @@ def run_one(
             first_define = [d for d in defined.get(g, []) if d >= t]
             if first_define:
                 crash_define.append(first_define[0] - t)
-        tick_s = ticks.recent_ticks(store, cluster_id)
-        tick_cpu = store.recent_tick_cpu(cluster_id)
+        collect_ticks()
+        tick_s = [float(v) for v in tick_lists[""]]
+        tick_cpu = [float(v) for v in tick_lists[":cpu"]]
         unreachable = set(
             LogEvent.objects.filter(verb="host-state", data__new="unreachable").values_list(
                 "object_name", flat=True
@@ -679,6 +708,9 @@ def run_one(
             tick_ms_p95=round(pct(tick_s, 0.95) * 1000, 1) if tick_s else None,
             tick_cpu_ms_p50=round(pct(tick_cpu, 0.5) * 1000, 1) if tick_cpu else None,
             tick_cpu_ms_p95=round(pct(tick_cpu, 0.95) * 1000, 1) if tick_cpu else None,
+            tick_ms_p99=round(pct(tick_s, 0.99) * 1000, 1) if tick_s else None,
+            tick_ms_max=round(max(tick_s) * 1000, 1) if tick_s else None,
+            ticks_over_250ms=sum(1 for t in tick_s if t > 0.25),
             crashes=len(crashes),
             crash_to_start_ms_p50=round(statistics.median(crash_lat) * 1000, 1)
             if crash_lat
@@ -762,6 +794,10 @@ def table(results: list[dict[str, Any]]) -> str:
         ),
         ("inbound backlog max", lambda o: o["backlog_max"]),
         ("runner tick p50 / p95 (ms)", lambda o: f"{o['tick_ms_p50']} / {o['tick_ms_p95']}"),
+        (
+            "  p99 / max (ms), ticks > 250 ms",
+            lambda o: f"{o['tick_ms_p99']} / {o['tick_ms_max']}, {o['ticks_over_250ms']}",
+        ),
         (
             "runner tick CPU p50 / p95 (ms)",
             lambda o: f"{o.get('tick_cpu_ms_p50')} / {o.get('tick_cpu_ms_p95')}",
