@@ -153,14 +153,13 @@ class Drainer:
         for _ in range(SINGLE_POPS):
             got: Any = self.r.lmpop(len(left), *left, direction="LEFT", count=BATCH)
             if got is None:
-                left = []
-                break
+                break  # every list is empty
             key, items = got
             take(key, items)
             left.remove(key)
             if not left:
                 break
-        if left:  # messages in many lists: the others in one round trip
+        else:  # messages in many lists: the others in one round trip
             pipe = self.r.pipeline(transaction=False)
             for key in left:
                 pipe.lpop(key, BATCH)

@@ -551,7 +551,7 @@ class Lab:
             return
         env = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
         gone = f"ipmi_sim for {host.name} exited at once"
-        self._children[f"bmc:{host.name}"] = labkit.start_bmc(bdir, env, gone, LabError)
+        self._children[f"bmc:{host.name}"], _ = labkit.start_bmc(bdir, env, gone, LabError)
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
         """The BMC's chassis_control program (deploy/lab/labkit.py ``chassis``)."""
@@ -607,7 +607,7 @@ class Lab:
             str(host.dir),
             host.name,
         ]
-        self._children[name] = labkit.power_on(
+        self._children[name], _ = labkit.power_on(
             argv,
             host.dir / "console.log",
             {"PATH": SBIN_PATH, "LANG": "C.UTF-8", "HOME": "/root"},

@@ -75,9 +75,10 @@ def power_on(
     error: type[Exception] = RuntimeError,
     settle_s: float = 0.0,
     cwd: Path | None = None,
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], ProcRef]:
     """Start a lab machine's process (a session of its own, its output appended to ``log``)
-    and save the `ProcRef` that finds it again from another process in ``ref_file``;
+    and save the `ProcRef` that finds it again from another process in ``ref_file``
+    (returned with the process);
     ``error`` saying ``gone`` (and where the log is) when it is gone at once (after
     ``settle_s``). Both labs power their machines on so."""
     with open(log, "ab") as out:
@@ -96,7 +97,7 @@ def power_on(
     if ref is None:
         raise error(f"{gone}: see {log}")
     save_ref(ref_file, ref)
-    return proc
+    return proc, ref
 
 
 def write_bmc(
@@ -139,7 +140,7 @@ def write_bmc(
 
 def start_bmc(
     bdir: Path, env: dict[str, str], gone: str, error: type[Exception], settle_s: float = 0.0
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], ProcRef]:
     """Start the ``ipmi_sim`` that `write_bmc` configured in ``bdir`` (see `power_on`)."""
     argv = ["ipmi_sim", "-c", str(bdir / "lan.conf"), "-f", str(bdir / "emu.cmds"),
             "-s", str(bdir / "state"), "-n"]  # fmt: skip

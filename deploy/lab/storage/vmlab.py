@@ -701,10 +701,9 @@ class StorageLab:
         labkit.write_bmc(bdir, name, CONSOLE_ADDRESS, vm.bmc_port, guid, program, BMC_USER,
                          self.bmc_password())  # fmt: skip
         gone = f"ipmi_sim of {name} exited at once"
-        self._children[f"bmc:{name}"] = labkit.start_bmc(bdir, _env(), gone, VMLabError, 0.2)
-        started = _load_ref(bdir / "ipmi_sim.json")  # start_bmc saved it
-        if started is None:
-            raise VMLabError(f"ipmi_sim of {name} is gone: see {bdir}/ipmi_sim.log")
+        self._children[f"bmc:{name}"], started = labkit.start_bmc(
+            bdir, _env(), gone, VMLabError, 0.2
+        )
         return started
 
     def chassis(self, name: str, op: str, args: Sequence[str]) -> str:
@@ -769,7 +768,7 @@ class StorageLab:
             self._ensure_network()
             self._ensure_vm_files(vm)
             (vm.dir / "qmp.sock").unlink(missing_ok=True)
-            self._children[name] = labkit.power_on(
+            self._children[name], _ = labkit.power_on(
                 self.qemu_argv(vm),
                 vm.dir / "qemu.log",
                 _env(),
