@@ -65,6 +65,14 @@ class TickReport:
     duration_s: float = 0.0
     #: the ticking thread's CPU time (on a loaded machine, far below the wall time)
     cpu_s: float = 0.0
+    #: CPU time of each phase ("load", "engine", "write"), for the slow-tick log line
+    phases: dict[str, float] = field(default_factory=dict)
+    #: the configuration was read from the database for this tick (not kept from before)
+    config_read: bool = False
+
+
+#: a tick longer than this is logged with its phases (the console's own speed, explained)
+SLOW_TICK_S = 0.25
 
 
 def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
@@ -165,8 +173,22 @@ def tick_once(
         publish_change(store, cluster_id)  # open cluster pages refresh now (SSE)
     report.duration_s = time.perf_counter() - started
     report.cpu_s = time.thread_time() - cpu
+    report.config_read = loaded.fresh
     ticks.record_tick(store, cluster_id, report.duration_s, report.cpu_s)
+    if report.duration_s > SLOW_TICK_S:
+        log.info("slow tick: %s", slow_tick_line(report))
     return report
+
+
+def slow_tick_line(report: TickReport) -> str:
+    """One line on where a tick's time went: its wall and CPU time, each phase's CPU time."""
+    phases = ", ".join(f"{name} {cpu * 1000:.0f}" for name, cpu in report.phases.items())
+    return (
+        f"cluster {report.cluster} {report.duration_s * 1000:.0f} ms "
+        f"(CPU {report.cpu_s * 1000:.0f} ms: {phases}; "
+        f"configuration {'read' if report.config_read else 'kept'}, "
+        f"{len(report.actions)} actions)"
+    )
 
 
 #: a decision made before the write transaction opened is written only if the transaction's
@@ -186,9 +208,13 @@ def _decide(
     write lock at its start: a whole tick under it held up the drainer's results and the pages'
     writes); the decision is written only if the lock came within `DECIDED_MAX_WAIT_S`
     (`_Stale` otherwise, nothing written). Else all of it inside the transaction."""
+    phases: dict[str, float] = {}
+    clock = _PhaseClock(phases)
     if before_lock:
         loaded = load(cluster, store, now, cached=True)  # reads: no write lock held yet
+        clock.lap("load")
         decision = engine.tick(loaded.snapshot, loaded.now)
+        clock.lap("engine")
         decided = time.monotonic()
         with transaction.atomic():
             if time.monotonic() - decided > DECIDED_MAX_WAIT_S:
@@ -196,14 +222,30 @@ def _decide(
             report = _apply(cluster, loaded, decision, loaded.now)
             if lease is not None:
                 lease.check()
-        return loaded, decision, report
-    with transaction.atomic():
-        loaded = load(cluster, store, now, cached=True)
-        decision = engine.tick(loaded.snapshot, loaded.now)
-        report = _apply(cluster, loaded, decision, loaded.now)
-        if lease is not None:
-            lease.check()
+    else:
+        with transaction.atomic():
+            loaded = load(cluster, store, now, cached=True)
+            clock.lap("load")
+            decision = engine.tick(loaded.snapshot, loaded.now)
+            clock.lap("engine")
+            report = _apply(cluster, loaded, decision, loaded.now)
+            if lease is not None:
+                lease.check()
+    clock.lap("write")
+    report.phases = phases
     return loaded, decision, report
+
+
+class _PhaseClock:
+    """The ticking thread's CPU time since the last lap, added to `phases` under a name."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases, self.at = phases, time.thread_time()
+
+    def lap(self, name: str) -> None:
+        at = time.thread_time()
+        self.phases[name] = self.phases.get(name, 0.0) + at - self.at
+        self.at = at
 
 
 def _ts(value: float) -> dt.datetime:

@@ -103,3 +103,29 @@ def test_with_a_clustered_vg_a_host_without_corosync_is_not_in_the_shared_storag
     assert in_storage() == {"et-virt05": True, "et-virt06": False, "et-virt07": True}
     store.forget_host("et-virt05")  # not heard from at all (Redis lost it): in, to be safe
     assert in_storage()["et-virt05"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_tick_is_logged_with_where_its_time_went(
+    cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from console.ha import runner
+
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1002.0)
+    snapshot.forget()  # the next tick reads its configuration again
+    monkeypatch.setattr(runner, "SLOW_TICK_S", 0.0)
+    agents.heartbeat(t)
+    with caplog.at_level("INFO", logger="haven.runner"):
+        report = runner.tick_once(cluster.pk, store, now=t)
+    assert set(report.phases) == {"load", "engine", "write"}
+    assert all(cpu >= 0 for cpu in report.phases.values()) and report.config_read
+    assert sum(report.phases.values()) <= report.cpu_s + 1e-3
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow tick")]
+    assert f"cluster {cluster.name} " in line and "configuration read" in line
+    assert "load " in line and "engine " in line and "write " in line
+    monkeypatch.setattr(runner, "SLOW_TICK_S", 3600.0)  # a quick tick says nothing
+    caplog.clear()
+    with caplog.at_level("INFO", logger="haven.runner"):
+        assert not runner.tick_once(cluster.pk, store, now=t + 1).config_read
+    assert not [r for r in caplog.records if r.getMessage().startswith("slow tick")]
