@@ -25,6 +25,7 @@ is still held (`Lease.check`) and the engine state row still has the tick counte
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -69,10 +70,30 @@ class TickReport:
     phases: dict[str, float] = field(default_factory=dict)
     #: the configuration was read from the database for this tick (not kept from before)
     config_read: bool = False
+    #: of the wall time, how long Python's garbage collector ran (any thread of the process)
+    gc_s: float = 0.0
 
 
 #: a tick longer than this is logged with its phases (the console's own speed, explained)
 SLOW_TICK_S = 0.25
+
+
+class _GcTime:
+    """The seconds Python's garbage collector has run in this process (``gc.callbacks``)."""
+
+    total = 0.0
+    _began = 0.0
+
+    @classmethod
+    def callback(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls._began = time.perf_counter()
+        else:
+            cls.total += time.perf_counter() - cls._began
+
+
+if _GcTime.callback not in gc.callbacks:
+    gc.callbacks.append(_GcTime.callback)
 
 
 def run(cluster_id: int, store: Store | None = None) -> list[TickReport]:
@@ -152,7 +173,7 @@ def tick_once(
     """One decision. `now` defaults to the moment the heartbeats are read (a slow load must
     not make hosts look silent). With a `lease`, the transaction commits only if the lock is
     still held at the end (else `LockLost` and nothing is written)."""
-    started, cpu = time.perf_counter(), time.thread_time()
+    started, cpu, gc_before = time.perf_counter(), time.thread_time(), _GcTime.total
     try:
         cluster = Cluster.objects.get(pk=cluster_id)
         try:
@@ -174,6 +195,7 @@ def tick_once(
     report.duration_s = time.perf_counter() - started
     report.cpu_s = time.thread_time() - cpu
     report.config_read = loaded.fresh
+    report.gc_s = _GcTime.total - gc_before
     ticks.record_tick(store, cluster_id, report.duration_s, report.cpu_s)
     if report.duration_s > SLOW_TICK_S:
         log.info("slow tick: %s", slow_tick_line(report))
@@ -187,7 +209,7 @@ def slow_tick_line(report: TickReport) -> str:
         f"cluster {report.cluster} {report.duration_s * 1000:.0f} ms "
         f"(CPU {report.cpu_s * 1000:.0f} ms: {phases}; "
         f"configuration {'read' if report.config_read else 'kept'}, "
-        f"{len(report.actions)} actions)"
+        f"{len(report.actions)} actions; garbage collector {report.gc_s * 1000:.0f} ms)"
     )
 
 

@@ -5,6 +5,7 @@ whichever process reads it."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from typing import Any
 
@@ -74,7 +75,8 @@ def test_a_configuration_change_reaches_the_next_tick(cluster3: Any, store: Stor
     # kept as it is while nothing changed: the same objects
     first = snapshot.load(cluster, store, t, cached=True)
     again = snapshot.load(cluster, store, t, cached=True)
-    assert first.services["guest1"] is again.services["guest1"] and not again.fresh
+    assert first.snapshot.services["guest1"] is again.snapshot.services["guest1"]
+    assert not again.fresh
     # a new failover domain member is configuration too
     domain = f.FailoverDomainFactory(cluster=cluster)
     assert domain.name in snapshot.load(cluster, store, t, cached=True).snapshot.domains
@@ -116,16 +118,56 @@ def test_a_slow_tick_is_logged_with_where_its_time_went(
     snapshot.forget()  # the next tick reads its configuration again
     monkeypatch.setattr(runner, "SLOW_TICK_S", 0.0)
     agents.heartbeat(t)
+    decide = runner.engine.tick
+
+    def collecting(*args: Any) -> Any:  # the garbage collector runs during the tick
+        gc.collect()
+        return decide(*args)
+
+    monkeypatch.setattr(runner.engine, "tick", collecting)
     with caplog.at_level("INFO", logger="haven.runner"):
         report = runner.tick_once(cluster.pk, store, now=t)
+    monkeypatch.setattr(runner.engine, "tick", decide)
+    assert 0 < report.gc_s < report.duration_s
     assert set(report.phases) == {"load", "engine", "write"}
     assert all(cpu >= 0 for cpu in report.phases.values()) and report.config_read
     assert sum(report.phases.values()) <= report.cpu_s + 1e-3
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow tick")]
     assert f"cluster {cluster.name} " in line and "configuration read" in line
     assert "load " in line and "engine " in line and "write " in line
+    assert "garbage collector " in line
     monkeypatch.setattr(runner, "SLOW_TICK_S", 3600.0)  # a quick tick says nothing
     caplog.clear()
     with caplog.at_level("INFO", logger="haven.runner"):
         assert not runner.tick_once(cluster.pk, store, now=t + 1).config_read
     assert not [r for r in caplog.records if r.getMessage().startswith("slow tick")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_no_signal_sees_is_read_within_the_max_age_a_slice_a_tick(
+    cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1003.0)
+    clock = [5000.0]
+    monkeypatch.setattr(snapshot, "monotonic", lambda: clock[0])
+    snapshot.forget()
+    snapshot.load(cluster, store, t, cached=True)  # read whole at 5000
+    names = sorted(VmService.objects.values_list("name", flat=True))
+    VmService.objects.filter(name__in=names).update(priority=9)  # no signal, no version
+    VmService.objects.filter(name="guest2").update(name="guest2b")  # renamed behind its back
+    domain = f.FailoverDomainFactory.build(cluster=cluster)
+    type(domain).objects.bulk_create([domain])  # a domain, also without a signal
+    seen: list[int] = []
+    for _ in range(20):  # ticks 3 s apart: 20 of them make the max age
+        clock[0] += snapshot.CONFIG_MAX_AGE_S / 20
+        loaded = snapshot.load(cluster, store, t, cached=True)
+        assert not loaded.fresh  # never read whole
+        services = loaded.snapshot.services
+        seen.append(sum(c.priority == 9 for c in services.values()))
+        assert "guest2" not in services or "guest2b" not in services  # never both
+    # a slice each tick, not all at once; after the max age every row and the domain read again
+    assert seen[0] < len(names) and seen == sorted(seen)
+    assert set(services) == (set(names) - {"guest2"}) | {"guest2b"}
+    assert all(c.priority == 9 for c in services.values())
+    assert domain.name in loaded.snapshot.domains
