@@ -6,7 +6,11 @@ configs and the failover domains in memory between ticks (per process and cluste
 them again only when they may have changed: the cluster's `EngineState.config_version` moved
 (bumped in the writer's own transaction by every save or delete of a host, fence device,
 service, failover domain or member: console/ha/apps.py), the newest service's id moved
-(a bulk create, which sends no signal), the hosts' names changed, or `CONFIG_MAX_AGE_S` passed.
+(a bulk create, which sends no signal) or the hosts' names changed. A write no signal sees
+(``QuerySet.update``, another program on the database) is caught by a rolling re-read: each
+tick reads again the next slice of the services by id, sized so that every row and the
+domains are read again within `CONFIG_MAX_AGE_S` (at 10,240 services a whole read cost a tick
+0.4-1 s of CPU once a minute, the slowest ticks of the fleet bench; a slice costs a few ms).
 Hosts (128 rows, where maintenance and acknowledgements change) are read every tick, and so is
 everything that is not configuration: heartbeats, the engine's status, results, commands.
 The engine's status is parsed again only when another process ticked since this one did.
@@ -18,6 +22,7 @@ comparing with cached rows (console/ha/runner.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from time import monotonic
 from types import MappingProxyType
@@ -176,7 +181,8 @@ def action_result(job: Job) -> engine.ActionResult:
     return result
 
 
-#: the configuration kept between ticks is read again at least this often, whatever its version
+#: every row of the configuration kept between ticks is read again at least this often,
+#: whatever its version (a slice each tick: `_reread_slice`)
 CONFIG_MAX_AGE_S = 60.0
 
 
@@ -185,10 +191,12 @@ class _Config:
     """A cluster's configuration as the runner keeps it between ticks."""
 
     key: tuple[object, ...]
-    at: float
     services: dict[str, VmService]
     configs: dict[str, engine.ServiceConfig]
     domains: dict[str, engine.Domain]
+    #: the rolling re-read: the last service id read again, and when the previous slice was
+    cursor: int = 0
+    sliced_at: float = 0.0
 
 
 _configs: dict[int, _Config] = {}
@@ -219,12 +227,46 @@ def _read_config(
         s.host = hosts_by_pk.get(s.host_id) if s.host_id else None
         s.target = hosts_by_pk.get(s.target_id) if s.target_id else None
         services[s.name] = s
-    domains = {
+    domains = _domains(cluster)
+    configs = {n: service_config(s) for n, s in sorted(services.items())}
+    return _Config(key, services, configs, domains, sliced_at=monotonic())
+
+
+def _domains(cluster: Cluster) -> dict[str, engine.Domain]:
+    return {
         d.name: domain_of(d)
         for d in FailoverDomain.objects.filter(cluster=cluster).prefetch_related("members__host")
     }
-    configs = {n: service_config(s) for n, s in sorted(services.items())}
-    return _Config(key, monotonic(), services, configs, domains)
+
+
+def _reread_slice(cluster: Cluster, hosts_by_pk: dict[int, Host], kept: _Config) -> _Config:
+    """The kept configuration with the next slice of its services read again (ids after
+    `kept.cursor`, as many as keep every row within `CONFIG_MAX_AGE_S` of its last read);
+    past the last id, the domains too, and the next slice starts from the first id again.
+    New dicts (an earlier snapshot keeps what it saw); unchanged configs stay the same objects."""
+    at = monotonic()
+    share = (at - kept.sliced_at) / CONFIG_MAX_AGE_S
+    count = max(1, math.ceil(len(kept.services) * share))
+    rows = list(
+        VmService.objects.filter(cluster=cluster, id__gt=kept.cursor)
+        .select_related("failover_domain")
+        .order_by("id")[:count]
+    )
+    wrapped = len(rows) < count
+    upto = math.inf if wrapped else rows[-1].id
+    services = {
+        n: s for n, s in kept.services.items() if not (kept.cursor < s.pk <= upto)
+    }  # a row in the slice's range that is gone, or renamed, goes
+    configs = {n: c for n, c in kept.configs.items() if n in services}
+    for row in rows:
+        row.host = hosts_by_pk.get(row.host_id) if row.host_id else None
+        row.target = hosts_by_pk.get(row.target_id) if row.target_id else None
+        services[row.name] = row
+        config, before = service_config(row), kept.configs.get(row.name)
+        configs[row.name] = before if before == config else config
+    domains = _domains(cluster) if wrapped else kept.domains
+    cursor = 0 if wrapped else int(rows[-1].id)
+    return _Config(kept.key, services, configs, domains, cursor, at)
 
 
 def load(
@@ -242,11 +284,13 @@ def load(
     top = VmService.objects.filter(cluster=cluster).order_by("-id").values_list("id").first()
     key = (cluster.created, state.config_version, top, *sorted(hosts))
     kept = _configs.get(cluster.pk) if cached else None
-    fresh = kept is None or kept.key != key or monotonic() - kept.at > CONFIG_MAX_AGE_S
+    fresh = kept is None or kept.key != key
     if kept is None or fresh:
         kept = _read_config(cluster, hosts_by_pk, key)
-        if cached:
-            _configs[cluster.pk] = kept
+    else:
+        kept = _reread_slice(cluster, hosts_by_pk, kept)
+    if cached:
+        _configs[cluster.pk] = kept
     # A clustered VG: every host in the cluster stack joined its dlm lockspace (vg_lockstart
     # on each), so a silent one blocks the others' GFS2 until it is fenced (`in_cluster_stack`).
     shared_storage = VolumeGroup.objects.filter(cluster=cluster, clustered=True).exists()
