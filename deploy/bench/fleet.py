@@ -2,6 +2,7 @@
 
     .venv/bin/python deploy/bench/fleet.py [--sizes 8x10,32x10,128x10,8x80,32x80,128x80]
                                            [--seconds 60] [--pages] [--json]
+                                           [--keep-logs DIR]
 
     # the 10-minute run at size, every page loaded in a loop meanwhile (about 13 minutes)
     .venv/bin/python deploy/bench/fleet.py --sizes 8x80,128x80 --seconds 600 --pages
@@ -51,7 +52,9 @@ not answer 200 (the pages' own speed and query counts: deploy/bench/pages.py).
 
 ``--stall S`` freezes the drainer (SIGSTOP) for S seconds halfway through: the console is
 behind on its heartbeats, so it must raise an alarm and fence nobody. ``--json`` prints one
-JSON object per size instead of the table (tests/console/test_fleet.py).
+JSON object per size instead of the table (tests/console/test_fleet.py). ``--keep-logs DIR``
+keeps the console processes' logs (a worker logs every tick over 250 ms with where its CPU time
+went: ``grep "slow tick" DIR/*/worker*``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -899,14 +903,24 @@ def main() -> int:
         action="store_true",
         help="also run the web process and load every page in a loop over HTTP",
     )
+    p.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        help="copy the console processes' logs into DIR/<size>/ (e.g. to read its slow ticks)",
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)  # HOSTSxGUESTS: run one size here
     args = p.parse_args()
     if args.one:
         n, m = (int(x) for x in args.one.split("x"))
         with tempfile.TemporaryDirectory(prefix="haven-fleet-") as root:
-            result = run_one(
-                n, m, args.seconds, args.crash_every, Path(root), args.stall, args.pages
-            )
+            try:
+                result = run_one(
+                    n, m, args.seconds, args.crash_every, Path(root), args.stall, args.pages
+                )
+            finally:
+                if args.keep_logs:
+                    kept = Path(args.keep_logs) / args.one
+                    shutil.copytree(Path(root) / "logs", kept, dirs_exist_ok=True)
             print(json.dumps(result), flush=True)
         return 0
     results = []
@@ -914,6 +928,7 @@ def main() -> int:
         argv = [sys.executable, __file__, "--one", size, "--seconds", str(args.seconds)]
         argv += ["--crash-every", str(args.crash_every), "--stall", str(args.stall)]
         argv += ["--pages"] if args.pages else []
+        argv += ["--keep-logs", args.keep_logs] if args.keep_logs else []
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{size}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
