@@ -22,10 +22,12 @@ Tests run in file order, each starting from what the previous one left.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
 from collections.abc import Iterator
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +385,16 @@ def _api(slab: StorageCluster) -> Any:
     return api
 
 
+def _guest_xml() -> str:
+    """The lab guest's XML with its disk on GFS2, by the lab's own renderer (a script)."""
+    loader = SourceFileLoader("haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)  # (load_module() is deprecated: a warning is an error here)
+    return str(module.render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK))
+
+
 def _guest_state(slab: StorageCluster) -> tuple[str, str | None]:
     from console.services.models import VmService
 
@@ -435,15 +447,7 @@ def test_4b_a_guest_with_its_disk_on_gfs2_starts_on_its_preferred_host(
         format="json",
     )  # fmt: skip
     assert domain.status_code == 201, domain.content
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-
-    loader = SourceFileLoader("haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)  # (load_module() is deprecated: a warning is an error here)
-    xml = module.render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK)
+    xml = _guest_xml()
     started = time.monotonic()
     created = api.post(
         "/api/services/",
@@ -757,19 +761,11 @@ def test_10_adding_a_host_back_joins_corosync_dlm_and_mounts_gfs2(slab: StorageC
         format="json",
     )  # fmt: skip
     assert domain.status_code == 201, domain.content
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-
-    loader = SourceFileLoader("haven_domain_xml", str(ROOT / "deploy/lab/guest/domain-xml"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
     ticking = time.monotonic()
     created = api.post(
         "/api/services/",
         {"cluster": cluster.pk, "name": GUEST,
-         "domain_xml": module.render(GUEST, kernel=GUEST_KERNEL, disk=GUEST_DISK),
+         "domain_xml": _guest_xml(),
          "failover_domain": domain.json()["id"], "recovery": "restart", "max_restarts": 10,
          "restart_window_s": 60, "migratable": True},
         format="json",
