@@ -199,6 +199,8 @@ def tick_once(
     ticks.record_tick(store, cluster_id, report.duration_s, report.cpu_s)
     if report.duration_s > SLOW_TICK_S:
         log.info("slow tick: %s", slow_tick_line(report))
+    if loaded.fresh and len(loaded.services) >= snapshot.HEAP_FREEZE_FROM:
+        snapshot.settle_heap()  # after the commit: the decision does not wait for it
     return report
 
 

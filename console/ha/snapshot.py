@@ -22,6 +22,7 @@ comparing with cached rows (console/ha/runner.py).
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, replace
 from time import monotonic
@@ -230,6 +231,22 @@ def _read_config(
     domains = _domains(cluster)
     configs = {n: service_config(s) for n, s in sorted(services.items())}
     return _Config(key, services, configs, domains, sliced_at=monotonic())
+
+
+#: from this many services, a process that read its configuration whole freezes its heap
+#: (`settle_heap`); below, a full garbage collection is cheap anyway
+HEAP_FREEZE_FROM = 1000
+
+
+def settle_heap() -> None:
+    """After reading a large configuration whole: collect once with nothing frozen (what an
+    earlier freeze held and has since died goes), then freeze what is alive, the configuration
+    with it, out of the garbage collector's full collections. At 10,240 services those scanned
+    it again every few ticks, 150-340 ms each (the fleet bench's slowest ticks). Rows that die
+    later are freed by their reference counts as ever; the kept rows hold no cycles."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _domains(cluster: Cluster) -> dict[str, engine.Domain]:

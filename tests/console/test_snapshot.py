@@ -171,3 +171,39 @@ def test_a_write_no_signal_sees_is_read_within_the_max_age_a_slice_a_tick(
     assert set(services) == (set(names) - {"guest2"}) | {"guest2b"}
     assert all(c.priority == 9 for c in services.values())
     assert domain.name in loaded.snapshot.domains
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_configuration_read_whole_is_frozen_and_what_died_since_is_collected(
+    cluster3: Any, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from console.ha import runner
+
+    class Cycle:
+        me: Any
+
+    cluster, agents = cluster3
+    t = run(cluster, agents, store, 1000.0, 1002.0)
+    monkeypatch.setattr(snapshot, "HEAP_FREEZE_FROM", 1)  # three services make it large here
+    try:
+        garbage = Cycle()
+        garbage.me = garbage  # a cycle: only the garbage collector frees it
+        dead = weakref.ref(garbage)
+        snapshot.forget()
+        agents.heartbeat(t)
+        runner.tick_once(cluster.pk, store, now=t)  # read whole: frozen after the tick
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and dead() is not None  # alive when frozen: frozen with the rest
+        del garbage
+        gc.collect()
+        assert dead() is not None  # a frozen cycle is not collected...
+        runner.tick_once(cluster.pk, store, now=t + 1)  # kept: no collection, no freeze
+        assert dead() is not None
+        snapshot.forget()
+        runner.tick_once(cluster.pk, store, now=t + 2)  # read whole again
+        assert dead() is None  # ...until the next whole read collects before freezing
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
