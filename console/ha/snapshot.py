@@ -249,6 +249,16 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+_SERVICE_COLUMNS = tuple(f.attname for f in VmService._meta.concrete_fields)
+
+
+def _same_row(kept: VmService, read: VmService) -> bool:
+    """Whether a row read again holds what the kept one does, column by column (a new object
+    for an unchanged row would leave the frozen heap little by little: after a minute of
+    slices the full collections scanned every row again)."""
+    return all(getattr(kept, c) == getattr(read, c) for c in _SERVICE_COLUMNS)
+
+
 def _domains(cluster: Cluster) -> dict[str, engine.Domain]:
     return {
         d.name: domain_of(d)
@@ -276,6 +286,11 @@ def _reread_slice(cluster: Cluster, hosts_by_pk: dict[int, Host], kept: _Config)
     }  # a row in the slice's range that is gone, or renamed, goes
     configs = {n: c for n, c in kept.configs.items() if n in services}
     for row in rows:
+        old = kept.services.get(row.name)
+        if old is not None and _same_row(old, row):
+            services[row.name] = old  # the kept objects (frozen: `settle_heap`) stay
+            configs[row.name] = kept.configs[row.name]
+            continue
         row.host = hosts_by_pk.get(row.host_id) if row.host_id else None
         row.target = hosts_by_pk.get(row.target_id) if row.target_id else None
         services[row.name] = row
