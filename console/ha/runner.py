@@ -205,7 +205,8 @@ def tick_once(
 
 
 def slow_tick_line(report: TickReport) -> str:
-    """One line on where a tick's time went: its wall and CPU time, each phase's CPU time."""
+    """One line on where a tick's time went: its wall and CPU time, each phase's CPU time,
+    whether the configuration was read, and the garbage collector's share."""
     phases = ", ".join(f"{name} {cpu * 1000:.0f}" for name, cpu in report.phases.items())
     return (
         f"cluster {report.cluster} {report.duration_s * 1000:.0f} ms "
@@ -232,8 +233,7 @@ def _decide(
     write lock at its start: a whole tick under it held up the drainer's results and the pages'
     writes); the decision is written only if the lock came within `DECIDED_MAX_WAIT_S`
     (`_Stale` otherwise, nothing written). Else all of it inside the transaction."""
-    phases: dict[str, float] = {}
-    clock = _PhaseClock(phases)
+    clock = _PhaseClock()
     if before_lock:
         loaded = load(cluster, store, now, cached=True)  # reads: no write lock held yet
         clock.lap("load")
@@ -256,15 +256,16 @@ def _decide(
             if lease is not None:
                 lease.check()
     clock.lap("write")
-    report.phases = phases
+    report.phases = clock.phases
     return loaded, decision, report
 
 
 class _PhaseClock:
     """The ticking thread's CPU time since the last lap, added to `phases` under a name."""
 
-    def __init__(self, phases: dict[str, float]) -> None:
-        self.phases, self.at = phases, time.thread_time()
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.at = time.thread_time()
 
     def lap(self, name: str) -> None:
         at = time.thread_time()
