@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rest_framework import serializers, status
+from rest_framework.fields import empty
 from rest_framework.response import Response
 
 from console.core.units import mib
@@ -113,26 +114,35 @@ class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
     )
 
 
-class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    password = serializers.CharField(
-        required=False,
-        allow_blank=True,
+def _root_password(help_text: str = "", *, required: bool = True) -> serializers.CharField:
+    """A root password in a request: write-only, taken as typed, never echoed or stored."""
+    return serializers.CharField(
         max_length=4096,
         trim_whitespace=False,
         write_only=True,
         style={"input_type": "password"},
-        help_text="The host's root password: its agent is then stopped and uninstalled over "
-        "SSH (used once, never stored). Without it the agent stays, unable to log in.",
+        help_text=help_text,
+        required=required,
+        allow_blank=not required,
+        default=empty if required else "",
+    )
+
+
+def _ssh_port() -> serializers.IntegerField:
+    return serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+
+
+class RemoveHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    password = _root_password(
+        "The host's root password: its agent is then stopped and uninstalled over SSH (used "
+        "once, never stored). Without it the agent stays, unable to log in.",
+        required=False,
     )
 
 
 class RepairHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    password = serializers.CharField(
-        max_length=4096,
-        trim_whitespace=False,
-        write_only=True,
-        style={"input_type": "password"},
-        help_text="The host's root password, used once for the SSH bootstrap, never stored.",
+    password = _root_password(
+        "The host's root password, used once for the SSH bootstrap, never stored."
     )
     fingerprint = serializers.CharField(
         required=False,
@@ -140,16 +150,14 @@ class RepairHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
         max_length=50,
         help_text="SSH host key fingerprint to pin (default: the one pinned before).",
     )
-    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+    port = _ssh_port()
 
 
 class NewHostSerializer(serializers.Serializer):  # type: ignore[type-arg]
     name = serializers.CharField(max_length=253)
     address = serializers.CharField(max_length=253, required=False, allow_blank=True)
-    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
-    password = serializers.CharField(
-        max_length=4096, trim_whitespace=False, write_only=True, style={"input_type": "password"}
-    )
+    port = _ssh_port()
+    password = _root_password()
     fingerprint = serializers.CharField(
         max_length=50,
         help_text="The SSH host key fingerprint you checked (POST scan-host-key/ shows it).",
@@ -166,22 +174,16 @@ class AddHostsSerializer(serializers.Serializer):  # type: ignore[type-arg]
         help_text="Shared storage: the existing host to read the corosync key from "
         "(default: the first by name).",
     )
-    member_password = serializers.CharField(
-        max_length=4096,
+    member_password = _root_password(
+        "Shared storage: the root password of that existing host, used once to read the "
+        "cluster's corosync key over SSH; neither is stored.",
         required=False,
-        allow_blank=True,
-        default="",
-        trim_whitespace=False,
-        write_only=True,
-        style={"input_type": "password"},
-        help_text="Shared storage: the root password of that existing host, used once to "
-        "read the cluster's corosync key over SSH; neither is stored.",
     )
 
 
 class ScanKeySerializer(serializers.Serializer):  # type: ignore[type-arg]
     address = serializers.CharField(max_length=253)
-    port = serializers.IntegerField(required=False, default=22, min_value=1, max_value=65535)
+    port = _ssh_port()
 
 
 class FingerprintSerializer(serializers.Serializer):  # type: ignore[type-arg]
