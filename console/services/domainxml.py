@@ -95,12 +95,7 @@ def _memory_mib(root: ET.Element) -> int:
     if unit not in _UNITS:
         raise ValidationError(f"Unknown memory unit {element.get('unit')!r}.", code="invalid")
     raw = (element.text or "").strip()
-    try:
-        amount = int(raw)
-    except ValueError as exc:
-        raise ValidationError(
-            f"The memory size {raw!r} is not a whole number.", code="invalid"
-        ) from exc
+    amount = _whole_number(raw, "memory size")
     if amount <= 0:
         raise ValidationError(f"The memory size must be positive, not {amount}.", code="invalid")
     size = amount * _UNITS[unit]
@@ -114,14 +109,17 @@ def _memory_mib(root: ET.Element) -> int:
     return int(mib)
 
 
+def _whole_number(raw: str, what: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        message = f"The {what} {raw!r} is not a whole number."
+        raise ValidationError(message, code="invalid") from None
+
+
 def _vcpus(root: ET.Element) -> int:
     raw = (root.findtext("vcpu") or "1").strip()
-    try:
-        vcpus = int(raw)
-    except ValueError as exc:
-        raise ValidationError(
-            f"The vcpu count {raw!r} is not a whole number.", code="invalid"
-        ) from exc
+    vcpus = _whole_number(raw, "vcpu count")
     if vcpus < 1:
         raise ValidationError(f"The vcpu count must be at least 1, not {vcpus}.", code="invalid")
     if vcpus > MAX_VCPUS:

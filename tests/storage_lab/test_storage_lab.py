@@ -11,8 +11,9 @@ TCG VMs) starts on sv3, migrates live sv3 -> sv2 -> sv3, restarts on a survivor 
 fence and migrates back once sv3 returned; the VM powered on through its BMC remounts GFS2 at
 boot (haven-cluster-join: corosync quorate, then dlm, then lvmlockd); the LV's removal is
 refused while the guest's disk is on it and while mounted, and works with "unmount first";
-last, sv3 is removed from the cluster: it leaves the cluster stack, sv1 and sv2 drop it from
-corosync and stay quorate.
+then sv3 is removed from the cluster: it leaves the cluster stack, sv1 and sv2 drop it from
+corosync and stay quorate; it is added back (corosync, dlm, a third journal, GFS2 mounted, a
+guest on it); last, a real ``systemctl poweroff`` on sv3 drains that guest live first.
 
 Slow (TCG: booting three VMs takes ~2.5 min of both cores), so it runs only when asked:
 ``HAVEN_STORAGE_LAB=1`` (``deploy/test-storage``). ``HAVEN_STORAGE_LAB_REUSE=1`` keeps VMs that
@@ -112,8 +113,11 @@ def _reset_cluster_state(lab: vmlab.StorageLab) -> None:
     """Reused VMs: stop what an earlier run set up (agent, GFS2, cluster stack), wipe the LUNs.
     The installed agent stays: the bootstrap reuses an install of the same version."""
     script = (
-        "for u in $(systemctl list-units --plain --no-legend 'haven-agent-*' | cut -d' ' -f1);"
-        " do systemctl disable --now $u; done; rm -f /etc/systemd/system/haven-agent-*;"
+        # (the drain hook first: stopping its unit must not wait for a drain)
+        "rm -f /etc/haven/shutdown-*.sh;"
+        " for u in $(systemctl list-units --plain --no-legend 'haven-agent-*' 'haven-drain-*'"
+        " | cut -d' ' -f1); do systemctl disable --now $u; done;"
+        " rm -f /etc/systemd/system/haven-agent-* /etc/systemd/system/haven-drain-*;"
         # guests an earlier run left defined (run 4 of 2026-12-02: "domain 'guest1' already
         # exists with uuid ..." refused every start of the new guest1 on sv3)
         " for d in $(virsh -c qemu:///system list --all --name 2>/dev/null); do"
@@ -427,6 +431,11 @@ def _ticks(slab: StorageCluster, host: str) -> list[int]:
     return [int(n) for n in re.findall(r"tick (\d+)", proc.stdout)] if proc.returncode == 0 else []
 
 
+def _gfs2_mounted(slab: StorageCluster, host: str) -> bool:
+    proc = slab.lab.ssh(host, ["grep", f" {MOUNT} gfs2 ", "/proc/mounts"], timeout=60)
+    return proc.returncode == 0
+
+
 def _qemu_holds_disk(slab: StorageCluster, host: str) -> bool:
     """QEMU of the guest on `host` has the image on GFS2 open (the tick kernel never reads
     it, so an open descriptor is the proof that the disk is attached from the shared fs)."""
@@ -600,11 +609,8 @@ def test_7_host_powered_on_through_its_bmc_remounts_gfs2_at_boot(slab: StorageCl
     )
     TIMINGS["power_on_to_rejoined_s"] = round(time.monotonic() - started, 1)
 
-    def mounted() -> bool:
-        proc = slab.lab.ssh("sv3", ["grep", f" {MOUNT} gfs2 ", "/proc/mounts"], timeout=60)
-        return proc.returncode == 0
-
-    slab.wait("sv3 to mount GFS2 at boot (systemd, after dlm)", mounted, 900)
+    slab.wait("sv3 to mount GFS2 at boot (systemd, after dlm)", lambda: _gfs2_mounted(slab, "sv3"),
+              900)  # fmt: skip
     TIMINGS["power_on_to_gfs2_mounted_s"] = round(time.monotonic() - started, 1)
     assert slab.ssh("sv3", "cat", f"{MOUNT}/after-sv1").strip() == "after-fence"
     slab.wait("sv3 online again", lambda: slab.host("sv3").state == "online", 120)
@@ -767,3 +773,52 @@ def test_10_adding_a_host_back_joins_corosync_dlm_and_mounts_gfs2(slab: StorageC
     )  # fmt: skip
     assert domain.status_code == 201, domain.content
     _guest_ticking_on_sv3(slab, api, domain.json()["id"], "guest_on_added_host_ticking_s_tcg")
+
+
+def test_11_a_real_poweroff_drains_the_guest_live_before_the_power_goes(
+    slab: StorageCluster,
+) -> None:
+    """Issue 14 on a systemd host: ``systemctl poweroff`` on sv3, where guest1 runs. The drain
+    unit the bootstrap installed stops first (before libvirt-guests and libvirtd): it tells the
+    console, which live-migrates guest1 away, and the poweroff goes on only once it has left.
+    The guest goes on (its counter, not a reboot), sv3 is never fenced (a clean leave: the
+    survivors' dlm needs no acknowledgement), and sv3 comes back and remounts GFS2."""
+    assert _guest_state(slab) == ("started", "sv3")
+    fences = Job.objects.filter(kind="fence").count()
+    acks = Job.objects.filter(kind="dlm-fence-ack").count()
+    starts = Job.objects.filter(kind="start", params__service=GUEST).count()
+    migrations = Job.objects.filter(kind="migrate").count()
+    last = max(_ticks(slab, "sv3"))
+    vm = slab.lab.vm("sv3")
+    started = time.monotonic()
+    # --no-block: the poweroff goes on after ssh returns (its connection is cut meanwhile)
+    proc = slab.lab.ssh("sv3", ["systemctl", "poweroff", "--no-block"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    slab.wait("sv3 to power itself off", lambda: not vm.powered_on(), 900)
+    TIMINGS["poweroff_to_powered_off_s_tcg"] = round(time.monotonic() - started, 1)
+    assert Job.objects.filter(kind="migrate").count() == migrations + 1, "one drain, no other"
+    drain = Job.objects.filter(kind="migrate").latest("pk")
+    assert drain.params["service"] == GUEST and drain.params["source"] == "sv3"
+    assert drain.status == JobStatus.SUCCEEDED, drain.explanation  # before the power went
+    state, away = _guest_state(slab)
+    assert state == "started" and away in ("sv1", "sv2")
+    # the same guest, moved live before the power went: its counter goes on past sv3's last
+    slab.wait(f"guest1's counter going on on {away}",
+              lambda: max(_ticks(slab, away) or [0]) > last, 120)  # fmt: skip
+    assert min(_ticks(slab, away)) > 1, "guest1 booted again instead of moving live"
+    assert Job.objects.filter(kind="start", params__service=GUEST).count() == starts
+    slab.wait("sv3 shut down", lambda: slab.host("sv3").state == "offline", 120)
+    assert slab.host("sv3").state_reason == "shut down cleanly"
+    assert Job.objects.filter(kind="fence").count() == fences, "a clean shutdown was fenced"
+    for name in ("sv1", "sv2"):  # GFS2 goes on without an acknowledgement
+        slab.ssh(name, "sh", "-c", f"echo after-poweroff > {MOUNT}/clean-{name} && sync",
+                 timeout=240)  # fmt: skip
+    assert Job.objects.filter(kind="dlm-fence-ack").count() == acks
+    TIMINGS["poweroff_to_gfs2_written_on_survivors_s_tcg"] = round(time.monotonic() - started, 1)
+    powered = time.monotonic()
+    slab.lab.power_on("sv3")
+    slab.wait("sv3 online again", lambda: slab.host("sv3").state == "online", 900)
+    slab.wait("sv3 remounts GFS2 at boot", lambda: _gfs2_mounted(slab, "sv3"), 900)
+    assert slab.ssh("sv3", "cat", f"{MOUNT}/clean-sv1").strip() == "after-poweroff"
+    TIMINGS["clean_power_on_to_gfs2_mounted_s_tcg"] = round(time.monotonic() - powered, 1)
+    assert Job.objects.filter(kind="fence").count() == fences
