@@ -28,6 +28,12 @@ log = logging.getLogger("agent.shutdown")
 DEFAULT_TIMEOUT_S = 300.0
 
 
+def unit_name(host: str) -> str:
+    """The systemd unit whose stop runs the drain (the console's bootstrap installs it; the
+    agent orders the GFS2 mounts it writes before it, so they unmount only after the drain)."""
+    return f"haven-drain-{host}.service"
+
+
 def announce(sender: Sender, host: str) -> None:
     """The console's word for "drain me": one ``shutdown`` event from this host."""
     sender.send(

@@ -42,6 +42,9 @@ SLOW_S = 300.0
 # Activates one shared LV at boot for its GFS2 mount (fstab: x-systemd.requires=): the VG's
 # lockspace needs corosync quorum, dlm and lvmlockd, which haven-cluster-join.service (the
 # bootstrap's, console/bootstrap/cluster_stack.py) starts at boot in that order, gated on state.
+# At shutdown (the reverse order) the mount goes first, then this unit deactivates the LV and
+# leaves the VG's lockspace (refused, and ignored, while another LV of the VG is active), so
+# that dlm has no lockspace left when it is stopped (console/bootstrap/cluster_stack.py).
 # ($$ is a literal $ for systemd; the names passed agent.names' grammar.)
 ACTIVATION_UNIT = """[Unit]
 Description=Haven: activate {ref} shared for its GFS2 (mounted at boot after dlm)
@@ -55,6 +58,7 @@ TimeoutStartSec=900
 ExecStart=/bin/sh -c 'n=0; until /sbin/vgchange --lock-start {vg} && /sbin/lvchange -asy {ref}; \
 do n=$$((n+1)); [ $$n -lt 150 ] || exit 1; sleep 5; done'
 ExecStop=/sbin/lvchange -an {ref}
+ExecStop=-/sbin/vgchange --lock-stop {vg}
 """
 # How long dlm_fence_ack waits for this host's dlm to see the fenced node gone.
 DLM_LOSS_WAIT_S = 180.0
@@ -154,9 +158,11 @@ class LinuxStorage:
         fstab: Path = Path("/etc/fstab"),
         proc: Path = Path("/proc"),
         lockd_running: Callable[[], bool] | None = None,
+        drain_unit: str | None = None,
     ) -> None:
         self._run = runner.run
         self._fstab = fstab
+        self._drain_unit = drain_unit
         self._proc = proc
         self._lockd_running = lockd_running or (lambda: lvmlockd_running(proc))
 
@@ -283,7 +289,9 @@ class LinuxStorage:
         """Add (or, ``present`` false, drop) the mount point's fstab line. ``activate_shared``
         (an LV of a shared VG, ``/dev/VG/LV``): nothing activates it at boot, so a oneshot unit
         does (lock-start, then ``lvchange -asy``, retried until quorum and dlm allow it) and the
-        mount requires it: GFS2 mounts at boot after dlm."""
+        mount requires it: GFS2 mounts at boot after dlm. With ``drain_unit`` (the host's
+        clean-shutdown drain, agent/shutdown.py) the mount is ordered before it, so at shutdown
+        it is unmounted only after the drain."""
         options = names.mount_options(options)
         unit = None
         if activate_shared:
@@ -291,6 +299,10 @@ class LinuxStorage:
             unit = self._activation_unit(vg, lv, present)
             if present:
                 options += f",x-systemd.requires={unit},x-systemd.device-timeout=900"
+                if self._drain_unit:
+                    # unmounted at shutdown only once the drain has moved the guests away
+                    # (their disks are here; agent/shutdown.py)
+                    options += f",x-systemd.before={self._drain_unit}"
         line = "\t".join(
             [names.device(device), names.mount_point(mount_point), names.fstype(fstype), options,
              "0", "0"]

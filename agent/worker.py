@@ -39,6 +39,7 @@ from agent.publisher import Publisher, RedisSender, Sender
 from agent.reconnect import CONSUMER as RECONNECTING_CONSUMER
 from agent.runner import SubprocessRunner
 from agent.sealing import open_sealed
+from agent.shutdown import unit_name as drain_unit_name
 from agent.storage import LinuxStorage
 from agent.strict import StrictTask, prune
 
@@ -133,7 +134,9 @@ class Agent:
         self.dispatcher = Dispatcher(
             host=settings.host,
             hypervisor=self.hypervisor,
-            storage=LinuxStorage(runner, fstab=settings.fstab),
+            storage=LinuxStorage(
+                runner, fstab=settings.fstab, drain_unit=drain_unit_name(settings.host)
+            ),
             fencing=FenceAgents(runner, settings.fence_path),
             libvirt_config_dir=settings.libvirt_config_dir,
             pki_dir=settings.pki_dir,

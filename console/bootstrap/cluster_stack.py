@@ -102,10 +102,18 @@ systemctl start lvmlockd.service
 until lvmlockctl --info >/dev/null 2>&1; do say "waiting for lvmlockd"; sleep 2; done
 say "lvmlockd answering: the cluster stack is up"
 """
+# After= dlm and lvmlockd (which it starts itself: at boot they have no job of their own, so
+# this orders nothing then) is for the shutdown, whose stop order is the reverse: the shared
+# LVs' activation units and their GFS2 mounts stop first (they come after this unit), then this
+# unit stops every lockspace lvmlockd still holds, and only then are lvmlockd and dlm stopped.
+# Stopped while a lockspace is active, dlm_controld ignores SIGTERM ("shutdown ignored, active
+# lockspaces") until systemd kills it 90 s later; its peers then see its daemon gone
+# ("procdown") and retry a fence of a host that shut down cleanly for ever (the storage lab's
+# `systemctl poweroff`, 2026-12-04: 188 s to power off, survivors looping on dlm_stonith).
 JOIN_UNIT = f"""[Unit]
 Description=Haven: dlm and lvmlockd at boot, once corosync is quorate (in order, gated on state)
 Requires=corosync.service
-After=corosync.service network-online.target
+After=corosync.service network-online.target dlm.service lvmlockd.service
 Wants=network-online.target
 
 [Service]
@@ -113,6 +121,7 @@ Type=oneshot
 RemainAfterExit=yes
 TimeoutStartSec=0
 ExecStart={JOIN_SCRIPT_PATH}
+ExecStop=-/sbin/lvmlockctl --stop-lockspaces --wait 1
 
 [Install]
 WantedBy=multi-user.target

@@ -78,6 +78,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from agent import shutdown
 from agent.protocol import (
     CommandArgs,
     ConfigureMigrationArgs,
@@ -824,7 +825,7 @@ def config_paths(host: str) -> dict[str, str]:
         "pid": f"/run/haven-agent-{host}.pid",
         "unit": f"/etc/systemd/system/haven-agent-{host}.service",
         "shutdown": f"{CONFIG_DIR}/shutdown-{host}.sh",
-        "drain_unit": f"/etc/systemd/system/haven-drain-{host}.service",
+        "drain_unit": f"/etc/systemd/system/{shutdown.unit_name(host)}",
     }
 
 
@@ -910,18 +911,36 @@ def shutdown_drain_s() -> float:
     return float(getattr(settings, "HAVEN_SHUTDOWN_DRAIN_S", SHUTDOWN_DRAIN_S))
 
 
+#: what the drain unit is ordered after, so that at shutdown it stops before all of them (stop
+#: order is the reverse of start order): libvirt and the guests' machine scopes (ordered before
+#: virt-guest-shutdown.target, which the unit pulls in: without libvirt-guests enabled nothing
+#: else starts it, and systemd then stops the guests' scopes at once, in parallel with the
+#: drain), and the shared storage the guests' disks are on (the cluster stack; the GFS2 mounts
+#: are ordered before the unit by the agent, agent/storage.py)
+DRAIN_AFTER = (
+    "network-online.target",
+    "libvirtd.service",
+    "libvirt-guests.service",
+    "virt-guest-shutdown.target",
+    "corosync.service",
+    "dlm.service",
+    "lvmlockd.service",
+    cluster_stack.JOIN_UNIT_NAME,
+)
+
+
 def drain_unit(host: str, hook: str = "") -> str:
     """``haven-drain-NAME.service``: started at boot doing nothing; stopping it (every
-    poweroff and reboot) runs the drain hook. Ordered after libvirtd, libvirt-guests and the
-    agent, so at shutdown it stops before them: the guests move away live before libvirt
-    stops any, and the agent still runs the migrations."""
+    poweroff and reboot) runs the drain hook. Ordered after libvirt, the guests' scopes, the
+    cluster stack and the agent (``DRAIN_AFTER``), so at shutdown it stops before them: the
+    guests move away live before libvirt or systemd stops any, the agent still runs the
+    migrations, and their disks stay reachable meanwhile."""
     hook = hook or config_paths(host)["shutdown"]
     return (
         "[Unit]\n"
         f"Description=Haven: drain {host} by live migration before a shutdown\n"
-        "Wants=network-online.target\n"
-        "After=network-online.target libvirtd.service libvirt-guests.service "
-        f"haven-agent-{host}.service\n\n"
+        "Wants=network-online.target virt-guest-shutdown.target\n"
+        f"After={' '.join(DRAIN_AFTER)} haven-agent-{host}.service\n\n"
         "[Service]\n"
         "Type=oneshot\n"
         "RemainAfterExit=yes\n"
@@ -989,7 +1008,7 @@ def _register(run: _HostRun) -> dict[str, Any]:
         run.run(["systemctl", "restart", f"haven-agent-{run.name}"], what="systemctl restart")
         run.write_file(paths["drain_unit"], drain_unit(run.name), 0o644)
         run.run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
-        drain = f"haven-drain-{run.name}"
+        drain = shutdown.unit_name(run.name)
         run.run(["systemctl", "enable", "--now", drain], what="systemctl enable the drain unit")
         how = "systemd"
     else:

@@ -143,7 +143,9 @@ def harness(test_hv: LibvirtHypervisor, tmp_path: Path) -> Iterator[Harness]:
     dispatcher = Dispatcher(
         host="testhost",
         hypervisor=test_hv,
-        storage=LinuxStorage(runner, fstab=tmp_path / "fstab"),
+        storage=LinuxStorage(
+            runner, fstab=tmp_path / "fstab", drain_unit="haven-drain-testhost.service"
+        ),
         fencing=FenceAgents(runner, [FIXTURES, Path("/usr/sbin")]),
         libvirt_config_dir=tmp_path,
         pki_dir=tmp_path / "pki",

@@ -120,8 +120,8 @@ def test_fstab_entry_is_idempotent(harness: Harness, tmp_path: Path) -> None:
 def test_a_shared_lv_gets_a_boot_activation_unit_the_mount_requires(
     harness: Harness, tmp_path: Path
 ) -> None:
-    """Nothing activates a shared VG's LV at boot: a oneshot unit does, the mount waits for it;
-    dropping the fstab line drops the unit."""
+    """Nothing activates a shared VG's LV at boot: a oneshot unit does, the mount waits for it
+    and comes before the host's drain unit; dropping the fstab line drops the unit."""
     args = {"device": "/dev/vg_shared/guest-roots", "mount_point": "/guest_roots"}
     added = harness.run(
         "fstab_entry", **args, fstype="gfs2", options="noatime,_netdev", activate_shared=True
@@ -131,6 +131,8 @@ def test_a_shared_lv_gets_a_boot_activation_unit_the_mount_requires(
     assert unit == "haven-activate-vg_shared-guest--roots.service"
     line = (tmp_path / "fstab").read_text()
     assert f"x-systemd.requires={unit}" in line and "x-systemd.device-timeout=" in line
+    # unmounted at shutdown only after the drain unit's stop has moved the guests away
+    assert "x-systemd.before=haven-drain-testhost.service" in line
     text = (tmp_path / "systemd" / "system" / unit).read_text()
     assert "Requires=haven-cluster-join.service\nAfter=haven-cluster-join.service" in text
     assert "dlm.service" not in text  # only the join unit starts dlm (gated on quorum)
