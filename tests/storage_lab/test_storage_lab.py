@@ -200,6 +200,8 @@ def slab(django_db_setup: None, django_db_blocker: Any) -> Iterator[StorageClust
             (lab.root / "timings.json").write_text(__import__("json").dumps(TIMINGS, indent=2))
             if os.environ.get("HAVEN_STORAGE_LAB_KEEP") != "1":
                 lab.teardown()
+            else:
+                lab.leave_running()
             from django.core.management import call_command
 
             call_command("flush", interactive=False, verbosity=0)

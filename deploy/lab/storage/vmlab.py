@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -820,6 +821,14 @@ class StorageLab:
         with contextlib.suppress(VMLabError):
             wait_for(lambda: not ref.alive(), timeout, f"{name} to shut down", 0.5)
         self.power_off(name)
+
+    def leave_running(self) -> None:
+        """The VMs and BMCs stay up after this process (``labctl`` and the next run find them
+        by their saved references): let go of their process handles without the "still
+        running" warning each would give when collected."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            self._children.clear()
 
     def teardown(self) -> None:
         """No QEMU, no namespace, no overlays or LUNs left (the cached image stays)."""
