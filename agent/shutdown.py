@@ -9,7 +9,9 @@ the HA engine live-migrates them away, as for maintenance, and will not fence th
 it goes quiet — or until ``--timeout`` passes, and returns so the shutdown goes on.
 
 Exit status: 0 drained (no guest left), 1 guests still running at the timeout (libvirt stops
-them as it always did), 2 the console could not be told (nothing was waited for).
+them as it always did), 2 the console could not be told (nothing was waited for). With no
+guest left, the host then leaves its shared storage (GFS2 unmounted, lockspaces left) while
+the cluster stack still runs, so that its peers see a clean leave, not a host to fence.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Callable, Sequence
 
 from agent.protocol import Event
 from agent.publisher import RedisSender, Sender
+from agent.runner import SubprocessRunner
+from agent.storage import LinuxStorage
 
 log = logging.getLogger("agent.shutdown")
 
@@ -104,10 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give --broker-file (or --broker)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sender = RedisSender(args.broker, args.host)
+
+    def guests() -> list[str]:
+        return running_guests(args.libvirt_uri)
+
     try:
-        return drain(args.host, sender, lambda: running_guests(args.libvirt_uri), args.timeout)
+        status = drain(args.host, sender, guests, args.timeout)
     finally:
         sender.close()
+    if not guests():
+        leave_shared_storage(LinuxStorage(SubprocessRunner()))
+    return status
+
+
+def leave_shared_storage(storage: LinuxStorage) -> None:
+    """No guest left: the shared storage is left now, before the cluster stack stops (the
+    drain unit comes after it, so it still runs; agent/storage.py says why)."""
+    for line in storage.leave_shared_storage():
+        log.info("shared storage: %s", line)
 
 
 if __name__ == "__main__":

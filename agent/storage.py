@@ -528,6 +528,49 @@ class LinuxStorage:
                 return int(entry["nodeid"])
         raise AgentError("not_found", f"{node} is not in this host's corosync nodelist")
 
+    def leave_shared_storage(self) -> list[str]:
+        """At a clean shutdown, once no guest is left: unmount every GFS2, deactivate the
+        shared VGs' LVs and leave every lockspace, so that dlm has none left when systemd
+        stops it. The units a host gets are ordered so at shutdown (console/bootstrap/
+        cluster_stack.py), but only units that are active stop, and a cluster formed and
+        storage mounted at run time (no boot since) has neither its join nor its activation
+        unit active, nor a mount unit that knows its fstab options: there systemd tried the
+        unmount while the guests still used the GFS2, dlm was killed with a lockspace
+        active, the survivors' ``lvm_vg_shared`` waited for a fence of a host that had shut
+        down cleanly, and its own lvmlockd hung the poweroff (the storage lab, 2026-12-04).
+        What was done, a line each; a step that fails ends it (the rest would fail too)."""
+        said: list[str] = []
+        mounted = [
+            f[1]
+            for line in (self._proc / "mounts").read_text().splitlines()
+            if len(f := line.split()) >= 3 and f[2] == "gfs2"
+        ]
+        try:
+            for mount_point in mounted:
+                try:
+                    self._run(["umount", "--", mount_point], timeout_s=SLOW_S)
+                except AgentError:
+                    if self._mounted_type(mount_point) is not None:
+                        raise
+                    # (systemd's own stop of its mount unit got there first)
+                said.append(f"unmounted {mount_point}")
+            if not self._lockd_running():
+                return said
+            shared = [
+                vg["vg_name"]
+                for vg in self._report("vgs", "vg_name,vg_lock_type", "vg")
+                if vg.get("vg_lock_type") == "dlm"
+            ]
+            for vg in shared:
+                self._run(["vgchange", "-an", "--", vg], timeout_s=SLOW_S)
+                self._run(["vgchange", "--lock-stop", "--", vg], timeout_s=SLOW_S)
+                said.append(f"{vg}: deactivated, lockspace left")
+            self._run(["lvmlockctl", "--stop-lockspaces", "--wait", "1"], timeout_s=SLOW_S)
+            said.append("every lockspace left")
+        except AgentError as exc:
+            said.append(f"stopped: {exc.message}")
+        return said
+
     def _kernel_has(self, fstype: str) -> bool:
         text = (self._proc / "filesystems").read_text()
         return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())

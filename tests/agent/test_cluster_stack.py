@@ -3,6 +3,7 @@ command output (the real tools run in tests/storage_lab on the storage VMs)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -261,3 +262,38 @@ def test_corosync_add_node_rewrites_the_conf_reloads_and_checks(tmp_path: Path) 
     runner.answers["corosync-cmapctl"] = (0, "", "")  # the reload did not take
     with pytest.raises(AgentError, match="does not list sv4 as node 4 after the reload"):
         storage.corosync_add_node("sv4", "10.89.0.14", 4)
+
+
+VGS_REPORT = json.dumps({"report": [{"vg": [
+    {"vg_name": "vg_shared", "vg_lock_type": "dlm"},
+    {"vg_name": "vg_local", "vg_lock_type": ""},
+]}]})  # fmt: skip
+
+
+def test_a_clean_shutdown_leaves_the_shared_storage_in_order(tmp_path: Path) -> None:
+    """After the drain: every GFS2 unmounted, then each shared VG deactivated and its
+    lockspace left, then every lockspace (lvm_global): dlm has none left when it stops."""
+    (tmp_path / "mounts").write_text(
+        "/dev/vda / ext4 rw 0 0\n/dev/mapper/vg_shared-guest_roots /guest_roots gfs2 rw 0 0\n"
+        "/dev/mapper/vg_shared-more /more gfs2 rw 0 0\n"
+    )
+    runner = Scripted({"vgs": (0, VGS_REPORT, "")})
+    storage = LinuxStorage(runner, proc=tmp_path, lockd_running=lambda: True)
+    said = storage.leave_shared_storage()
+    assert [argv for argv in runner.ran if argv[0] != "vgs"] == [
+        ["umount", "--", "/guest_roots"],
+        ["umount", "--", "/more"],
+        ["vgchange", "-an", "--", "vg_shared"],
+        ["vgchange", "--lock-stop", "--", "vg_shared"],
+        ["lvmlockctl", "--stop-lockspaces", "--wait", "1"],
+    ]  # the local VG is left alone
+    assert said[-1] == "every lockspace left"
+    # a GFS2 still in use: nothing after it is tried (the lockspaces would refuse too)
+    runner = Scripted({"umount": (32, "", "target is busy"), "vgs": (0, VGS_REPORT, "")})
+    said = LinuxStorage(runner, proc=tmp_path, lockd_running=lambda: True).leave_shared_storage()
+    assert runner.ran == [["umount", "--", "/guest_roots"]]
+    assert said == ["stopped: umount exited 32: target is busy"]
+    # no lvmlockd (no shared VG here): only the unmounts
+    runner = Scripted({})
+    assert LinuxStorage(runner, proc=tmp_path, lockd_running=lambda: False).leave_shared_storage()
+    assert all(argv[0] == "umount" for argv in runner.ran)

@@ -49,3 +49,25 @@ def test_gives_up_at_the_timeout_and_when_the_console_cannot_be_told() -> None:
     polled: list[int] = []
     code = drain("h", Sent(fail=True), lambda: polled.append(1) or ["g"], 10)
     assert code == 2 and polled == []  # nothing waited for
+
+
+def test_with_no_guest_left_the_host_leaves_its_shared_storage_before_the_stack_stops(
+    monkeypatch: Any,
+) -> None:
+    """Drained (or the console unreachable, but nothing running): the shared storage is left
+    by the hook itself; a guest still running keeps it (its disk may be there)."""
+    from agent import shutdown
+
+    left: list[str] = []
+    running = [["guest1"]]
+    monkeypatch.setattr(shutdown, "running_guests", lambda uri: running[0])
+    monkeypatch.setattr(shutdown, "drain", lambda host, sender, guests, timeout: 1)
+    monkeypatch.setattr(shutdown, "RedisSender", lambda url, host: Sent())
+    monkeypatch.setattr(
+        shutdown.LinuxStorage, "leave_shared_storage", lambda self: left.append("x") or ["ok"]
+    )
+    argv = ["--host", "sv3", "--broker", "redis://h:1/0", "--timeout", "1"]
+    monkeypatch.setattr(Sent, "close", lambda self: None, raising=False)
+    assert shutdown.main(argv) == 1 and left == []  # guest1 still runs here
+    running[0] = []
+    assert shutdown.main(argv) == 1 and left == ["x"]
