@@ -53,9 +53,9 @@ GIB = 1024**3
 TIMINGS: dict[str, float] = {}
 SKIP_REASON = (
     "storage lab (3 Debian VMs under QEMU TCG) not requested: set HAVEN_STORAGE_LAB=1 or run "
-    "deploy/test-storage (measured here: image 262-686 s first / 0.1-0.6 s cached, boot of 3 "
-    "VMs to sshd 150-206 s saturating both cores, bootstrap to quorate ~23 min: over "
-    "deploy/test's 25-minute budget)"
+    "deploy/test-storage (measured here: image 133-686 s first / 0.0-0.6 s cached, boot of 3 "
+    "VMs to sshd 46-206 s saturating both cores, bootstrap to quorate 2.5-23 min, the whole "
+    "run 20-26 min on a quiet machine: over deploy/test's 25-minute budget)"
 )
 if os.environ.get("HAVEN_STORAGE_LAB") != "1":
     pytest.skip(SKIP_REASON, allow_module_level=True)
