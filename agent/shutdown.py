@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = drain(args.host, sender, guests, args.timeout)
     finally:
         sender.close()
-    if not guests():
+    if status == 0 or not guests():  # (drained: none left, no need to ask again)
         leave_shared_storage(LinuxStorage(SubprocessRunner()))
     return status
 

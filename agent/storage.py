@@ -400,11 +400,7 @@ class LinuxStorage:
             f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}",
         }
         nodes |= {os.path.realpath(n) for n in list(nodes) if os.path.exists(n)}
-        mounted = sorted(
-            fields[1]
-            for fields in (ln.split() for ln in (self._proc / "mounts").read_text().splitlines())
-            if len(fields) >= 2 and fields[0] in nodes
-        )
+        mounted = sorted(mp for dev, mp, _ in self._mounts() if dev in nodes)
         if refuse_mounted and mounted:
             raise AgentError(
                 "in_use", f"{vg}/{lv} is mounted at {', '.join(mounted)}: unmount it first"
@@ -540,11 +536,7 @@ class LinuxStorage:
         down cleanly, and its own lvmlockd hung the poweroff (the storage lab, 2026-12-04).
         What was done, a line each; a step that fails ends it (the rest would fail too)."""
         said: list[str] = []
-        mounted = [
-            f[1]
-            for line in (self._proc / "mounts").read_text().splitlines()
-            if len(f := line.split()) >= 3 and f[2] == "gfs2"
-        ]
+        mounted = [mp for _, mp, fstype in self._mounts() if fstype == "gfs2"]
         try:
             for mount_point in mounted:
                 try:
@@ -575,12 +567,13 @@ class LinuxStorage:
         text = (self._proc / "filesystems").read_text()
         return any(line.split()[-1] == fstype for line in text.splitlines() if line.split())
 
+    def _mounts(self) -> list[tuple[str, str, str]]:
+        """(device, mount point, type) of each line of /proc/mounts."""
+        lines = (line.split() for line in (self._proc / "mounts").read_text().splitlines())
+        return [(f[0], f[1], f[2]) for f in lines if len(f) >= 3]
+
     def _mounted_type(self, mount_point: str) -> str | None:
-        for line in (self._proc / "mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 3 and fields[1] == mount_point:
-                return fields[2]
-        return None
+        return next((t for _, mp, t in self._mounts() if mp == mount_point), None)
 
 
 def _vg_lv(device: str) -> tuple[str, str]:
