@@ -216,9 +216,7 @@ class Dispatcher:
         return self.storage.gfs2_jadd(a.mount_point, a.journals)
 
     def _do_fstab_entry(self, a: p.FstabEntryArgs) -> dict[str, Any]:
-        return self.storage.fstab_entry(
-            a.device, a.mount_point, a.fstype, a.options, a.present, a.activate_shared
-        )
+        return self.storage.fstab_entry(a)
 
     def _do_mount(self, a: p.MountArgs) -> dict[str, Any]:
         return self.storage.mount(a.device, a.mount_point, a.fstype, a.options)
@@ -252,9 +250,7 @@ class Dispatcher:
 
     # fencing ------------------------------------------------------------------------
     def _do_fence(self, a: p.FenceArgs) -> dict[str, Any]:
-        return self.fencing.fence(
-            a.agent, a.action, a.params, a.timeout_s, require_power=a.require_power
-        )
+        return self.fencing.fence(a)
 
     def _do_fence_metadata(self, a: p.FenceMetadataArgs) -> dict[str, Any]:
         return self.fencing.metadata(a.agent)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent import names
 from agent.errors import AgentError
+from agent.protocol import FenceArgs
 from agent.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,7 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 
 class Fencing(Protocol):
-    def fence(
-        self,
-        agent: str,
-        action: str,
-        params: Mapping[str, object],
-        timeout_s: float,
-        *,
-        require_power: str | None = None,
-    ) -> dict[str, Any]: ...
+    def fence(self, command: FenceArgs) -> dict[str, Any]: ...
     def metadata(self, agent: str) -> dict[str, Any]: ...
 
 
@@ -95,18 +88,11 @@ class FenceAgents:
         where = ":".join(str(d) for d in self._search_path)
         raise AgentError("not_found", f"fence agent {agent} not found in {where}")
 
-    def fence(
-        self,
-        agent: str,
-        action: str,
-        params: Mapping[str, object],
-        timeout_s: float,
-        *,
-        require_power: str | None = None,
-    ) -> dict[str, Any]:
+    def fence(self, command: FenceArgs) -> dict[str, Any]:
         """Run the agent. `require_power` ("off" or "on", with status/monitor only): the query
         succeeds only when the device reports that power state (the console asks "is it off?"
         after a fence whose result was lost), else it fails with the state found."""
+        agent, action, require_power = command.agent, command.action, command.require_power
         if action not in ACTIONS:
             raise AgentError("bad_request", f"fence action must be one of {ACTIONS}")
         if require_power is not None and (
@@ -116,7 +102,7 @@ class FenceAgents:
                 "bad_request", "require_power is 'on' or 'off', with action status or monitor"
             )
         lines = {"action": action}
-        for key, value in params.items():
+        for key, value in command.params.items():
             names.fence_key(key)
             if key in ("action", "option"):  # 'option' is the old name of 'action'
                 raise AgentError("bad_request", "give the action as 'action', not in params")
@@ -126,7 +112,9 @@ class FenceAgents:
         stdin = "".join(f"{k}={v}\n" for k, v in lines.items())
         log.info("fence %s action=%s plug=%s", agent, action, lines.get("plug", "-"))
         try:
-            done = self._runner.run([path], timeout_s=timeout_s, input_text=stdin, check=False)
+            done = self._runner.run(
+                [path], timeout_s=command.timeout_s, input_text=stdin, check=False
+            )
         except AgentError as exc:
             exc.message = scrub(exc.message, secrets)
             raise

@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from agent.errors import AgentError
 
@@ -31,28 +30,14 @@ class Completed:
     duration_s: float
 
 
-class Runner(Protocol):
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout_s: float = 60.0,
-        input_text: str | None = None,
-        check: bool = True,
-    ) -> Completed:
-        """Run argv; with check, a non-zero exit raises AgentError("command_failed")."""
-        ...
-
-
 def _tail(text: str) -> str:
     return text[-STDERR_TAIL:]
 
 
-class SubprocessRunner:
-    """Runs commands with subprocess; `env` is added to the agent's own environment."""
-
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self._env = dict(env or {})
+class Runner:
+    """Runs argv lists: checks each, and with ``check`` a non-zero exit raises
+    AgentError("command_failed"). How a command is spawned is a subclass's ``spawn``: the
+    subprocess here, scripted answers in tests; the rules around it are the same for both."""
 
     def run(
         self,
@@ -66,6 +51,28 @@ class SubprocessRunner:
         if not args or not all(isinstance(a, str) and "\0" not in a for a in args):
             raise AgentError("bad_request", f"bad argv {args!r}")
         log.debug("run %s", args)
+        done = self.spawn(args, timeout_s, input_text)
+        if check and done.returncode != 0:
+            raise AgentError(
+                "command_failed",
+                f"{args[0]} exited {done.returncode}: {_tail(done.stderr).strip()}",
+                command=args,
+                stderr=_tail(done.stderr),
+                exit_code=done.returncode,
+            )
+        return done
+
+    def spawn(self, args: list[str], timeout_s: float, input_text: str | None) -> Completed:
+        raise NotImplementedError
+
+
+class SubprocessRunner(Runner):
+    """Runs commands with subprocess; `env` is added to the agent's own environment."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = dict(env or {})
+
+    def spawn(self, args: list[str], timeout_s: float, input_text: str | None) -> Completed:
         start = time.monotonic()
         try:
             proc = subprocess.run(
@@ -85,13 +92,4 @@ class SubprocessRunner:
                 f"{args[0]} did not finish in {timeout_s:g} s and was killed",
                 command=args,
             ) from exc
-        done = Completed(args, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-        if check and proc.returncode != 0:
-            raise AgentError(
-                "command_failed",
-                f"{args[0]} exited {proc.returncode}: {_tail(proc.stderr).strip()}",
-                command=args,
-                stderr=_tail(proc.stderr),
-                exit_code=proc.returncode,
-            )
-        return done
+        return Completed(args, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from agent import names
 from agent.cluster_stack import parse_dlm_status, with_nodes, without_node
 from agent.errors import AgentError
+from agent.protocol import FstabEntryArgs
 from agent.runner import Runner
 
 LVM_REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix"]
@@ -84,15 +85,7 @@ class Storage(Protocol):
     def mkfs_gfs2(self, device: str, cluster: str, fs: str, journals: int) -> dict[str, Any]: ...
     def gfs2_inspect(self, device: str) -> dict[str, Any]: ...
     def gfs2_jadd(self, mount_point: str, journals: int) -> dict[str, Any]: ...
-    def fstab_entry(
-        self,
-        device: str,
-        mount_point: str,
-        fstype: str,
-        options: str,
-        present: bool,
-        activate_shared: bool = False,
-    ) -> dict[str, Any]: ...
+    def fstab_entry(self, entry: FstabEntryArgs) -> dict[str, Any]: ...
     def mount(
         self, device: str, mount_point: str, fstype: str, options: str | None
     ) -> dict[str, Any]: ...
@@ -277,24 +270,17 @@ class LinuxStorage:
         return {"mount_point": mp, "journals_added": journals}
 
     # fstab and mounts ----------------------------------------------------------------
-    def fstab_entry(
-        self,
-        device: str,
-        mount_point: str,
-        fstype: str,
-        options: str,
-        present: bool,
-        activate_shared: bool = False,
-    ) -> dict[str, Any]:
+    def fstab_entry(self, entry: FstabEntryArgs) -> dict[str, Any]:
         """Add (or, ``present`` false, drop) the mount point's fstab line. ``activate_shared``
         (an LV of a shared VG, ``/dev/VG/LV``): nothing activates it at boot, so a oneshot unit
         does (lock-start, then ``lvchange -asy``, retried until quorum and dlm allow it) and the
         mount requires it: GFS2 mounts at boot after dlm. With ``drain_unit`` (the host's
         clean-shutdown drain, agent/shutdown.py) the mount is ordered before it, so at shutdown
         it is unmounted only after the drain."""
-        options = names.mount_options(options)
+        device, mount_point, present = entry.device, entry.mount_point, entry.present
+        options = names.mount_options(entry.options)
         unit = None
-        if activate_shared:
+        if entry.activate_shared:
             vg, lv = _vg_lv(device)
             unit = self._activation_unit(vg, lv, present)
             if present:
@@ -303,10 +289,10 @@ class LinuxStorage:
                     # unmounted at shutdown only once the drain has moved the guests away
                     # (their disks are here; agent/shutdown.py)
                     options += f",x-systemd.before={self._drain_unit}"
+        fstype = names.fstype(entry.fstype)
         line = "\t".join(
-            [names.device(device), names.mount_point(mount_point), names.fstype(fstype), options,
-             "0", "0"]
-        )  # fmt: skip
+            [names.device(device), names.mount_point(mount_point), fstype, options, "0", "0"]
+        )
         old = self._fstab.read_text() if self._fstab.exists() else ""
         kept = [ln for ln in old.splitlines() if _fstab_mount_point(ln) != mount_point]
         new_lines = [*kept, line] if present else kept

@@ -4,14 +4,13 @@ command output (the real tools run in tests/storage_lab on the storage VMs)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from agent.cluster_stack import ClusterStack, parse_dlm_status, parse_quorumtool, without_node
 from agent.errors import AgentError
-from agent.runner import Completed
+from agent.runner import Completed, Runner
 from agent.storage import LinuxStorage
 
 # corosync-cmapctl -b nodelist.node on a three-node cluster
@@ -33,25 +32,16 @@ node 3 X add 33 rem 390 fail 390 fence 0 at 0 0
 """
 
 
-class Scripted:
+class Scripted(Runner):
     """A runner that answers from a table and records what ran."""
 
     def __init__(self, answers: dict[str, tuple[int, str, str]]) -> None:
         self.answers, self.ran = answers, []  # type: list[list[str]]
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout_s: float = 60.0,
-        input_text: str | None = None,
-        check: bool = True,
-    ) -> Completed:
-        self.ran.append(list(argv))
-        code, out, err = self.answers.get(argv[0], (0, "", ""))
-        if check and code:
-            raise AgentError("command_failed", f"{argv[0]} exited {code}: {err}")
-        return Completed(list(argv), code, out, err, 0.01)
+    def spawn(self, args: list[str], timeout_s: float, input_text: str | None) -> Completed:
+        self.ran.append(args)
+        code, out, err = self.answers.get(args[0], (0, "", ""))
+        return Completed(args, code, out, err, 0.01)
 
 
 def test_dlm_status_parsed() -> None:

@@ -74,6 +74,7 @@ def test_a_clean_shutdown_stops_the_drain_then_the_gfs2_then_the_lockspaces_then
     VG's lockspace), the join unit (every lockspace left), and only then dlm and lvmlockd: a
     dlm stopped with a lockspace active is killed 90 s later and its peers fence the host for
     ever (the storage lab, 2026-12-04)."""
+    from agent.protocol import FstabEntryArgs
     from agent.runner import SubprocessRunner
     from agent.storage import LinuxStorage
     from console.bootstrap import cluster_stack
@@ -81,8 +82,15 @@ def test_a_clean_shutdown_stops_the_drain_then_the_gfs2_then_the_lockspaces_then
     storage = LinuxStorage(
         SubprocessRunner(), fstab=tmp_path / "fstab", drain_unit="haven-drain-sv1.service"
     )
-    entry = storage.fstab_entry("/dev/vg_shared/guest_roots", "/guest_roots", "gfs2",
-                                "noatime,_netdev,nofail", True, activate_shared=True)  # fmt: skip
+    entry = storage.fstab_entry(
+        FstabEntryArgs(
+            device="/dev/vg_shared/guest_roots",
+            mount_point="/guest_roots",
+            fstype="gfs2",
+            options="noatime,_netdev,nofail",
+            activate_shared=True,
+        )
+    )
     options = dict(
         o.split("=", 1) for o in entry["line"].split("\t")[3].split(",") if o.startswith("x-")
     )
