@@ -26,7 +26,7 @@ from django.db import DatabaseError
 
 from agent.protocol import PROTOCOL_VERSION
 from console.clusters.models import Host
-from console.ha.store import Store
+from console.ha.store import Batch, Store
 from console.jobs import services as jobs
 from console.jobs.models import FINISHED_STATUSES, JobStatus
 
@@ -136,10 +136,9 @@ def sort(
     """File a batch of (sender, raw JSON or dict); heartbeats and events written in one pipeline."""
     received = store.clock() if received is None else received
     out = Sorted()
-    heartbeats: dict[str, dict[str, Any]] = {}
-    texts: dict[str, str] = {}
-    lifecycle: list[tuple[str, str, str]] = []
-    health: list[tuple[str, str, str, str]] = []
+    filed = Batch(received)
+    heartbeats, texts = filed.heartbeats, filed.texts
+    lifecycle, health = filed.lifecycle, filed.health
     shutdowns: list[str] = []
     console_agent = settings.HAVEN_CONSOLE_AGENT
     for sender, raw in batch:
@@ -190,8 +189,8 @@ def sort(
                 out.wakes.add(cluster_id)
         else:
             out.ignored += 1
-    if heartbeats or lifecycle or health:
-        store.put_batch(heartbeats, lifecycle, received, health, texts)
+    if filed:
+        store.put_batch(filed)
     for host in shutdowns:  # after this batch's heartbeats: the mark names the current boot
         store.mark_shutdown(host, received)
         log.info("%s announced a clean shutdown: it is drained by live migration", host)

@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -134,6 +134,23 @@ def _decode(host: str, data: dict[str, Any]) -> tuple[Heartbeat, frozenset[str]]
         sent_at=sent_at(data),
     )
     return beat, names
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one ingest round stores, in one call: the newest heartbeat per host, lifecycle
+    events (host, guest, state) and health events (host, guest, check, detail), all received
+    at ``received`` (the console's clock). ``texts``: heartbeats as they came (the JSON text
+    each was parsed from), kept as they are rather than encoded again."""
+
+    received: float
+    heartbeats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lifecycle: list[tuple[str, str, str]] = field(default_factory=list)
+    health: list[tuple[str, str, str, str]] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.heartbeats or self.lifecycle or self.health)
 
 
 @dataclass(frozen=True)
@@ -290,17 +307,7 @@ class Store(Protocol):
     # heartbeats and lifecycle events
     def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None: ...
     def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None: ...
-    def put_batch(
-        self,
-        heartbeats: dict[str, dict[str, Any]],
-        lifecycle: list[tuple[str, str, str]],
-        received: float,
-        health: Sequence[tuple[str, str, str, str]] = (),
-        texts: Mapping[str, str] | None = None,
-    ) -> None:
-        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
-        events (host, guest, check, detail). ``texts``: heartbeats as they came (the JSON
-        text each was parsed from), kept as they are rather than encoded again."""
+    def put_batch(self, batch: Batch) -> None: ...
 
     def memberships(self, hosts: list[str]) -> dict[str, dict[str, Any] | None]:
         """Each host's corosync membership and quorum of its latest heartbeat (None where
@@ -368,22 +375,17 @@ class Store(Protocol):
 class _Shortcuts:
     """What both stores derive from their batch and status calls."""
 
-    def put_batch(
-        self,
-        heartbeats: dict[str, dict[str, Any]],
-        lifecycle: list[tuple[str, str, str]],
-        received: float,
-    ) -> None:
+    def put_batch(self, batch: Batch) -> None:
         raise NotImplementedError
 
     def ingest_status(self, now: float | None = None) -> IngestStatus:
         raise NotImplementedError
 
     def put_heartbeat(self, host: str, message: dict[str, Any], received: float) -> None:
-        self.put_batch({host: message}, [], received)
+        self.put_batch(Batch(received, heartbeats={host: message}))
 
     def put_lifecycle(self, host: str, guest: str, state: str, received: float) -> None:
-        self.put_batch({}, [(host, guest, state)], received)
+        self.put_batch(Batch(received, lifecycle=[(host, guest, state)]))
 
     def ingest_lag(self, now: float | None = None) -> float:
         """Seconds by which the console's view of the hosts may be behind (0.0 when keeping up):
@@ -406,21 +408,13 @@ class RedisStore(_Shortcuts):
         self._first_look: float | None = None  # the first view_since() of this process
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
-    def put_batch(
-        self,
-        heartbeats: dict[str, dict[str, Any]],
-        lifecycle: list[tuple[str, str, str]],
-        received: float,
-        health: Sequence[tuple[str, str, str, str]] = (),
-        texts: Mapping[str, str] | None = None,
-    ) -> None:
-        """The newest heartbeat per host, lifecycle events (host, guest, state) and health
-        events (host, guest, check, detail), in one round trip. A heartbeat with its text in
-        ``texts`` is stored as that text, not encoded again (the drainer's JSON encoding of
-        128 heartbeats a second was a sixth of its time)."""
+    def put_batch(self, batch: Batch) -> None:
+        """In one round trip. A heartbeat with its text in ``batch.texts`` is stored as that
+        text, not encoded again (the drainer's JSON encoding of 128 heartbeats a second was a
+        sixth of its time)."""
         pipe = self.r.pipeline(transaction=False)
+        received, heartbeats, texts = batch.received, batch.heartbeats, batch.texts
         if heartbeats:
-            texts = texts or {}
             at = json.dumps(received)
             pipe.hset(
                 f"{self.p}hb",
@@ -433,10 +427,10 @@ class RedisStore(_Shortcuts):
             )
             stack = {host: json.dumps(hb.get("cluster")) for host, hb in heartbeats.items()}
             pipe.hset(f"{self.p}stack", mapping=stack)
-        for host, guest, state in lifecycle:
+        for host, guest, state in batch.lifecycle:
             event = json.dumps({"state": state, "at": received})
             pipe.hset(f"{self.p}ev:{host}", f"{LIFE}:{guest}", event)
-        for host, guest, check, detail in health:
+        for host, guest, check, detail in batch.health:
             event = json.dumps({"check": check, "detail": detail, "at": received})
             pipe.hset(f"{self.p}ev:{host}", f"{HEALTH}:{guest}", event)
         pipe.execute()
@@ -855,20 +849,14 @@ class MemoryStore(_Shortcuts):
         self.changes: list[int] = []
 
     # --- heartbeats and lifecycle events ---------------------------------------------------
-    def put_batch(
-        self,
-        heartbeats: dict[str, dict[str, Any]],
-        lifecycle: list[tuple[str, str, str]],
-        received: float,
-        health: Sequence[tuple[str, str, str, str]] = (),
-        texts: Mapping[str, str] | None = None,
-    ) -> None:
+    def put_batch(self, batch: Batch) -> None:
+        received = batch.received
         with self._mutex:
-            for host, hb in heartbeats.items():
+            for host, hb in batch.heartbeats.items():
                 self._hb[host] = (received, json.loads(json.dumps(hb)))  # a copy, as Redis keeps
-            for host, guest, state in lifecycle:
+            for host, guest, state in batch.lifecycle:
                 self._events.setdefault(host, {})[guest] = (state, received)
-            for host, guest, check, detail in health:
+            for host, guest, check, detail in batch.health:
                 self._health.setdefault(host, {})[guest] = (check, detail, received)
 
     def memberships(self, hosts: list[str]) -> dict[str, dict[str, Any] | None]:

@@ -12,7 +12,7 @@ import pytest
 
 from agent.protocol import inbound_key
 from console.ha.drain import Drainer
-from console.ha.store import DRAIN_WAIT_S, RedisStore
+from console.ha.store import DRAIN_WAIT_S, Batch, RedisStore
 from tests.console import factories as f
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -102,7 +102,7 @@ def test_the_lag_shows_a_backlog_and_a_dead_drainer(store: RedisStore) -> None:
     store.record_ingest(at=now, caught_up_at=now, backlog=0)
     assert store.ingest_lag(now) == 0.0
     # the agents' clocks: the median of (received - sent_at) of each host's newest heartbeat
-    store.put_batch({"a": json.loads(beat("a", 1, sent_at=now - 2.0))}, [], now)
+    store.put_batch(Batch(now, heartbeats={"a": json.loads(beat("a", 1, sent_at=now - 2.0))}))
     assert store.ingest_status(now).heartbeat_lag_s == pytest.approx(2.0)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from console.ha.store import DRAIN_WAIT_S, LockLost, MemoryStore, Store
+from console.ha.store import DRAIN_WAIT_S, Batch, LockLost, MemoryStore, Store
 from tests.stores import redis_store
 
 
@@ -46,7 +46,7 @@ def test_newer_lifecycle_events_are_applied_on_top_of_the_heartbeat(
     clocked: tuple[Store, Clock],
 ) -> None:
     store, _ = clocked
-    store.put_batch({"h1": beat("h1", "a", "b")}, [], 100.0)
+    store.put_batch(Batch(100.0, heartbeats={"h1": beat("h1", "a", "b")}))
     store.put_lifecycle("h1", "a", "crashed", 100.5)  # after the beat: a is gone
     store.put_lifecycle("h1", "c", "started", 100.5)  # after the beat: c runs
     store.put_lifecycle("h1", "b", "stopped", 99.0)  # older than the beat: outdated by it
@@ -65,9 +65,9 @@ def test_health_failures_from_heartbeats_and_newer_events_until_a_fresh_start(
 ) -> None:
     store, _ = clocked
     hb = {**beat("h1", "a", "b"), "unhealthy": {"a": {"check": "probe", "detail": "refused"}}}
-    store.put_batch({"h1": hb}, [], 100.0)
-    store.put_batch({}, [], 100.5, [("h1", "b", "watchdog", "action none")])
-    store.put_batch({}, [], 99.0, [("h1", "c", "panic", "old")])  # older than the beat
+    store.put_batch(Batch(100.0, heartbeats={"h1": hb}))
+    store.put_batch(Batch(100.5, health=[("h1", "b", "watchdog", "action none")]))
+    store.put_batch(Batch(99.0, health=[("h1", "c", "panic", "old")]))  # older than the beat
     report = store.reports(["h1"])["h1"]
     assert report.unhealthy == {"a": ("probe", "refused"), "b": ("watchdog", "action none")}
     viewed, _ = store.view(["h1"])  # the runner's one round trip reads the same
@@ -86,8 +86,12 @@ def test_lifecycle_and_health_events_of_one_guest_are_kept_apart(
     """Both kinds of a host's events share one hash (one read a host a tick): a guest whose
     name looks like the other kind's field is not mistaken for it."""
     store, _ = clocked
-    store.put_batch({"h1": beat("h1", "life:x", "health")}, [], 100.0)
-    store.put_batch({}, [("h1", "life:x", "crashed")], 100.5, [("h1", "health", "probe", "no")])
+    store.put_batch(Batch(100.0, heartbeats={"h1": beat("h1", "life:x", "health")}))
+    store.put_batch(
+        Batch(
+            100.5, lifecycle=[("h1", "life:x", "crashed")], health=[("h1", "health", "probe", "no")]
+        )
+    )
     report = store.reports(["h1"])["h1"]
     assert report.running == {"health"} and report.unhealthy == {"health": ("probe", "no")}
 
@@ -95,7 +99,9 @@ def test_lifecycle_and_health_events_of_one_guest_are_kept_apart(
 def test_memberships_are_read_without_the_heartbeats(clocked: tuple[Store, Clock]) -> None:
     store, _ = clocked
     stack = {"quorate": True, "node_id": 1, "members": ["h1", "h2"]}
-    store.put_batch({"h1": {**beat("h1"), "cluster": stack}, "h2": beat("h2")}, [], 100.0)
+    store.put_batch(
+        Batch(100.0, heartbeats={"h1": {**beat("h1"), "cluster": stack}, "h2": beat("h2")})
+    )
     assert store.memberships(["h1", "h2", "nobody"]) == {"h1": stack, "h2": None}
     assert store.memberships(["h1"])["h1"] == store.reports(["h1"])["h1"].beat.cluster
     store.forget_host("h1")
