@@ -7,13 +7,17 @@ and `hosts[name].state/reason` and `alarm` to show them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from console.engine.commands import Command, CommandKind
 from console.engine.states import Desired, HostState, ServiceState
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,89 +216,74 @@ def assemble(header: Status, services: Mapping[str, ServiceStatus]) -> Status:
     )
 
 
-def _host_out(h: HostStatus) -> dict[str, Any]:
-    return {
-        "state": h.state.value,
-        "since": h.since,
-        "reason": h.reason,
-        "heard": h.heard,
-        "shut_down": h.shut_down,
-        "fence_failures": h.fence_failures,
-        "next_fence_at": h.next_fence_at,
-    }
+class _Record(Generic[R]):
+    """One frozen dataclass as a JSON object, field by field, read back by its type hints
+    (JSON keeps no tuples, enums or commands). A field missing from what is read takes its
+    default (a status stored before the field was added); one with no default must be there."""
+
+    def __init__(self, cls: type[R]) -> None:
+        hints, record = typing.get_type_hints(cls), fields(cast(Any, cls))
+        self.cls = cls
+        self.names = [f.name for f in record]
+        #: per field, in order: its name, how it is read, and its default (or MISSING)
+        self.plan = [(f.name, _reader(hints[f.name]), f.default) for f in record]
+        assert all(f.default_factory is MISSING for f in record), "no default factories"
+        self.writers = {n: w for n in self.names if (w := _writer(hints[n])) is not None}
+
+    def dump(self, obj: R) -> dict[str, Any]:
+        out = {name: getattr(obj, name) for name in self.names}
+        for name, write in self.writers.items():
+            out[name] = write(out[name])
+        return out
+
+    def load(self, v: Mapping[str, Any]) -> R:
+        get = v.get
+        args = []
+        for name, read, default in self.plan:
+            x = get(name, MISSING)
+            if x is not MISSING:
+                args.append(read(x))
+            elif default is not MISSING:
+                args.append(default)
+            else:
+                raise ValueError(f"a stored {self.cls.__name__} without {name}")
+        return self.cls(*args)
 
 
-def _host_in(v: Mapping[str, Any]) -> HostStatus:
-    return HostStatus(
-        state=HostState(v["state"]),
-        since=float(v["since"]),
-        reason=str(v["reason"]),
-        heard=bool(v["heard"]),
-        shut_down=bool(v["shut_down"]),
-        fence_failures=int(v["fence_failures"]),
-        next_fence_at=float(v["next_fence_at"]),
-    )
+def _command_out(q: Command | None) -> list[Any] | None:
+    return None if q is None else [q.id, q.kind.value, q.service, q.node]
 
 
-def _svc_out(s: ServiceStatus) -> dict[str, Any]:
-    q = s.queued
-    return {
-        "state": s.state.value,
-        "desired": s.desired.value,
-        "node": s.node,
-        "target": s.target,
-        "action": s.action,
-        "since": s.since,
-        "reason": s.reason,
-        "restarts": list(s.restarts),
-        "failed_nodes": list(s.failed_nodes),
-        "suspects": list(s.suspects),
-        "restart_on": s.restart_on,
-        "home": s.home,
-        "retry_at": s.retry_at,
-        "queued": None if q is None else [q.id, q.kind.value, q.service, q.node],
-        "lost_at": s.lost_at,
-        "last_node": s.last_node,
-        "prefer": s.prefer,
-        "failback": s.failback,
-        "hung": s.hung,
-        "hung_reason": s.hung_reason,
-        "saved_on": s.saved_on,
-        "rebalanced_at": s.rebalanced_at,
-        "outage": s.outage,
-    }
+def _command_in(q: Any) -> Command | None:
+    if q is None:
+        return None
+    return Command(id=str(q[0]), kind=CommandKind(q[1]), service=str(q[2]), node=_opt(q[3]))
 
 
 def _opt(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _svc_in(v: Mapping[str, Any]) -> ServiceStatus:
-    q = v["queued"]
-    return ServiceStatus(
-        state=ServiceState(v["state"]),
-        desired=Desired(v["desired"]),
-        node=_opt(v["node"]),
-        target=_opt(v["target"]),
-        action=_opt(v["action"]),
-        since=float(v["since"]),
-        reason=str(v["reason"]),
-        restarts=tuple(float(x) for x in v["restarts"]),
-        failed_nodes=tuple(str(x) for x in v["failed_nodes"]),
-        suspects=tuple(str(x) for x in v["suspects"]),
-        restart_on=_opt(v["restart_on"]),
-        home=_opt(v["home"]),
-        retry_at=float(v["retry_at"]),
-        queued=None
-        if q is None
-        else Command(id=str(q[0]), kind=CommandKind(q[1]), service=str(q[2]), node=_opt(q[3])),
-        lost_at=None if v.get("lost_at") is None else float(v["lost_at"]),
-        last_node=_opt(v.get("last_node")),
-        prefer=_opt(v.get("prefer")),
-        failback=bool(v.get("failback", False)),
-        hung=str(v.get("hung", "")),
-        hung_reason=str(v.get("hung_reason", "")),
-        saved_on=_opt(v.get("saved_on")),
-        rebalanced_at=None if v.get("rebalanced_at") is None else float(v["rebalanced_at"]),
-        outage=bool(v.get("outage", False)),
-    )
+def _reader(t: Any) -> Callable[[Any], Any]:
+    if t == Command | None:
+        return _command_in
+    if typing.get_origin(t) is types.UnionType:  # X | None
+        (inner,) = (a for a in typing.get_args(t) if a is not type(None))
+        read = _reader(inner)
+        return lambda v: None if v is None else read(v)
+    if typing.get_origin(t) is tuple:  # tuple[X, ...]
+        item = _reader(typing.get_args(t)[0])
+        return lambda v: tuple(item(x) for x in v)
+    assert t in (str, float, int, bool) or issubclass(t, StrEnum), t
+    return cast(Callable[[Any], Any], t)
+
+
+def _writer(t: Any) -> Callable[[Any], Any] | None:
+    """None: the value is written as it is (tuples become lists, a StrEnum its value)."""
+    return _command_out if t == Command | None else None
+
+
+_HOST = _Record(HostStatus)
+_SERVICE = _Record(ServiceStatus)
+_host_out, _host_in = _HOST.dump, _HOST.load
+_svc_out, _svc_in = _SERVICE.dump, _SERVICE.load

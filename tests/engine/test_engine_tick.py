@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -37,6 +38,7 @@ from console.engine.states import (
     NEW_SERVICE_STATES,
     SERVICE_TRANSITIONS,
 )
+from console.engine.status import ServiceStatus, service_from_json, service_to_json
 from console.engine.tick import IllegalTransition, _Tick
 
 H, S = HostState, ServiceState
@@ -558,6 +560,34 @@ def test_status_json_round_trip() -> None:
     assert back.active_services() == c.status.active_services()
     with pytest.raises(ValueError):
         Status.from_json('{"version": 0}')
+
+
+def test_a_stored_service_status_reads_back_field_by_field() -> None:
+    """Every field of ServiceStatus is written and read back by its type (tuples, enums, the
+    queued command, None); a field missing from an older row takes its default, and a row
+    without a field that has none is refused, not guessed."""
+    full = ServiceStatus(
+        ServiceState.MIGRATING,
+        Desired.STARTED,
+        node="n1",
+        target="n2",
+        action="a7",
+        since=3.5,
+        restarts=(1.0, 2.5),
+        failed_nodes=("n3",),
+        suspects=("n3", "n4"),
+        queued=Command("c9", CommandKind.RELOCATE, "g", "n2"),
+        lost_at=4.0,
+        failback=True,
+        rebalanced_at=None,
+    )
+    assert service_from_json(service_to_json(full)) == full
+    row = json.loads(service_to_json(full))
+    del row["outage"], row["saved_on"]
+    assert service_from_json(json.dumps(row)) == full
+    del row["desired"]
+    with pytest.raises(ValueError, match="without desired"):
+        service_from_json(json.dumps(row))
 
 
 def test_tick_is_deterministic() -> None:
