@@ -159,10 +159,11 @@ from __future__ import annotations
 import json
 import re
 import time
+import typing
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from xml.sax.saxutils import quoteattr
 
 from agent import names
@@ -500,14 +501,42 @@ def _credential(pattern: re.Pattern[str]) -> Parse:
     return parse
 
 
-def _p(parse: Parse) -> dict[str, Parse]:
-    """The metadata of a field of a command's args: how it is read."""
-    return {"parse": parse}
+# A field of a command's args is annotated with how it is read: ``Annotated[type, parse]``.
+GuestName = Annotated[str, _text(names.guest)]
+#: a corosync node name: the guest grammar too
+NodeName = GuestName
+VgName = Annotated[str, _text(names.vg)]
+LvName = Annotated[str, _text(names.lv)]
+DevicePath = Annotated[str, _text(names.device)]
+MountPoint = Annotated[str, _text(names.mount_point)]
+FsType = Annotated[str, _text(names.fstype)]
+FenceAgent = Annotated[str, _text(names.fence_agent)]
+#: a string checked where it is used (e.g. agent/hvconfig.py for addresses)
+Text = Annotated[str, _text()]
+OptText = Annotated[str | None, _opt_text]
+Flag = Annotated[bool, _flag]
+Seconds = Annotated[float, _number]
+OptSeconds = Annotated[float | None, _opt_number]
+#: a size in bytes, at least one
+Size = Annotated[int, _integer(1)]
+Params = Annotated[dict[str, object], _mapping]
+
+#: per args class, its fields in order: name, how it is read, required
+_READERS: dict[type[Any], list[tuple[str, Parse, bool]]] = {}
 
 
-_GUEST = _text(names.guest)
-_VG, _LV = _text(names.vg), _text(names.lv)
-_DEVICE, _MOUNT_POINT = _text(names.device), _text(names.mount_point)
+def _readers(cls: type[Any]) -> list[tuple[str, Parse, bool]]:
+    readers = _READERS.get(cls)
+    if readers is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        readers = []
+        for f in fields(cls):
+            if typing.get_origin(hints[f.name]) is not Annotated:
+                raise TypeError(f"{cls.__name__}.{f.name}: annotate it with how it is read")
+            required = f.default is MISSING and f.default_factory is MISSING
+            readers.append((f.name, hints[f.name].__metadata__[0], required))
+        _READERS[cls] = readers
+    return readers
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,15 +551,16 @@ class CommandArgs:
         if not isinstance(raw, dict):
             raise ProtocolError("bad_request", "field 'args' must be an object")
         values: dict[str, Any] = {}
+        readers = _readers(cls)
         try:
-            for f in fields(cls):
-                if f.name in raw:
-                    values[f.name] = f.metadata["parse"](f.name, raw[f.name])
-                elif f.default is MISSING and f.default_factory is MISSING:
-                    raise ProtocolError("bad_request", f"missing field {f.name!r}")
+            for name, parse, required in readers:
+                if name in raw:
+                    values[name] = parse(name, raw[name])
+                elif required:
+                    raise ProtocolError("bad_request", f"missing field {name!r}")
         except AgentError as exc:  # a name agent/names.py refuses
             raise ProtocolError(exc.code, exc.message) from exc
-        extra = set(raw) - {f.name for f in fields(cls)}
+        extra = set(raw) - {name for name, _, _ in readers}
         if extra:
             raise ProtocolError("bad_request", f"unexpected fields: {sorted(extra)}")
         return cls(**values)
@@ -549,55 +579,55 @@ class CommandArgs:
 @dataclass(frozen=True, slots=True)
 class DefineArgs(CommandArgs):
     kind = "define"
-    xml: str = field(metadata=_p(_text()))
+    xml: Text
 
 
 @dataclass(frozen=True, slots=True)
 class StartArgs(CommandArgs):
     kind = "start"
-    guest: str = field(metadata=_p(_GUEST))
-    resume: bool = field(default=False, metadata=_p(_flag))
+    guest: GuestName
+    resume: Flag = False
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownArgs(CommandArgs):
     kind = "shutdown"
-    guest: str = field(metadata=_p(_GUEST))
-    timeout_s: float = field(default=60.0, metadata=_p(_number))
-    save: bool = field(default=False, metadata=_p(_flag))
+    guest: GuestName
+    timeout_s: Seconds = 60.0
+    save: Flag = False
 
 
 @dataclass(frozen=True, slots=True)
 class DestroyArgs(CommandArgs):
     kind = "destroy"
-    guest: str = field(metadata=_p(_GUEST))
+    guest: GuestName
 
 
 @dataclass(frozen=True, slots=True)
 class UndefineArgs(CommandArgs):
     kind = "undefine"
-    guest: str = field(metadata=_p(_GUEST))
+    guest: GuestName
 
 
 @dataclass(frozen=True, slots=True)
 class MigrateArgs(CommandArgs):
     kind = "migrate"
-    guest: str = field(metadata=_p(_GUEST))
-    dest_uri: str = field(metadata=_p(_text(names.libvirt_uri)))
-    migrate_uri: str | None = field(default=None, metadata=_p(_opt_text))
-    timeout_s: float | None = field(default=None, metadata=_p(_opt_number))
+    guest: GuestName
+    dest_uri: Annotated[str, _text(names.libvirt_uri)]
+    migrate_uri: OptText = None
+    timeout_s: OptSeconds = None
 
 
 @dataclass(frozen=True, slots=True)
 class ListGuestsArgs(CommandArgs):
     kind = "list_guests"
-    active_only: bool = field(default=False, metadata=_p(_flag))
+    active_only: Flag = False
 
 
 @dataclass(frozen=True, slots=True)
 class DumpxmlArgs(CommandArgs):
     kind = "dumpxml"
-    guest: str = field(metadata=_p(_GUEST))
+    guest: GuestName
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,13 +640,13 @@ class ConfigureMigrationArgs(CommandArgs):
     """Addresses, ports and transport are checked by agent/hvconfig.py, which writes them."""
 
     kind = "configure_migration"
-    listen_address: str = field(metadata=_p(_text()))
-    migration_address: str = field(metadata=_p(_text()))
-    port_min: int = field(default=49152, metadata=_p(_integer(1, 65535)))
-    port_max: int = field(default=49215, metadata=_p(_integer(1, 65535)))
-    transport: str = field(default="tcp", metadata=_p(_text()))
-    ca_certificate: str = field(default="", metadata=_p(_text()))
-    certificate: str = field(default="", metadata=_p(_text()))
+    listen_address: Text
+    migration_address: Text
+    port_min: Annotated[int, _integer(1, 65535)] = 49152
+    port_max: Annotated[int, _integer(1, 65535)] = 49215
+    transport: Text = "tcp"
+    ca_certificate: Text = ""
+    certificate: Text = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,147 +663,147 @@ class StorageProbeArgs(CommandArgs):
 @dataclass(frozen=True, slots=True)
 class PvcreateArgs(CommandArgs):
     kind = "pvcreate"
-    device: str = field(metadata=_p(_DEVICE))
+    device: DevicePath
 
 
 @dataclass(frozen=True, slots=True)
 class VgcreateArgs(CommandArgs):
     kind = "vgcreate"
-    vg: str = field(metadata=_p(_VG))
-    devices: list[str] = field(metadata=_p(_texts(names.device)))
-    local: bool = field(default=False, metadata=_p(_flag))
+    vg: VgName
+    devices: Annotated[list[str], _texts(names.device)]
+    local: Flag = False
     #: 0: LVM's default
-    extent_size_bytes: int = field(default=0, metadata=_p(_integer()))
+    extent_size_bytes: Annotated[int, _integer()] = 0
 
 
 @dataclass(frozen=True, slots=True)
 class LvcreateArgs(CommandArgs):
     kind = "lvcreate"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
-    size_bytes: int = field(metadata=_p(_integer(1)))
-    activate: bool = field(default=True, metadata=_p(_flag))
+    vg: VgName
+    lv: LvName
+    size_bytes: Size
+    activate: Flag = True
 
 
 @dataclass(frozen=True, slots=True)
 class LvextendArgs(CommandArgs):
     kind = "lvextend"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
-    size_bytes: int = field(metadata=_p(_integer(1)))
+    vg: VgName
+    lv: LvName
+    size_bytes: Size
 
 
 @dataclass(frozen=True, slots=True)
 class LvremoveArgs(CommandArgs):
     kind = "lvremove"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
+    vg: VgName
+    lv: LvName
 
 
 @dataclass(frozen=True, slots=True)
 class MkfsGfs2Args(CommandArgs):
     kind = "mkfs_gfs2"
-    device: str = field(metadata=_p(_DEVICE))
-    cluster: str = field(metadata=_p(_text(names.cluster)))
-    fs: str = field(metadata=_p(_text(names.fs_name)))
-    journals: int = field(default=2, metadata=_p(_integer(1, 256)))
+    device: DevicePath
+    cluster: Annotated[str, _text(names.cluster)]
+    fs: Annotated[str, _text(names.fs_name)]
+    journals: Annotated[int, _integer(1, 256)] = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Gfs2InspectArgs(CommandArgs):
     kind = "gfs2_inspect"
-    device: str = field(metadata=_p(_DEVICE))
+    device: DevicePath
 
 
 @dataclass(frozen=True, slots=True)
 class Gfs2JaddArgs(CommandArgs):
     kind = "gfs2_jadd"
-    mount_point: str = field(metadata=_p(_MOUNT_POINT))
-    journals: int = field(default=1, metadata=_p(_integer(1, 256)))
+    mount_point: MountPoint
+    journals: Annotated[int, _integer(1, 256)] = 1
 
 
 @dataclass(frozen=True, slots=True)
 class FstabEntryArgs(CommandArgs):
     kind = "fstab_entry"
-    device: str = field(metadata=_p(_DEVICE))
-    mount_point: str = field(metadata=_p(_MOUNT_POINT))
-    fstype: str = field(metadata=_p(_text(names.fstype)))
-    options: str = field(default="defaults", metadata=_p(_text(names.mount_options)))
-    present: bool = field(default=True, metadata=_p(_flag))
+    device: DevicePath
+    mount_point: MountPoint
+    fstype: FsType
+    options: Annotated[str, _text(names.mount_options)] = "defaults"
+    present: Flag = True
     #: a shared VG's LV: a unit activates it at boot, the mount requires it
-    activate_shared: bool = field(default=False, metadata=_p(_flag))
+    activate_shared: Flag = False
 
 
 @dataclass(frozen=True, slots=True)
 class MountArgs(CommandArgs):
     kind = "mount"
-    device: str = field(metadata=_p(_DEVICE))
-    mount_point: str = field(metadata=_p(_MOUNT_POINT))
-    fstype: str = field(metadata=_p(_text(names.fstype)))
-    options: str | None = field(default=None, metadata=_p(_opt_text))
+    device: DevicePath
+    mount_point: MountPoint
+    fstype: FsType
+    options: OptText = None
 
 
 @dataclass(frozen=True, slots=True)
 class UnmountArgs(CommandArgs):
     kind = "unmount"
-    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+    mount_point: MountPoint
 
 
 @dataclass(frozen=True, slots=True)
 class VgLockstartArgs(CommandArgs):
     kind = "vg_lockstart"
-    vg: str = field(metadata=_p(_VG))
+    vg: VgName
 
 
 @dataclass(frozen=True, slots=True)
 class LvActivateArgs(CommandArgs):
     kind = "lv_activate"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
+    vg: VgName
+    lv: LvName
     #: shared | exclusive | off (agent/storage.py checks it)
-    mode: str = field(default="shared", metadata=_p(_text()))
+    mode: Text = "shared"
 
 
 @dataclass(frozen=True, slots=True)
 class LvRefreshArgs(CommandArgs):
     kind = "lv_refresh"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
+    vg: VgName
+    lv: LvName
 
 
 @dataclass(frozen=True, slots=True)
 class LvUsageArgs(CommandArgs):
     kind = "lv_usage"
-    vg: str = field(metadata=_p(_VG))
-    lv: str = field(metadata=_p(_LV))
-    refuse_mounted: bool = field(default=False, metadata=_p(_flag))
+    vg: VgName
+    lv: LvName
+    refuse_mounted: Flag = False
 
 
 @dataclass(frozen=True, slots=True)
 class Gfs2GrowArgs(CommandArgs):
     kind = "gfs2_grow"
-    mount_point: str = field(metadata=_p(_MOUNT_POINT))
+    mount_point: MountPoint
 
 
 @dataclass(frozen=True, slots=True)
 class DlmFenceAckArgs(CommandArgs):
     kind = "dlm_fence_ack"
     #: the corosync node name of the host that is down
-    node: str = field(metadata=_p(_GUEST))
+    node: NodeName
 
 
 @dataclass(frozen=True, slots=True)
 class CorosyncRemoveNodeArgs(CommandArgs):
     kind = "corosync_remove_node"
-    node: str = field(metadata=_p(_GUEST))
+    node: NodeName
 
 
 @dataclass(frozen=True, slots=True)
 class CorosyncAddNodeArgs(CommandArgs):
     kind = "corosync_add_node"
-    node: str = field(metadata=_p(_GUEST))
-    address: str = field(metadata=_p(_text(names.ip_address)))
-    nodeid: int = field(metadata=_p(_integer(1, 2**32 - 1)))
+    node: NodeName
+    address: Annotated[str, _text(names.ip_address)]
+    nodeid: Annotated[int, _integer(1, 2**32 - 1)]
 
 
 # fencing and credentials ------------------------------------------------------------------
@@ -782,18 +812,18 @@ class FenceArgs(CommandArgs):
     """Action and parameters are checked by agent/fencing.py against the agent's metadata."""
 
     kind = "fence"
-    agent: str = field(metadata=_p(_text(names.fence_agent)))
-    action: str = field(metadata=_p(_text()))
-    params: dict[str, object] = field(default_factory=dict, metadata=_p(_mapping))
-    timeout_s: float = field(default=60.0, metadata=_p(_number))
+    agent: FenceAgent
+    action: Text
+    params: Params = field(default_factory=dict)
+    timeout_s: Seconds = 60.0
     #: a status query after a lost fence result: succeeds only if the host is in this state
-    require_power: str | None = field(default=None, metadata=_p(_opt_text))
+    require_power: OptText = None
 
 
 @dataclass(frozen=True, slots=True)
 class FenceMetadataArgs(CommandArgs):
     kind = "fence_metadata"
-    agent: str = field(metadata=_p(_text(names.fence_agent)))
+    agent: FenceAgent
 
 
 @dataclass(frozen=True, slots=True)
@@ -801,8 +831,8 @@ class RotateCredentialsArgs(CommandArgs):
     """Both travel sealed (agent/sealing.py)."""
 
     kind = "rotate_credentials"
-    password: str = field(metadata=_p(_credential(_PASSWORD_RE)))
-    seal_secret: str = field(metadata=_p(_credential(_FERNET_KEY_RE)))
+    password: Annotated[str, _credential(_PASSWORD_RE)]
+    seal_secret: Annotated[str, _credential(_FERNET_KEY_RE)]
 
 
 #: kind -> the class of its args
@@ -846,6 +876,8 @@ ARGS: dict[str, type[CommandArgs]] = {
     )
 }
 COMMAND_KINDS = frozenset(ARGS)
+for _cls in ARGS.values():  # a field without its reader fails here, at import
+    _readers(_cls)
 
 
 def decode_args(kind: str, raw: object) -> CommandArgs:
