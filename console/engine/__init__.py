@@ -17,35 +17,10 @@ reason); `decision.log` and `decision.transitions` say what changed and why.
 See README.md beside this file for the states and how the console runtime drives `tick`.
 """
 
+from console.engine import model
 from console.engine.admission import Capacity
 from console.engine.commands import Command, CommandKind
-from console.engine.model import (
-    HEALTH_LABELS,
-    Action,
-    ActionResult,
-    Decision,
-    Domain,
-    DomainMember,
-    Fence,
-    FenceStatus,
-    HealthCheck,
-    HealthFailure,
-    HostObservation,
-    MadeRoom,
-    Migrate,
-    Refusal,
-    RefusalCode,
-    Relocate,
-    Reply,
-    ReplyOutcome,
-    ServiceConfig,
-    Snapshot,
-    Start,
-    Stop,
-    StopReason,
-    Subject,
-    Transition,
-)
+from console.engine.model import *  # noqa: F403 (its __all__)
 from console.engine.rebalance import Outlook as RebalanceOutlook
 from console.engine.rebalance import Stance as RebalanceStance
 from console.engine.settings import Settings
@@ -61,48 +36,24 @@ from console.engine.status import HostStatus, PendingKind, ServiceStatus, Status
 from console.engine.tick import Rulebook, best_host, move_refusal, tick
 
 __all__ = [
-    "HEALTH_LABELS",
+    *model.__all__,
     "HOST_STATES",
     "SERVICE_STATES",
-    "Action",
-    "ActionResult",
     "Capacity",
     "Command",
     "CommandKind",
-    "Decision",
     "Desired",
-    "Domain",
-    "DomainMember",
-    "Fence",
-    "FenceStatus",
-    "HealthCheck",
-    "HealthFailure",
-    "HostObservation",
     "HostState",
     "HostStatus",
-    "MadeRoom",
-    "Migrate",
     "PendingKind",
     "RebalanceOutlook",
     "RebalanceStance",
     "Recovery",
-    "Refusal",
-    "RefusalCode",
-    "Relocate",
-    "Reply",
-    "ReplyOutcome",
     "Rulebook",
-    "ServiceConfig",
     "ServiceState",
     "ServiceStatus",
     "Settings",
-    "Snapshot",
-    "Start",
     "Status",
-    "Stop",
-    "StopReason",
-    "Subject",
-    "Transition",
     "best_host",
     "move_refusal",
     "tick",

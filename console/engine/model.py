@@ -16,6 +16,34 @@ from console.engine.settings import Settings
 from console.engine.states import Desired, HostState, Recovery, ServiceState
 from console.engine.status import Status
 
+__all__ = [
+    "HEALTH_LABELS",
+    "Action",
+    "ActionResult",
+    "Decision",
+    "Domain",
+    "DomainMember",
+    "Fence",
+    "FenceStatus",
+    "HealthCheck",
+    "HealthFailure",
+    "HostObservation",
+    "MadeRoom",
+    "Migrate",
+    "Refusal",
+    "RefusalCode",
+    "Relocate",
+    "Reply",
+    "ReplyOutcome",
+    "ServiceConfig",
+    "Snapshot",
+    "Start",
+    "Stop",
+    "StopReason",
+    "Subject",
+    "Transition",
+]
+
 # --- inputs -------------------------------------------------------------------------------
 
 
