@@ -25,6 +25,7 @@ from typing import Any
 
 from agent import names
 from agent.errors import AgentError
+from agent.files import replace_file
 
 BEGIN = "# BEGIN haven migration settings (managed by the Haven agent)"
 END = "# END haven migration settings"
@@ -107,9 +108,7 @@ def _write(path: Path, settings: dict[str, str]) -> bool:
     new = render(old, settings)
     if new == old:
         return False
-    tmp = path.with_name(path.name + ".haven-tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    replace_file(path, new)
     return True
 
 
@@ -165,12 +164,7 @@ def _write_bytes(path: Path, data: bytes, mode: int) -> bool:
         os.chmod(path, mode)
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".haven-tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    replace_file(path, data, mode)
     return True
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from agent import names
 from agent.cluster_stack import parse_dlm_status, with_nodes, without_node
 from agent.errors import AgentError
+from agent.files import replace_file
 from agent.protocol import FstabEntryArgs
 from agent.runner import Runner
 
@@ -299,9 +300,7 @@ class LinuxStorage:
         new = "\n".join(new_lines) + ("\n" if new_lines else "")
         changed = new != old
         if changed:
-            tmp = self._fstab.with_name(self._fstab.name + ".haven-tmp")
-            tmp.write_text(new)
-            os.replace(tmp, self._fstab)
+            replace_file(self._fstab, new)
         # No daemon-reload: systemd reads fstab and the unit at the next boot, which is when
         # they matter (mount runs now); under TCG a reload took 22 s and the agent's
         # heartbeats stopped meanwhile.
@@ -320,9 +319,7 @@ class LinuxStorage:
         text = ACTIVATION_UNIT.format(vg=vg, ref=ref)
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".haven-tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            replace_file(path, text)
         return unit
 
     def mount(
@@ -434,21 +431,26 @@ class LinuxStorage:
         self._run(["dlm_tool", "fence_ack", str(nodeid)], timeout_s=60.0)
         return {"node": node, "nodeid": nodeid, "dlm_state": state}
 
+    def _corosync_conf(self) -> Path:
+        conf = self._fstab.parent / "corosync" / "corosync.conf"
+        if not conf.exists():
+            raise AgentError("not_found", f"{conf} does not exist: no corosync cluster here")
+        return conf
+
+    def _reload_corosync(self, conf: Path, text: str) -> None:
+        """Write corosync.conf whole (never half: a new file renamed over it) and have the
+        running corosync read it."""
+        replace_file(conf, text)
+        self._run(["corosync-cfgtool", "-R"], timeout_s=60.0)
+
     def corosync_remove_node(self, node: str) -> dict[str, Any]:
         """Drop ``node`` (a host removed from the cluster) from this host's corosync.conf and
         make the running corosync read it (``corosync-cfgtool -R``): the membership and the
         expected votes no longer count it. Idempotent: a node already gone changes nothing."""
-        name = names.guest(node)
-        conf = self._fstab.parent / "corosync" / "corosync.conf"
-        if not conf.exists():
-            raise AgentError("not_found", f"{conf} does not exist: no corosync cluster here")
+        name, conf = names.guest(node), self._corosync_conf()
         new = without_node(conf.read_text(), name)
         if new is not None:
-            tmp = conf.with_name(conf.name + ".haven-tmp")
-            tmp.write_text(new)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, conf)
-            self._run(["corosync-cfgtool", "-R"], timeout_s=60.0)
+            self._reload_corosync(conf, new)
         left = self._nodelist()
         if any(name in (e.get("name"), e.get("ring0_addr")) for e in left.values()):
             raise AgentError(
@@ -467,20 +469,13 @@ class LinuxStorage:
         its knet links to the new node come up and the expected votes count it. Idempotent:
         a node already there the same way changes nothing; one there another way (another id
         or address) is refused before anything changed."""
-        name = names.guest(node)
-        conf = self._fstab.parent / "corosync" / "corosync.conf"
-        if not conf.exists():
-            raise AgentError("not_found", f"{conf} does not exist: no corosync cluster here")
+        name, conf = names.guest(node), self._corosync_conf()
         try:
             new = with_nodes(conf.read_text(), [(nodeid, name, address)])
         except ValueError as exc:
             raise AgentError("conflict", f"corosync.conf here: {exc}") from None
         if new is not None:
-            tmp = conf.with_name(conf.name + ".haven-tmp")
-            tmp.write_text(new)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, conf)
-            self._run(["corosync-cfgtool", "-R"], timeout_s=60.0)
+            self._reload_corosync(conf, new)
         listed = self._nodelist()
         if not any(e.get("name") == name and e.get("nodeid") == str(nodeid)
                    for e in listed.values()):  # fmt: skip

@@ -31,6 +31,7 @@ from agent.cluster_stack import ClusterStack
 from agent.commands import Dispatcher, ordering_key
 from agent.executor import Executor
 from agent.fencing import DEFAULT_SEARCH_PATH, FenceAgents
+from agent.files import replace_file
 from agent.health import HealthMonitor
 from agent.heartbeat import HeartbeatThread
 from agent.hypervisor import LibvirtHypervisor, LifecycleEvent
@@ -197,11 +198,7 @@ class Agent:
             lines.append(line)
         if not has_key:
             lines.append(f"{SEAL_KEY_ENV}={seal_key}")
-        tmp = path.with_name(f".{path.name}.rotate")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        replace_file(path, "\n".join(lines) + "\n", 0o600)
         self._seal_keys.insert(0, seal_key)
         log.warning("new broker credentials written to %s; restarting in a second", path)
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
