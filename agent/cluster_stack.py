@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from agent.errors import AgentError
@@ -55,40 +56,50 @@ def parse_dlm_status(stdout: str) -> dict[int, str]:
     return nodes
 
 
-def without_node(conf: str, name: str) -> str | None:
-    """corosync.conf (as Haven's bootstrap writes it: every ``{`` ends its line) without the
-    ``node { ... }`` block of the nodelist whose ``name:`` is ``name``; None when there is no
-    such node. Everything else stays as it was, byte for byte."""
-    lines = conf.splitlines(keepends=True)
-    out: list[str] = []
-    depth, in_nodelist, block, found = 0, False, [], False  # type: int, bool, list[str], bool
-    for line in lines:
+def _walk(conf: str) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """Each line of corosync.conf (as Haven's bootstrap writes it: every ``{`` ends its line,
+    every ``}`` stands alone), with its text (no comment) and the sections it is in, its own
+    included: ``node {``, its ``name: x`` and its ``}`` are all in ("nodelist", "node")."""
+    path: list[str] = []
+    for line in conf.splitlines(keepends=True):
         text = line.split("#", 1)[0].strip()
-        opens, closes = text.endswith("{"), text == "}"
-        if block:  # inside a node block of the nodelist
-            block.append(line)
-            depth += 1 if opens else -1 if closes else 0
-            if depth == 1:  # the node block closed
-                names_in = [b.split(":", 1)[1].strip() for b in block
-                            if b.strip().startswith("name:")]  # fmt: skip
-                if names_in == [name]:
-                    found = True
-                else:
-                    out.extend(block)
-                block = []
+        if text.endswith("{"):
+            path.append(text[:-1].strip())
+        yield line, text, tuple(path)
+        if text == "}" and path:
+            path.pop()
+
+
+_NODE = ("nodelist", "node")
+
+
+def _item(text: str) -> tuple[str, str] | None:
+    """A ``key: value`` line as (key, value); None for a section's ``{`` or ``}``."""
+    key, sep, value = text.partition(":")
+    return (key.strip(), value.strip()) if sep and not text.endswith("{") else None
+
+
+def without_node(conf: str, name: str) -> str | None:
+    """corosync.conf without the ``node { ... }`` block of the nodelist whose ``name:`` is
+    ``name``; None when there is no such node. Everything else stays as it was, byte for
+    byte."""
+    out: list[str] = []
+    block: list[str] = []
+    names_in: list[str] = []
+    found = False
+    for line, text, path in _walk(conf):
+        if path[:2] != _NODE:
+            out.append(line)
             continue
-        if opens:
-            depth += 1
-            if depth == 1 and text.split()[0] == "nodelist":
-                in_nodelist = True
-            elif depth == 2 and in_nodelist and text.split()[0] == "node":
-                block = [line]
-                continue
-        elif closes:
-            depth -= 1
-            if depth == 0:
-                in_nodelist = False
-        out.append(line)
+        block.append(line)
+        if (item := _item(text)) is not None and item[0] == "name" and len(path) == 2:
+            names_in.append(item[1])
+        if text == "}" and len(path) == 2:  # the node block closes
+            if names_in == [name]:
+                found = True
+            else:
+                out.extend(block)
+            block, names_in = [], []
     return "".join(out) if found else None
 
 
@@ -96,26 +107,12 @@ def parse_nodelist(conf: str) -> list[dict[str, str]]:
     """The ``node { ... }`` blocks of corosync.conf's nodelist, each as its ``key: value``
     lines (``nodeid``, ``name``, ``ring0_addr``), in file order."""
     out: list[dict[str, str]] = []
-    depth, in_nodelist, node = 0, False, None  # type: int, bool, dict[str, str] | None
-    for line in conf.splitlines():
-        text = line.split("#", 1)[0].strip()
-        if text.endswith("{"):
-            depth += 1
-            word = text[:-1].strip()
-            if depth == 1 and word == "nodelist":
-                in_nodelist = True
-            elif depth == 2 and in_nodelist and word == "node":
-                node = {}
-        elif text == "}":
-            if depth == 2 and node is not None:
-                out.append(node)
-                node = None
-            depth -= 1
-            if depth == 0:
-                in_nodelist = False
-        elif node is not None and depth == 2 and ":" in text:
-            key, _, value = text.partition(":")
-            node[key.strip()] = value.strip()
+    for _, text, path in _walk(conf):
+        if path == _NODE:
+            if text.endswith("{"):
+                out.append({})
+            elif (item := _item(text)) is not None:
+                out[-1][item[0]] = item[1]
     return out
 
 
@@ -150,22 +147,12 @@ def with_nodes(conf: str, nodes: list[tuple[int, str, str]]) -> str | None:
         for nodeid, name, address in add
     )
     out: list[str] = []
-    depth, in_nodelist, in_quorum, done = 0, False, False, False
-    for line in conf.splitlines(keepends=True):
-        text = line.split("#", 1)[0].strip()
-        if text.endswith("{"):
-            depth += 1
-            word = text[:-1].strip()
-            in_nodelist = in_nodelist or (depth == 1 and word == "nodelist")
-            in_quorum = in_quorum or (depth == 1 and word == "quorum")
-        elif text == "}":
-            if depth == 1 and in_nodelist and not done:
-                out.append(blocks)
-                done = True
-            depth -= 1
-            if depth == 0:
-                in_nodelist = in_quorum = False
-        elif in_quorum and depth == 1 and re.match(r"^two_node\s*:", text):
+    done = False
+    for line, text, path in _walk(conf):
+        if text == "}" and path == ("nodelist",) and not done:
+            out.append(blocks)  # at the nodelist's end
+            done = True
+        elif path == ("quorum",) and re.match(r"^two_node\s*:", text):
             if len(have) + len(add) > 2:
                 continue  # three or more votes: a majority, no two-node special case
         out.append(line)
