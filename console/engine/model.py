@@ -112,6 +112,9 @@ class HostObservation:
     #: here is hung: it is destroyed and recovered; a guest gone from `running` crashed, and
     #: this says why)
     unhealthy: Mapping[str, HealthFailure] = field(default_factory=lambda: MappingProxyType({}))
+    #: the cluster's shared file systems (`Snapshot.shared_mounts`) mounted there, as of the
+    #: last report; None: the host does not say (every one is taken as there)
+    mounted: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,9 @@ class ServiceConfig:
     #: for a service the engine has not seen yet: where it runs now (adopted as started) when
     #: `desired` is started, else where it last ran (a person's start prefers it)
     node: str | None = None
+    #: its disks (files and block devices): one under a shared file system's mount point can
+    #: run only where that file system is mounted (`HostObservation.mounted`)
+    disks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +210,9 @@ class Snapshot:
     #: how far behind the console's ingestion of heartbeats is, in seconds; while it is more
     #: than `settings.max_ingest_lag_s`, no host is declared silent and nobody is fenced
     ingest_lag_s: float = 0.0
+    #: mount points of the cluster's shared file systems (GFS2): a guest with a disk under one
+    #: runs only on hosts that have it mounted
+    shared_mounts: frozenset[str] = frozenset()
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -308,6 +317,8 @@ class RefusalCode(StrEnum):
     OFFLINE = "offline"
     NOT_ALLOWED = "not-allowed"
     NO_ROOM = "no-room"
+    #: a disk of the guest is on a shared file system not mounted on that host (yet)
+    NO_STORAGE = "no-storage"
     #: admission control: the cluster could not restart its protected guests after a failure
     ADMISSION = "admission"
 

@@ -140,7 +140,8 @@ class _Tick:
         #: have joined while they were starting, so failback is checked for them too
         self.started_now: set[str] = set()
         self._usage: Usage | None = None
-        self._tiers: dict[str | None, Tiers] = {}
+        self._tiers: dict[tuple[str | None, frozenset[str]], Tiers] = {}
+        self._needs: dict[tuple[str, ...], frozenset[str]] = {}
         silent_after = self.cfg.silent_after_s()
         self.fresh: dict[str, bool] = {
             name: o.last_heartbeat is not None and now - o.last_heartbeat <= silent_after
@@ -268,15 +269,42 @@ class _Tick:
     def _domain(self, cfg: ServiceConfig) -> Domain | None:
         return None if cfg.domain is None else self.snap.domains.get(cfg.domain)
 
-    def _usable(self, host: str) -> bool:
+    def _usable(self, host: str, cfg: ServiceConfig) -> bool:
         hs = self.hosts.get(host)
-        return hs is not None and hs.state is H.ONLINE
+        return hs is not None and hs.state is H.ONLINE and not self._missing(cfg, host)
+
+    def _storage(self, cfg: ServiceConfig) -> frozenset[str]:
+        """The shared file systems `cfg`'s disks are on (their mount points)."""
+        found = self._needs.get(cfg.disks)
+        if found is None:
+            found = frozenset(
+                mp
+                for mp in self.snap.shared_mounts
+                for d in cfg.disks
+                if d.startswith(mp.rstrip("/") + "/")
+            )
+            self._needs[cfg.disks] = found
+        return found
+
+    def _missing(self, cfg: ServiceConfig, host: str) -> list[str]:
+        """The shared file systems `cfg` needs that `host` has not mounted (sorted)."""
+        needs = self._storage(cfg)
+        if not needs:
+            return []
+        o = self.obs.get(host)
+        mounted = None if o is None else o.mounted
+        return [] if mounted is None else sorted(needs - mounted)
 
     def _candidate_tiers(self, cfg: ServiceConfig) -> Tiers:
-        key = cfg.domain
+        needs = self._storage(cfg)
+        key = (cfg.domain, needs)
         found = self._tiers.get(key)
         if found is None:
-            usable = sorted(n for n, h in self.hosts.items() if h.state is H.ONLINE)
+            usable = sorted(
+                n
+                for n, h in self.hosts.items()
+                if h.state is H.ONLINE and not (needs and self._missing(cfg, n))
+            )
             found = tiers(self._domain(cfg), usable)
             self._tiers[key] = found
         return found
@@ -1297,6 +1325,9 @@ class _Tick:
             return Refusal(R.MAINTENANCE, f"{node} is in maintenance")
         if hs.state is not H.ONLINE:
             return Refusal(R.OFFLINE, f"{node} is {hs.state.value}")
+        missing = self._missing(cfg, node)
+        if missing:
+            return Refusal(R.NO_STORAGE, f"{node} does not have {', '.join(missing)} mounted")
         domain = self._domain(cfg)
         if not allowed(domain, node):
             assert domain is not None
@@ -1438,7 +1469,7 @@ class _Tick:
         usage = self.usage()
         if (
             s.restart_on is not None
-            and self._usable(s.restart_on)
+            and self._usable(s.restart_on, cfg)
             and usage.fits(s.restart_on, cfg)
         ):
             return s.restart_on
@@ -1446,7 +1477,7 @@ class _Tick:
         if (
             saved is not None
             and saved not in exclude
-            and self._usable(saved)
+            and self._usable(saved, cfg)
             and allowed(self._domain(cfg), saved)
             and usage.fits(saved, cfg)
         ):
@@ -1478,6 +1509,12 @@ class _Tick:
     def _why_no_host(self, cfg: ServiceConfig, exclude: set[str]) -> str:
         domain = self._domain(cfg)
         if not self._candidate_tiers(cfg):
+            online = [n for n, h in self.hosts.items() if h.state is H.ONLINE]
+            if domain is not None and domain.restricted:
+                online = [n for n in online if allowed(domain, n)]
+            missing = sorted({mp for n in online for mp in self._missing(cfg, n)})
+            if missing:  # online, but not one has the guest's storage mounted
+                return f"no allowed host has {', '.join(missing)} mounted"
             if domain is not None and domain.restricted:
                 return f"no member of restricted domain {domain.name} is online"
             return "no host is online"
@@ -1543,9 +1580,14 @@ class _Tick:
                 # a guest placed while a better host was still down or rebooting, or whose
                 # failback failed: every online host counts as joined for it
                 joined = online if name in self.started_now or name in owed else self.joined
-                self._return_or_failback(name, s, joined)
+                waits = self._return_or_failback(name, s, joined)
                 cur = self.svcs[name]
-                if name in owed and cur.state is S.STARTED and not self._silent_elsewhere(cur):
+                if (
+                    name in owed
+                    and not waits
+                    and cur.state is S.STARTED
+                    and not self._silent_elsewhere(cur)
+                ):
                     # nothing better any more (host gone, no room): the debt is settled
                     self._put(name, replace(self.svcs[name], failback=False))
 
@@ -1573,9 +1615,12 @@ class _Tick:
         self._move(name, target, cfg.migratable, f"draining {s.node}")
         self._put(name, replace(self.svcs[name], home=home))
 
-    def _return_or_failback(self, name: str, s: ServiceStatus, joined: set[str]) -> None:
+    def _return_or_failback(self, name: str, s: ServiceStatus, joined: set[str]) -> bool:
+        """Move a guest home, or to a better tier, if one joined; True when such a host is
+        there but lacks the guest's storage (not mounted yet after its boot): the move is owed
+        and looked at again a heartbeat later."""
         if not self._movable(name, s):
-            return
+            return False
         cfg = self.conf[name]
         usage = self.usage()
         node = s.node
@@ -1585,20 +1630,41 @@ class _Tick:
             s = self.svcs[name]
         if s.home is not None and s.home in joined:
             home = s.home
+            if allowed(self._domain(cfg), home) and self._missing(cfg, home):
+                return self._owe(name, f"returns to {home} once {home} has", home, cfg)
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
                 # `home` is kept until the guest is there: a failed return is tried again
                 self._move(name, home, cfg.migratable, f"returning to {home}", failback=True)
-                return
+                return False
         domain = self._domain(cfg)
         if domain is None or not joined & {m.node for m in domain.members}:
-            return
+            return False
         current = rank(domain, node)
         if domain.nofailback and current < rank(domain, "\0not-a-member"):
-            return
+            return False
         better = [t for t in self._candidate_tiers(cfg) if rank(domain, t[0]) < current]
         target = choose(tuple(better), cfg, usage)
         if target is not None:
             self._move(name, target, cfg.migratable, "failback to a better host", failback=True)
+            return False
+        waiting = sorted(
+            m.node
+            for m in domain.members
+            if m.node in joined and rank(domain, m.node) < current and self._missing(cfg, m.node)
+        )
+        if waiting:
+            return self._owe(name, f"fails back to {waiting[0]} once it has", waiting[0], cfg)
+        return False
+
+    def _owe(self, name: str, what: str, host: str, cfg: ServiceConfig) -> bool:
+        """A return or failback to `host` waits for its storage: owed, looked at again a
+        heartbeat from now, with the reason shown meanwhile."""
+        why = f"{what} {', '.join(self._missing(cfg, host))} mounted"
+        if self.svcs[name].reason != why:
+            self._service_to(name, S.STARTED, why)
+        retry_at = self.now + self.cfg.heartbeat_interval_s
+        self._put(name, replace(self.svcs[name], failback=True, retry_at=retry_at))
+        return True
 
     # --- 9. the live rebalancer (rebalance.py) ------------------------------------------
 
@@ -1701,7 +1767,7 @@ class _Tick:
         outside their cool-down; each with the hosts of its current tier."""
         cooldown = self.cfg.rebalance_cooldown_s
         out: list[rebalance.Movable] = []
-        tier_of: dict[str | None, dict[str, frozenset[str]]] = {}
+        tier_of: dict[tuple[str | None, frozenset[str]], dict[str, frozenset[str]]] = {}
         for name, s in self.svcs.items():
             if s.state is not S.STARTED or s.desired is not Desired.STARTED or s.node is None:
                 continue
@@ -1714,7 +1780,7 @@ class _Tick:
             cfg = self.conf.get(name)
             if cfg is None or not cfg.migratable:
                 continue
-            tiers_by_host = tier_of.get(cfg.domain)
+            tiers_by_host = tier_of.get((cfg.domain, self._storage(cfg)))
             if tiers_by_host is None:
                 tiers_by_host = {
                     h: members
@@ -1722,7 +1788,7 @@ class _Tick:
                     for members in (frozenset(t),)
                     for h in t
                 }
-                tier_of[cfg.domain] = tiers_by_host
+                tier_of[(cfg.domain, self._storage(cfg))] = tiers_by_host
             tier = tiers_by_host.get(s.node)
             if tier is None or len(tier) < 2:
                 continue

@@ -16,6 +16,7 @@ from console.engine import (
     CommandKind,
     Decision,
     Desired,
+    Domain,
     Fence,
     FenceStatus,
     HostObservation,
@@ -59,6 +60,9 @@ class Cluster:
     #: Snapshot.view_since / ingest_lag_s for the next steps
     view_since: float | None = None
     ingest_lag_s: float = 0.0
+    #: Snapshot.shared_mounts and .domains
+    shared_mounts: frozenset[str] = frozenset()
+    domains: dict[str, Domain] = field(default_factory=dict)
 
     def add(self, name: str, node: str | None = None, **kw: object) -> None:
         self.services[name] = ServiceConfig(name=name, node=node, **kw)  # type: ignore[arg-type]
@@ -90,11 +94,13 @@ class Cluster:
         snap = Snapshot(
             obs,
             self.services,
+            self.domains,
             results=results,
             commands=commands,
             status=self.status,
             view_since=self.view_since,
             ingest_lag_s=self.ingest_lag_s,
+            shared_mounts=self.shared_mounts,
         )
         d = tick(snap, self.now)
         self.status = d.status
