@@ -33,8 +33,10 @@ def build_heartbeat(
     boot: str = BOOT_ID,
     cluster_stack: ClusterStack | None = None,
     health: HealthMonitor | None = None,
+    shared_mounts: Callable[[], list[str] | None] | None = None,
 ) -> Heartbeat:
     cluster = cluster_stack.membership() if cluster_stack is not None else None
+    mounts = shared_mounts() if shared_mounts is not None else None
     try:
         facts = hypervisor.host_facts()
         guests = hypervisor.list_guests(active_only=True)
@@ -52,6 +54,7 @@ def build_heartbeat(
             None,
             boot=boot,
             cluster=cluster,
+            shared_mounts=mounts,
         )
     return Heartbeat(
         host=host,
@@ -67,6 +70,7 @@ def build_heartbeat(
         boot=boot,
         cluster=cluster,
         unhealthy=health.unhealthy({g.name for g in guests}) if health is not None else {},
+        shared_mounts=mounts,
     )
 
 
@@ -79,8 +83,10 @@ class HeartbeatThread:
         interval_s: float = 1.0,
         cluster_stack: ClusterStack | None = None,
         health: HealthMonitor | None = None,
+        shared_mounts: Callable[[], list[str] | None] | None = None,
     ) -> None:
         self._cluster_stack = cluster_stack
+        self._shared_mounts = shared_mounts
         self._health = health
         self._host = host
         self._hypervisor = hypervisor
@@ -110,6 +116,7 @@ class HeartbeatThread:
                         self._interval_s,
                         cluster_stack=self._cluster_stack,
                         health=self._health,
+                        shared_mounts=self._shared_mounts,
                     )
                 )
             except Exception:  # a heartbeat bug must not stop the heartbeats

@@ -978,6 +978,8 @@ class Heartbeat:
     cluster: dict[str, Any] | None = None
     # guest -> {"check", "detail"}: failed health checks since the guest last started
     unhealthy: dict[str, dict[str, str]] = field(default_factory=dict)
+    # mount points of the GFS2 file systems mounted here (None: not read)
+    shared_mounts: list[str] | None = None
     ts: float = field(default_factory=time.time)
     sent_at: float = 0.0
     v: int = PROTOCOL_VERSION

@@ -553,6 +553,15 @@ class LinuxStorage:
         lines = (line.split() for line in (self._proc / "mounts").read_text().splitlines())
         return [(f[0], f[1], f[2]) for f in lines if len(f) >= 3]
 
+    def shared_mounts(self) -> list[str] | None:
+        """The mount points of the GFS2 file systems mounted here, for the heartbeat (None if
+        /proc/mounts cannot be read): the console starts and moves a guest with a disk on one
+        only to hosts that have it mounted."""
+        try:
+            return sorted({mp for _, mp, t in self._mounts() if t == "gfs2"})
+        except OSError:
+            return None
+
     def _mounted_type(self, mount_point: str) -> str | None:
         return next((t for _, mp, t in self._mounts() if mp == mount_point), None)
 

@@ -132,12 +132,13 @@ class Agent:
         )
         self.health = HealthMonitor(self.hypervisor, self._on_health)
         runner = SubprocessRunner()
+        storage = LinuxStorage(
+            runner, fstab=settings.fstab, drain_unit=drain_unit_name(settings.host)
+        )
         self.dispatcher = Dispatcher(
             host=settings.host,
             hypervisor=self.hypervisor,
-            storage=LinuxStorage(
-                runner, fstab=settings.fstab, drain_unit=drain_unit_name(settings.host)
-            ),
+            storage=storage,
             fencing=FenceAgents(runner, settings.fence_path),
             libvirt_config_dir=settings.libvirt_config_dir,
             pki_dir=settings.pki_dir,
@@ -158,6 +159,7 @@ class Agent:
             settings.heartbeat_interval_s,
             cluster_stack=ClusterStack(runner),
             health=self.health,
+            shared_mounts=storage.shared_mounts,
         )
         self._register_task()
 

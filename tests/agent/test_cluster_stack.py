@@ -140,6 +140,27 @@ def test_lv_usage_refuses_while_mounted(tmp_path: Path) -> None:
     assert storage.lv_usage("vg_shared", "other", True)["mounted"] == []
 
 
+def test_the_heartbeat_says_which_gfs2_file_systems_are_mounted(tmp_path: Path) -> None:
+    from agent.heartbeat import build_heartbeat
+    from agent.hypervisor import LibvirtHypervisor
+
+    (tmp_path / "mounts").write_text(
+        "/dev/vda / ext4 rw 0 0\n/dev/mapper/vg_shared-guest_roots /guest_roots gfs2 rw 0 0\n"
+        "/dev/mapper/vg_shared-b /srv/b gfs2 rw,noatime 0 0\nnfs:/x /srv/nfs nfs4 rw 0 0\n"
+    )
+    storage = LinuxStorage(Scripted({}), proc=tmp_path)
+    assert storage.shared_mounts() == ["/guest_roots", "/srv/b"]
+    hv = LibvirtHypervisor("test:///default", lambda *a: None)
+    beat = build_heartbeat("h1", hv, 1, 1.0, shared_mounts=storage.shared_mounts)
+    assert beat.shared_mounts == ["/guest_roots", "/srv/b"]
+    (tmp_path / "mounts").write_text("/dev/vda / ext4 rw 0 0\n")  # unmounted since
+    assert (
+        build_heartbeat("h1", hv, 2, 1.0, shared_mounts=storage.shared_mounts).shared_mounts == []
+    )
+    assert LinuxStorage(Scripted({}), proc=tmp_path / "none").shared_mounts() is None
+    assert build_heartbeat("h1", hv, 3, 1.0).shared_mounts is None  # not read: not said
+
+
 def test_shared_activation_and_refresh_argv(tmp_path: Path) -> None:
     lvs = '{"report": [{"lv": [{"lv_name": "lv1", "lv_size": "1073741824"}]}]}'
     runner = Scripted({"lvs": (0, lvs, "")})
