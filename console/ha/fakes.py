@@ -145,6 +145,8 @@ class FakeAgents:
         #: hosts whose heartbeats report corosync running (the cluster stack under a clustered
         #: VG); none by default: the simulated hosts have no lvmlockd (`vgcreate` says so)
         self.corosync: set[str] = set()
+        #: the GFS2 mount points each host's heartbeat reports (a host not here says nothing)
+        self.mounts: dict[str, list[str]] = {}
         self.vgs: dict[str, dict[str, Any]] = {}
         self.lvs: dict[tuple[str, str], int] = {}
         self._queue: list[tuple[float, int, str, dict[str, Any]]] = []
@@ -200,6 +202,7 @@ class FakeAgents:
             guests=[GuestState(g, f"u-{g}", "running") for g in guests],
             boot=self.boots.get(host, f"{host}-boot1"),
             cluster=self.membership() if host in self.corosync else None,
+            shared_mounts=self.mounts.get(host),
             ts=t,
             sent_at=t,
         )

@@ -38,8 +38,9 @@ from console.ha.models import EngineServiceStatus, EngineState, PendingCommand
 from console.ha.store import HostReport, Store
 from console.jobs.models import Job, JobStatus
 from console.jobs.services import pending_engine_results
+from console.services import domainxml
 from console.services.models import FailoverDomain, VmService
-from console.storage.models import VolumeGroup
+from console.storage.models import Filesystem, VolumeGroup
 
 
 def engine_settings(cluster: Cluster | None = None) -> engine.Settings:
@@ -87,6 +88,7 @@ def _observation(
     shutting_down: bool = False,
 ) -> engine.HostObservation:
     beat = report.beat if report else None
+    mounts = beat.shared_mounts if beat else None
     ack = host.acknowledged_down_at.timestamp() if host.acknowledged_down_at else None
 
     def reported(value: int | None, stored: int) -> int:
@@ -107,6 +109,7 @@ def _observation(
         shared_storage=shared_storage and in_cluster_stack(beat),
         acknowledged_down_at=ack,
         unhealthy=MappingProxyType(_unhealthy(report)),
+        mounted=None if mounts is None else frozenset(mounts),
     )
 
 
@@ -134,6 +137,7 @@ def _unhealthy(report: HostReport | None) -> dict[str, engine.HealthFailure]:
 
 
 def service_config(service: VmService) -> engine.ServiceConfig:
+    devices = domainxml.devices(service.domain_xml)
     return engine.ServiceConfig(
         name=service.name,
         desired=engine.Desired(service.desired_state),
@@ -147,9 +151,10 @@ def service_config(service: VmService) -> engine.ServiceConfig:
         priority=service.priority,
         migratable=service.migratable,
         autostart=service.autostart,
-        saveable=not service.save_refusal(),
+        saveable=not service.save_refusal(devices),
         protected=service.protected,
         node=service.host.name if service.host and service.state == "started" else None,
+        disks=devices.disks,
     )
 
 
@@ -195,6 +200,8 @@ class _Config:
     services: dict[str, VmService]
     configs: dict[str, engine.ServiceConfig]
     domains: dict[str, engine.Domain]
+    #: the mount points of the cluster's shared file systems (read with the domains)
+    mounts: frozenset[str]
     #: the rolling re-read: the last service id read again, and when the previous slice was
     cursor: int = 0
     sliced_at: float = 0.0
@@ -230,7 +237,7 @@ def _read_config(
         services[s.name] = s
     domains = _domains(cluster)
     configs = {n: service_config(s) for n, s in sorted(services.items())}
-    return _Config(key, services, configs, domains, sliced_at=monotonic())
+    return _Config(key, services, configs, domains, _mounts(cluster), sliced_at=monotonic())
 
 
 #: from this many services, a process that read its configuration whole freezes its heap
@@ -266,6 +273,14 @@ def _domains(cluster: Cluster) -> dict[str, engine.Domain]:
     }
 
 
+def _mounts(cluster: Cluster) -> frozenset[str]:
+    return frozenset(
+        Filesystem.objects.filter(logical_volume__volume_group__cluster=cluster).values_list(
+            "mount_point", flat=True
+        )
+    )
+
+
 def _reread_slice(cluster: Cluster, hosts_by_pk: dict[int, Host], kept: _Config) -> _Config:
     """The kept configuration with the next slice of its services read again (ids after
     `kept.cursor`, as many as keep every row within `CONFIG_MAX_AGE_S` of its last read);
@@ -297,8 +312,9 @@ def _reread_slice(cluster: Cluster, hosts_by_pk: dict[int, Host], kept: _Config)
         config, before = service_config(row), kept.configs.get(row.name)
         configs[row.name] = before if before == config else config
     domains = _domains(cluster) if wrapped else kept.domains
+    mounts = _mounts(cluster) if wrapped else kept.mounts
     cursor = 0 if wrapped else int(rows[-1].id)
-    return _Config(kept.key, services, configs, domains, cursor, at)
+    return _Config(kept.key, services, configs, domains, mounts, cursor, at)
 
 
 def load(
@@ -361,6 +377,7 @@ def load(
         id_prefix=f"c{cluster.pk}-",
         view_since=view_since,
         ingest_lag_s=ingest.lag_s,
+        shared_mounts=kept.mounts,
     )
     return Loaded(
         snapshot, state, hosts, kept.services, reports, result_jobs, commands, now, fresh, pieces

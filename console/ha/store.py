@@ -65,6 +65,13 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _paths(value: object) -> list[str] | None:
+    """A list of paths from the wire, else None (unknown)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return list(value)
+
+
 def _time(value: object) -> float:
     """A time from the wire (seconds), else 0.0."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
@@ -130,6 +137,7 @@ def _decode(host: str, data: dict[str, Any]) -> tuple[Heartbeat, frozenset[str]]
         guests=guests,
         boot=_text(data.get("boot")) or "",
         cluster=cluster if isinstance(cluster, dict) else None,
+        shared_mounts=_paths(data.get("shared_mounts")),
         ts=_time(data.get("ts")),
         sent_at=sent_at(data),
     )

@@ -157,21 +157,44 @@ def with_health(text: str, spec: HealthSpec) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def save_refusal(text: str) -> str:
-    """Why libvirt's managed save cannot keep this guest's state safely ("" = it can): host
-    devices and host file systems cannot be saved; a transient disk loses what the saved memory
-    still refers to."""
+@dataclass(frozen=True)
+class Devices:
+    """What the engine needs from a guest's devices, read in one parse."""
+
+    #: why libvirt's managed save cannot keep this guest's state safely ("" = it can)
+    save_refusal: str
+    #: its disks' sources (``file`` or ``dev``), in order
+    disks: tuple[str, ...]
+
+
+def devices(text: str) -> Devices:
+    """The guest's devices as the engine reads them. Save: host devices and host file systems
+    cannot be saved; a transient disk loses what the saved memory still refers to."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError:
-        return "its XML does not parse"
-    devices = root.find("devices")
-    if devices is None:
-        return ""
-    if devices.find("hostdev") is not None:
-        return "it has a host device (<hostdev>)"
-    if devices.find("filesystem") is not None:
-        return "it shares a host file system (<filesystem>)"
-    if any(d.find("transient") is not None for d in devices.findall("disk")):
-        return "it has a transient disk"
-    return ""
+        return Devices("its XML does not parse", ())
+    devs = root.find("devices")
+    if devs is None:
+        return Devices("", ())
+    disks = devs.findall("disk")
+    sources = tuple(
+        path
+        for d in disks
+        if (source := d.find("source")) is not None
+        and (path := source.get("file") or source.get("dev"))
+    )
+    if devs.find("hostdev") is not None:
+        refusal = "it has a host device (<hostdev>)"
+    elif devs.find("filesystem") is not None:
+        refusal = "it shares a host file system (<filesystem>)"
+    elif any(d.find("transient") is not None for d in disks):
+        refusal = "it has a transient disk"
+    else:
+        refusal = ""
+    return Devices(refusal, sources)
+
+
+def save_refusal(text: str) -> str:
+    """Why libvirt's managed save cannot keep this guest's state safely ("" = it can)."""
+    return devices(text).save_refusal

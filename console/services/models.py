@@ -12,8 +12,9 @@ from django.db import models
 from agent.protocol import HealthSpec
 from console.clusters.models import Cluster, Host
 from console.core import validators
+from console.services import domainxml
 from console.services.choices import DesiredState, ProbeKind, Recovery, ServiceState
-from console.services.domainxml import parse_domain_xml, save_refusal, with_health, with_uuid
+from console.services.domainxml import Devices, parse_domain_xml, with_health, with_uuid
 
 
 class FailoverDomain(models.Model):
@@ -224,11 +225,12 @@ class VmService(models.Model):
         (and the watchdog and panic devices those checks need)."""
         return with_health(self.domain_xml, self.health_spec())
 
-    def save_refusal(self) -> str:
-        """Why a preempted guest is shut down instead of saved ("" = it is saved)."""
+    def save_refusal(self, devices: Devices | None = None) -> str:
+        """Why a preempted guest is shut down instead of saved ("" = it is saved);
+        ``devices``: its XML's, when already read."""
         if not self.save_on_preempt:
             return "saving is turned off for it"
-        return save_refusal(self.domain_xml)
+        return (devices or domainxml.devices(self.domain_xml)).save_refusal
 
     def __str__(self) -> str:
         return self.name

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from agent.protocol import Command
 from agent.sealing import open_sealed
 from console.clusters.models import Host
-from console.ha import credentials, ingest, rules, runner
+from console.ha import credentials, ingest, rules, runner, snapshot
 from console.ha.fakes import FakeAgents
 from console.ha.store import Store
 from console.jobs.models import Job, JobStatus
@@ -477,3 +477,41 @@ def test_the_rebalancer_moves_guests_by_live_migration_once_each(
     with rules.use(store=store, clock=lambda: t):
         outlook = rules.policy(cluster).rebalance
     assert outlook is not None and outlook.moves == (), outlook
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_guest_on_gfs2_returns_to_its_host_once_the_host_has_it_mounted(
+    cluster3: Any, store: Store
+) -> None:
+    """The storage lab's return migration failed on a host that was online before its GFS2
+    was mounted ("Cannot access storage file /guest_roots/guest1.img"): through the runtime,
+    the heartbeat's mounts reach the engine, which waits for them, and says so."""
+    cluster, agents = cluster3
+    vg = f.VolumeGroupFactory(cluster=cluster, clustered=True)
+    f.FilesystemFactory(logical_volume=f.LogicalVolumeFactory(volume_group=vg),
+                        mount_point="/guest_roots")  # fmt: skip
+    service = VmService.objects.get(name="guest1")
+    service.domain_xml = service.domain_xml.replace(
+        "</os>", "</os><devices><disk type='file' device='disk'>"
+        "<source file='/guest_roots/guest1.img'/><target dev='vda'/></disk></devices>",
+    )  # fmt: skip
+    service.save()
+    agents.mounts = {h: ["/guest_roots"] for h in agents.alive}
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    assert placement()["guest1"] == ("started", "et-virt05")
+    Host.objects.filter(name="et-virt05").update(maintenance=True)
+    t = run(cluster, agents, store, t, t + 4)
+    away = placement()["guest1"]
+    assert away[0] == "started" and away[1] != "et-virt05"
+    # out of maintenance, before its GFS2 is mounted again
+    agents.mounts["et-virt05"] = []
+    Host.objects.filter(name="et-virt05").update(maintenance=False)
+    migrations = [c for _, c in agents.sent if c["kind"] == "migrate"]
+    t = run(cluster, agents, store, t, t + 4)
+    assert placement()["guest1"] == away
+    assert [c for _, c in agents.sent if c["kind"] == "migrate"] == migrations  # none tried
+    status = snapshot.stored_status(cluster.pk).services["guest1"]
+    assert status.reason == "returns to et-virt05 once et-virt05 has /guest_roots mounted"
+    agents.mounts["et-virt05"] = ["/guest_roots"]
+    run(cluster, agents, store, t, t + 4)
+    assert placement()["guest1"] == ("started", "et-virt05")

@@ -208,6 +208,10 @@ def test_a_heartbeat_is_decoded_once_and_a_bad_value_is_not_believed() -> None:
     assert [g.name for g in beat.guests or []] == ["a"] and beat.sent_at == 99.5
     assert decode_heartbeat("h1", {"memory_free_mib": 0}).memory_free_mib == 0  # 0 is 0
     assert decode_heartbeat("h1", {"guests": None}).guests is None  # libvirt unreachable
+    mounts = decode_heartbeat("h1", {"shared_mounts": ["/guest_roots"]}).shared_mounts
+    assert mounts == ["/guest_roots"]
+    assert decode_heartbeat("h1", {"shared_mounts": [7]}).shared_mounts is None  # not believed
+    assert decode_heartbeat("h1", {}).shared_mounts is None  # not said
 
 
 def test_a_guest_list_like_the_last_one_is_not_decoded_again() -> None:
