@@ -16,7 +16,6 @@ from console.engine import (
     CommandKind,
     Decision,
     Desired,
-    Domain,
     Fence,
     FenceStatus,
     HostObservation,
@@ -33,6 +32,7 @@ from console.engine import (
     Stop,
     tick,
 )
+from console.engine.model import Domain
 from console.engine.states import (
     HOST_TRANSITIONS,
     NEW_HOST_STATES,
