@@ -46,34 +46,22 @@ class Poller:
     """Every 100 ms, what runs on each lab host (RUNNING only: a migration's paused destination
     is no second copy), written as trace records per host; None (unknown) when unreachable."""
 
-    def __init__(self, uris: dict[str, str], incarnation: dict[str, int]) -> None:
-        self.uris, self.incarnation = uris, incarnation
+    def __init__(self, running: Any, incarnation: dict[str, int]) -> None:
+        """``running``: tests/lab/harness.py ``RunningGuests`` of the lab's hosts."""
+        self.running, self.incarnation = running, incarnation
+        uris: dict[str, str] = running.uris
+        self.uris = uris
         self.traces: dict[str, list[dict[str, Any]]] = {h: [] for h in uris}
         self.seen: dict[str, set[str]] = {h: set() for h in uris}
         self.last_seen: dict[str, dict[str, float]] = {h: {} for h in uris}
         self.polls = 0
-        self._conns: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lab-poller", daemon=True)
         self.lock = threading.Lock()
 
     def _list(self, host: str) -> set[str] | None:
-        import libvirt
-
-        conn = self._conns.get(host)
-        try:
-            if conn is None:
-                if not Path(self.uris[host].split("socket=", 1)[1]).exists():
-                    return None
-                conn = self._conns[host] = libvirt.open(self.uris[host])
-            return {
-                d.name()
-                for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-            }
-        except libvirt.libvirtError:
-            self._conns.pop(host, None)
-            return None
+        found: set[str] | None = self.running.of(host)
+        return found
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -185,7 +173,7 @@ class LabRun(chaos.Runner):
             self.power(name, "boot", pid=self.incarnation[name])
         article.define_fencing_and_guests(self.api, self.lab, kernel)
         uris = {h.name: self.harness.unix_uri(h) for h in self.lab.hosts()}
-        self.poller = Poller(uris, self.incarnation)
+        self.poller = Poller(self.harness.RunningGuests(uris), self.incarnation)
         self.poller.start()
         self.say(f"lab cluster formed; run in {self.root}; waiting for guest1..3")
         chaos.wait_for("every guest running once", self.converged_now, 180, 0.5)

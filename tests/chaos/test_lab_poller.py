@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
@@ -15,7 +16,8 @@ from bench import chaos_lab, chaos_watch  # noqa: E402
 
 def run(seen: dict[str, list[set[str] | None]]) -> chaos_watch.Report:
     """Poll rounds as _loop does them (host after host), one second per poll."""
-    poller = chaos_lab.Poller({h: "" for h in seen}, dict.fromkeys(seen, 1))
+    hosts = SimpleNamespace(uris={h: "" for h in seen})  # what is seen is recorded by hand
+    poller = chaos_lab.Poller(hosts, dict.fromkeys(seen, 1))
     t = 0.0
     for i in range(len(next(iter(seen.values())))):
         for host in seen:

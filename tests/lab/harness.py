@@ -240,6 +240,39 @@ def running_guests(uri: str) -> set[str] | None:
             conn.close()
 
 
+class RunningGuests:
+    """Each lab host's running guests, asked of its libvirtd over its UNIX socket on a kept
+    connection. Running, not merely active: the destination of a live migration holds the
+    guest paused until the switch-over, and that is no second copy. None while it does not
+    answer."""
+
+    def __init__(self, uris: dict[str, str]) -> None:
+        self.uris = uris
+        self._conns: dict[str, libvirt.virConnect] = {}
+
+    def of(self, host: str) -> set[str] | None:
+        conn = self._conns.get(host)
+        try:
+            if conn is None:
+                if not Path(self.uris[host].split("socket=", 1)[1]).exists():
+                    return None
+                conn = self._conns[host] = libvirt.open(self.uris[host])
+            return {
+                d.name()
+                for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            }
+        except libvirt.libvirtError:
+            self._conns.pop(host, None)
+            return None
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            with _suppress_libvirt():
+                conn.close()
+        self._conns.clear()
+
+
 class _suppress_libvirt:
     def __enter__(self) -> None:
         return None
@@ -254,31 +287,15 @@ class SplitBrainWatcher:
 
     def __init__(self, lab: haven_lab.Lab, interval: float = 0.1) -> None:
         self.uris = {h.name: unix_uri(h) for h in lab.hosts()}
+        self.guests = RunningGuests(self.uris)
         self.interval = interval
         self.violations: list[str] = []
         self.polls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="split-brain-watcher", daemon=True)
-        self._conns: dict[str, libvirt.virConnect] = {}
 
     def _list(self, name: str) -> set[str]:
-        conn = self._conns.get(name)
-        try:
-            if conn is None:
-                if not Path(self.uris[name].split("socket=", 1)[1]).exists():
-                    return set()
-                conn = libvirt.open(self.uris[name])
-                self._conns[name] = conn
-            # Running, not merely active: the destination of a live migration holds the
-            # guest paused until the switch-over, and that is no second copy.
-            return {
-                d.name()
-                for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                if d.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-            }
-        except libvirt.libvirtError:
-            self._conns.pop(name, None)
-            return set()
+        return self.guests.of(name) or set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -305,9 +322,7 @@ class SplitBrainWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        for conn in self._conns.values():
-            with _suppress_libvirt():
-                conn.close()
+        self.guests.close()
 
 
 def wait(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
