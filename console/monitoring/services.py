@@ -26,13 +26,16 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from console import engine
 from console.core import crypto
-from console.events.models import Event
+from console.events.models import Event, EventResult
 from console.monitoring.choices import HookKind, Topic
 from console.monitoring.models import AlertHook
 
 log = logging.getLogger("haven.alerts")
 TIMEOUT_S = 5.0
+#: refusals that mean the cluster is short of room (alerted as admission)
+_ROOM_REFUSALS = frozenset({engine.RefusalCode.NO_ROOM, engine.RefusalCode.ADMISSION})
 
 
 def topic_of(event: Event) -> str | None:
@@ -52,7 +55,7 @@ def topic_of(event: Event) -> str | None:
         return None
     if event.verb == "alarm" and data.get("alarm"):
         return Topic.STORM
-    if event.result == "refused" and data.get("code") in ("no-room", "admission"):
+    if event.result == EventResult.REFUSED and data.get("code") in _ROOM_REFUSALS:
         return Topic.ADMISSION
     if event.verb == "alert-test":
         return Topic.TEST
