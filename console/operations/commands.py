@@ -33,7 +33,8 @@ from console.services.models import FailoverDomain, VmService
 from console.storage import services as storage_services
 
 log = logging.getLogger("haven.operations")
-SERVICE_COMMANDS = ("start", "stop", "enable", "disable", "migrate", "relocate")
+#: a person's commands of a service: the engine's own kinds
+SERVICE_COMMANDS = tuple(k.value for k in engine.CommandKind)
 BEST = "best"
 # libvirt states in which a QEMU process exists: such a guest is running somewhere
 ACTIVE_STATES = frozenset({"running", "paused", "blocked", "shutting_down", "pmsuspended"})
@@ -61,15 +62,17 @@ def _wake(cluster_id: int) -> None:
 def service_command(service: VmService, kind: str, *, actor: Any, host: str | None = None) -> Job:
     if kind not in SERVICE_COMMANDS:
         raise OperationError(f"Unknown operation {kind!r}.", status=400, field="operation")
+    k = engine.CommandKind(kind)
     node: str | None = None
-    if kind in ("migrate", "relocate"):
-        node = _check_move(service, host, live=kind == "migrate")
-    elif kind == "start" and service.desired_state == "disabled":
+    disabled = service.desired_state == engine.Desired.DISABLED
+    if k in (engine.CommandKind.MIGRATE, engine.CommandKind.RELOCATE):
+        node = _check_move(service, host, live=k is engine.CommandKind.MIGRATE)
+    elif k is engine.CommandKind.START and disabled:
         raise OperationError(f"{service.name} is disabled: enable it first.")
-    elif kind == "stop" and service.desired_state == "disabled":
+    elif k is engine.CommandKind.STOP and disabled:
         raise OperationError(f"{service.name} is disabled, so it is already stopped.")
     who = actor_name(actor)
-    if kind in ("start", "enable"):
+    if k in (engine.CommandKind.START, engine.CommandKind.ENABLE):
         refuse_admission(service, actor=who, verb=kind)
     with transaction.atomic():
         command_id = f"cmd-{uuid.uuid4().hex[:16]}"
