@@ -122,6 +122,7 @@ def scenario(
             power=live.get(o.name, engine.HostState.OFFLINE) in up or o.last_heartbeat is not None,
             fence="ok" if o.fence_device else "none",
             cpu_overcommit=o.cpu_overcommit,
+            mounted=o.mounted,
         )
         for o in sorted(snap.hosts.values(), key=lambda o: o.name)
     )
@@ -156,6 +157,7 @@ def scenario(
         events=tuple(events),
         until=WARM_UP_S + HORIZON_S,
         expect=Expect(),
+        shared_mounts=snap.shared_mounts,
     )
     return sc, before, shifted(snap.status, loaded.now)
 

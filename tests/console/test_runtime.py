@@ -479,6 +479,19 @@ def test_the_rebalancer_moves_guests_by_live_migration_once_each(
     assert outlook is not None and outlook.moves == (), outlook
 
 
+def on_gfs2(cluster: Any, guest: str, mount_point: str = "/guest_roots") -> None:
+    """A GFS2 file system of the cluster at ``mount_point``, and ``guest``'s disk a file on it."""
+    vg = f.VolumeGroupFactory(cluster=cluster, clustered=True)
+    f.FilesystemFactory(logical_volume=f.LogicalVolumeFactory(volume_group=vg),
+                        mount_point=mount_point)  # fmt: skip
+    service = VmService.objects.get(name=guest)
+    service.domain_xml = service.domain_xml.replace(
+        "</os>", "</os><devices><disk type='file' device='disk'>"
+        f"<source file='{mount_point}/{guest}.img'/><target dev='vda'/></disk></devices>",
+    )  # fmt: skip
+    service.save()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_guest_on_gfs2_returns_to_its_host_once_the_host_has_it_mounted(
     cluster3: Any, store: Store
@@ -487,15 +500,7 @@ def test_a_guest_on_gfs2_returns_to_its_host_once_the_host_has_it_mounted(
     was mounted ("Cannot access storage file /guest_roots/guest1.img"): through the runtime,
     the heartbeat's mounts reach the engine, which waits for them, and says so."""
     cluster, agents = cluster3
-    vg = f.VolumeGroupFactory(cluster=cluster, clustered=True)
-    f.FilesystemFactory(logical_volume=f.LogicalVolumeFactory(volume_group=vg),
-                        mount_point="/guest_roots")  # fmt: skip
-    service = VmService.objects.get(name="guest1")
-    service.domain_xml = service.domain_xml.replace(
-        "</os>", "</os><devices><disk type='file' device='disk'>"
-        "<source file='/guest_roots/guest1.img'/><target dev='vda'/></disk></devices>",
-    )  # fmt: skip
-    service.save()
+    on_gfs2(cluster, "guest1")
     agents.mounts = {h: ["/guest_roots"] for h in agents.alive}
     t = run(cluster, agents, store, 1000.0, 1005.0)
     assert placement()["guest1"] == ("started", "et-virt05")

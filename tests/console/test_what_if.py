@@ -12,7 +12,7 @@ from console.ha import rules, whatif
 from console.ha.store import Store
 from console.services.models import VmService
 from tests.console import factories as f
-from tests.console.test_runtime import placement, run
+from tests.console.test_runtime import on_gfs2, placement, run
 from tests.console.views_support import login, text
 
 
@@ -99,3 +99,19 @@ def test_the_prediction_is_what_the_runtime_then_does(cluster3: Any, store: Stor
     for g in predicted.guests:
         assert real[g.service] == ("started", g.after), (g, real)
     assert predicted.fenced == agents.fenced == ["et-virt05"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_guest_on_gfs2_is_predicted_and_restarted_only_where_it_is_mounted(
+    cluster3: Any, store: Store
+) -> None:
+    cluster, agents = cluster3
+    on_gfs2(cluster, "guest1")
+    agents.mounts = {"et-virt05": ["/guest_roots"], "et-virt06": [], "et-virt07": ["/guest_roots"]}
+    t = run(cluster, agents, store, 1000.0, 1005.0)
+    with rules.use(store=store, clock=lambda: t):
+        predicted = whatif.predict(cluster, "et-virt05")
+    assert fates(predicted)["guest1"] == ("restarts", "et-virt07")  # not et-virt06
+    agents.power_off("et-virt05")
+    run(cluster, agents, store, t, t + 15)
+    assert placement()["guest1"] == ("started", "et-virt07")

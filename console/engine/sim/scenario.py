@@ -45,6 +45,8 @@ class NodeSpec:
     #: vCPUs per CPU on this node (None: the settings' cpu_overcommit)
     cpu_overcommit: float | None = None
     shared_storage: bool = False
+    #: the shared file systems mounted there for the whole run (None: not said)
+    mounted: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class Scenario:
     events: tuple[Event, ...]
     until: float
     expect: Expect
+    #: the cluster's shared file systems (`Snapshot.shared_mounts`)
+    shared_mounts: frozenset[str] = frozenset()
 
 
 #: event -> (needs node, needs service, node optional, count allowed)

@@ -319,6 +319,7 @@ class World:
                 shared_storage=h.spec.shared_storage,
                 acknowledged_down_at=h.acknowledged_at,
                 unhealthy=h.reported_unhealthy,
+                mounted=h.spec.mounted,
             )
             for name, h in self.hosts.items()
         }
@@ -332,6 +333,7 @@ class World:
             settings=self.sc.settings,
             view_since=self.view_since,
             ingest_lag_s=self.ingest_lag_s(),
+            shared_mounts=self.sc.shared_mounts,
         )
         self.results, self.commands = [], []
         decision = tick(snap, self.t)
