@@ -66,7 +66,8 @@ Agent -> console
                 ``expected_votes``, ``total_votes``, ``quorum``, or ``error`` (the tool's words);
                 ``unhealthy`` (optional, default ``{}``): guest -> ``{"check", "detail"}`` for
                 guests that failed a health check (running and hung, or gone, and this says
-                why) since they last started.
+                why) since they last started; ``shared_mounts`` (optional, null when not read):
+                the mount points of the GFS2 file systems mounted on the host.
 
 Health checks (per guest, opt-in): the console writes them into the domain XML as
 ``<metadata><haven:health xmlns:haven="urn:haven:health:1" .../></metadata>`` (``HealthSpec``),
