@@ -836,4 +836,13 @@ def test_11_a_real_poweroff_drains_the_guest_live_before_the_power_goes(
     slab.wait("sv3 remounts GFS2 at boot", lambda: _gfs2_mounted(slab, "sv3"), 900)
     assert slab.ssh("sv3", "cat", f"{MOUNT}/clean-sv1").strip() == "after-poweroff"
     TIMINGS["clean_power_on_to_gfs2_mounted_s_tcg"] = round(time.monotonic() - powered, 1)
+    # The drained guest goes home, live, once sv3 has its GFS2 again, never before: sv3 is
+    # online a while before the mount, and a migration to it then failed ("Cannot access
+    # storage file /guest_roots/guest1.img": the storage lab before the engine knew mounts).
+    slab.wait("guest1 back home on sv3", lambda: _guest_state(slab) == ("started", "sv3"), 600)
+    TIMINGS["clean_power_on_to_guest_home_s_tcg"] = round(time.monotonic() - powered, 1)
+    returns = list(Job.objects.filter(kind="migrate", pk__gt=drain.pk))
+    assert [(j.params["target"], j.status) for j in returns] == [("sv3", JobStatus.SUCCEEDED)], [
+        j.explanation for j in returns
+    ]
     assert Job.objects.filter(kind="fence").count() == fences
