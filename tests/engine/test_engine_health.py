@@ -8,16 +8,13 @@ from console.engine import (
     ActionResult,
     HealthCheck,
     HealthFailure,
-    HostObservation,
     MadeRoom,
     ServiceConfig,
     ServiceState,
-    Snapshot,
     Start,
     Status,
     Stop,
     StopReason,
-    tick,
 )
 from tests.engine.test_engine_tick import Cluster, ok
 
@@ -26,23 +23,11 @@ S = ServiceState
 
 def _step_unhealthy(c: Cluster, host: str, failures: dict[str, HealthFailure]) -> object:
     """One tick in which `host` reports `failures` (its guests still listed as running)."""
-    c.now += 1.0
-    obs = {}
-    for h, mem in c.hosts.items():
-        c.last[h] = c.now
-        guests = c.running.get(h, set())
-        obs[h] = HostObservation(
-            h,
-            c.now,
-            frozenset(guests),
-            mem,
-            mem - sum(c.services[g].memory_mb for g in guests),
-            8,
-            unhealthy=failures if h == host else {},
-        )
-    d = tick(Snapshot(obs, c.services, status=c.status), c.now)
-    c.status = d.status
-    return d
+    c.flags[host] = {**c.flags.get(host, {}), "unhealthy": failures}
+    try:
+        return c.step()
+    finally:
+        c.flags[host] = {k: v for k, v in c.flags[host].items() if k != "unhealthy"}
 
 
 def test_hung_guest_is_destroyed_then_restarted_in_place_with_its_label() -> None:
