@@ -547,7 +547,8 @@ def test_5_power_loss_fenced_by_haven_dlm_told_gfs2_writable_on_survivors(
     assert step.host is not None and step.host.name in ("sv1", "sv2")  # run on a healthy VM
     assert step.args["agent"] == "fence_ipmilan" and step.args["action"] == "off"
     assert "password" not in str(step.args)
-    assert slab.host("sv3").state == "fenced"
+    # the engine reads the fence's result at its next tick (the run of 19:47 asked before it)
+    slab.wait("sv3 fenced", lambda: slab.host("sv3").state == "fenced", 30)
     slab.wait("the dlm-fence-ack job", lambda: Job.objects.filter(kind="dlm-fence-ack").exists(),
               60)  # fmt: skip
     ack = slab.succeeded(Job.objects.get(kind="dlm-fence-ack"), 300)
