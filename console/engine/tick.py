@@ -303,7 +303,7 @@ class _Tick:
             usable = sorted(
                 n
                 for n, h in self.hosts.items()
-                if h.state is H.ONLINE and not (needs and self._missing(cfg, n))
+                if h.state is H.ONLINE and not self._missing(cfg, n)
             )
             found = tiers(self._domain(cfg), usable)
             self._tiers[key] = found
@@ -1630,8 +1630,9 @@ class _Tick:
             s = self.svcs[name]
         if s.home is not None and s.home in joined:
             home = s.home
-            if allowed(self._domain(cfg), home) and self._missing(cfg, home):
-                return self._owe(name, f"returns to {home} once {home} has", home, cfg)
+            missing = self._missing(cfg, home)
+            if allowed(self._domain(cfg), home) and missing:
+                return self._owe(name, f"returns to {home} once {home} has", missing)
             if allowed(self._domain(cfg), home) and usage.fits(home, cfg):
                 # `home` is kept until the guest is there: a failed return is tried again
                 self._move(name, home, cfg.migratable, f"returning to {home}", failback=True)
@@ -1653,13 +1654,14 @@ class _Tick:
             if m.node in joined and rank(domain, m.node) < current and self._missing(cfg, m.node)
         )
         if waiting:
-            return self._owe(name, f"fails back to {waiting[0]} once it has", waiting[0], cfg)
+            host = waiting[0]
+            return self._owe(name, f"fails back to {host} once it has", self._missing(cfg, host))
         return False
 
-    def _owe(self, name: str, what: str, host: str, cfg: ServiceConfig) -> bool:
-        """A return or failback to `host` waits for its storage: owed, looked at again a
-        heartbeat from now, with the reason shown meanwhile."""
-        why = f"{what} {', '.join(self._missing(cfg, host))} mounted"
+    def _owe(self, name: str, what: str, missing: list[str]) -> bool:
+        """A return or failback waits for the `missing` storage of its host: owed, looked at
+        again a heartbeat from now, with the reason shown meanwhile."""
+        why = f"{what} {', '.join(missing)} mounted"
         if self.svcs[name].reason != why:
             self._service_to(name, S.STARTED, why)
         retry_at = self.now + self.cfg.heartbeat_interval_s
@@ -1780,7 +1782,8 @@ class _Tick:
             cfg = self.conf.get(name)
             if cfg is None or not cfg.migratable:
                 continue
-            tiers_by_host = tier_of.get((cfg.domain, self._storage(cfg)))
+            key = (cfg.domain, self._storage(cfg))
+            tiers_by_host = tier_of.get(key)
             if tiers_by_host is None:
                 tiers_by_host = {
                     h: members
@@ -1788,7 +1791,7 @@ class _Tick:
                     for members in (frozenset(t),)
                     for h in t
                 }
-                tier_of[(cfg.domain, self._storage(cfg))] = tiers_by_host
+                tier_of[key] = tiers_by_host
             tier = tiers_by_host.get(s.node)
             if tier is None or len(tier) < 2:
                 continue
